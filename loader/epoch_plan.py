@@ -1,0 +1,158 @@
+"""Plan one epoch from the shard index: which rank and worker reads which sample
+ranges, and how every batch is made up.
+
+The plan is a pure function of ``(index, seed, epoch, world_size, rank,
+num_workers, batch_size, drop_last, synthetic slots)``. Each DataLoader worker
+and the main process compute it independently and agree, so nothing has to be
+communicated, and a resume only needs ``(epoch, batches already yielded)``.
+
+How an epoch is laid out
+------------------------
+1. Shard order is shuffled with a seed derived from ``(seed, epoch)``; the
+   concatenated shards form one global sample order.
+2. Each rank takes a contiguous slice of ``ceil(N / W)`` samples (``floor``
+   with ``drop_last``). A rank whose slice runs past the end is padded by
+   wrapping round to the start of the global order (counted as ``padded``).
+   Slices are at sample granularity, so fewer shards than ranks × workers is
+   fine: a shard is then read by several consumers, each skipping to its part.
+3. The rank's output batches are numbered ``0..T-1``; batch ``j`` belongs to
+   worker ``j % K``, which is the order in which ``torch.utils.data.DataLoader``
+   reads an ``IterableDataset``'s workers. Every rank has the same ``T``.
+4. A balancer may reserve synthetic slots: batch ``j`` then carries
+   ``synthetic[j]`` made-up samples and ``B - synthetic[j]`` real ones.
+5. Each worker reads a contiguous run of the rank's real samples, enough for
+   its batches, so shards are streamed, not seeked.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .seeding import numpy_generator
+from .shard_index import ShardIndex
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Samples ``[start, stop)`` of shard ``url`` (in its stored order)."""
+    url: str
+    start: int
+    stop: int
+    shard_count: int
+    padding: bool = False            # a wrap-around re-read that fills the plan
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    worker: int
+    batch_ids: tuple[int, ...]       # rank-level batch numbers, increasing
+    real_sizes: tuple[int, ...]      # real samples in each of those batches
+    segments: tuple[Segment, ...]    # what to read, in order
+    padded: int                      # samples repeated to fill the plan (wrap-around)
+
+    @property
+    def real_total(self) -> int:
+        return sum(self.real_sizes)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    epoch: int
+    rank: int
+    world_size: int
+    num_workers: int
+    batch_size: int
+    num_batches: int
+    synthetic: tuple[int, ...]       # synthetic samples per batch (zeros without a balancer)
+    workers: tuple[WorkerPlan, ...]
+    shard_order: tuple[str, ...]
+
+    def batch_owner(self, batch_id: int) -> int:
+        return batch_id % self.num_workers
+
+    def worker_batches_before(self, worker: int, batches_done: int) -> int:
+        """How many of ``worker``'s batches are among the first ``batches_done`` of the rank."""
+        return max(0, (batches_done - worker + self.num_workers - 1) // self.num_workers)
+
+
+def rank_share(total: int, world_size: int, drop_last: bool) -> int:
+    return total // world_size if drop_last else math.ceil(total / world_size)
+
+
+def shard_order(index: ShardIndex, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    order = np.arange(len(index.shards))
+    if shuffle:
+        order = numpy_generator(seed, "shards", epoch).permutation(order)
+    return order.tolist()
+
+
+def _segments(index: ShardIndex, order: list[int], start: int, stop: int) -> tuple[list[Segment], int]:
+    """Global-order positions [start, stop) → shard segments. Positions past the
+    end wrap round to the start (padding). Returns (segments, padded count)."""
+    total = sum(index.shards[i].count for i in order)
+    ranges, p = [], start
+    while p < stop:
+        q = p if p < total else (p - total) % total
+        span = min(stop - p, total - q)
+        ranges.append((q, q + span, p >= total))
+        p += span
+    out: list[Segment] = []
+    for lo, hi, padding in ranges:
+        offset = 0
+        for i in order:
+            s = index.shards[i]
+            a, b = max(lo, offset), min(hi, offset + s.count)
+            if a < b:
+                out.append(Segment(s.url, a - offset, b - offset, s.count, padding))
+            offset += s.count
+    return out, max(0, stop - max(start, total))
+
+
+def plan_epoch(index: ShardIndex, *, seed: int, epoch: int, batch_size: int, world_size: int = 1,
+               rank: int = 0, num_workers: int = 0, drop_last: bool = False, shuffle: bool = True,
+               synthetic_per_rank: int = 0) -> EpochPlan:
+    """Plan ``rank``'s share of ``epoch``. See the module docstring for the layout.
+
+    ``synthetic_per_rank`` is how many synthetic samples the balancer adds on
+    this rank; they are spread evenly over the batches.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    if index.total == 0:
+        raise ValueError(f"index {index.source!r} lists no samples")
+    k = max(1, num_workers)
+    order = shard_order(index, seed, epoch, shuffle)
+    real_share = rank_share(index.total, world_size, drop_last)
+    total_out = real_share + synthetic_per_rank
+    num_batches = total_out // batch_size if drop_last else math.ceil(total_out / batch_size)
+    if num_batches == 0:
+        raise ValueError(f"drop_last=True with batch_size={batch_size} leaves no batch: "
+                         f"each rank gets only {total_out} samples")
+    out_sizes = [batch_size] * num_batches
+    if not drop_last:
+        out_sizes[-1] = total_out - batch_size * (num_batches - 1)
+    used = sum(out_sizes)
+    synth_total = min(synthetic_per_rank, used)
+    cum = [round(synth_total * (j + 1) / num_batches) for j in range(num_batches)]
+    synthetic = [cum[0]] + [cum[j] - cum[j - 1] for j in range(1, num_batches)]
+    real_sizes = [o - s for o, s in zip(out_sizes, synthetic)]
+
+    rank_start = rank * real_share
+    workers, cursor = [], rank_start
+    for w in range(k):
+        ids = tuple(range(w, num_batches, k))
+        sizes = tuple(real_sizes[j] for j in ids)
+        n = sum(sizes)
+        segs, wrapped = _segments(index, order, cursor, cursor + n)
+        workers.append(WorkerPlan(w, ids, sizes, tuple(segs), wrapped))
+        cursor += n
+    return EpochPlan(epoch, rank, world_size, k, batch_size, num_batches, tuple(synthetic),
+                     tuple(workers), tuple(index.shards[i].url for i in order))

@@ -1,0 +1,109 @@
+"""Error policy for streaming: one exception type, one handler, named policies.
+
+Every problem found while streaming becomes a :class:`StreamError` that names
+the shard URL, the sample key and the offending value. The policy decides what
+happens next:
+
+* ``"raise"`` (default): the error propagates to the training loop.
+* ``"skip"``: the sample (or the rest of a broken shard) is dropped and counted
+  by reason in :class:`LoaderStats`, so nothing is lost silently.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+POLICIES = ("raise", "skip")
+
+
+class StreamError(ValueError):
+    """A bad shard or sample. ``reason`` is a short stable tag used for counting."""
+
+    def __init__(self, reason: str, message: str, *, shard: str | None = None,
+                 key: str | None = None, value: Any = None, lost: int = 1):
+        self.reason = reason
+        self.shard = shard
+        self.key = key
+        self.value = value
+        self.lost = lost  # samples this error makes unusable (a truncated shard loses its tail)
+        where = []
+        if shard is not None:
+            where.append(f"shard {shard!r}")
+        if key is not None:
+            where.append(f"key {key!r}")
+        shown = repr(value)
+        if len(shown) > 200:
+            shown = shown[:200] + "..."
+        prefix = (", ".join(where) + ": ") if where else ""
+        super().__init__(f"{prefix}{message} (value: {shown})")
+
+    def __reduce__(self):  # survives the trip back from DataLoader workers
+        return (_rebuild, (self.reason, self.args[0], self.shard, self.key, self.value, self.lost))
+
+
+def _rebuild(reason, full_message, shard, key, value, lost):
+    err = StreamError.__new__(StreamError)
+    ValueError.__init__(err, full_message)
+    err.reason, err.shard, err.key, err.value, err.lost = reason, shard, key, value, lost
+    return err
+
+
+def check_policy(on_error: str) -> str:
+    if on_error not in POLICIES:
+        raise ValueError(f"on_error must be one of {POLICIES}, got {on_error!r}")
+    return on_error
+
+
+class ErrorHandler:
+    """Applies a policy: raises, or counts the error in ``stats`` and returns."""
+
+    def __init__(self, on_error: str, stats: "LoaderStats"):
+        self.on_error = check_policy(on_error)
+        self.stats = stats
+
+    def __call__(self, err: StreamError) -> None:
+        if self.on_error == "raise":
+            raise err
+        self.stats.count_skip(err.reason, err.lost, example=str(err))
+
+
+class LoaderStats:
+    """Counters the user can read as ``loader.stats``.
+
+    ``skipped`` counts dropped samples by reason; ``padded`` counts samples
+    repeated to keep every rank and batch at its planned size; ``synthetic``
+    counts samples the balancer made; ``examples`` keeps the first message
+    seen per skip reason.
+    """
+
+    def __init__(self):
+        self.skipped: Counter[str] = Counter()
+        self.padded = 0
+        self.synthetic = 0
+        self.real = 0
+        self.examples: dict[str, str] = {}
+
+    def count_skip(self, reason: str, n: int = 1, example: str | None = None) -> None:
+        self.skipped[reason] += n
+        if example is not None:
+            self.examples.setdefault(reason, example)
+
+    def merge(self, other: dict) -> None:
+        for reason, n in other.get("skipped", {}).items():
+            self.skipped[reason] += n
+        self.padded += other.get("padded", 0)
+        for reason, msg in other.get("examples", {}).items():
+            self.examples.setdefault(reason, msg)
+
+    def as_dict(self) -> dict:
+        return {"skipped": dict(self.skipped), "padded": self.padded, "synthetic": self.synthetic,
+                "real": self.real, "examples": dict(self.examples)}
+
+    def take(self) -> dict:
+        """Return the counts so far and reset (workers ship deltas with each batch)."""
+        out = self.as_dict()
+        self.__init__()
+        return out
+
+    def __repr__(self) -> str:
+        return f"LoaderStats({self.as_dict()})"

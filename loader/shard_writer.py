@@ -1,0 +1,152 @@
+"""Write WebDataset shards plus their index from an image folder, arrays or the
+bundled scikit-learn digits.
+
+>>> import numpy as np, tempfile
+>>> images = np.zeros((10, 8, 8, 3), np.uint8); labels = np.arange(10) % 2
+>>> index = write_shards((images, labels), tempfile.mkdtemp(), maxcount=4, progress=False)
+>>> [s.count for s in index.shards], index.class_counts
+([4, 4, 2], [5, 5])
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+
+from typing import Union
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .image_codec import IMAGE_EXTS, decode_image, encode_image
+from .shard_index import INDEX_NAME, ShardIndex, ShardInfo
+
+FOLDER_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".npy")
+ArraySource = tuple[np.ndarray, np.ndarray]
+Source = Union[str, ArraySource]
+
+class UstarShardWriter(wds.ShardWriter):
+    """``ShardWriter`` that writes plain USTAR members.
+
+    webdataset's ``TarWriter`` picks USTAR but never passes it to
+    ``tarfile.open``, and its float ``mtime`` then forces a PAX header per
+    member, which doubles the header parsing when the shard is read back
+    (measured: about 40% of read time at 32×32 npy).
+    """
+
+    def next_stream(self):
+        super().next_stream()
+        self.tarstream.tarstream.format = tarfile.USTAR_FORMAT
+
+
+def load_digits_32(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8×8 digits, upsampled (bilinear) to 32×32 uint8 ``(N, 32, 32, 1)``."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    small = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in small])
+    return big[..., None], d.target.astype(np.int64)
+
+def _check_arrays(images: np.ndarray, labels: np.ndarray) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError("images must be a uint8 array of shape (N, H, W, C), got "
+                         f"{getattr(images, 'dtype', type(images).__name__)} "
+                         f"{getattr(images, 'shape', '')}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"labels must be 1-D with len(images)={len(images)} entries, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if len(labels) and labels.min() < 0:
+        raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
+
+def _folder_items(root: str) -> tuple[list[tuple[str, int]], list[str]]:
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise ValueError(f"image folder {root!r} has no class subfolders (expected root/<class>/<image>)")
+    items = []
+    for c, name in enumerate(classes):
+        for dirpath, _, files in os.walk(os.path.join(root, name)):
+            items += [(os.path.join(dirpath, f), c) for f in sorted(files) if f.lower().endswith(FOLDER_EXTS)]
+    if not items:
+        raise ValueError(f"image folder {root!r} has class folders {classes[:5]} but no images ({FOLDER_EXTS})")
+    return items, classes
+
+def _folder_image(path: str, ext: str, jpeg_quality: int) -> tuple[bytes, tuple[int, int, int]]:
+    """The bytes to store and the (H, W, C) shape. Same-format files pass through unchanged."""
+
+    src_ext = os.path.splitext(path)[1].lower().lstrip(".")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        arr = decode_image(data, "npy" if src_ext == "npy" else src_ext)
+    except Exception as e:
+        raise ValueError(f"image file {path!r} does not decode: {e}") from None
+    if src_ext == ext or (src_ext in ("jpg", "jpeg") and ext in ("jpg", "jpeg")):
+        return data, arr.shape
+    return encode_image(arr, ext, jpeg_quality), arr.shape
+
+def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_format: str = "npy",
+                 maxcount: int = 1000, maxsize: float = 3e8, class_names: list[str] | None = None,
+                 num_classes: int | None = None, shuffle_seed: int | None = 0, jpeg_quality: int = 95,
+                 progress: bool = True) -> ShardIndex:
+    """Write ``prefix-%06d.tar`` shards and ``index.json`` into ``out_dir``.
+
+    ``source`` is an ImageFolder-style directory (one subfolder per class), an
+    ``(images, labels)`` pair of a uint8 ``(N, H, W, C)`` array and integer labels,
+    or the string ``"digits"``. Samples are written in a seeded random order
+    (``shuffle_seed=None`` keeps the source order) so shards mix classes.
+    Each sample is ``{key}.{image_format}`` plus ``{key}.cls``.
+    """
+    if image_format not in IMAGE_EXTS:
+        raise ValueError(f"image_format must be one of {IMAGE_EXTS}, got {image_format!r}")
+    if maxcount < 1:
+        raise ValueError(f"maxcount must be >= 1, got {maxcount}")
+    folder: list[tuple[str, int]] | None = None
+    if isinstance(source, str) and source == "digits":
+        images, labels = load_digits_32()
+    elif isinstance(source, (str, os.PathLike)):
+        if not os.path.isdir(source):
+            raise ValueError(f"source {str(source)!r} is not a directory, an (images, labels) pair or 'digits'")
+        folder, names = _folder_items(str(source))
+        class_names = class_names or names
+        labels = np.array([c for _, c in folder], np.int64)
+        images = None
+    elif isinstance(source, tuple) and len(source) == 2:
+        images, labels = source
+        _check_arrays(images, labels)
+        labels = np.asarray(labels).astype(np.int64)
+    else:
+        raise ValueError(f"source must be a folder path, an (images, labels) pair or 'digits', got {type(source).__name__}")
+
+    n = len(labels)
+    if n == 0:
+        raise ValueError("source has no samples")
+    nc = num_classes or (len(class_names) if class_names else int(labels.max()) + 1)
+    if labels.max() >= nc:
+        raise ValueError(f"label {int(labels.max())} is out of range for num_classes={nc}")
+    class_names = list(class_names) if class_names else [str(i) for i in range(nc)]
+    order = np.arange(n) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(n)
+
+    os.makedirs(out_dir, exist_ok=True)
+    pattern = os.path.join(os.path.abspath(out_dir), f"{prefix}-%06d.tar")
+    counts: dict[str, list[int]] = {}
+    shapes: set[tuple[int, ...]] = set()
+    with UstarShardWriter(pattern, maxcount=maxcount, maxsize=maxsize, verbose=0) as sink:
+        for i in tqdm(order, desc=f"writing {prefix} shards", unit="img", disable=not progress):
+            label = int(labels[i])
+            if folder is not None:
+                data, shape = _folder_image(folder[i][0], image_format, jpeg_quality)
+            else:
+                data, shape = encode_image(images[i], image_format, jpeg_quality), images[i].shape
+            shapes.add(tuple(shape))
+            sink.write({"__key__": f"{prefix}_{int(i):08d}", image_format: data, "cls": str(label).encode()})
+            counts.setdefault(sink.fname, [0] * nc)[label] += 1
+    index = ShardIndex([ShardInfo(url, sum(cc), tuple(cc)) for url, cc in counts.items()], nc, class_names,
+                       image_format, next(iter(shapes)) if len(shapes) == 1 else None,
+                       os.path.join(out_dir, INDEX_NAME))
+    index.save(os.path.join(out_dir, INDEX_NAME))
+    return index
+

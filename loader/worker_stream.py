@@ -1,0 +1,123 @@
+"""The part of the loader that runs in each DataLoader worker (or in-process).
+
+Stages, in order: read planned segments → seeded shuffle buffer (on raw bytes,
+so the buffer holds compressed data) → fast-forward when resuming → decode →
+assemble uint8 NCHW batches of the planned sizes. Each batch carries the
+worker's error/padding counts since the previous batch, so the main process
+can keep ``loader.stats`` exact.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.filters import _shuffle
+
+from .epoch_plan import EpochPlan, WorkerPlan
+from .errors import ErrorHandler, LoaderStats, StreamError
+from .sample_decoder import SampleDecoder
+from .seeding import derive_seed
+from .tar_reader import read_segments
+
+
+@dataclass
+class StreamSettings:
+    shuffle_buffer: int
+    seed: int
+    on_error: str
+    decoder: SampleDecoder
+
+
+def shuffle_stage(samples: Iterator[dict], bufsize: int, seed: int) -> Iterator[dict]:
+    """webdataset's buffer shuffle with an owned, derived RNG (never the global one)."""
+    if bufsize <= 1:
+        return samples
+    return _shuffle(samples, bufsize=bufsize, initial=bufsize, rng=random.Random(seed))
+
+
+def decode_stage(raw: Iterator[dict], decoder: SampleDecoder, handle: ErrorHandler) -> Iterator[dict]:
+    for sample in raw:
+        try:
+            yield decoder(sample)
+        except StreamError as e:
+            handle(e)
+
+
+def collate_uint8(samples: list[dict]) -> dict:
+    """List of decoded samples → uint8 NCHW images and int64 labels (one copy)."""
+    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    return {"images": images,
+            "labels": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+            "keys": [s["__key__"] for s in samples],
+            "urls": [s["__url__"] for s in samples],
+            "is_padding": torch.tensor([s["is_padding"] for s in samples], dtype=torch.bool)}
+
+
+def batch_stage(samples: Iterator[dict], wp: WorkerPlan, first: int, handle: ErrorHandler,
+                stats: LoaderStats) -> Iterator[dict]:
+    """Cut the decoded stream into ``wp``'s planned batches, starting at its batch ``first``.
+
+    A sample whose size differs from its batch's first is an error (skip drops it).
+    Samples lost to skipped errors are replaced by repeats of earlier good ones
+    (flagged ``is_padding``), so every batch keeps its planned size and every
+    rank its length.
+    """
+    spare: list[dict] = []
+    fills = 0
+    for j in range(first, len(wp.batch_ids)):
+        batch: list[dict] = []
+        while len(batch) < wp.real_sizes[j]:
+            s = next(samples, None)
+            if s is None:
+                if not spare:
+                    raise StreamError("no_samples", "every sample of this worker's share was skipped; "
+                                      "nothing is left to fill the batch", value=wp.real_sizes[j])
+                s = dict(spare[fills % len(spare)], is_padding=True)
+                fills += 1
+            elif batch and s["image"].shape != batch[0]["image"].shape:
+                handle(StreamError("image_size", f"image size differs from the batch's "
+                                   f"{batch[0]['image'].shape} and no resize= was given",
+                                   shard=s["__url__"], key=s["__key__"], value=s["image"].shape))
+                continue
+            if len(spare) < 64 and not s["is_padding"]:
+                spare.append(s)
+            batch.append(s)
+        out = collate_uint8(batch) if batch else {}
+        out.update(batch_id=wp.batch_ids[j], stats=stats.take())
+        yield out
+
+
+class ShardStream(IterableDataset):
+    """Iterable over one rank's planned batches; each worker yields its own."""
+
+    def __init__(self, plan: EpochPlan, settings: StreamSettings, resume_batches: int = 0):
+        self.plan = plan
+        self.settings = settings
+        self.resume_batches = resume_batches
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        if info is not None and info.num_workers != self.plan.num_workers:
+            raise RuntimeError(f"planned for {self.plan.num_workers} workers, DataLoader has {info.num_workers}")
+        workers = [worker] if info is not None else range(self.plan.num_workers)
+        # In-process (num_workers=0) the single planned worker is read directly.
+        for w in workers:
+            yield from self._worker_batches(self.plan.workers[w])
+
+    def _worker_batches(self, wp: WorkerPlan) -> Iterator[dict]:
+        st, plan = self.settings, self.plan
+        stats = LoaderStats()
+        handle = ErrorHandler(st.on_error, stats)
+        raw = read_segments(wp.segments, handle)
+        raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", plan.epoch, plan.rank, wp.worker))
+        first = plan.worker_batches_before(wp.worker, self.resume_batches)
+        skip = sum(wp.real_sizes[:first])
+        raw = itertools.islice(raw, skip, None)   # fast-forward on raw bytes: nothing is decoded
+        samples = decode_stage(raw, st.decoder, handle)
+        yield from batch_stage(samples, wp, first, handle, stats)

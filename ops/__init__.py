@@ -1,0 +1,1 @@
+"""Augmentation ops that run on whole batches where the batch lives."""

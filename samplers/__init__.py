@@ -1,0 +1,1 @@
+"""In-stream class balancing with SMOTE-family synthesizers."""

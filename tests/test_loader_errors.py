@@ -1,0 +1,209 @@
+"""Every bad input gets an error naming shard, key and value; ``skip`` counts it."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from shard_factory import good_members, make_shards, npy_bytes, write_custom
+from streamaug.loader import ShardIndex, ShardIndexError, StreamError, StreamLoader
+
+GOOD = good_members(6)  # keys s_00000..s_00005, labels alternate 0/1
+
+
+def members_with(bad: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    return GOOD[:6] + bad + GOOD[6:]          # 3 good samples, the bad one, 3 good
+
+
+def one_shard(tmp_path, members, counts, **kw):
+    return write_custom(str(tmp_path), {"a.tar": members}, {"a.tar": counts}, **kw)
+
+
+BAD_SAMPLES = {
+    # reason: (extra members, claimed class counts incl. the bad sample, expected message, value)
+    "no_label": ([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8)))], "no .cls label", "['npy']"),
+    "no_image": ([("bad.cls", b"1")], "no image field", "['cls']"),
+    "undecodable_image": ([("bad.jpg", b"\xff\xd8 not a jpeg"), ("bad.cls", b"0")], "does not decode", "bytes"),
+    "bad_label": ([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8))), ("bad.cls", b"cat")],
+                  "not an integer", "cat"),
+    "label_out_of_range": ([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8))), ("bad.cls", b"7")],
+                           "outside the index's classes", "7"),
+    "image_size": ([("bad.npy", npy_bytes(np.zeros((9, 8, 3), np.uint8))), ("bad.cls", b"0")],
+                   "differs", "(9, 8, 3)"),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_SAMPLES))
+def test_bad_sample_raises_naming_shard_key_value(tmp_path, reason):
+    extra, message, value = BAD_SAMPLES[reason]
+    index = one_shard(tmp_path, members_with(extra), [4, 3])
+    loader = StreamLoader(index.urls, batch_size=7, shuffle=0)
+    with pytest.raises(StreamError) as info:
+        list(loader)
+    err = info.value
+    assert err.reason == reason and err.key == "bad" and err.shard == index.urls[0]
+    text = str(err)
+    assert message in text and "'bad'" in text and index.urls[0] in text and value in text
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("reason", sorted(BAD_SAMPLES))
+def test_bad_sample_is_skipped_counted_and_replaced(tmp_path, reason, num_workers):
+    extra, _, _ = BAD_SAMPLES[reason]
+    index = one_shard(tmp_path, members_with(extra), [4, 3])
+    loader = StreamLoader(index.urls, batch_size=7, shuffle=0, on_error="skip", num_workers=num_workers)
+    batches = list(loader)
+    keys = [k for b in batches for k in b.keys]
+    assert "bad" not in keys and set(keys) == {f"s_{i:05d}" for i in range(6)}
+    assert loader.stats.skipped == {reason: 1}
+    assert reason in loader.stats.examples and "'bad'" in loader.stats.examples[reason]
+    assert [len(b[1]) for b in batches] == [7], "the planned batch keeps its size"
+    assert loader.stats.padded == 1 and int(batches[0].is_padding.sum()) == 1
+
+
+def test_mixed_sizes_without_index_shape_name_the_sample(tmp_path):
+    members = GOOD[:6] + [("bad.npy", npy_bytes(np.zeros((5, 5, 3), np.uint8))), ("bad.cls", b"0")]
+    index = one_shard(tmp_path, members, [2, 2], image_shape=None)
+    with pytest.raises(StreamError, match=r"key 'bad'.*differs.*\(5, 5, 3\)") as info:
+        list(StreamLoader(index.urls, batch_size=4, shuffle=0))
+    assert info.value.reason == "image_size"
+    x, _ = next(iter(StreamLoader(index.urls, batch_size=4, shuffle=0, resize=(6, 6))))
+    assert x.shape == (4, 3, 6, 6), "resize= makes mixed sizes fine"
+
+
+def test_truncated_tar(tmp_path):
+    index = one_shard(tmp_path, good_members(6), [3, 3])
+    path = index.urls[0]
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2 + 100])
+    with pytest.raises(StreamError, match="corrupt or truncated|index says") as info:
+        list(StreamLoader(index.urls, batch_size=6, shuffle=0))
+    assert info.value.shard == path
+    loader = StreamLoader(index.urls, batch_size=6, shuffle=0, on_error="skip")
+    keys = [k for b in loader for k in b.keys]
+    lost = sum(loader.stats.skipped.values())
+    assert lost == 6 - len(set(keys)) and lost > 0 and loader.stats.padded == lost
+
+
+def test_garbage_tar(tmp_path):
+    index = write_custom(str(tmp_path), {"a.tar": good_members(3), "b.tar": good_members(3, 3)},
+                         {"a.tar": [2, 1], "b.tar": [1, 2]})
+    open(index.urls[1], "wb").write(b"this is not a tar file" * 100)
+    with pytest.raises(StreamError, match="corrupt or truncated") as info:
+        list(StreamLoader(index.urls, batch_size=3, shuffle=0))
+    assert info.value.shard == index.urls[1] and info.value.reason == "corrupt_shard"
+    loader = StreamLoader(index.urls, batch_size=3, shuffle=0, on_error="skip")
+    assert sum(len(b[1]) for b in loader) == 6 and loader.stats.skipped == {"corrupt_shard": 3}
+
+
+def test_missing_shard(tmp_path):
+    index = write_custom(str(tmp_path), {"a.tar": good_members(3), "b.tar": good_members(3, 3)},
+                         {"a.tar": [2, 1], "b.tar": [1, 2]})
+    os.remove(index.urls[0])
+    with pytest.raises(StreamError, match="does not exist") as info:
+        list(StreamLoader(index.urls, batch_size=3, shuffle=0))
+    assert info.value.shard == index.urls[0] and info.value.value == index.urls[0]
+    loader = StreamLoader(index.urls, batch_size=3, shuffle=0, on_error="skip")
+    assert sum(len(b[1]) for b in loader) == 6 and loader.stats.skipped == {"missing_shard": 3}
+
+
+def test_shard_not_in_index(npy_shards, tmp_path):
+    index, _, _ = npy_shards
+    with pytest.raises(ShardIndexError, match="does not list shard .*nope.tar"):
+        StreamLoader(index.urls + [str(tmp_path / "nope.tar")], batch_size=4, index=index)
+
+
+@pytest.mark.parametrize("urls", [[], "", [""]])
+def test_empty_url_list(urls):
+    with pytest.raises(ValueError, match="no shard URLs"):
+        StreamLoader(urls, batch_size=4)
+
+
+@pytest.mark.parametrize("claimed,found", [([4, 4], "ended after 6"), ([2, 2], "more samples than the index count 4")])
+def test_index_disagrees_with_shard(tmp_path, claimed, found):
+    index = one_shard(tmp_path, good_members(6), claimed)
+    with pytest.raises(StreamError, match=found) as info:
+        list(StreamLoader(index.urls, batch_size=4, shuffle=0))
+    assert info.value.reason == "index_mismatch" and info.value.shard == index.urls[0]
+    loader = StreamLoader(index.urls, batch_size=4, shuffle=0, on_error="skip")
+    keys = [k for b in loader for k in b.keys]
+    if sum(claimed) > 6:   # short shard: the missing tail is counted and padded
+        assert loader.stats.skipped["index_mismatch"] == 2 and loader.stats.padded == 2
+    else:                  # extra samples: the planned 4 arrive, the unplanned extra is counted
+        assert keys == [f"s_{i:05d}" for i in range(4)] and loader.stats.skipped["index_mismatch"] == 1
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.update(format="other"), "not a streamaug index"),
+    (lambda d: d.update(num_classes=0), "num_classes"),
+    (lambda d: d["shards"][0].update(count=-1), r"shards\[0\].count"),
+    (lambda d: d["shards"][0].update(class_counts=[1]), r"class_counts must be 2 ints"),
+    (lambda d: d["shards"][0].update(count=5), "sum to 6 but count is 5"),
+    (lambda d: d.update(shards=[]), "non-empty list"),
+    (lambda d: d.update(image_shape=[8, 8]), "image_shape"),
+])
+def test_invalid_index_is_rejected_with_the_field(tmp_path, edit, message):
+    index = one_shard(tmp_path, good_members(6), [3, 3])
+    doc = json.load(open(index.source))
+    edit(doc)
+    json.dump(doc, open(index.source, "w"))
+    with pytest.raises(ShardIndexError, match=message):
+        ShardIndex.load(index.source)
+
+
+def test_missing_and_malformed_index(tmp_path):
+    with pytest.raises(ShardIndexError, match="does not exist"):
+        ShardIndex.load(str(tmp_path / "index.json"))
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(ShardIndexError, match="not valid JSON"):
+        ShardIndex.load(str(tmp_path / "index.json"))
+
+
+def test_pickles_in_shards_are_never_loaded(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    payload = pickle.dumps(Boom())
+    members = GOOD[:6] + [("bad.pyd", payload), ("bad.pickle", payload), ("bad.cls", b"1"),
+                          ("evil.npy", npy_bytes(np.array([None], dtype=object)).replace(b"", b"")),
+                          ("evil.cls", b"0")]
+    import io
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    members[-2] = ("evil.npy", buf.getvalue())
+    index = one_shard(tmp_path, members, [3, 2])
+    loader = StreamLoader(index.urls, batch_size=5, shuffle=0, on_error="skip")
+    list(loader)
+    assert not (tmp_path / "pwned").exists()
+    assert loader.stats.skipped == {"no_image": 1, "undecodable_image": 1}
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
+    ({"batch_size": 4, "num_workers": -1}, "num_workers must be an int >= 0, got -1"),
+    ({"batch_size": 4, "on_error": "ignore"}, "on_error must be one of .* got 'ignore'"),
+    ({"batch_size": 4, "shuffle": -5}, "shuffle must be a buffer size >= 0, got -5"),
+    ({"batch_size": 4, "rank": 2, "world_size": 2}, r"rank must be in \[0, world_size=2\), got 2"),
+    ({"batch_size": 4, "resize": (0, 4)}, "resize must be"),
+])
+def test_bad_loader_arguments(npy_shards, kwargs, message):
+    index, _, _ = npy_shards
+    with pytest.raises(ValueError, match=message):
+        StreamLoader(index.urls, **kwargs)
+
+
+def test_writer_rejects_bad_sources(tmp_path):
+    from streamaug.loader import write_shards
+
+    with pytest.raises(ValueError, match="uint8 array of shape"):
+        write_shards((np.zeros((2, 4, 4, 3), np.float32), np.zeros(2, int)), str(tmp_path))
+    with pytest.raises(ValueError, match="labels must be 1-D with len"):
+        write_shards((np.zeros((2, 4, 4, 3), np.uint8), np.zeros(3, int)), str(tmp_path))
+    with pytest.raises(ValueError, match="image_format must be one of"):
+        make_shards(str(tmp_path), n=4, fmt="gif")
+    with pytest.raises(ValueError, match="is not a directory"):
+        write_shards(str(tmp_path / "missing"), str(tmp_path))
