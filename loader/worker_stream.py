@@ -105,9 +105,11 @@ class ShardStream(IterableDataset):
         worker = info.id if info is not None else 0
         if info is not None and info.num_workers != self.plan.num_workers:
             raise RuntimeError(f"planned for {self.plan.num_workers} workers, DataLoader has {info.num_workers}")
-        workers = [worker] if info is not None else range(self.plan.num_workers)
-        # In-process (num_workers=0) the single planned worker is read directly.
-        for w in workers:
+        # DataLoader reads its workers round-robin starting at worker 0, but after a
+        # resume at batch b the next batch belongs to plan worker b % K: rotate.
+        k = self.plan.num_workers
+        workers = [(worker + self.resume_batches) % k] if info is not None else range(k)
+        for w in workers:       # in-process (num_workers=0) the single planned worker is read directly
             yield from self._worker_batches(self.plan.workers[w])
 
     def _worker_batches(self, wp: WorkerPlan) -> Iterator[dict]:

@@ -89,7 +89,7 @@ def test_encoded_image_paths(tmp_path, fmt):
     assert sorted(keys) == sorted(f"train_{i:08d}" for i in range(40))
     for k, xi in zip(keys, x):
         original = images[index_of_key(k)]
-        ref = np.asarray(Image.open(io.BytesIO(encode_image(original, fmt))))   # what the bytes decode to
+        ref = np.array(Image.open(io.BytesIO(encode_image(original, fmt))))   # what the bytes decode to
         assert torch.equal(xi, torch.from_numpy(ref).permute(2, 0, 1)), k
         if fmt == "png":
             assert np.array_equal(ref, original)

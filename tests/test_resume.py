@@ -20,14 +20,14 @@ def same(a, b):
                                     for (ka, xa, ya), (kb, xb, yb) in zip(a, b))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("stop_at", ["start", "middle", "end"])
+@pytest.mark.parametrize("workers", [0, 2, 3])
+@pytest.mark.parametrize("stop_at", ["start", "middle", "middle_odd", "end"])
 def test_resume_gives_identical_remaining_batches(npy_shards, workers, stop_at):
     index, _, _ = npy_shards
     reference = make(index, workers)
     epoch0 = flat(reference)
     epoch1 = flat(reference)
-    cut = {"start": 0, "middle": 6, "end": len(epoch0)}[stop_at]
+    cut = {"start": 0, "middle": 6, "middle_odd": 7, "end": len(epoch0)}[stop_at]
 
     first = make(index, workers)
     it = iter(first)

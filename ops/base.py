@@ -1,0 +1,142 @@
+"""The op contract: draw per-row parameters from an owned generator, then apply
+them with a pure function; passing the parameters back in replays the call.
+
+Three kinds:
+
+* :class:`GeometricOp` returns a forward 3×3 matrix per row (source pixel →
+  destination pixel, pixel centres at integer coordinates, ``x`` right, ``y``
+  down). :class:`~streamaug.ops.Compose` multiplies consecutive ones and
+  resamples once.
+* :class:`IntensityOp` transforms float images in ``[0, 1]`` and describes
+  itself to each backend.
+* Mix ops (``MixUp``, ``CutMix``) also take labels and return soft targets.
+
+Every row draws its own parameters and is applied with probability exactly
+``p`` (one Bernoulli draw per row, recorded as ``params["apply"]``).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+from streamaug.loader.seeding import derive_seed
+
+Params = dict[str, torch.Tensor]
+
+
+def check_probability(p: float) -> float:
+    if not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p!r}")
+    return float(p)
+
+
+def check_range(name: str, value, *, low: float | None = None, symmetric: bool = False) -> tuple[float, float]:
+    """A number ``v`` means ``(-v, v)`` when ``symmetric``, else ``(v, v)``; a pair is ``(lo, hi)``."""
+    if isinstance(value, numbers.Real):
+        lo, hi = (-float(value), float(value)) if symmetric else (float(value), float(value))
+        if symmetric and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, numbers.Real) for v in value):
+        lo, hi = float(value[0]), float(value[1])
+    else:
+        raise ValueError(f"{name} must be a number or a (low, high) pair, got {value!r}")
+    if lo > hi:
+        raise ValueError(f"{name} must have low <= high, got {value!r}")
+    if low is not None and lo < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return lo, hi
+
+
+def check_images(images) -> None:
+    """NCHW, uint8 or float in [0, 1]; anything else is refused with the value named."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"images must have rank 4 (N, C, H, W), got rank {images.ndim} with shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return
+    if not images.is_floating_point():
+        raise TypeError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
+    if images.numel():
+        lo, hi = torch.aminmax(images)
+        if lo < 0 or hi > 1:
+            raise ValueError(f"float images must lie in [0, 1], got values in [{float(lo):.4g}, {float(hi):.4g}]")
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+def from_float(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Back to ``like``'s dtype: uint8 rounds and saturates; float is clipped to [0, 1]."""
+    if like.dtype == torch.uint8:
+        return values.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return values.clamp(0.0, 1.0).to(like.dtype)
+
+
+class Op:
+    """Base of every op: owns a ``numpy.random.Generator``; ``seed=None`` takes the
+    loader's (or ``Compose``'s) derived seed."""
+
+    kind = "op"
+
+    def __init__(self, p: float = 1.0, seed: int | None = None):
+        self.p = check_probability(p)
+        self.seed = seed
+        self.rng = np.random.Generator(np.random.PCG64(0 if seed is None else derive_seed(seed, type(self).__name__)))
+        self.last_params: Params | None = None
+
+    def manual_seed(self, seed: int) -> None:
+        self.rng = np.random.Generator(np.random.PCG64(derive_seed(seed, type(self).__name__)))
+
+    def generate_parameters(self, n: int, height: int, width: int) -> Params:
+        """Draw ``apply`` (one Bernoulli(p) per row) and the op's own parameters, on the CPU."""
+        params = {"apply": torch.from_numpy(self.rng.random(n) < self.p)}
+        params.update(self._draw(n, height, width))
+        return params
+
+    def _draw(self, n: int, height: int, width: int) -> Params:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in ("rng", "last_params", "seed"))
+        return f"{type(self).__name__}({args})"
+
+
+class GeometricOp(Op):
+    kind = "geometric"
+
+    def matrices(self, params: Params, height: int, width: int) -> torch.Tensor:
+        """Forward 3×3 matrices (float64), identity where ``apply`` is False."""
+        m = self._matrices(params, height, width)
+        eye = torch.eye(3, dtype=torch.float64).expand_as(m)
+        return torch.where(params["apply"].view(-1, 1, 1), m, eye)
+
+    def _matrices(self, params: Params, height: int, width: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class IntensityOp(Op):
+    kind = "intensity"
+
+    def apply_torch(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        """``x``: float NCHW in [0, 1] on any device → same."""
+        raise NotImplementedError
+
+    dali_argument_names: tuple[str, ...] = ()
+
+    def dali_arguments(self, params: Params) -> dict[str, list[np.ndarray]]:
+        """Per-sample arrays fed to the DALI pipeline, keyed by ``dali_argument_names``."""
+        raise NotImplementedError
+
+    def dali_apply(self, fn, images, arguments: dict):
+        """Build this op's DALI graph node from ``images`` and the fed ``arguments``."""
+        raise NotImplementedError

@@ -1,0 +1,39 @@
+"""CutMix (Yun et al. 2019): paste a partner's box; the label weight is the pasted area."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..base import Params
+from .mix_base import MixOp
+
+
+class CutMix(MixOp):
+    """Paste a box of ``π(i)`` into row ``i``. The box has side ``sqrt(1 − λ)`` of the
+    image, ``λ ~ Beta(α, α)``, and a uniformly drawn centre; it is clipped to the
+    image, and the target weight is the area actually pasted: ``λ' = 1 − box/(H·W)``."""
+
+    def __init__(self, alpha: float = 1.0, p: float = 1.0, num_classes: int | None = None, seed: int | None = None):
+        super().__init__(alpha, p, num_classes, seed)
+
+    def _draw(self, n: int, height: int, width: int) -> Params:
+        params = super()._draw(n, height, width)
+        cut = np.sqrt(1.0 - params["lam"].double().numpy())
+        cy, cx = self.rng.random(n) * height, self.rng.random(n) * width
+        bh, bw = cut * height, cut * width
+        y0 = np.clip(np.round(cy - bh / 2), 0, height).astype(np.int64)
+        y1 = np.clip(np.round(cy + bh / 2), 0, height).astype(np.int64)
+        x0 = np.clip(np.round(cx - bw / 2), 0, width).astype(np.int64)
+        x1 = np.clip(np.round(cx + bw / 2), 0, width).astype(np.int64)
+        params["box"] = torch.from_numpy(np.stack([y0, y1, x0, x1], -1))
+        return params
+
+    def mix_images(self, images: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, h, w = images.shape
+        y0, y1, x0, x1 = (params["box"][:, i].to(images.device).view(-1, 1, 1) for i in range(4))
+        ys = torch.arange(h, device=images.device).view(1, h, 1)
+        xs = torch.arange(w, device=images.device).view(1, 1, w)
+        inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1) & params["apply"].to(images.device).view(-1, 1, 1)
+        mixed = torch.where(inside.unsqueeze(1), images[params["perm"].to(images.device)], images)
+        lam = 1.0 - inside.flatten(1).sum(1).float().cpu() / float(h * w)
+        return mixed, lam

@@ -1,0 +1,28 @@
+"""MixUp (Zhang et al. 2018): blend each row with a partner, and blend the targets alike."""
+from __future__ import annotations
+
+import torch
+
+from ..base import Params, from_float, to_float
+from .mix_base import MixOp
+
+
+class MixUp(MixOp):
+    """``x_i ← λ_i x_i + (1 − λ_i) x_{π(i)}`` with ``λ_i ~ Beta(α, α)`` per row and ``π``
+    a random permutation; targets become ``λ_i·onehot(y_i) + (1 − λ_i)·onehot(y_{π(i)})``.
+    A row is mixed with probability ``p`` (else λ = 1: the row is returned unchanged).
+
+    DALI has no mixup operator; on both backends this op runs in torch after the
+    backend's augmentation, on the same device, so the pairing and λ are the
+    same for pixels and targets by construction.
+    """
+
+    def __init__(self, alpha: float = 0.2, p: float = 1.0, num_classes: int | None = None, seed: int | None = None):
+        super().__init__(alpha, p, num_classes, seed)
+
+    def mix_images(self, images: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
+        lam = self.row_lambda(params)
+        x = to_float(images)
+        lv = lam.to(x.device, x.dtype).view(-1, 1, 1, 1)
+        mixed = x * lv + x[params["perm"].to(x.device)] * (1 - lv)
+        return from_float(mixed, images), lam

@@ -1,0 +1,120 @@
+"""The shared op suite: every op × backend × device keeps the contract."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from op_cases import MIX_OPS, OPS, REPLAY_EXACT, grid, images, run
+from streamaug.ops import Compose, GaussianNoise, MixUp, Rotate
+
+ALL = sorted(OPS)
+
+
+@pytest.mark.parametrize("backend,device", list(grid()))
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_keeps_dtype_device_shape(name, backend, device, dtype):
+    x = images(dtype=dtype, device=device)
+    y, _ = run(OPS[name](), x, backend)
+    assert y.dtype == x.dtype and y.shape == x.shape and y.device == x.device
+    if dtype == torch.float32:
+        assert float(y.min()) >= 0 and float(y.max()) <= 1
+
+
+@pytest.mark.parametrize("backend,device", list(grid()))
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_p0_returns_the_input(name, backend, device, dtype):
+    x = images(dtype=dtype, device=device)
+    y, aug = run(OPS[name](p=0.0), x, backend)
+    assert torch.equal(y, x)
+    assert not aug.last_params[0]["apply"].any()
+
+
+@pytest.mark.parametrize("backend,device", list(grid()))
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_output_and_replay(name, backend, device):
+    x = images(device=device)
+    a, aug = run(OPS[name](), x, backend, seed=5)
+    b, _ = run(OPS[name](), x, backend, seed=5)
+    replay = aug(x, params=aug.last_params)
+    if (name, backend) in REPLAY_EXACT:
+        assert torch.equal(a, b) and torch.equal(replay, a)
+    else:   # DALI noise: the σ replays; the field is DALI's own draw
+        assert (replay.float() - a.float()).abs().mean() < 20
+    c, _ = run(OPS[name](), x, backend, seed=6)
+    assert not torch.equal(c, a), "a different seed changes the output"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_rows_draw_their_own_parameters(name):
+    op = OPS[name](p=1.0, seed=0)
+    params = op.generate_parameters(32, 24, 24)
+    varying = [v for k, v in params.items() if k != "apply" and v.ndim >= 1 and v.shape[0] == 32]
+    if varying:
+        assert any(len(torch.unique(v, dim=0)) > 16 for v in varying)
+    else:   # flips: the only per-row draw is whether to apply
+        half = OPS[name](p=0.5, seed=0).generate_parameters(32, 24, 24)["apply"]
+        assert 0 < int(half.sum()) < 32
+
+
+@pytest.mark.parametrize("name", ALL + sorted(MIX_OPS))
+def test_apply_is_p_per_row(name):
+    factory = {**OPS, **MIX_OPS}[name]
+    op = factory(p=0.3, seed=1)
+    applied = torch.cat([op.generate_parameters(1000, 8, 8)["apply"] for _ in range(4)])
+    assert abs(applied.float().mean().item() - 0.3) < 0.03, "p is per row (0.3), not p² (0.09)"
+
+
+@pytest.mark.parametrize("name", ALL + sorted(MIX_OPS))
+@pytest.mark.parametrize("p", [-0.1, 1.5, "0.5"])
+def test_bad_probability_named(name, p):
+    factory = {**OPS, **MIX_OPS}[name]
+    with pytest.raises(ValueError, match=f"p must be in \\[0, 1\\], got {p!r}"):
+        factory(p=p)
+
+
+@pytest.mark.parametrize("backend", ["kornia", "dali"])
+def test_bad_images_named(backend):
+    aug = Compose([Rotate(10)], backend=backend, seed=0)
+    with pytest.raises(ValueError, match=r"rank 4 .* got rank 3 with shape \(3, 8, 8\)"):
+        aug(torch.zeros(3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="uint8 or float .* got dtype torch.int32"):
+        aug(torch.zeros(1, 3, 8, 8, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got values in \[0, 255\]"):
+        aug(torch.full((1, 3, 8, 8), 255.0).index_fill_(3, torch.tensor([0]), 0.0))
+    with pytest.raises(TypeError, match="must be a torch.Tensor, got ndarray"):
+        import numpy as np
+        aug(np.zeros((1, 3, 8, 8), np.uint8))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: GaussianNoise(-0.1), "std must be >= 0, got -0.1"),
+    (lambda: GaussianNoise((0.2, 0.1)), "low <= high"),
+    (lambda: Rotate("a lot"), "degrees must be a number or a"),
+    (lambda: Rotate(-5), "degrees must be >= 0, got -5"),
+    (lambda: MixUp(alpha=0), "alpha must be > 0, got 0"),
+    (lambda: Compose([Rotate(5)], backend="opencv"), "backend must be one of .* got 'opencv'"),
+])
+def test_bad_arguments_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_compose_refuses_mix_ops_and_wrong_params():
+    with pytest.raises(TypeError, match="pass mix ops as the loader's mixup="):
+        Compose([MixUp()])
+    aug = Compose([Rotate(5)], seed=0)
+    with pytest.raises(ValueError, match="one dict per op"):
+        aug(images(), params=[{}, {}])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_dict_round_trip(name):
+    op = OPS[name](seed=3)
+    op.generate_parameters(4, 8, 8)
+    state = op.state_dict()
+    a = op.generate_parameters(8, 8, 8)
+    op.load_state_dict(state)
+    b = op.generate_parameters(8, 8, 8)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,137 @@
+"""Noise, jitter, erasing, MixUp and CutMix against their definitions."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from op_cases import grid, images, run
+from streamaug.ops import BrightnessContrast, Compose, CutMix, GaussianNoise, MixUp, RandomErasing
+
+GRID = list(grid())
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_noise_std_zero_is_identity(backend, device, dtype):
+    x = images(dtype=dtype, device=device)
+    y, _ = run(GaussianNoise(0.0), x, backend)
+    assert torch.equal(y, x)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("std", [0.02, 0.1])
+def test_noise_empirical_std_and_row_independence(backend, device, std):
+    x = torch.full((16, 3, 48, 48), 0.5, device=device)          # far from the clip edges
+    y, _ = run(GaussianNoise(std), x, backend)
+    d = (y - x).cpu()
+    assert abs(d.std().item() - std) / std < 0.05
+    per_row = d.flatten(1)
+    corr = np.corrcoef(per_row.numpy())[np.triu_indices(16, 1)]
+    assert np.abs(corr).max() < 0.1, "rows get independent noise"
+    assert abs(d.mean().item()) < std / 20
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_noise_is_clipped_to_the_valid_range(backend, device):
+    x = images(dtype=torch.float32, device=device)
+    y, _ = run(GaussianNoise(0.5), x, backend)
+    assert float(y.min()) == 0.0 and float(y.max()) == 1.0
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_brightness_contrast_formula(backend, device):
+    x = images(dtype=torch.float32, device=device)
+    aug = Compose([BrightnessContrast(0.5, 0.5)], backend=backend, seed=2)
+    y = aug(x)
+    p = aug.last_params[0]
+    b, c = (p[k].view(-1, 1, 1, 1).to(device) for k in ("brightness", "contrast"))
+    ref = (b * (0.5 + c * (x - 0.5))).clamp(0, 1)
+    assert (y - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_erasing_fills_exactly_the_box(backend, device):
+    x = images(device=device) | 1                                 # no zero pixels before erasing
+    aug = Compose([RandomErasing(p=1.0)], backend=backend, seed=3)
+    y = aug(x)
+    for row, (top, left, h, w) in enumerate(aug.last_params[0]["box"].tolist()):
+        assert (y[row, :, top:top + h, left:left + w] == 0).all()
+        assert int((y[row] == 0).sum()) == 3 * h * w
+
+
+# ---------------------------------------------------------------- MixUp / CutMix
+def mix(op, n=64, num_classes=5, device="cpu", dtype=torch.float32):
+    x = images(n=n, dtype=dtype, device=device, h=16, w=16)
+    labels = torch.arange(n, device=device) % num_classes
+    out, targets = op(x, labels, num_classes=num_classes)
+    return x, labels, out, targets, op.last_params
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_mixup_lambda_is_beta_alpha_alpha(alpha):
+    op = MixUp(alpha, seed=0)
+    lam = torch.cat([op.generate_parameters(1000, 4, 4)["lam"] for _ in range(4)]).double().numpy()
+    assert stats.kstest(lam, stats.beta(alpha, alpha).cdf).pvalue > 0.01
+    assert stats.kstest(lam, stats.uniform().cdf).pvalue < 0.01 or alpha == 1.0
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_mixup_same_lambda_and_pairing_for_pixels_and_targets(device):
+    x, labels, out, targets, p = mix(MixUp(0.4, seed=1), device=device)
+    lam = torch.where(p["apply"], p["lam"], torch.ones_like(p["lam"])).to(device)
+    perm = p["perm"].to(device)
+    assert torch.allclose(out, lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm], atol=1e-6)
+    onehot = torch.nn.functional.one_hot(labels, 5).float()
+    assert torch.allclose(targets, lam.view(-1, 1) * onehot + (1 - lam.view(-1, 1)) * onehot[perm], atol=1e-6)
+    assert (targets >= 0).all() and torch.allclose(targets.sum(1), torch.ones(64, device=device))
+    assert sorted(perm.tolist()) == list(range(64))
+
+
+def test_mixup_lambda_one_returns_the_sample_and_uint8_is_kept():
+    op = MixUp(0.4, seed=1)
+    x = images(n=8)
+    params = op.generate_parameters(8, 24, 24)
+    params["lam"] = torch.ones(8)
+    out, targets = op(x, torch.arange(8) % 3, num_classes=3, params=params)
+    assert out.dtype == torch.uint8 and torch.equal(out, x)
+    assert torch.equal(targets, torch.nn.functional.one_hot(torch.arange(8) % 3, 3).float())
+
+
+def test_mixup_p_is_per_row():
+    op = MixUp(0.4, p=0.25, seed=3)
+    n = 2000                        # unique labels: a mixed row always has a soft target
+    _, targets = op(images(n=n, h=4, w=4), torch.arange(n), num_classes=n)
+    p = op.last_params
+    mixed = (targets.max(1).values < 1).float().mean().item()
+    assert abs(mixed - 0.25) < 0.04 and abs(p["apply"].float().mean().item() - 0.25) < 0.04
+
+
+def test_cutmix_label_weight_is_the_pasted_area_after_clipping():
+    x, labels, out, targets, p = mix(CutMix(1.0, seed=4), n=200)
+    h = w = 16
+    for i in range(200):
+        y0, y1, x0, x1 = p["box"][i].tolist()
+        area = (y1 - y0) * (x1 - x0) if p["apply"][i] else 0
+        lam_used = 1 - area / (h * w)
+        j = int(p["perm"][i])
+        expected = torch.zeros(5)
+        expected[labels[i]] += lam_used
+        expected[labels[j]] += 1 - lam_used
+        assert torch.allclose(targets[i], expected, atol=1e-6)
+        if area:
+            assert torch.equal(out[i, :, y0:y1, x0:x1], x[j, :, y0:y1, x0:x1])
+    clipped = [(b[1] - b[0]) * (b[3] - b[2]) for b in p["box"].tolist()]
+    unclipped = (1 - p["lam"].double().numpy()) * h * w
+    assert np.mean(np.array(clipped) < unclipped - 1) > 0.2, "many boxes are clipped; weights follow the clip"
+
+
+def test_mix_ops_reject_bad_labels():
+    op = MixUp(0.4, seed=0)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got range \[0, 7\]"):
+        op(images(n=8), torch.arange(8), num_classes=3)
+    with pytest.raises(ValueError, match="num_classes is needed"):
+        op(images(n=8), torch.arange(8))
+    with pytest.raises(ValueError, match="labels have 4 rows but images have 8"):
+        op(images(n=8), torch.arange(4), num_classes=10)
