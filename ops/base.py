@@ -66,13 +66,16 @@ def check_images(images) -> None:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+    """A fresh float32 copy in [0, 1] (ops may then work in place; the input is never modified)."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
 
 
 def from_float(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Back to ``like``'s dtype: uint8 rounds and saturates; float is clipped to [0, 1]."""
+    """Back to ``like``'s dtype: uint8 rounds and saturates; float is clipped to [0, 1].
+    ``values`` must be the backend's own buffer (it is reused)."""
     if like.dtype == torch.uint8:
-        return values.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        # round half up: floor(255·v + 0.5), saturated; three passes over the buffer
+        return values.add_(0.5 / 255.0).mul_(255.0).clamp_(0.0, 255.0).to(torch.uint8)
     return values.clamp(0.0, 1.0).to(like.dtype)
 
 

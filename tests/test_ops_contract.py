@@ -118,3 +118,13 @@ def test_state_dict_round_trip(name):
     op.load_state_dict(state)
     b = op.generate_parameters(8, 8, 8)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("backend,device", list(grid()))
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_input_is_never_modified(name, backend, device, dtype):
+    x = images(dtype=dtype, device=device)
+    before = x.clone()
+    run(OPS[name](), x, backend)
+    assert torch.equal(x, before)

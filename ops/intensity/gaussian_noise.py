@@ -1,10 +1,47 @@
 """Additive Gaussian noise, independent per row and pixel, on the [0, 1] scale."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
+from streamaug.loader.seeding import derive_seed
+
 from ..base import IntensityOp, Params, check_range
+
+
+CHUNK_ELEMENTS = 1 << 21
+_pool: ThreadPoolExecutor | None = None
+
+
+def gaussian_field(shape: torch.Size, seed: int, device: torch.device) -> torch.Tensor:
+    """Standard normal noise of ``shape``, a pure function of ``seed``.
+
+    Drawn in chunks of about ``CHUNK_ELEMENTS`` (whole rows), chunk ``i`` from its own
+    generator seeded with ``derive_seed(seed, i)``; on the CPU the chunks run on
+    a thread pool (torch's ``normal_`` uses one core), and the result does not
+    depend on the number of threads.
+    """
+    out = torch.empty(shape, device=device, dtype=torch.float32)
+    per_row = max(1, out[0].numel()) if len(out) else 1
+    chunks = list(torch.split(out, max(1, CHUNK_ELEMENTS // per_row)))
+
+    def fill(i: int) -> None:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(derive_seed(seed, i))
+        chunks[i].normal_(0.0, 1.0, generator=gen)
+
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or len(chunks) < 2:
+        for i in range(len(chunks)):
+            fill(i)
+        return out
+    global _pool
+    if _pool is None or _pool._max_workers != threads:  # noqa: SLF001
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="streamaug-noise")
+    list(_pool.map(fill, range(len(chunks))))
+    return out
 
 
 class GaussianNoise(IntensityOp):
@@ -34,10 +71,8 @@ class GaussianNoise(IntensityOp):
         sigma = self.row_std(params).to(x.device)
         if not bool((sigma > 0).any()):
             return x
-        gen = torch.Generator(device=x.device)
-        gen.manual_seed(int(params["noise_seed"]))
-        noise = torch.empty(x.shape, device=x.device, dtype=torch.float32).normal_(0.0, 1.0, generator=gen)
-        return x.add(noise.mul_(sigma.view(-1, 1, 1, 1)).to(x.dtype))
+        noise = gaussian_field(x.shape, int(params["noise_seed"]), x.device)
+        return x.addcmul_(noise, sigma.view(-1, 1, 1, 1).to(x.dtype)) if x.is_floating_point() else x
 
     dali_argument_names = ("stddev",)
 

@@ -23,6 +23,7 @@ class MixUp(MixOp):
     def mix_images(self, images: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         lam = self.row_lambda(params)
         x = to_float(images)
-        lv = lam.to(x.device, x.dtype).view(-1, 1, 1, 1)
-        mixed = x * lv + x[params["perm"].to(x.device)] * (1 - lv)
-        return from_float(mixed, images), lam
+        partner = x[params["perm"].to(x.device)]
+        # λ·x + (1 − λ)·partner, written into x in one pass
+        torch.lerp(partner, x, lam.to(x.device, x.dtype).view(-1, 1, 1, 1), out=x)
+        return from_float(x, images), lam
