@@ -11,8 +11,9 @@ How an epoch is laid out
 1. Shard order is shuffled with a seed derived from ``(seed, epoch)``; the
    concatenated shards form one global sample order.
 2. Each rank takes a contiguous slice of ``ceil(N / W)`` samples (``floor``
-   with ``drop_last``). A rank whose slice runs past the end is padded by
-   wrapping round to the start of the global order (counted as ``padded``).
+   with ``drop_last``). A rank whose slice runs past the end, or whose share of
+   synthetic samples is one short of the largest, is padded by wrapping round
+   the global order (flagged ``is_padding``, counted as ``padded``).
    Slices are at sample granularity, so fewer shards than ranks × workers is
    fine: a shard is then read by several consumers, each skipping to its part.
 3. The rank's output batches are numbered ``0..T-1``; batch ``j`` belongs to
@@ -92,16 +93,8 @@ def shard_order(index: ShardIndex, seed: int, epoch: int, shuffle: bool) -> list
     return order.tolist()
 
 
-def _segments(index: ShardIndex, order: list[int], start: int, stop: int) -> tuple[list[Segment], int]:
-    """Global-order positions [start, stop) → shard segments. Positions past the
-    end wrap round to the start (padding). Returns (segments, padded count)."""
-    total = sum(index.shards[i].count for i in order)
-    ranges, p = [], start
-    while p < stop:
-        q = p if p < total else (p - total) % total
-        span = min(stop - p, total - q)
-        ranges.append((q, q + span, p >= total))
-        p += span
+def _segments(index: ShardIndex, order: list[int], ranges: list[tuple[int, int, bool]]) -> list[Segment]:
+    """Global-order position ranges ``(lo, hi, padding)`` → shard segments."""
     out: list[Segment] = []
     for lo, hi, padding in ranges:
         offset = 0
@@ -111,16 +104,34 @@ def _segments(index: ShardIndex, order: list[int], start: int, stop: int) -> tup
             if a < b:
                 out.append(Segment(s.url, a - offset, b - offset, s.count, padding))
             offset += s.count
-    return out, max(0, stop - max(start, total))
+    return out
+
+
+def _rank_ranges(total: int, rank_start: int, rank_real: int, p0: int, p1: int) -> tuple[list, int]:
+    """Rank positions [p0, p1) → global ranges. Positions past the rank's ``rank_real``
+    real samples are padding, read by wrapping round the global order."""
+    ranges, padded = [], 0
+    a, b = p0, min(p1, rank_real)
+    if a < b:
+        ranges.append((rank_start + a, rank_start + b, False))
+    q, end = max(p0, rank_real) - rank_real, p1 - rank_real
+    while q < end:                          # padding: global positions q, q+1, ... modulo total
+        g = (rank_start + rank_real + q) % total
+        span = min(end - q, total - g)
+        ranges.append((g, g + span, True))
+        padded += span
+        q += span
+    return ranges, padded
 
 
 def plan_epoch(index: ShardIndex, *, seed: int, epoch: int, batch_size: int, world_size: int = 1,
                rank: int = 0, num_workers: int = 0, drop_last: bool = False, shuffle: bool = True,
-               synthetic_per_rank: int = 0) -> EpochPlan:
+               synthetic_per_rank: int = 0, synthetic_max: int | None = None) -> EpochPlan:
     """Plan ``rank``'s share of ``epoch``. See the module docstring for the layout.
 
     ``synthetic_per_rank`` is how many synthetic samples the balancer adds on
-    this rank; they are spread evenly over the batches.
+    this rank and ``synthetic_max`` the most any rank adds; every rank yields
+    ``share + synthetic_max`` samples, padding with real samples where short.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -128,10 +139,16 @@ def plan_epoch(index: ShardIndex, *, seed: int, epoch: int, batch_size: int, wor
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     if index.total == 0:
         raise ValueError(f"index {index.source!r} lists no samples")
+    synthetic_max = synthetic_per_rank if synthetic_max is None else synthetic_max
+    if not 0 <= synthetic_per_rank <= synthetic_max:
+        raise ValueError(f"synthetic_per_rank must be in [0, synthetic_max={synthetic_max}], got {synthetic_per_rank}")
     k = max(1, num_workers)
     order = shard_order(index, seed, epoch, shuffle)
-    real_share = rank_share(index.total, world_size, drop_last)
-    total_out = real_share + synthetic_per_rank
+    total = index.total
+    share = rank_share(total, world_size, drop_last)
+    rank_start = rank * share
+    rank_real = max(0, min(share, total - rank_start))
+    total_out = share + synthetic_max
     num_batches = total_out // batch_size if drop_last else math.ceil(total_out / batch_size)
     if num_batches == 0:
         raise ValueError(f"drop_last=True with batch_size={batch_size} leaves no batch: "
@@ -139,20 +156,19 @@ def plan_epoch(index: ShardIndex, *, seed: int, epoch: int, batch_size: int, wor
     out_sizes = [batch_size] * num_batches
     if not drop_last:
         out_sizes[-1] = total_out - batch_size * (num_batches - 1)
-    used = sum(out_sizes)
-    synth_total = min(synthetic_per_rank, used)
-    cum = [round(synth_total * (j + 1) / num_batches) for j in range(num_batches)]
+    synth_total = min(synthetic_per_rank, sum(out_sizes))
+    ends = np.cumsum(out_sizes)               # spread in proportion to batch size (the last may be short)
+    cum = [round(synth_total * int(e) / int(ends[-1])) for e in ends]
     synthetic = [cum[0]] + [cum[j] - cum[j - 1] for j in range(1, num_batches)]
     real_sizes = [o - s for o, s in zip(out_sizes, synthetic)]
 
-    rank_start = rank * real_share
-    workers, cursor = [], rank_start
+    workers, cursor = [], 0
     for w in range(k):
         ids = tuple(range(w, num_batches, k))
         sizes = tuple(real_sizes[j] for j in ids)
         n = sum(sizes)
-        segs, wrapped = _segments(index, order, cursor, cursor + n)
-        workers.append(WorkerPlan(w, ids, sizes, tuple(segs), wrapped))
+        ranges, padded = _rank_ranges(total, rank_start, rank_real, cursor, cursor + n)
+        workers.append(WorkerPlan(w, ids, sizes, tuple(_segments(index, order, ranges)), padded))
         cursor += n
     return EpochPlan(epoch, rank, world_size, k, batch_size, num_batches, tuple(synthetic),
                      tuple(workers), tuple(index.shards[i].url for i in order))

@@ -24,6 +24,13 @@ class SampleDecoder:
         self.resize = tuple(resize) if resize is not None else None
         self.expect_shape = tuple(expect_shape) if expect_shape else None
 
+    @property
+    def output_shape(self) -> tuple[int, int, int] | None:
+        """(H, W, C) every decoded image has, when that is known up front."""
+        if self.resize is not None and self.expect_shape is not None:
+            return (*self.resize, self.expect_shape[2])
+        return self.expect_shape
+
     def __call__(self, raw: dict) -> dict:
         key, url = raw.get("__key__"), raw.get("__url__")
         ext = next((e for e in IMAGE_EXTS if e in raw), None)

@@ -26,7 +26,9 @@ from torch.utils.data import DataLoader
 from .batch import Batch
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan, plan_epoch
-from .errors import LoaderStats, check_policy
+from .epoch_plan import Segment
+from .errors import ErrorHandler, LoaderStats, StreamError, check_policy
+from .tar_reader import read_segment
 from .sample_decoder import SampleDecoder
 from .seeding import derive_seed
 from .shard_index import ShardIndex, default_index_path
@@ -98,7 +100,7 @@ class StreamLoader:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
         self.prefetch_factor = prefetch_factor
-        self.decoder = SampleDecoder(self.index.num_classes, resize, None if resize else self.index.image_shape)
+        self.decoder = SampleDecoder(self.index.num_classes, resize, self.index.image_shape)
         self.balance, self.augment, self.mixup = balance, augment, mixup
         for name in PLUGINS:
             stage = getattr(self, name)
@@ -127,10 +129,11 @@ class StreamLoader:
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         e = self.epoch if epoch is None else epoch
-        synthetic = self.balance.synthetic_per_rank(e) if self.balance is not None else 0
+        synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
         return plan_epoch(self.index, seed=self.seed, epoch=e, batch_size=self.batch_size,
                           world_size=self.world_size, rank=self.rank, num_workers=self.num_workers,
-                          drop_last=self.drop_last, shuffle=bool(self.shuffle), synthetic_per_rank=synthetic)
+                          drop_last=self.drop_last, shuffle=bool(self.shuffle),
+                          synthetic_per_rank=synthetic, synthetic_max=most)
 
     def __len__(self) -> int:
         return self.plan().num_batches
@@ -186,6 +189,46 @@ class StreamLoader:
         return Batch(images, targets, keys=batch["keys"], is_synthetic=synthetic,
                      is_padding=batch["is_padding"], provenance=batch.get("provenance", []),
                      hard_labels=labels, batch_id=batch["batch_id"])
+
+    def scan_rows(self, wanted) -> Iterator[tuple[str, str, int, torch.Tensor]]:
+        """Samples in index order whose label satisfies ``wanted(label)``, decoded on
+        demand: ``(url, key, label, CHW uint8 row on the device)``."""
+        handle = ErrorHandler("skip", LoaderStats())
+        for info in self.index.shards:
+            for raw in read_segment(Segment(info.url, 0, info.count, info.count), handle):
+                try:
+                    label = int(raw["cls"])
+                except (KeyError, ValueError):
+                    continue
+                if 0 <= label < self.index.num_classes and wanted(label):
+                    try:
+                        image = self.decoder(raw)["image"]
+                    except StreamError:
+                        continue
+                    yield info.url, raw["__key__"], label, torch.from_numpy(image).permute(2, 0, 1).to(self.device)
+
+    def fetch_rows(self, pairs: list[tuple[str, str]], transform=None) -> dict[tuple[str, str], torch.Tensor]:
+        """Read specific samples ``(shard url, key)`` → CHW uint8 rows on the loader's device
+        (``transform`` maps a batch of them, e.g. to features). Used to restore reservoirs."""
+        wanted: dict[str, set[str]] = {}
+        for url, key in pairs:
+            wanted.setdefault(url, set()).add(key)
+        found: dict[tuple[str, str], torch.Tensor] = {}
+        handle = ErrorHandler("raise", LoaderStats())
+        for url, keys in wanted.items():
+            info = self.index.shard(url)
+            for raw in read_segment(Segment(url, 0, info.count, info.count), handle):
+                if raw["__key__"] in keys:
+                    image = self.decoder(raw)["image"]
+                    found[(url, raw["__key__"])] = torch.from_numpy(image).permute(2, 0, 1).to(self.device)
+        missing = [p for p in pairs if tuple(p) not in found]
+        if missing:
+            raise ValueError(f"saved state names samples that are not in their shards, e.g. {missing[0]!r}")
+        if transform is not None:
+            order = list(found)
+            rows = transform(torch.stack([found[p] for p in order]))
+            found = dict(zip(order, rows))
+        return found
 
     # ------------------------------------------------------------ resume
     def state_dict(self) -> dict:

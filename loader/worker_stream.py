@@ -48,9 +48,13 @@ def decode_stage(raw: Iterator[dict], decoder: SampleDecoder, handle: ErrorHandl
             handle(e)
 
 
-def collate_uint8(samples: list[dict]) -> dict:
-    """List of decoded samples → uint8 NCHW images and int64 labels (one copy)."""
-    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+def collate_uint8(samples: list[dict], empty_shape: tuple[int, ...] = (0,)) -> dict:
+    """List of decoded samples → uint8 NCHW images and int64 labels (one copy).
+    No samples (a batch the balancer fills entirely) → ``empty_shape`` images."""
+    if samples:
+        images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    else:
+        images = torch.empty(empty_shape, dtype=torch.uint8)
     return {"images": images,
             "labels": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
             "keys": [s["__key__"] for s in samples],
@@ -59,7 +63,7 @@ def collate_uint8(samples: list[dict]) -> dict:
 
 
 def batch_stage(samples: Iterator[dict], wp: WorkerPlan, first: int, handle: ErrorHandler,
-                stats: LoaderStats) -> Iterator[dict]:
+                stats: LoaderStats, decoder_shape: tuple[int, int, int] | None = None) -> Iterator[dict]:
     """Cut the decoded stream into ``wp``'s planned batches, starting at its batch ``first``.
 
     A sample whose size differs from its batch's first is an error (skip drops it).
@@ -69,6 +73,8 @@ def batch_stage(samples: Iterator[dict], wp: WorkerPlan, first: int, handle: Err
     """
     spare: list[dict] = []
     fills = 0
+    shape = decoder_shape
+    empty_shape = (0, shape[2], shape[0], shape[1]) if shape else (0,)
     for j in range(first, len(wp.batch_ids)):
         batch: list[dict] = []
         while len(batch) < wp.real_sizes[j]:
@@ -87,7 +93,7 @@ def batch_stage(samples: Iterator[dict], wp: WorkerPlan, first: int, handle: Err
             if len(spare) < 64 and not s["is_padding"]:
                 spare.append(s)
             batch.append(s)
-        out = collate_uint8(batch) if batch else {}
+        out = collate_uint8(batch, empty_shape)
         out.update(batch_id=wp.batch_ids[j], stats=stats.take())
         yield out
 
@@ -122,4 +128,4 @@ class ShardStream(IterableDataset):
         skip = sum(wp.real_sizes[:first])
         raw = itertools.islice(raw, skip, None)   # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)
-        yield from batch_stage(samples, wp, first, handle, stats)
+        yield from batch_stage(samples, wp, first, handle, stats, st.decoder.output_shape)

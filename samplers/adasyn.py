@@ -1,0 +1,38 @@
+"""ADASYN (He et al. 2008) over the class reservoirs."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .borderline_smote import class_offset
+from .neighbours import nearest
+from .smote import Synthesizer
+
+
+class ADASYN(Synthesizer):
+    """Seeds drawn with weight ∝ the share of other-class points among each sample's
+    ``n_neighbors`` nearest (all classes, in the reservoirs): harder samples seed
+    more. Partners are same-class k nearest, ``u ~ U[0, 1)``. When no sample of the
+    class has an other-class neighbour, seeds are uniform (imbalanced-learn raises
+    there; the stream must still meet its target)."""
+
+    def __init__(self, k_neighbors: int = 5, n_neighbors: int = 5):
+        super().__init__(k_neighbors)
+        if not isinstance(n_neighbors, int) or isinstance(n_neighbors, bool) or n_neighbors < 1:
+            raise ValueError(f"n_neighbors must be an int >= 1, got {n_neighbors!r}")
+        self.n_neighbors = n_neighbors
+
+    def weights(self, reservoir, c: int, flat: torch.Tensor) -> np.ndarray:
+        pool, labels = reservoir.pool()
+        m = min(self.n_neighbors, len(pool) - 1)
+        own = torch.arange(len(flat), device=pool.device) + class_offset(reservoir, c)
+        ratio = (labels[nearest(flat, pool, m, exclude=own)] != c).float().mean(1).cpu().numpy()
+        total = ratio.sum()
+        return ratio / total if total > 0 else np.full(len(flat), 1.0 / len(flat))
+
+    def choose(self, reservoir, c, flat, k, count, rng):
+        seeds = rng.choice(len(flat), size=count, p=self.weights(reservoir, c, flat))
+        return self.same_class_choice(reservoir, c, flat, seeds, k, rng, rng.random(count))
+
+    def __repr__(self) -> str:
+        return f"ADASYN(k_neighbors={self.k_neighbors}, n_neighbors={self.n_neighbors})"

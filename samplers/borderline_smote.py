@@ -1,0 +1,73 @@
+"""Borderline-SMOTE (Han et al. 2005), kinds 1 and 2, over the class reservoirs."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .neighbours import nearest
+from .smote import Choice, Synthesizer, take
+
+
+def class_offset(reservoir, c: int) -> int:
+    """Where class ``c``'s rows start in ``reservoir.pool()`` (classes in order)."""
+    return int(sum(reservoir.size[:c]))
+
+
+def pool_entries(reservoir) -> list:
+    return [e for cls in range(reservoir.num_classes) for e in reservoir.entries[cls][: reservoir.size[cls]]]
+
+
+class BorderlineSMOTE(Synthesizer):
+    """SMOTE seeded only from *danger* samples: those whose ``m_neighbors`` nearest
+    points (all classes, in the reservoirs) are at least half, but not all, from
+    other classes (imbalanced-learn's rule).
+
+    * ``kind="borderline-1"``: partner among the k nearest same-class points.
+    * ``kind="borderline-2"``: partner among the k nearest points of any class;
+      an other-class partner gets ``u ~ U[0, 0.5)`` so the point stays nearer its seed.
+
+    The label is always the seed's class. When a class has no danger samples in
+    the reservoir, all its members seed (imbalanced-learn would add nothing, but
+    the stream must still meet the class's target count).
+    """
+
+    KINDS = ("borderline-1", "borderline-2")
+
+    def __init__(self, k_neighbors: int = 5, m_neighbors: int = 10, kind: str = "borderline-1"):
+        super().__init__(k_neighbors)
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
+        if not isinstance(m_neighbors, int) or isinstance(m_neighbors, bool) or m_neighbors < 1:
+            raise ValueError(f"m_neighbors must be an int >= 1, got {m_neighbors!r}")
+        self.m_neighbors, self.kind = m_neighbors, kind
+
+    def danger(self, reservoir, c: int, flat: torch.Tensor) -> np.ndarray:
+        """Class-local indices of danger samples."""
+        pool, labels = reservoir.pool()
+        m = min(self.m_neighbors, len(pool) - 1)
+        own = torch.arange(len(flat), device=pool.device) + class_offset(reservoir, c)
+        other = (labels[nearest(flat, pool, m, exclude=own)] != c).sum(1).cpu().numpy()
+        return np.flatnonzero((other >= m / 2) & (other < m))
+
+    def choose(self, reservoir, c, flat, k, count, rng):
+        candidates = self.danger(reservoir, c, flat)
+        if len(candidates) == 0:
+            candidates = np.arange(len(flat))
+        seeds = candidates[rng.integers(0, len(candidates), count)]
+        if self.kind == "borderline-1":
+            return self.same_class_choice(reservoir, c, flat, seeds, k, rng, rng.random(count))
+        pool, labels = reservoir.pool()
+        in_pool = seeds + class_offset(reservoir, c)
+        kk = min(k, len(pool) - 1)
+        seeds_t = torch.from_numpy(in_pool).to(pool.device)
+        knn = nearest(pool[seeds_t], pool, kk, exclude=seeds_t).cpu().numpy()
+        partners = knn[np.arange(count), rng.integers(0, kk, count)]
+        same = labels.cpu().numpy()[partners] == c
+        u = np.where(same, rng.random(count), 0.5 * rng.random(count))
+        entries = pool_entries(reservoir)
+        x_i, seed_entries = take(pool, entries, in_pool)
+        x_j, partner_entries = take(pool, entries, partners)
+        return Choice(x_i, x_j, u, seed_entries, partner_entries)
+
+    def __repr__(self) -> str:
+        return f"BorderlineSMOTE(k_neighbors={self.k_neighbors}, m_neighbors={self.m_neighbors}, kind={self.kind!r})"

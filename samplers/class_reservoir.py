@@ -1,0 +1,81 @@
+"""Bounded per-class reservoirs of real samples, kept on the loader's device.
+
+Each class keeps at most ``capacity`` samples, chosen by reservoir sampling
+(Algorithm R) from everything seen so far, so memory is O(capacity × classes)
+whatever the dataset size. Entries remember their ``(shard, key)`` so that the
+state can be saved as keys, not pixels.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class ClassReservoir:
+    def __init__(self, num_classes: int, capacity: int):
+        if capacity < 2:
+            raise ValueError(f"reservoir capacity must be >= 2, got {capacity}")
+        self.num_classes, self.capacity = num_classes, capacity
+        self.storage: dict[int, torch.Tensor] = {}
+        self.size = np.zeros(num_classes, dtype=np.int64)
+        self.seen = np.zeros(num_classes, dtype=np.int64)
+        self.entries: dict[int, list[tuple[str, str]]] = {c: [] for c in range(num_classes)}
+        self._members: set[tuple[str, str]] = set()
+
+    def add(self, rows: torch.Tensor, labels: torch.Tensor, keys: list[str], urls: list[str],
+            rng: np.random.Generator) -> None:
+        """Offer ``rows`` (N, ...) to their classes' reservoirs, in order (Algorithm R)."""
+        labels_np = labels.detach().cpu().numpy()
+        draws = rng.random(len(labels_np))
+        writes: dict[int, dict[int, int]] = {}
+        for i, c in enumerate(labels_np.tolist()):
+            if (urls[i], keys[i]) in self._members:       # already held (e.g. from the warm-up)
+                continue
+            self.seen[c] += 1
+            if self.size[c] < self.capacity:
+                slot = int(self.size[c])
+                self.size[c] += 1
+                self.entries[c].append((urls[i], keys[i]))
+            else:
+                slot = int(draws[i] * self.seen[c])
+                if slot >= self.capacity:
+                    continue
+                self._members.discard(self.entries[c][slot])
+                self.entries[c][slot] = (urls[i], keys[i])
+            self._members.add((urls[i], keys[i]))
+            writes.setdefault(c, {})[slot] = i
+        for c, slot_rows in writes.items():
+            self._write(c, list(slot_rows), rows[list(slot_rows.values())])
+
+    def _write(self, c: int, slots: list[int], values: torch.Tensor) -> None:
+        if c not in self.storage:
+            self.storage[c] = torch.empty((self.capacity, *values.shape[1:]), dtype=values.dtype, device=values.device)
+        self.storage[c][torch.tensor(slots, device=values.device)] = values
+
+    def members(self, c: int) -> torch.Tensor:
+        return self.storage[c][: self.size[c]] if self.size[c] else torch.empty(0)
+
+    def pool(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All members of all classes, flattened to float features, with their labels."""
+        parts = [(self.members(c).flatten(1).float(), c) for c in range(self.num_classes) if self.size[c]]
+        feats = torch.cat([p for p, _ in parts])
+        labels = torch.cat([torch.full((len(p),), c, dtype=torch.int64, device=p.device) for p, c in parts])
+        return feats, labels
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.storage.values())
+
+    def state_dict(self) -> dict:
+        return {"seen": self.seen.tolist(), "entries": {c: list(e) for c, e in self.entries.items() if e}}
+
+    def load_state_dict(self, state: dict, fetch) -> None:
+        """Restore membership from keys; ``fetch(pairs) -> {(url, key): row tensor}`` reads the pixels."""
+        self.__init__(self.num_classes, self.capacity)
+        self.seen[:] = state["seen"]
+        entries = {int(c): [tuple(p) for p in e] for c, e in state["entries"].items()}
+        rows = fetch([p for e in entries.values() for p in e])
+        for c, pairs in entries.items():
+            self.entries[c] = pairs
+            self._members.update(pairs)
+            self.size[c] = len(pairs)
+            self._write(c, list(range(len(pairs))), torch.stack([rows[p] for p in pairs]))

@@ -1,0 +1,21 @@
+"""k nearest neighbours with ``torch.cdist`` on whatever device the reservoir is on."""
+from __future__ import annotations
+
+import torch
+
+
+def nearest(queries: torch.Tensor, pool: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
+            chunk: int = 1024) -> torch.Tensor:
+    """Indices (m, k) of the ``k`` nearest ``pool`` rows to each query row.
+
+    ``exclude[i]`` (an index into ``pool``) is never returned for query ``i``: this
+    is how a point's own entry is dropped (asking for k+1 and dropping the first
+    hit is wrong when the reservoir holds exact duplicates).
+    """
+    out = []
+    for s in range(0, len(queries), chunk):
+        d = torch.cdist(queries[s:s + chunk], pool)
+        if exclude is not None:
+            d[torch.arange(len(d), device=d.device), exclude[s:s + chunk]] = float("inf")
+        out.append(d.topk(k, dim=1, largest=False).indices)
+    return torch.cat(out) if out else torch.empty((0, k), dtype=torch.int64, device=pool.device)

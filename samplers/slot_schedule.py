@@ -1,0 +1,47 @@
+"""Where synthetic samples go in the stream: an evenly interleaved class sequence.
+
+The global budget ``{class: n_new}`` becomes one sequence in which each class's
+slots sit at evenly spaced fractional positions ``(i + 0.5) / n_new``, so any
+stretch of the stream carries close to the target class mix. Rank ``r`` of
+``W`` takes every ``W``-th slot, so per-class totals over ranks are exact and
+rank totals differ by at most one.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def interleaved_slots(targets: dict[int, int]) -> np.ndarray:
+    """Class ids of all synthetic slots, evenly interleaved (deterministic)."""
+    if not targets:
+        return np.zeros(0, dtype=np.int64)
+    classes = np.concatenate([np.full(n, c, dtype=np.int64) for c, n in sorted(targets.items())])
+    position = np.concatenate([(np.arange(n) + 0.5) / n for _, n in sorted(targets.items())])
+    return classes[np.lexsort((classes, position))]
+
+
+def rank_slots(slots: np.ndarray, world_size: int, rank: int) -> np.ndarray:
+    return slots[rank::world_size]
+
+
+def max_rank_slots(total: int, world_size: int) -> int:
+    return math.ceil(total / world_size)
+
+
+def take_available(slots: np.ndarray, start: int, count: int, available) -> tuple[list[tuple[int, int]], list[int]]:
+    """Make slots ``[start, start+count)`` usable: a slot whose class has no samples
+    yet swaps with the nearest later slot whose class has some. Returns the swaps
+    made (to replay on resume) and positions that no swap could fill."""
+    swaps, unfilled = [], []
+    for p in range(start, start + count):
+        if available(int(slots[p])):
+            continue
+        later = next((q for q in range(start + count, len(slots)) if available(int(slots[q]))), None)
+        if later is None:
+            unfilled.append(p)
+            continue
+        slots[p], slots[later] = slots[later], slots[p]
+        swaps.append((p, later))
+    return swaps, unfilled

@@ -1,0 +1,252 @@
+"""ClassBalancer against imbalanced-learn: per-class counts, errors, SMOTE geometry, resume."""
+from __future__ import annotations
+
+import collections
+import numpy as np
+import pytest
+import torch
+from imblearn.over_sampling import SMOTE as ImbSMOTE
+
+from shard_factory import index_of_key
+from streamaug.loader import StreamLoader, write_shards
+from streamaug.samplers import ADASYN, SMOTE, BorderlineSMOTE, ClassBalancer, synthetic_targets
+
+pytestmark = pytest.mark.filterwarnings("ignore:class .* has .* samples in the reservoir:RuntimeWarning")
+
+
+def imbalanced(tmp, n=240, probs=(0.55, 0.25, 0.12, 0.08), size=4, seed=0, maxcount=30):
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(len(probs), n, p=probs)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    index = write_shards((images, labels), str(tmp), maxcount=maxcount, progress=False)
+    return index, images, labels
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return imbalanced(tmp_path_factory.mktemp("imb"))
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory):
+    return imbalanced(tmp_path_factory.mktemp("bin"), probs=(0.8, 0.2))
+
+
+def epoch_counts(loader) -> tuple[collections.Counter, list]:
+    counts, batches = collections.Counter(), []
+    for b in loader:
+        counts.update(b.hard_labels[~b.is_padding].tolist())
+        batches.append(b)
+    return counts, batches
+
+
+def imblearn_counts(labels, strategy) -> collections.Counter:
+    X = np.random.default_rng(0).normal(size=(len(labels), 3))
+    return collections.Counter(ImbSMOTE(sampling_strategy=strategy, k_neighbors=3, random_state=0)
+                               .fit_resample(X, labels)[1].tolist())
+
+
+STRATEGIES = ["auto", "not majority", "minority", "not minority", "all", {1: 100, 2: 60, 3: 40},
+              lambda y: {3: int((y == 0).sum())}]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s if isinstance(s, str) else type(s).__name__)
+def test_epoch_counts_equal_imblearn(data, strategy, num_workers):
+    index, _, labels = data
+    loader = StreamLoader(index.urls, batch_size=32, num_workers=num_workers, seed=1,
+                          balance=ClassBalancer(strategy))
+    counts, _ = epoch_counts(loader)
+    assert counts == imblearn_counts(labels, strategy)
+    assert loader.stats.real == len(labels) and loader.stats.padded == 0
+
+
+def test_float_strategy_binary(binary):
+    index, _, labels = binary
+    counts, _ = epoch_counts(StreamLoader(index.urls, batch_size=16, balance=ClassBalancer(0.6)))
+    assert counts == imblearn_counts(labels, 0.6)
+
+
+@pytest.mark.parametrize("strategy", [0.5, {0: 10}, {7: 500}, "majority", "sometimes", 1.5])
+def test_invalid_strategies_raise_imblearns_errors(data, strategy):
+    index, _, labels = data
+    X = np.zeros((len(labels), 2))
+    with pytest.raises(ValueError) as theirs:
+        ImbSMOTE(sampling_strategy=strategy).fit_resample(X, labels)
+    with pytest.raises(ValueError) as ours:
+        StreamLoader(index.urls, batch_size=8, balance=ClassBalancer(strategy))
+    # Same kind; the text is imblearn's own unless its estimator-level parameter check caught it first.
+    assert str(ours.value) == str(theirs.value) or repr(strategy) in str(ours.value) \
+        or str(strategy) in str(ours.value), (str(ours.value), str(theirs.value))
+
+
+def test_synthetic_targets_need_two_classes():
+    with pytest.raises(ValueError, match="at least two classes"):
+        synthetic_targets("auto", [10, 0])
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: ClassBalancer(reservoir_size=1), "reservoir_size must be an int >= 2, got 1"),
+    (lambda: ClassBalancer(synthesizer="smote"), "synthesizer must be None or a Synthesizer, got 'smote'"),
+    (lambda: ClassBalancer(random_state=1.5), "random_state must be None or an int, got 1.5"),
+    (lambda: SMOTE(k_neighbors=0), "k_neighbors must be an int >= 1, got 0"),
+    (lambda: BorderlineSMOTE(kind="borderline-3"), "kind must be one of"),
+    (lambda: ADASYN(n_neighbors=0), "n_neighbors must be an int >= 1, got 0"),
+])
+def test_bad_arguments_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_real_samples_pass_through_byte_for_byte(data):
+    index, images, labels = data
+    _, batches = epoch_counts(StreamLoader(index.urls, batch_size=32, balance=ClassBalancer()))
+    real = 0
+    for b in batches:
+        for row, key, synth in zip(b[0], b.keys, b.is_synthetic.tolist()):
+            if not synth:
+                i = index_of_key(key)
+                assert torch.equal(row, torch.from_numpy(images[i]).permute(2, 0, 1))
+                real += 1
+    assert real == len(labels)
+
+
+@pytest.mark.parametrize("synthesizer", [SMOTE(k_neighbors=3), BorderlineSMOTE(k_neighbors=3, kind="borderline-1"),
+                                         BorderlineSMOTE(k_neighbors=3, kind="borderline-2"), ADASYN(k_neighbors=3)],
+                         ids=["smote", "borderline1", "borderline2", "adasyn"])
+def test_synthetic_rows_lie_on_their_recorded_segment(data, synthesizer):
+    index, images, labels = data
+    loader = StreamLoader(index.urls, batch_size=32, seed=2, balance=ClassBalancer(synthesizer=synthesizer))
+    counts, batches = epoch_counts(loader)
+    assert counts == imblearn_counts(labels, "auto")
+    checked = 0
+    for b in batches:
+        for row, label, prov in zip(b[0], b.hard_labels, b.provenance):
+            if prov is None:
+                continue
+            seed, partner = images[index_of_key(prov["seed"][1])], images[index_of_key(prov["neighbour"][1])]
+            expected = seed.astype(np.float64) + prov["u"] * (partner.astype(np.float64) - seed)
+            got = row.permute(1, 2, 0).numpy().astype(np.float64)
+            assert np.abs(got - expected).max() <= 0.5 + 1e-6, "uint8 rows: on the segment up to rounding"
+            assert int(label) == labels[index_of_key(prov["seed"][1])], "the label is the seed's class"
+            u_max = 0.5 if (synthesizer.kind if hasattr(synthesizer, "kind") else "") == "borderline-2" \
+                and labels[index_of_key(prov["neighbour"][1])] != label else 1.0
+            assert 0 <= prov["u"] < u_max
+            checked += 1
+    assert checked == sum(counts.values()) - len(labels)
+
+
+def test_random_oversampling_repeats_real_samples(data):
+    index, images, labels = data
+    counts, batches = epoch_counts(StreamLoader(index.urls, batch_size=32, balance=ClassBalancer(synthesizer=None)))
+    assert counts == imblearn_counts(labels, "auto")
+    for b in batches:
+        for row, prov in zip(b[0], b.provenance):
+            if prov is not None:
+                assert prov["neighbour"] is None and prov["u"] == 0.0
+                assert torch.equal(row, torch.from_numpy(images[index_of_key(prov["seed"][1])]).permute(2, 0, 1))
+
+
+def test_same_seed_same_stream_and_synthetic_spread_through_it(data):
+    index, _, _ = data
+    a = epoch_counts(StreamLoader(index.urls, batch_size=32, seed=4, balance=ClassBalancer()))[1]
+    b = epoch_counts(StreamLoader(index.urls, batch_size=32, seed=4, balance=ClassBalancer()))[1]
+    assert all(torch.equal(x[0], y[0]) and x.keys == y.keys for x, y in zip(a, b))
+    per_batch = [int(x.is_synthetic.sum()) for x in a]
+    full = per_batch[:-1]
+    assert max(full) - min(full) <= 1, f"synthetic rows are spread evenly, got {per_batch}"
+    positions = [i for x in a for i, s in enumerate(x.is_synthetic.tolist()) if s]
+    assert np.std(positions) > 5, "synthetic rows are interleaved inside batches, not appended"
+
+
+def test_reservoir_bound_is_respected(tmp_path):
+    index, _, labels = imbalanced(tmp_path, n=400, size=4)
+    balancer = ClassBalancer(reservoir_size=16)
+    loader = StreamLoader(index.urls, batch_size=32, balance=balancer)
+    counts, _ = epoch_counts(loader)
+    assert counts == imblearn_counts(labels, "auto")
+    res = balancer.reservoir
+    assert (res.size == 16).all()
+    # every real sample was offered; warm-up samples evicted before they streamed by are offered twice
+    extra = res.seen - np.bincount(labels)
+    assert (extra >= 0).all() and (extra <= 6).all(), extra
+    assert res.memory_bytes() == 16 * 4 * 48, "4 classes × 16 slots × 4·4·3 bytes, whatever the dataset size"
+
+
+def test_few_samples_lower_k_with_a_warning_and_one_sample_repeats(tmp_path):
+    labels = np.array([0] * 30 + [1] * 3 + [2] * 1)
+    images = np.random.default_rng(0).integers(0, 256, (34, 4, 4, 3), dtype=np.uint8)
+    index = write_shards((images, labels), str(tmp_path), maxcount=50, progress=False, shuffle_seed=None)
+    with pytest.warns(RuntimeWarning, match="class 1 has .* samples in the reservoir, fewer than"):
+        counts, batches = epoch_counts(StreamLoader(index.urls, batch_size=8, shuffle=0, seed=0,
+                                                    balance=ClassBalancer(synthesizer=SMOTE(k_neighbors=5))))
+    assert counts == collections.Counter({0: 30, 1: 30, 2: 30})
+    lone = [p for b in batches for p, lab in zip(b.provenance, b.hard_labels.tolist()) if p and lab == 2]
+    assert lone and all(p["neighbour"] is None for p in lone)
+
+
+def test_smote_neighbour_is_among_the_k_nearest_in_the_reservoir():
+    from sklearn.neighbors import NearestNeighbors
+
+    from streamaug.samplers import ClassReservoir
+
+    rng = np.random.default_rng(0)
+    res = ClassReservoir(2, capacity=64)
+    x = torch.from_numpy(rng.normal(size=(80, 6)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 2, 80))
+    res.add(x, y, [f"k{i}" for i in range(80)], ["u"] * 80, rng)
+    syn = SMOTE(k_neighbors=4).synthesize(res, 1, 200, rng)
+    members = res.members(1).numpy()
+    by_key = {e[1]: i for i, e in enumerate(res.entries[1])}
+    nn = NearestNeighbors(n_neighbors=5).fit(members).kneighbors(members, return_distance=False)
+    for v, s, p, u in zip(syn.values.numpy(), syn.seed_entries, syn.partner_entries, syn.u):
+        i, j = by_key[s[1]], by_key[p[1]]
+        assert j in nn[i][1:] and i != j
+        assert np.abs(v - (members[i] + u * (members[j] - members[i]))).max() < 1e-5
+
+
+def test_feature_fn_emits_features(data):
+    index, _, labels = data
+    embed = lambda images: images.float().mean(dim=(2, 3))          # noqa: E731  (N, 3) features
+    counts, batches = epoch_counts(StreamLoader(index.urls, batch_size=32, balance=ClassBalancer(feature_fn=embed)))
+    assert counts == imblearn_counts(labels, "auto")
+    assert batches[0][0].shape[1:] == (3,) and batches[0][0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("cut", ["start", "middle", "end"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_with_balancer_is_bit_identical(data, cut, workers):
+    index, _, _ = data
+
+    def make():
+        return StreamLoader(index.urls, batch_size=16, seed=3, num_workers=workers,
+                            balance=ClassBalancer(reservoir_size=8))
+    ref = make()
+    epoch0 = [(b[0].clone(), b.keys) for b in ref]
+    epoch1 = [(b[0].clone(), b.keys) for b in ref]
+    stop = {"start": 0, "middle": 7, "end": len(epoch0)}[cut]
+    first = make()
+    it = iter(first)
+    head = [(b[0].clone(), b.keys) for _, b in zip(range(stop), it)]
+    state = first.state_dict()
+    assert len(repr(state)) < 16384, "state holds keys, not pixels"
+    resumed = make()
+    resumed.load_state_dict(state)
+    tail = [(b[0].clone(), b.keys) for b in resumed]
+    expected = epoch0 + epoch1 if cut == "end" else epoch0
+    assert len(head) + len(tail) == len(expected)
+    for (x, k), (y, j) in zip(head + tail, expected):
+        assert k == j and torch.equal(x, y)
+
+
+def test_ranks_split_targets_exactly_with_equal_lengths(data):
+    index, _, labels = data
+    total, lengths = collections.Counter(), []
+    for rank in range(3):
+        loader = StreamLoader(index.urls, batch_size=16, world_size=3, rank=rank, num_workers=2,
+                              balance=ClassBalancer())
+        counts, batches = epoch_counts(loader)
+        total += counts
+        lengths.append([len(b[1]) for b in batches])
+    assert total == imblearn_counts(labels, "auto")
+    assert lengths[0] == lengths[1] == lengths[2]
