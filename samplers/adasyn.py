@@ -26,7 +26,7 @@ class ADASYN(Synthesizer):
         pool, labels = reservoir.pool()
         m = min(self.n_neighbors, len(pool) - 1)
         own = torch.arange(len(flat), device=pool.device) + class_offset(reservoir, c)
-        ratio = (labels[nearest(flat, pool, m, exclude=own)] != c).float().mean(1).cpu().numpy()
+        ratio = (labels[nearest(flat.float(), pool, m, exclude=own)] != c).float().mean(1).cpu().numpy()
         total = ratio.sum()
         return ratio / total if total > 0 else np.full(len(flat), 1.0 / len(flat))
 

@@ -46,7 +46,7 @@ class BorderlineSMOTE(Synthesizer):
         pool, labels = reservoir.pool()
         m = min(self.m_neighbors, len(pool) - 1)
         own = torch.arange(len(flat), device=pool.device) + class_offset(reservoir, c)
-        other = (labels[nearest(flat, pool, m, exclude=own)] != c).sum(1).cpu().numpy()
+        other = (labels[nearest(flat.float(), pool, m, exclude=own)] != c).sum(1).cpu().numpy()
         return np.flatnonzero((other >= m / 2) & (other < m))
 
     def choose(self, reservoir, c, flat, k, count, rng):

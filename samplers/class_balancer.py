@@ -152,7 +152,7 @@ class ClassBalancer:
             raise RuntimeError("ClassBalancer is not bound: pass it to StreamLoader(balance=...) or call fit()")
         if batch["batch_id"] == 0:
             self._start_epoch()
-            if not self._warm:
+            if not self._warm and getattr(self, "loader", None) is not None:
                 self._warm_up()
         if not 0 <= n_synthetic <= len(self._slots) - self._cursor:
             raise ValueError(f"batch asks for {n_synthetic} synthetic samples, {len(self._slots) - self._cursor} "

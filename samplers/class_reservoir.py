@@ -21,6 +21,9 @@ class ClassReservoir:
         self.seen = np.zeros(num_classes, dtype=np.int64)
         self.entries: dict[int, list[tuple[str, str]]] = {c: [] for c in range(num_classes)}
         self._members: set[tuple[str, str]] = set()
+        self._dist: dict[int, torch.Tensor] = {}
+        self._float: dict[int, torch.Tensor] = {}
+        self._dirty: dict[int, set[int]] = {}
 
     def add(self, rows: torch.Tensor, labels: torch.Tensor, keys: list[str], urls: list[str],
             rng: np.random.Generator) -> None:
@@ -50,7 +53,41 @@ class ClassReservoir:
     def _write(self, c: int, slots: list[int], values: torch.Tensor) -> None:
         if c not in self.storage:
             self.storage[c] = torch.empty((self.capacity, *values.shape[1:]), dtype=values.dtype, device=values.device)
-        self.storage[c][torch.tensor(slots, device=values.device)] = values
+        index = torch.tensor(slots, device=values.device)
+        self.storage[c][index] = values
+        if c in self._float:
+            self._float[c][index] = values.flatten(1).float()
+        self._dirty.setdefault(c, set()).update(slots)
+
+    def flat_members(self, c: int) -> torch.Tensor:
+        """Class ``c``'s members as float rows (n, D); a float copy is kept, once asked for."""
+        n = int(self.size[c])
+        if c not in self._float:
+            self._float[c] = torch.zeros((self.capacity, self.storage[c][0].numel()), device=self.storage[c].device)
+            self._float[c][:n] = self.members(c).flatten(1).float()
+        return self._float[c][:n]
+
+    def distances(self, c: int) -> torch.Tensor:
+        """Pairwise Euclidean distances between class ``c``'s members, (n, n).
+
+        Kept per class and brought up to date lazily: only rows of slots written
+        since the last call are recomputed (``torch.cdist``), so a full reservoir
+        costs O(changed × n) per batch, and classes never synthesized cost nothing.
+        """
+        n = int(self.size[c])
+        flat = self.flat_members(c)
+        dist = self._dist.get(c)
+        if dist is None:
+            dist = self._dist[c] = torch.zeros((self.capacity, self.capacity), device=flat.device)
+            self._dirty[c] = set(range(n))
+        dirty = sorted(s for s in self._dirty.pop(c, set()) if s < n)
+        if dirty:
+            rows = torch.tensor(dirty, device=flat.device)
+            d = torch.cdist(flat[rows], flat)
+            dist[rows, :n] = d
+            dist[:n, rows] = d.T
+            dist[rows, rows] = 0.0
+        return dist[:n, :n]
 
     def members(self, c: int) -> torch.Tensor:
         return self.storage[c][: self.size[c]] if self.size[c] else torch.empty(0)
@@ -63,7 +100,8 @@ class ClassReservoir:
         return feats, labels
 
     def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.storage.values())
+        """Bytes held: stored samples plus, for synthesized classes, float copies and distances."""
+        return sum(t.numel() * t.element_size() for d in (self.storage, self._float, self._dist) for t in d.values())
 
     def state_dict(self) -> dict:
         return {"seen": self.seen.tolist(), "entries": {c: list(e) for c, e in self.entries.items() if e}}

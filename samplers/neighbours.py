@@ -19,3 +19,10 @@ def nearest(queries: torch.Tensor, pool: torch.Tensor, k: int, exclude: torch.Te
             d[torch.arange(len(d), device=d.device), exclude[s:s + chunk]] = float("inf")
         out.append(d.topk(k, dim=1, largest=False).indices)
     return torch.cat(out) if out else torch.empty((0, k), dtype=torch.int64, device=pool.device)
+
+
+def nearest_by_distance(dist_rows: torch.Tensor, k: int, exclude: torch.Tensor) -> torch.Tensor:
+    """Like :func:`nearest` but from precomputed distance rows (m, n)."""
+    d = dist_rows.clone()
+    d[torch.arange(len(d), device=d.device), exclude] = float("inf")
+    return d.topk(k, dim=1, largest=False).indices

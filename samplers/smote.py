@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .class_reservoir import ClassReservoir
-from .neighbours import nearest
+from .neighbours import nearest_by_distance
 
 Entry = tuple[str, str]          # (shard url, sample key)
 
@@ -67,14 +67,15 @@ class Synthesizer:
         n = len(members)
         if n == 0:
             raise ValueError(f"class {c} has no samples in the reservoir yet; nothing to synthesize from")
-        flat = members.flatten(1).float()
+        flat = reservoir.flat_members(c)
         k = self.effective_k(n, c)
         if k == 0:
             rows, entries = take(flat, reservoir.entries[c], np.zeros(count, dtype=np.int64))
             return Synthetic(rows.view(count, *members.shape[1:]), entries, [None] * count, np.zeros(count))
         ch = self.choose(reservoir, c, flat, k, count, rng)
-        ut = torch.from_numpy(ch.u).to(flat.device, flat.dtype).view(-1, 1)
-        values = ch.seeds + ut * (ch.partners - ch.seeds)
+        x_i, x_j = ch.seeds.float(), ch.partners
+        ut = torch.from_numpy(ch.u).to(x_i.device, x_i.dtype).view(-1, 1)
+        values = x_i.add_(ut * (x_j - x_i))
         return Synthetic(values.view(count, *members.shape[1:]), ch.seed_entries, ch.partner_entries, ch.u)
 
     def choose(self, reservoir: ClassReservoir, c: int, flat: torch.Tensor, k: int, count: int,
@@ -85,7 +86,7 @@ class Synthesizer:
     def same_class_choice(reservoir, c, flat, seeds: np.ndarray, k: int, rng, u: np.ndarray) -> Choice:
         """Partners: one of each seed's k nearest same-class reservoir points."""
         seeds_t = torch.from_numpy(seeds).to(flat.device)
-        knn = nearest(flat[seeds_t], flat, k, exclude=seeds_t).cpu().numpy()
+        knn = nearest_by_distance(reservoir.distances(c)[seeds_t], k, exclude=seeds_t).cpu().numpy()
         partners = knn[np.arange(len(seeds)), rng.integers(0, k, len(seeds))]
         x_i, seed_entries = take(flat, reservoir.entries[c], seeds)
         x_j, partner_entries = take(flat, reservoir.entries[c], partners)

@@ -170,7 +170,8 @@ def test_reservoir_bound_is_respected(tmp_path):
     # every real sample was offered; warm-up samples evicted before they streamed by are offered twice
     extra = res.seen - np.bincount(labels)
     assert (extra >= 0).all() and (extra <= 6).all(), extra
-    assert res.memory_bytes() == 16 * 4 * 48, "4 classes × 16 slots × 4·4·3 bytes, whatever the dataset size"
+    # 4 classes × 16 slots × 4·4·3 bytes, plus float copies and 16×16 distances for the 3 synthesized classes
+    assert res.memory_bytes() == 16 * 4 * 48 + 3 * (16 * 48 * 4 + 16 * 16 * 4), "independent of dataset size"
 
 
 def test_few_samples_lower_k_with_a_warning_and_one_sample_repeats(tmp_path):
