@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import braceexpand
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -205,7 +206,7 @@ class StreamLoader:
                         image = self.decoder(raw)["image"]
                     except StreamError:
                         continue
-                    yield info.url, raw["__key__"], label, torch.from_numpy(image).permute(2, 0, 1).to(self.device)
+                    yield info.url, raw["__key__"], label, torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device)
 
     def fetch_rows(self, pairs: list[tuple[str, str]], transform=None) -> dict[tuple[str, str], torch.Tensor]:
         """Read specific samples ``(shard url, key)`` → CHW uint8 rows on the loader's device
@@ -220,7 +221,7 @@ class StreamLoader:
             for raw in read_segment(Segment(url, 0, info.count, info.count), handle):
                 if raw["__key__"] in keys:
                     image = self.decoder(raw)["image"]
-                    found[(url, raw["__key__"])] = torch.from_numpy(image).permute(2, 0, 1).to(self.device)
+                    found[(url, raw["__key__"])] = torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device)
         missing = [p for p in pairs if tuple(p) not in found]
         if missing:
             raise ValueError(f"saved state names samples that are not in their shards, e.g. {missing[0]!r}")

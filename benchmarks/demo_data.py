@@ -1,0 +1,68 @@
+"""Data for ``streamaug demo``: a real dataset, split, made imbalanced, written as shards."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamaug.loader import ShardIndex, StreamLoader, write_shards
+from streamaug.loader.shard_index import INDEX_NAME
+from streamaug.loader.shard_writer import load_digits_32
+
+
+@dataclass
+class DemoData:
+    index: ShardIndex              # training shards (imbalanced)
+    test_images: np.ndarray        # (N, H, W, C) uint8, balanced
+    test_labels: np.ndarray
+    class_names: list[str]
+    minority: list[int]
+    source: str
+
+
+def load_any(data: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """``None`` → bundled digits; a folder with ``index.json`` → its shards read into memory;
+    any other folder → an ImageFolder (via a temporary shard write)."""
+    if data is None:
+        images, labels = load_digits_32()
+        return images, labels, [str(i) for i in range(10)], "scikit-learn digits (8x8, upsampled to 32x32)"
+    if not os.path.isdir(data):
+        raise ValueError(f"--data must be a folder of shards (with {INDEX_NAME}) or an image folder, got {data!r}")
+    if not os.path.exists(os.path.join(data, INDEX_NAME)):
+        import tempfile
+
+        index = write_shards(data, tempfile.mkdtemp(prefix="streamaug-demo-"), progress=False)
+    else:
+        index = ShardIndex.load(os.path.join(data, INDEX_NAME))
+    loader = StreamLoader(index.urls, batch_size=256, shuffle=0, index=index, device="cpu",
+                          resize=None if index.image_shape else (64, 64))
+    xs, ys = [], []
+    for x, y in loader:
+        xs.append(x.permute(0, 2, 3, 1).numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys), index.class_names, data
+
+
+def prepare(out: str, data: str | None = None, minority_fraction: float = 0.08, n_minority: int = 4,
+            test_per_class: int | None = None, seed: int = 0) -> DemoData:
+    """Split stratified 70/30, cut ``n_minority`` classes of the training part to
+    ``minority_fraction`` of the largest, balance the test part, write training shards."""
+    images, labels, names, source = load_any(data)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    train_idx, test_idx = [], []
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        cut = int(round(0.7 * len(idx)))
+        train_idx.append(idx[:cut])
+        test_idx.append(idx[cut:])
+    per_test = test_per_class or min(len(t) for t in test_idx)
+    test = np.concatenate([t[:per_test] for t in test_idx])
+    largest = max(len(t) for t in train_idx)
+    minority = sorted(rng.choice(classes, size=min(n_minority, len(classes) - 1), replace=False).tolist())
+    keep = max(2, int(round(minority_fraction * largest)))
+    train = np.concatenate([t[:keep] if c in minority else t for c, t in zip(classes, train_idx)])
+    index = write_shards((images[train], labels[train]), os.path.join(out, "shards"), maxcount=200,
+                         class_names=names, num_classes=len(names), progress=False, shuffle_seed=seed)
+    return DemoData(index, images[test], labels[test], names, minority, source)

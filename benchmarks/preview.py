@@ -1,0 +1,113 @@
+"""``streamaug preview``: draw what the loader yields — real, augmented, SMOTE-synthetic
+(with both parents) and mixup samples — as one labelled grid.
+
+    streamaug preview --data shards/ --out grid.png
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+
+from streamaug.loader import ShardIndex, StreamLoader
+from streamaug.loader.shard_index import INDEX_NAME
+from streamaug.ops import Compose, MixUp
+from streamaug.samplers import ClassBalancer
+
+CELL_INCHES, DPI = 1.1, 100
+
+
+def default_augment(backend: str = "kornia", flip: bool = False) -> Compose:
+    from streamaug.ops import Flip, GaussianNoise, Rotate, Shear, Translate
+
+    ops = [Flip(p=0.5)] if flip else []
+    return Compose(ops + [Rotate(15), Shear(x=10, y=5), Translate(0.08, 0.08), GaussianNoise(0.03)], backend=backend)
+
+
+def _hwc(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().permute(1, 2, 0).numpy()
+
+
+def collect(index: ShardIndex, augment: Compose, strategy="auto", seed: int = 0, per_row: int = 9) -> list[list]:
+    """Rows of (HWC uint8 image, caption) cells."""
+    names = index.class_names
+    plain = StreamLoader(index.urls, batch_size=max(64, per_row), seed=seed, device="cpu", index=index)
+    x, y = next(iter(plain))
+    real, labels = x[:per_row], y[:per_row]
+    augment.manual_seed(seed)
+    augmented = augment(real)
+    rows = [[(_hwc(im), f"real: {names[c]}") for im, c in zip(real, labels.tolist())],
+            [(_hwc(im), f"aug: {names[c]}") for im, c in zip(augmented, labels.tolist())]]
+
+    balanced = StreamLoader(index.urls, batch_size=64, seed=seed, device="cpu", index=index,
+                            balance=ClassBalancer(strategy))
+    triplets = []
+    for batch in balanced:
+        for row, label, prov in zip(batch[0], batch.hard_labels.tolist(), batch.provenance):
+            if prov is not None and prov["neighbour"] is not None and len(triplets) < per_row // 3:
+                triplets.append((row, label, prov))
+        if len(triplets) >= per_row // 3:
+            break
+    parents = balanced.fetch_rows([p for _, _, prov in triplets for p in (prov["seed"], prov["neighbour"])])
+    smote_row = []
+    for row, label, prov in triplets:
+        smote_row += [(_hwc(parents[prov["seed"]]), f"seed: {names[label]}"),
+                      (_hwc(row), f"SMOTE u={prov['u']:.2f}"),
+                      (_hwc(parents[prov["neighbour"]]), f"neighbour: {names[label]}")]
+    rows.append(smote_row)
+
+    mix = MixUp(alpha=0.4, p=1.0, seed=seed)
+    mixed, targets = mix(real, labels, num_classes=len(names))
+    mix_row = []
+    for im, t in zip(mixed, targets):
+        top = torch.topk(t, 2)
+        parts = [f"{names[c]}:{w:.2f}" for w, c in zip(top.values.tolist(), top.indices.tolist()) if w > 0]
+        mix_row.append((_hwc(im), "mix " + " ".join(parts)))
+    rows.append(mix_row)
+    return rows
+
+
+def draw(rows: list[list], path: str, title: str = "") -> tuple[int, int]:
+    """Save the grid; returns the PNG's (width, height) in pixels: one cell per sample."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = max(len(r) for r in rows)
+    size = (int(round(ncols * CELL_INCHES * DPI)), int(round(len(rows) * CELL_INCHES * DPI)))
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                image, caption = row[c]
+                ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+                ax.set_title(caption, fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9 if title else 0.95, wspace=0.1, hspace=0.35)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return size
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="streamaug preview", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="folder with shards and index.json")
+    p.add_argument("--out", default="preview.png")
+    p.add_argument("--strategy", default="auto")
+    p.add_argument("--backend", default="kornia", choices=["kornia", "dali"])
+    p.add_argument("--flip", action="store_true", help="include horizontal flips in the augmentation")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    path = args.data if args.data.endswith(".json") else os.path.join(args.data, INDEX_NAME)
+    index = ShardIndex.load(path)
+    rows = collect(index, default_augment(args.backend, args.flip), args.strategy, args.seed)
+    w, h = draw(rows, args.out, "rows: real | augmented | SMOTE (seed, synthetic, neighbour) | mixup")
+    print(f"wrote {args.out} ({w}x{h})")
+    return 0
