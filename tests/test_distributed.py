@@ -1,0 +1,97 @@
+"""torchrun jobs on CPU with gloo: disjoint complete ranks, equal lengths, kill + resume, balancing."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shard_factory import good_members, make_shards, write_custom
+
+pytestmark = pytest.mark.slow
+TIMEOUT = 180
+
+
+def torchrun(*args, nproc=2, check=True):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "streamaug.benchmarks.train", *map(str, args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def read_trace(prefix, rank):
+    with open(f"{prefix}-rank{rank}.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    return [r for r in rows if "keys" in r], next((r["summary"] for r in rows if "summary" in r), None)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    index, _, labels = make_shards(str(tmp / "shards"), n=200, maxcount=30)
+    return index, labels, str(tmp / "shards")
+
+
+def test_two_ranks_two_workers_disjoint_complete_equal(shards, tmp_path):
+    index, _, folder = shards
+    torchrun("--data", folder, "--epochs", 1, "--batch-size", 16, "--workers", 2, "--trace", tmp_path / "t")
+    per_rank = [read_trace(tmp_path / "t", r)[0] for r in range(2)]
+    real = [{k for b in batches for k, pad in zip(b["keys"], b["padding"]) if not pad} for batches in per_rank]
+    assert not real[0] & real[1], "ranks are disjoint"
+    assert real[0] | real[1] == {f"train_{i:08d}" for i in range(200)}, "together they are complete"
+    assert len(per_rank[0]) == len(per_rank[1]) == 7
+    summary = read_trace(tmp_path / "t", 0)[1]
+    assert summary["world_size"] == 2 and len(summary["samples_per_s_per_rank"]) == 2
+    assert sum(summary["global_class_mix"]) == 200
+
+
+def test_uneven_shards_give_equal_batch_counts(tmp_path):
+    shards = {"a.tar": good_members(7), "b.tar": good_members(2, 7), "c.tar": good_members(11, 9)}
+    write_custom(str(tmp_path), shards, {"a.tar": [4, 3], "b.tar": [1, 1], "c.tar": [5, 6]})
+    torchrun("--data", tmp_path, "--epochs", 1, "--batch-size", 4, "--workers", 2, "--trace", tmp_path / "t")
+    per_rank = [read_trace(tmp_path / "t", r)[0] for r in range(2)]
+    assert len(per_rank[0]) == len(per_rank[1]) == 3
+    real = [k for batches in per_rank for b in batches for k, p in zip(b["keys"], b["padding"]) if not p]
+    assert sorted(real) == sorted(f"s_{i:05d}" for i in range(20))
+
+
+def test_killed_mid_epoch_and_resumed_matches_uninterrupted(shards, tmp_path):
+    _, _, folder = shards
+    common = ["--data", folder, "--epochs", 2, "--batch-size", 16, "--workers", 2, "--balance", "--augment"]
+    torchrun(*common, "--trace", tmp_path / "ref")
+    torchrun(*common, "--trace", tmp_path / "run", "--ckpt", tmp_path / "ckpt", "--stop-after", 9)
+    assert os.path.exists(tmp_path / "ckpt-rank0.pt") and os.path.exists(tmp_path / "ckpt-rank1.pt")
+    assert read_trace(tmp_path / "run", 0)[1] is None, "the first run really stopped early"
+    torchrun(*common, "--trace", tmp_path / "run", "--ckpt", tmp_path / "ckpt", "--resume")
+    for rank in range(2):
+        ref, run = read_trace(tmp_path / "ref", rank)[0], read_trace(tmp_path / "run", rank)[0]
+        assert len(ref) == len(run) > 9
+        assert [(b["keys"], b["pixels"]) for b in run] == [(b["keys"], b["pixels"]) for b in ref]
+
+
+def test_balancer_meets_global_targets_across_ranks(shards, tmp_path):
+    from imblearn.utils import check_sampling_strategy
+    import numpy as np
+
+    index, labels, folder = shards
+    torchrun("--data", folder, "--epochs", 1, "--batch-size", 16, "--workers", 2, "--balance",
+             "--trace", tmp_path / "t")
+    counts = collections.Counter()
+    lengths = []
+    for rank in range(2):
+        batches, _ = read_trace(tmp_path / "t", rank)
+        lengths.append(len(batches))
+        for b in batches:
+            counts.update(lab for lab, pad in zip(b["labels"], b["padding"]) if not pad)
+    base = collections.Counter(labels.tolist())
+    target = {c: base[c] + n for c, n in check_sampling_strategy("auto", np.asarray(labels), "over-sampling").items()}
+    assert dict(counts) == {c: target.get(c, base[c]) for c in base}
+    assert lengths[0] == lengths[1]
+    summary = read_trace(tmp_path / "t", 0)[1]
+    assert summary["global_class_mix"] == [counts[c] for c in range(4)]
