@@ -172,3 +172,24 @@ def plan_epoch(index: ShardIndex, *, seed: int, epoch: int, batch_size: int, wor
         cursor += n
     return EpochPlan(epoch, rank, world_size, k, batch_size, num_batches, tuple(synthetic),
                      tuple(workers), tuple(index.shards[i].url for i in order))
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """Everything but the epoch: picklable, so DataLoader workers can plan for themselves."""
+    index: ShardIndex
+    seed: int
+    batch_size: int
+    world_size: int
+    rank: int
+    num_workers: int
+    drop_last: bool
+    shuffle: bool
+    synthetic_per_rank: int = 0
+    synthetic_max: int = 0
+
+    def plan(self, epoch: int) -> EpochPlan:
+        return plan_epoch(self.index, seed=self.seed, epoch=epoch, batch_size=self.batch_size,
+                          world_size=self.world_size, rank=self.rank, num_workers=self.num_workers,
+                          drop_last=self.drop_last, shuffle=self.shuffle,
+                          synthetic_per_rank=self.synthetic_per_rank, synthetic_max=self.synthetic_max)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from .batch import Batch
 from .device_feed import device_feed
-from .epoch_plan import EpochPlan, plan_epoch
+from .epoch_plan import EpochPlan, PlanSpec
 from .epoch_plan import Segment
 from .errors import ErrorHandler, LoaderStats, StreamError, check_policy
 from .tar_reader import read_segment
@@ -109,6 +109,11 @@ class StreamLoader:
                 stage.bind(self)
             if stage is not None and getattr(stage, "seed", 0) is None and hasattr(stage, "manual_seed"):
                 stage.manual_seed(derive_seed(self.seed, name, self.rank))
+        synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
+        spec = PlanSpec(self.index, self.seed, batch_size, self.world_size, self.rank, num_workers, drop_last,
+                        bool(self.shuffle), synthetic, most)
+        self._stream = ShardStream(spec, StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder))
+        self._dataloader = None
         self.stats = LoaderStats()
         self.epoch = 0
         self._explicit_epoch = False
@@ -129,12 +134,7 @@ class StreamLoader:
         return full.subset(self.urls)
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
-        e = self.epoch if epoch is None else epoch
-        synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
-        return plan_epoch(self.index, seed=self.seed, epoch=e, batch_size=self.batch_size,
-                          world_size=self.world_size, rank=self.rank, num_workers=self.num_workers,
-                          drop_last=self.drop_last, shuffle=bool(self.shuffle),
-                          synthetic_per_rank=synthetic, synthetic_max=most)
+        return self._stream.plan(self.epoch if epoch is None else epoch)
 
     def __len__(self) -> int:
         return self.plan().num_batches
@@ -148,13 +148,15 @@ class StreamLoader:
 
     # ------------------------------------------------------------ iteration
     def _worker_batches(self, plan: EpochPlan) -> Iterator[dict]:
-        settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)
-        stream = ShardStream(plan, settings, resume_batches=self._batches_done)
+        self._stream.set_position(plan.epoch, self._batches_done)
         if self.num_workers == 0:
-            yield from stream
+            yield from self._stream
             return
-        yield from DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                              pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor)
+        if self._dataloader is None:         # workers persist across epochs (see ShardStream)
+            self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.num_workers,
+                                          pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor,
+                                          persistent_workers=True)
+        yield from self._dataloader
 
     def __iter__(self) -> Iterator[Batch]:
         plan = self.plan()
@@ -230,6 +232,18 @@ class StreamLoader:
             rows = transform(torch.stack([found[p] for p in order]))
             found = dict(zip(order, rows))
         return found
+
+    def close(self) -> None:
+        """Stop the persistent DataLoader workers now (they also stop when the loader is freed)."""
+        dl, self._dataloader = self._dataloader, None
+        if dl is not None and getattr(dl, "_iterator", None) is not None:
+            dl._iterator._shutdown_workers()  # noqa: SLF001 - torch has no public stop for persistent workers
+
+    def __enter__(self) -> "StreamLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------ resume
     def state_dict(self) -> dict:

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import _shuffle
 
-from .epoch_plan import EpochPlan, WorkerPlan
+from .epoch_plan import EpochPlan, PlanSpec, WorkerPlan
 from .errors import ErrorHandler, LoaderStats, StreamError
 from .sample_decoder import SampleDecoder
 from .seeding import derive_seed
@@ -99,32 +99,49 @@ def batch_stage(samples: Iterator[dict], wp: WorkerPlan, first: int, handle: Err
 
 
 class ShardStream(IterableDataset):
-    """Iterable over one rank's planned batches; each worker yields its own."""
+    """Iterable over one rank's planned batches; each worker yields its own.
 
-    def __init__(self, plan: EpochPlan, settings: StreamSettings, resume_batches: int = 0):
-        self.plan = plan
+    Workers persist across epochs: before each pass the loader writes
+    ``(epoch, batches already done)`` into a small shared-memory tensor, and every
+    worker plans that epoch itself from ``spec`` (a pure function), so nothing
+    else has to reach the workers.
+    """
+
+    def __init__(self, spec: PlanSpec, settings: StreamSettings):
+        self.spec = spec
         self.settings = settings
-        self.resume_batches = resume_batches
+        self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self._plans: dict[int, EpochPlan] = {}
+
+    def set_position(self, epoch: int, resume_batches: int) -> None:
+        self.control[0], self.control[1] = epoch, resume_batches
+
+    def plan(self, epoch: int) -> EpochPlan:
+        if epoch not in self._plans:
+            self._plans = {epoch: self.spec.plan(epoch)}
+        return self._plans[epoch]
 
     def __iter__(self) -> Iterator[dict]:
+        epoch, resume = (int(v) for v in self.control.tolist())
+        plan = self.plan(epoch)
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        if info is not None and info.num_workers != self.plan.num_workers:
-            raise RuntimeError(f"planned for {self.plan.num_workers} workers, DataLoader has {info.num_workers}")
+        if info is not None and info.num_workers != plan.num_workers:
+            raise RuntimeError(f"planned for {plan.num_workers} workers, DataLoader has {info.num_workers}")
         # DataLoader reads its workers round-robin starting at worker 0, but after a
         # resume at batch b the next batch belongs to plan worker b % K: rotate.
-        k = self.plan.num_workers
-        workers = [(worker + self.resume_batches) % k] if info is not None else range(k)
+        k = plan.num_workers
+        workers = [(worker + resume) % k] if info is not None else range(k)
         for w in workers:       # in-process (num_workers=0) the single planned worker is read directly
-            yield from self._worker_batches(self.plan.workers[w])
+            yield from self._worker_batches(plan, plan.workers[w], resume)
 
-    def _worker_batches(self, wp: WorkerPlan) -> Iterator[dict]:
-        st, plan = self.settings, self.plan
+    def _worker_batches(self, plan: EpochPlan, wp: WorkerPlan, resume: int) -> Iterator[dict]:
+        st = self.settings
         stats = LoaderStats()
         handle = ErrorHandler(st.on_error, stats)
         raw = read_segments(wp.segments, handle)
         raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", plan.epoch, plan.rank, wp.worker))
-        first = plan.worker_batches_before(wp.worker, self.resume_batches)
+        first = plan.worker_batches_before(wp.worker, resume)
         skip = sum(wp.real_sizes[:first])
         raw = itertools.islice(raw, skip, None)   # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)

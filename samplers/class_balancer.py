@@ -31,6 +31,7 @@ How it works
 from __future__ import annotations
 
 import numbers
+import weakref
 
 import numpy as np
 import torch
@@ -90,6 +91,11 @@ class ClassBalancer:
         self.targets: dict[int, int] | None = None
 
     # ------------------------------------------------------------------ setup
+    @property
+    def loader(self):
+        ref = getattr(self, "_loader", None)
+        return ref() if ref is not None else None
+
     def manual_seed(self, seed: int) -> None:
         self.rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "balance")))
 
@@ -97,7 +103,7 @@ class ClassBalancer:
         """Resolve targets from the loader's index and set up this rank's slots."""
         if self.feature_fn is not None and loader.augment is not None:
             raise ValueError("feature_fn makes the balancer emit features, so augment= must be None")
-        self.loader = loader
+        self._loader = weakref.ref(loader)    # no cycle: a loader must die by refcount to stop its workers
         self.fit(loader.index.class_counts, loader.world_size, loader.rank)
 
     def fit(self, class_counts: list[int], world_size: int = 1, rank: int = 0) -> "ClassBalancer":
@@ -152,7 +158,7 @@ class ClassBalancer:
             raise RuntimeError("ClassBalancer is not bound: pass it to StreamLoader(balance=...) or call fit()")
         if batch["batch_id"] == 0:
             self._start_epoch()
-            if not self._warm and getattr(self, "loader", None) is not None:
+            if not self._warm and self.loader is not None:
                 self._warm_up()
         if not 0 <= n_synthetic <= len(self._slots) - self._cursor:
             raise ValueError(f"batch asks for {n_synthetic} synthetic samples, {len(self._slots) - self._cursor} "

@@ -11,6 +11,9 @@ import numpy as np
 import torch
 
 
+FLOAT_COPY_BYTES = 128 << 20
+
+
 class ClassReservoir:
     def __init__(self, num_classes: int, capacity: int):
         if capacity < 2:
@@ -60,8 +63,12 @@ class ClassReservoir:
         self._dirty.setdefault(c, set()).update(slots)
 
     def flat_members(self, c: int) -> torch.Tensor:
-        """Class ``c``'s members as float rows (n, D); a float copy is kept, once asked for."""
+        """Class ``c``'s members as float rows (n, D). A float copy is kept once asked for,
+        when it fits ``FLOAT_COPY_BYTES`` per class; larger samples are converted on demand."""
         n = int(self.size[c])
+        row = self.storage[c][0].numel()
+        if c not in self._float and self.capacity * row * 4 > FLOAT_COPY_BYTES:
+            return self.members(c).flatten(1).float()
         if c not in self._float:
             self._float[c] = torch.zeros((self.capacity, self.storage[c][0].numel()), device=self.storage[c].device)
             self._float[c][:n] = self.members(c).flatten(1).float()

@@ -251,3 +251,21 @@ def test_ranks_split_targets_exactly_with_equal_lengths(data):
         lengths.append([len(b[1]) for b in batches])
     assert total == imblearn_counts(labels, "auto")
     assert lengths[0] == lengths[1] == lengths[2]
+
+
+def test_loader_with_balancer_and_workers_is_freed_promptly(data):
+    """Regression: a loader↔balancer reference cycle left persistent workers to the cyclic GC,
+    whose shutdown then waited out torch's 5 s join timeout per worker."""
+    import gc
+    import time
+
+    index, _, _ = data
+    loader = StreamLoader(index.urls, batch_size=32, num_workers=2, balance=ClassBalancer())
+    epoch_counts(loader)
+    start = time.perf_counter()
+    del loader
+    gc.collect()
+    assert time.perf_counter() - start < 2.0
+    with StreamLoader(index.urls, batch_size=32, num_workers=2) as closing:
+        next(iter(closing))
+    assert closing._dataloader is None

@@ -1,0 +1,110 @@
+"""Write ``streamaug bench`` results: JSON with machine info, PNG plots, a markdown table."""
+from __future__ import annotations
+
+import os
+
+from streamaug.benchmarks.timing import write_result
+
+STREAMAUG = ("streamaug-kornia", "streamaug-dali")
+PEERS = ("dataloader-albumentations", "dali-only", "webdataset-kornia-unfused")
+
+
+def _rows(results, section):
+    return [r for r in results if r.get("section") == section and r["status"] == "ok"]
+
+
+def headline(results) -> dict:
+    """The ratios the targets are stated in, per dataset."""
+    out = {}
+    for data in ("npy32", "jpg224"):
+        rows = {r["pipeline"]: r for r in _rows(results, "pipelines") if r["data"] == data}
+        ours = [rows[p] for p in STREAMAUG if p in rows]
+        peers = [rows[p] for p in PEERS if p in rows]
+        if not ours or not peers:
+            continue
+        best, peer = max(ours, key=lambda r: r["samples_per_s"]), max(peers, key=lambda r: r["samples_per_s"])
+        entry = {"best_streamaug": best["pipeline"], "best_peer": peer["pipeline"],
+                 "best_vs_best_peer": best["samples_per_s"] / peer["samples_per_s"],
+                 "feed_ratio_best_streamaug": best.get("feed_ratio")}
+        if "dali-only" in rows:
+            entry["best_vs_dali_only"] = best["samples_per_s"] / rows["dali-only"]["samples_per_s"]
+        if "streamaug-kornia+smote" in rows and "streamaug-kornia" in rows:
+            entry["smote_throughput_cost"] = 1 - rows["streamaug-kornia+smote"]["samples_per_s"] / \
+                rows["streamaug-kornia"]["samples_per_s"]
+        out[data] = entry
+    return out
+
+
+def markdown(results) -> str:
+    lines = ["| data | pipeline | samples/s | CPU ms/sample | peak RSS MiB | feed ratio |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in _rows(results, "pipelines"):
+        feed = f"{r['feed_ratio']:.2f}" if r.get("feed_ratio") is not None else "-"
+        lines.append(f"| {r['data']} | {r['pipeline']} | {r['samples_per_s']:,.0f} | {r['cpu_s_per_sample'] * 1e3:.2f} "
+                     f"| {r['peak_rss_mib']:,.0f} | {feed} |")
+    lines += ["", "| scaling: N | samples/s | CPU ms/sample | peak RSS MiB |", "| ---: | ---: | ---: | ---: |"]
+    for r in sorted(_rows(results, "scaling"), key=lambda r: r["n"]):
+        lines.append(f"| {r['n']:,} | {r['samples_per_s']:,.0f} | {r['cpu_s_per_sample'] * 1e3:.3f} | {r['peak_rss_mib']:,.0f} |")
+    for section, key in (("workers", "workers"), ("batch", "batch")):
+        lines += ["", f"| {section} | samples/s |", "| ---: | ---: |"]
+        lines += [f"| {r[key]} | {r['samples_per_s']:,.0f} |" for r in _rows(results, section)]
+    lines += ["", "| data | target ratio | measured |", "| --- | --- | ---: |"]
+    for data, h in headline(results).items():
+        lines.append(f"| {data} | best streamaug ({h['best_streamaug']}) / best peer ({h['best_peer']}) "
+                     f"| {h['best_vs_best_peer']:.2f}× |")
+        if h.get("feed_ratio_best_streamaug") is not None:
+            lines.append(f"| {data} | feed ratio of {h['best_streamaug']} | {h['feed_ratio_best_streamaug']:.2f} |")
+        if "smote_throughput_cost" in h:
+            lines.append(f"| {data} | throughput cost of balancing + SMOTE | {h['smote_throughput_cost'] * 100:.0f}% |")
+        if "best_vs_dali_only" in h:
+            lines.append(f"| {data} | best streamaug / DALI-only | {h['best_vs_dali_only']:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(results, out: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    pipe = _rows(results, "pipelines")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=100)
+    for ax, data in zip(axes[:2], ("npy32", "jpg224")):
+        rows = [r for r in pipe if r["data"] == data]
+        ax.barh([r["pipeline"] for r in rows], [r["samples_per_s"] for r in rows],
+                color=["tab:green" if r["pipeline"].startswith("streamaug") else "tab:gray" for r in rows])
+        ax.set_title(f"{data}: samples/s (higher is better)")
+    rows = [r for r in pipe if r.get("feed_ratio") is not None]
+    axes[2].barh([f"{r['data']} {r['pipeline']}" for r in rows], [r["feed_ratio"] for r in rows])
+    axes[2].axvline(1.0, color="k", lw=0.8)
+    axes[2].set_title("training feed ratio (1.0 = loader is free)")
+    fig.tight_layout()
+    paths.append(os.path.join(out, "throughput.png"))
+    fig.savefig(paths[-1])
+    plt.close(fig)
+    scaling = sorted(_rows(results, "scaling"), key=lambda r: r["n"])
+    if scaling:
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+        ns = [r["n"] for r in scaling]
+        ax[0].plot(ns, [r["cpu_s_per_sample"] * 1e3 for r in scaling], "o-")
+        ax[0].set(xscale="log", xlabel="dataset size (samples)", ylabel="CPU ms per sample",
+                  title="cost per sample, balancing on")
+        ax[1].plot(ns, [r["peak_rss_mib"] for r in scaling], "o-")
+        ax[1].set(xscale="log", xlabel="dataset size (samples)", ylabel="peak RSS (MiB)", title="memory", ylim=(0, None))
+        fig.tight_layout()
+        paths.append(os.path.join(out, "scaling.png"))
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    return paths
+
+
+def write_report(results: list[dict], out: str, quick: bool = False) -> None:
+    os.makedirs(out, exist_ok=True)
+    table = markdown(results)
+    with open(os.path.join(out, "bench.md"), "w") as f:
+        f.write(table)
+    images = plots(results, out)
+    write_result(os.path.join(out, "bench.json"), {"quick": quick, "headline": headline(results), "cells": results})
+    print(table)
+    print("wrote " + ", ".join([os.path.join(out, "bench.md")] + images))

@@ -1,0 +1,179 @@
+"""``streamaug bench``: end-to-end loader and training-feed throughput against the peers.
+
+    streamaug bench --out benchmarks/results/cpu            # full run on this machine
+    streamaug bench --quick --out /tmp/bench                # tiny: what CI runs (no thresholds)
+
+Generates its own shards (32×32 ``.npy`` and 224×224 ``.jpg`` from scikit-learn's bundled
+photos, imbalanced labels), then runs every pipeline in ``bench_pipelines`` over the same
+shards, ops and batch size, each cell in its own process (so peak RSS is its own):
+
+* samples/s (median of repeats after a warm-up pass) and process CPU seconds per sample
+  (the main process plus its reaped DataLoader workers);
+* peak RSS, and peak GPU memory on a GPU;
+* the training *feed ratio*: one small CNN trained from the pipeline, divided by the same
+  model trained on the same batches already resident on the device (1.0 = the loader is free);
+* scaling: streamaug with balancing over 10k → 1M samples (a resampled stream: the shards
+  are linked under new names), and sweeps over ``num_workers`` and batch size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from streamaug.benchmarks.bench_data import make_bench_shards
+from streamaug.benchmarks.bench_pipelines import PIPELINES, build
+from streamaug.loader import ShardIndex
+from streamaug.loader.shard_index import INDEX_NAME, ShardInfo
+
+SIZES = {"full": {"npy32": 20000, "jpg224": 2000, "repeats": 3,
+                  "scaling": [10_000, 100_000, 1_000_000], "workers": [0, 1, 2], "batches": [64, 256]},
+         "quick": {"npy32": 512, "jpg224": 64, "repeats": 1,
+                   "scaling": [1000, 4000], "workers": [0, 2], "batches": [32, 64]}}
+
+
+def feed_model(device, size: int):
+    from streamaug.benchmarks.small_cnn import ResNet18Like, SmallCNN
+
+    if device.type == "cuda":
+        return ResNet18Like(3, 10, small_input=size < 64).to(device).to(memory_format=torch.channels_last)
+    return SmallCNN(3, 10, width=16).to(device)
+
+
+def train_rate(model, batches, device) -> float:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    n, start = 0, time.perf_counter()
+    for images, targets in batches:
+        loss = torch.nn.functional.cross_entropy(model(images), targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += len(images)
+    sync()
+    return n / (time.perf_counter() - start)
+
+
+def cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_cell(cell: dict) -> dict:
+    """One pipeline on one dataset, in this process."""
+    device = torch.device(cell["device"])
+    index = ShardIndex.load(cell["index"])
+    pipe = build(cell["pipeline"], index, cell["batch"], cell["workers"], device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def one_pass() -> tuple[int, float, float]:
+        c0, t0, n = cpu_seconds(), time.perf_counter(), 0
+        for images, _ in pipe:
+            n += len(images)
+        sync()
+        return n, time.perf_counter() - t0, cpu_seconds() - c0
+
+    one_pass()                                                    # warm-up
+    runs = sorted((one_pass() for _ in range(cell["repeats"])), key=lambda r: r[0] / r[1])
+    n, dt, cpu = runs[len(runs) // 2]
+    out = {"samples_per_s": n / dt, "cpu_s_per_sample": cpu / n, "samples_per_pass": n}
+    if cell.get("feed"):
+        size = index.image_shape[0]
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = feed_model(device, size)
+        fed = train_rate(model, pipe, device)
+        resident = [(x.clone(), y.clone()) for x, y in pipe]
+        out.update(fed_samples_per_s=fed, resident_samples_per_s=train_rate(model, resident, device))
+        out["feed_ratio"] = out["fed_samples_per_s"] / out["resident_samples_per_s"]
+    out["peak_rss_mib"] = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    if device.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def spawn(cell: dict, timeout: float) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "streamaug.benchmarks.run", "--cell", json.dumps(cell)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        return {**cell, "status": "failed", "error": (proc.stderr or proc.stdout)[-800:]}
+    return {**cell, "status": "ok", **json.loads(line[7:])}
+
+
+def resampled_index(index: ShardIndex, n: int, folder: str) -> ShardIndex:
+    """An index of ``n`` samples made of the same shards linked under new names."""
+    os.makedirs(folder, exist_ok=True)
+    shards, total, i = [], 0, 0
+    while total < n:
+        src = index.shards[i % len(index.shards)]
+        dst = os.path.join(folder, f"copy-{i:06d}.tar")
+        if not os.path.exists(dst):
+            os.symlink(src.url, dst)
+        shards.append(ShardInfo(dst, src.count, src.class_counts))
+        total += src.count
+        i += 1
+    out = ShardIndex(shards, index.num_classes, index.class_names, index.image_ext, index.image_shape,
+                     os.path.join(folder, INDEX_NAME))
+    out.save(out.source)
+    return out
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--cell"]:
+        print("RESULT " + json.dumps(run_cell(json.loads(argv[1]))), flush=True)
+        return 0
+    p = argparse.ArgumentParser(prog="streamaug bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, measures nothing")
+    p.add_argument("--out", default="benchmarks/results/bench")
+    p.add_argument("--data", default=None, help="where shards are generated (default: OUT/data)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: all cores)")
+    p.add_argument("--timeout", type=float, default=1800)
+    args = p.parse_args(argv)
+    from tqdm.auto import tqdm
+
+    from streamaug.benchmarks.bench_report import write_report
+
+    plan = SIZES["quick" if args.quick else "full"]
+    workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
+    data = args.data or os.path.join(args.out, "data")
+    indexes = {kind: make_bench_shards(data, kind, plan[kind]) for kind in ("npy32", "jpg224")}
+    base = {"device": args.device, "repeats": plan["repeats"], "batch": args.batch, "workers": workers}
+    cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=idx.source, feed=True)
+             for kind, idx in indexes.items() for name in args.pipelines]
+    biggest = max(plan["scaling"])
+    for n in plan["scaling"]:
+        scaled = resampled_index(indexes["npy32"], n, os.path.join(data, f"scaled-{n}"))
+        cells.append(dict(base, section="scaling", data="npy32", n=scaled.total, repeats=1,
+                          pipeline="streamaug-kornia+smote", index=scaled.source))
+    for w in plan["workers"]:
+        cells.append(dict(base, section="workers", data="npy32", pipeline="streamaug-kornia", workers=w,
+                          index=indexes["npy32"].source))
+    for b in plan["batches"]:
+        cells.append(dict(base, section="batch", data="npy32", pipeline="streamaug-kornia", batch=b,
+                          index=indexes["npy32"].source))
+    results = []
+    for cell in tqdm(cells, desc="bench cells", unit="cell"):
+        r = spawn(cell, args.timeout * (3 if cell.get("n") == biggest else 1))
+        results.append(r)
+        if r["status"] != "ok":
+            tqdm.write(f"FAILED {cell['section']} {cell['pipeline']} {cell['data']}: {r['error'][-300:]}")
+    write_report(results, args.out, quick=args.quick)
+    failed = [r for r in results if r["status"] != "ok"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
