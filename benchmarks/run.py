@@ -23,6 +23,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -127,6 +128,18 @@ def resampled_index(index: ShardIndex, n: int, folder: str) -> ShardIndex:
     return out
 
 
+SECTIONS = ("pipelines", "scaling", "workers", "batch")
+
+
+def _kept_cells(out: str, sections: list[str]) -> list[dict]:
+    """Cells of the sections not being rerun, from an earlier ``bench.json`` in ``out``."""
+    path = os.path.join(out, "bench.json")
+    if set(sections) == set(SECTIONS) or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [c for c in json.load(f)["cells"] if c["section"] not in sections]
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--cell"]:
@@ -135,7 +148,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="streamaug bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, measures nothing")
     p.add_argument("--out", default="benchmarks/results/bench")
-    p.add_argument("--data", default=None, help="where shards are generated (default: OUT/data)")
+    p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "streamaug-bench-data"),
+                   help="where shards are generated (outside the repository)")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
+                   help="run only these; the others are kept from an existing OUT/bench.json")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
     p.add_argument("--batch", type=int, default=256)
@@ -148,7 +164,7 @@ def main(argv=None) -> int:
 
     plan = SIZES["quick" if args.quick else "full"]
     workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
-    data = args.data or os.path.join(args.out, "data")
+    data = args.data
     indexes = {kind: make_bench_shards(data, kind, plan[kind]) for kind in ("npy32", "jpg224")}
     base = {"device": args.device, "repeats": plan["repeats"], "batch": args.batch, "workers": workers}
     cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=idx.source, feed=True)
@@ -164,14 +180,15 @@ def main(argv=None) -> int:
     for b in plan["batches"]:
         cells.append(dict(base, section="batch", data="npy32", pipeline="streamaug-kornia", batch=b,
                           index=indexes["npy32"].source))
-    results = []
+    cells = [c for c in cells if c["section"] in args.sections]
+    results = _kept_cells(args.out, args.sections)
     for cell in tqdm(cells, desc="bench cells", unit="cell"):
         r = spawn(cell, args.timeout * (3 if cell.get("n") == biggest else 1))
         results.append(r)
         if r["status"] != "ok":
             tqdm.write(f"FAILED {cell['section']} {cell['pipeline']} {cell['data']}: {r['error'][-300:]}")
     write_report(results, args.out, quick=args.quick)
-    failed = [r for r in results if r["status"] != "ok"]
+    failed = [r for r in results if r["status"] != "ok" and r["section"] in args.sections]
     return 1 if failed else 0
 
 

@@ -88,3 +88,9 @@ def decode_label(data: bytes) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"label is not an integer: {text!r}") from None
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) uint8 → ``size`` = (H', W'), bilinear, channels kept."""
+    pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
+    return np.asarray(pil.resize(size[::-1], Image.BILINEAR)).reshape(*size, image.shape[2])

@@ -6,10 +6,9 @@ are read; any other field, a pickle included, is ignored, never loaded.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 from .errors import StreamError
-from .image_codec import IMAGE_EXTS, decode_image, decode_label
+from .image_codec import IMAGE_EXTS, decode_image, decode_label, resize_image
 
 
 class SampleDecoder:
@@ -17,12 +16,13 @@ class SampleDecoder:
     without it, every image must have ``expect_shape`` when given."""
 
     def __init__(self, num_classes: int, resize: tuple[int, int] | None = None,
-                 expect_shape: tuple[int, int, int] | None = None):
+                 expect_shape: tuple[int, int, int] | None = None, defer_encoded: bool = False):
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
             raise ValueError(f"resize must be (height, width) with positive sizes, got {resize!r}")
         self.num_classes = num_classes
         self.resize = tuple(resize) if resize is not None else None
         self.expect_shape = tuple(expect_shape) if expect_shape else None
+        self.defer_encoded = defer_encoded      # png/jpg bytes go on undecoded (decode="dali")
 
     @property
     def output_shape(self) -> tuple[int, int, int] | None:
@@ -48,14 +48,17 @@ class SampleDecoder:
         if not 0 <= label < self.num_classes:
             raise StreamError("label_out_of_range", f"label is outside the index's classes [0, {self.num_classes})",
                               shard=url, key=key, value=label)
+        if self.defer_encoded and ext != "npy":
+            return {"__key__": key, "__url__": url, "image": None, "label": label,
+                    "encoded": bytes(raw[ext]),
+                    "is_padding": bool(raw.get("__padding__", False))}
         try:
             image = decode_image(raw[ext], ext)
         except Exception as e:
             raise StreamError("undecodable_image", f".{ext} image does not decode: {type(e).__name__}: {e}",
                               shard=url, key=key, value=f"{len(raw[ext])} bytes") from None
         if self.resize is not None and image.shape[:2] != self.resize:
-            pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
-            image = np.asarray(pil.resize(self.resize[::-1], Image.BILINEAR)).reshape(*self.resize, image.shape[2])
+            image = resize_image(image, self.resize)
         elif self.expect_shape is not None and image.shape != self.expect_shape:
             raise StreamError("image_size", f"image shape differs from {self.expect_shape} and no resize= was "
                               "given", shard=url, key=key, value=image.shape)

@@ -81,9 +81,10 @@ class ShardIndex:
     # ------------------------------------------------------------------ io
     def to_json(self, base: str | None = None) -> dict:
         def rel(url: str) -> str:
-            if base and os.path.isabs(url) and os.path.dirname(url) == os.path.abspath(base):
+            local = "://" not in url and not url.startswith("pipe:")
+            if base and local and os.path.dirname(os.path.abspath(url)) == os.path.abspath(base):
                 return os.path.basename(url)
-            return url
+            return os.path.abspath(url) if local else url
         return {"format": FORMAT, "version": VERSION, "num_classes": self.num_classes,
                 "class_names": list(self.class_names), "image_ext": self.image_ext,
                 "image_shape": list(self.image_shape) if self.image_shape else None,

@@ -16,10 +16,10 @@ part of :meth:`StreamLoader.state_dict`.
 """
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator, Sequence
 
 import braceexpand
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -27,13 +27,12 @@ from torch.utils.data import DataLoader
 from .batch import Batch
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan, PlanSpec
-from .epoch_plan import Segment
-from .errors import ErrorHandler, LoaderStats, StreamError, check_policy
-from .tar_reader import read_segment
+from .errors import ErrorHandler, LoaderStats, check_policy
+from .sample_lookup import fetch_rows, scan_rows
 from .sample_decoder import SampleDecoder
 from .seeding import derive_seed
 from .shard_index import ShardIndex, default_index_path
-from .worker_stream import ShardStream, StreamSettings
+from .worker_stream import ShardStream, StreamSettings, UnindexedStream
 
 PLUGINS = ("balance", "augment", "mixup")
 
@@ -71,6 +70,8 @@ class StreamLoader:
             beside the first shard.
         on_error: ``"raise"`` or ``"skip"``; skipped samples are counted in ``stats``.
         resize: ``(H, W)`` to resize every image; without it sizes must agree.
+        decode: ``"cpu"`` decodes in the workers; ``"dali"`` ships encoded jpg/png bytes and
+            decodes each batch with DALI where it lives (nvJPEG on a GPU).
         balance, augment, mixup: plug-in stages (see the module docs).
         world_size, rank: override ``torch.distributed``'s.
     """
@@ -80,7 +81,8 @@ class StreamLoader:
                  device: str | torch.device | None = None, pin_memory: bool | None = None,
                  index: str | ShardIndex | None = None, on_error: str = "raise",
                  resize: tuple[int, int] | None = None, balance=None, augment=None, mixup=None,
-                 world_size: int | None = None, rank: int | None = None, prefetch_factor: int = 2):
+                 world_size: int | None = None, rank: int | None = None, prefetch_factor: int = 2,
+                 decode: str = "cpu", num_classes: int | None = None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -88,7 +90,10 @@ class StreamLoader:
         if int(shuffle) < 0:
             raise ValueError(f"shuffle must be a buffer size >= 0, got {shuffle!r}")
         self.urls = expand_urls(urls)
-        self.index = self._load_index(index)
+        self.index = None if index is False else self._load_index(index)
+        if self.index is None and (balance is not None or mixup is not None) and not num_classes:
+            raise ValueError("index=False with balance= or mixup= needs num_classes=")
+        self.num_classes = self.index.num_classes if self.index is not None else num_classes
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, int(seed)
         self.shuffle, self.drop_last = int(shuffle), drop_last
         self.on_error = check_policy(on_error)
@@ -101,7 +106,16 @@ class StreamLoader:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
         self.prefetch_factor = prefetch_factor
-        self.decoder = SampleDecoder(self.index.num_classes, resize, self.index.image_shape)
+        if decode not in ("cpu", "dali"):
+            raise ValueError(f"decode must be 'cpu' (in the workers) or 'dali' (where the batch lives), got {decode!r}")
+        shape = self.index.image_shape if self.index is not None else None
+        self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali")
+        self.device_decoder = None
+        if decode == "dali":
+            from .device_decode import DaliImageDecoder
+
+            channels = shape[2] if shape else 3
+            self.device_decoder = DaliImageDecoder(self.device, channels, resize)
         self.balance, self.augment, self.mixup = balance, augment, mixup
         for name in PLUGINS:
             stage = getattr(self, name)
@@ -109,10 +123,14 @@ class StreamLoader:
                 stage.bind(self)
             if stage is not None and getattr(stage, "seed", 0) is None and hasattr(stage, "manual_seed"):
                 stage.manual_seed(derive_seed(self.seed, name, self.rank))
-        synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
-        spec = PlanSpec(self.index, self.seed, batch_size, self.world_size, self.rank, num_workers, drop_last,
-                        bool(self.shuffle), synthetic, most)
-        self._stream = ShardStream(spec, StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder))
+        settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)
+        if self.index is None:
+            self._stream = UnindexedStream(self.urls, settings, batch_size, self.world_size, self.rank)
+        else:
+            synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
+            spec = PlanSpec(self.index, self.seed, batch_size, self.world_size, self.rank, num_workers, drop_last,
+                            bool(self.shuffle), synthetic, most)
+            self._stream = ShardStream(spec, settings)
         self._dataloader = None
         self.stats = LoaderStats()
         self.epoch = 0
@@ -133,10 +151,15 @@ class StreamLoader:
             return full
         return full.subset(self.urls)
 
-    def plan(self, epoch: int | None = None) -> EpochPlan:
+    def plan(self, epoch: int | None = None) -> EpochPlan | None:
+        """The epoch's plan (``None`` without an index: nothing is known up front)."""
+        if self.index is None:
+            return None
         return self._stream.plan(self.epoch if epoch is None else epoch)
 
     def __len__(self) -> int:
+        if self.index is None:
+            raise TypeError("StreamLoader(index=False) has no len(): the number of samples is unknown")
         return self.plan().num_batches
 
     def set_epoch(self, epoch: int) -> None:
@@ -147,24 +170,32 @@ class StreamLoader:
         self.epoch, self._explicit_epoch = int(epoch), True
 
     # ------------------------------------------------------------ iteration
-    def _worker_batches(self, plan: EpochPlan) -> Iterator[dict]:
-        self._stream.set_position(plan.epoch, self._batches_done)
+    def _worker_batches(self, plan: EpochPlan | None) -> Iterator[dict]:
+        self._stream.set_position(self.epoch, self._batches_done)
         if self.num_workers == 0:
             yield from self._stream
             return
         if self._dataloader is None:         # workers persist across epochs (see ShardStream)
+            # Forked workers inherit the parent's uncollected garbage; finalizing it there (e.g. a
+            # dead DALI pipeline, whose threads do not exist in the child) can crash the worker.
+            gc.collect()
             self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.num_workers,
                                           pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor,
-                                          persistent_workers=True)
+                                          persistent_workers=True, worker_init_fn=_freeze_inherited)
         yield from self._dataloader
 
     def __iter__(self) -> Iterator[Batch]:
         plan = self.plan()
-        if self._batches_done >= plan.num_batches:
+        if plan is not None and self._batches_done >= plan.num_batches:
             self._advance_epoch()
             plan = self.plan()
-        for batch in device_feed(self._worker_batches(plan), self.device):
+        batches = device_feed(self._worker_batches(plan), self.device)
+        if plan is None:                  # no index: resume replays the prefix; know which batch is last
+            batches = _with_last(_drop(batches, self._batches_done))
+        for batch in batches:
             self.stats.merge(batch.pop("stats"))
+            if "encoded" in batch:
+                batch = self.device_decoder(batch, ErrorHandler(self.on_error, self.stats))
             out = self._apply_plugins(batch, plan)
             self._batches_done += 1
             yield out
@@ -175,10 +206,13 @@ class StreamLoader:
         if not self._explicit_epoch:
             self.epoch += 1
 
-    def _apply_plugins(self, batch: dict, plan: EpochPlan) -> Batch:
-        n_synth = plan.synthetic[batch["batch_id"]]
+    def _apply_plugins(self, batch: dict, plan: EpochPlan | None) -> Batch:
         if self.balance is not None:
-            batch = self.balance(batch, n_synth)
+            if plan is None:
+                batch = self.balance(batch, None, last=batch.pop("last"))
+            else:
+                batch = self.balance(batch, plan.synthetic[batch["batch_id"]])
+        batch.pop("last", None)
         images, labels = batch["images"], batch["labels"]
         synthetic = batch.get("is_synthetic", torch.zeros(len(labels), dtype=torch.bool, device=labels.device))
         self.stats.real += int((~synthetic & ~batch["is_padding"]).sum())
@@ -188,50 +222,18 @@ class StreamLoader:
             images = self.augment(images)
         targets = labels
         if self.mixup is not None:
-            images, targets = self.mixup(images, labels, num_classes=self.index.num_classes)
+            images, targets = self.mixup(images, labels, num_classes=self.num_classes)
         return Batch(images, targets, keys=batch["keys"], is_synthetic=synthetic,
                      is_padding=batch["is_padding"], provenance=batch.get("provenance", []),
                      hard_labels=labels, batch_id=batch["batch_id"])
 
-    def scan_rows(self, wanted) -> Iterator[tuple[str, str, int, torch.Tensor]]:
-        """Samples in index order whose label satisfies ``wanted(label)``, decoded on
-        demand: ``(url, key, label, CHW uint8 row on the device)``."""
-        handle = ErrorHandler("skip", LoaderStats())
-        for info in self.index.shards:
-            for raw in read_segment(Segment(info.url, 0, info.count, info.count), handle):
-                try:
-                    label = int(raw["cls"])
-                except (KeyError, ValueError):
-                    continue
-                if 0 <= label < self.index.num_classes and wanted(label):
-                    try:
-                        image = self.decoder(raw)["image"]
-                    except StreamError:
-                        continue
-                    yield info.url, raw["__key__"], label, torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device)
+    def scan_rows(self, wanted):
+        """Samples in index order whose label satisfies ``wanted`` (see ``sample_lookup.scan_rows``)."""
+        return scan_rows(self.index, self.decoder, self.device, wanted)
 
     def fetch_rows(self, pairs: list[tuple[str, str]], transform=None) -> dict[tuple[str, str], torch.Tensor]:
-        """Read specific samples ``(shard url, key)`` → CHW uint8 rows on the loader's device
-        (``transform`` maps a batch of them, e.g. to features). Used to restore reservoirs."""
-        wanted: dict[str, set[str]] = {}
-        for url, key in pairs:
-            wanted.setdefault(url, set()).add(key)
-        found: dict[tuple[str, str], torch.Tensor] = {}
-        handle = ErrorHandler("raise", LoaderStats())
-        for url, keys in wanted.items():
-            info = self.index.shard(url)
-            for raw in read_segment(Segment(url, 0, info.count, info.count), handle):
-                if raw["__key__"] in keys:
-                    image = self.decoder(raw)["image"]
-                    found[(url, raw["__key__"])] = torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device)
-        missing = [p for p in pairs if tuple(p) not in found]
-        if missing:
-            raise ValueError(f"saved state names samples that are not in their shards, e.g. {missing[0]!r}")
-        if transform is not None:
-            order = list(found)
-            rows = transform(torch.stack([found[p] for p in order]))
-            found = dict(zip(order, rows))
-        return found
+        """Specific samples ``(shard url, key)`` as rows on the device (see ``sample_lookup.fetch_rows``)."""
+        return fetch_rows(self.index, self.decoder, self.device, pairs, transform)
 
     def close(self) -> None:
         """Stop the persistent DataLoader workers now (they also stop when the loader is freed)."""
@@ -276,3 +278,28 @@ class StreamLoader:
             stage = getattr(self, name)
             if name in sd and stage is not None:
                 stage.load_state_dict(sd[name])
+
+
+def _drop(batches: Iterator[dict], n: int) -> Iterator[dict]:
+    """Skip the first ``n`` batches (a resume without an index replays the epoch's prefix;
+    their counts are already in the restored ``stats``)."""
+    for i, batch in enumerate(batches):
+        if i >= n:
+            yield batch
+
+
+def _with_last(batches: Iterator[dict]) -> Iterator[dict]:
+    """Mark each batch ``last`` or not, one batch of look-ahead."""
+    pending = next(batches, None)
+    for batch in batches:
+        pending["last"] = False
+        yield pending
+        pending = batch
+    if pending is not None:
+        pending["last"] = True
+        yield pending
+
+
+def _freeze_inherited(worker_id: int) -> None:
+    """In each worker: never collect (or finalize) objects inherited from the parent."""
+    gc.freeze()

@@ -17,6 +17,14 @@ from .epoch_plan import Segment
 from .errors import ErrorHandler, StreamError
 
 
+UNKNOWN = -1        # shard_count of a shard streamed without an index: read to its end, check nothing
+
+
+def whole_shard(url: str) -> Segment:
+    """A segment covering a shard of unknown length."""
+    return Segment(url, 0, 1 << 62, UNKNOWN)
+
+
 def _samples(url: str, stream) -> Iterator[dict]:
     files = tar_file_expander([{"url": url, "stream": stream}], handler=reraise_exception)
     return group_by_keys(files, handler=reraise_exception)
@@ -41,7 +49,8 @@ def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
             in_range = pos >= seg.start
             pos += 1
             last = pos == seg.stop
-            if last and seg.stop == seg.shard_count and (extra := next(samples, None)) is not None:
+            if last and seg.stop == seg.shard_count and seg.shard_count != UNKNOWN and \
+                    (extra := next(samples, None)) is not None:
                 # Raised (or counted) before the last planned sample is handed on; the
                 # extras are not in the plan, so under "skip" they are counted and ignored.
                 handle(StreamError("index_mismatch", f"shard holds more samples than the index count "
@@ -68,7 +77,7 @@ def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
                 close()
             except Exception:  # a pipe: closed early reports SIGPIPE; the data we used was complete
                 pass
-    if pos < seg.stop:
+    if pos < seg.stop and seg.shard_count != UNKNOWN:
         handle(StreamError("index_mismatch", f"index says the shard holds {seg.shard_count} samples, "
                            f"the stream ended after {pos}", shard=seg.url, key=key, value=pos,
                            lost=seg.stop - max(pos, seg.start)))

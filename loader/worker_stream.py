@@ -22,7 +22,7 @@ from .epoch_plan import EpochPlan, PlanSpec, WorkerPlan
 from .errors import ErrorHandler, LoaderStats, StreamError
 from .sample_decoder import SampleDecoder
 from .seeding import derive_seed
-from .tar_reader import read_segments
+from .tar_reader import read_segment, read_segments, whole_shard
 
 
 @dataclass
@@ -51,7 +51,10 @@ def decode_stage(raw: Iterator[dict], decoder: SampleDecoder, handle: ErrorHandl
 def collate_uint8(samples: list[dict], empty_shape: tuple[int, ...] = (0,)) -> dict:
     """List of decoded samples → uint8 NCHW images and int64 labels (one copy).
     No samples (a batch the balancer fills entirely) → ``empty_shape`` images."""
-    if samples:
+    encoded = None
+    if samples and samples[0]["image"] is None:          # decode="dali": bytes go to the main process
+        images, encoded = torch.empty(empty_shape, dtype=torch.uint8), [s["encoded"] for s in samples]
+    elif samples:
         images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
     else:
         images = torch.empty(empty_shape, dtype=torch.uint8)
@@ -59,7 +62,8 @@ def collate_uint8(samples: list[dict], empty_shape: tuple[int, ...] = (0,)) -> d
             "labels": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
             "keys": [s["__key__"] for s in samples],
             "urls": [s["__url__"] for s in samples],
-            "is_padding": torch.tensor([s["is_padding"] for s in samples], dtype=torch.bool)}
+            "is_padding": torch.tensor([s["is_padding"] for s in samples], dtype=torch.bool),
+            **({"encoded": encoded} if encoded is not None else {})}
 
 
 def batch_stage(samples: Iterator[dict], wp: WorkerPlan, first: int, handle: ErrorHandler,
@@ -85,7 +89,7 @@ def batch_stage(samples: Iterator[dict], wp: WorkerPlan, first: int, handle: Err
                                       "nothing is left to fill the batch", value=wp.real_sizes[j])
                 s = dict(spare[fills % len(spare)], is_padding=True)
                 fills += 1
-            elif batch and s["image"].shape != batch[0]["image"].shape:
+            elif batch and s["image"] is not None and s["image"].shape != batch[0]["image"].shape:
                 handle(StreamError("image_size", f"image size differs from the batch's "
                                    f"{batch[0]['image'].shape} and no resize= was given",
                                    shard=s["__url__"], key=s["__key__"], value=s["image"].shape))
@@ -146,3 +150,44 @@ class ShardStream(IterableDataset):
         raw = itertools.islice(raw, skip, None)   # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)
         yield from batch_stage(samples, wp, first, handle, stats, st.decoder.output_shape)
+
+
+class UnindexedStream(IterableDataset):
+    """Without an index (``StreamLoader(index=False)``): shards are shuffled per epoch and
+    dealt round-robin to ranks, then to workers (webdataset's split); each worker
+    yields batches of ``batch_size`` real samples, its last one partial. Nothing is
+    known up front, so ranks may differ in length and there is no ``len()``."""
+
+    def __init__(self, urls: list[str], settings: StreamSettings, batch_size: int, world_size: int, rank: int):
+        self.urls, self.settings, self.batch_size = urls, settings, batch_size
+        self.world_size, self.rank = world_size, rank
+        self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
+
+    def set_position(self, epoch: int, resume_batches: int) -> None:
+        self.control[0], self.control[1] = epoch, resume_batches
+
+    def __iter__(self) -> Iterator[dict]:
+        st = self.settings
+        epoch = int(self.control[0])
+        info = get_worker_info()
+        worker, k = (info.id, info.num_workers) if info is not None else (0, 1)
+        order = np.random.Generator(np.random.PCG64(derive_seed(st.seed, "shards", epoch))).permutation(len(self.urls)) \
+            if st.shuffle_buffer > 1 else np.arange(len(self.urls))
+        mine = [self.urls[i] for i in order][self.rank::self.world_size][worker::k]
+        stats = LoaderStats()
+        handle = ErrorHandler(st.on_error, stats)
+        raw = (s for url in mine for s in read_segment(whole_shard(url), handle))
+        raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", epoch, self.rank, worker))
+        samples = decode_stage(raw, st.decoder, handle)
+        batch, j = [], 0
+        for s in samples:
+            if batch and s["image"] is not None and s["image"].shape != batch[0]["image"].shape:
+                handle(StreamError("image_size", f"image size differs from the batch's {batch[0]['image'].shape} "
+                                   "and no resize= was given", shard=s["__url__"], key=s["__key__"], value=s["image"].shape))
+                continue
+            batch.append(s)
+            if len(batch) == self.batch_size:
+                yield dict(collate_uint8(batch), batch_id=j * k + worker, stats=stats.take())
+                batch, j = [], j + 1
+        if batch:
+            yield dict(collate_uint8(batch), batch_id=j * k + worker, stats=stats.take())

@@ -25,8 +25,11 @@ How it works
   ``loader.stats.skipped["balance_shortfall"]``.
 * Reservoirs persist across epochs. ``state_dict`` holds RNG state, the slot
   cursor and swaps, and reservoir membership as ``(shard, key)`` pairs.
-* An index is required (``streamaug shards`` writes one): the epoch's counts
-  come from it, not from an online estimate.
+* Without an index (``StreamLoader(index=False, num_classes=C)``) counts are
+  estimated online (see ``_online_classes``): batches top classes up towards
+  imbalanced-learn's target for the counts seen so far, and the epoch's last
+  batch takes the rest. Epoch totals then equal ``fit_resample``'s on the
+  epoch's labels; batch sizes vary.
 """
 from __future__ import annotations
 
@@ -39,16 +42,15 @@ import torch
 from streamaug.loader.seeding import derive_seed
 
 from .class_reservoir import ClassReservoir
+from .online_counts import online_due
 from .sampling_strategy import synthetic_targets
-from .slot_schedule import interleaved_slots, max_rank_slots, rank_slots, take_available
+from .slot_schedule import interleaved_slots, max_rank_slots, rank_slots, stratified_choice, take_available
 from .smote import SMOTE, RandomOversampler, Synthesizer
 
 _UNSET = object()
 
-
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
 
 class ClassBalancer:
     """Stream stage that adds synthetic samples so each epoch meets ``sampling_strategy``.
@@ -65,6 +67,11 @@ class ClassBalancer:
             and emits features instead of pixels (DeepSMOTE-style, for heads trained
             on embeddings); the loader's ``augment=`` must then be ``None``.
         shuffle_within_batch: permute each batch so synthetic rows are interleaved.
+        stratified: give each batch's synthetic slots to the classes furthest below their
+            target share of that batch (its real rows counted), so no class is
+            under-represented by more than rounding while budget lasts; per-epoch totals
+            stay exact. Rows can only be added, so a class over-represented by real rows
+            stays so. Default: an evenly interleaved, precomputed sequence.
     """
 
     _parameter_constraints = {
@@ -73,10 +80,12 @@ class ClassBalancer:
         "reservoir_size": (lambda v: _is_int(v) and v >= 2, "an int >= 2"),
         "feature_fn": (lambda v: v is None or callable(v), "None or callable"),
         "shuffle_within_batch": (lambda v: isinstance(v, bool), "a bool"),
+        "stratified": (lambda v: isinstance(v, bool), "a bool"),
     }
 
     def __init__(self, sampling_strategy="auto", synthesizer=_UNSET, random_state: int | None = None,
-                 reservoir_size: int = 512, feature_fn=None, shuffle_within_batch: bool = True):
+                 reservoir_size: int = 512, feature_fn=None, shuffle_within_batch: bool = True,
+                 stratified: bool = False):
         synthesizer = SMOTE() if synthesizer is _UNSET else synthesizer
         for name, (ok, expected) in self._parameter_constraints.items():
             value = locals()[name]
@@ -86,7 +95,7 @@ class ClassBalancer:
         self.synthesizer = synthesizer if synthesizer is not None else RandomOversampler()
         self.seed = random_state
         self.reservoir_size, self.feature_fn = reservoir_size, feature_fn
-        self.shuffle_within_batch = shuffle_within_batch
+        self.shuffle_within_batch, self.stratified = shuffle_within_batch, stratified
         self.rng = np.random.Generator(np.random.PCG64(derive_seed(random_state or 0, "balance")))
         self.targets: dict[int, int] | None = None
 
@@ -104,10 +113,14 @@ class ClassBalancer:
         if self.feature_fn is not None and loader.augment is not None:
             raise ValueError("feature_fn makes the balancer emit features, so augment= must be None")
         self._loader = weakref.ref(loader)    # no cycle: a loader must die by refcount to stop its workers
-        self.fit(loader.index.class_counts, loader.world_size, loader.rank)
+        if loader.index is None:
+            self.fit_online(loader.num_classes, loader.world_size, loader.rank)
+        else:
+            self.fit(loader.index.class_counts, loader.world_size, loader.rank)
 
     def fit(self, class_counts: list[int], world_size: int = 1, rank: int = 0) -> "ClassBalancer":
         """Validate ``sampling_strategy`` against the counts and plan the slots (template method)."""
+        self.online = False
         self.targets = synthetic_targets(self.sampling_strategy, class_counts)
         self.class_counts = list(class_counts)
         self.world_size, self.rank = world_size, rank
@@ -117,12 +130,21 @@ class ClassBalancer:
         self._start_epoch()
         return self
 
+    def fit_online(self, num_classes: int, world_size: int = 1, rank: int = 0) -> "ClassBalancer":
+        """No index: estimate class counts from the stream (see ``_online_classes``)."""
+        self.fit([1] * num_classes, world_size, rank)      # validates the strategy's form on dummy counts
+        self.online, self.targets = True, {}
+        self.class_counts = [0] * num_classes
+        return self
+
     def final_counts(self) -> list[int]:
         """Per-class counts of one epoch (all ranks): real plus synthetic."""
         return [n + self.targets.get(c, 0) for c, n in enumerate(self.class_counts)]
 
     def synthetic_counts(self) -> tuple[int, int]:
         """(synthetic samples on this rank per epoch, the most on any rank)."""
+        if self.online:
+            return 0, 0
         return len(rank_slots(self._global_slots, self.world_size, self.rank)), \
             max_rank_slots(len(self._global_slots), self.world_size)
 
@@ -151,21 +173,40 @@ class ClassBalancer:
     def _start_epoch(self) -> None:
         self._slots = rank_slots(self._global_slots, self.world_size, self.rank).copy()
         self._cursor, self._swaps = 0, []
+        self._budget = np.bincount(self._slots, minlength=len(self.class_counts))
+        self._seen_epoch = np.zeros(len(self.class_counts), dtype=np.int64)
+        self._made_epoch = np.zeros(len(self.class_counts), dtype=np.int64)
+
+    def _online_classes(self, real_labels: torch.Tensor, last: bool) -> list[int]:
+        """Without an index: see ``online_counts.online_due``."""
+        self._seen_epoch += np.bincount(real_labels.cpu().numpy(), minlength=len(self._seen_epoch))
+        classes, overshoot = online_due(self.sampling_strategy, self._seen_epoch, self._made_epoch, last)
+        for c, n in overshoot.items():
+            if self.loader is not None:
+                self.loader.stats.count_skip("online_overshoot", n, f"class {c}: {n} more made mid-epoch than its target")
+        return classes
+
+    def _stratified_slots(self, labels: torch.Tensor, count: int) -> None:
+        chosen = stratified_choice(self.final_counts(), self._budget, self.reservoir.size,
+                                   labels.cpu().numpy(), count)
+        self._slots[self._cursor:self._cursor + count] = chosen
 
     # ------------------------------------------------------------------ stream
-    def __call__(self, batch: dict, n_synthetic: int) -> dict:
+    def __call__(self, batch: dict, n_synthetic: int | None = None, last: bool = False) -> dict:
+        """Balance one batch: ``n_synthetic`` planned slots (indexed mode), or, without an
+        index, as many as the counts seen so far call for (``last`` flushes the epoch)."""
         if self.targets is None:
             raise RuntimeError("ClassBalancer is not bound: pass it to StreamLoader(balance=...) or call fit()")
         if batch["batch_id"] == 0:
             self._start_epoch()
-            if not self._warm and self.loader is not None:
+            if not self._warm and self.loader is not None and not self.online:
                 self._warm_up()
-        if not 0 <= n_synthetic <= len(self._slots) - self._cursor:
+        if not self.online and not 0 <= n_synthetic <= len(self._slots) - self._cursor:
             raise ValueError(f"batch asks for {n_synthetic} synthetic samples, {len(self._slots) - self._cursor} "
                              "slots are left this epoch")
-        return self._balance(batch, n_synthetic)
+        return self._balance(batch, n_synthetic, last)
 
-    def _balance(self, batch: dict, n_synthetic: int) -> dict:
+    def _balance(self, batch: dict, n_synthetic: int | None, last: bool = False) -> dict:
         images, labels = batch["images"], batch["labels"]
         real = ~batch["is_padding"]
         rows = self.feature_fn(images) if self.feature_fn is not None else images
@@ -177,7 +218,12 @@ class ClassBalancer:
                "is_padding": batch["is_padding"], "batch_id": batch["batch_id"],
                "is_synthetic": torch.zeros(n, dtype=torch.bool, device=labels.device),
                "provenance": [None] * n}
-        if n_synthetic:
+        if self.online:
+            classes = self._online_classes(labels[keep], last)
+            if classes:
+                unfilled = [i for i, c in enumerate(classes) if not self.reservoir.size[c]]
+                out = self._synthesize(out, np.asarray(classes), unfilled)
+        elif n_synthetic:
             out = self._append_synthetic(out, n_synthetic)
         if self.shuffle_within_batch and len(out["labels"]) > 1:
             perm = self.rng.permutation(len(out["labels"]))
@@ -185,14 +231,24 @@ class ClassBalancer:
         return out
 
     def _append_synthetic(self, out: dict, count: int) -> dict:
-        swaps, unfilled = take_available(self._slots, self._cursor, count, lambda c: self.reservoir.size[c] > 0)
+        if self.stratified:     # classes are chosen per batch; nothing to swap with later
+            self._stratified_slots(out["labels"][~out["is_padding"]], count)
+            swaps = []
+            unfilled = [p for p in range(self._cursor, self._cursor + count) if not self.reservoir.size[self._slots[p]]]
+        else:
+            swaps, unfilled = take_available(self._slots, self._cursor, count, lambda c: self.reservoir.size[c] > 0)
         self._swaps += swaps
-        classes = self._slots[self._cursor:self._cursor + count]
+        classes = self._slots[self._cursor:self._cursor + count].copy()
+        unfilled = [p - self._cursor for p in unfilled]
         self._cursor += count
+        return self._synthesize(out, classes, unfilled)
+
+    def _synthesize(self, out: dict, classes: np.ndarray, unfilled: list[int]) -> dict:
+        """Append one synthetic row per entry of ``classes``; positions in ``unfilled``
+        (no sample of that class anywhere yet) become flagged repeats."""
         new_rows, new_labels, prov, padding = [], [], [], []
         for c in sorted(set(classes.tolist())):
-            positions = [i for i, v in enumerate(classes.tolist()) if v == c and
-                         (self._cursor - count + i) not in unfilled]
+            positions = [i for i, v in enumerate(classes.tolist()) if v == c and i not in unfilled]
             if not positions:
                 continue
             syn = self.synthesizer.synthesize(self.reservoir, c, len(positions), self.rng)
@@ -207,8 +263,9 @@ class ClassBalancer:
             new_labels.append(c)
             prov.append(None)
             padding.append(True)
-            self.loader.stats.count_skip("balance_shortfall", 1, f"class {int(self._slots[p])} has no samples "
-                                         f"on rank {self.rank}; a real sample was repeated instead")
+            if self.loader is not None:
+                self.loader.stats.count_skip("balance_shortfall", 1, f"class {int(classes[p])} has no samples "
+                                             f"on rank {self.rank}; a real sample was repeated instead")
         values = torch.cat(new_rows)
         like = out["images"]
         values = values.round().clamp_(0, 255).to(like.dtype) if like.dtype == torch.uint8 else values.to(like.dtype)
@@ -225,7 +282,8 @@ class ClassBalancer:
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "cursor": self._cursor, "swaps": list(self._swaps),
-                "warm": self._warm, "reservoir": self.reservoir.state_dict()}
+                "warm": self._warm, "budget": self._budget.tolist(), "seen_epoch": self._seen_epoch.tolist(),
+                "made_epoch": self._made_epoch.tolist(), "reservoir": self.reservoir.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
@@ -233,13 +291,14 @@ class ClassBalancer:
         for p, q in state["swaps"]:
             self._slots[p], self._slots[q] = self._slots[q], self._slots[p]
         self._cursor, self._swaps = state["cursor"], [tuple(s) for s in state["swaps"]]
-        self._warm = state["warm"]
+        self._warm, self._budget = state["warm"], np.asarray(state["budget"], dtype=np.int64)
+        self._seen_epoch = np.asarray(state["seen_epoch"], dtype=np.int64)
+        self._made_epoch = np.asarray(state["made_epoch"], dtype=np.int64)
         transform = self.feature_fn
         self.reservoir.load_state_dict(state["reservoir"], lambda pairs: self.loader.fetch_rows(pairs, transform))
 
     def __repr__(self) -> str:
         return f"ClassBalancer(sampling_strategy={self.sampling_strategy!r}, synthesizer={self.synthesizer!r})"
-
 
 def _permute(out: dict, perm: np.ndarray) -> dict:
     idx = torch.from_numpy(perm).to(out["labels"].device)

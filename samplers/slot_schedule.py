@@ -45,3 +45,23 @@ def take_available(slots: np.ndarray, start: int, count: int, available) -> tupl
         slots[p], slots[later] = slots[later], slots[p]
         swaps.append((p, later))
     return swaps, unfilled
+
+
+def stratified_choice(final_counts, budget: np.ndarray, available: np.ndarray, real_labels: np.ndarray,
+                      count: int) -> list[int]:
+    """Give ``count`` slots, one at a time, to the class furthest below its target share
+    of the batch (real rows counted), among classes with budget left and samples in the
+    reservoir. ``budget`` is decremented in place."""
+    final = np.asarray(final_counts, dtype=np.float64)
+    want = final / final.sum() * (len(real_labels) + count)
+    have = np.bincount(real_labels, minlength=len(final)).astype(np.float64)
+    chosen = []
+    for _ in range(count):
+        ok = (budget > 0) & (available > 0)
+        if not ok.any():
+            ok = budget > 0                       # nothing usable: the caller's shortfall path fills it
+        c = int(np.argmax(np.where(ok, want - have, -np.inf)))
+        chosen.append(c)
+        have[c] += 1
+        budget[c] -= 1
+    return chosen

@@ -269,3 +269,41 @@ def test_loader_with_balancer_and_workers_is_freed_promptly(data):
     with StreamLoader(index.urls, batch_size=32, num_workers=2) as closing:
         next(iter(closing))
     assert closing._dataloader is None
+
+
+def optimal_shortfall(real: np.ndarray, slots: int, want: float, budgeted: list[int]) -> float:
+    """Reference: the least total under-representation of the budgeted classes reachable by
+    adding ``slots`` rows to them (water-filling the largest deficit first)."""
+    have = real.astype(float).copy()
+    for _ in range(slots):
+        c = max(budgeted, key=lambda k: want - have[k])
+        have[c] += 1
+    return float(np.maximum(0, want - have[budgeted]).sum())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stratified_batches_reach_the_best_mix_the_real_rows_allow(data, workers):
+    """Rows can only be added: stratification fills the classes furthest below their share."""
+    index, _, labels = data
+    budgeted = [1, 2, 3]                                   # "auto": the majority, class 0, gets none
+
+    def shortfalls(stratified):
+        loader = StreamLoader(index.urls, batch_size=32, seed=5, num_workers=workers,
+                              balance=ClassBalancer("auto", stratified=stratified))
+        counts, batches = epoch_counts(loader)
+        assert counts == imblearn_counts(labels, "auto"), "per-epoch totals stay exact"
+        got, best = [], []
+        for b in batches[:-3]:                             # budgets run out in the last batches
+            want = 0.25 * len(b.hard_labels)
+            final = np.bincount(b.hard_labels.numpy(), minlength=4)
+            real = np.bincount(b.hard_labels[~b.is_synthetic].numpy(), minlength=4)
+            got.append(float(np.maximum(0, want - final[budgeted]).sum()))
+            best.append(optimal_shortfall(real, int(b.is_synthetic.sum()), want, budgeted))
+        return np.array(got), np.array(best), loader
+
+    plain, _, _ = shortfalls(False)
+    got, best, loader = shortfalls(True)
+    assert np.abs(got - best).max() <= 0.5, (got, best)
+    assert got.mean() < plain.mean() / 1.5, (got.mean(), plain.mean())
+    state = loader.state_dict()
+    assert "budget" in state["balance"] and sum(state["balance"]["budget"]) == 0

@@ -1,0 +1,38 @@
+"""Class balancing without an index: targets estimated from the counts seen so far.
+
+Mid-epoch only ratio strategies (strings, floats) act, once ``ONLINE_MIN_SEEN`` real
+samples are in, and only up to ``ONLINE_FRACTION`` of the estimate (targets keep
+growing as counts do); dict and callable strategies are absolute, so they wait for
+the epoch's last batch, which takes whatever is still due. The epoch's totals then
+equal imbalanced-learn's ``fit_resample`` on the epoch's labels, unless a mid-epoch
+estimate overshot: that excess cannot be taken back and is reported.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .sampling_strategy import synthetic_targets
+
+ONLINE_MIN_SEEN = 256
+ONLINE_FRACTION = 0.8
+
+
+def online_due(strategy, seen: np.ndarray, made: np.ndarray, last: bool) -> tuple[list[int], dict[int, int]]:
+    """Classes of the synthetic rows due now (``made`` is updated in place) and, at the
+    epoch's end, any class made beyond its final target ``{class: excess}``."""
+    ratio = isinstance(strategy, (str, float))
+    if not last and (not ratio or seen.sum() < ONLINE_MIN_SEEN):
+        return [], {}
+    if np.count_nonzero(seen) < 2:
+        return [], {}
+    targets = synthetic_targets(strategy, seen.tolist())
+    classes, overshoot = [], {}
+    for c in range(len(seen)):
+        n = targets.get(c, 0)
+        due = n if last else int(n * ONLINE_FRACTION)
+        if last and made[c] > n:
+            overshoot[c] = int(made[c] - n)
+        extra = max(0, due - int(made[c]))
+        classes += [c] * extra
+        made[c] += extra
+    return classes, overshoot
