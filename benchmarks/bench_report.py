@@ -78,7 +78,7 @@ def plots(results, out: str) -> list[str]:
     rows = [r for r in pipe if r.get("feed_ratio") is not None]
     axes[2].barh([f"{r['data']} {r['pipeline']}" for r in rows], [r["feed_ratio"] for r in rows])
     axes[2].axvline(1.0, color="k", lw=0.8)
-    axes[2].set_title("training feed ratio (1.0 = loader is free)")
+    axes[2].set_title("feed ratio (1.0 = loader is free)")
     fig.tight_layout()
     paths.append(os.path.join(out, "throughput.png"))
     fig.savefig(paths[-1])
