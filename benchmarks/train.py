@@ -64,9 +64,10 @@ def setup() -> tuple[int, int, torch.device]:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if not (args.index or os.path.isdir(args.data)):
+        raise SystemExit(f"--data {args.data!r} is not a folder of shards; for a URL pattern pass --index")
     rank, world, device = setup()
-    if args.index or os.path.isdir(args.data):
-        index = ShardIndex.load(args.index or os.path.join(args.data, INDEX_NAME))
+    index = ShardIndex.load(args.index or os.path.join(args.data, INDEX_NAME))
     urls = index.urls if os.path.isdir(args.data) else args.data
     kw = {}
     if args.balance:

@@ -74,9 +74,6 @@ class EpochPlan:
     workers: tuple[WorkerPlan, ...]
     shard_order: tuple[str, ...]
 
-    def batch_owner(self, batch_id: int) -> int:
-        return batch_id % self.num_workers
-
     def worker_batches_before(self, worker: int, batches_done: int) -> int:
         """How many of ``worker``'s batches are among the first ``batches_done`` of the rank."""
         return max(0, (batches_done - worker + self.num_workers - 1) // self.num_workers)

@@ -95,3 +95,10 @@ def test_balancer_meets_global_targets_across_ranks(shards, tmp_path):
     assert lengths[0] == lengths[1]
     summary = read_trace(tmp_path / "t", 0)[1]
     assert summary["global_class_mix"] == [counts[c] for c in range(4)]
+
+
+def test_train_job_names_a_bad_data_argument(tmp_path):
+    from streamaug.benchmarks.train import main
+
+    with pytest.raises(SystemExit, match="is not a folder of shards; for a URL pattern pass --index"):
+        main(["--data", str(tmp_path / "missing-{000..003}.tar")])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numbers
 
-
 import torch
 
 from ..base import Op, Params, check_images
