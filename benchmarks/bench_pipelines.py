@@ -15,15 +15,18 @@ from streamaug.samplers import ClassBalancer
 
 PIPELINES = ("streamaug-kornia", "streamaug-dali", "streamaug-kornia+smote", "dataloader-albumentations",
              "dali-only", "webdataset-kornia-unfused")
+# streamaug with encoded images decoded where the batch lives (nvJPEG on a GPU): jpg data only
+DEVICE_DECODE = ("streamaug-kornia+nvjpeg", "streamaug-dali+nvjpeg", "streamaug-kornia+nvjpeg+smote")
 
 
 def ops(backend: str) -> Compose:
     return Compose([Flip(p=0.5), Rotate(30), Shear(x=15, y=15), GaussianNoise(0.05)], backend=backend)
 
 
-def streamaug(index: ShardIndex, batch: int, workers: int, device, backend="kornia", balance=False):
+def streamaug(index: ShardIndex, batch: int, workers: int, device, backend="kornia", balance=False,
+              decode="cpu"):
     return StreamLoader(index.urls, batch_size=batch, num_workers=workers, seed=0, device=device, index=index,
-                        shuffle=1000, augment=ops(backend), mixup=MixUp(0.2),
+                        shuffle=1000, augment=ops(backend), mixup=MixUp(0.2), decode=decode,
                         balance=ClassBalancer("auto") if balance else None)
 
 
@@ -140,16 +143,14 @@ class _Reiterable:
 
 
 def build(name: str, index: ShardIndex, batch: int, workers: int, device):
-    if name == "streamaug-kornia":
-        return streamaug(index, batch, workers, device, "kornia")
-    if name == "streamaug-dali":
-        return streamaug(index, batch, workers, device, "dali")
-    if name == "streamaug-kornia+smote":
-        return streamaug(index, batch, workers, device, "kornia", balance=True)
+    if name in PIPELINES[:3] + DEVICE_DECODE:          # streamaug-<backend>[+nvjpeg][+smote]
+        backend, *flags = name.removeprefix("streamaug-").split("+")
+        return streamaug(index, batch, workers, device, backend, balance="smote" in flags,
+                         decode="dali" if "nvjpeg" in flags else "cpu")
     if name == "dataloader-albumentations":
         return dataloader_albumentations(index, batch, workers, device)
     if name == "dali-only":
         return dali_only(index, batch, workers, device)
     if name == "webdataset-kornia-unfused":
         return webdataset_kornia_unfused(index, batch, workers, device)
-    raise ValueError(f"pipeline must be one of {PIPELINES}, got {name!r}")
+    raise ValueError(f"pipeline must be one of {PIPELINES + DEVICE_DECODE}, got {name!r}")

@@ -2,6 +2,7 @@
 
     streamaug bench --out benchmarks/results/cpu            # full run on this machine
     streamaug bench --quick --out /tmp/bench                # tiny: what CI runs (no thresholds)
+    streamaug bench --gpu-check                             # the GPU proof (see gpu_check.py)
 
 Generates its own shards (32×32 ``.npy`` and 224×224 ``.jpg`` from scikit-learn's bundled
 photos, imbalanced labels), then runs every pipeline in ``bench_pipelines`` over the same
@@ -145,6 +146,10 @@ def main(argv=None) -> int:
     if argv[:1] == ["--cell"]:
         print("RESULT " + json.dumps(run_cell(json.loads(argv[1]))), flush=True)
         return 0
+    if "--gpu-check" in argv:
+        from streamaug.benchmarks.gpu_check import main as gpu_check
+
+        return gpu_check([a for a in argv if a != "--gpu-check"])
     p = argparse.ArgumentParser(prog="streamaug bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, measures nothing")
     p.add_argument("--out", default="benchmarks/results/bench")

@@ -20,6 +20,8 @@ Row = tuple[str, str, int, torch.Tensor]          # url, key, label, CHW uint8 r
 def _rows(index: ShardIndex | None, decoder: SampleDecoder, device, urls: Iterable[str],
           keep: Callable[[str, str, int], bool], on_error: str) -> Iterator[Row]:
     handle = ErrorHandler(on_error, LoaderStats())
+    if decoder.defer_encoded:        # decode="dali" ships bytes; rows read here are decoded in place
+        decoder = SampleDecoder(decoder.num_classes, decoder.resize, decoder.expect_shape)
     for url in urls:
         segment = whole_shard(url) if index is None else Segment(url, 0, index.shard(url).count, index.shard(url).count)
         for raw in read_segment(segment, handle):

@@ -21,3 +21,18 @@ def npy_shards(tmp_path_factory):
     """100 numbered 8×8 RGB images in 7 uneven shards (16 per shard), npy."""
     tmp = str(tmp_path_factory.mktemp("npy"))
     return make_shards(tmp, n=100, maxcount=16, fmt="npy")
+
+
+
+def _on_cuda(item) -> bool:
+    """A case parametrized with a CUDA device, or a test named for CUDA."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return "cuda" in item.name or any(str(v) == "cuda" or getattr(v, "type", None) == "cuda"
+                                      for v in params.values())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every CUDA case ``cuda``: ``streamaug bench --gpu-check`` runs ``pytest -m cuda``."""
+    for item in items:
+        if _on_cuda(item):
+            item.add_marker(pytest.mark.cuda)

@@ -1,0 +1,152 @@
+"""Contracts of the device path: what ``streamaug bench --gpu-check`` runs on a GPU.
+
+Each test runs on every device present (CPU here, CUDA where there is one):
+
+* every op × backend on the device equals its CPU result for the same params;
+* ``StreamLoader(device=...)`` yields tensors on the device and its plug-in path
+  (balance, augment, mixup) makes no host round-trip (counted with torch's
+  sync debug mode, which only sees CUDA; on the CPU nothing can sync);
+* balance + SMOTE on the device meets imbalanced-learn's counts;
+* resume with ``backend="dali"`` is bit-identical.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from imblearn.over_sampling import SMOTE as ImbSMOTE
+
+from op_cases import OPS, images
+from shard_factory import make_shards
+from streamaug.loader import StreamLoader
+from streamaug.ops import Compose, Flip, GaussianNoise, MixUp, Rotate, Shear
+from streamaug.samplers import ClassBalancer
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(str(tmp_path_factory.mktemp("dev")), n=120, maxcount=25, fmt="npy", size=16)
+
+
+def augment(backend: str) -> Compose:
+    return Compose([Flip(p=0.5), Rotate(20), Shear(x=10), GaussianNoise(0.03)], backend=backend)
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", ["kornia", "dali"])
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_on_cuda_equals_cpu(name, backend):
+    x = images(n=16, h=32, w=32) // 2 + 64          # mid-range: noise is not clipped
+    aug = Compose([OPS[name]()], backend=backend, seed=3)
+    cpu_out = aug(x)
+    params = aug.last_params
+    gpu_out = aug(x.cuda(), params=params).cpu()
+    if name == "noise":     # the field is drawn on each device (different generators): compare σ per row
+        sigma = params[0]["std"] * params[0]["apply"]
+        for out in (cpu_out, gpu_out):
+            measured = (out.float() - x.float()).flatten(1).std(1) / 255
+            assert torch.allclose(measured, sigma.float(), atol=0.01)
+        return
+    diff = (cpu_out.int() - gpu_out.int()).abs()
+    # bilinear weights round differently on each device: a level here and there
+    assert diff.float().mean() < 0.05 and int(diff.max()) <= 2, f"max {int(diff.max())}, mean {diff.float().mean():.4f}"
+
+
+def _count_plugin_syncs(loader: StreamLoader) -> tuple[int, list[str]]:
+    """Run one pass; count CUDA host syncs raised inside the plug-in path."""
+    messages: list[str] = []
+    original = loader._apply_plugins
+
+    def watched(batch, plan):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                out = original(batch, plan)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        messages.extend(str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message))
+        return out
+
+    loader._apply_plugins = watched
+    n = sum(1 for _ in loader)
+    return n, messages
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["kornia", "dali"])
+def test_loader_yields_on_device(shards, device, backend):
+    index, _, _ = shards
+    loader = StreamLoader(index.urls, batch_size=16, device=device, augment=augment(backend), mixup=MixUp(0.2))
+    for images_, targets in loader:
+        assert images_.device.type == device and targets.device.type == device
+        assert images_.dtype == torch.uint8 and targets.shape == (len(images_), index.num_classes)
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", ["kornia", "dali"])
+def test_augment_and_mixup_make_no_host_round_trip(shards, backend):
+    index, _, _ = shards
+    loader = StreamLoader(index.urls, batch_size=16, device="cuda", augment=augment(backend), mixup=MixUp(0.2))
+    n, syncs = _count_plugin_syncs(loader)
+    assert n == len(loader)
+    assert not syncs, f"{len(syncs)} host syncs in {n} batches, e.g. {Counter(syncs).most_common(3)}"
+
+
+@needs_cuda
+def test_balancer_makes_no_host_round_trip(shards):
+    index, _, _ = shards
+    loader = StreamLoader(index.urls, batch_size=16, device="cuda", balance=ClassBalancer("auto"),
+                          augment=augment("kornia"), mixup=MixUp(0.2))
+    next(iter(loader))              # the warm-up scan (reads shards) is not the steady state
+    n, syncs = _count_plugin_syncs(loader)
+    assert not syncs, f"{len(syncs)} host syncs in {n} batches, e.g. {Counter(syncs).most_common(3)}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_balance_counts_on_device_equal_imblearn(shards, device):
+    index, _, labels = shards
+    loader = StreamLoader(index.urls, batch_size=16, device=device, balance=ClassBalancer("auto"))
+    counts = Counter()
+    for batch in loader:
+        assert batch[0].device.type == device
+        keep = ~batch.is_padding
+        counts.update(batch[1][keep].cpu().tolist())
+    features = np.random.default_rng(0).random((len(labels), 4))
+    _, y = ImbSMOTE(k_neighbors=3, random_state=0).fit_resample(features, labels)
+    assert dict(counts) == dict(Counter(y.tolist()))
+
+
+def _flat(batches):
+    return [(tuple(b.keys), b[0].cpu().clone(), b[1].cpu().clone()) for b in batches]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_on_dali_backend_is_bit_identical(shards, device, workers):
+    index, _, _ = shards
+
+    def make():
+        return StreamLoader(index.urls, batch_size=12, device=device, num_workers=workers, seed=4,
+                            augment=augment("dali"), mixup=MixUp(0.2, p=0.5))
+
+    full = _flat(make())
+    first = make()
+    it = iter(first)
+    head = _flat(next(it) for _ in range(4))
+    state = first.state_dict()
+    del it
+    first.close()
+    resumed = make()
+    resumed.load_state_dict(state)
+    tail = _flat(resumed)
+    assert len(head) + len(tail) == len(full)
+    for (k, x, t), (j, y, s) in zip(head + tail, full):
+        assert k == j and torch.equal(x, y) and torch.equal(t, s)
