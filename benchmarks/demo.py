@@ -20,10 +20,11 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from tqdm.auto import tqdm
 
 from streamaug.benchmarks.demo_data import DemoData, prepare
-from streamaug.benchmarks.preview import collect, default_augment, draw
+from streamaug.benchmarks.preview import collect, draw
 from streamaug.benchmarks.small_cnn import SmallCNN
 from streamaug.loader import StreamLoader
 from streamaug.ops import MixUp
+from streamaug.ops.recipes import default_augment
 from streamaug.samplers import ClassBalancer
 
 VARIANTS = {"a": "plain stream", "b": "augment + mixup", "c": "SMOTE balance + augment + mixup"}

@@ -5,10 +5,20 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from streamaug.loader import ShardIndex, StreamLoader, write_shards
 from streamaug.loader.shard_index import INDEX_NAME
-from streamaug.loader.shard_writer import load_digits_32
+
+
+def load_digits_32(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8×8 digits, upsampled (bilinear) to 32×32 uint8 ``(N, 32, 32, 1)``."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    small = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in small])
+    return big[..., None], d.target.astype(np.int64)
 
 
 @dataclass

@@ -14,16 +14,10 @@ import torch
 from streamaug.loader import ShardIndex, StreamLoader
 from streamaug.loader.shard_index import INDEX_NAME
 from streamaug.ops import Compose, MixUp
+from streamaug.ops.recipes import default_augment
 from streamaug.samplers import ClassBalancer
 
 CELL_INCHES, DPI = 1.1, 100
-
-
-def default_augment(backend: str = "kornia", flip: bool = False) -> Compose:
-    from streamaug.ops import Flip, GaussianNoise, Rotate, Shear, Translate
-
-    ops = [Flip(p=0.5)] if flip else []
-    return Compose(ops + [Rotate(15), Shear(x=10, y=5), Translate(0.08, 0.08), GaussianNoise(0.03)], backend=backend)
 
 
 def _hwc(x: torch.Tensor) -> np.ndarray:

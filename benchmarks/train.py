@@ -27,6 +27,7 @@ from streamaug.benchmarks.small_cnn import ResNet18Like, SmallCNN
 from streamaug.loader import ShardIndex, StreamLoader
 from streamaug.loader.shard_index import INDEX_NAME
 from streamaug.ops import MixUp
+from streamaug.ops.recipes import default_augment
 from streamaug.samplers import ClassBalancer
 
 
@@ -73,8 +74,6 @@ def main(argv=None) -> int:
     if args.balance:
         kw["balance"] = ClassBalancer("auto")
     if args.augment:
-        from streamaug.benchmarks.preview import default_augment
-
         kw.update(augment=default_augment("dali" if device.type == "cuda" else "kornia", flip=True),
                   mixup=MixUp(alpha=0.2, p=0.5))
     loader = StreamLoader(urls, batch_size=args.batch_size, num_workers=args.workers, seed=args.seed,

@@ -1,51 +1,12 @@
-"""The ``streamaug`` command: ``shards``, ``demo``, ``preview`` and ``bench``."""
+"""Deprecated location of the ``streamaug`` command; it lives in :mod:`streamaug.cli`."""
 from __future__ import annotations
 
-import argparse
-import importlib
-import sys
-
-
-def _shards(args: argparse.Namespace) -> int:
-    from .shard_writer import write_shards
-
-    source = args.source
-    if source.endswith(".npz"):
-        import numpy as np
-
-        with np.load(source, allow_pickle=False) as z:
-            source = (z["images"], z["labels"])
-    index = write_shards(source, args.out, prefix=args.prefix, image_format=args.format,
-                         maxcount=args.maxcount, maxsize=args.maxsize, shuffle_seed=args.seed)
-    print(f"wrote {len(index.shards)} shards, {index.total} samples, class counts {index.class_counts} "
-          f"-> {index.source}")
-    return 0
-
-
-# Subcommands that live in other modules (imported only when used).
-_ENTRY = {"demo": "streamaug.benchmarks.demo", "preview": "streamaug.benchmarks.preview",
-          "bench": "streamaug.benchmarks.run"}
+import warnings
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in _ENTRY:
-        return importlib.import_module(_ENTRY[argv[0]]).main(argv[1:]) or 0
-    parser = argparse.ArgumentParser(prog="streamaug", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, module in _ENTRY.items():
-        sub.add_parser(name, help=f"see `streamaug {name} --help`", add_help=False)
-    p = sub.add_parser("shards", help="write WebDataset shards + index.json")
-    p.add_argument("source", help="image folder (one subfolder per class), an .npz with images/labels, or 'digits'")
-    p.add_argument("out", help="output folder")
-    p.add_argument("--prefix", default="train")
-    p.add_argument("--format", default="npy", choices=["npy", "png", "jpg"])
-    p.add_argument("--maxcount", type=int, default=1000)
-    p.add_argument("--maxsize", type=float, default=3e8)
-    p.add_argument("--seed", type=int, default=0, help="write order shuffle seed")
-    args = parser.parse_args(argv)
-    return _shards(args)
+    warnings.warn("streamaug.loader.cli is deprecated; use streamaug.cli (the `streamaug` command)",
+                  DeprecationWarning, stacklevel=2)
+    from streamaug.cli import main as cli_main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return cli_main(argv)

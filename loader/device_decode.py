@@ -2,79 +2,89 @@
 
 With ``StreamLoader(decode="dali")`` workers read and check samples but ship the
 encoded bytes; the main process decodes each batch with one DALI pipeline:
-``fn.decoders.image(device="mixed")`` (nvJPEG on the GPU) when the loader's
-device is CUDA, ``device="cpu"`` otherwise. A batch DALI cannot decode is
-decoded again sample by sample (PIL) to find the bad one, which is then raised
-or skipped (replaced by a repeat, flagged ``is_padding``) like any bad input.
+``fn.decoders.image(device="mixed")`` (nvJPEG, with the hardware JPEG decoder where
+the GPU has one) when the loader's device is CUDA, ``device="cpu"`` otherwise.
+Chroma is upsampled as libjpeg-turbo does (``jpeg_fancy_upsampling``), so the
+result matches worker-side PIL decoding. The host part of nvJPEG's work (Huffman
+decoding) runs on ``threads`` CPU threads.
+
+A batch DALI cannot decode, or whose images break the size rule, is decoded again
+sample by sample (PIL) to find the bad ones, which are then raised or skipped
+(replaced by a repeat, flagged ``is_padding``) like any bad input.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
 
+from streamaug.core.flight import BatchInFlight
+from streamaug.core.transfer import to_device
+from streamaug.ops.backends.dali_pipelines import PIPELINES, capacity_for, dali_device_id, dali_to_torch
+
 from .errors import ErrorHandler, StreamError
 from .image_codec import decode_image, resize_image
+from .image_size import ImageSizeRule
+
+
+def default_threads() -> int:
+    return max(2, min(16, len(os.sched_getaffinity(0))))
 
 
 class DaliImageDecoder:
     def __init__(self, device: torch.device, channels: int, resize: tuple[int, int] | None = None,
-                 threads: int = 2):
+                 threads: int | None = None, sizes: ImageSizeRule | None = None):
         if channels not in (1, 3):
             raise ValueError(f"decode='dali' handles 1- or 3-channel images, got {channels} channels")
-        self.device, self.channels, self.resize, self.threads = device, channels, resize, threads
-        self._pipes: dict[int, object] = {}
+        self.device, self.channels, self.resize = device, channels, resize
+        self.threads = threads or default_threads()
+        self.sizes = sizes or ImageSizeRule(None, resize)
+        self._token = object()                 # this decoder's pipelines in the shared cache
 
-    def _pipeline(self, capacity: int):
-        if capacity in self._pipes:
-            return self._pipes[capacity]
+    def _build(self, capacity: int, device_id: int | None):
         from nvidia.dali import fn, pipeline_def, types
 
-        gpu = self.device.type == "cuda"
-
-        @pipeline_def(batch_size=capacity, num_threads=self.threads, device_id=self.device.index or 0 if gpu else None,
+        @pipeline_def(batch_size=capacity, num_threads=self.threads, device_id=device_id,
                       prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
         def build():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-            images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu",
-                                       output_type=types.RGB if self.channels == 3 else types.GRAY)
+            images = fn.decoders.image(encoded, device="mixed" if device_id is not None else "cpu",
+                                       output_type=types.RGB if self.channels == 3 else types.GRAY,
+                                       jpeg_fancy_upsampling=True)
             if self.resize is not None:
                 images = fn.resize(images, resize_y=self.resize[0], resize_x=self.resize[1])
             return images
 
-        pipe = build()
-        pipe.build()
-        self._pipes[capacity] = pipe
-        return pipe
+        return build()
 
-    def __call__(self, batch: dict, handle: ErrorHandler) -> dict:
-        encoded = [np.frombuffer(e, dtype=np.uint8) for e in batch.pop("encoded")]
+    def __call__(self, batch: BatchInFlight, handle: ErrorHandler) -> BatchInFlight:
+        encoded = [np.frombuffer(e, dtype=np.uint8) for e in batch.encoded]
+        batch.encoded = None
         if not encoded:
             return batch
-        capacity = 1 << max(0, (len(encoded) - 1).bit_length())
+        device_id = dali_device_id(self.device)
+        capacity = capacity_for(len(encoded))
+        key = (self._token, device_id, capacity)
         try:
-            pipe = self._pipeline(capacity)
+            pipe = PIPELINES.get(key, lambda: self._build(capacity, device_id))
             pipe.feed_input("encoded", encoded)
             (out,) = pipe.run()
         except RuntimeError:
-            self._pipes.pop(capacity, None)       # a DALI pipeline is unusable after an error
+            PIPELINES.discard(key)             # a DALI pipeline is unusable after an error
             return self._decode_one_by_one(batch, encoded, handle)
         shapes = [tuple(out[i].shape()) for i in range(len(out))]
-        for i, shape in enumerate(shapes):
-            if shape != shapes[0]:
-                handle(StreamError("image_size", f"image size differs from the batch's {shapes[0]} and no "
-                                   "resize= was given", shard=batch["urls"][i], key=batch["keys"][i], value=shape))
-                return self._decode_one_by_one(batch, encoded, handle)
-        dense = out.as_tensor()
-        images = torch.empty(dense.shape(), dtype=torch.uint8, device=self.device)
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        feed_ndarray(dense, images, cuda_stream=torch.cuda.current_stream(self.device) if self.device.type == "cuda"
-                     else None)
-        batch["images"] = images.permute(0, 3, 1, 2).contiguous()
+        try:
+            for i, shape in enumerate(shapes):
+                self.sizes.check(shape, batch.urls[i], batch.keys[i])
+        except StreamError:
+            return self._decode_one_by_one(batch, encoded, handle)
+        batch.images = dali_to_torch(out, torch.uint8, self.device).permute(0, 3, 1, 2).contiguous()
         return batch
 
-    def _decode_one_by_one(self, batch: dict, encoded: list[np.ndarray], handle: ErrorHandler) -> dict:
-        """Slow path: find the sample DALI refused, raise or replace it (flagged padding)."""
+    def _decode_one_by_one(self, batch: BatchInFlight, encoded: list[np.ndarray], handle: ErrorHandler) -> BatchInFlight:
+        """Slow path: find the samples DALI refused or that break the size rule; raise or
+        replace them (flagged padding)."""
         from PIL import Image
 
         rows, good = [None] * len(encoded), None
@@ -87,23 +97,21 @@ class DaliImageDecoder:
                                        .convert(mode)).reshape(*image.shape[:2], self.channels)
                 if self.resize is not None:
                     image = resize_image(image, self.resize)
-                if good is not None and image.shape != rows[good].shape:
-                    raise StreamError("image_size", f"image size differs from the batch's {rows[good].shape} and no "
-                                      "resize= was given", shard=batch["urls"][i], key=batch["keys"][i], value=image.shape)
+                self.sizes.check(image.shape, batch.urls[i], batch.keys[i])
                 rows[i] = image
                 good = i if good is None else good
             except StreamError as e:
                 handle(e)
             except Exception as e:
                 handle(StreamError("undecodable_image", f"image does not decode: {type(e).__name__}: {e}",
-                                   shard=batch["urls"][i], key=batch["keys"][i], value=f"{len(data)} bytes"))
+                                   shard=batch.urls[i], key=batch.keys[i], value=f"{len(data)} bytes"))
         if good is None:
-            raise StreamError("no_samples", "no image of this batch decodes", shard=batch["urls"][0], value=len(encoded))
-        padding = batch["is_padding"].clone()
+            raise StreamError("no_samples", "no image of this batch decodes", shard=batch.urls[0], value=len(encoded))
+        padding = batch.is_padding.clone()
         for i, row in enumerate(rows):
             if row is None:
                 rows[i] = rows[good]
                 padding[i] = True
-        batch["is_padding"] = padding
-        batch["images"] = torch.from_numpy(np.stack(rows)).permute(0, 3, 1, 2).contiguous().to(self.device)
+        batch.is_padding = padding
+        batch.images = to_device(torch.from_numpy(np.stack(rows)).permute(0, 3, 1, 2).contiguous(), self.device)
         return batch

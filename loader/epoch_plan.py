@@ -31,7 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .seeding import numpy_generator
+from streamaug.core.seeding import numpy_generator
+
 from .shard_index import ShardIndex
 
 
@@ -83,11 +84,16 @@ def rank_share(total: int, world_size: int, drop_last: bool) -> int:
     return total // world_size if drop_last else math.ceil(total / world_size)
 
 
-def shard_order(index: ShardIndex, seed: int, epoch: int, shuffle: bool) -> list[int]:
-    order = np.arange(len(index.shards))
+def shard_permutation(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    """The epoch's shard order (identity without ``shuffle``); the same with and without an index."""
+    order = np.arange(n)
     if shuffle:
         order = numpy_generator(seed, "shards", epoch).permutation(order)
     return order.tolist()
+
+
+def shard_order(index: ShardIndex, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    return shard_permutation(len(index.shards), seed, epoch, shuffle)
 
 
 def _segments(index: ShardIndex, order: list[int], ranges: list[tuple[int, int, bool]]) -> list[Segment]:

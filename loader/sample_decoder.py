@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import StreamError
 from .image_codec import IMAGE_EXTS, decode_image, decode_label, resize_image
+from .image_size import ImageSizeRule
 
 
 class SampleDecoder:
@@ -22,14 +23,19 @@ class SampleDecoder:
         self.num_classes = num_classes
         self.resize = tuple(resize) if resize is not None else None
         self.expect_shape = tuple(expect_shape) if expect_shape else None
+        self.sizes = ImageSizeRule(self.expect_shape, self.resize)
         self.defer_encoded = defer_encoded      # png/jpg bytes go on undecoded (decode="dali")
 
     @property
     def output_shape(self) -> tuple[int, int, int] | None:
         """(H, W, C) every decoded image has, when that is known up front."""
-        if self.resize is not None and self.expect_shape is not None:
-            return (*self.resize, self.expect_shape[2])
-        return self.expect_shape
+        return self.sizes.expected
+
+    def decoding(self) -> "SampleDecoder":
+        """The same decoder, but one that always decodes (for rows read outside the stream)."""
+        if not self.defer_encoded:
+            return self
+        return SampleDecoder(self.num_classes, self.resize, self.expect_shape)
 
     def __call__(self, raw: dict) -> dict:
         key, url = raw.get("__key__"), raw.get("__url__")
@@ -59,8 +65,6 @@ class SampleDecoder:
                               shard=url, key=key, value=f"{len(raw[ext])} bytes") from None
         if self.resize is not None and image.shape[:2] != self.resize:
             image = resize_image(image, self.resize)
-        elif self.expect_shape is not None and image.shape != self.expect_shape:
-            raise StreamError("image_size", f"image shape differs from {self.expect_shape} and no resize= was "
-                              "given", shard=url, key=key, value=image.shape)
+        self.sizes.check(image.shape, url, key)
         return {"__key__": key, "__url__": url, "image": image, "label": label,
                 "is_padding": bool(raw.get("__padding__", False))}

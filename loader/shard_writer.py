@@ -1,5 +1,4 @@
-"""Write WebDataset shards plus their index from an image folder, arrays or the
-bundled scikit-learn digits.
+"""Write WebDataset shards plus their index from an image folder or arrays.
 
 >>> import numpy as np, tempfile
 >>> images = np.zeros((10, 8, 8, 3), np.uint8); labels = np.arange(10) % 2
@@ -26,6 +25,7 @@ FOLDER_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".npy")
 ArraySource = tuple[np.ndarray, np.ndarray]
 Source = Union[str, ArraySource]
 
+
 class UstarShardWriter(wds.ShardWriter):
     """``ShardWriter`` that writes plain USTAR members.
 
@@ -39,15 +39,6 @@ class UstarShardWriter(wds.ShardWriter):
         super().next_stream()
         self.tarstream.tarstream.format = tarfile.USTAR_FORMAT
 
-
-def load_digits_32(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8×8 digits, upsampled (bilinear) to 32×32 uint8 ``(N, 32, 32, 1)``."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    small = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    big = np.stack([np.asarray(Image.fromarray(im).resize((32, 32), Image.BILINEAR)) for im in small])
-    return big[..., None], d.target.astype(np.int64)
 
 def _check_arrays(images: np.ndarray, labels: np.ndarray) -> None:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
@@ -95,8 +86,8 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
     """Write ``prefix-%06d.tar`` shards and ``index.json`` into ``out_dir``.
 
     ``source`` is an ImageFolder-style directory (one subfolder per class), an
-    ``(images, labels)`` pair of a uint8 ``(N, H, W, C)`` array and integer labels,
-    or the string ``"digits"``. Samples are written in a seeded random order
+    ``(images, labels)`` pair of a uint8 ``(N, H, W, C)`` array and integer labels
+    (the string ``"digits"`` is deprecated). Samples are written in a seeded random order
     (``shuffle_seed=None`` keeps the source order) so shards mix classes.
     Each sample is ``{key}.{image_format}`` plus ``{key}.cls``.
     """
@@ -106,6 +97,12 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         raise ValueError(f"maxcount must be >= 1, got {maxcount}")
     folder: list[tuple[str, int]] | None = None
     if isinstance(source, str) and source == "digits":
+        import warnings
+
+        warnings.warn("write_shards('digits') is deprecated: pass the arrays, "
+                      "streamaug.benchmarks.demo_data.load_digits_32()", DeprecationWarning, stacklevel=2)
+        from streamaug.benchmarks.demo_data import load_digits_32
+
         images, labels = load_digits_32()
     elif isinstance(source, (str, os.PathLike)):
         if not os.path.isdir(source):

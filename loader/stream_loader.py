@@ -10,9 +10,10 @@
 Plug-in stages run in the main process on the device, on whole batches:
 ``balance=`` (a :class:`streamaug.samplers.ClassBalancer`) adds synthetic rows,
 ``augment=`` (a :class:`streamaug.ops.Compose`) transforms images, and
-``mixup=`` (``MixUp``/``CutMix``) turns labels into soft targets. Each is
-seeded from the loader's seed unless it was given its own, and its state is
-part of :meth:`StreamLoader.state_dict`.
+``mixup=`` (``MixUp``/``CutMix``) turns labels into soft targets. Each must meet
+its protocol in :mod:`streamaug.core.plugin` (checked here, when the loader is
+built); each is seeded from the loader's seed unless it was given its own, and
+its state is part of :meth:`StreamLoader.state_dict`.
 """
 from __future__ import annotations
 
@@ -24,17 +25,21 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from streamaug.core.flight import BatchInFlight
+from streamaug.core.plugin import Augmenter, Balancer, BindContext, Mixer
+from streamaug.core.seeding import derive_seed
+from streamaug.core.transfer import to_device
+
 from .batch import Batch
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan, PlanSpec
 from .errors import ErrorHandler, LoaderStats, check_policy
-from .sample_lookup import fetch_rows, scan_rows
 from .sample_decoder import SampleDecoder
-from .seeding import derive_seed
+from .sample_lookup import ShardRowSource
 from .shard_index import ShardIndex, default_index_path
-from .worker_stream import ShardStream, StreamSettings, UnindexedStream
+from .worker_stream import StreamSettings, WorkerStream
 
-PLUGINS = ("balance", "augment", "mixup")
+PLUGINS = {"balance": Balancer, "augment": Augmenter, "mixup": Mixer}
 
 
 def expand_urls(urls: str | Sequence[str]) -> list[str]:
@@ -116,23 +121,34 @@ class StreamLoader:
 
             channels = shape[2] if shape else 3
             self.device_decoder = DaliImageDecoder(self.device, channels, resize)
+        self.stats = LoaderStats()
         self.balance, self.augment, self.mixup = balance, augment, mixup
-        for name in PLUGINS:
+        self._rows = ShardRowSource(self.urls, self.index, self.decoder, self.device)
+        for name, protocol in PLUGINS.items():
             stage = getattr(self, name)
-            if stage is not None and hasattr(stage, "bind"):
-                stage.bind(self)
-            if stage is not None and getattr(stage, "seed", 0) is None and hasattr(stage, "manual_seed"):
+            if stage is None:
+                continue
+            if not isinstance(stage, protocol):
+                raise TypeError(f"{name}= must meet streamaug.core.plugin.{protocol.__name__} (seed, manual_seed, "
+                                f"state_dict, load_state_dict, __call__{', bind, synthetic_counts' if name == 'balance' else ''}), "
+                                f"got {type(stage).__name__}")
+            if stage.seed is None:
                 stage.manual_seed(derive_seed(self.seed, name, self.rank))
+        if self.balance is not None:
+            self.balance.bind(BindContext(
+                class_counts=self.index.class_counts if self.index is not None else None,
+                num_classes=self.num_classes, world_size=self.world_size, rank=self.rank, device=self.device,
+                rows=self._rows, stats=self.stats, augmented=self.augment is not None))
         settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)
         if self.index is None:
-            self._stream = UnindexedStream(self.urls, settings, batch_size, self.world_size, self.rank)
+            self._stream = WorkerStream(settings, urls=self.urls, batch_size=batch_size,
+                                        world_size=self.world_size, rank=self.rank)
         else:
             synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
             spec = PlanSpec(self.index, self.seed, batch_size, self.world_size, self.rank, num_workers, drop_last,
                             bool(self.shuffle), synthetic, most)
-            self._stream = ShardStream(spec, settings)
+            self._stream = WorkerStream(settings, spec=spec, batch_size=batch_size)
         self._dataloader = None
-        self.stats = LoaderStats()
         self.epoch = 0
         self._explicit_epoch = False
         self._batches_done = 0
@@ -170,12 +186,12 @@ class StreamLoader:
         self.epoch, self._explicit_epoch = int(epoch), True
 
     # ------------------------------------------------------------ iteration
-    def _worker_batches(self, plan: EpochPlan | None) -> Iterator[dict]:
+    def _worker_batches(self) -> Iterator[BatchInFlight]:
         self._stream.set_position(self.epoch, self._batches_done)
         if self.num_workers == 0:
             yield from self._stream
             return
-        if self._dataloader is None:         # workers persist across epochs (see ShardStream)
+        if self._dataloader is None:         # workers persist across epochs (see WorkerStream)
             # Forked workers inherit the parent's uncollected garbage; finalizing it there (e.g. a
             # dead DALI pipeline, whose threads do not exist in the child) can crash the worker.
             gc.collect()
@@ -189,12 +205,12 @@ class StreamLoader:
         if plan is not None and self._batches_done >= plan.num_batches:
             self._advance_epoch()
             plan = self.plan()
-        batches = device_feed(self._worker_batches(plan), self.device)
+        batches = device_feed(self._worker_batches(), self.device, self.pin_memory)
         if plan is None:                  # no index: resume replays the prefix; know which batch is last
             batches = _with_last(_drop(batches, self._batches_done))
         for batch in batches:
-            self.stats.merge(batch.pop("stats"))
-            if "encoded" in batch:
+            self.stats.merge(batch.stats)
+            if batch.encoded is not None:
                 batch = self.device_decoder(batch, ErrorHandler(self.on_error, self.stats))
             out = self._apply_plugins(batch, plan)
             self._batches_done += 1
@@ -206,34 +222,32 @@ class StreamLoader:
         if not self._explicit_epoch:
             self.epoch += 1
 
-    def _apply_plugins(self, batch: dict, plan: EpochPlan | None) -> Batch:
+    def _apply_plugins(self, batch: BatchInFlight, plan: EpochPlan | None) -> Batch:
+        """balance → augment → mixup, on the device; counting and planning use host copies,
+        so nothing here waits for the device."""
         if self.balance is not None:
-            if plan is None:
-                batch = self.balance(batch, None, last=batch.pop("last"))
-            else:
-                batch = self.balance(batch, plan.synthetic[batch["batch_id"]])
-        batch.pop("last", None)
-        images, labels = batch["images"], batch["labels"]
-        synthetic = batch.get("is_synthetic", torch.zeros(len(labels), dtype=torch.bool, device=labels.device))
-        self.stats.real += int((~synthetic & ~batch["is_padding"]).sum())
-        self.stats.padded += int(batch["is_padding"].sum())
-        self.stats.synthetic += int(synthetic.sum())
+            batch = self.balance(batch, None if plan is None else plan.synthetic[batch.batch_id])
+        self.stats.real += int(batch.real.sum())
+        self.stats.padded += int(batch.is_padding.sum())
+        self.stats.synthetic += int(batch.is_synthetic.sum())
+        images = batch.images
         if self.augment is not None:
             images = self.augment(images)
+        labels = to_device(batch.labels, self.device)
         targets = labels
         if self.mixup is not None:
-            images, targets = self.mixup(images, labels, num_classes=self.num_classes)
-        return Batch(images, targets, keys=batch["keys"], is_synthetic=synthetic,
-                     is_padding=batch["is_padding"], provenance=batch.get("provenance", []),
-                     hard_labels=labels, batch_id=batch["batch_id"])
+            images, targets = self.mixup(images, batch.labels, num_classes=self.num_classes)
+        return Batch(images, targets, keys=batch.keys, is_synthetic=to_device(batch.is_synthetic, self.device),
+                     is_padding=to_device(batch.is_padding, self.device), provenance=batch.provenance,
+                     hard_labels=labels, batch_id=batch.batch_id)
 
     def scan_rows(self, wanted):
-        """Samples in index order whose label satisfies ``wanted`` (see ``sample_lookup.scan_rows``)."""
-        return scan_rows(self.index, self.decoder, self.device, wanted)
+        """Samples in index order whose label satisfies ``wanted`` (see ``ShardRowSource.scan``)."""
+        return self._rows.scan(wanted)
 
     def fetch_rows(self, pairs: list[tuple[str, str]], transform=None) -> dict[tuple[str, str], torch.Tensor]:
-        """Specific samples ``(shard url, key)`` as rows on the device (see ``sample_lookup.fetch_rows``)."""
-        return fetch_rows(self.index, self.decoder, self.device, pairs, transform)
+        """Specific samples ``(shard url, key)`` as rows on the device (see ``ShardRowSource.fetch``)."""
+        return self._rows.fetch(pairs, transform)
 
     def close(self) -> None:
         """Stop the persistent DataLoader workers now (they also stop when the loader is freed)."""
@@ -260,7 +274,7 @@ class StreamLoader:
               "num_workers": self.num_workers, "batch_size": self.batch_size, "stats": self.stats.as_dict()}
         for name in PLUGINS:
             stage = getattr(self, name)
-            if stage is not None and hasattr(stage, "state_dict"):
+            if stage is not None:
                 sd[name] = stage.state_dict()
         return sd
 
@@ -271,7 +285,7 @@ class StreamLoader:
                                  f"{getattr(self, field)!r}; resume needs the same value")
         self.epoch, self._batches_done = sd["epoch"], sd["batches_done"]
         self._explicit_epoch = sd["explicit_epoch"]
-        self.stats = LoaderStats()
+        self.stats.__init__()                    # in place: a bound balancer counts into this object
         self.stats.merge(sd["stats"])
         self.stats.real, self.stats.synthetic = sd["stats"]["real"], sd["stats"]["synthetic"]
         for name in PLUGINS:
@@ -280,7 +294,7 @@ class StreamLoader:
                 stage.load_state_dict(sd[name])
 
 
-def _drop(batches: Iterator[dict], n: int) -> Iterator[dict]:
+def _drop(batches: Iterator[BatchInFlight], n: int) -> Iterator[BatchInFlight]:
     """Skip the first ``n`` batches (a resume without an index replays the epoch's prefix;
     their counts are already in the restored ``stats``)."""
     for i, batch in enumerate(batches):
@@ -288,15 +302,15 @@ def _drop(batches: Iterator[dict], n: int) -> Iterator[dict]:
             yield batch
 
 
-def _with_last(batches: Iterator[dict]) -> Iterator[dict]:
+def _with_last(batches: Iterator[BatchInFlight]) -> Iterator[BatchInFlight]:
     """Mark each batch ``last`` or not, one batch of look-ahead."""
     pending = next(batches, None)
     for batch in batches:
-        pending["last"] = False
+        pending.last = False
         yield pending
         pending = batch
     if pending is not None:
-        pending["last"] = True
+        pending.last = True
         yield pending
 
 

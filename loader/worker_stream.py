@@ -1,28 +1,42 @@
 """The part of the loader that runs in each DataLoader worker (or in-process).
 
-Stages, in order: read planned segments → seeded shuffle buffer (on raw bytes,
-so the buffer holds compressed data) → fast-forward when resuming → decode →
-assemble uint8 NCHW batches of the planned sizes. Each batch carries the
-worker's error/padding counts since the previous batch, so the main process
-can keep ``loader.stats`` exact.
+Stages, in order: read shard segments → seeded shuffle buffer (on raw bytes, so
+the buffer holds compressed data) → fast-forward when resuming → decode → cut into
+batches. Each batch is a :class:`~streamaug.core.BatchInFlight` carrying the
+worker's error/padding counts since its previous batch, so the main process can
+keep ``loader.stats`` exact.
+
+There is one stream with two sources of work:
+
+* **planned** (an index): each worker reads the segments its :class:`WorkerPlan`
+  names and cuts exactly the planned batch sizes, padding with repeats if input
+  runs short, so every rank yields the same number of batches;
+* **open** (``index=False``): shards are dealt round-robin to ranks, then to
+  workers (webdataset's split), and cut into ``batch_size`` batches, the last one
+  partial. Nothing is known up front.
+
+In both, shard order is shuffled per epoch whenever ``shuffle >= 1`` and the buffer
+shuffles samples when ``shuffle > 1``.
 """
 from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.filters import _shuffle
+from webdataset.filters import shuffle as wds_shuffle
 
-from .epoch_plan import EpochPlan, PlanSpec, WorkerPlan
+from streamaug.core.flight import BatchInFlight
+from streamaug.core.seeding import derive_seed
+
+from .epoch_plan import EpochPlan, PlanSpec, Segment, shard_permutation
 from .errors import ErrorHandler, LoaderStats, StreamError
 from .sample_decoder import SampleDecoder
-from .seeding import derive_seed
-from .tar_reader import read_segment, read_segments, whole_shard
+from .tar_reader import read_segments, whole_shard
 
 
 @dataclass
@@ -33,11 +47,21 @@ class StreamSettings:
     decoder: SampleDecoder
 
 
+@dataclass(frozen=True)
+class WorkerJob:
+    """What one worker does in one pass."""
+    worker: int
+    segments: tuple[Segment, ...]
+    sizes: tuple[int, ...] | None        # real rows per batch; None: ``batch_size`` until the input ends
+    batch_ids: Iterable[int]
+    skip: int                            # raw samples to pass over first (a resume)
+
+
 def shuffle_stage(samples: Iterator[dict], bufsize: int, seed: int) -> Iterator[dict]:
     """webdataset's buffer shuffle with an owned, derived RNG (never the global one)."""
     if bufsize <= 1:
         return samples
-    return _shuffle(samples, bufsize=bufsize, initial=bufsize, rng=random.Random(seed))
+    return wds_shuffle(bufsize=bufsize, initial=bufsize, rng=random.Random(seed))(samples)
 
 
 def decode_stage(raw: Iterator[dict], decoder: SampleDecoder, handle: ErrorHandler) -> Iterator[dict]:
@@ -48,146 +72,121 @@ def decode_stage(raw: Iterator[dict], decoder: SampleDecoder, handle: ErrorHandl
             handle(e)
 
 
-def collate_uint8(samples: list[dict], empty_shape: tuple[int, ...] = (0,)) -> dict:
-    """List of decoded samples → uint8 NCHW images and int64 labels (one copy).
-    No samples (a batch the balancer fills entirely) → ``empty_shape`` images."""
+def collate_rows(rows: list[dict], batch_id: int, stats: dict, shape: tuple[int, int, int] | None) -> BatchInFlight:
+    """Decoded samples → one batch: uint8 NCHW images (one copy) and host labels and masks.
+    With ``decode="dali"`` the images stay encoded; with no rows (a batch the balancer
+    fills entirely) images are ``(0, C, H, W)`` when the shape is known."""
+    empty = (0, shape[2], shape[0], shape[1]) if shape else (0,)
     encoded = None
-    if samples and samples[0]["image"] is None:          # decode="dali": bytes go to the main process
-        images, encoded = torch.empty(empty_shape, dtype=torch.uint8), [s["encoded"] for s in samples]
-    elif samples:
-        images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    if rows and rows[0]["image"] is None:
+        images, encoded = torch.empty(empty, dtype=torch.uint8), [r["encoded"] for r in rows]
+    elif rows:
+        images = torch.from_numpy(np.stack([r["image"] for r in rows])).permute(0, 3, 1, 2).contiguous()
     else:
-        images = torch.empty(empty_shape, dtype=torch.uint8)
-    return {"images": images,
-            "labels": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
-            "keys": [s["__key__"] for s in samples],
-            "urls": [s["__url__"] for s in samples],
-            "is_padding": torch.tensor([s["is_padding"] for s in samples], dtype=torch.bool),
-            **({"encoded": encoded} if encoded is not None else {})}
+        images = torch.empty(empty, dtype=torch.uint8)
+    return BatchInFlight(images=images, labels=torch.tensor([r["label"] for r in rows], dtype=torch.int64),
+                         keys=[r["__key__"] for r in rows], urls=[r["__url__"] for r in rows],
+                         is_padding=torch.tensor([r["is_padding"] for r in rows], dtype=torch.bool),
+                         batch_id=batch_id, stats=stats, encoded=encoded)
 
 
-def batch_stage(samples: Iterator[dict], wp: WorkerPlan, first: int, handle: ErrorHandler,
-                stats: LoaderStats, decoder_shape: tuple[int, int, int] | None = None) -> Iterator[dict]:
-    """Cut the decoded stream into ``wp``'s planned batches, starting at its batch ``first``.
+def batch_stage(samples: Iterator[dict], job: WorkerJob, batch_size: int, stats: LoaderStats,
+                shape: tuple[int, int, int] | None) -> Iterator[BatchInFlight]:
+    """Cut the decoded stream into the job's batches.
 
-    A sample whose size differs from its batch's first is an error (skip drops it).
-    Samples lost to skipped errors are replaced by repeats of earlier good ones
-    (flagged ``is_padding``), so every batch keeps its planned size and every
-    rank its length.
+    Planned sizes are met exactly: samples lost to skipped errors are replaced by
+    repeats of earlier good ones (flagged ``is_padding``). Open-ended batches are
+    ``batch_size`` until the input ends; the last is partial.
     """
+    open_ended = job.sizes is None
+    sizes = itertools.repeat(batch_size) if open_ended else job.sizes
     spare: list[dict] = []
     fills = 0
-    shape = decoder_shape
-    empty_shape = (0, shape[2], shape[0], shape[1]) if shape else (0,)
-    for j in range(first, len(wp.batch_ids)):
-        batch: list[dict] = []
-        while len(batch) < wp.real_sizes[j]:
+    for size, batch_id in zip(sizes, job.batch_ids):
+        rows: list[dict] = []
+        while len(rows) < size:
             s = next(samples, None)
             if s is None:
+                if open_ended:
+                    break
                 if not spare:
                     raise StreamError("no_samples", "every sample of this worker's share was skipped; "
-                                      "nothing is left to fill the batch", value=wp.real_sizes[j])
+                                      "nothing is left to fill the batch", value=size)
                 s = dict(spare[fills % len(spare)], is_padding=True)
                 fills += 1
-            elif batch and s["image"] is not None and s["image"].shape != batch[0]["image"].shape:
-                handle(StreamError("image_size", f"image size differs from the batch's "
-                                   f"{batch[0]['image'].shape} and no resize= was given",
-                                   shard=s["__url__"], key=s["__key__"], value=s["image"].shape))
-                continue
             if len(spare) < 64 and not s["is_padding"]:
                 spare.append(s)
-            batch.append(s)
-        out = collate_uint8(batch, empty_shape)
-        out.update(batch_id=wp.batch_ids[j], stats=stats.take())
-        yield out
+            rows.append(s)
+        if not rows:
+            return
+        yield collate_rows(rows, batch_id, stats.take(), shape)
+        if len(rows) < size:
+            return
 
 
-class ShardStream(IterableDataset):
-    """Iterable over one rank's planned batches; each worker yields its own.
+class WorkerStream(IterableDataset):
+    """Iterable over one rank's batches; each DataLoader worker yields its own.
 
-    Workers persist across epochs: before each pass the loader writes
-    ``(epoch, batches already done)`` into a small shared-memory tensor, and every
-    worker plans that epoch itself from ``spec`` (a pure function), so nothing
+    Workers persist across epochs: before each pass the loader writes ``(epoch,
+    batches already done)`` into a small shared-memory tensor, and every worker
+    works out its own job for that epoch (the plan is a pure function), so nothing
     else has to reach the workers.
     """
 
-    def __init__(self, spec: PlanSpec, settings: StreamSettings):
-        self.spec = spec
-        self.settings = settings
+    def __init__(self, settings: StreamSettings, *, spec: PlanSpec | None = None, urls: list[str] | None = None,
+                 batch_size: int = 1, world_size: int = 1, rank: int = 0):
+        if (spec is None) == (urls is None):
+            raise ValueError("WorkerStream needs a plan spec (an index) or urls (no index), not both")
+        self.settings, self.spec, self.urls = settings, spec, urls
+        self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._plans: dict[int, EpochPlan] = {}
 
     def set_position(self, epoch: int, resume_batches: int) -> None:
         self.control[0], self.control[1] = epoch, resume_batches
 
-    def plan(self, epoch: int) -> EpochPlan:
+    def plan(self, epoch: int) -> EpochPlan | None:
+        if self.spec is None:
+            return None
         if epoch not in self._plans:
             self._plans = {epoch: self.spec.plan(epoch)}
         return self._plans[epoch]
 
-    def __iter__(self) -> Iterator[dict]:
-        epoch, resume = (int(v) for v in self.control.tolist())
+    def jobs(self, epoch: int, resume: int, worker: int | None, num_workers: int) -> list[WorkerJob]:
+        """The jobs of ``worker`` (all of them in-process, ``worker=None``) for a pass resumed at ``resume``."""
         plan = self.plan(epoch)
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
-        if info is not None and info.num_workers != plan.num_workers:
-            raise RuntimeError(f"planned for {plan.num_workers} workers, DataLoader has {info.num_workers}")
+        if plan is None:
+            k = max(1, num_workers)
+            order = shard_permutation(len(self.urls), self.settings.seed, epoch, self.settings.shuffle_buffer > 0)
+            mine = [self.urls[i] for i in order][self.rank::self.world_size]
+            return [WorkerJob(w, tuple(whole_shard(u) for u in mine[w::k]), None, itertools.count(w, k), 0)
+                    for w in ([worker] if worker is not None else range(k))]
+        if worker is not None and num_workers != plan.num_workers:
+            raise RuntimeError(f"planned for {plan.num_workers} workers, DataLoader has {num_workers}")
         # DataLoader reads its workers round-robin starting at worker 0, but after a
         # resume at batch b the next batch belongs to plan worker b % K: rotate.
-        k = plan.num_workers
-        workers = [(worker + resume) % k] if info is not None else range(k)
-        for w in workers:       # in-process (num_workers=0) the single planned worker is read directly
-            yield from self._worker_batches(plan, plan.workers[w], resume)
+        chosen = [(worker + resume) % plan.num_workers] if worker is not None else range(plan.num_workers)
+        out = []
+        for w in chosen:
+            wp = plan.workers[w]
+            first = plan.worker_batches_before(w, resume)
+            out.append(WorkerJob(w, wp.segments, wp.real_sizes[first:], wp.batch_ids[first:],
+                                 sum(wp.real_sizes[:first])))
+        return out
 
-    def _worker_batches(self, plan: EpochPlan, wp: WorkerPlan, resume: int) -> Iterator[dict]:
-        st = self.settings
-        stats = LoaderStats()
-        handle = ErrorHandler(st.on_error, stats)
-        raw = read_segments(wp.segments, handle)
-        raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", plan.epoch, plan.rank, wp.worker))
-        first = plan.worker_batches_before(wp.worker, resume)
-        skip = sum(wp.real_sizes[:first])
-        raw = itertools.islice(raw, skip, None)   # fast-forward on raw bytes: nothing is decoded
-        samples = decode_stage(raw, st.decoder, handle)
-        yield from batch_stage(samples, wp, first, handle, stats, st.decoder.output_shape)
-
-
-class UnindexedStream(IterableDataset):
-    """Without an index (``StreamLoader(index=False)``): shards are shuffled per epoch and
-    dealt round-robin to ranks, then to workers (webdataset's split); each worker
-    yields batches of ``batch_size`` real samples, its last one partial. Nothing is
-    known up front, so ranks may differ in length and there is no ``len()``."""
-
-    def __init__(self, urls: list[str], settings: StreamSettings, batch_size: int, world_size: int, rank: int):
-        self.urls, self.settings, self.batch_size = urls, settings, batch_size
-        self.world_size, self.rank = world_size, rank
-        self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
-
-    def set_position(self, epoch: int, resume_batches: int) -> None:
-        self.control[0], self.control[1] = epoch, resume_batches
-
-    def __iter__(self) -> Iterator[dict]:
-        st = self.settings
-        epoch = int(self.control[0])
+    def __iter__(self) -> Iterator[BatchInFlight]:
+        epoch, resume = (int(v) for v in self.control.tolist())
         info = get_worker_info()
-        worker, k = (info.id, info.num_workers) if info is not None else (0, 1)
-        order = np.random.Generator(np.random.PCG64(derive_seed(st.seed, "shards", epoch))).permutation(len(self.urls)) \
-            if st.shuffle_buffer > 1 else np.arange(len(self.urls))
-        mine = [self.urls[i] for i in order][self.rank::self.world_size][worker::k]
+        worker, k = (info.id, info.num_workers) if info is not None else (None, 1)
+        for job in self.jobs(epoch, resume, worker, k):
+            yield from self._run(job, epoch)
+
+    def _run(self, job: WorkerJob, epoch: int) -> Iterator[BatchInFlight]:
+        st = self.settings
         stats = LoaderStats()
         handle = ErrorHandler(st.on_error, stats)
-        raw = (s for url in mine for s in read_segment(whole_shard(url), handle))
-        raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", epoch, self.rank, worker))
+        raw = read_segments(job.segments, handle)
+        raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", epoch, self.rank, job.worker))
+        raw = itertools.islice(raw, job.skip, None)     # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)
-        batch, j = [], 0
-        for s in samples:
-            if batch and s["image"] is not None and s["image"].shape != batch[0]["image"].shape:
-                handle(StreamError("image_size", f"image size differs from the batch's {batch[0]['image'].shape} "
-                                   "and no resize= was given", shard=s["__url__"], key=s["__key__"], value=s["image"].shape))
-                continue
-            batch.append(s)
-            if len(batch) == self.batch_size:
-                yield dict(collate_uint8(batch), batch_id=j * k + worker, stats=stats.take())
-                batch, j = [], j + 1
-        if batch:
-            yield dict(collate_uint8(batch), batch_id=j * k + worker, stats=stats.take())
+        yield from batch_stage(samples, job, self.batch_size, stats, st.decoder.output_shape)

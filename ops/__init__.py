@@ -17,7 +17,8 @@ from .intensity.gaussian_noise import GaussianNoise
 from .intensity.random_erasing import RandomErasing
 from .mix.cutmix import CutMix
 from .mix.mixup import MixUp
+from .recipes import default_augment
 
 __all__ = ["BrightnessContrast", "Compose", "CutMix", "Flip", "GaussianNoise", "GeometricOp", "IntensityOp",
            "MixUp", "Op", "RandomErasing", "RandomResizedCrop", "Rotate", "Shear", "Translate",
-           "check_images", "fuse_affine"]
+           "check_images", "default_augment", "fuse_affine"]

@@ -21,7 +21,7 @@ import numbers
 import numpy as np
 import torch
 
-from streamaug.loader.seeding import derive_seed
+from streamaug.core.seeding import derive_seed
 
 Params = dict[str, torch.Tensor]
 
@@ -134,12 +134,21 @@ class IntensityOp(Op):
         """``x``: float NCHW in [0, 1] on any device → same."""
         raise NotImplementedError
 
-    dali_argument_names: tuple[str, ...] = ()
+    dali_argument_names: tuple[str, ...] = ()      # per-sample scalars or small arrays, fed on the host
+    dali_field_names: tuple[str, ...] = ()         # per-pixel NHWC float fields, fed on the images' device
 
     def dali_arguments(self, params: Params) -> dict[str, list[np.ndarray]]:
         """Per-sample arrays fed to the DALI pipeline, keyed by ``dali_argument_names``."""
-        raise NotImplementedError
+        return {}
 
-    def dali_apply(self, fn, images, arguments: dict):
-        """Build this op's DALI graph node from ``images`` and the fed ``arguments``."""
+    def dali_fields(self, params: Params, shape_nhwc: torch.Size, device: torch.device,
+                    uint8: bool) -> dict[str, torch.Tensor]:
+        """Per-pixel float fields (``shape_nhwc``, on ``device``), keyed by ``dali_field_names``,
+        on the images' value scale (0..255 for uint8)."""
+        return {}
+
+    def dali_apply(self, fn, images, arguments: dict, uint8: bool):
+        """Build this op's DALI graph node from ``images`` and the fed ``arguments`` (data nodes,
+        keyed like ``dali_argument_names`` and ``dali_field_names``); ``uint8`` says the pipeline's
+        images are uint8 (0..255) rather than float (0..1)."""
         raise NotImplementedError

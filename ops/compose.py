@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
-from streamaug.loader.seeding import derive_seed
+from streamaug.core.seeding import derive_seed
+from streamaug.core.transfer import to_device
 
 from .base import GeometricOp, IntensityOp, Params, check_images
 from .geometric.affine_matrix import fuse_affine
@@ -90,7 +91,7 @@ class Compose:
             return images
         out = self._backend_runner()(self, images, params)
         if bool(untouched.any()):           # rows no op applied to are returned as they came, bit for bit
-            idx = untouched.nonzero().squeeze(1).to(images.device)
+            idx = to_device(untouched.nonzero().squeeze(1), images.device)
             out[idx] = images[idx]
         return out
 

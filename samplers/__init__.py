@@ -1,10 +1,12 @@
 """In-stream class balancing: ``ClassBalancer`` with SMOTE-family synthesizers."""
 from .adasyn import ADASYN
 from .borderline_smote import BorderlineSMOTE
-from .class_balancer import ClassBalancer
+from .class_balancer import ClassBalancer, NotFittedError
 from .class_reservoir import ClassReservoir
+from .random_oversampler import RandomOversampler
 from .sampling_strategy import synthetic_targets
-from .smote import SMOTE, RandomOversampler, Synthesizer
+from .smote import SMOTE
+from .synthesizer import Synthesizer
 
-__all__ = ["ADASYN", "BorderlineSMOTE", "ClassBalancer", "ClassReservoir", "RandomOversampler", "SMOTE",
-           "Synthesizer", "synthetic_targets"]
+__all__ = ["ADASYN", "BorderlineSMOTE", "ClassBalancer", "ClassReservoir", "NotFittedError", "RandomOversampler",
+           "SMOTE", "Synthesizer", "synthetic_targets"]

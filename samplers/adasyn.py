@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .borderline_smote import class_offset
 from .neighbours import nearest
-from .smote import Synthesizer
+from .synthesizer import Synthesizer
 
 
 class ADASYN(Synthesizer):
@@ -25,7 +24,7 @@ class ADASYN(Synthesizer):
     def weights(self, reservoir, c: int, flat: torch.Tensor) -> np.ndarray:
         pool, labels = reservoir.pool()
         m = min(self.n_neighbors, len(pool) - 1)
-        own = torch.arange(len(flat), device=pool.device) + class_offset(reservoir, c)
+        own = torch.arange(len(flat), device=pool.device) + reservoir.pool_offset(c)
         ratio = (labels[nearest(flat.float(), pool, m, exclude=own)] != c).float().mean(1).cpu().numpy()
         total = ratio.sum()
         return ratio / total if total > 0 else np.full(len(flat), 1.0 / len(flat))

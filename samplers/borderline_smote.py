@@ -5,16 +5,7 @@ import numpy as np
 import torch
 
 from .neighbours import nearest
-from .smote import Choice, Synthesizer, take
-
-
-def class_offset(reservoir, c: int) -> int:
-    """Where class ``c``'s rows start in ``reservoir.pool()`` (classes in order)."""
-    return int(sum(reservoir.size[:c]))
-
-
-def pool_entries(reservoir) -> list:
-    return [e for cls in range(reservoir.num_classes) for e in reservoir.entries[cls][: reservoir.size[cls]]]
+from .synthesizer import Choice, Synthesizer, take
 
 
 class BorderlineSMOTE(Synthesizer):
@@ -45,7 +36,7 @@ class BorderlineSMOTE(Synthesizer):
         """Class-local indices of danger samples."""
         pool, labels = reservoir.pool()
         m = min(self.m_neighbors, len(pool) - 1)
-        own = torch.arange(len(flat), device=pool.device) + class_offset(reservoir, c)
+        own = torch.arange(len(flat), device=pool.device) + reservoir.pool_offset(c)
         other = (labels[nearest(flat.float(), pool, m, exclude=own)] != c).sum(1).cpu().numpy()
         return np.flatnonzero((other >= m / 2) & (other < m))
 
@@ -57,14 +48,14 @@ class BorderlineSMOTE(Synthesizer):
         if self.kind == "borderline-1":
             return self.same_class_choice(reservoir, c, flat, seeds, k, rng, rng.random(count))
         pool, labels = reservoir.pool()
-        in_pool = seeds + class_offset(reservoir, c)
+        in_pool = seeds + reservoir.pool_offset(c)
         kk = min(k, len(pool) - 1)
         seeds_t = torch.from_numpy(in_pool).to(pool.device)
         knn = nearest(pool[seeds_t], pool, kk, exclude=seeds_t).cpu().numpy()
         partners = knn[np.arange(count), rng.integers(0, kk, count)]
         same = labels.cpu().numpy()[partners] == c
         u = np.where(same, rng.random(count), 0.5 * rng.random(count))
-        entries = pool_entries(reservoir)
+        entries = reservoir.pool_entries()
         x_i, seed_entries = take(pool, entries, in_pool)
         x_j, partner_entries = take(pool, entries, partners)
         return Choice(x_i, x_j, u, seed_entries, partner_entries)

@@ -18,13 +18,18 @@ How it works
   ``None`` for random oversampling) from its class's reservoir, and the batch's
   rows are permuted so synthetic ones are interleaved.
 * Before the first batch, a warm-up scan of the shards (decoding only what it
-  needs) gives each class to synthesize ``k + 1`` reservoir samples.
+  needs, through the loader's row source) gives each class to synthesize
+  ``k + 1`` reservoir samples.
 * A slot whose class has no sample in the reservoir yet swaps with the nearest
   later slot whose class has one (counts stay exact). If none is left, the slot
   is filled with a repeat of a real sample, flagged ``is_padding`` and counted in
   ``loader.stats.skipped["balance_shortfall"]``.
 * Reservoirs persist across epochs. ``state_dict`` holds RNG state, the slot
   cursor and swaps, and reservoir membership as ``(shard, key)`` pairs.
+* Like imbalanced-learn's estimators, what fitting learns ends in ``_``
+  (``targets_``, ``class_counts_``, ``reservoir_``) and exists only after
+  :meth:`fit` (or binding to a loader); using the balancer before raises
+  :class:`NotFittedError`.
 * Without an index (``StreamLoader(index=False, num_classes=C)``) counts are
   estimated online (see ``_online_classes``): batches top classes up towards
   imbalanced-learn's target for the counts seen so far, and the epoch's last
@@ -34,23 +39,34 @@ How it works
 from __future__ import annotations
 
 import numbers
-import weakref
+import warnings
 
 import numpy as np
 import torch
 
-from streamaug.loader.seeding import derive_seed
+from streamaug.core.flight import BatchInFlight
+from streamaug.core.plugin import BindContext
+from streamaug.core.seeding import derive_seed
+from streamaug.core.transfer import to_device
 
 from .class_reservoir import ClassReservoir
 from .online_counts import online_due
 from .sampling_strategy import synthetic_targets
 from .slot_schedule import interleaved_slots, max_rank_slots, rank_slots, stratified_choice, take_available
-from .smote import SMOTE, RandomOversampler, Synthesizer
+from .random_oversampler import RandomOversampler
+from .smote import SMOTE
+from .synthesizer import Synthesizer
 
 _UNSET = object()
 
+
+class NotFittedError(ValueError, AttributeError):
+    """A fitted-only attribute or method was used before ``fit`` (as in scikit-learn)."""
+
+
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
 
 class ClassBalancer:
     """Stream stage that adds synthetic samples so each epoch meets ``sampling_strategy``.
@@ -97,35 +113,35 @@ class ClassBalancer:
         self.reservoir_size, self.feature_fn = reservoir_size, feature_fn
         self.shuffle_within_batch, self.stratified = shuffle_within_batch, stratified
         self.rng = np.random.Generator(np.random.PCG64(derive_seed(random_state or 0, "balance")))
-        self.targets: dict[int, int] | None = None
+        self._rows, self._stats = None, None      # set by bind(): what the loader lends
 
     # ------------------------------------------------------------------ setup
-    @property
-    def loader(self):
-        ref = getattr(self, "_loader", None)
-        return ref() if ref is not None else None
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "targets_"):
+            raise NotFittedError("this ClassBalancer is not fitted yet: pass it to StreamLoader(balance=...) "
+                                 "or call fit(class_counts) first")
 
     def manual_seed(self, seed: int) -> None:
         self.rng = np.random.Generator(np.random.PCG64(derive_seed(seed, "balance")))
 
-    def bind(self, loader) -> None:
-        """Resolve targets from the loader's index and set up this rank's slots."""
-        if self.feature_fn is not None and loader.augment is not None:
+    def bind(self, context: BindContext) -> None:
+        """Resolve targets from the loader's class counts and set up this rank's slots."""
+        if self.feature_fn is not None and context.augmented:
             raise ValueError("feature_fn makes the balancer emit features, so augment= must be None")
-        self._loader = weakref.ref(loader)    # no cycle: a loader must die by refcount to stop its workers
-        if loader.index is None:
-            self.fit_online(loader.num_classes, loader.world_size, loader.rank)
+        self._rows, self._stats = context.rows, context.stats
+        if context.class_counts is None:
+            self.fit_online(context.num_classes, context.world_size, context.rank)
         else:
-            self.fit(loader.index.class_counts, loader.world_size, loader.rank)
+            self.fit(context.class_counts, context.world_size, context.rank)
 
     def fit(self, class_counts: list[int], world_size: int = 1, rank: int = 0) -> "ClassBalancer":
         """Validate ``sampling_strategy`` against the counts and plan the slots (template method)."""
-        self.online = False
-        self.targets = synthetic_targets(self.sampling_strategy, class_counts)
-        self.class_counts = list(class_counts)
-        self.world_size, self.rank = world_size, rank
-        self._global_slots = interleaved_slots(self.targets)
-        self.reservoir = ClassReservoir(len(class_counts), self.reservoir_size)
+        self.targets_ = synthetic_targets(self.sampling_strategy, class_counts)
+        self.online_ = False
+        self.class_counts_ = list(class_counts)
+        self.world_size_, self.rank_ = world_size, rank
+        self._global_slots = interleaved_slots(self.targets_)
+        self.reservoir_ = ClassReservoir(len(class_counts), self.reservoir_size)
         self._warm = False
         self._start_epoch()
         return self
@@ -133,20 +149,30 @@ class ClassBalancer:
     def fit_online(self, num_classes: int, world_size: int = 1, rank: int = 0) -> "ClassBalancer":
         """No index: estimate class counts from the stream (see ``_online_classes``)."""
         self.fit([1] * num_classes, world_size, rank)      # validates the strategy's form on dummy counts
-        self.online, self.targets = True, {}
-        self.class_counts = [0] * num_classes
+        self.online_, self.targets_ = True, {}
+        self.class_counts_ = [0] * num_classes
         return self
 
     def final_counts(self) -> list[int]:
         """Per-class counts of one epoch (all ranks): real plus synthetic."""
-        return [n + self.targets.get(c, 0) for c, n in enumerate(self.class_counts)]
+        self._check_fitted()
+        return [n + self.targets_.get(c, 0) for c, n in enumerate(self.class_counts_)]
 
     def synthetic_counts(self) -> tuple[int, int]:
         """(synthetic samples on this rank per epoch, the most on any rank)."""
-        if self.online:
+        self._check_fitted()
+        if self.online_:
             return 0, 0
-        return len(rank_slots(self._global_slots, self.world_size, self.rank)), \
-            max_rank_slots(len(self._global_slots), self.world_size)
+        return len(rank_slots(self._global_slots, self.world_size_, self.rank_)), \
+            max_rank_slots(len(self._global_slots), self.world_size_)
+
+    def __getattr__(self, name: str):
+        # Deprecated names of the fitted attributes (they exist only after fitting).
+        if name in ("targets", "class_counts", "reservoir", "online"):
+            warnings.warn(f"ClassBalancer.{name} is deprecated; use {name}_ (set by fit)", DeprecationWarning,
+                          stacklevel=2)
+            return getattr(self, name + "_")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _warm_up(self) -> None:
         """Before the first synthetic slot, make sure every class to synthesize has
@@ -156,94 +182,89 @@ class ClassBalancer:
         a full pass. Without it, minority slots due before the class's first
         sample arrives could not be filled."""
         self._warm = True
-        want = {c: min(self.synthesizer.k_neighbors + 1, self.class_counts[c], self.reservoir_size)
-                for c in self.targets}
-        want = {c: n - int(self.reservoir.size[c]) for c, n in want.items() if n > self.reservoir.size[c]}
+        want = {c: min(self.synthesizer.k_neighbors + 1, self.class_counts_[c], self.reservoir_size)
+                for c in self.targets_}
+        want = {c: n - int(self.reservoir_.size[c]) for c, n in want.items() if n > self.reservoir_.size[c]}
         if not want:
             return
-        for url, key, label, row in self.loader.scan_rows(lambda c: want.get(c, 0) > 0):
+        for url, key, label, row in self._rows.scan(lambda c: want.get(c, 0) > 0):
             if want.get(label, 0) <= 0:
                 continue
             rows = self.feature_fn(row[None]) if self.feature_fn is not None else row[None]
-            self.reservoir.add(rows, torch.tensor([label]), [key], [url], self.rng)
+            self.reservoir_.add(rows, torch.tensor([label]), [key], [url], self.rng)
             want[label] -= 1
             if all(v <= 0 for v in want.values()):
                 return
 
     def _start_epoch(self) -> None:
-        self._slots = rank_slots(self._global_slots, self.world_size, self.rank).copy()
+        self._slots = rank_slots(self._global_slots, self.world_size_, self.rank_).copy()
         self._cursor, self._swaps = 0, []
-        self._budget = np.bincount(self._slots, minlength=len(self.class_counts))
-        self._seen_epoch = np.zeros(len(self.class_counts), dtype=np.int64)
-        self._made_epoch = np.zeros(len(self.class_counts), dtype=np.int64)
+        self._budget = np.bincount(self._slots, minlength=len(self.class_counts_))
+        self._seen_epoch = np.zeros(len(self.class_counts_), dtype=np.int64)
+        self._made_epoch = np.zeros(len(self.class_counts_), dtype=np.int64)
 
     def _online_classes(self, real_labels: torch.Tensor, last: bool) -> list[int]:
         """Without an index: see ``online_counts.online_due``."""
-        self._seen_epoch += np.bincount(real_labels.cpu().numpy(), minlength=len(self._seen_epoch))
+        self._seen_epoch += np.bincount(real_labels.numpy(), minlength=len(self._seen_epoch))
         classes, overshoot = online_due(self.sampling_strategy, self._seen_epoch, self._made_epoch, last)
         for c, n in overshoot.items():
-            if self.loader is not None:
-                self.loader.stats.count_skip("online_overshoot", n, f"class {c}: {n} more made mid-epoch than its target")
+            self._count_skip("online_overshoot", n, f"class {c}: {n} more made mid-epoch than its target")
         return classes
 
+    def _count_skip(self, reason: str, n: int, example: str) -> None:
+        if self._stats is not None:
+            self._stats.count_skip(reason, n, example)
+
     def _stratified_slots(self, labels: torch.Tensor, count: int) -> None:
-        chosen = stratified_choice(self.final_counts(), self._budget, self.reservoir.size,
-                                   labels.cpu().numpy(), count)
+        chosen = stratified_choice(self.final_counts(), self._budget, self.reservoir_.size,
+                                   labels.numpy(), count)
         self._slots[self._cursor:self._cursor + count] = chosen
 
     # ------------------------------------------------------------------ stream
-    def __call__(self, batch: dict, n_synthetic: int | None = None, last: bool = False) -> dict:
+    def __call__(self, batch: BatchInFlight, n_synthetic: int | None = None) -> BatchInFlight:
         """Balance one batch: ``n_synthetic`` planned slots (indexed mode), or, without an
-        index, as many as the counts seen so far call for (``last`` flushes the epoch)."""
-        if self.targets is None:
-            raise RuntimeError("ClassBalancer is not bound: pass it to StreamLoader(balance=...) or call fit()")
-        if batch["batch_id"] == 0:
+        index, as many as the counts seen so far call for (``batch.last`` flushes the epoch)."""
+        self._check_fitted()
+        if batch.batch_id == 0:
             self._start_epoch()
-            if not self._warm and self.loader is not None and not self.online:
+            if not self._warm and self._rows is not None and not self.online_:
                 self._warm_up()
-        if not self.online and not 0 <= n_synthetic <= len(self._slots) - self._cursor:
+        if not self.online_ and not 0 <= n_synthetic <= len(self._slots) - self._cursor:
             raise ValueError(f"batch asks for {n_synthetic} synthetic samples, {len(self._slots) - self._cursor} "
                              "slots are left this epoch")
-        return self._balance(batch, n_synthetic, last)
+        return self._balance(batch, n_synthetic)
 
-    def _balance(self, batch: dict, n_synthetic: int | None, last: bool = False) -> dict:
-        images, labels = batch["images"], batch["labels"]
-        real = ~batch["is_padding"]
-        rows = self.feature_fn(images) if self.feature_fn is not None else images
-        keep = real.nonzero().squeeze(1)
-        self.reservoir.add(rows[keep], labels[keep], [batch["keys"][i] for i in keep.tolist()],
-                           [batch["urls"][i] for i in keep.tolist()], self.rng)
-        n = len(labels)
-        out = {"images": rows, "labels": labels, "keys": list(batch["keys"]), "urls": list(batch["urls"]),
-               "is_padding": batch["is_padding"], "batch_id": batch["batch_id"],
-               "is_synthetic": torch.zeros(n, dtype=torch.bool, device=labels.device),
-               "provenance": [None] * n}
-        if self.online:
-            classes = self._online_classes(labels[keep], last)
+    def _balance(self, batch: BatchInFlight, n_synthetic: int | None) -> BatchInFlight:
+        rows = self.feature_fn(batch.images) if self.feature_fn is not None else batch.images
+        keep = batch.real.nonzero().squeeze(1)                # host indices
+        self.reservoir_.add(rows[to_device(keep, rows.device)], batch.labels[keep],
+                            [batch.keys[i] for i in keep.tolist()], [batch.urls[i] for i in keep.tolist()], self.rng)
+        batch.images = rows
+        if self.online_:
+            classes = self._online_classes(batch.labels[keep], bool(batch.last))
             if classes:
-                unfilled = [i for i, c in enumerate(classes) if not self.reservoir.size[c]]
-                out = self._synthesize(out, np.asarray(classes), unfilled)
+                unfilled = [i for i, c in enumerate(classes) if not self.reservoir_.size[c]]
+                self._synthesize(batch, np.asarray(classes), unfilled)
         elif n_synthetic:
-            out = self._append_synthetic(out, n_synthetic)
-        if self.shuffle_within_batch and len(out["labels"]) > 1:
-            perm = self.rng.permutation(len(out["labels"]))
-            out = _permute(out, perm)
-        return out
+            self._append_synthetic(batch, n_synthetic)
+        if self.shuffle_within_batch and len(batch) > 1:
+            batch.permute(self.rng.permutation(len(batch)))
+        return batch
 
-    def _append_synthetic(self, out: dict, count: int) -> dict:
+    def _append_synthetic(self, batch: BatchInFlight, count: int) -> None:
         if self.stratified:     # classes are chosen per batch; nothing to swap with later
-            self._stratified_slots(out["labels"][~out["is_padding"]], count)
+            self._stratified_slots(batch.labels[~batch.is_padding], count)
             swaps = []
-            unfilled = [p for p in range(self._cursor, self._cursor + count) if not self.reservoir.size[self._slots[p]]]
+            unfilled = [p for p in range(self._cursor, self._cursor + count) if not self.reservoir_.size[self._slots[p]]]
         else:
-            swaps, unfilled = take_available(self._slots, self._cursor, count, lambda c: self.reservoir.size[c] > 0)
+            swaps, unfilled = take_available(self._slots, self._cursor, count, lambda c: self.reservoir_.size[c] > 0)
         self._swaps += swaps
         classes = self._slots[self._cursor:self._cursor + count].copy()
         unfilled = [p - self._cursor for p in unfilled]
         self._cursor += count
-        return self._synthesize(out, classes, unfilled)
+        self._synthesize(batch, classes, unfilled)
 
-    def _synthesize(self, out: dict, classes: np.ndarray, unfilled: list[int]) -> dict:
+    def _synthesize(self, batch: BatchInFlight, classes: np.ndarray, unfilled: list[int]) -> None:
         """Append one synthetic row per entry of ``classes``; positions in ``unfilled``
         (no sample of that class anywhere yet) become flagged repeats."""
         new_rows, new_labels, prov, padding = [], [], [], []
@@ -251,41 +272,35 @@ class ClassBalancer:
             positions = [i for i, v in enumerate(classes.tolist()) if v == c and i not in unfilled]
             if not positions:
                 continue
-            syn = self.synthesizer.synthesize(self.reservoir, c, len(positions), self.rng)
+            syn = self.synthesizer.synthesize(self.reservoir_, c, len(positions), self.rng)
             new_rows.append(syn.values)
             new_labels += [c] * len(positions)
             prov += [{"seed": s, "neighbour": p, "u": float(u)}
                      for s, p, u in zip(syn.seed_entries, syn.partner_entries, syn.u)]
             padding += [False] * len(positions)
         for p in unfilled:                   # no class left with samples: repeat a real one, flagged
-            c = int(np.flatnonzero(self.reservoir.size)[0])
-            new_rows.append(self.reservoir.members(c)[:1].float())
+            c = int(np.flatnonzero(self.reservoir_.size)[0])
+            new_rows.append(self.reservoir_.members(c)[:1].float())
             new_labels.append(c)
             prov.append(None)
             padding.append(True)
-            if self.loader is not None:
-                self.loader.stats.count_skip("balance_shortfall", 1, f"class {int(classes[p])} has no samples "
-                                             f"on rank {self.rank}; a real sample was repeated instead")
+            self._count_skip("balance_shortfall", 1, f"class {int(classes[p])} has no samples "
+                             f"on rank {self.rank_}; a real sample was repeated instead")
         values = torch.cat(new_rows)
-        like = out["images"]
+        like = batch.images
         values = values.round().clamp_(0, 255).to(like.dtype) if like.dtype == torch.uint8 else values.to(like.dtype)
-        dev = out["labels"].device
-        out["images"] = torch.cat([like, values.to(like.device)])
-        out["labels"] = torch.cat([out["labels"], torch.tensor(new_labels, dtype=torch.int64, device=dev)])
-        out["is_synthetic"] = torch.cat([out["is_synthetic"], ~torch.tensor(padding, dtype=torch.bool, device=dev)])
-        out["is_padding"] = torch.cat([out["is_padding"], torch.tensor(padding, dtype=torch.bool, device=dev)])
-        out["keys"] += [f"synthetic:{p['seed'][1]}" if p else "padding" for p in prov]
-        out["urls"] += [p["seed"][0] if p else "" for p in prov]
-        out["provenance"] += prov
-        return out
+        batch.extend(values.to(like.device), new_labels, [f"synthetic:{p['seed'][1]}" if p else "padding" for p in prov],
+                     [p["seed"][0] if p else "" for p in prov], prov, [not q for q in padding], padding)
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
+        self._check_fitted()
         return {"rng": self.rng.bit_generator.state, "cursor": self._cursor, "swaps": list(self._swaps),
                 "warm": self._warm, "budget": self._budget.tolist(), "seen_epoch": self._seen_epoch.tolist(),
-                "made_epoch": self._made_epoch.tolist(), "reservoir": self.reservoir.state_dict()}
+                "made_epoch": self._made_epoch.tolist(), "reservoir": self.reservoir_.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        self._check_fitted()
         self.rng.bit_generator.state = state["rng"]
         self._start_epoch()
         for p, q in state["swaps"]:
@@ -295,15 +310,7 @@ class ClassBalancer:
         self._seen_epoch = np.asarray(state["seen_epoch"], dtype=np.int64)
         self._made_epoch = np.asarray(state["made_epoch"], dtype=np.int64)
         transform = self.feature_fn
-        self.reservoir.load_state_dict(state["reservoir"], lambda pairs: self.loader.fetch_rows(pairs, transform))
+        self.reservoir_.load_state_dict(state["reservoir"], lambda pairs: self._rows.fetch(pairs, transform))
 
     def __repr__(self) -> str:
         return f"ClassBalancer(sampling_strategy={self.sampling_strategy!r}, synthesizer={self.synthesizer!r})"
-
-def _permute(out: dict, perm: np.ndarray) -> dict:
-    idx = torch.from_numpy(perm).to(out["labels"].device)
-    for k in ("images", "labels", "is_synthetic", "is_padding"):
-        out[k] = out[k][idx]
-    for k in ("keys", "urls", "provenance"):
-        out[k] = [out[k][i] for i in perm.tolist()]
-    return out

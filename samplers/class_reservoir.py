@@ -106,6 +106,14 @@ class ClassReservoir:
         labels = torch.cat([torch.full((len(p),), c, dtype=torch.int64, device=p.device) for p, c in parts])
         return feats, labels
 
+    def pool_offset(self, c: int) -> int:
+        """Where class ``c``'s rows start in :meth:`pool` (classes in order)."""
+        return int(self.size[:c].sum())
+
+    def pool_entries(self) -> list[tuple[str, str]]:
+        """The ``(shard, key)`` of every row of :meth:`pool`, in the same order."""
+        return [e for c in range(self.num_classes) for e in self.entries[c][: self.size[c]]]
+
     def memory_bytes(self) -> int:
         """Bytes held: stored samples plus, for synthesized classes, float copies and distances."""
         return sum(t.numel() * t.element_size() for d in (self.storage, self._float, self._dist) for t in d.values())

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from imblearn.utils import check_sampling_strategy
 
 
 def synthetic_targets(sampling_strategy, class_counts: Sequence[int]) -> dict[int, int]:
@@ -27,6 +26,8 @@ def synthetic_targets(sampling_strategy, class_counts: Sequence[int]) -> dict[in
     present = np.flatnonzero(counts)
     if len(present) < 2:
         raise ValueError(f"balancing needs at least two classes with samples, got class counts {counts.tolist()}")
+    from imblearn.utils import check_sampling_strategy     # imported when used: streamaug.samplers needs torch + numpy only
+
     y = np.repeat(np.arange(len(counts)), counts)
     resolved = check_sampling_strategy(sampling_strategy, y, "over-sampling")
     return {int(c): int(n) for c, n in resolved.items() if n > 0}

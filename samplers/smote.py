@@ -4,96 +4,10 @@ Each synthetic point is ``x_new = x_i + u·(x_j − x_i)`` with ``x_i`` a seed d
 uniformly from the class's reservoir, ``x_j`` one of its ``k`` nearest
 same-class neighbours there (``torch.cdist``), and ``u ~ U[0, 1)``. The label is
 the seed's class.
-
-Few samples: with ``n`` seen samples of a class and ``n ≤ k``, ``k`` drops to
-``n − 1`` (a warning, once per class); with ``n = 1`` the sample is repeated
-(random oversampling), since there is no segment to draw from.
 """
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
-
-import numpy as np
-import torch
-
-from .class_reservoir import ClassReservoir
-from .neighbours import nearest_by_distance
-
-Entry = tuple[str, str]          # (shard url, sample key)
-
-
-@dataclass
-class Choice:
-    """Seeds and partners chosen for ``count`` new rows (float rows, flattened)."""
-    seeds: torch.Tensor
-    partners: torch.Tensor
-    u: np.ndarray
-    seed_entries: list[Entry]
-    partner_entries: list[Entry | None]
-
-
-@dataclass
-class Synthetic:
-    values: torch.Tensor                  # float (count, *shape)
-    seed_entries: list[Entry]
-    partner_entries: list[Entry | None]   # None: a plain repeat of the seed
-    u: np.ndarray
-
-
-def take(members: torch.Tensor, entries: list[Entry], idx: np.ndarray) -> tuple[torch.Tensor, list[Entry]]:
-    return members[torch.from_numpy(idx).to(members.device)], [entries[i] for i in idx.tolist()]
-
-
-class Synthesizer:
-    """Base: ``choose`` seeds and partners for class ``c``; ``synthesize`` interpolates."""
-
-    def __init__(self, k_neighbors: int = 5):
-        if not isinstance(k_neighbors, int) or isinstance(k_neighbors, bool) or k_neighbors < 1:
-            raise ValueError(f"k_neighbors must be an int >= 1, got {k_neighbors!r}")
-        self.k_neighbors = k_neighbors
-        self._warned: set[tuple[str, int]] = set()
-
-    def effective_k(self, n: int, c: int) -> int:
-        if n <= self.k_neighbors and ("k", c) not in self._warned:
-            self._warned.add(("k", c))
-            warnings.warn(f"class {c} has {n} samples in the reservoir, fewer than k_neighbors+1="
-                          f"{self.k_neighbors + 1}; using k={n - 1}"
-                          + (" (the single sample is repeated)" if n == 1 else ""), RuntimeWarning, stacklevel=3)
-        return min(self.k_neighbors, n - 1)
-
-    def synthesize(self, reservoir: ClassReservoir, c: int, count: int, rng: np.random.Generator) -> Synthetic:
-        members = reservoir.members(c)
-        n = len(members)
-        if n == 0:
-            raise ValueError(f"class {c} has no samples in the reservoir yet; nothing to synthesize from")
-        flat = reservoir.flat_members(c)
-        k = self.effective_k(n, c)
-        if k == 0:
-            rows, entries = take(flat, reservoir.entries[c], np.zeros(count, dtype=np.int64))
-            return Synthetic(rows.view(count, *members.shape[1:]), entries, [None] * count, np.zeros(count))
-        ch = self.choose(reservoir, c, flat, k, count, rng)
-        x_i, x_j = ch.seeds.float(), ch.partners
-        ut = torch.from_numpy(ch.u).to(x_i.device, x_i.dtype).view(-1, 1)
-        values = x_i.add_(ut * (x_j - x_i))
-        return Synthetic(values.view(count, *members.shape[1:]), ch.seed_entries, ch.partner_entries, ch.u)
-
-    def choose(self, reservoir: ClassReservoir, c: int, flat: torch.Tensor, k: int, count: int,
-               rng: np.random.Generator) -> Choice:
-        raise NotImplementedError
-
-    @staticmethod
-    def same_class_choice(reservoir, c, flat, seeds: np.ndarray, k: int, rng, u: np.ndarray) -> Choice:
-        """Partners: one of each seed's k nearest same-class reservoir points."""
-        seeds_t = torch.from_numpy(seeds).to(flat.device)
-        knn = nearest_by_distance(reservoir.distances(c)[seeds_t], k, exclude=seeds_t).cpu().numpy()
-        partners = knn[np.arange(len(seeds)), rng.integers(0, k, len(seeds))]
-        x_i, seed_entries = take(flat, reservoir.entries[c], seeds)
-        x_j, partner_entries = take(flat, reservoir.entries[c], partners)
-        return Choice(x_i, x_j, u, seed_entries, partner_entries)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(k_neighbors={self.k_neighbors})"
+from .synthesizer import Synthesizer
 
 
 class SMOTE(Synthesizer):
@@ -102,21 +16,3 @@ class SMOTE(Synthesizer):
     def choose(self, reservoir, c, flat, k, count, rng):
         seeds = rng.integers(0, len(flat), count)
         return self.same_class_choice(reservoir, c, flat, seeds, k, rng, rng.random(count))
-
-
-class RandomOversampler(Synthesizer):
-    """``synthesizer=None``: repeat random reservoir members of the class (no
-    interpolation); the augmentation ops then make the repeats differ."""
-
-    def __init__(self):
-        super().__init__(k_neighbors=1)
-
-    def synthesize(self, reservoir: ClassReservoir, c: int, count: int, rng: np.random.Generator) -> Synthetic:
-        members = reservoir.members(c)
-        if len(members) == 0:
-            raise ValueError(f"class {c} has no samples in the reservoir yet; nothing to repeat")
-        rows, entries = take(members, reservoir.entries[c], rng.integers(0, len(members), count))
-        return Synthetic(rows.float(), entries, [None] * count, np.zeros(count))
-
-    def __repr__(self) -> str:
-        return "RandomOversampler()"

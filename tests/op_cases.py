@@ -24,8 +24,8 @@ OPS = {
 }
 MIX_OPS = {"mixup": lambda p=1.0, seed=None: MixUp(0.4, p=p, seed=seed),
            "cutmix": lambda p=1.0, seed=None: CutMix(1.0, p=p, seed=seed)}
-# DALI draws its own noise field (same σ per row), so a DALI call with noise replays its σ, not its field.
-REPLAY_EXACT = {(name, be) for name in OPS for be in BACKENDS} - {("noise", "dali")}
+# Every random quantity is a parameter (noise fields come from a parameter seed), so every call replays.
+REPLAY_EXACT = {(name, be) for name in OPS for be in BACKENDS}
 
 
 def grid():

@@ -165,7 +165,7 @@ def test_reservoir_bound_is_respected(tmp_path):
     loader = StreamLoader(index.urls, batch_size=32, balance=balancer)
     counts, _ = epoch_counts(loader)
     assert counts == imblearn_counts(labels, "auto")
-    res = balancer.reservoir
+    res = balancer.reservoir_
     assert (res.size == 16).all()
     # every real sample was offered; warm-up samples evicted before they streamed by are offered twice
     extra = res.seen - np.bincount(labels)

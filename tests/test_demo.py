@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 from PIL import Image
 
 from streamaug.benchmarks import preview
-from streamaug.loader.cli import main as cli
+from streamaug.cli import main as cli
 
 
 def test_tiny_demo_writes_table_json_and_pictures(tmp_path, capsys):
@@ -50,3 +51,10 @@ def test_demo_rejects_bad_options(tmp_path, capsys):
     assert "--steps must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--data must be a folder"):
         cli(["demo", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)])
+
+
+def test_demo_and_preview_say_plainly_when_matplotlib_is_missing(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)        # import matplotlib now raises ImportError
+    for command in ("demo", "preview"):
+        assert cli([command, "--help"]) == 2
+        assert f"streamaug {command} needs matplotlib" in capsys.readouterr().err

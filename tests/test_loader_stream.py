@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from shard_factory import index_of_key, make_shards
+from streamaug.benchmarks.demo_data import load_digits_32
 from streamaug.loader import ShardIndex, StreamLoader, expand_urls, write_shards
 
 
@@ -143,8 +144,11 @@ def test_image_folder_source(tmp_path):
 
 
 def test_digits_source_and_resize(tmp_path):
-    index = write_shards("digits", str(tmp_path), maxcount=600, progress=False)
+    index = write_shards(load_digits_32(), str(tmp_path), maxcount=600, progress=False)
     assert index.total == 1797 and index.image_shape == (32, 32, 1) and index.num_classes == 10
+    with pytest.warns(DeprecationWarning, match="load_digits_32"):
+        old = write_shards("digits", str(tmp_path / "old"), maxcount=600, progress=False)
+    assert old.class_counts == index.class_counts
     x, _ = next(iter(StreamLoader(index.urls, batch_size=4, resize=(20, 24))))
     assert x.shape == (4, 1, 20, 24)
 

@@ -33,6 +33,16 @@ def test_noise_empirical_std_and_row_independence(backend, device, std):
     assert abs(d.mean().item()) < std / 20
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_noise_is_the_same_field_on_both_backends(device, dtype):
+    x = images(dtype=dtype, device=device)
+    y, aug = run(GaussianNoise((0.02, 0.1)), x, "kornia", seed=4)
+    z = Compose([GaussianNoise((0.02, 0.1))], backend="dali")(x, params=aug.last_params)
+    diff = (y.double() - z.double()).abs() * (1 if dtype == torch.uint8 else 255)
+    assert float(diff.max()) <= 1.0 + 1e-3 and float(diff.mean()) < 0.01, "only rounding may differ"
+
+
 @pytest.mark.parametrize("backend,device", GRID)
 def test_noise_is_clipped_to_the_valid_range(backend, device):
     x = images(dtype=torch.float32, device=device)

@@ -5,13 +5,19 @@ as a CPU-only pipeline with ``device_id=None``. The fused warp is
 ``fn.warp_affine`` with ``inverse_map=True`` (its default): our forward matrix
 ``M`` (integer pixel centres) is inverted and moved to DALI's convention of
 pixel centres at ``+0.5``: ``T(0.5) · M⁻¹ · T(−0.5)``.
+
+Nothing in the graph draws randomness: every random quantity is an op parameter
+drawn by the op (on the host) and fed per call, and per-pixel fields (Gaussian
+noise) are drawn with torch on the images' device from a parameter seed. A call
+is therefore a pure function of its parameters: it replays exactly and resumes
+exactly, whatever pipelines were built before.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..geometric.affine_matrix import flip_axes, is_identity
+from .dali_pipelines import PIPELINES, capacity_for, dali_device_id, dali_to_torch
 
 
 def dali_matrices(m: torch.Tensor) -> list[np.ndarray]:
@@ -23,23 +29,19 @@ def dali_matrices(m: torch.Tensor) -> list[np.ndarray]:
 
 
 class DaliRunner:
-    """Builds one pipeline per (stages, dtype, device, batch capacity) and reuses it."""
+    """Runs a ``Compose`` as one DALI pipeline per (stages, dtype, device, batch capacity)."""
 
     def __init__(self, num_threads: int = 2):
         self.num_threads = num_threads
-        self._pipes: dict[tuple, object] = {}
+        self._token = object()             # this runner's pipelines in the shared cache
 
-    def _pipeline(self, compose, uint8: bool, device_id: int | None, capacity: int):
-        key = (tuple((k, tuple(i)) for k, i in compose.stages), uint8, device_id, capacity)
-        if key in self._pipes:
-            return self._pipes[key]
+    def _build(self, compose, uint8: bool, device_id: int | None, capacity: int):
         from nvidia.dali import fn, pipeline_def, types
 
         gpu = device_id is not None
 
         @pipeline_def(batch_size=capacity, num_threads=self.num_threads, device_id=device_id,
-                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False,
-                      seed=int(compose.ops[0].rng.integers(0, 2**31)))
+                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False, seed=0)
         def build():
             x = fn.external_source(name="images", layout="HWC", device="gpu" if gpu else "cpu",
                                    dtype=types.UINT8 if uint8 else types.FLOAT)
@@ -51,37 +53,37 @@ class DaliRunner:
                     op = compose.ops[indices[0]]
                     args = {a: fn.external_source(name=f"a{s}_{a}", dtype=types.FLOAT)
                             for a in op.dali_argument_names}
+                    args.update({f: fn.external_source(name=f"a{s}_{f}", dtype=types.FLOAT, layout="HWC",
+                                                       device="gpu" if gpu else "cpu")
+                                 for f in op.dali_field_names})
                     x = op.dali_apply(fn, x, args, uint8)
             return x
 
-        pipe = build()
-        pipe.build()
-        self._pipes[key] = pipe
-        return pipe
+        return build()
 
     def __call__(self, compose, images: torch.Tensor, params) -> torch.Tensor:
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
         n, c, h, w = images.shape
         uint8 = images.dtype == torch.uint8
-        device_id = images.device.index if images.device.type == "cuda" else None
-        if device_id is None and images.device.type == "cuda":
-            device_id = torch.cuda.current_device()
-        capacity = 1 << max(0, (n - 1).bit_length())          # few rebuilds across batch sizes
-        pipe = self._pipeline(compose, uint8, device_id, capacity)
+        device_id = dali_device_id(images.device)
+        capacity = capacity_for(n)
+        key = (self._token, tuple((k, tuple(i)) for k, i in compose.stages), uint8, device_id, capacity)
+        pipe = PIPELINES.get(key, lambda: self._build(compose, uint8, device_id, capacity))
         src = images if uint8 else images.float()
         hwc = src.permute(0, 2, 3, 1).contiguous()
-        pipe.feed_input("images", hwc if device_id is not None else hwc.numpy())
-        for s, (kind, indices) in enumerate(compose.stages):
-            if kind == "warp":
-                pipe.feed_input(f"m{s}", dali_matrices(compose.fused_matrix(indices, params, h, w)))
-            else:
+        try:
+            pipe.feed_input("images", hwc if device_id is not None else hwc.numpy())
+            for s, (kind, indices) in enumerate(compose.stages):
+                if kind == "warp":
+                    pipe.feed_input(f"m{s}", dali_matrices(compose.fused_matrix(indices, params, h, w)))
+                    continue
                 op = compose.ops[indices[0]]
                 for name, values in op.dali_arguments(params[indices[0]]).items():
                     pipe.feed_input(f"a{s}_{name}", [np.asarray(v, np.float32) for v in values])
-        (out,) = pipe.run()
-        dense = out.as_tensor()
-        result = torch.empty((n, h, w, c), dtype=src.dtype, device=images.device)
-        feed_ndarray(dense, result, cuda_stream=torch.cuda.current_stream() if device_id is not None else None)
-        result = result.permute(0, 3, 1, 2).contiguous()
+                for name, field in op.dali_fields(params[indices[0]], hwc.shape, images.device, uint8).items():
+                    pipe.feed_input(f"a{s}_{name}", field if device_id is not None else field.numpy())
+            (out,) = pipe.run()
+        except Exception:
+            PIPELINES.discard(key)           # DALI leaves a pipeline unusable after an error
+            raise
+        result = dali_to_torch(out, src.dtype, images.device).permute(0, 3, 1, 2).contiguous()
         return result if uint8 else result.clamp_(0, 1).to(images.dtype)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from kornia.geometry.conversions import normalize_homography
 
+from streamaug.core.transfer import to_device
+
 from ..base import from_float, to_float
 from ..geometric.affine_matrix import flip_axes, is_identity
 
@@ -23,7 +25,7 @@ def sampling_grid(forward: torch.Tensor, height: int, width: int, device, dtype=
     the inverse map, in Kornia's normalized [-1, 1] coordinates.
     """
     inverse = normalize_homography(torch.linalg.inv(forward), (height, width), (height, width))
-    t = inverse[:, :2].to(device=device, dtype=dtype).view(-1, 2, 3, 1, 1)
+    t = to_device(inverse[:, :2].to(dtype), device).view(-1, 2, 3, 1, 1)
     xs = torch.linspace(-1, 1, width, device=device, dtype=dtype).view(1, 1, width)
     ys = torch.linspace(-1, 1, height, device=device, dtype=dtype).view(1, height, 1)
     grid = torch.empty(forward.shape[0], height, width, 2, device=device, dtype=dtype)
@@ -46,12 +48,12 @@ def warp_rows(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     out = x.clone()
     for mask, dims in ((fx & ~fy, (-1,)), (fy & ~fx, (-2,)), (fx & fy, (-2, -1))):
         if bool(mask.any()):
-            idx = mask.nonzero().squeeze(1).to(x.device)
+            idx = to_device(mask.nonzero().squeeze(1), x.device)
             out[idx] = x[idx].flip(dims)
     if bool(general.any()):
         rows = general.nonzero().squeeze(1)
         grid = sampling_grid(m[rows], h, w, x.device, x.dtype)
-        idx = rows.to(x.device)
+        idx = to_device(rows, x.device)
         out[idx] = F.grid_sample(x[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return out
 

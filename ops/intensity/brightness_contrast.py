@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from streamaug.core.transfer import to_device
+
 from ..base import IntensityOp, Params, check_range
 
 
@@ -35,7 +37,7 @@ class BrightnessContrast(IntensityOp):
                 torch.where(params["apply"], params["contrast"], one))
 
     def apply_torch(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        b, c = (f.to(x.device).view(-1, 1, 1, 1) for f in self.factors(params))
+        b, c = (to_device(f, x.device).view(-1, 1, 1, 1) for f in self.factors(params))
         return x.sub(0.5).mul_(c).add_(0.5).mul_(b)
 
     dali_argument_names = ("brightness", "contrast")

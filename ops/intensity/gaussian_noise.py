@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
 
-from streamaug.loader.seeding import derive_seed
+from streamaug.core.seeding import derive_seed
+from streamaug.core.transfer import to_device
 
 from ..base import IntensityOp, Params, check_range
 
@@ -48,10 +48,9 @@ class GaussianNoise(IntensityOp):
     """Add ``N(0, σ²)`` per pixel, ``σ ~ U(std)`` per row (``std`` on the [0, 1]
     scale, a number means that exact σ), then clip to the valid range.
 
-    The noise field is drawn on the images' device from ``params["noise_seed"]``,
-    so a call replays exactly on the Kornia backend. DALI draws its own field
-    (``fn.noise.gaussian``) from the pipeline's seed: same σ per row, same
-    distribution, a different field.
+    The noise field is drawn on the images' device from ``params["noise_seed"]``
+    (``gaussian_field``), on both backends: the DALI pipeline is fed the same field
+    and adds it. A call therefore replays exactly on either backend.
     """
 
     def __init__(self, std=0.05, p: float = 1.0, seed: int | None = None):
@@ -68,17 +67,24 @@ class GaussianNoise(IntensityOp):
         return torch.where(params["apply"], params["std"], torch.zeros_like(params["std"]))
 
     def apply_torch(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        sigma = self.row_std(params).to(x.device)
+        sigma = self.row_std(params)
         if not bool((sigma > 0).any()):
             return x
         noise = gaussian_field(x.shape, int(params["noise_seed"]), x.device)
-        return x.addcmul_(noise, sigma.view(-1, 1, 1, 1).to(x.dtype)) if x.is_floating_point() else x
+        return x.addcmul_(noise, to_device(sigma, x.device).view(-1, 1, 1, 1).to(x.dtype))
 
-    dali_argument_names = ("stddev",)
+    dali_field_names = ("noise",)
 
-    def dali_arguments(self, params: Params) -> dict[str, list[np.ndarray]]:
-        return {"stddev": [np.float32(s) for s in self.row_std(params).tolist()]}
+    def dali_fields(self, params: Params, shape_nhwc: torch.Size, device: torch.device,
+                    uint8: bool) -> dict[str, torch.Tensor]:
+        n, h, w, c = shape_nhwc
+        sigma = self.row_std(params) * (255.0 if uint8 else 1.0)
+        field = gaussian_field(torch.Size((n, c, h, w)), int(params["noise_seed"]), device)
+        field.mul_(to_device(sigma, device).view(-1, 1, 1, 1))
+        return {"noise": field.permute(0, 2, 3, 1).contiguous()}
 
     def dali_apply(self, fn, images, arguments: dict, uint8: bool):
-        scale = 255.0 if uint8 else 1.0
-        return fn.noise.gaussian(images, stddev=arguments["stddev"] * scale)
+        from nvidia.dali import types
+
+        noisy = images + arguments["noise"]
+        return fn.cast(noisy, dtype=types.UINT8) if uint8 else noisy     # the cast saturates

@@ -6,6 +6,8 @@ import math
 import numpy as np
 import torch
 
+from streamaug.core.transfer import to_device
+
 from ..base import IntensityOp, Params, check_range
 
 
@@ -39,7 +41,7 @@ class RandomErasing(IntensityOp):
         return box
 
     def apply_torch(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        box = self.boxes(params).to(x.device)
+        box = to_device(self.boxes(params), x.device)
         h, w = x.shape[-2:]
         ys = torch.arange(h, device=x.device).view(1, h, 1)
         xs = torch.arange(w, device=x.device).view(1, 1, w)

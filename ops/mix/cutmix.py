@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from streamaug.core.transfer import to_device
+
 from ..base import Params
 from .mix_base import MixOp
 
@@ -30,10 +32,12 @@ class CutMix(MixOp):
 
     def mix_images(self, images: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         n, _, h, w = images.shape
-        y0, y1, x0, x1 = (params["box"][:, i].to(images.device).view(-1, 1, 1) for i in range(4))
+        box = params["box"] * params["apply"].view(-1, 1)             # rows not mixed paste nothing
+        y0, y1, x0, x1 = to_device(box, images.device).view(n, 4, 1, 1).unbind(1)
         ys = torch.arange(h, device=images.device).view(1, h, 1)
         xs = torch.arange(w, device=images.device).view(1, 1, w)
-        inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1) & params["apply"].to(images.device).view(-1, 1, 1)
-        mixed = torch.where(inside.unsqueeze(1), images[params["perm"].to(images.device)], images)
-        lam = 1.0 - inside.flatten(1).sum(1).float().cpu() / float(h * w)
-        return mixed, lam
+        inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+        mixed = torch.where(inside.unsqueeze(1), images[to_device(params["perm"], images.device)], images)
+        # the pasted area, from the box on the host (the same count as ``inside``, no device read-back)
+        area = (box[:, 1] - box[:, 0]) * (box[:, 3] - box[:, 2])
+        return mixed, 1.0 - area.float() / float(h * w)

@@ -7,6 +7,8 @@ import numbers
 
 import torch
 
+from streamaug.core.transfer import to_device
+
 from ..base import Op, Params, check_images
 
 
@@ -46,14 +48,14 @@ class MixOp(Op):
         check_images(images)
         if labels.shape[0] != images.shape[0]:
             raise ValueError(f"labels have {labels.shape[0]} rows but images have {images.shape[0]}")
-        targets = one_hot(labels, num_classes or self.num_classes).to(images.device)
+        targets = to_device(one_hot(labels, num_classes or self.num_classes), images.device)
         n, _, h, w = images.shape
         if params is None:
             params = self.generate_parameters(n, h, w)
         self.last_params = params
         mixed, lam = self.mix_images(images, params)
-        lam = lam.to(images.device).view(-1, 1)
-        perm = params["perm"].to(images.device)
+        lam = to_device(lam, images.device).view(-1, 1)
+        perm = to_device(params["perm"], images.device)
         return mixed, lam * targets + (1 - lam) * targets[perm]
 
     def mix_images(self, images: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:

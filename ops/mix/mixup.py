@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from streamaug.core.transfer import to_device
+
 from ..base import Params, from_float, to_float
 from .mix_base import MixOp
 
@@ -23,7 +25,7 @@ class MixUp(MixOp):
     def mix_images(self, images: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         lam = self.row_lambda(params)
         x = to_float(images)
-        partner = x[params["perm"].to(x.device)]
+        partner = x[to_device(params["perm"], x.device)]
         # λ·x + (1 − λ)·partner, written into x in one pass
-        torch.lerp(partner, x, lam.to(x.device, x.dtype).view(-1, 1, 1, 1), out=x)
+        torch.lerp(partner, x, to_device(lam.to(x.dtype), x.device).view(-1, 1, 1, 1), out=x)
         return from_float(x, images), lam

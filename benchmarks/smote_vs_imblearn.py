@@ -1,6 +1,6 @@
 """Streaming SMOTE (``ClassBalancer``) vs imbalanced-learn's ``SMOTE.fit_resample``.
 
-    python -m streamaug.benchmarks.smote --json benchmarks/results/smote_cpu.json
+    python -m streamaug.benchmarks.smote_vs_imblearn --json benchmarks/results/smote_cpu.json
 
 Data: 3×32×32 images, 10% minority (binary), k=5, ``sampling_strategy="auto"``
 (the minority is synthesized up to the majority: 0.8·N new samples). Each
@@ -48,6 +48,7 @@ def run_imblearn(n: int) -> dict:
 def run_streamaug(n: int, batch: int = 256) -> dict:
     import torch
 
+    from streamaug.core import BatchInFlight
     from streamaug.samplers import SMOTE, ClassBalancer
 
     y = labels_for(n)
@@ -63,15 +64,15 @@ def run_streamaug(n: int, batch: int = 256) -> dict:
         labels = torch.from_numpy(y[done:done + m])
         keys = [str(i) for i in range(done, done + m)]
         s = round(total_synth * (done + m) / n) - round(total_synth * done / n)
-        item = {"images": images, "labels": labels, "keys": keys, "urls": ["stream"] * m,
-                "is_padding": torch.zeros(m, dtype=torch.bool), "batch_id": batch_id}
+        item = BatchInFlight(images=images, labels=labels, keys=keys, urls=["stream"] * m,
+                             is_padding=torch.zeros(m, dtype=torch.bool), batch_id=batch_id)
         start = time.perf_counter()
         out = balancer(item, s)
         busy += time.perf_counter() - start
-        made += int(out["is_synthetic"].sum())
+        made += int(out.is_synthetic.sum())
         done += m
         batch_id += 1
-    return {"synthetic": made, "seconds": busy, "reservoir_mib": balancer.reservoir.memory_bytes() / 2**20}
+    return {"synthetic": made, "seconds": busy, "reservoir_mib": balancer.reservoir_.memory_bytes() / 2**20}
 
 
 def child(method: str, n: int) -> None:
@@ -91,7 +92,7 @@ def rss_mib(pid: int) -> float:
 
 
 def measure(method: str, n: int, mem_limit_gib: float, timeout: float) -> dict:
-    proc = subprocess.Popen([sys.executable, "-m", "streamaug.benchmarks.smote", "--child", method, str(n)],
+    proc = subprocess.Popen([sys.executable, "-m", "streamaug.benchmarks.smote_vs_imblearn", "--child", method, str(n)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak, start = 0.0, time.time()
     while proc.poll() is None:

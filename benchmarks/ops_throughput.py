@@ -1,7 +1,7 @@
 """Augmentation throughput on one uint8 batch: streamaug (fused, each backend) vs Kornia's
 ``AugmentationSequential`` (one pass per op) vs albumentations per sample in DataLoader workers.
 
-    python -m streamaug.benchmarks.ops --json benchmarks/results/ops_cpu.json
+    python -m streamaug.benchmarks.ops_throughput --json benchmarks/results/ops_cpu.json
 
 Ops: horizontal flip p=.5, rotate ±30°, shear ±15° (x and y), Gaussian noise σ=0.05
 (on the [0, 1] scale), optionally MixUp α=0.2; batch 256 at 32×32 and 224×224.

@@ -1,0 +1,72 @@
+"""The ``streamaug`` command: ``shards``, ``demo``, ``preview`` and ``bench``.
+
+It sits above every layer: it may import the loader, ops, samplers and the
+benchmarks; nothing imports it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommands that live in other modules (imported only when used), and the packages they need
+# beyond the required ones.
+_ENTRY = {"demo": ("streamaug.benchmarks.demo", ("matplotlib",)),
+          "preview": ("streamaug.benchmarks.preview", ("matplotlib",)),
+          "bench": ("streamaug.benchmarks.run", ("matplotlib",))}
+
+
+def _missing(packages: tuple[str, ...]) -> list[str]:
+    missing = []
+    for name in packages:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def _shards(args: argparse.Namespace) -> int:
+    from streamaug.loader import write_shards
+
+    source = args.source
+    if source == "digits":
+        from streamaug.benchmarks.demo_data import load_digits_32
+
+        source = load_digits_32()
+    elif source.endswith(".npz"):
+        import numpy as np
+
+        with np.load(source, allow_pickle=False) as z:
+            source = (z["images"], z["labels"])
+    index = write_shards(source, args.out, prefix=args.prefix, image_format=args.format,
+                         maxcount=args.maxcount, maxsize=args.maxsize, shuffle_seed=args.seed)
+    print(f"wrote {len(index.shards)} shards, {index.total} samples, class counts {index.class_counts} "
+          f"-> {index.source}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _ENTRY:
+        module, needs = _ENTRY[argv[0]]
+        missing = _missing(needs)
+        if missing:
+            print(f"streamaug {argv[0]} needs {', '.join(missing)}, which is not installed: "
+                  f"pip install 'streamaug[bench]'", file=sys.stderr)
+            return 2
+        return importlib.import_module(module).main(argv[1:]) or 0
+    parser = argparse.ArgumentParser(prog="streamaug", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in _ENTRY:
+        sub.add_parser(name, help=f"see `streamaug {name} --help`", add_help=False)
+    p = sub.add_parser("shards", help="write WebDataset shards + index.json")
+    p.add_argument("source", help="image folder (one subfolder per class), an .npz with images/labels, or 'digits'")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--prefix", default="train")
+    p.add_argument("--format", default="npy", choices=["npy", "png", "jpg"])
+    p.add_argument("--maxcount", type=int, default=1000)
+    p.add_argument("--maxsize", type=float, default=3e8)
+    p.add_argument("--seed", type=int, default=0, help="write order shuffle seed")
+    args = parser.parse_args(argv)
+    return _shards(args)

@@ -1,0 +1,5 @@
+import sys
+
+from streamaug.cli import main
+
+sys.exit(main())

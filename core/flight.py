@@ -1,0 +1,81 @@
+"""The batch in flight: what travels from a worker through the plug-in stages.
+
+Every field is defined here, once. Workers fill the host side; the loader moves
+``images`` to the device (``pin_memory`` makes that copy asynchronous); the balancer
+appends rows; the loader turns it into the user's :class:`streamaug.loader.Batch`.
+Labels and masks stay on the host until the end, so counting and planning never
+wait for the device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .transfer import to_device
+
+
+@dataclass
+class BatchInFlight:
+    """One batch between a worker and the user.
+
+    ``images`` is uint8 NCHW (on the host from a worker, on the device after the feed);
+    with ``decode="dali"`` it is empty and ``encoded`` holds each row's bytes until the
+    loader decodes them. ``labels``, ``is_padding`` and ``is_synthetic`` are host
+    tensors, one entry per row; ``provenance`` holds, per row, ``None`` (a real row) or
+    ``{"seed": (url, key), "neighbour": (url, key) | None, "u": float}``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    keys: list[str]
+    urls: list[str]
+    is_padding: torch.Tensor
+    batch_id: int
+    stats: dict = field(default_factory=dict)           # worker counters since its previous batch
+    encoded: list[bytes] | None = None
+    is_synthetic: torch.Tensor | None = None
+    provenance: list | None = None
+    last: bool | None = None                             # no index: whether this is the epoch's last batch
+
+    def __post_init__(self):
+        n = len(self.labels)
+        if self.is_synthetic is None:
+            self.is_synthetic = torch.zeros(n, dtype=torch.bool)
+        if self.provenance is None:
+            self.provenance = [None] * n
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def real(self) -> torch.Tensor:
+        """Host mask of rows read from shards (not padding, not synthetic)."""
+        return ~self.is_padding & ~self.is_synthetic
+
+    def pin_memory(self) -> "BatchInFlight":
+        """Called by DataLoader's pin-memory thread: page-lock what goes to the device."""
+        self.images = self.images.pin_memory()
+        self.labels = self.labels.pin_memory()
+        return self
+
+    def extend(self, images: torch.Tensor, labels: list[int], keys: list[str], urls: list[str],
+               provenance: list, synthetic: list[bool], padding: list[bool]) -> None:
+        """Append rows (``images`` already in this batch's dtype and on its device)."""
+        self.images = torch.cat([self.images, images]) if len(self.images) else images
+        self.labels = torch.cat([self.labels, torch.tensor(labels, dtype=torch.int64)])
+        self.keys, self.urls = self.keys + list(keys), self.urls + list(urls)
+        self.provenance = self.provenance + list(provenance)
+        self.is_synthetic = torch.cat([self.is_synthetic, torch.tensor(synthetic, dtype=torch.bool)])
+        self.is_padding = torch.cat([self.is_padding, torch.tensor(padding, dtype=torch.bool)])
+
+    def permute(self, perm: np.ndarray) -> None:
+        """Reorder every row field by ``perm``."""
+        host = torch.from_numpy(np.asarray(perm, dtype=np.int64))
+        self.images = self.images[to_device(host, self.images.device)]
+        self.labels, self.is_padding, self.is_synthetic = self.labels[host], self.is_padding[host], self.is_synthetic[host]
+        order = host.tolist()
+        self.keys = [self.keys[i] for i in order]
+        self.urls = [self.urls[i] for i in order]
+        self.provenance = [self.provenance[i] for i in order]
