@@ -32,7 +32,7 @@ import xml.etree.ElementTree as ET
 import torch
 
 TARGETS = {"vs_albumentations_jpg224": 3.0, "vs_dali_only": 1.0, "feed_ratio": 0.95, "smote_cost": 0.10}
-SIZES = {"full": {"npy32": 20000, "jpg224": 4000, "repeats": 2},
+SIZES = {"full": {"npy32": 30000, "jpg224": 6000, "repeats": 2},
          "dry": {"npy32": 256, "jpg224": 32, "repeats": 1}}
 ORDER = {   # the target cells first
     "jpg224": ["streamaug-kornia+nvjpeg", "dataloader-albumentations", "dali-only", "streamaug-dali+nvjpeg",
