@@ -38,6 +38,7 @@ class BatchInFlight:
     is_synthetic: torch.Tensor | None = None
     provenance: list | None = None
     last: bool | None = None                             # no index: whether this is the epoch's last batch
+    slot_offset: int | None = None                       # planned synthetic slots used by earlier batches
 
     def __post_init__(self):
         n = len(self.labels)

@@ -55,12 +55,17 @@ class Mixer(SeededStage, Protocol):
 class RowSource(Protocol):
     """Reads chosen samples out of the shards, decoded, as rows on the loader's device."""
 
+    def labels(self, wanted: Callable[[int], bool]) -> Iterator[tuple[str, str, int]]:
+        """``(url, key, label)`` in index order for labels satisfying ``wanted``; nothing is decoded."""
+
     def scan(self, wanted: Callable[[int], bool]) -> Iterator[Row]:
         """Samples in index order whose label satisfies ``wanted`` (bad samples passed over)."""
 
     def fetch(self, pairs: list[tuple[str, str]],
-              transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[tuple[str, str], torch.Tensor]:
-        """``(url, key)`` pairs → rows; ``transform`` maps a stack of them (e.g. to features)."""
+              transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              missing: str = "raise") -> dict[tuple[str, str], torch.Tensor]:
+        """``(url, key)`` pairs → rows; ``transform`` maps a stack of them (e.g. to features).
+        ``missing="skip"`` leaves out pairs that cannot be read instead of raising."""
 
 
 class StatsSink(Protocol):
@@ -78,6 +83,7 @@ class BindContext:
     rows: RowSource
     stats: StatsSink
     augmented: bool                      # an augment= stage follows the balancer
+    seed: int = 0                        # the balancer's base seed, the same on every rank
 
 
 @runtime_checkable

@@ -4,11 +4,12 @@ from streamaug.core.seeding import derive_seed
 from .batch import Batch
 from .epoch_plan import EpochPlan, plan_epoch
 from .errors import LoaderStats, StreamError
+from .output_format import OutputFormat
 from .shard_index import ShardIndex, ShardIndexError
 from .shard_writer import write_shards
 from .stream_loader import StreamLoader, expand_urls
 
-__all__ = ["Batch", "EpochPlan", "LoaderStats", "ShardIndex", "ShardIndexError", "StreamError",
+__all__ = ["Batch", "EpochPlan", "LoaderStats", "OutputFormat", "ShardIndex", "ShardIndexError", "StreamError",
            "StreamLoader", "derive_seed", "expand_urls", "plan_epoch", "write_shards"]
 
 

@@ -48,6 +48,15 @@ def _rebuild(reason, full_message, shard, key, value, lost):
     return err
 
 
+class WorkerFailure:
+    """What a DataLoader worker yields instead of raising a :class:`StreamError`:
+    DataLoader would re-raise it as a ``RuntimeError`` without ``reason``/``key``
+    (it rebuilds exceptions from their message), so the loader raises the original."""
+
+    def __init__(self, error: StreamError):
+        self.error = error
+
+
 def check_policy(on_error: str) -> str:
     if on_error not in POLICIES:
         raise ValueError(f"on_error must be one of {POLICIES}, got {on_error!r}")

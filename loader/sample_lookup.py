@@ -34,7 +34,7 @@ class ShardRowSource:
         info = self.index.shard(url)
         return Segment(url, 0, info.count, info.count)
 
-    def _rows(self, urls: Iterable[str], keep: Callable[[str, str, int], bool], on_error: str) -> Iterator[Row]:
+    def _labelled(self, urls: Iterable[str], on_error: str) -> Iterator[tuple[str, dict, int]]:
         handle = ErrorHandler(on_error, LoaderStats())
         for url in urls:
             for raw in read_segment(self._segment(url), handle):
@@ -42,30 +42,44 @@ class ShardRowSource:
                     label = int(raw["cls"])
                 except (KeyError, ValueError):
                     continue
-                if not 0 <= label < self.decoder.num_classes or not keep(url, raw["__key__"], label):
-                    continue
-                try:
-                    image = self.decoder(raw)["image"]
-                except StreamError as e:
-                    handle(e)
-                    continue
-                yield url, raw["__key__"], label, torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device)
+                if 0 <= label < self.decoder.num_classes:
+                    yield url, raw, label
+
+    def labels(self, wanted: Callable[[int], bool]) -> Iterator[tuple[str, str, int]]:
+        """``(url, key, label)`` in index order for labels satisfying ``wanted``; no image is decoded."""
+        for url, raw, label in self._labelled(self.urls, "skip"):
+            if wanted(label):
+                yield url, raw["__key__"], label
+
+    def _rows(self, urls: Iterable[str], keep: Callable[[str, str, int], bool], on_error: str) -> Iterator[Row]:
+        handle = ErrorHandler(on_error, LoaderStats())
+        for url, raw, label in self._labelled(urls, on_error):
+            if not keep(url, raw["__key__"], label):
+                continue
+            try:
+                image = self.decoder(raw)["image"]
+            except StreamError as e:
+                handle(e)
+                continue
+            yield url, raw["__key__"], label, torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device)
 
     def scan(self, wanted: Callable[[int], bool]) -> Iterator[Row]:
         """Samples in index order whose label satisfies ``wanted(label)``; bad samples are passed over."""
         return self._rows(self.urls, lambda url, key, label: wanted(label), "skip")
 
-    def fetch(self, pairs: list[tuple[str, str]], transform=None) -> dict[tuple[str, str], torch.Tensor]:
-        """``(url, key)`` pairs → rows (``transform`` maps a stack of them, e.g. to features)."""
+    def fetch(self, pairs: list[tuple[str, str]], transform=None,
+              missing: str = "raise") -> dict[tuple[str, str], torch.Tensor]:
+        """``(url, key)`` pairs → rows (``transform`` maps a stack of them, e.g. to features);
+        ``missing="skip"`` leaves out what cannot be read instead of raising."""
         wanted: dict[str, set[str]] = {}
         for url, key in pairs:
             wanted.setdefault(url, set()).add(key)
         found = {(url, key): row for url, key, _, row in
-                 self._rows(wanted, lambda url, key, label: key in wanted[url], "raise")}
-        missing = [p for p in pairs if tuple(p) not in found]
-        if missing:
-            raise ValueError(f"saved state names samples that are not in their shards, e.g. {missing[0]!r}")
-        if transform is not None:
+                 self._rows(wanted, lambda url, key, label: key in wanted[url], "raise" if missing == "raise" else "skip")}
+        absent = [p for p in pairs if tuple(p) not in found]
+        if absent and missing == "raise":
+            raise ValueError(f"saved state names samples that are not in their shards, e.g. {absent[0]!r}")
+        if transform is not None and found:
             order = list(found)
             found = dict(zip(order, transform(torch.stack([found[p] for p in order]))))
         return found

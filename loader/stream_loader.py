@@ -13,11 +13,19 @@ Plug-in stages run in the main process on the device, on whole batches:
 ``mixup=`` (``MixUp``/``CutMix``) turns labels into soft targets. Each must meet
 its protocol in :mod:`streamaug.core.plugin` (checked here, when the loader is
 built); each is seeded from the loader's seed unless it was given its own, and
-its state is part of :meth:`StreamLoader.state_dict`.
+reseeded for every batch from ``(seed, epoch, rank, batch)``, so the loader's
+state is its position (see :mod:`streamaug.loader.loader_state`).
+
+DataLoader semantics: every ``iter(loader)`` starts a full pass (only the first
+pass after :meth:`StreamLoader.load_state_dict` resumes mid-epoch); the rank and
+world size are read from ``torch.distributed`` when a pass starts (or ``len()``
+is asked), so a loader built before ``init_process_group`` (as Lightning and
+accelerate scripts do) still shards by rank.
 """
 from __future__ import annotations
 
 import gc
+import itertools
 from collections.abc import Iterator, Sequence
 
 import braceexpand
@@ -33,7 +41,10 @@ from streamaug.core.transfer import to_device
 from .batch import Batch
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan, PlanSpec
-from .errors import ErrorHandler, LoaderStats, check_policy
+from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
+from .errors import ErrorHandler, LoaderStats, WorkerFailure, check_policy
+from .loader_state import restore_state, save_state
+from .output_format import OutputFormat
 from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
 from .shard_index import ShardIndex, default_index_path
@@ -78,7 +89,18 @@ class StreamLoader:
         decode: ``"cpu"`` decodes in the workers; ``"dali"`` ships encoded jpg/png bytes and
             decodes each batch with DALI where it lives (nvJPEG on a GPU).
         balance, augment, mixup: plug-in stages (see the module docs).
-        world_size, rank: override ``torch.distributed``'s.
+        world_size, rank: override ``torch.distributed``'s (otherwise read when a pass starts).
+        dtype, normalize, channels_last: output format, applied last as one fused step
+            (see :class:`~streamaug.loader.output_format.OutputFormat`); default uint8 NCHW.
+
+    DataLoader surface (what Lightning and accelerate look for; see
+    :mod:`streamaug.loader.dataloader_surface`): ``dataset``, ``sampler``,
+    ``batch_sampler``, ``collate_fn``, ``batch_size``, ``drop_last``. ``num_workers``,
+    ``prefetch_factor``, ``pin_memory`` and ``persistent_workers`` describe the loop
+    the caller sees, which yields finished batches in the calling process: ``0``,
+    ``None``, ``False``, ``False``, so that a framework rebuilding a DataLoader over
+    ``dataset`` starts no workers of its own. The loader's own reading and decoding
+    processes are ``read_workers`` (the ``num_workers=`` argument).
     """
 
     def __init__(self, urls: str | Sequence[str], *, batch_size: int, shuffle: int = 1000,
@@ -87,7 +109,8 @@ class StreamLoader:
                  index: str | ShardIndex | None = None, on_error: str = "raise",
                  resize: tuple[int, int] | None = None, balance=None, augment=None, mixup=None,
                  world_size: int | None = None, rank: int | None = None, prefetch_factor: int = 2,
-                 decode: str = "cpu", num_classes: int | None = None):
+                 decode: str = "cpu", num_classes: int | None = None, dtype: torch.dtype = torch.uint8,
+                 normalize=None, channels_last: bool = False):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -99,18 +122,16 @@ class StreamLoader:
         if self.index is None and (balance is not None or mixup is not None) and not num_classes:
             raise ValueError("index=False with balance= or mixup= needs num_classes=")
         self.num_classes = self.index.num_classes if self.index is not None else num_classes
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, int(seed)
+        self.batch_size, self.read_workers, self.seed = batch_size, num_workers, int(seed)
         self.shuffle, self.drop_last = int(shuffle), drop_last
         self.on_error = check_policy(on_error)
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
-        self.pin_memory = self.device.type == "cuda" if pin_memory is None else pin_memory
-        ws, rk = _distributed()
-        self.world_size = ws if world_size is None else world_size
-        self.rank = rk if rank is None else rank
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
-        self.prefetch_factor = prefetch_factor
+        self._pin = self.device.type == "cuda" if pin_memory is None else pin_memory
+        self._world_override, self._rank_override = world_size, rank
+        self._prefetch = prefetch_factor
+        self.output = OutputFormat(dtype, normalize, channels_last)
+        self.decode = decode
         if decode not in ("cpu", "dali"):
             raise ValueError(f"decode must be 'cpu' (in the workers) or 'dali' (where the batch lives), got {decode!r}")
         shape = self.index.image_shape if self.index is not None else None
@@ -124,6 +145,7 @@ class StreamLoader:
         self.stats = LoaderStats()
         self.balance, self.augment, self.mixup = balance, augment, mixup
         self._rows = ShardRowSource(self.urls, self.index, self.decoder, self.device)
+        self._plugin_seeds = {}
         for name, protocol in PLUGINS.items():
             stage = getattr(self, name)
             if stage is None:
@@ -132,26 +154,58 @@ class StreamLoader:
                 raise TypeError(f"{name}= must meet streamaug.core.plugin.{protocol.__name__} (seed, manual_seed, "
                                 f"state_dict, load_state_dict, __call__{', bind, synthetic_counts' if name == 'balance' else ''}), "
                                 f"got {type(stage).__name__}")
-            if stage.seed is None:
-                stage.manual_seed(derive_seed(self.seed, name, self.rank))
-        if self.balance is not None:
-            self.balance.bind(BindContext(
-                class_counts=self.index.class_counts if self.index is not None else None,
-                num_classes=self.num_classes, world_size=self.world_size, rank=self.rank, device=self.device,
-                rows=self._rows, stats=self.stats, augmented=self.augment is not None))
-        settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)
-        if self.index is None:
-            self._stream = WorkerStream(settings, urls=self.urls, batch_size=batch_size,
-                                        world_size=self.world_size, rank=self.rank)
-        else:
-            synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
-            spec = PlanSpec(self.index, self.seed, batch_size, self.world_size, self.rank, num_workers, drop_last,
-                            bool(self.shuffle), synthetic, most)
-            self._stream = WorkerStream(settings, spec=spec, batch_size=batch_size)
+            # the base seed is the same on every rank; per batch it is mixed with (epoch, rank, batch)
+            self._plugin_seeds[name] = stage.seed if stage.seed is not None else derive_seed(self.seed, name)
+        self._settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)
+        self._topology = None
         self._dataloader = None
         self.epoch = 0
         self._explicit_epoch = False
         self._batches_done = 0
+        self._resume_pending = False
+        self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
+        self.dataset = BatchDataset(self)
+        self.sampler = EpochSampler(self)
+        self.batch_sampler = BatchIndexSampler(self.sampler)
+        self.collate_fn = first_item
+
+    # ------------------------------------------------------------ DataLoader surface
+    num_workers = 0                 # see the class docs: the caller's loop starts no workers
+    prefetch_factor = None
+    pin_memory = False
+    persistent_workers = False
+    timeout = 0
+    worker_init_fn = None
+    multiprocessing_context = None
+    generator = None
+    pin_memory_device = ""
+
+    def _ensure_topology(self) -> None:
+        """Read world size and rank (overrides win); on a change, re-plan and rebind."""
+        ws, rk = _distributed()
+        ws = ws if self._world_override is None else self._world_override
+        rk = rk if self._rank_override is None else self._rank_override
+        if (ws, rk) == self._topology:
+            return
+        if not 0 <= rk < ws:
+            raise ValueError(f"rank must be in [0, world_size={ws}), got {rk}")
+        self.close()                      # persistent workers hold the old plan
+        self.world_size, self.rank = ws, rk
+        if self.balance is not None:
+            self.balance.bind(BindContext(
+                class_counts=self.index.class_counts if self.index is not None else None,
+                num_classes=self.num_classes, world_size=ws, rank=rk, device=self.device,
+                rows=self._rows, stats=self.stats, augmented=self.augment is not None,
+                seed=self._plugin_seeds["balance"]))
+        if self.index is None:
+            self._stream = WorkerStream(self._settings, urls=self.urls, batch_size=self.batch_size,
+                                        world_size=ws, rank=rk)
+        else:
+            synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
+            spec = PlanSpec(self.index, self.seed, self.batch_size, ws, rk, self.read_workers, self.drop_last,
+                            bool(self.shuffle), synthetic, most)
+            self._stream = WorkerStream(self._settings, spec=spec, batch_size=self.batch_size)
+        self._topology = (ws, rk)
 
     # ------------------------------------------------------------ planning
     def _load_index(self, index) -> ShardIndex:
@@ -171,6 +225,7 @@ class StreamLoader:
         """The epoch's plan (``None`` without an index: nothing is known up front)."""
         if self.index is None:
             return None
+        self._ensure_topology()
         return self._stream.plan(self.epoch if epoch is None else epoch)
 
     def __len__(self) -> int:
@@ -179,40 +234,59 @@ class StreamLoader:
         return self.plan().num_batches
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch (shard order, buffer and balancer seeds). Once called,
+        """Choose the epoch (shard order, buffer and plug-in seeds). Once called,
         epochs no longer advance by themselves, as with ``DistributedSampler``."""
         if epoch != self.epoch:
-            self._batches_done = 0
+            self._batches_done, self._resume_pending = 0, False
         self.epoch, self._explicit_epoch = int(epoch), True
 
     # ------------------------------------------------------------ iteration
     def _worker_batches(self) -> Iterator[BatchInFlight]:
         self._stream.set_position(self.epoch, self._batches_done)
-        if self.num_workers == 0:
+        if self.read_workers == 0:
             yield from self._stream
             return
         if self._dataloader is None:         # workers persist across epochs (see WorkerStream)
             # Forked workers inherit the parent's uncollected garbage; finalizing it there (e.g. a
             # dead DALI pipeline, whose threads do not exist in the child) can crash the worker.
             gc.collect()
-            self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.num_workers,
-                                          pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor,
+            self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.read_workers,
+                                          pin_memory=self._pin, prefetch_factor=self._prefetch,
                                           persistent_workers=True, worker_init_fn=_freeze_inherited)
-        yield from self._dataloader
+        for item in self._dataloader:
+            if isinstance(item, WorkerFailure):   # the worker's StreamError itself, not DataLoader's RuntimeError
+                raise item.error
+            yield item
 
     def __iter__(self) -> Iterator[Batch]:
+        """A full pass; the first pass after ``load_state_dict`` resumes where the state was taken."""
+        return self.iter_from(None)
+
+    def iter_from(self, start: int | None) -> Iterator[Batch]:
+        """The current epoch's batches from batch ``start`` (``None``: 0, or the resume point
+        after ``load_state_dict``). Batches before ``start`` are passed over undecoded."""
+        self._ensure_topology()
         plan = self.plan()
-        if plan is not None and self._batches_done >= plan.num_batches:
+        if start is None:
+            start = self._batches_done if self._resume_pending else 0
+        self._resume_pending = False
+        if plan is not None and start >= plan.num_batches:     # a state taken after the epoch's last batch
             self._advance_epoch()
-            plan = self.plan()
-        batches = device_feed(self._worker_batches(), self.device, self.pin_memory)
+            plan, start = self.plan(), 0
+        self._batches_done = start
+        epoch = self.epoch
+        offsets = None if plan is None or self.balance is None else \
+            [0, *itertools.accumulate(plan.synthetic)]
+        batches = device_feed(self._worker_batches(), self.device, self._pin)
         if plan is None:                  # no index: resume replays the prefix; know which batch is last
-            batches = _with_last(_drop(batches, self._batches_done))
+            batches = _with_last(_drop(batches, start))
         for batch in batches:
             self.stats.merge(batch.stats)
             if batch.encoded is not None:
                 batch = self.device_decoder(batch, ErrorHandler(self.on_error, self.stats))
-            out = self._apply_plugins(batch, plan)
+            if offsets is not None:
+                batch.slot_offset = offsets[batch.batch_id]
+            out = self._apply_plugins(batch, plan, epoch)
             self._batches_done += 1
             yield out
         self._advance_epoch()
@@ -222,9 +296,11 @@ class StreamLoader:
         if not self._explicit_epoch:
             self.epoch += 1
 
-    def _apply_plugins(self, batch: BatchInFlight, plan: EpochPlan | None) -> Batch:
-        """balance → augment → mixup, on the device; counting and planning use host copies,
-        so nothing here waits for the device."""
+    def _apply_plugins(self, batch: BatchInFlight, plan: EpochPlan | None, epoch: int) -> Batch:
+        """balance → augment → mixup → output format, on the device; counting and planning
+        use host copies, so nothing here waits for the device."""
+        for name, base in self._plugin_seeds.items():
+            getattr(self, name).manual_seed(derive_seed(base, "batch", epoch, self.rank, batch.batch_id))
         if self.balance is not None:
             batch = self.balance(batch, None if plan is None else plan.synthetic[batch.batch_id])
         self.stats.real += int(batch.real.sum())
@@ -237,9 +313,12 @@ class StreamLoader:
         targets = labels
         if self.mixup is not None:
             images, targets = self.mixup(images, batch.labels, num_classes=self.num_classes)
-        return Batch(images, targets, keys=batch.keys, is_synthetic=to_device(batch.is_synthetic, self.device),
+        if not self.output.is_identity:
+            images = self.output(images)
+        return Batch(images, targets, hard_labels=labels, keys=batch.keys,
+                     is_synthetic=to_device(batch.is_synthetic, self.device),
                      is_padding=to_device(batch.is_padding, self.device), provenance=batch.provenance,
-                     hard_labels=labels, batch_id=batch.batch_id)
+                     batch_id=batch.batch_id)
 
     def scan_rows(self, wanted):
         """Samples in index order whose label satisfies ``wanted`` (see ``ShardRowSource.scan``)."""
@@ -263,35 +342,19 @@ class StreamLoader:
 
     # ------------------------------------------------------------ resume
     def state_dict(self) -> dict:
-        """Everything needed to resume mid-epoch with bit-identical remaining batches.
-
-        Small by design: positions are ``(epoch, batches done)``; the plan and
-        every worker's stream are recomputed from the seed. Plug-ins add their
-        RNG states (and the balancer its reservoir as keys, not pixels).
-        """
-        sd = {"epoch": self.epoch, "batches_done": self._batches_done, "seed": self.seed,
-              "explicit_epoch": self._explicit_epoch, "world_size": self.world_size, "rank": self.rank,
-              "num_workers": self.num_workers, "batch_size": self.batch_size, "stats": self.stats.as_dict()}
-        for name in PLUGINS:
-            stage = getattr(self, name)
-            if stage is not None:
-                sd[name] = stage.state_dict()
-        return sd
+        """The position ``(epoch, batches done)`` plus a fingerprint of what it depends on:
+        small, JSON-safe, and rank-portable with an index (see :mod:`~streamaug.loader.loader_state`)."""
+        self._ensure_topology()
+        return save_state(self)
 
     def load_state_dict(self, sd: dict) -> None:
-        for field in ("seed", "world_size", "num_workers", "batch_size"):
-            if sd[field] != getattr(self, field):
-                raise ValueError(f"state was saved with {field}={sd[field]!r}, this loader has "
-                                 f"{getattr(self, field)!r}; resume needs the same value")
-        self.epoch, self._batches_done = sd["epoch"], sd["batches_done"]
-        self._explicit_epoch = sd["explicit_epoch"]
-        self.stats.__init__()                    # in place: a bound balancer counts into this object
-        self.stats.merge(sd["stats"])
-        self.stats.real, self.stats.synthetic = sd["stats"]["real"], sd["stats"]["synthetic"]
-        for name in PLUGINS:
-            stage = getattr(self, name)
-            if name in sd and stage is not None:
-                stage.load_state_dict(sd[name])
+        """Resume from ``sd`` at the next ``iter()``. ``{}`` does nothing (torchdata's convention).
+        Another rank's state is accepted (the position is the same on every rank); a state
+        from a loader over other data or with another configuration is refused."""
+        if sd == {}:
+            return
+        self._ensure_topology()
+        restore_state(self, sd)
 
 
 def _drop(batches: Iterator[BatchInFlight], n: int) -> Iterator[BatchInFlight]:

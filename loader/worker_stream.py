@@ -34,7 +34,7 @@ from streamaug.core.flight import BatchInFlight
 from streamaug.core.seeding import derive_seed
 
 from .epoch_plan import EpochPlan, PlanSpec, Segment, shard_permutation
-from .errors import ErrorHandler, LoaderStats, StreamError
+from .errors import ErrorHandler, LoaderStats, StreamError, WorkerFailure
 from .sample_decoder import SampleDecoder
 from .tar_reader import read_segments, whole_shard
 
@@ -178,8 +178,13 @@ class WorkerStream(IterableDataset):
         epoch, resume = (int(v) for v in self.control.tolist())
         info = get_worker_info()
         worker, k = (info.id, info.num_workers) if info is not None else (None, 1)
-        for job in self.jobs(epoch, resume, worker, k):
-            yield from self._run(job, epoch)
+        try:
+            for job in self.jobs(epoch, resume, worker, k):
+                yield from self._run(job, epoch)
+        except StreamError as e:
+            if info is None:
+                raise
+            yield WorkerFailure(e)        # re-raised as itself in the main process
 
     def _run(self, job: WorkerJob, epoch: int) -> Iterator[BatchInFlight]:
         st = self.settings

@@ -15,6 +15,8 @@ class ADASYN(Synthesizer):
     class has an other-class neighbour, seeds are uniform (imbalanced-learn raises
     there; the stream must still meet its target)."""
 
+    uses_all_classes = True        # looks at other classes' samples: the reservoir fills every class
+
     def __init__(self, k_neighbors: int = 5, n_neighbors: int = 5):
         super().__init__(k_neighbors)
         if not isinstance(n_neighbors, int) or isinstance(n_neighbors, bool) or n_neighbors < 1:

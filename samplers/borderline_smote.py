@@ -22,6 +22,8 @@ class BorderlineSMOTE(Synthesizer):
     the stream must still meet the class's target count).
     """
 
+    uses_all_classes = True        # looks at other classes' samples: the reservoir fills every class
+
     KINDS = ("borderline-1", "borderline-2")
 
     def __init__(self, k_neighbors: int = 5, m_neighbors: int = 10, kind: str = "borderline-1"):

@@ -13,19 +13,21 @@ How it works
   ``W``-th. The loader's epoch plan reserves ``plan.synthetic[j]`` slots in
   batch ``j``, so every batch is its planned size and every rank yields the
   same number of batches; per-class totals per epoch are exact.
-* Real samples pass through unchanged and feed per-class reservoirs on the
-  loader's device; each slot is filled by the synthesizer (SMOTE by default,
-  ``None`` for random oversampling) from its class's reservoir, and the batch's
-  rows are permuted so synthetic ones are interleaved.
-* Before the first batch, a warm-up scan of the shards (decoding only what it
-  needs, through the loader's row source) gives each class to synthesize
-  ``k + 1`` reservoir samples.
-* A slot whose class has no sample in the reservoir yet swaps with the nearest
-  later slot whose class has one (counts stay exact). If none is left, the slot
-  is filled with a repeat of a real sample, flagged ``is_padding`` and counted in
+* Before the first batch, the per-class reservoirs (on the loader's device) are
+  filled once, identically on every rank, by a label-only pass over the shards
+  that then decodes only the chosen samples (see :meth:`ClassBalancer._fill`).
+  Real samples pass through unchanged; each slot is filled by the synthesizer
+  (SMOTE by default, ``None`` for random oversampling) from its class's
+  reservoir, and the batch's rows are permuted so synthetic ones are interleaved.
+* A slot whose class has no readable sample at all is filled with a repeat of a
+  real sample, flagged ``is_padding`` and counted in
   ``loader.stats.skipped["balance_shortfall"]``.
-* Reservoirs persist across epochs. ``state_dict`` holds RNG state, the slot
-  cursor and swaps, and reservoir membership as ``(shard, key)`` pairs.
+* The loader reseeds the balancer for every batch from ``(seed, epoch, rank,
+  batch)`` and tells it where the batch's slots start, so with an index the
+  state is the loader's position alone: rank 0's saved state resumes rank 1
+  exactly. Only ``stratified=True`` (slots chosen from the labels seen so far)
+  and index-free streams (reservoirs fed by this rank's stream) keep per-rank
+  state; loading another rank's state there is an error, never silent.
 * Like imbalanced-learn's estimators, what fitting learns ends in ``_``
   (``targets_``, ``class_counts_``, ``reservoir_``) and exists only after
   :meth:`fit` (or binding to a loader); using the balancer before raises
@@ -52,7 +54,7 @@ from streamaug.core.transfer import to_device
 from .class_reservoir import ClassReservoir
 from .online_counts import online_due
 from .sampling_strategy import synthetic_targets
-from .slot_schedule import interleaved_slots, max_rank_slots, rank_slots, stratified_choice, take_available
+from .slot_schedule import interleaved_slots, max_rank_slots, rank_slots, stratified_choice
 from .random_oversampler import RandomOversampler
 from .smote import SMOTE
 from .synthesizer import Synthesizer
@@ -114,6 +116,7 @@ class ClassBalancer:
         self.shuffle_within_batch, self.stratified = shuffle_within_batch, stratified
         self.rng = np.random.Generator(np.random.PCG64(derive_seed(random_state or 0, "balance")))
         self._rows, self._stats = None, None      # set by bind(): what the loader lends
+        self._fill_seed = random_state or 0
 
     # ------------------------------------------------------------------ setup
     def _check_fitted(self) -> None:
@@ -129,6 +132,7 @@ class ClassBalancer:
         if self.feature_fn is not None and context.augmented:
             raise ValueError("feature_fn makes the balancer emit features, so augment= must be None")
         self._rows, self._stats = context.rows, context.stats
+        self._fill_seed = self.seed if self.seed is not None else context.seed
         if context.class_counts is None:
             self.fit_online(context.num_classes, context.world_size, context.rank)
         else:
@@ -142,7 +146,7 @@ class ClassBalancer:
         self.world_size_, self.rank_ = world_size, rank
         self._global_slots = interleaved_slots(self.targets_)
         self.reservoir_ = ClassReservoir(len(class_counts), self.reservoir_size)
-        self._warm = False
+        self._filled = False
         self._start_epoch()
         return self
 
@@ -174,31 +178,47 @@ class ClassBalancer:
             return getattr(self, name + "_")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def _warm_up(self) -> None:
-        """Before the first synthetic slot, make sure every class to synthesize has
-        ``k + 1`` reservoir samples (or all it has): scan shards in index order and
-        decode only the samples needed. With class-mixed shards (``write_shards``
-        shuffles) this reads a fraction of one shard; class-sorted shards may need
-        a full pass. Without it, minority slots due before the class's first
-        sample arrives could not be filled."""
-        self._warm = True
-        want = {c: min(self.synthesizer.k_neighbors + 1, self.class_counts_[c], self.reservoir_size)
-                for c in self.targets_}
-        want = {c: n - int(self.reservoir_.size[c]) for c, n in want.items() if n > self.reservoir_.size[c]}
-        if not want:
+    def _fill(self) -> None:
+        """Fill the reservoirs once, identically on every rank, before the first batch.
+
+        A label-only pass over the shards (no image is decoded) lists each needed
+        class's samples; a class with at most ``reservoir_size`` keeps all of them,
+        a larger one the ``reservoir_size`` with the smallest hash of
+        ``(seed, shard, key)`` (a seeded uniform subset); then only those are read and
+        decoded. The reservoir is a pure function of the data and the seed, so the
+        balancer's state is its position alone (see :meth:`state_dict`). Needed
+        classes: those synthesized, or every class for synthesizers that look at
+        other classes (Borderline-SMOTE, ADASYN)."""
+        self._filled = True
+        if self._rows is None:
             return
-        for url, key, label, row in self._rows.scan(lambda c: want.get(c, 0) > 0):
-            if want.get(label, 0) <= 0:
-                continue
-            rows = self.feature_fn(row[None]) if self.feature_fn is not None else row[None]
-            self.reservoir_.add(rows, torch.tensor([label]), [key], [url], self.rng)
-            want[label] -= 1
-            if all(v <= 0 for v in want.values()):
-                return
+        counts = self.class_counts_
+        if getattr(self.synthesizer, "uses_all_classes", False):
+            needed = {c for c, n in enumerate(counts) if n}
+        else:
+            needed = {c for c, n in self.targets_.items() if n and counts[c]}
+        listed: dict[int, list[tuple[str, str]]] = {c: [] for c in needed}
+        for url, key, label in self._rows.labels(lambda c: c in needed):
+            listed[label].append((url, key))
+        chosen = {}
+        for c, pairs in listed.items():
+            if len(pairs) > self.reservoir_size:
+                rank = sorted(range(len(pairs)), key=lambda i: derive_seed(self._fill_seed, "reservoir", *pairs[i]))
+                pairs = [pairs[i] for i in sorted(rank[:self.reservoir_size])]
+            chosen[c] = pairs
+        rows = self._rows.fetch([p for pairs in chosen.values() for p in pairs], self.feature_fn,
+                                missing="skip") if chosen else {}
+        for c, pairs in chosen.items():
+            have = [p for p in pairs if p in rows]
+            if len(have) < len(pairs):
+                self._count_skip("reservoir_unreadable", len(pairs) - len(have),
+                                 f"class {c}: {len(pairs) - len(have)} listed samples could not be read")
+            if have:
+                self.reservoir_.fill(c, torch.stack([rows[p] for p in have]), have)
 
     def _start_epoch(self) -> None:
         self._slots = rank_slots(self._global_slots, self.world_size_, self.rank_).copy()
-        self._cursor, self._swaps = 0, []
+        self._cursor = 0
         self._budget = np.bincount(self._slots, minlength=len(self.class_counts_))
         self._seen_epoch = np.zeros(len(self.class_counts_), dtype=np.int64)
         self._made_epoch = np.zeros(len(self.class_counts_), dtype=np.int64)
@@ -211,6 +231,12 @@ class ClassBalancer:
             self._count_skip("online_overshoot", n, f"class {c}: {n} more made mid-epoch than its target")
         return classes
 
+    @property
+    def _stream_fed(self) -> bool:
+        """Reservoirs fed by the batches this balancer sees: without an index, or used on its
+        own (``fit`` + calls, no loader's row source to fill them from)."""
+        return self.online_ or self._rows is None
+
     def _count_skip(self, reason: str, n: int, example: str) -> None:
         if self._stats is not None:
             self._stats.count_skip(reason, n, example)
@@ -222,25 +248,30 @@ class ClassBalancer:
 
     # ------------------------------------------------------------------ stream
     def __call__(self, batch: BatchInFlight, n_synthetic: int | None = None) -> BatchInFlight:
-        """Balance one batch: ``n_synthetic`` planned slots (indexed mode), or, without an
+        """Balance one batch: ``n_synthetic`` planned slots starting at ``batch.slot_offset``
+        (indexed mode; without an offset, where the previous batch's ended), or, without an
         index, as many as the counts seen so far call for (``batch.last`` flushes the epoch)."""
         self._check_fitted()
         if batch.batch_id == 0:
             self._start_epoch()
-            if not self._warm and self._rows is not None and not self.online_:
-                self._warm_up()
-        if not self.online_ and not 0 <= n_synthetic <= len(self._slots) - self._cursor:
-            raise ValueError(f"batch asks for {n_synthetic} synthetic samples, {len(self._slots) - self._cursor} "
-                             "slots are left this epoch")
+        if not self.online_:
+            if not self._filled:
+                self._fill()
+            if batch.slot_offset is not None:
+                self._cursor = batch.slot_offset
+            if not 0 <= n_synthetic <= len(self._slots) - self._cursor:
+                raise ValueError(f"batch asks for {n_synthetic} synthetic samples, {len(self._slots) - self._cursor} "
+                                 "slots are left this epoch")
         return self._balance(batch, n_synthetic)
 
     def _balance(self, batch: BatchInFlight, n_synthetic: int | None) -> BatchInFlight:
         rows = self.feature_fn(batch.images) if self.feature_fn is not None else batch.images
         keep = batch.real.nonzero().squeeze(1)                # host indices
-        self.reservoir_.add(rows[to_device(keep, rows.device)], batch.labels[keep],
-                            [batch.keys[i] for i in keep.tolist()], [batch.urls[i] for i in keep.tolist()], self.rng)
         batch.images = rows
-        if self.online_:
+        if self._stream_fed:
+            self.reservoir_.add(rows[to_device(keep, rows.device)], batch.labels[keep],
+                                [batch.keys[i] for i in keep.tolist()], [batch.urls[i] for i in keep.tolist()],
+                                self.rng)
             classes = self._online_classes(batch.labels[keep], bool(batch.last))
             if classes:
                 unfilled = [i for i, c in enumerate(classes) if not self.reservoir_.size[c]]
@@ -252,15 +283,10 @@ class ClassBalancer:
         return batch
 
     def _append_synthetic(self, batch: BatchInFlight, count: int) -> None:
-        if self.stratified:     # classes are chosen per batch; nothing to swap with later
+        if self.stratified:     # classes are chosen per batch from its real rows
             self._stratified_slots(batch.labels[~batch.is_padding], count)
-            swaps = []
-            unfilled = [p for p in range(self._cursor, self._cursor + count) if not self.reservoir_.size[self._slots[p]]]
-        else:
-            swaps, unfilled = take_available(self._slots, self._cursor, count, lambda c: self.reservoir_.size[c] > 0)
-        self._swaps += swaps
         classes = self._slots[self._cursor:self._cursor + count].copy()
-        unfilled = [p - self._cursor for p in unfilled]
+        unfilled = [i for i, c in enumerate(classes.tolist()) if not self.reservoir_.size[c]]
         self._cursor += count
         self._synthesize(batch, classes, unfilled)
 
@@ -294,23 +320,35 @@ class ClassBalancer:
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
+        """Empty with an index (the loader's position is the state), unless ``stratified``
+        (the slot budget left) or without an index (reservoir membership as keys and the
+        counts seen): those are this rank's and say so."""
         self._check_fitted()
-        return {"rng": self.rng.bit_generator.state, "cursor": self._cursor, "swaps": list(self._swaps),
-                "warm": self._warm, "budget": self._budget.tolist(), "seen_epoch": self._seen_epoch.tolist(),
-                "made_epoch": self._made_epoch.tolist(), "reservoir": self.reservoir_.state_dict()}
+        state = {}
+        if self._stream_fed:
+            state.update(seen_epoch=self._seen_epoch.tolist(), made_epoch=self._made_epoch.tolist(),
+                         reservoir=self.reservoir_.state_dict())
+        if self.stratified and not self.online_:
+            state.update(budget=self._budget.tolist(), slots=self._slots.tolist())
+        return {"rank": self.rank_, **state} if state else {}
 
     def load_state_dict(self, state: dict) -> None:
         self._check_fitted()
-        self.rng.bit_generator.state = state["rng"]
-        self._start_epoch()
-        for p, q in state["swaps"]:
-            self._slots[p], self._slots[q] = self._slots[q], self._slots[p]
-        self._cursor, self._swaps = state["cursor"], [tuple(s) for s in state["swaps"]]
-        self._warm, self._budget = state["warm"], np.asarray(state["budget"], dtype=np.int64)
-        self._seen_epoch = np.asarray(state["seen_epoch"], dtype=np.int64)
-        self._made_epoch = np.asarray(state["made_epoch"], dtype=np.int64)
-        transform = self.feature_fn
-        self.reservoir_.load_state_dict(state["reservoir"], lambda pairs: self._rows.fetch(pairs, transform))
+        if not state:
+            return
+        if state.get("rank", self.rank_) != self.rank_:
+            why = ("without an index the reservoirs hold what this rank's stream has shown" if self._stream_fed
+                   else "stratified=True chooses slots from the labels this rank has seen")
+            raise ValueError(f"balancer state was saved on rank {state['rank']} and cannot resume rank {self.rank_}: "
+                             f"{why}. Save each rank's state_dict(), or use an index (streamaug index) and "
+                             "stratified=False for rank-portable state")
+        if "reservoir" in state:
+            self._seen_epoch = np.asarray(state["seen_epoch"], dtype=np.int64)
+            self._made_epoch = np.asarray(state["made_epoch"], dtype=np.int64)
+            self.reservoir_.load_state_dict(state["reservoir"], lambda pairs: self._rows.fetch(pairs, self.feature_fn))
+        if "budget" in state:
+            self._budget = np.asarray(state["budget"], dtype=np.int64)
+            self._slots = np.asarray(state["slots"], dtype=self._slots.dtype)
 
     def __repr__(self) -> str:
         return f"ClassBalancer(sampling_strategy={self.sampling_strategy!r}, synthesizer={self.synthesizer!r})"

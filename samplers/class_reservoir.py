@@ -53,6 +53,20 @@ class ClassReservoir:
         for c, slot_rows in writes.items():
             self._write(c, list(slot_rows), rows[list(slot_rows.values())])
 
+    def fill(self, c: int, rows: torch.Tensor, entries: list[tuple[str, str]]) -> None:
+        """Set class ``c``'s members to ``rows`` (at most ``capacity``), named by ``entries``."""
+        if len(rows) > self.capacity or len(rows) != len(entries):
+            raise ValueError(f"fill needs as many entries as rows, at most {self.capacity}; "
+                             f"got {len(rows)} rows and {len(entries)} entries")
+        self._members.difference_update(self.entries[c])
+        self.entries[c] = [tuple(e) for e in entries]
+        self._members.update(self.entries[c])
+        self.size[c] = self.seen[c] = len(rows)
+        self._float.pop(c, None)
+        self._dist.pop(c, None)
+        if len(rows):
+            self._write(c, list(range(len(rows))), rows)
+
     def _write(self, c: int, slots: list[int], values: torch.Tensor) -> None:
         if c not in self.storage:
             self.storage[c] = torch.empty((self.capacity, *values.shape[1:]), dtype=values.dtype, device=values.device)

@@ -48,6 +48,8 @@ def take(members: torch.Tensor, entries: list[Entry], idx: np.ndarray) -> tuple[
 class Synthesizer:
     """Base: ``choose`` seeds and partners for class ``c``; ``synthesize`` interpolates."""
 
+    uses_all_classes = False       # True: choose() reads other classes' samples (reservoir.pool())
+
     def __init__(self, k_neighbors: int = 5):
         if not isinstance(k_neighbors, int) or isinstance(k_neighbors, bool) or k_neighbors < 1:
             raise ValueError(f"k_neighbors must be an int >= 1, got {k_neighbors!r}")

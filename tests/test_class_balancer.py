@@ -127,7 +127,7 @@ def test_synthetic_rows_lie_on_their_recorded_segment(data, synthesizer):
             seed, partner = images[index_of_key(prov["seed"][1])], images[index_of_key(prov["neighbour"][1])]
             expected = seed.astype(np.float64) + prov["u"] * (partner.astype(np.float64) - seed)
             got = row.permute(1, 2, 0).numpy().astype(np.float64)
-            assert np.abs(got - expected).max() <= 0.5 + 1e-6, "uint8 rows: on the segment up to rounding"
+            assert np.abs(got - expected).max() <= 0.5 + 1e-4, "uint8 rows: on the segment up to rounding (float32 arithmetic)"
             assert int(label) == labels[index_of_key(prov["seed"][1])], "the label is the seed's class"
             u_max = 0.5 if (synthesizer.kind if hasattr(synthesizer, "kind") else "") == "borderline-2" \
                 and labels[index_of_key(prov["neighbour"][1])] != label else 1.0
@@ -166,12 +166,13 @@ def test_reservoir_bound_is_respected(tmp_path):
     counts, _ = epoch_counts(loader)
     assert counts == imblearn_counts(labels, "auto")
     res = balancer.reservoir_
-    assert (res.size == 16).all()
-    # every real sample was offered; warm-up samples evicted before they streamed by are offered twice
-    extra = res.seen - np.bincount(labels)
-    assert (extra >= 0).all() and (extra <= 6).all(), extra
-    # 4 classes × 16 slots × 4·4·3 bytes, plus float copies and 16×16 distances for the 3 synthesized classes
-    assert res.memory_bytes() == 16 * 4 * 48 + 3 * (16 * 48 * 4 + 16 * 16 * 4), "independent of dataset size"
+    synthesized = sorted(c for c, n in balancer.targets_.items() if n)
+    assert len(synthesized) == 3
+    # filled once before the first batch: each synthesized class holds a seeded subset of 16 of its
+    # samples, the majority class (never synthesized from) holds nothing
+    assert [int(res.size[c]) for c in range(4)] == [16 if c in synthesized else 0 for c in range(4)]
+    # 3 classes × 16 slots × 4·4·3 bytes, plus float copies and 16×16 distances for those classes
+    assert res.memory_bytes() == 3 * 16 * 48 + 3 * (16 * 48 * 4 + 16 * 16 * 4), "independent of dataset size"
 
 
 def test_few_samples_lower_k_with_a_warning_and_one_sample_repeats(tmp_path):

@@ -108,9 +108,10 @@ class CountingBalancer:
 
     def __init__(self):
         self.context = None
+        self.seeds_seen = []
 
     def manual_seed(self, seed):
-        self.seed_seen = seed
+        self.seeds_seen.append(seed)
 
     def state_dict(self):
         return {}
@@ -135,8 +136,10 @@ def test_a_balancer_sees_only_its_bind_context(shards):
     balancer = CountingBalancer()
     loader = StreamLoader(index.urls, batch_size=8, balance=balancer, seed=3)
     assert balancer.context.class_counts == index.class_counts and balancer.context.rank == 0
-    assert not hasattr(balancer.context, "loader") and isinstance(balancer.seed_seen, int)
+    assert not hasattr(balancer.context, "loader") and isinstance(balancer.context.seed, int)
     batches = list(loader)
+    # reseeded once per batch, each batch its own seed (derived from seed, epoch, rank, batch)
+    assert len(balancer.seeds_seen) == len(batches) == len(set(balancer.seeds_seen))
     assert all(len(b.keys) == 9 and b.keys[-1] == "again" and bool(b.is_synthetic[-1]) for b in batches)
     assert loader.stats.synthetic == len(batches)
 

@@ -50,5 +50,5 @@ def test_state_from_a_different_setup_is_refused(npy_shards):
     index, _, _ = npy_shards
     state = make(index, 0).state_dict()
     other = StreamLoader(index.urls, batch_size=8, seed=11)
-    with pytest.raises(ValueError, match="batch_size=7"):
+    with pytest.raises(ValueError, match="batch_size: saved 7, this loader 8"):
         other.load_state_dict(state)

@@ -1,0 +1,109 @@
+"""The parts of ``torch.utils.data.DataLoader``'s surface that frameworks look for.
+
+Lightning calls ``loader.sampler.set_epoch(epoch)`` (and ``batch_sampler``'s) at
+each epoch; accelerate's ``skip_first_batches`` rebuilds a loader as
+``DataLoader(loader.dataset, batch_sampler=SkipBatchSampler(loader.batch_sampler, n),
+collate_fn=loader.collate_fn, num_workers=loader.num_workers, ...)``. A
+:class:`StreamLoader` yields finished batches, so its surface describes *a loader
+over a dataset of batches*:
+
+* ``dataset``: :class:`BatchDataset`, map-style, ``len`` = batches in this rank's
+  epoch, item ``j`` = batch ``j`` of the current epoch. Asking for ``j`` ahead of
+  the current position starts the pass there without decoding what it passes over.
+* ``sampler``: :class:`EpochSampler`, the batch indices of one epoch in order;
+  ``set_epoch`` is the loader's.
+* ``batch_sampler``: :class:`BatchIndexSampler`, ``[j]`` per batch.
+* ``collate_fn``: :func:`first_item` (a batch of one batch is that batch).
+"""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from torch.utils.data import Dataset, Sampler
+
+if TYPE_CHECKING:
+    from .stream_loader import StreamLoader
+
+
+def _alive(ref: weakref.ref) -> "StreamLoader":
+    loader = ref()
+    if loader is None:
+        raise ReferenceError("the StreamLoader this view belongs to no longer exists")
+    return loader
+
+
+def first_item(items: list):
+    """``collate_fn`` of the batch view: the dataset's items are whole batches."""
+    if len(items) != 1:
+        raise ValueError(f"StreamLoader.dataset items are whole batches; collate one at a time, got {len(items)}")
+    return items[0]
+
+
+class BatchDataset(Dataset):
+    """Map-style view of one rank's epoch: item ``j`` is batch ``j``."""
+
+    def __init__(self, loader: "StreamLoader"):
+        self._loader = weakref.ref(loader)       # no cycle: the loader (and its workers) go when the user drops it
+        self._pass: Iterator | None = None
+        self._next = 0
+        self._epoch = None
+
+    @property
+    def loader(self) -> "StreamLoader":
+        return _alive(self._loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getitem__(self, j: int):
+        n = len(self)
+        if not isinstance(j, int) or not 0 <= j < n:
+            raise IndexError(f"batch index {j!r} out of range for an epoch of {n} batches")
+        if self._pass is None or j != self._next or self._epoch != self.loader.epoch:
+            self._epoch = self.loader.epoch
+            self._pass = self.loader.iter_from(j)
+        self._next = j + 1
+        batch = next(self._pass)
+        if self._next == n:               # let the pass finish, so the epoch advances as after a full loop
+            next(self._pass, None)
+            self._pass = None
+        return batch
+
+    def __getstate__(self):
+        raise TypeError("StreamLoader.dataset is a view of a live loader and cannot be pickled; "
+                        "it is meant for DataLoader(num_workers=0) (StreamLoader.num_workers reports 0)")
+
+
+class EpochSampler(Sampler):
+    """Batch indices of one epoch, in order; ``set_epoch`` chooses the loader's epoch."""
+
+    def __init__(self, loader: "StreamLoader"):
+        self._loader = weakref.ref(loader)
+
+    @property
+    def loader(self) -> "StreamLoader":
+        return _alive(self._loader)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self.loader)))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+
+class BatchIndexSampler(Sampler):
+    """``[j]`` for each batch ``j`` of the epoch (a batch sampler over :class:`BatchDataset`)."""
+
+    def __init__(self, sampler: EpochSampler):
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return ([j] for j in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)

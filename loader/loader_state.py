@@ -1,0 +1,85 @@
+"""What a saved loader state holds, and the check that it belongs to this loader.
+
+A state is a *position*, ``(epoch, batches done)``: the epoch plan, every
+worker's stream and every plug-in's randomness are recomputed from it (plug-ins
+are reseeded per batch from ``(seed, epoch, rank, batch)``), so the same state
+resumes any rank. Lightning and accelerate save rank 0's loader state and load
+it on every rank; that is supported.
+
+What the position means depends on the data and the configuration, so the state
+carries a *fingerprint* of both, and :func:`check_fingerprint` refuses a state
+from a loader that would read it differently, naming each field that differs.
+Formats follow torchdata's ``StatefulDataLoader``: ``load_state_dict({})`` is a
+no-op, and a state taken after an epoch's last batch resumes at the next epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+FORMAT = "streamaug.StreamLoader/2"
+
+
+def _digest(obj) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def data_fingerprint(index, urls: list[str]) -> str:
+    """Hash of what the shards are: per shard its file name, sample count and class counts
+    (with an index), else the shard file names. Paths are left out, so a dataset that
+    moved (another machine, another mount) still matches."""
+    if index is None:
+        return _digest(["no-index", [os.path.basename(u) for u in urls]])
+    return _digest([[os.path.basename(s.url), s.count, list(s.class_counts)] for s in index.shards])
+
+
+def fingerprint(loader) -> dict:
+    """Everything a position depends on (not the rank: a state resumes any rank)."""
+    plug = {name: repr(getattr(loader, name)) for name in ("balance", "augment", "mixup")}
+    return {"data": data_fingerprint(loader.index, loader.urls), "seed": loader.seed,
+            "batch_size": loader.batch_size, "read_workers": loader.read_workers, "shuffle": loader.shuffle,
+            "drop_last": loader.drop_last, "world_size": loader.world_size,
+            "resize": list(loader.decoder.resize) if loader.decoder.resize else None,
+            "decode": loader.decode, **plug}
+
+
+def check_fingerprint(saved: dict, current: dict) -> None:
+    diffs = [f"{k}: saved {saved.get(k)!r}, this loader {current.get(k)!r}"
+             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if diffs:
+        raise ValueError("this state was saved by a loader configured differently, and its position would not "
+                         "mean the same batches here: " + "; ".join(diffs))
+
+
+def check_format(sd: dict) -> None:
+    if not isinstance(sd, dict):
+        raise TypeError(f"a loader state is a dict, got {type(sd).__name__}")
+    if sd.get("format") != FORMAT:
+        found = sd.get("format", "no 'format' field (saved before streamaug 0.2?)")
+        raise ValueError(f"not a {FORMAT} state: {found}; fields {sorted(sd)}")
+
+
+def save_state(loader) -> dict:
+    sd = {"format": FORMAT, "epoch": loader.epoch, "batches_done": loader._batches_done,
+          "explicit_epoch": loader._explicit_epoch, "rank": loader.rank, "fingerprint": fingerprint(loader),
+          "stats": loader.stats.as_dict()}
+    if loader.balance is not None:
+        sd["balance"] = loader.balance.state_dict()   # {} with an index: the position is enough
+    return sd
+
+
+def restore_state(loader, sd: dict) -> None:
+    """Check ``sd`` against ``loader`` and set its position; the next pass resumes there.
+    Counts in ``stats`` are restored only on the rank that saved them."""
+    check_format(sd)
+    check_fingerprint(sd["fingerprint"], fingerprint(loader))
+    if loader.balance is not None:
+        loader.balance.load_state_dict(sd.get("balance", {}))
+    loader.epoch, loader._batches_done = sd["epoch"], sd["batches_done"]
+    loader._explicit_epoch = sd["explicit_epoch"]
+    loader._resume_pending = True
+    loader.stats.__init__()                   # in place: a bound balancer counts into this object
+    if sd["rank"] == loader.rank:
+        loader.stats.merge(sd["stats"])
+        loader.stats.real, loader.stats.synthetic = sd["stats"]["real"], sd["stats"]["synthetic"]

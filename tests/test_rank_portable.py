@@ -1,0 +1,151 @@
+"""Loader state is a position: rank 0's state resumes rank 1 exactly (what Lightning and
+accelerate do: they save rank 0's loader state and load it on every rank), with balance +
+augment + mixup on; a state from another dataset or configuration is refused by name;
+what cannot be portable (no index, ``stratified=True``) refuses another rank's state."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from streamaug.loader import StreamError, StreamLoader
+from streamaug.ops import Compose, Flip, GaussianNoise, MixUp, Rotate
+from streamaug.samplers import ClassBalancer, SMOTE
+
+from shard_factory import good_members, numbered_images, write_custom
+
+
+def imbalanced(tmp_path, n=120):
+    images, _ = numbered_images(n)
+    labels = np.where(np.arange(n) % 6 == 0, 1, 0)          # 1:5 imbalance
+    from streamaug.loader import write_shards
+    index = write_shards((images, labels), str(tmp_path / "shards"), maxcount=16, progress=False)
+    return index
+
+
+def loader(index, rank, world=2, workers=0, stratified=False, **kw):
+    return StreamLoader(index.urls, batch_size=8, seed=3, shuffle=16, num_workers=workers, world_size=world,
+                        rank=rank, balance=ClassBalancer(synthesizer=SMOTE(k_neighbors=3), stratified=stratified),
+                        augment=Compose([Flip(p=0.5), Rotate(15, p=0.5), GaussianNoise(0.05, p=0.5)]),
+                        mixup=MixUp(alpha=0.4), **kw)
+
+
+def flat(batches):
+    return [(tuple(b.keys), b.images.clone(), b.targets.clone()) for b in batches]
+
+
+def same(a, b):
+    return len(a) == len(b) and all(ka == kb and torch.equal(xa, xb) and torch.equal(ya, yb)
+                                    for (ka, xa, ya), (kb, xb, yb) in zip(a, b))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("cut", ["start", "middle", "end"])
+def test_rank0_state_resumes_rank1_exactly(tmp_path, workers, cut):
+    index = imbalanced(tmp_path)
+    reference = loader(index, rank=1, workers=workers)
+    uninterrupted = flat(reference) + flat(reference) + flat(reference)        # three epochs
+    n = len(uninterrupted) // 3
+    stop = {"start": 0, "middle": n // 2, "end": n}[cut]
+
+    rank0 = loader(index, rank=0, workers=workers)
+    it = iter(rank0)
+    for _ in range(stop):
+        next(it)
+    state = json.loads(json.dumps(rank0.state_dict()))           # what a checkpoint stores
+    rank0.close()
+
+    rank1 = loader(index, rank=1, workers=workers)
+    rank1.load_state_dict(state)
+    rest = flat(rank1) + flat(rank1)
+    assert any(k.startswith("synthetic:") for ks, _, _ in rest for k in ks), "SMOTE rows are in the comparison"
+    # two passes: the rest of the interrupted epoch (the next epoch when the state was taken
+    # after its last batch), then one more
+    assert len(rest) == (2 * n - stop if stop < n else 2 * n)
+    assert same(rest, uninterrupted[stop:stop + len(rest)])
+
+
+def test_reservoir_is_the_same_on_every_rank(tmp_path):
+    index = imbalanced(tmp_path)
+    entries = []
+    for rank in (0, 1):
+        ld = loader(index, rank=rank)
+        next(iter(ld))
+        entries.append({c: list(e) for c, e in ld.balance.reservoir_.entries.items() if e})
+    assert entries[0] == entries[1] and sum(map(len, entries[0].values())) == 20    # all 20 minority samples
+
+
+def test_reservoir_subset_is_seeded_when_a_class_exceeds_the_capacity(tmp_path):
+    index = imbalanced(tmp_path)
+    def members(seed):
+        ld = StreamLoader(index.urls, batch_size=8, seed=seed, balance=ClassBalancer(
+            sampling_strategy={0: 120, 1: 100}, reservoir_size=10, synthesizer=None))
+        next(iter(ld))
+        return ld.balance.reservoir_.entries[0]
+    a, b, c = members(0), members(0), members(1)
+    assert len(a) == 10 and a == b and a != c
+
+
+@pytest.mark.parametrize("field, change", [("shuffle", {"shuffle": 0}), ("drop_last", {"drop_last": True}),
+                                           ("batch_size", {"batch_size": 9}), ("seed", {"seed": 4}),
+                                           ("augment", {"augment": Compose([Flip(p=1.0)])}),
+                                           ("resize", {"resize": (6, 6)})])
+def test_state_from_another_configuration_is_refused_by_name(tmp_path, field, change):
+    index = imbalanced(tmp_path)
+    state = loader(index, rank=0).state_dict()
+    kw = dict(batch_size=8, seed=3, shuffle=16, world_size=2, rank=0, balance=ClassBalancer(synthesizer=SMOTE(k_neighbors=3)),
+              augment=Compose([Flip(p=0.5), Rotate(15, p=0.5), GaussianNoise(0.05, p=0.5)]), mixup=MixUp(alpha=0.4))
+    kw.update(change)
+    other = StreamLoader(index.urls, **kw)
+    with pytest.raises(ValueError, match=rf"{field}: saved"):
+        other.load_state_dict(state)
+
+
+def test_state_from_another_dataset_is_refused(tmp_path):
+    a, b = imbalanced(tmp_path / "a", 120), imbalanced(tmp_path / "b", 96)
+    state = loader(a, rank=0).state_dict()
+    with pytest.raises(ValueError, match="data: saved"):
+        loader(b, rank=0).load_state_dict(state)
+
+
+def test_empty_state_is_a_no_op_and_foreign_dicts_are_refused(tmp_path):
+    index = imbalanced(tmp_path)
+    ld = loader(index, rank=0)
+    ld.load_state_dict({})
+    assert len(flat(ld)) == len(ld)
+    with pytest.raises(ValueError, match="not a streamaug"):
+        ld.load_state_dict({"epoch": 0, "batches_done": 3})
+
+
+def test_stratified_state_refuses_another_rank(tmp_path):
+    index = imbalanced(tmp_path)
+    rank0 = loader(index, rank=0, stratified=True)
+    it = iter(rank0)
+    next(it)
+    state = rank0.state_dict()
+    with pytest.raises(ValueError, match="saved on rank 0 and cannot resume rank 1"):
+        loader(index, rank=1, stratified=True).load_state_dict(state)
+
+
+def test_unindexed_balancer_state_refuses_another_rank(tmp_path):
+    index = imbalanced(tmp_path)
+    def open_loader(rank):
+        return StreamLoader(index.urls, batch_size=8, seed=3, index=False, num_classes=2, world_size=2, rank=rank,
+                            balance=ClassBalancer(synthesizer=SMOTE(k_neighbors=3)))
+    rank0 = open_loader(0)
+    it = iter(rank0)
+    next(it)
+    with pytest.raises(ValueError, match="without an index"):
+        open_loader(1).load_state_dict(rank0.state_dict())
+
+
+def test_stream_error_from_a_worker_arrives_as_stream_error(tmp_path):
+    members = good_members(8)
+    members[5] = ("s_00002.cls", b"not-a-number")
+    index = write_custom(str(tmp_path), {"bad-000000.tar": members}, {"bad-000000.tar": [4, 4]})
+    ld = StreamLoader(index.urls, batch_size=4, num_workers=2, seed=0, shuffle=0)
+    with pytest.raises(StreamError) as err:      # not DataLoader's RuntimeError: attributes intact
+        list(ld)
+    assert err.value.reason == "bad_label" and err.value.key == "s_00002"
