@@ -14,10 +14,12 @@ over a dataset of batches*:
   ``set_epoch`` is the loader's.
 * ``batch_sampler``: :class:`BatchIndexSampler`, ``[j]`` per batch.
 * ``collate_fn``: :func:`first_item` (a batch of one batch is that batch).
+
+The loader makes a new view each time one is asked for and keeps none, so no
+reference cycle delays freeing the loader (and stopping its workers).
 """
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -25,13 +27,6 @@ from torch.utils.data import Dataset, Sampler
 
 if TYPE_CHECKING:
     from .stream_loader import StreamLoader
-
-
-def _alive(ref: weakref.ref) -> "StreamLoader":
-    loader = ref()
-    if loader is None:
-        raise ReferenceError("the StreamLoader this view belongs to no longer exists")
-    return loader
 
 
 def first_item(items: list):
@@ -45,14 +40,10 @@ class BatchDataset(Dataset):
     """Map-style view of one rank's epoch: item ``j`` is batch ``j``."""
 
     def __init__(self, loader: "StreamLoader"):
-        self._loader = weakref.ref(loader)       # no cycle: the loader (and its workers) go when the user drops it
+        self.loader = loader
         self._pass: Iterator | None = None
         self._next = 0
         self._epoch = None
-
-    @property
-    def loader(self) -> "StreamLoader":
-        return _alive(self._loader)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -80,11 +71,7 @@ class EpochSampler(Sampler):
     """Batch indices of one epoch, in order; ``set_epoch`` chooses the loader's epoch."""
 
     def __init__(self, loader: "StreamLoader"):
-        self._loader = weakref.ref(loader)
-
-    @property
-    def loader(self) -> "StreamLoader":
-        return _alive(self._loader)
+        self.loader = loader
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(len(self.loader)))

@@ -30,14 +30,15 @@ def data_fingerprint(index, urls: list[str]) -> str:
     (with an index), else the shard file names. Paths are left out, so a dataset that
     moved (another machine, another mount) still matches."""
     if index is None:
-        return _digest(["no-index", [os.path.basename(u) for u in urls]])
-    return _digest([[os.path.basename(s.url), s.count, list(s.class_counts)] for s in index.shards])
+        return f"{len(urls)} shards, no index, names #{_digest([os.path.basename(u) for u in urls])}"
+    return (f"{len(index.shards)} shards, {index.total} samples, names and counts "
+            f"#{_digest([[os.path.basename(s.url), s.count, list(s.class_counts)] for s in index.shards])}")
 
 
 def fingerprint(loader) -> dict:
     """Everything a position depends on (not the rank: a state resumes any rank)."""
     plug = {name: repr(getattr(loader, name)) for name in ("balance", "augment", "mixup")}
-    return {"data": data_fingerprint(loader.index, loader.urls), "seed": loader.seed,
+    return {"shards": data_fingerprint(loader.index, loader.urls), "seed": loader.seed,
             "batch_size": loader.batch_size, "read_workers": loader.read_workers, "shuffle": loader.shuffle,
             "drop_last": loader.drop_last, "world_size": loader.world_size,
             "resize": list(loader.decoder.resize) if loader.decoder.resize else None,

@@ -56,14 +56,19 @@ class OutputFormat:
     def is_identity(self) -> bool:
         return self.dtype == torch.uint8 and not self.channels_last
 
+    def check_channels(self, channels: int) -> None:
+        """Refuse a ``normalize`` whose mean/std do not fit ``channels`` (one value, or one per channel)."""
+        mean, std = self.normalize if self.normalize is not None else ((0.0,), (1.0,))
+        for name, v in (("mean", mean), ("std", std)):
+            if len(v) not in (1, channels):
+                raise ValueError(f"normalize {name} {v} has {len(v)} values for {channels}-channel images")
+
     def _scale_shift(self, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``out = x * scale + shift`` per channel: ``(x/255 - mean)/std`` folded into one multiply-add."""
         key = (channels, device)
         if key not in self._affine:
+            self.check_channels(channels)
             mean, std = self.normalize if self.normalize is not None else ((0.0,), (1.0,))
-            for name, v in (("mean", mean), ("std", std)):
-                if len(v) not in (1, channels):
-                    raise ValueError(f"normalize {name} has {len(v)} values for {channels}-channel images")
             mean_t = torch.tensor(mean, dtype=torch.float32).expand(channels)
             std_t = torch.tensor(std, dtype=torch.float32).expand(channels)
             scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)

@@ -164,12 +164,23 @@ class StreamLoader:
         self._batches_done = 0
         self._resume_pending = False
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
-        self.dataset = BatchDataset(self)
-        self.sampler = EpochSampler(self)
-        self.batch_sampler = BatchIndexSampler(self.sampler)
-        self.collate_fn = first_item
+        if shape is not None:
+            self.output.check_channels(shape[2])
 
     # ------------------------------------------------------------ DataLoader surface
+    @property
+    def dataset(self) -> BatchDataset:
+        return BatchDataset(self)
+
+    @property
+    def sampler(self) -> EpochSampler:
+        return EpochSampler(self)
+
+    @property
+    def batch_sampler(self) -> BatchIndexSampler:
+        return BatchIndexSampler(EpochSampler(self))
+
+    collate_fn = staticmethod(first_item)
     num_workers = 0                 # see the class docs: the caller's loop starts no workers
     prefetch_factor = None
     pin_memory = False

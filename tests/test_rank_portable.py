@@ -106,7 +106,7 @@ def test_state_from_another_configuration_is_refused_by_name(tmp_path, field, ch
 def test_state_from_another_dataset_is_refused(tmp_path):
     a, b = imbalanced(tmp_path / "a", 120), imbalanced(tmp_path / "b", 96)
     state = loader(a, rank=0).state_dict()
-    with pytest.raises(ValueError, match="data: saved"):
+    with pytest.raises(ValueError, match="shards: saved"):
         loader(b, rank=0).load_state_dict(state)
 
 
