@@ -39,10 +39,10 @@ class ShardRowSource:
         for url in urls:
             for raw in read_segment(self._segment(url), handle):
                 try:
-                    label = int(raw["cls"])
-                except (KeyError, ValueError):
+                    label = self.decoder.label_of(raw)
+                except StreamError:
                     continue
-                if not 0 <= label < self.decoder.num_classes or not keep(url, raw["__key__"], label):
+                if not keep(url, raw["__key__"], label):
                     continue
                 try:
                     image = self.decoder(raw)["image"]

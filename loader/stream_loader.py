@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Sequence
 
-import braceexpand
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -36,20 +35,11 @@ from .epoch_plan import EpochPlan, PlanSpec
 from .errors import ErrorHandler, LoaderStats, check_policy
 from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
-from .shard_index import ShardIndex, default_index_path
+from .shard_index import ShardIndex, find_index
+from .shard_urls import expand_urls
 from .worker_stream import StreamSettings, WorkerStream
 
 PLUGINS = {"balance": Balancer, "augment": Augmenter, "mixup": Mixer}
-
-
-def expand_urls(urls: str | Sequence[str]) -> list[str]:
-    """Brace patterns (``train-{000000..000009}.tar``) and ``::``-separated lists → URLs."""
-    if isinstance(urls, str):
-        urls = [urls]
-    out = [u for pattern in urls for part in str(pattern).split("::") for u in braceexpand.braceexpand(part)]
-    if not out or not all(out):
-        raise ValueError(f"no shard URLs given (got {urls!r})")
-    return out
 
 
 def _distributed() -> tuple[int, int]:
@@ -72,13 +62,18 @@ class StreamLoader:
         device: where batches are delivered (default: CUDA if available, else CPU).
         pin_memory: pin host batches before the copy (default: when device is CUDA).
         index: path/URL of ``index.json`` or a ``ShardIndex``; default ``index.json``
-            beside the first shard.
+            beside the first shard, and without one, stream unindexed after one warning
+            naming the ``streamaug index`` command that writes it; ``False``: no index.
         on_error: ``"raise"`` or ``"skip"``; skipped samples are counted in ``stats``.
         resize: ``(H, W)`` to resize every image; without it sizes must agree.
         decode: ``"cpu"`` decodes in the workers; ``"dali"`` ships encoded jpg/png bytes and
             decodes each batch with DALI where it lives (nvJPEG on a GPU).
         balance, augment, mixup: plug-in stages (see the module docs).
         world_size, rank: override ``torch.distributed``'s.
+        label_key: the label field: ``"cls"``, ``"label"``, ``"txt"`` or ``"json:FIELD"``;
+            default: the index's, else the first of those a sample has.
+        channels: channels of every image (1, 3 or 4), converting grayscale/RGB/RGBA as needed;
+            default: the index's image shape's, else 3.
     """
 
     def __init__(self, urls: str | Sequence[str], *, batch_size: int, shuffle: int = 1000,
@@ -87,7 +82,8 @@ class StreamLoader:
                  index: str | ShardIndex | None = None, on_error: str = "raise",
                  resize: tuple[int, int] | None = None, balance=None, augment=None, mixup=None,
                  world_size: int | None = None, rank: int | None = None, prefetch_factor: int = 2,
-                 decode: str = "cpu", num_classes: int | None = None):
+                 decode: str = "cpu", num_classes: int | None = None, label_key: str | None = None,
+                 channels: int | None = None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -95,7 +91,7 @@ class StreamLoader:
         if int(shuffle) < 0:
             raise ValueError(f"shuffle must be a buffer size >= 0, got {shuffle!r}")
         self.urls = expand_urls(urls)
-        self.index = None if index is False else self._load_index(index)
+        self.index = find_index(self.urls, index, urls, (balance is not None or mixup is not None) and not num_classes)
         if self.index is None and (balance is not None or mixup is not None) and not num_classes:
             raise ValueError("index=False with balance= or mixup= needs num_classes=")
         self.num_classes = self.index.num_classes if self.index is not None else num_classes
@@ -114,12 +110,14 @@ class StreamLoader:
         if decode not in ("cpu", "dali"):
             raise ValueError(f"decode must be 'cpu' (in the workers) or 'dali' (where the batch lives), got {decode!r}")
         shape = self.index.image_shape if self.index is not None else None
-        self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali")
+        channels = channels or (shape[2] if shape else 3)
+        self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali",
+                                     label_key=label_key or (self.index.label_key if self.index else None),
+                                     channels=channels)
         self.device_decoder = None
         if decode == "dali":
             from .device_decode import DaliImageDecoder
 
-            channels = shape[2] if shape else 3
             self.device_decoder = DaliImageDecoder(self.device, channels, resize)
         self.stats = LoaderStats()
         self.balance, self.augment, self.mixup = balance, augment, mixup
@@ -154,19 +152,6 @@ class StreamLoader:
         self._batches_done = 0
 
     # ------------------------------------------------------------ planning
-    def _load_index(self, index) -> ShardIndex:
-        if isinstance(index, ShardIndex):
-            full = index
-        else:
-            path = index or default_index_path(self.urls)
-            if path is None:
-                raise ValueError("pipe: URLs need an explicit index= (path or URL of index.json)")
-            full = ShardIndex.load(path)
-        listed = {s.url for s in full.shards}
-        if set(self.urls) == listed:
-            return full
-        return full.subset(self.urls)
-
     def plan(self, epoch: int | None = None) -> EpochPlan | None:
         """The epoch's plan (``None`` without an index: nothing is known up front)."""
         if self.index is None:
