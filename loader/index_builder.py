@@ -29,7 +29,8 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from .errors import StreamError
 from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, find_label_key, read_label
-from .shard_index import INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo, default_index_path
+from .index_lookup import default_index_path
+from .shard_index import INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo
 from .shard_urls import expand_urls, readable_url
 
 

@@ -35,7 +35,8 @@ from .epoch_plan import EpochPlan, PlanSpec
 from .errors import ErrorHandler, LoaderStats, check_policy
 from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
-from .shard_index import ShardIndex, find_index
+from .index_lookup import find_index
+from .shard_index import ShardIndex
 from .shard_urls import expand_urls
 from .worker_stream import StreamSettings, WorkerStream
 
