@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -71,21 +72,27 @@ def scan_shard(url: str, label_key: str | None = None) -> ShardScan:
         raise StreamError("missing_shard", "shard does not exist", shard=url, value=url) from None
     except Exception as e:
         raise StreamError("unreadable_shard", f"shard cannot be opened: {e}", shard=url, value=url) from None
-    key = None
+    key, closed = None, False
     try:
         files = tar_file_expander([{"url": url, "stream": stream}], handler=reraise_exception)
         for raw in group_by_keys(files, handler=reraise_exception):
             key = raw["__key__"]
             _scan_sample(scan, raw, label_key, url, key)
+        closed = True
+        stream.close()                     # a pipe: reports its exit status here
     except StreamError:
         raise
     except Exception as e:
-        raise StreamError("corrupt_shard", f"tar stream is corrupt or truncated after {scan.count} samples: "
+        failed = url.startswith("pipe:") and not isinstance(e, tarfile.TarError)
+        what = "the shard's command failed" if failed else "tar stream is corrupt or truncated"
+        raise StreamError("corrupt_shard", f"{what} after {scan.count} samples: "
                           f"{type(e).__name__}: {str(e).split(' @ ')[0]}", shard=url, key=key, value=scan.count) from None
     finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        if not closed:
+            try:
+                stream.close()
+            except Exception:              # already failing; the StreamError above says why
+                pass
     return scan
 
 

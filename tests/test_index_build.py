@@ -199,3 +199,13 @@ def test_no_message_suggests_streamaug_shards_for_existing_shards():
     found = subprocess.run(["grep", "-rn", "streamaug shards` or\\|write one with `streamaug shards",
                             os.path.join(root, "loader")], capture_output=True, text=True).stdout
     assert found == ""
+
+
+@pytest.mark.parametrize("command,message", [("cat {t}; exit 3", "command failed after 4 samples"),
+                                             ("head -c 3000 {t}", "corrupt or truncated after 1 samples")])
+def test_failing_or_truncated_pipe_is_refused(tmp_path, command, message):
+    write_tar(str(tmp_path / "a.tar"), [m for i in range(4) for m in good(i)])
+    url = "pipe:" + command.format(t=tmp_path / "a.tar")
+    with pytest.raises(StreamError, match=message) as info:
+        build_index(url, str(tmp_path / "index.json"), progress=False)
+    assert info.value.shard == url and not (tmp_path / "index.json").exists()

@@ -108,8 +108,10 @@ def test_expand_urls_stays_importable_from_stream_loader():
 
 @pytest.fixture
 def http_root(corpus):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(corpus))
-    handler.log_message = lambda *a: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    handler = functools.partial(Quiet, directory=str(corpus))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -124,3 +126,22 @@ def test_http_shards_and_index_beside_them(http_root):
     assert loader.index.source == f"{http_root}/shards/index.json"
     assert loader.index.urls[0] == f"{http_root}/shards/train-000000.tar"
     assert len(loader) == 5 and keys_of(loader) == ALL
+
+
+def test_build_index_over_http_and_a_hostile_http_index(http_root, corpus):
+    from streamaug.loader import build_index
+    pattern = f"{http_root}/shards/train-{{000000..000003}}.tar"
+    with pytest.raises(ValueError, match="give out="):
+        build_index(pattern, progress=False)
+    built = build_index(pattern, "meta/index.json" if os.makedirs("meta") is None else None, workers=2, progress=False)
+    written = ShardIndex.load("shards/index.json")
+    assert built.urls == [f"{http_root}/shards/train-{i:06d}.tar" for i in range(4)]
+    assert [(s.count, s.class_counts) for s in built.shards] == [(s.count, s.class_counts) for s in written.shards]
+    assert json.load(open("meta/index.json"))["shards"][0]["url"] == built.urls[0], "http URLs stay absolute"
+    assert keys_of(StreamLoader(pattern, batch_size=8, index="meta/index.json")) == ALL
+    doc = json.load(open("shards/index.json"))
+    doc["shards"][0]["url"] = f"pipe:touch {corpus}/marker; cat train-000000.tar"
+    json.dump(doc, open("shards/index.json", "w"))
+    with pytest.raises(ShardIndexError, match=r"shards\[0\]\.url is refused: a 'pipe' URL"):
+        StreamLoader(pattern, batch_size=8)
+    assert not (corpus / "marker").exists()
