@@ -1,4 +1,4 @@
-"""The ``streamaug`` command: ``shards``, ``demo``, ``preview`` and ``bench``.
+"""The ``streamaug`` command: ``shards``, ``index``, ``demo``, ``preview`` and ``bench``.
 
 It sits above every layer: it may import the loader, ops, samplers and the
 benchmarks; nothing imports it.
@@ -46,6 +46,23 @@ def _shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index(args: argparse.Namespace) -> int:
+    import time
+
+    from streamaug.loader import ShardIndexError, StreamError, build_index
+    from streamaug.loader.index_builder import summary
+
+    start = time.perf_counter()
+    try:
+        index = build_index(args.urls, args.out, label_key=args.label_key, num_classes=args.num_classes,
+                            workers=args.workers, progress=not args.quiet)
+    except (StreamError, ShardIndexError, ValueError) as e:
+        print(f"streamaug index: {e}", file=sys.stderr)
+        return 1
+    print(summary(index, time.perf_counter() - start))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in _ENTRY:
@@ -68,5 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--maxcount", type=int, default=1000)
     p.add_argument("--maxsize", type=float, default=3e8)
     p.add_argument("--seed", type=int, default=0, help="write order shuffle seed")
+    p.set_defaults(run=_shards)
+    p = sub.add_parser("index", help="write index.json for existing WebDataset shards (one pass, no image decoding)")
+    p.add_argument("urls", nargs="+", help="shards: paths, brace patterns ('train-{000000..000099}.tar'), "
+                   "http(s) URLs or pipe: commands")
+    p.add_argument("--out", default=None, help="where to write index.json (default: beside the first shard)")
+    p.add_argument("--label-key", default=None, help="label field: cls, label, txt or json:FIELD "
+                   "(default: the first of cls, label, json:label, txt a sample has)")
+    p.add_argument("--num-classes", type=int, default=None, help="default: the largest label + 1")
+    p.add_argument("--workers", type=int, default=None, help="shards read at once (default: CPUs, at most 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_index)
     args = parser.parse_args(argv)
-    return _shards(args)
+    return args.run(args)

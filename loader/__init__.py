@@ -4,12 +4,14 @@ from streamaug.core.seeding import derive_seed
 from .batch import Batch
 from .epoch_plan import EpochPlan, plan_epoch
 from .errors import LoaderStats, StreamError
+from .index_builder import build_index
 from .output_format import OutputFormat
 from .shard_index import ShardIndex, ShardIndexError
+from .shard_urls import expand_urls
 from .shard_writer import write_shards
-from .stream_loader import StreamLoader, expand_urls
+from .stream_loader import StreamLoader
 
-__all__ = ["Batch", "EpochPlan", "LoaderStats", "OutputFormat", "ShardIndex", "ShardIndexError", "StreamError",
+__all__ = ["Batch", "build_index", "EpochPlan", "LoaderStats", "OutputFormat", "ShardIndex", "ShardIndexError", "StreamError",
            "StreamLoader", "derive_seed", "expand_urls", "plan_epoch", "write_shards"]
 
 

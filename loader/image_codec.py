@@ -1,14 +1,20 @@
-"""Encoding and decoding of sample fields. Only images, ``.npy`` arrays and ``.cls``
-labels are understood; nothing is ever unpickled."""
+"""Encoding and decoding of sample fields. Only images, ``.npy`` arrays and integer
+labels (``.cls``/``.label``/``.txt`` text or a field of ``.json``) are understood;
+nothing is ever unpickled."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 from PIL import Image
 
-IMAGE_EXTS = ("npy", "png", "jpg", "jpeg")
-ENCODED_EXTS = ("png", "jpg", "jpeg")
+IMAGE_EXTS = ("npy", "png", "jpg", "jpeg", "webp")
+ENCODED_EXTS = ("png", "jpg", "jpeg", "webp")
+_PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+LABEL_KEYS = ("cls", "label", "json:label", "txt")   # detection order when no label_key is given
+TEXT_LABEL_FIELDS = ("cls", "label", "txt")
+MAX_LABEL_BYTES = 1 << 16                            # a label field larger than this is not a label
 
 
 def encode_image(image: np.ndarray, ext: str, jpeg_quality: int = 95) -> bytes:
@@ -18,7 +24,7 @@ def encode_image(image: np.ndarray, ext: str, jpeg_quality: int = 95) -> bytes:
         np.save(buf, np.ascontiguousarray(image), allow_pickle=False)
     elif ext in ENCODED_EXTS:
         arr = image[..., 0] if image.shape[-1] == 1 else image
-        fmt = "PNG" if ext == "png" else "JPEG"
+        fmt = _PIL_FORMATS[ext]
         kw = {"quality": jpeg_quality} if fmt == "JPEG" else {}
         Image.fromarray(arr).save(buf, format=fmt, **kw)
     else:
@@ -83,11 +89,52 @@ def decode_image(data: bytes, ext: str) -> np.ndarray:
 
 def decode_label(data: bytes) -> int:
     """``.cls`` bytes → int. Raises ``ValueError`` naming the text on anything else."""
-    text = data.decode("ascii", errors="replace").strip()
+    text = bytes(data[:MAX_LABEL_BYTES]).decode("ascii", errors="replace").strip()
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"label is not an integer: {text!r}") from None
+        raise ValueError(f"label is not an integer: {text[:40]!r}") from None
+
+
+def check_label_key(label_key: str | None) -> str | None:
+    """``None`` (detect), ``"cls"``/``"label"``/``"txt"``, or ``"json:FIELD"`` (``FIELD`` may be dotted)."""
+    if label_key is None or label_key in TEXT_LABEL_FIELDS:
+        return label_key
+    if isinstance(label_key, str) and label_key.startswith("json:") and len(label_key) > 5:
+        return label_key
+    raise ValueError(f"label_key must be one of {TEXT_LABEL_FIELDS} or 'json:FIELD' (e.g. 'json:label'), "
+                     f"got {label_key!r}")
+
+
+def find_label_key(raw: dict) -> str | None:
+    """The first of :data:`LABEL_KEYS` the sample has (``json:label`` only if its JSON has ``label``)."""
+    for key in LABEL_KEYS:
+        if key == "json:label":
+            if "json" in raw and b'"label"' in bytes(raw["json"][:MAX_LABEL_BYTES]):
+                return key
+        elif key in raw:
+            return key
+    return None
+
+
+def read_label(raw: dict, label_key: str) -> int:
+    """The integer label in ``raw[label_key]`` (text) or in a field of ``raw["json"]``."""
+    if not label_key.startswith("json:"):
+        return decode_label(raw[label_key])
+    data = raw["json"]
+    if len(data) > MAX_LABEL_BYTES:
+        raise ValueError(f".json is {len(data)} bytes, over the {MAX_LABEL_BYTES} read for a label")
+    try:
+        value = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f".json does not parse: {e}") from None
+    for part in label_key[5:].split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ValueError(f".json has no field {label_key[5:]!r}")
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"field {label_key[5:]!r} is {value!r}")
+    return value if isinstance(value, int) else decode_label(value.encode())
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

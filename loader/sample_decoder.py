@@ -1,14 +1,19 @@
 """Decode raw samples (dicts of bytes) into ``{"image": HWC uint8, "label": int}``.
 
-Only ``.npy`` (``allow_pickle=False``), ``.png``/``.jpg`` and ``.cls`` fields
-are read; any other field, a pickle included, is ignored, never loaded.
+Images are read from ``.npy`` (``allow_pickle=False``), ``.png``, ``.jpg``/``.jpeg``
+or ``.webp``; the label from the field ``label_key`` names (``cls``, ``label``,
+``txt`` or ``json:FIELD``), or the first of :data:`LABEL_KEYS` a sample has. Any
+other field, a pickle included, is ignored and never decoded. Images are converted
+to ``channels`` (grayscale → RGB by repetition, RGB → gray by ITU-R 601 luma as PIL
+does, RGBA → RGB by dropping alpha).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .errors import StreamError
-from .image_codec import IMAGE_EXTS, decode_image, decode_label, resize_image
+from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, decode_image, find_label_key, read_label, \
+    resize_image
 from .image_size import ImageSizeRule
 
 
@@ -17,11 +22,18 @@ class SampleDecoder:
     without it, every image must have ``expect_shape`` when given."""
 
     def __init__(self, num_classes: int, resize: tuple[int, int] | None = None,
-                 expect_shape: tuple[int, int, int] | None = None, defer_encoded: bool = False):
+                 expect_shape: tuple[int, int, int] | None = None, defer_encoded: bool = False,
+                 label_key: str | None = None, channels: int | None = None):
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
             raise ValueError(f"resize must be (height, width) with positive sizes, got {resize!r}")
+        if channels is not None and channels not in (1, 3, 4):
+            raise ValueError(f"channels must be 1, 3 or 4, got {channels!r}")
+        self.label_key = check_label_key(label_key)
+        self.channels = channels
         self.num_classes = num_classes
         self.resize = tuple(resize) if resize is not None else None
+        if expect_shape and channels:
+            expect_shape = (*expect_shape[:2], channels)
         self.expect_shape = tuple(expect_shape) if expect_shape else None
         self.sizes = ImageSizeRule(self.expect_shape, self.resize)
         self.defer_encoded = defer_encoded      # png/jpg bytes go on undecoded (decode="dali")
@@ -35,25 +47,35 @@ class SampleDecoder:
         """The same decoder, but one that always decodes (for rows read outside the stream)."""
         if not self.defer_encoded:
             return self
-        return SampleDecoder(self.num_classes, self.resize, self.expect_shape)
+        return SampleDecoder(self.num_classes, self.resize, self.expect_shape, label_key=self.label_key,
+                             channels=self.channels)
+
+    def label_of(self, raw: dict) -> int:
+        """The sample's label, checked against the classes; :class:`StreamError` naming shard and key."""
+        key, url = raw.get("__key__"), raw.get("__url__")
+        label_key = self.label_key or find_label_key(raw)
+        if label_key is None or label_key.split(":")[0] not in raw:
+            fields = sorted(k for k in raw if not k.startswith("__"))
+            what = (f"no {label_key!r} label" if label_key else
+                    f"no .cls label (nor any of {LABEL_KEYS[1:]}; choose the field with label_key=)")
+            raise StreamError("no_label", f"sample has {what}", shard=url, key=key, value=fields)
+        try:
+            label = read_label(raw, label_key)
+        except ValueError as e:
+            raise StreamError("bad_label", f"label in {label_key!r} is not an integer class: {e}", shard=url,
+                              key=key, value=bytes(raw[label_key.split(":")[0]][:40])) from None
+        if not 0 <= label < self.num_classes:
+            raise StreamError("label_out_of_range", f"label is outside the index's classes [0, {self.num_classes})",
+                              shard=url, key=key, value=label)
+        return label
 
     def __call__(self, raw: dict) -> dict:
         key, url = raw.get("__key__"), raw.get("__url__")
         ext = next((e for e in IMAGE_EXTS if e in raw), None)
-        fields = sorted(k for k in raw if not k.startswith("__"))
         if ext is None:
             raise StreamError("no_image", f"sample has no image field (one of {IMAGE_EXTS})",
-                              shard=url, key=key, value=fields)
-        if "cls" not in raw:
-            raise StreamError("no_label", "sample has no .cls label", shard=url, key=key, value=fields)
-        try:
-            label = decode_label(raw["cls"])
-        except ValueError:
-            raise StreamError("bad_label", "label is not an integer", shard=url, key=key,
-                              value=raw["cls"][:40]) from None
-        if not 0 <= label < self.num_classes:
-            raise StreamError("label_out_of_range", f"label is outside the index's classes [0, {self.num_classes})",
-                              shard=url, key=key, value=label)
+                              shard=url, key=key, value=sorted(k for k in raw if not k.startswith("__")))
+        label = self.label_of(raw)
         if self.defer_encoded and ext != "npy":
             return {"__key__": key, "__url__": url, "image": None, "label": label,
                     "encoded": bytes(raw[ext]),
@@ -63,8 +85,34 @@ class SampleDecoder:
         except Exception as e:
             raise StreamError("undecodable_image", f".{ext} image does not decode: {type(e).__name__}: {e}",
                               shard=url, key=key, value=f"{len(raw[ext])} bytes") from None
+        if self.channels is not None and image.shape[2] != self.channels:
+            try:
+                image = convert_channels(image, self.channels)
+            except ValueError as e:
+                raise StreamError("bad_channels", str(e), shard=url, key=key, value=image.shape) from None
         if self.resize is not None and image.shape[:2] != self.resize:
             image = resize_image(image, self.resize)
         self.sizes.check(image.shape, url, key)
         return {"__key__": key, "__url__": url, "image": image, "label": label,
                 "is_padding": bool(raw.get("__padding__", False))}
+
+
+def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W, C) uint8 → (H, W, ``channels``): gray repeated, alpha dropped (or added opaque),
+    RGB → gray by ITU-R 601 luma with PIL's rounding."""
+    have = image.shape[2]
+    if have == 2:                                  # gray + alpha
+        image, have = image[..., :1], 1
+    if have == 4 and channels != 4:
+        image, have = image[..., :3], 3
+    if have == channels:
+        return np.ascontiguousarray(image)
+    if have == 1:
+        gray = np.broadcast_to(image, (*image.shape[:2], 3))
+        return np.concatenate([gray, np.full_like(image, 255)], axis=2) if channels == 4 else np.ascontiguousarray(gray)
+    if have == 3 and channels == 1:
+        rgb = image.astype(np.uint32)
+        return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)[..., None]
+    if have == 3 and channels == 4:
+        return np.concatenate([image, np.full_like(image[..., :1], 255)], axis=2)
+    raise ValueError(f"cannot convert {have} channels to {channels}")

@@ -39,8 +39,8 @@ class ShardRowSource:
         for url in urls:
             for raw in read_segment(self._segment(url), handle):
                 try:
-                    label = int(raw["cls"])
-                except (KeyError, ValueError):
+                    label = self.decoder.label_of(raw)
+                except StreamError:
                     continue
                 if 0 <= label < self.decoder.num_classes:
                     yield url, raw, label

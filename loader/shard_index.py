@@ -11,19 +11,30 @@ Layout (``index.json``)::
      "shards": [{"url": "train-000000.tar", "count": 500,
                  "class_counts": [50, 48, ...]}, ...]}
 
-Shard URLs are relative to the index's folder unless they are absolute paths
-or carry a scheme (``http://``, ``pipe:``).
+Shard URLs in an index *file* are relative paths under the index's folder or
+http(s) URLs, nothing else (see :mod:`.shard_urls`): an index never names a
+command. ``label_key`` (optional) records which field holds the label when it
+is not ``.cls``. Files are read with limits checked before anything is allocated:
+``MAX_INDEX_BYTES`` and ``MAX_NUM_CLASSES`` (raise them with ``ShardIndex.load``'s
+``max_bytes=``/``max_classes=``).
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+
+from .shard_urls import (UnsafeIndexEntry, command_shard_name, index_entry_url, is_local, local_path,
+                         resolve_index_entry, shard_key, url_scheme)
 
 FORMAT = "streamaug-index"
 VERSION = 1
 INDEX_NAME = "index.json"
+MAX_INDEX_BYTES = 64 << 20       # 64 MiB: about a million shard entries at 10 classes
+MAX_NUM_CLASSES = 100_000
 
 
 class ShardIndexError(ValueError):
@@ -45,6 +56,7 @@ class ShardIndex:
     image_ext: str | None = None
     image_shape: tuple[int, int, int] | None = None
     source: str = "<memory>"
+    label_key: str | None = None
 
     @property
     def total(self) -> int:
@@ -69,57 +81,118 @@ class ShardIndex:
         raise ShardIndexError(f"index {self.source!r} has no shard {url!r}")
 
     def subset(self, urls: list[str]) -> "ShardIndex":
-        """The index restricted to ``urls`` (in that order); every URL must be listed."""
-        by_url = {s.url: s for s in self.shards}
-        missing = [u for u in urls if u not in by_url]
+        """The index restricted to ``urls`` (in that order); every URL must be listed.
+
+        Local URLs match an entry naming the same file however they are written
+        (relative, ``./``, ``..``, symlinks, ``file://``); http(s) URLs match exactly;
+        a command (``pipe:...``) matches the one entry with its shard's file name and
+        is what gets read."""
+        by_key = {shard_key(s.url): s for s in self.shards}
+        by_name: dict[str, list[ShardInfo]] = {}
+        for s in self.shards:
+            by_name.setdefault(os.path.basename(s.url.rstrip("/")), []).append(s)
+        chosen, missing = [], []
+        for u in urls:
+            if is_local(u) or url_scheme(u) in ("http", "https"):
+                info = by_key.get(shard_key(u))
+            else:
+                found = by_name.get(command_shard_name(u) or "", [])
+                info = ShardInfo(u, found[0].count, found[0].class_counts) if len(found) == 1 else None
+            if info is None:
+                missing.append(u)
+            else:
+                chosen.append(info)
         if missing:
             raise ShardIndexError(f"index {self.source!r} does not list shard {missing[0]!r} "
-                              f"({len(missing)} of {len(urls)} URLs missing)")
-        return ShardIndex([by_url[u] for u in urls], self.num_classes, self.class_names,
-                          self.image_ext, self.image_shape, self.source)
+                                  f"({len(missing)} of {len(urls)} URLs missing)")
+        return ShardIndex(chosen, self.num_classes, self.class_names, self.image_ext, self.image_shape,
+                          self.source, self.label_key)
 
     # ------------------------------------------------------------------ io
     def to_json(self, base: str | None = None) -> dict:
-        def rel(url: str) -> str:
-            local = "://" not in url and not url.startswith("pipe:")
-            if base and local and os.path.dirname(os.path.abspath(url)) == os.path.abspath(base):
-                return os.path.basename(url)
-            return os.path.abspath(url) if local else url
-        return {"format": FORMAT, "version": VERSION, "num_classes": self.num_classes,
-                "class_names": list(self.class_names), "image_ext": self.image_ext,
-                "image_shape": list(self.image_shape) if self.image_shape else None,
-                "shards": [{"url": rel(s.url), "count": s.count, "class_counts": list(s.class_counts)}
-                           for s in self.shards]}
+        """The index as a document. With ``base`` (the folder the file goes in) shard URLs
+        are written as :func:`~.shard_urls.index_entry_url` does (relative paths under
+        ``base``, http(s) URLs, command URLs by file name); without, as they are."""
+        def entry(url: str) -> str:
+            if base is None:
+                return url
+            try:
+                return index_entry_url(url, base)
+            except UnsafeIndexEntry as e:
+                raise ShardIndexError(f"index {self.source!r}: {e}") from None
+        doc = {"format": FORMAT, "version": VERSION, "num_classes": self.num_classes,
+               "class_names": list(self.class_names), "image_ext": self.image_ext,
+               "image_shape": list(self.image_shape) if self.image_shape else None,
+               "shards": [{"url": entry(s.url), "count": s.count, "class_counts": list(s.class_counts)}
+                          for s in self.shards]}
+        if self.label_key is not None:
+            doc["label_key"] = self.label_key
+        return doc
 
     def save(self, path: str) -> None:
+        doc = self.to_json(os.path.dirname(os.path.abspath(path)))
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(self.to_json(os.path.dirname(os.path.abspath(path))), f, indent=1)
+            json.dump(doc, f, indent=1)
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str) -> "ShardIndex":
-        """Read and validate an index from a local path or an http(s) URL."""
+    def load(cls, path: str, *, max_bytes: int = MAX_INDEX_BYTES, max_classes: int = MAX_NUM_CLASSES,
+             timeout: float = 60) -> "ShardIndex":
+        """Read and validate an index from a local path or an http(s) URL.
+
+        A file over ``max_bytes`` or declaring over ``max_classes`` classes is refused
+        before it is parsed or anything is allocated for it."""
+        path = os.fspath(path)
+        scheme = url_scheme(path)
+        if scheme not in ("", "file", "http", "https"):
+            raise ShardIndexError(f"index {path!r}: an index is read from a local path or an http(s) URL, "
+                                  f"not a {scheme!r} URL")
         try:
-            if path.startswith(("http://", "https://")):
-                with urllib.request.urlopen(path, timeout=60) as r:
-                    text = r.read().decode()
+            if scheme in ("http", "https"):
+                with urllib.request.urlopen(path, timeout=timeout) as r:
+                    data = r.read(max_bytes + 1)
             else:
-                with open(path) as f:
-                    text = f.read()
-        except FileNotFoundError:
-            raise ShardIndexError(f"index {path!r} does not exist; write one with "
-                              f"`streamaug shards` or pass index=") from None
+                if scheme == "file":
+                    path = local_path(path)
+                size = os.path.getsize(path)
+                if size > max_bytes:
+                    raise IndexTooLarge(path, size, max_bytes)
+                with open(path, "rb") as f:
+                    data = f.read(max_bytes + 1)
+        except IndexTooLarge as e:
+            raise ShardIndexError(str(e)) from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingIndex(f"index {path!r} does not exist; build it from the shards with "
+                               f"`streamaug index SHARDS --out {shlex.quote(path)}`, or pass index=") from None
+        except urllib.error.HTTPError as e:
+            err = MissingIndex if e.code == 404 else ShardIndexError
+            raise err(f"index {path!r} cannot be fetched: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ShardIndexError(f"index {path!r} cannot be read: {type(e).__name__}: {reason}") from None
+        if len(data) > max_bytes:
+            raise ShardIndexError(str(IndexTooLarge(path, len(data), max_bytes)))
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ShardIndexError(f"index {path!r} is not UTF-8 text: byte {e.start} is "
+                                  f"{data[e.start:e.start + 1]!r}") from None
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
             raise ShardIndexError(f"index {path!r} is not valid JSON: {e}") from None
-        return cls.from_json(doc, source=path)
+        except RecursionError:
+            raise ShardIndexError(f"index {path!r} is nested too deeply to be an index") from None
+        return cls.from_json(doc, source=path, max_classes=max_classes)
 
     @classmethod
-    def from_json(cls, doc: dict, source: str = "<memory>") -> "ShardIndex":
+    def from_json(cls, doc: dict, source: str = "<memory>", *, max_classes: int = MAX_NUM_CLASSES) -> "ShardIndex":
+        """Validate a document. Read from a file or URL (``source``), its shard entries must
+        be relative paths under the file's folder or http(s) URLs; a document built in the
+        caller's own code (``source="<memory>"``) may name any URL, as ``urls=`` may."""
         def bad(what, value):
-            return ShardIndexError(f"index {source!r}: {what} (value: {value!r})")
+            return ShardIndexError(f"index {source!r}: {what} (value: {_shown(value)})")
 
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise bad("not a streamaug index: 'format' must be " + repr(FORMAT),
@@ -129,18 +202,30 @@ class ShardIndex:
         nc = doc.get("num_classes")
         if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
             raise bad("'num_classes' must be a positive int", nc)
-        names = doc.get("class_names") or [str(i) for i in range(nc)]
+        if nc > max_classes:
+            raise bad(f"'num_classes' is over the limit of {max_classes} (raise it with "
+                      f"ShardIndex.load(..., max_classes=N))", nc)
+        names = doc.get("class_names")
+        if names is None:
+            names = [str(i) for i in range(nc)]
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+            raise bad("'class_names' must be a list of strings", names)
         if len(names) != nc:
             raise bad(f"'class_names' must have num_classes={nc} entries", names)
         shape = doc.get("image_shape")
         if shape is not None and (not isinstance(shape, list) or len(shape) != 3
-                                  or not all(isinstance(v, int) and v > 0 for v in shape)):
+                                  or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                             for v in shape)):
             raise bad("'image_shape' must be null or [H, W, C] positive ints", shape)
+        ext, label_key = doc.get("image_ext"), doc.get("label_key")
+        if ext is not None and not isinstance(ext, str):
+            raise bad("'image_ext' must be null or a string", ext)
+        if label_key is not None and not isinstance(label_key, str):
+            raise bad("'label_key' must be null or a string such as 'cls' or 'json:label'", label_key)
         raw = doc.get("shards")
         if not isinstance(raw, list) or not raw:
             raise bad("'shards' must be a non-empty list", raw)
-        base = None if source.startswith(("http://", "https://", "<")) else os.path.dirname(os.path.abspath(source))
-        http_base = source.rsplit("/", 1)[0] if source.startswith(("http://", "https://")) else None
+        from_file = not source.startswith("<")
         shards, seen = [], set()
         for i, s in enumerate(raw):
             if not isinstance(s, dict):
@@ -149,30 +234,34 @@ class ShardIndex:
             if not isinstance(url, str) or not url:
                 raise bad(f"shards[{i}].url must be a non-empty string", url)
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                raise bad(f"shards[{i}].count must be an int >= 0", count)
+                raise bad(f"shards[{i}].count must be an int >= 0 (shard {url!r})", count)
             if (not isinstance(cc, list) or len(cc) != nc
                     or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in cc)):
-                raise bad(f"shards[{i}].class_counts must be {nc} ints >= 0", cc)
+                raise bad(f"shards[{i}].class_counts must be {nc} ints >= 0 (shard {url!r})", cc)
             if sum(cc) != count:
-                raise bad(f"shards[{i}] ({url}): class_counts sum to {sum(cc)} but count is {count}", cc)
-            if "://" not in url and not url.startswith("pipe:") and not os.path.isabs(url):
-                if base is not None:
-                    url = os.path.join(base, url)
-                elif http_base is not None:
-                    url = f"{http_base}/{url}"
+                raise bad(f"shards[{i}].class_counts sum to {sum(cc)} but count is {count} (shard {url!r})", cc)
+            if from_file:
+                try:
+                    url = resolve_index_entry(url, source)
+                except UnsafeIndexEntry as e:
+                    raise bad(f"shards[{i}].url is refused: {e}", url) from None
             if url in seen:
                 raise bad(f"shards[{i}] repeats a URL", url)
             seen.add(url)
             shards.append(ShardInfo(url, count, tuple(cc)))
-        return cls(shards, nc, list(names), doc.get("image_ext"),
-                   tuple(shape) if shape else None, source)
+        return cls(shards, nc, [str(n) for n in names], ext, tuple(shape) if shape else None, source, label_key)
 
 
-def default_index_path(urls: list[str]) -> str | None:
-    """``index.json`` beside the first shard, for local paths and http URLs."""
-    first = urls[0]
-    if first.startswith("pipe:"):
-        return None
-    if first.startswith(("http://", "https://")):
-        return first.rsplit("/", 1)[0] + "/" + INDEX_NAME
-    return os.path.join(os.path.dirname(os.path.abspath(first)), INDEX_NAME)
+class MissingIndex(ShardIndexError):
+    """The index file (or http resource) does not exist."""
+
+
+class IndexTooLarge(Exception):
+    def __init__(self, path: str, size: int, limit: int):
+        super().__init__(f"index {path!r} is {size} bytes, over the limit of {limit} "
+                         f"(raise it with ShardIndex.load(..., max_bytes=N))")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."

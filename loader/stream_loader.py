@@ -28,7 +28,6 @@ import gc
 import itertools
 from collections.abc import Iterator, Sequence
 
-import braceexpand
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -47,20 +46,12 @@ from .loader_state import restore_state, save_state
 from .output_format import OutputFormat
 from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
-from .shard_index import ShardIndex, default_index_path
+from .index_lookup import find_index
+from .shard_index import ShardIndex
+from .shard_urls import expand_urls
 from .worker_stream import StreamSettings, WorkerStream
 
 PLUGINS = {"balance": Balancer, "augment": Augmenter, "mixup": Mixer}
-
-
-def expand_urls(urls: str | Sequence[str]) -> list[str]:
-    """Brace patterns (``train-{000000..000009}.tar``) and ``::``-separated lists → URLs."""
-    if isinstance(urls, str):
-        urls = [urls]
-    out = [u for pattern in urls for part in str(pattern).split("::") for u in braceexpand.braceexpand(part)]
-    if not out or not all(out):
-        raise ValueError(f"no shard URLs given (got {urls!r})")
-    return out
 
 
 def _distributed() -> tuple[int, int]:
@@ -83,7 +74,8 @@ class StreamLoader:
         device: where batches are delivered (default: CUDA if available, else CPU).
         pin_memory: pin host batches before the copy (default: when device is CUDA).
         index: path/URL of ``index.json`` or a ``ShardIndex``; default ``index.json``
-            beside the first shard.
+            beside the first shard, and without one, stream unindexed after one warning
+            naming the ``streamaug index`` command that writes it; ``False``: no index.
         on_error: ``"raise"`` or ``"skip"``; skipped samples are counted in ``stats``.
         resize: ``(H, W)`` to resize every image; without it sizes must agree.
         decode: ``"cpu"`` decodes in the workers; ``"dali"`` ships encoded jpg/png bytes and
@@ -92,6 +84,10 @@ class StreamLoader:
         world_size, rank: override ``torch.distributed``'s (otherwise read when a pass starts).
         dtype, normalize, channels_last: output format, applied last as one fused step
             (see :class:`~streamaug.loader.output_format.OutputFormat`); default uint8 NCHW.
+        label_key: the label field: ``"cls"``, ``"label"``, ``"txt"`` or ``"json:FIELD"``;
+            default: the index's, else the first of those a sample has.
+        channels: channels of every image (1, 3 or 4), converting grayscale/RGB/RGBA as needed;
+            default: the index's image shape's, else 3.
 
     DataLoader surface (what Lightning and accelerate look for; see
     :mod:`streamaug.loader.dataloader_surface`): ``dataset``, ``sampler``,
@@ -109,8 +105,9 @@ class StreamLoader:
                  index: str | ShardIndex | None = None, on_error: str = "raise",
                  resize: tuple[int, int] | None = None, balance=None, augment=None, mixup=None,
                  world_size: int | None = None, rank: int | None = None, prefetch_factor: int = 2,
-                 decode: str = "cpu", num_classes: int | None = None, dtype: torch.dtype = torch.uint8,
-                 normalize=None, channels_last: bool = False):
+                 decode: str = "cpu", num_classes: int | None = None, label_key: str | None = None,
+                 channels: int | None = None, dtype: torch.dtype = torch.uint8, normalize=None,
+                 channels_last: bool = False):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -118,7 +115,7 @@ class StreamLoader:
         if int(shuffle) < 0:
             raise ValueError(f"shuffle must be a buffer size >= 0, got {shuffle!r}")
         self.urls = expand_urls(urls)
-        self.index = None if index is False else self._load_index(index)
+        self.index = find_index(self.urls, index, urls, (balance is not None or mixup is not None) and not num_classes)
         if self.index is None and (balance is not None or mixup is not None) and not num_classes:
             raise ValueError("index=False with balance= or mixup= needs num_classes=")
         self.num_classes = self.index.num_classes if self.index is not None else num_classes
@@ -135,12 +132,14 @@ class StreamLoader:
         if decode not in ("cpu", "dali"):
             raise ValueError(f"decode must be 'cpu' (in the workers) or 'dali' (where the batch lives), got {decode!r}")
         shape = self.index.image_shape if self.index is not None else None
-        self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali")
+        channels = channels or (shape[2] if shape else 3)
+        self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali",
+                                     label_key=label_key or (self.index.label_key if self.index else None),
+                                     channels=channels)
         self.device_decoder = None
         if decode == "dali":
             from .device_decode import DaliImageDecoder
 
-            channels = shape[2] if shape else 3
             self.device_decoder = DaliImageDecoder(self.device, channels, resize)
         self.stats = LoaderStats()
         self.balance, self.augment, self.mixup = balance, augment, mixup
@@ -164,8 +163,7 @@ class StreamLoader:
         self._batches_done = 0
         self._resume_pending = False
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
-        if shape is not None:
-            self.output.check_channels(shape[2])
+        self.output.check_channels(channels)
 
     # ------------------------------------------------------------ DataLoader surface
     @property
@@ -219,19 +217,6 @@ class StreamLoader:
         self._topology = (ws, rk)
 
     # ------------------------------------------------------------ planning
-    def _load_index(self, index) -> ShardIndex:
-        if isinstance(index, ShardIndex):
-            full = index
-        else:
-            path = index or default_index_path(self.urls)
-            if path is None:
-                raise ValueError("pipe: URLs need an explicit index= (path or URL of index.json)")
-            full = ShardIndex.load(path)
-        listed = {s.url for s in full.shards}
-        if set(self.urls) == listed:
-            return full
-        return full.subset(self.urls)
-
     def plan(self, epoch: int | None = None) -> EpochPlan | None:
         """The epoch's plan (``None`` without an index: nothing is known up front)."""
         if self.index is None:

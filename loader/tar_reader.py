@@ -53,9 +53,10 @@ def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
                     (extra := next(samples, None)) is not None:
                 # Raised (or counted) before the last planned sample is handed on; the
                 # extras are not in the plan, so under "skip" they are counted and ignored.
-                handle(StreamError("index_mismatch", f"shard holds more samples than the index count "
+                extras = 1 + sum(1 for _ in samples)
+                handle(StreamError("index_mismatch", f"shard holds {extras} more samples than the index count "
                                    f"{seg.shard_count}; extras are ignored", shard=seg.url,
-                                   key=extra["__key__"], value=pos + 1, lost=1))
+                                   key=extra["__key__"], value=pos + extras, lost=extras))
             if in_range:
                 if seg.padding:
                     sample["__padding__"] = True

@@ -133,7 +133,7 @@ def test_index_disagrees_with_shard(tmp_path, claimed, found):
     if sum(claimed) > 6:   # short shard: the missing tail is counted and padded
         assert loader.stats.skipped["index_mismatch"] == 2 and loader.stats.padded == 2
     else:                  # extra samples: the planned 4 arrive, the unplanned extra is counted
-        assert keys == [f"s_{i:05d}" for i in range(4)] and loader.stats.skipped["index_mismatch"] == 1
+        assert keys == [f"s_{i:05d}" for i in range(4)] and loader.stats.skipped["index_mismatch"] == 2
 
 
 @pytest.mark.parametrize("edit,message", [

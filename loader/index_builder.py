@@ -1,0 +1,214 @@
+"""Index existing WebDataset shards: ``build_index`` and ``streamaug index``.
+
+>>> build_index("shards/train-{000000..000099}.tar", workers=8)    # doctest: +SKIP
+ShardIndex(...)   # and shards/index.json, the same format write_shards writes
+
+One pass over each shard with webdataset's tar iterators, shards in parallel
+(one process each). Labels are read from their small text or JSON field; images
+are never decoded: their shape comes from the header alone (PIL opens lazily,
+``.npy`` headers are parsed by numpy's own reader). A shard that cannot be indexed
+honestly is refused with a :class:`StreamError` naming the shard, the key and the
+value: a sample without image or label, an image or label field that differs from
+the rest of the corpus, a label that is not a non-negative integer.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+from webdataset.gopen import gopen
+from webdataset.handlers import reraise_exception
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from .errors import StreamError
+from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, find_label_key, read_label
+from .index_lookup import default_index_path
+from .shard_index import INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo
+from .shard_urls import expand_urls, readable_url
+
+
+@dataclass
+class ShardScan:
+    """What one pass over one shard found."""
+    url: str
+    count: int = 0
+    labels: Counter = field(default_factory=Counter)
+    image_ext: str | None = None
+    label_key: str | None = None
+    sizes: set = field(default_factory=set)          # (H, W), at most 2 kept: 2 means "varies"
+    channels: set = field(default_factory=set)
+    first_key: str | None = None
+
+
+def image_header_shape(data: bytes, ext: str) -> tuple[int, int, int]:
+    """(H, W, C) from the header alone, C as the loader decodes it (gray 1, anything else 3)."""
+    if ext == "npy":
+        stream = io.BytesIO(data)
+        version = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(stream)
+        if dtype.hasobject or len(shape) not in (2, 3):
+            raise ValueError(f"npy image must be (H, W) or (H, W, C) of numbers, got shape {shape} dtype {dtype}")
+        return (shape[0], shape[1], shape[2] if len(shape) == 3 else 1)
+    with Image.open(io.BytesIO(data)) as img:          # lazy: reads the header, decodes nothing
+        width, height = img.size
+        return (height, width, 1 if img.mode == "L" else 3)
+
+
+def scan_shard(url: str, label_key: str | None = None) -> ShardScan:
+    """Count the samples and labels of one shard; :class:`StreamError` on anything inconsistent."""
+    scan = ShardScan(url)
+    try:
+        stream = gopen(readable_url(url))
+    except FileNotFoundError:
+        raise StreamError("missing_shard", "shard does not exist", shard=url, value=url) from None
+    except Exception as e:
+        raise StreamError("unreadable_shard", f"shard cannot be opened: {e}", shard=url, value=url) from None
+    key, closed = None, False
+    try:
+        files = tar_file_expander([{"url": url, "stream": stream}], handler=reraise_exception)
+        for raw in group_by_keys(files, handler=reraise_exception):
+            key = raw["__key__"]
+            _scan_sample(scan, raw, label_key, url, key)
+        closed = True
+        stream.close()                     # a pipe: reports its exit status here
+    except StreamError:
+        raise
+    except Exception as e:
+        failed = url.startswith("pipe:") and not isinstance(e, tarfile.TarError)
+        what = "the shard's command failed" if failed else "tar stream is corrupt or truncated"
+        raise StreamError("corrupt_shard", f"{what} after {scan.count} samples: "
+                          f"{type(e).__name__}: {str(e).split(' @ ')[0]}", shard=url, key=key, value=scan.count) from None
+    finally:
+        if not closed:
+            try:
+                stream.close()
+            except Exception:              # already failing; the StreamError above says why
+                pass
+    return scan
+
+
+def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, key: str) -> None:
+    fields = sorted(k for k in raw if not k.startswith("__"))
+    exts = [e for e in IMAGE_EXTS if e in raw]
+    if not exts:
+        raise StreamError("no_image", f"sample has no image field (one of {IMAGE_EXTS})", shard=url, key=key,
+                          value=fields)
+    if len(exts) > 1 or (scan.image_ext is not None and exts[0] != scan.image_ext):
+        raise StreamError("mixed_image_ext", f"image fields differ: sample {scan.first_key!r} has "
+                          f".{scan.image_ext or exts[0]}, this one {['.' + e for e in exts]}", shard=url,
+                          key=key, value=fields)
+    chosen = label_key or find_label_key(raw)
+    if chosen is None or chosen.split(":")[0] not in raw:
+        wanted = repr(chosen) if chosen else f"any of {LABEL_KEYS}"
+        raise StreamError("no_label", f"sample has no label field ({wanted}; choose it with --label-key)",
+                          shard=url, key=key, value=fields)
+    if scan.label_key is not None and chosen != scan.label_key:
+        raise StreamError("mixed_label_key", f"label fields differ: sample {scan.first_key!r} has "
+                          f"{scan.label_key!r}, this one {chosen!r}; choose one with --label-key", shard=url,
+                          key=key, value=fields)
+    try:
+        label = read_label(raw, chosen)
+    except ValueError as e:
+        raise StreamError("bad_label", f"label in {chosen!r} is not an integer class: {e}", shard=url, key=key,
+                          value=bytes(raw[chosen.split(':')[0]][:40])) from None
+    if label < 0:
+        raise StreamError("bad_label", "label is negative", shard=url, key=key, value=label)
+    ext = exts[0]
+    try:
+        h, w, c = image_header_shape(raw[ext], ext)
+    except Exception as e:
+        raise StreamError("undecodable_image", f".{ext} image header does not parse: {type(e).__name__}: {e}",
+                          shard=url, key=key, value=f"{len(raw[ext])} bytes") from None
+    if len(scan.sizes) < 2:
+        scan.sizes.add((h, w))
+    scan.channels.add(c)
+    scan.image_ext, scan.label_key = ext, chosen
+    scan.first_key = scan.first_key or key
+    scan.labels[label] += 1
+    scan.count += 1
+
+
+def _executor(workers: int, urls: list[str]) -> Executor:
+    if all(u.startswith(("http://", "https://")) for u in urls):
+        return ThreadPoolExecutor(workers)                 # waiting on the network, not the CPU
+    return ProcessPoolExecutor(workers)
+
+
+def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key: str | None = None,
+                num_classes: int | None = None, class_names: list[str] | None = None,
+                workers: int | None = None, progress: bool = True) -> ShardIndex:
+    """Index existing shards and write ``index.json`` (default: beside the first shard).
+
+    ``label_key`` is ``"cls"``, ``"label"``, ``"txt"`` or ``"json:FIELD"``; by default each
+    sample's first of those, which must be the same field throughout. ``num_classes``
+    defaults to the largest label + 1. ``workers`` shards are read at once (default: CPUs,
+    at most 8). Returns the index, with the URLs as given.
+    """
+    label_key = check_label_key(label_key)
+    shard_urls = expand_urls(urls)
+    out = out or default_index_path(shard_urls)
+    if out is None or out.startswith(("http://", "https://")):
+        raise ValueError(f"give out= (a local path for index.json): shards {shard_urls[0]!r} have no local folder")
+    if os.path.isdir(out):
+        out = os.path.join(out, INDEX_NAME)
+    workers = max(1, min(workers or min(8, os.cpu_count() or 1), len(shard_urls)))
+    scans: dict[str, ShardScan] = {}
+    bar = tqdm(total=len(shard_urls), desc="indexing shards", unit="shard", disable=not progress)
+    try:
+        if workers == 1:
+            for u in shard_urls:
+                scans[u] = scan_shard(u, label_key)
+                bar.update(1)
+        else:
+            with _executor(workers, shard_urls) as pool:
+                futures = {pool.submit(scan_shard, u, label_key): u for u in shard_urls}
+                for f in as_completed(futures):
+                    scans[futures[f]] = f.result()
+                    bar.update(1)
+    finally:
+        bar.close()
+    return _write(out, [scans[u] for u in shard_urls], num_classes, class_names)
+
+
+def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_names: list[str] | None) -> ShardIndex:
+    filled = [s for s in scans if s.count]
+    if not filled:
+        raise ShardIndexError(f"no samples in {len(scans)} shard(s), e.g. {scans[0].url!r}: nothing to index")
+    for field_name in ("image_ext", "label_key"):
+        seen = {getattr(s, field_name) for s in filled}
+        if len(seen) > 1:
+            a = filled[0]
+            b = next(s for s in filled if getattr(s, field_name) != getattr(a, field_name))
+            raise StreamError(f"mixed_{field_name}", f"shards disagree on {field_name}: "
+                              f"{getattr(a, field_name)!r} in {a.url!r}, {getattr(b, field_name)!r} here",
+                              shard=b.url, key=b.first_key, value=sorted(seen))
+    top = max(max(s.labels) for s in filled)
+    nc = num_classes or (len(class_names) if class_names else top + 1)
+    if top >= nc:
+        bad = next(s for s in filled if max(s.labels) == top)
+        raise StreamError("label_out_of_range", f"label is outside num_classes={nc}", shard=bad.url, value=top)
+    sizes = set().union(*(s.sizes for s in filled))
+    channels = set().union(*(s.channels for s in filled))
+    shape = (*next(iter(sizes)), channels.pop() if len(channels) == 1 else 3) if len(sizes) == 1 else None
+    first = filled[0]
+    index = ShardIndex([ShardInfo(s.url, s.count, tuple(s.labels.get(c, 0) for c in range(nc))) for s in scans],
+                       nc, list(class_names) if class_names else [str(c) for c in range(nc)], first.image_ext,
+                       shape, out, None if first.label_key == "cls" else first.label_key)
+    index.save(out)
+    return index
+
+
+def summary(index: ShardIndex, seconds: float) -> str:
+    shape = "x".join(map(str, index.image_shape)) if index.image_shape else "varies"
+    return (f"indexed {len(index.shards)} shards, {index.total} samples, {index.num_classes} classes "
+            f"{index.class_counts}, .{index.image_ext} images {shape}, labels from "
+            f"{index.label_key or 'cls'!r} in {seconds:.1f} s -> {index.source}")

@@ -1,0 +1,133 @@
+"""Shard URLs: expansion of patterns, and the one notion of "the same shard".
+
+A shard can be named many ways: ``shards/a.tar``, ``./shards/a.tar``,
+``/abs/shards/a.tar``, ``file:///abs/shards/a.tar``, a path through a symlinked
+folder, ``https://host/shards/a.tar``, or a command, ``pipe:curl -s .../a.tar``.
+:func:`shard_key` maps every local form to one real path, so a URL the caller
+gives and an index entry match whenever they name the same file.
+
+What an index *file* may name is narrower than what a caller may pass
+(:func:`resolve_index_entry`): relative paths under the index's own folder and
+http(s) URLs. ``pipe:`` and every other scheme run code or reach other systems, so
+they come only from the caller's own ``urls=``; a caller's command URL is matched
+to its index entry by the shard's file name (:func:`command_shard_name`).
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import shlex
+from collections.abc import Sequence
+from urllib.parse import unquote, urlparse
+
+import braceexpand
+
+INDEX_SCHEMES = ("http", "https")        # the only schemes an index file may name
+
+
+class UnsafeIndexEntry(ValueError):
+    """An index entry that names something an index may not (a command, another scheme, a path outside)."""
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Brace patterns (``train-{000000..000009}.tar``) and ``::``-separated lists → URLs."""
+    if isinstance(urls, (str, os.PathLike)):
+        urls = [urls]
+    out = [u for pattern in urls for part in os.fspath(pattern).split("::") for u in braceexpand.braceexpand(part)]
+    if not out or not all(out):
+        raise ValueError(f"no shard URLs given (got {urls!r})")
+    return out
+
+
+def url_scheme(url: str) -> str:
+    """``""`` for a local path (a Windows drive letter is not a scheme), else the scheme."""
+    scheme = urlparse(url).scheme
+    return "" if len(scheme) <= 1 else scheme.lower()
+
+
+def is_local(url: str) -> bool:
+    return url_scheme(url) in ("", "file")
+
+
+def local_path(url: str, base: str | None = None) -> str:
+    """A local URL (path or ``file://``) → its real absolute path (symlinks resolved),
+    relative paths taken from ``base`` (default: the working directory)."""
+    if url_scheme(url) == "file":
+        url = unquote(urlparse(url).path)
+    return os.path.realpath(os.path.join(base or os.getcwd(), os.path.expanduser(url)))
+
+
+def shard_key(url: str) -> str:
+    """What identifies a shard when matching URLs: a real path, or the URL itself."""
+    return local_path(url) if is_local(url) else url
+
+
+def readable_url(url: str) -> str:
+    """The URL handed to webdataset's ``gopen``: ``file://`` becomes a plain path."""
+    return local_path(url) if url_scheme(url) == "file" else url
+
+
+def command_shard_name(url: str) -> str | None:
+    """The tar file a ``pipe:`` (or other non-http) URL reads: the last word naming a ``.tar``,
+    as a file name (``pipe:aws s3 cp s3://b/train-000001.tar -`` → ``train-000001.tar``)."""
+    text = url[len("pipe:"):] if url.startswith("pipe:") else url
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = text.split()
+    names = [posixpath.basename(urlparse(w).path or w) for w in words if ".tar" in w]
+    return names[-1] if names else None
+
+
+def index_entry_url(url: str, index_dir: str) -> str:
+    """How ``url`` is written into an index file kept in ``index_dir``: a path relative
+    to it (local shards must lie under it), an http(s) URL, or the shard's file name for
+    a command URL (matched by name when the caller passes the same command)."""
+    scheme = url_scheme(url)
+    if scheme in INDEX_SCHEMES:
+        return url
+    if scheme in ("", "file"):
+        path, root = local_path(url), os.path.realpath(index_dir)
+        if os.path.commonpath([path, root]) != root:
+            raise UnsafeIndexEntry(f"shard {url!r} is outside the index's folder {root!r}; an index names only "
+                                   f"shards under its own folder: write it in a folder that holds the shards")
+        return os.path.relpath(path, root).replace(os.sep, "/")
+    name = command_shard_name(url)
+    if name is None:
+        raise UnsafeIndexEntry(f"cannot name shard {url!r} in an index: no '.tar' file name in it, and an index "
+                               f"never stores commands or {scheme!r} URLs")
+    return name
+
+
+def resolve_index_entry(entry: str, index_source: str) -> str:
+    """An index file's shard entry → the URL it names, or :class:`UnsafeIndexEntry`.
+
+    Relative paths resolve against the index's folder (or its http base) and must stay
+    inside it; absolute http(s) URLs pass; absolute paths, ``..`` escapes, ``pipe:``
+    and every other scheme are refused, so an index never runs a command."""
+    scheme = url_scheme(entry)
+    if scheme in INDEX_SCHEMES:
+        return entry
+    if scheme:
+        raise UnsafeIndexEntry(f"a {scheme!r} URL; an index may name only relative paths under its own folder "
+                               f"or {'/'.join(INDEX_SCHEMES)} URLs (pass commands in urls= yourself)")
+    if entry.startswith(("/", "\\", "~")) or os.path.isabs(entry):
+        raise UnsafeIndexEntry("an absolute path; an index may name only relative paths under its own folder")
+    if url_scheme(index_source) in INDEX_SCHEMES:
+        parsed = urlparse(index_source)
+        folder = posixpath.dirname(parsed.path) or "/"
+        joined = posixpath.normpath(posixpath.join(folder, entry))
+        if not joined.startswith(folder.rstrip("/") + "/"):
+            raise UnsafeIndexEntry("a path that leaves the index's folder")
+        return f"{parsed.scheme}://{parsed.netloc}{joined}"
+    root = os.path.realpath(os.path.dirname(os.path.abspath(index_source)))
+    joined = os.path.normpath(os.path.join(root, entry))
+    if os.path.commonpath([joined, root]) != root:
+        raise UnsafeIndexEntry("a path that leaves the index's folder")
+    return os.path.realpath(joined)
+
+
+def pattern_text(urls: str | Sequence[str]) -> str:
+    """The caller's URLs as one shell-quoted argument for ``streamaug index``."""
+    text = urls if isinstance(urls, str) else "::".join(os.fspath(u) for u in urls)
+    return shlex.quote(os.fspath(text))

@@ -1,0 +1,128 @@
+"""Foreign field names: .jpg/.jpeg/.png/.webp/.npy images, .cls/.label/.txt/.json labels,
+grayscale and RGBA converted to ``channels``, unknown fields never decoded."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from shard_factory import npy_bytes
+from streamaug.loader import StreamError, StreamLoader, build_index
+from streamaug.loader.sample_decoder import convert_channels
+
+LABELS = [0, 1, 2, 1, 0, 2, 2, 1]
+
+
+def image_bytes(arr: np.ndarray, ext: str) -> bytes:
+    if ext == "npy":
+        return npy_bytes(arr)
+    buf = io.BytesIO()
+    fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[ext]
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format=fmt, **(
+        {"lossless": True} if fmt == "WEBP" else {}))
+    return buf.getvalue()
+
+
+def label_field(label: int, field: str) -> tuple[str, bytes]:
+    if field.startswith("json:"):
+        return "json", json.dumps({"meta": {"y": label}} if field == "json:meta.y" else {"label": label}).encode()
+    return field, str(label).encode() + (b"\n" if field == "txt" else b"")
+
+
+def corpus(folder, ext="png", field="cls", images=None, extra=None):
+    rng = np.random.default_rng(0)
+    images = images if images is not None else [rng.integers(0, 256, (6, 5, 3), np.uint8) for _ in LABELS]
+    os.makedirs(folder, exist_ok=True)
+    with wds.TarWriter(os.path.join(folder, "c.tar")) as sink:
+        for i, (img, y) in enumerate(zip(images, LABELS)):
+            name, data = label_field(y, field)
+            sample = {"__key__": f"s{i:03d}", ext: image_bytes(img, ext), name: data, **(extra or {})}
+            sink.write(sample)
+    return os.path.join(folder, "c.tar"), images
+
+
+@pytest.mark.parametrize("ext", ["jpg", "jpeg", "png", "webp", "npy"])
+@pytest.mark.parametrize("field", ["cls", "label", "txt", "json:label"])
+def test_image_and_label_fields_are_detected(tmp_path, ext, field):
+    url, images = corpus(tmp_path, ext, field)
+    index = build_index(url, progress=False)
+    assert index.image_ext == ext and index.class_counts == [2, 3, 3] and index.image_shape == (6, 5, 3)
+    assert index.label_key == (None if field == "cls" else field)
+    x, y = next(iter(StreamLoader(url, batch_size=8, shuffle=0)))
+    assert y.tolist() == LABELS and tuple(x.shape) == (8, 3, 6, 5)
+    if ext in ("png", "webp", "npy"):                     # lossless: the very pixels
+        assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), np.stack(images))
+
+
+def test_label_key_is_chosen_by_argument(tmp_path):
+    """A .json label that is not under 'label', beside a .txt caption: detection would take the caption."""
+    url, _ = corpus(tmp_path, "png", "json:meta.y", extra={"txt": b"a caption"})
+    with pytest.raises(StreamError, match="label in 'txt' is not an integer") as info:
+        build_index(url, progress=False)
+    assert info.value.key == "s000" and info.value.value == b"a caption"
+    index = build_index(url, label_key="json:meta.y", progress=False)
+    assert index.label_key == "json:meta.y"
+    _, y = next(iter(StreamLoader(url, batch_size=8, shuffle=0)))      # the index's label_key is used
+    assert y.tolist() == LABELS
+    _, y = next(iter(StreamLoader(url, batch_size=8, shuffle=0, index=False, label_key="json:meta.y")))
+    assert y.tolist() == LABELS
+    with pytest.raises(ValueError, match="label_key must be one of"):
+        StreamLoader(url, batch_size=8, label_key="yaml")
+
+
+def test_bad_json_label_names_shard_key_and_value(tmp_path):
+    url, _ = corpus(tmp_path, "png", "json:label")
+    with pytest.raises(StreamError, match="no field 'y'") as info:
+        list(StreamLoader(url, batch_size=8, shuffle=0, index=False, label_key="json:y"))
+    assert (info.value.reason, info.value.key, info.value.shard) == ("bad_label", "s000", url)
+
+
+@pytest.mark.parametrize("ext", ["png", "npy"])
+def test_grayscale_and_rgba_convert_to_the_channels_asked_for(tmp_path, ext):
+    rng = np.random.default_rng(3)
+    gray = [rng.integers(0, 256, (6, 5, 1), np.uint8) for _ in range(4)]
+    rgba = [rng.integers(0, 256, (6, 5, 4), np.uint8) for _ in range(4)]
+    url, _ = corpus(tmp_path, ext, images=gray + rgba)
+    index = build_index(url, progress=False)
+    assert index.image_shape == (6, 5, 3), "mixed gray and colour: the index records 3 channels"
+    x, _ = next(iter(StreamLoader(url, batch_size=8, shuffle=0)))
+    x = x.permute(0, 2, 3, 1).numpy()
+    assert x.shape == (8, 6, 5, 3)
+    assert np.array_equal(x[:4], np.repeat(np.stack(gray), 3, axis=3))
+    assert np.array_equal(x[4:], np.stack(rgba)[..., :3])
+    x1, _ = next(iter(StreamLoader(url, batch_size=8, shuffle=0, channels=1)))
+    expected = [np.asarray(Image.fromarray(a[..., :3]).convert("L")) for a in rgba]
+    assert x1.shape == (8, 1, 6, 5) and np.array_equal(x1[4:, 0].numpy(), np.stack(expected)), "PIL's luma"
+    with pytest.raises(ValueError, match="channels must be 1, 3 or 4"):
+        StreamLoader(url, batch_size=8, channels=2)
+
+
+def test_convert_channels_keeps_the_values():
+    rgb = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
+    assert np.array_equal(convert_channels(rgb, 4)[..., :3], rgb) and (convert_channels(rgb, 4)[..., 3] == 255).all()
+    assert np.array_equal(convert_channels(rgb[..., :1], 3), np.repeat(rgb[..., :1], 3, axis=2))
+    with pytest.raises(ValueError, match="cannot convert 5 channels"):
+        convert_channels(np.zeros((2, 2, 5), np.uint8), 3)
+
+
+class Boom:
+    def __reduce__(self):
+        return (open, (os.environ["BOOM_MARKER"], "w"))
+
+
+def test_unknown_fields_are_ignored_without_decoding(tmp_path, monkeypatch):
+    marker = tmp_path / "unpickled"
+    monkeypatch.setenv("BOOM_MARKER", str(marker))
+    extra = {"pickle": pickle.dumps(Boom()), "pyd": pickle.dumps(Boom()), "xyz": b"\x00garbage",
+             "seg.png": b"not a png at all"}
+    url, images = corpus(tmp_path / "c", "png", extra=extra)
+    assert build_index(url, progress=False).total == 8
+    x, y = next(iter(StreamLoader(url, batch_size=8, shuffle=0, num_workers=2)))
+    assert y.tolist() == LABELS and np.array_equal(x.permute(0, 2, 3, 1).numpy(), np.stack(images))
+    assert not marker.exists()

@@ -1,0 +1,211 @@
+"""`streamaug index` / build_index over shards the project did not write."""
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import warnings
+
+import numpy as np
+import pytest
+import webdataset as wds
+from imblearn.over_sampling import SMOTE as ImbSMOTE
+from PIL import Image
+
+from shard_factory import npy_bytes, write_tar
+from streamaug.cli import main as cli_main
+from streamaug.loader import ShardIndex, ShardIndexError, StreamError, StreamLoader, build_index, write_shards
+from streamaug.loader import index_builder
+from streamaug.samplers import SMOTE, ClassBalancer
+
+STREAMAUG = os.path.join(os.path.dirname(sys.executable), "streamaug")
+
+
+def jpeg(value: int, size=(12, 10), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    shape = (*size, 3) if mode == "RGB" else size
+    Image.fromarray(np.full(shape, value, np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def jpeg_json_corpus(folder, n=90, maxcount=25):
+    """What img2dataset-like tools write: ``.jpeg`` images, labels in ``.json``, captions in ``.txt``."""
+    os.makedirs(folder, exist_ok=True)
+    labels = [0 if i % 9 < 6 else (1 if i % 9 < 8 else 2) for i in range(n)]
+    with wds.ShardWriter(os.path.join(folder, "part-%04d.tar"), maxcount=maxcount, verbose=0) as sink:
+        for i, y in enumerate(labels):
+            sink.write({"__key__": f"img{i:05d}", "jpeg": jpeg(i),
+                        "json": json.dumps({"label": y, "width": 10}).encode(), "txt": b"a photo"})
+    return labels
+
+
+def test_shardwriter_jpeg_json_corpus_indexes_and_streams_once_balanced(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    labels = jpeg_json_corpus("data")
+    assert cli_main(["index", "data/part-{0000..0003}.tar", "--workers", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("indexed 4 shards, 90 samples, 3 classes [60, 20, 10], .jpeg images 12x10x3, "
+                          "labels from 'json:label'"), out
+    doc = json.load(open("data/index.json"))
+    assert [s["url"] for s in doc["shards"]] == [f"part-{i:04d}.tar" for i in range(4)]
+    assert doc["label_key"] == "json:label" and doc["image_shape"] == [12, 10, 3]
+    loader = StreamLoader("data/part-{0000..0003}.tar", batch_size=16, num_workers=2, seed=0,
+                          balance=ClassBalancer("auto", SMOTE(k_neighbors=3)))
+    real, counts = [], collections.Counter()
+    for batch in loader:
+        keep = ~batch.is_padding
+        real += [k for k, s, p in zip(batch.keys, batch.is_synthetic.tolist(), batch.is_padding.tolist())
+                 if not s and not p]
+        counts.update(batch.hard_labels[keep].tolist())
+    assert sorted(real) == [f"img{i:05d}" for i in range(90)], "every real sample exactly once"
+    X = np.random.default_rng(0).normal(size=(90, 2))
+    assert counts == collections.Counter(ImbSMOTE().fit_resample(X, np.array(labels))[1].tolist())
+
+
+@pytest.mark.parametrize("fmt", ["npy", "jpg", "png"])
+def test_index_built_from_shards_equals_the_written_one(tmp_path, fmt):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (50, 6, 7, 3), np.uint8)
+    labels = rng.integers(0, 4, 50)
+    written = write_shards((images, labels), str(tmp_path), image_format=fmt, maxcount=12, progress=False,
+                           num_classes=4)
+    before = json.load(open(tmp_path / "index.json"))
+    os.remove(tmp_path / "index.json")
+    built = build_index(written.urls, workers=2, progress=False)
+    assert json.load(open(tmp_path / "index.json")) == before
+    assert built.to_json() == written.to_json()
+
+
+def test_plain_tar_with_png_and_cls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("src")
+    for i in range(6):
+        Image.fromarray(np.full((5, 4), i * 20, np.uint8)).save(f"src/{i:03d}.png")
+        open(f"src/{i:03d}.cls", "w").write(str(i % 2))
+    subprocess.run(["tar", "-cf", "plain.tar", "-C", "src", *sorted(os.listdir("src"))], check=True)
+    index = build_index("plain.tar", progress=False)
+    assert (index.total, index.class_counts, index.image_shape, index.image_ext) == (6, [3, 3], (5, 4, 1), "png")
+    x, y = next(iter(StreamLoader("plain.tar", batch_size=6, shuffle=0)))
+    assert tuple(x.shape) == (6, 1, 5, 4) and y.tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_pipe_urls_are_indexed_by_shard_name_and_matched(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    jpeg_json_corpus("data", n=30, maxcount=10)
+    urls = [f"pipe:cat data/part-{i:04d}.tar" for i in range(3)]
+    with pytest.raises(ValueError, match="give out="):
+        build_index(urls, progress=False)
+    index = build_index(urls, "meta/index.json" if os.makedirs("meta") is None else None, progress=False)
+    assert index.total == 30
+    assert [s["url"] for s in json.load(open("meta/index.json"))["shards"]] == [f"part-{i:04d}.tar" for i in range(3)]
+    loader = StreamLoader(urls, batch_size=7, index="meta/index.json")
+    assert len(loader) == 5 and sorted(k for b in loader for k in b.keys) == [f"img{i:05d}" for i in range(30)]
+
+
+def test_images_are_not_decoded(tmp_path, monkeypatch):
+    """Only headers are read: a decoder that always fails does not stop indexing."""
+    jpeg_json_corpus(tmp_path, n=8, maxcount=8)
+    members = [(f"s{i}.npy", npy_bytes(np.zeros((9, 9, 3), np.uint8))) for i in range(3)]
+    write_tar(str(tmp_path / "n.tar"), [m for i, m in enumerate(members) for m in (m, (f"s{i}.cls", b"1"))])
+
+    def no_decoding(*a, **k):
+        raise AssertionError("image pixels were decoded")
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(np, "load", no_decoding)
+    assert build_index(str(tmp_path / "part-0000.tar"), workers=1, progress=False).image_shape == (12, 10, 3)
+    assert build_index(str(tmp_path / "n.tar"), workers=1, progress=False).image_shape == (9, 9, 3)
+
+
+def good(i, ext="npy"):
+    data = npy_bytes(np.zeros((4, 4, 3), np.uint8)) if ext == "npy" else jpeg(i, (4, 4))
+    return [(f"k{i:03d}.{ext}", data), (f"k{i:03d}.cls", str(i % 2).encode())]
+
+
+@pytest.mark.parametrize("members,reason,key,value", [
+    (good(0) + [("k001.npy", npy_bytes(np.zeros((4, 4, 3), np.uint8)))] + good(2), "no_label", "k001", "['npy']"),
+    (good(0) + [("k001.cls", b"1")] + good(2), "no_image", "k001", "['cls']"),
+    (good(0) + good(1, "jpg") + good(2), "mixed_image_ext", "k001", "['cls', 'jpg']"),
+    (good(0) + [("k001.npy", npy_bytes(np.zeros((4, 4, 3), np.uint8))), ("k001.cls", b"cat")], "bad_label",
+     "k001", "b'cat'"),
+    (good(0) + [("k001.npy", npy_bytes(np.zeros((4, 4, 3), np.uint8))), ("k001.cls", b"-2")], "bad_label",
+     "k001", "-2"),
+])
+def test_inconsistent_shards_are_refused_naming_shard_and_key(tmp_path, members, reason, key, value):
+    write_tar(str(tmp_path / "bad.tar"), members)
+    with pytest.raises(StreamError) as info:
+        build_index(str(tmp_path / "bad.tar"), progress=False)
+    err = info.value
+    assert (err.reason, err.key, err.shard) == (reason, key, str(tmp_path / "bad.tar"))
+    assert value in str(err) and not (tmp_path / "index.json").exists()
+
+
+def test_shards_that_disagree_are_refused(tmp_path):
+    write_tar(str(tmp_path / "a.tar"), good(0) + good(1))
+    write_tar(str(tmp_path / "b.tar"), good(2, "jpg") + good(3, "jpg"))
+    with pytest.raises(StreamError, match="shards disagree on image_ext") as info:
+        build_index([str(tmp_path / "a.tar"), str(tmp_path / "b.tar")], workers=2, progress=False)
+    assert info.value.shard == str(tmp_path / "b.tar") and info.value.key == "k002"
+
+
+def test_parallel_and_serial_agree_and_workers_run_at_once(tmp_path, monkeypatch):
+    for s in range(5):
+        write_tar(str(tmp_path / f"s{s}.tar"), [m for i in range(s * 10, s * 10 + 7) for m in good(i)])
+    urls = [str(tmp_path / f"s{s}.tar") for s in range(5)]
+    serial = build_index(urls, workers=1, progress=False).to_json()
+    used = []
+    real = index_builder._executor
+    monkeypatch.setattr(index_builder, "_executor", lambda n, u: used.append(n) or real(n, u))
+    assert build_index(urls, workers=3, progress=False).to_json() == serial and used == [3]
+
+
+def test_cli_reports_errors_and_exits_1(tmp_path, capsys):
+    write_tar(str(tmp_path / "bad.tar"), good(0) + [("k001.cls", b"1")])
+    assert cli_main(["index", str(tmp_path / "bad.tar"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "streamaug index:" in err and "bad.tar" in err and "'k001'" in err
+    assert cli_main(["index", str(tmp_path / "nope-{0..1}.tar"), "--quiet"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_no_index_warns_once_with_the_exact_command_that_fixes_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    jpeg_json_corpus("data", n=30, maxcount=10)
+    pattern = "data/part-{0000..0002}.tar"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loader = StreamLoader(pattern, batch_size=8, num_workers=2)
+        keys = [k for b in loader for k in b.keys]
+    messages = [str(w.message) for w in caught if "index" in str(w.message)]
+    assert len(messages) == 1 and f"streamaug index '{pattern}'" in messages[0], messages
+    assert "streamaug shards" not in messages[0]
+    assert sorted(keys) == [f"img{i:05d}" for i in range(30)]
+    with pytest.raises(TypeError, match="no len"):
+        len(loader)
+    with pytest.raises(ShardIndexError, match=r"streamaug index 'data/part-\{0000..0002\}.tar'"):
+        StreamLoader(pattern, batch_size=8, balance=ClassBalancer())
+    command = messages[0].split("`")[1]                  # run exactly what the warning says
+    subprocess.run([STREAMAUG, *command.split()[1:2], pattern, "--quiet"], check=True, capture_output=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(StreamLoader(pattern, batch_size=8)) == 4
+
+
+def test_no_message_suggests_streamaug_shards_for_existing_shards():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = subprocess.run(["grep", "-rn", "streamaug shards` or\\|write one with `streamaug shards",
+                            os.path.join(root, "loader")], capture_output=True, text=True).stdout
+    assert found == ""
+
+
+@pytest.mark.parametrize("command,message", [("cat {t}; exit 3", "command failed after 4 samples"),
+                                             ("head -c 3000 {t}", "corrupt or truncated after 1 samples")])
+def test_failing_or_truncated_pipe_is_refused(tmp_path, command, message):
+    write_tar(str(tmp_path / "a.tar"), [m for i in range(4) for m in good(i)])
+    url = "pipe:" + command.format(t=tmp_path / "a.tar")
+    with pytest.raises(StreamError, match=message) as info:
+        build_index(url, str(tmp_path / "index.json"), progress=False)
+    assert info.value.shard == url and not (tmp_path / "index.json").exists()

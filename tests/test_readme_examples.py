@@ -1,0 +1,178 @@
+"""README.md as tests: every fenced ```python and ```bash block runs from a fresh temporary
+working directory (python in a subprocess, bash with ``python``/``streamaug`` from this
+interpreter's environment).
+
+Markers, on the line just before a fence:
+
+* ``<!-- gpu -->``: needs a GPU; runs only when CUDA is available.
+* ``<!-- long: REASON -->``: a reproduction recipe that takes minutes to hours (benchmarks,
+  multi-node jobs). It is not run; each command's program is run with ``--help`` and
+  every ``--option`` the block uses must be one that program lists, so it cannot rot.
+
+The set-up blocks (``pip install ...``) are not run either: CI runs them itself. They
+are checked to be exactly the commands ``.ci/run`` runs.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+BIN = os.path.dirname(sys.executable)
+MARKER = re.compile(r"<!--\s*(gpu|long)\b[^>]*-->")
+
+
+@dataclass(frozen=True)
+class Block:
+    lang: str
+    line: int          # 1-based line of the opening fence
+    code: str
+    marker: str | None
+
+    @property
+    def is_setup(self) -> bool:
+        return self.lang == "bash" and "pip install" in self.code
+
+    def __str__(self) -> str:
+        return f"README.md:{self.line} ({self.lang}{', ' + self.marker if self.marker else ''})"
+
+
+def readme_blocks(text: str) -> list[Block]:
+    blocks, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        m = re.match(r"^```(\w+)\s*$", lines[i])
+        if not m:
+            i += 1
+            continue
+        start, body = i, []
+        i += 1
+        while i < len(lines) and not lines[i].startswith("```"):
+            body.append(lines[i])
+            i += 1
+        if i == len(lines):
+            raise ValueError(f"README.md:{start + 1}: fence never closed")
+        prev = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
+        marker = MARKER.search(prev)
+        if m.group(1) in ("python", "bash"):
+            blocks.append(Block(m.group(1), start + 1, "\n".join(body) + "\n", marker and marker.group(1)))
+        i += 1
+    return blocks
+
+
+BLOCKS = readme_blocks(open(README).read())
+
+
+def env() -> dict:
+    e = dict(os.environ, PATH=BIN + os.pathsep + os.environ.get("PATH", ""), PYTHONUNBUFFERED="1",
+             MPLBACKEND="Agg")
+    e.pop("PYTHONPATH", None)
+    return e
+
+
+def commands(code: str) -> list[list[str]]:
+    """Shell commands of a block: continuation lines joined, comments dropped, split at && and ;."""
+    text = re.sub(r"\\\n", " ", code)
+    out = []
+    for line in text.splitlines():
+        words = shlex.split(line, comments=True)
+        cmd: list[str] = []
+        for w in words + ["&&"]:
+            if w in ("&&", ";", "||"):
+                if cmd:
+                    out.append(cmd)
+                cmd = []
+            else:
+                cmd.append(w)
+    return out
+
+
+def program_and_options(cmd: list[str]) -> tuple[list[str], list[str]]:
+    """``python -m X ...``, ``torchrun ... -m X ...`` or ``streamaug SUB ...`` → (help command, options used)."""
+    if cmd[0] in ("python", "python3", "torchrun") and "-m" in cmd:
+        k = cmd.index("-m")
+        return [sys.executable, "-m", cmd[k + 1]], [w.split("=")[0] for w in cmd[k + 2:] if w.startswith("--")]
+    if cmd[0] == "streamaug":
+        return [os.path.join(BIN, "streamaug"), cmd[1]], [w.split("=")[0] for w in cmd[2:] if w.startswith("--")]
+    raise AssertionError(f"cannot check command {shlex.join(cmd)!r}: give it a way to run fast or mark it gpu")
+
+
+@functools.lru_cache(maxsize=None)
+def help_text(program: tuple[str, ...]) -> str:
+    """``program --help`` (each program once per session: starting one imports torch)."""
+    shown = subprocess.run([*program, "--help"], capture_output=True, text=True, env=env(), timeout=120, cwd=ROOT)
+    assert shown.returncode == 0, f"{shlex.join(program)} --help failed:\n{shown.stderr[-2000:]}"
+    return shown.stdout
+
+
+def missing_options(options: list[str], shown: str) -> list[str]:
+    return [o for o in options if not re.search(rf"(^|[\s,\[]){re.escape(o)}(?![\w-])", shown)]
+
+
+def test_readme_has_runnable_examples():
+    run = [b for b in BLOCKS if not b.is_setup and b.marker is None]
+    assert sum(b.lang == "python" for b in run) >= 3 and sum(b.lang == "bash" for b in run) >= 1, BLOCKS
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if not b.is_setup], ids=str)
+def test_readme_block(block, tmp_path):
+    if block.marker == "gpu" and not torch.cuda.is_available():
+        pytest.skip("needs a GPU (marked <!-- gpu -->)")
+    if block.marker == "long":
+        for cmd in commands(block.code):
+            program, options = program_and_options(cmd)
+            shown = help_text(tuple(program))
+            unknown = missing_options(options, shown)
+            assert not unknown, f"{block}: {shlex.join(program)} has no option {unknown}"
+        return
+    if block.lang == "python":
+        (tmp_path / "example.py").write_text(block.code)
+        argv = [sys.executable, "example.py"]
+    else:
+        argv = ["bash", "-euo", "pipefail", "-c", block.code]
+    done = subprocess.run(argv, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{block} failed ({done.returncode}):\n{block.code}\n{done.stdout[-3000:]}\n" \
+                                 f"{done.stderr[-3000:]}"
+
+
+def normalized_install(cmd: list[str]) -> list[str]:
+    words = cmd[2:] if cmd[:2] == ["python", "-m"] else cmd
+    return [w for w in words if w not in ("-q", "--quiet")]
+
+
+def test_setup_blocks_are_what_ci_runs():
+    ci = [c for c in commands(open(os.path.join(ROOT, ".ci", "run")).read())]
+    ci_install = [normalized_install(c) for c in ci if "install" in c and "pip" in " ".join(c[:3])]
+    ci_cmds = [shlex.join(c) for c in ci]
+    setup = [b for b in BLOCKS if b.is_setup]
+    assert len(setup) == 2, [str(b) for b in setup]
+    for block in setup:
+        install, *rest = commands(block.code)
+        assert [normalized_install(install)] == ci_install, f"{block}: {install} is not CI's {ci_install}"
+        for cmd in rest:
+            if cmd[:1] == ["streamaug"]:                 # the main job: its command must exist
+                program, _ = program_and_options(cmd)
+                assert "usage:" in help_text(tuple(program))
+            else:
+                assert shlex.join(cmd) in ci_cmds, f"{block}: {shlex.join(cmd)!r} is not a command CI runs"
+
+
+def test_markers_and_fences_are_read(tmp_path):
+    text = "x\n<!-- gpu -->\n```python\nprint(1)\n```\n\n<!-- long: hours -->\n\n```bash\nstreamaug bench\n```\n" \
+           "```text\nnot code\n```\n```bash\npython -m a.b --n 3 \\\n  --json x && echo ok  # hi\n```\n"
+    blocks = readme_blocks(text)
+    assert [(b.lang, b.line, b.marker) for b in blocks] == [("python", 3, "gpu"), ("bash", 9, "long"),
+                                                             ("bash", 15, None)]
+    assert commands(blocks[2].code) == [["python", "-m", "a.b", "--n", "3", "--json", "x"], ["echo", "ok"]]
+    shown = "usage: x [-h] [--out OUT]\n  --quick-ish  q\n  --n N"
+    assert missing_options(["--out", "--n", "--quick", "--nope"], shown) == ["--quick", "--nope"]
+    with pytest.raises(ValueError, match="never closed"):
+        readme_blocks("```python\nprint(1)\n")

@@ -1,0 +1,147 @@
+"""Every way of naming a shard matches its index entry (relative, ./, .., symlinks, file://, http)."""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from streamaug.loader import ShardIndex, ShardIndexError, StreamLoader, write_shards
+from streamaug.loader.shard_urls import command_shard_name, expand_urls, shard_key
+
+N = 40
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    """``work/shards/train-00000{0..3}.tar`` + index.json, cwd ``work/``: the README's first example."""
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("work")
+    monkeypatch.chdir("work")
+    images = np.random.default_rng(0).integers(0, 256, (N, 4, 4, 3), np.uint8)
+    write_shards((images, np.arange(N) % 3), "shards/", maxcount=10, progress=False)
+    return tmp_path / "work"
+
+
+def keys_of(loader):
+    return sorted(k for b in loader for k in b.keys)
+
+
+ALL = [f"train_{i:08d}" for i in range(N)]
+
+
+@pytest.mark.parametrize("form", [
+    "shards/train-{000000..000003}.tar",
+    "./shards/train-{000000..000003}.tar",
+    "../work/shards/train-{000000..000003}.tar",
+    "shards/../shards/train-{000000..000003}.tar",
+    "ABS/shards/train-{000000..000003}.tar",
+    "file://ABS/shards/train-{000000..000003}.tar",
+])
+def test_url_forms_match_the_index(corpus, form):
+    loader = StreamLoader(form.replace("ABS", str(corpus)), batch_size=8)
+    assert len(loader) == 5 and keys_of(loader) == ALL
+
+
+def test_mixed_absolute_and_relative_list(corpus):
+    urls = [str(corpus / "shards/train-000000.tar"), "shards/train-000001.tar", "./shards/train-000002.tar",
+            f"file://{corpus}/shards/train-000003.tar"]
+    loader = StreamLoader(urls, batch_size=8, num_workers=2)
+    assert len(loader) == 5 and keys_of(loader) == ALL
+    assert len(StreamLoader(urls[1:3], batch_size=8)) == 3, "a subset uses its own shards' counts"
+
+
+def test_symlinked_folder(corpus):
+    os.symlink(corpus / "shards", corpus / "linked")
+    loader = StreamLoader("linked/train-{000000..000003}.tar", batch_size=8)
+    assert keys_of(loader) == ALL
+    loader = StreamLoader("shards/train-{000000..000003}.tar", batch_size=8, index="linked/index.json")
+    assert keys_of(loader) == ALL
+
+
+def test_index_elsewhere_with_entries_relative_to_it(corpus):
+    os.makedirs("data/a")
+    shutil.move("shards", "data/a/shards")
+    doc = json.load(open("data/a/shards/index.json"))
+    doc["shards"] = [dict(s, url="a/shards/" + s["url"]) for s in doc["shards"]]
+    json.dump(doc, open("data/index.json", "w"))
+    os.remove("data/a/shards/index.json")
+    index = ShardIndex.load("data/index.json")
+    assert index.urls[0] == str(corpus / "data/a/shards/train-000000.tar")
+    loader = StreamLoader("data/a/shards/train-{000000..000003}.tar", batch_size=8, index="data/index.json")
+    assert len(loader) == 5 and keys_of(loader) == ALL
+
+
+def test_index_saved_elsewhere_writes_relative_entries(corpus):
+    index = ShardIndex.load("shards/index.json")
+    index.save("index.json")                              # the parent folder of the shards
+    assert [s["url"] for s in json.load(open("index.json"))["shards"]][0] == "shards/train-000000.tar"
+    os.makedirs("elsewhere")
+    with pytest.raises(ShardIndexError, match="outside the index's folder"):
+        index.save("elsewhere/index.json")
+
+
+def test_shard_not_listed_names_it(corpus):
+    with pytest.raises(ShardIndexError, match="does not list shard 'shards/nope.tar'"):
+        StreamLoader(["shards/train-000000.tar", "shards/nope.tar"], batch_size=4, index="shards/index.json")
+
+
+def test_pipe_urls_match_by_shard_name(corpus):
+    urls = [f"pipe:cat shards/train-{i:06d}.tar" for i in range(4)]
+    loader = StreamLoader(urls, batch_size=8, index="shards/index.json", num_workers=2)
+    assert len(loader) == 5 and keys_of(loader) == ALL
+    assert command_shard_name("pipe:aws s3 cp s3://b/x/train-000001.tar -") == "train-000001.tar"
+    assert command_shard_name("pipe:curl -s 'https://h/a%20b/t.tar?sig=1'") == "t.tar"
+
+
+def test_expand_urls_stays_importable_from_stream_loader():
+    from streamaug.loader.stream_loader import expand_urls as old
+    assert old is expand_urls
+    assert expand_urls("a-{0..2}.tar::b.tar") == ["a-0.tar", "a-1.tar", "a-2.tar", "b.tar"]
+    assert shard_key("https://h/a.tar") == "https://h/a.tar"
+
+
+@pytest.fixture
+def http_root(corpus):
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    handler = functools.partial(Quiet, directory=str(corpus))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+def test_http_shards_and_index_beside_them(http_root):
+    pattern = f"{http_root}/shards/train-{{000000..000003}}.tar"
+    loader = StreamLoader(pattern, batch_size=8)
+    assert loader.index.source == f"{http_root}/shards/index.json"
+    assert loader.index.urls[0] == f"{http_root}/shards/train-000000.tar"
+    assert len(loader) == 5 and keys_of(loader) == ALL
+
+
+def test_build_index_over_http_and_a_hostile_http_index(http_root, corpus):
+    from streamaug.loader import build_index
+    pattern = f"{http_root}/shards/train-{{000000..000003}}.tar"
+    with pytest.raises(ValueError, match="give out="):
+        build_index(pattern, progress=False)
+    built = build_index(pattern, "meta/index.json" if os.makedirs("meta") is None else None, workers=2, progress=False)
+    written = ShardIndex.load("shards/index.json")
+    assert built.urls == [f"{http_root}/shards/train-{i:06d}.tar" for i in range(4)]
+    assert [(s.count, s.class_counts) for s in built.shards] == [(s.count, s.class_counts) for s in written.shards]
+    assert json.load(open("meta/index.json"))["shards"][0]["url"] == built.urls[0], "http URLs stay absolute"
+    assert keys_of(StreamLoader(pattern, batch_size=8, index="meta/index.json")) == ALL
+    doc = json.load(open("shards/index.json"))
+    doc["shards"][0]["url"] = f"pipe:touch {corpus}/marker; cat train-000000.tar"
+    json.dump(doc, open("shards/index.json", "w"))
+    with pytest.raises(ShardIndexError, match=r"shards\[0\]\.url is refused: a 'pipe' URL"):
+        StreamLoader(pattern, batch_size=8)
+    assert not (corpus / "marker").exists()
