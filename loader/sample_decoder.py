@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .decode_limits import DecodeLimits, check_image
 from .errors import StreamError
 from .image_codec import IMAGE_EXTS, decode_image, decode_label, resize_image
 from .image_size import ImageSizeRule
@@ -17,7 +18,8 @@ class SampleDecoder:
     without it, every image must have ``expect_shape`` when given."""
 
     def __init__(self, num_classes: int, resize: tuple[int, int] | None = None,
-                 expect_shape: tuple[int, int, int] | None = None, defer_encoded: bool = False):
+                 expect_shape: tuple[int, int, int] | None = None, defer_encoded: bool = False,
+                 limits: DecodeLimits | None = None, check_each: bool = False):
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
             raise ValueError(f"resize must be (height, width) with positive sizes, got {resize!r}")
         self.num_classes = num_classes
@@ -25,6 +27,8 @@ class SampleDecoder:
         self.expect_shape = tuple(expect_shape) if expect_shape else None
         self.sizes = ImageSizeRule(self.expect_shape, self.resize)
         self.defer_encoded = defer_encoded      # png/jpg bytes go on undecoded (decode="dali")
+        self.limits = limits or DecodeLimits()
+        self.check_each = check_each            # rows read one by one; the stream checks sizes per batch
 
     @property
     def output_shape(self) -> tuple[int, int, int] | None:
@@ -32,10 +36,11 @@ class SampleDecoder:
         return self.sizes.expected
 
     def decoding(self) -> "SampleDecoder":
-        """The same decoder, but one that always decodes (for rows read outside the stream)."""
-        if not self.defer_encoded:
-            return self
-        return SampleDecoder(self.num_classes, self.resize, self.expect_shape)
+        """The same decoder, but one that always decodes and checks each image's size against
+        the same rule (for rows read outside the stream)."""
+        other = SampleDecoder(self.num_classes, self.resize, self.expect_shape, limits=self.limits, check_each=True)
+        other.sizes = self.sizes
+        return other
 
     def __call__(self, raw: dict) -> dict:
         key, url = raw.get("__key__"), raw.get("__url__")
@@ -54,9 +59,11 @@ class SampleDecoder:
         if not 0 <= label < self.num_classes:
             raise StreamError("label_out_of_range", f"label is outside the index's classes [0, {self.num_classes})",
                               shard=url, key=key, value=label)
+        stored = check_image(raw[ext], ext, self.limits, url, key)     # format and pixels, from the header
         if self.defer_encoded and ext != "npy":
+            channels = self.expect_shape[2] if self.expect_shape else 3      # DALI's output type
             return {"__key__": key, "__url__": url, "image": None, "label": label,
-                    "encoded": bytes(raw[ext]),
+                    "shape": (*(self.resize or stored[:2]), channels), "encoded": bytes(raw[ext]),
                     "is_padding": bool(raw.get("__padding__", False))}
         try:
             image = decode_image(raw[ext], ext)
@@ -65,6 +72,7 @@ class SampleDecoder:
                               shard=url, key=key, value=f"{len(raw[ext])} bytes") from None
         if self.resize is not None and image.shape[:2] != self.resize:
             image = resize_image(image, self.resize)
-        self.sizes.check(image.shape, url, key)
-        return {"__key__": key, "__url__": url, "image": image, "label": label,
+        if self.check_each:
+            self.sizes.check(image.shape, url, key)
+        return {"__key__": key, "__url__": url, "image": image, "label": label, "shape": image.shape,
                 "is_padding": bool(raw.get("__padding__", False))}

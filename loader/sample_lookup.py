@@ -37,7 +37,7 @@ class ShardRowSource:
     def _rows(self, urls: Iterable[str], keep: Callable[[str, str, int], bool], on_error: str) -> Iterator[Row]:
         handle = ErrorHandler(on_error, LoaderStats())
         for url in urls:
-            for raw in read_segment(self._segment(url), handle):
+            for raw in read_segment(self._segment(url), handle, self.decoder.limits):
                 try:
                     label = int(raw["cls"])
                 except (KeyError, ValueError):

@@ -31,6 +31,7 @@ from streamaug.core.seeding import derive_seed
 from streamaug.core.transfer import to_device
 
 from .batch import Batch
+from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, DecodeLimits
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan, PlanSpec
 from .errors import ErrorHandler, LoaderStats, check_policy
@@ -79,6 +80,9 @@ class StreamLoader:
             decodes each batch with DALI where it lives (nvJPEG on a GPU).
         balance, augment, mixup: plug-in stages (see the module docs).
         world_size, rank: override ``torch.distributed``'s.
+        max_member_bytes, max_image_pixels: limits checked from tar and image headers before
+            anything is read or decoded (defaults 256 MiB, 36 megapixels; see ``decode_limits``).
+        read_timeout: seconds a ``pipe:`` or http shard may send nothing (default 600).
     """
 
     def __init__(self, urls: str | Sequence[str], *, batch_size: int, shuffle: int = 1000,
@@ -87,7 +91,9 @@ class StreamLoader:
                  index: str | ShardIndex | None = None, on_error: str = "raise",
                  resize: tuple[int, int] | None = None, balance=None, augment=None, mixup=None,
                  world_size: int | None = None, rank: int | None = None, prefetch_factor: int = 2,
-                 decode: str = "cpu", num_classes: int | None = None):
+                 decode: str = "cpu", num_classes: int | None = None,
+                 max_member_bytes: int = MAX_MEMBER_BYTES, max_image_pixels: int = MAX_IMAGE_PIXELS,
+                 read_timeout: float = READ_TIMEOUT):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -114,7 +120,9 @@ class StreamLoader:
         if decode not in ("cpu", "dali"):
             raise ValueError(f"decode must be 'cpu' (in the workers) or 'dali' (where the batch lives), got {decode!r}")
         shape = self.index.image_shape if self.index is not None else None
-        self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali")
+        limits = DecodeLimits(max_member_bytes, max_image_pixels, read_timeout)
+        self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali",
+                                     limits=limits)
         self.device_decoder = None
         if decode == "dali":
             from .device_decode import DaliImageDecoder

@@ -1,20 +1,21 @@
-"""Stream samples from planned shard segments with webdataset's tar iterators.
+"""Stream samples from planned shard segments.
 
-Tar parsing, URL opening (local paths, ``pipe:``, http) and grouping files into
-samples are webdataset's. This stage adds what it lacks: reading only a
-segment of a shard, checking the shard against its index entry, and turning
-every failure into a :class:`StreamError` that names the shard and key.
+URLs are opened by :func:`.shard_stream.open_shard` (read timeout, exit status of
+``pipe:``/http commands checked) and members read by :mod:`.tar_members` (sizes
+checked from headers, end-of-archive marker required, duplicates dropped one by
+one). This stage adds reading only a segment of a shard, checking the shard
+against its index entry (sample count and per-class counts), and turning every
+failure into a :class:`StreamError` that names the shard and key.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from webdataset.gopen import gopen
-from webdataset.handlers import reraise_exception
-from webdataset.tariterators import group_by_keys, tar_file_expander
-
+from .decode_limits import DecodeLimits
 from .epoch_plan import Segment
 from .errors import ErrorHandler, StreamError
+from .shard_stream import open_shard
+from .tar_members import shard_samples
 
 
 UNKNOWN = -1        # shard_count of a shard streamed without an index: read to its end, check nothing
@@ -25,16 +26,12 @@ def whole_shard(url: str) -> Segment:
     return Segment(url, 0, 1 << 62, UNKNOWN)
 
 
-def _samples(url: str, stream) -> Iterator[dict]:
-    files = tar_file_expander([{"url": url, "stream": stream}], handler=reraise_exception)
-    return group_by_keys(files, handler=reraise_exception)
-
-
-def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
+def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None = None) -> Iterator[dict]:
     """Yield raw samples ``seg.start..seg.stop`` of one shard (dicts of bytes)."""
+    limits = limits or DecodeLimits()
     pos, key = 0, None
     try:
-        stream = gopen(seg.url)
+        stream = open_shard(seg.url, limits.read_timeout)
     except FileNotFoundError:
         handle(StreamError("missing_shard", "shard does not exist", shard=seg.url, value=seg.url, lost=seg.size))
         return
@@ -43,7 +40,7 @@ def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
                            value=seg.url, lost=seg.size))
         return
     try:
-        samples = _samples(seg.url, stream)
+        samples = shard_samples(seg.url, stream, limits, handle)
         for sample in samples:
             key = sample["__key__"]
             in_range = pos >= seg.start
@@ -63,6 +60,10 @@ def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
             if last:
                 return
     except StreamError as e:
+        if e.shard is None:
+            e.shard = seg.url
+        if seg.shard_count != UNKNOWN:          # an index says how much is lost
+            e.lost = max(0, seg.stop - max(pos, seg.start))
         handle(e)
         return
     except Exception as e:
@@ -83,6 +84,7 @@ def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
                            lost=seg.stop - max(pos, seg.start)))
 
 
-def read_segments(segments: Iterable[Segment], handle: ErrorHandler) -> Iterator[dict]:
+def read_segments(segments: Iterable[Segment], handle: ErrorHandler,
+                  limits: DecodeLimits | None = None) -> Iterator[dict]:
     for seg in segments:
-        yield from read_segment(seg, handle)
+        yield from read_segment(seg, handle, limits)
