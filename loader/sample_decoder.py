@@ -42,6 +42,15 @@ class SampleDecoder:
         other.sizes = self.sizes
         return other
 
+    def label_of(self, raw: dict) -> int | None:
+        """The sample's label without decoding anything else; ``None`` when it has none that parses
+        (the decode stage reports that sample)."""
+        try:
+            label = decode_label(raw["cls"])
+        except (KeyError, ValueError):
+            return None
+        return label if 0 <= label < self.num_classes else None
+
     def __call__(self, raw: dict) -> dict:
         key, url = raw.get("__key__"), raw.get("__url__")
         ext = next((e for e in IMAGE_EXTS if e in raw), None)

@@ -32,7 +32,7 @@ class ShardRowSource:
         if self.index is None:
             return whole_shard(url)
         info = self.index.shard(url)
-        return Segment(url, 0, info.count, info.count)
+        return Segment(url, 0, info.count, info.count, class_counts=info.class_counts)
 
     def _rows(self, urls: Iterable[str], keep: Callable[[str, str, int], bool], on_error: str) -> Iterator[Row]:
         handle = ErrorHandler(on_error, LoaderStats())

@@ -9,7 +9,8 @@ failure into a :class:`StreamError` that names the shard and key.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 
 from .decode_limits import DecodeLimits
 from .epoch_plan import Segment
@@ -26,10 +27,28 @@ def whole_shard(url: str) -> Segment:
     return Segment(url, 0, 1 << 62, UNKNOWN)
 
 
-def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None = None) -> Iterator[dict]:
-    """Yield raw samples ``seg.start..seg.stop`` of one shard (dicts of bytes)."""
+def _class_count_error(seg: Segment, found: Counter) -> StreamError | None:
+    claimed = list(seg.class_counts)
+    held = [found.get(c, 0) for c in range(len(claimed))]
+    if held == claimed and sum(found.values()) == sum(held):
+        return None
+    diff = {c: (claimed[c], held[c]) for c in range(len(claimed)) if claimed[c] != held[c]}
+    return StreamError("index_mismatch", f"index's per-class counts {claimed} differ from the shard's {held} "
+                       f"(class: (index, shard) {diff}); balancing targets built on them would be wrong",
+                       shard=seg.url, value=held, lost=sum(max(0, h - c) for c, h in zip(claimed, held)))
+
+
+def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None = None,
+                 label_of: Callable[[dict], int | None] | None = None) -> Iterator[dict]:
+    """Yield raw samples ``seg.start..seg.stop`` of one shard (dicts of bytes).
+
+    The reader of a shard's last planned segment has read the whole shard (tar is
+    sequential), so with ``label_of`` it checks the index's per-class counts too."""
     limits = limits or DecodeLimits()
     pos, key = 0, None
+    check_classes = label_of is not None and seg.class_counts is not None and not seg.padding \
+        and seg.stop == seg.shard_count and seg.shard_count != UNKNOWN
+    found: Counter = Counter()
     try:
         stream = open_shard(seg.url, limits.read_timeout)
     except FileNotFoundError:
@@ -43,6 +62,8 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
         samples = shard_samples(seg.url, stream, limits, handle)
         for sample in samples:
             key = sample["__key__"]
+            if check_classes:
+                found[label_of(sample)] += 1
             in_range = pos >= seg.start
             pos += 1
             last = pos == seg.stop
@@ -53,6 +74,8 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
                 handle(StreamError("index_mismatch", f"shard holds more samples than the index count "
                                    f"{seg.shard_count}; extras are ignored", shard=seg.url,
                                    key=extra["__key__"], value=pos + 1, lost=1))
+            if last and check_classes and None not in found and (err := _class_count_error(seg, found)):
+                handle(err)
             if in_range:
                 if seg.padding:
                     sample["__padding__"] = True
@@ -84,7 +107,7 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
                            lost=seg.stop - max(pos, seg.start)))
 
 
-def read_segments(segments: Iterable[Segment], handle: ErrorHandler,
-                  limits: DecodeLimits | None = None) -> Iterator[dict]:
+def read_segments(segments: Iterable[Segment], handle: ErrorHandler, limits: DecodeLimits | None = None,
+                  label_of: Callable[[dict], int | None] | None = None) -> Iterator[dict]:
     for seg in segments:
-        yield from read_segment(seg, handle, limits)
+        yield from read_segment(seg, handle, limits, label_of)

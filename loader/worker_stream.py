@@ -213,7 +213,7 @@ class WorkerStream(IterableDataset):
         st = self.settings
         stats = LoaderStats()
         handle = ErrorHandler(st.on_error, stats)
-        raw = read_segments(job.segments, handle, st.decoder.limits)
+        raw = read_segments(job.segments, handle, st.decoder.limits, st.decoder.label_of)
         raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", epoch, self.rank, job.worker))
         raw = itertools.islice(raw, job.skip, None)     # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)
