@@ -128,7 +128,7 @@ class StreamLoader:
             from .device_decode import DaliImageDecoder
 
             channels = shape[2] if shape else 3
-            self.device_decoder = DaliImageDecoder(self.device, channels, resize)
+            self.device_decoder = DaliImageDecoder(self.device, channels, resize, sizes=self.decoder.sizes)
         self.stats = LoaderStats()
         self.balance, self.augment, self.mixup = balance, augment, mixup
         self._rows = ShardRowSource(self.urls, self.index, self.decoder, self.device)
