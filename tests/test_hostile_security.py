@@ -232,3 +232,14 @@ def test_decoder_itself_opens_only_the_named_format():
         decode_image(foreign_bytes("TIFF"), "png")
     with pytest.raises(StreamError, match="format_mismatch|does not hold"):
         check_image(foreign_bytes("BMP"), "jpeg", DecodeLimits(), "u", "k")
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
+@pytest.mark.parametrize("flag,name", [("-czf", "a.tar.gz"), ("-cjf", "a.tar.bz2"), ("-cf", "a.tar")])
+def test_compressed_shards_written_by_gnu_tar_stream_whole(tmp_path, flag, name):
+    os.mkdir("src")
+    for member, data in good_members(5):
+        open(f"src/{member}", "wb").write(data)
+    subprocess.run(["tar", flag, name, "-C", "src", *sorted(os.listdir("src"))], check=True)
+    loader = stream([name], on_error="raise")
+    assert keys_of(loader) == [f"s_{i:05d}" for i in range(5)] and loader.stats.skipped == {}
