@@ -129,16 +129,14 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler) ->
     Raises :class:`StreamError` when the archive as a whole is broken or truncated."""
     try:
         first = stream.read(2)
-        if first == GZIP_MAGIC:   # inflated here, bounded per read; plain tar read in 1 MiB chunks
-            tar = tarfile.open(fileobj=GzipReader(stream, first), mode="r|", tarinfo=_CheckedTarInfo,
-                               bufsize=1 << 20)
+        if first == GZIP_MAGIC:   # inflated here, at most one tar record per read
+            tar = tarfile.open(fileobj=GzipReader(stream, first), mode="r|", tarinfo=_CheckedTarInfo)
         else:                     # plain; bz2/xz are left to tarfile (10 KiB of input per inflate)
             source = _Peeked(stream, first)
             head = source.read(6)
             source = _Peeked(stream, head)
             compressed = head.startswith((b"BZh", b"\xfd7zXZ"))
-            tar = tarfile.open(fileobj=source, mode="r|*" if compressed else "r|", tarinfo=_CheckedTarInfo,
-                               bufsize=tarfile.RECORDSIZE if compressed else 1 << 20)
+            tar = tarfile.open(fileobj=source, mode="r|*" if compressed else "r|", tarinfo=_CheckedTarInfo)
     except StreamError:
         raise
     except Exception as e:
