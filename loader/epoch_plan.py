@@ -107,6 +107,8 @@ def _segments(index: ShardIndex, order: list[int], ranges: list[tuple[int, int, 
             a, b = max(lo, offset), min(hi, offset + s.count)
             if a < b:
                 out.append(Segment(s.url, a - offset, b - offset, s.count, padding, s.class_counts))
+            elif s.count == 0 and not padding and (lo <= offset < hi or offset == hi == index.total):
+                out.append(Segment(s.url, 0, 0, 0, False, s.class_counts))   # read to check it is empty
             offset += s.count
     return out
 

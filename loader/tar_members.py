@@ -142,7 +142,7 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler) ->
     except Exception as e:
         raise StreamError("corrupt_shard", f"tar stream is corrupt or truncated: not a tar archive "
                           f"({type(e).__name__}: {e})", shard=url, value=0) from None
-    tar.shard_url, tar.end_seen = url, None
+    tar.shard_url = url              # (an empty archive has met its end marker inside open())
     name, count = None, 0
     try:
         while True:
@@ -173,11 +173,12 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler) ->
     except Exception as e:                            # zlib/gzip errors surface as assorted types
         raise StreamError("corrupt_shard", f"tar stream is corrupt or truncated after member {name!r}: "
                           f"{type(e).__name__}: {e}", shard=url, key=name, value=count) from None
-    if tar.end_seen != "marker":
-        if count == 0 and tar.end_seen and "invalid" in tar.end_seen:
-            raise StreamError("corrupt_shard", f"tar stream is corrupt or truncated: {tar.end_seen}",
+    end_seen = getattr(tar, "end_seen", None)
+    if end_seen != "marker":
+        if count == 0 and end_seen and "invalid" in end_seen:
+            raise StreamError("corrupt_shard", f"tar stream is corrupt or truncated: {end_seen}",
                               shard=url, value=0)
-        raise _truncated(url, tar.end_seen or "the stream ended with no end-of-archive marker", name, count)
+        raise _truncated(url, end_seen or "the stream ended with no end-of-archive marker", name, count)
     stream.drain()                                    # a pipe's exit status is checked after its output
 
 

@@ -60,6 +60,11 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
         return
     try:
         samples = shard_samples(seg.url, stream, limits, handle)
+        if seg.shard_count == 0:                    # listed as empty: read it to make sure
+            if (extra := next(samples, None)) is not None:
+                handle(StreamError("index_mismatch", "index says the shard holds 0 samples; they are ignored",
+                                   shard=seg.url, key=extra["__key__"], value=1 + sum(1 for _ in samples)))
+            return
         for sample in samples:
             key = sample["__key__"]
             if check_classes:

@@ -147,6 +147,9 @@ def batch_stage(samples: Iterator[dict], job: WorkerJob, batch_size: int, stats:
         held = collate_rows(rows, batch_id, stats.take(), sizes.shape)
         if len(rows) < size:
             break
+    if not open_ended:
+        for _ in samples:          # nothing planned is left; this reads shards listed as empty, to check them
+            pass
     if held is not None:
         _add_counts(held.stats, stats.take())
         yield held

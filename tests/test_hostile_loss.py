@@ -221,3 +221,24 @@ def test_index_shape_wins_over_the_first_batch(tmp_path):
     batches = list(loader)
     assert {tuple(b[0].shape[1:]) for b in batches} == {(3, 8, 8)}, "most of the first batch is 6x6, yet 8x8 rules"
     assert loader.stats.skipped == {"image_size": 3}
+
+
+@pytest.mark.parametrize("position", ["first", "middle", "last"])
+def test_shard_listed_with_count_zero_is_read_and_checked(tmp_path, position):
+    shards = {"a.tar": good_members(4), "b.tar": good_members(4, 4)}
+    counts = {"a.tar": [2, 2], "b.tar": [2, 2]}
+    names = {"first": ["z.tar", "a.tar", "b.tar"], "middle": ["a.tar", "z.tar", "b.tar"],
+             "last": ["a.tar", "b.tar", "z.tar"]}[position]
+    shards["z.tar"], counts["z.tar"] = good_members(3, 8), [0, 0]      # holds 3, listed as 0
+    index = write_custom(".", {n: shards[n] for n in names}, {n: counts[n] for n in names})
+    with pytest.raises(StreamError) as err:
+        list(stream(index.urls, index=index))
+    assert err.value.reason == "index_mismatch" and err.value.shard.endswith("z.tar") and err.value.value == 3
+    loader = stream(index.urls, index=index, on_error="skip")
+    assert sorted(keys_of(loader)) == expected(8) and loader.stats.skipped == {"index_mismatch": 1}
+
+
+def test_truly_empty_shard_listed_with_count_zero_is_fine(tmp_path):
+    index = write_custom(".", {"a.tar": good_members(4), "z.tar": []}, {"a.tar": [2, 2], "z.tar": [0, 0]})
+    loader = stream(index.urls, index=index)
+    assert keys_of(loader) == expected(4) and loader.stats.skipped == {}
