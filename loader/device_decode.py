@@ -8,6 +8,9 @@ Chroma is upsampled as libjpeg-turbo does (``jpeg_fancy_upsampling``), so the
 result matches worker-side PIL decoding. The host part of nvJPEG's work (Huffman
 decoding) runs on ``threads`` CPU threads.
 
+Workers have already checked each image's format against its extension and its
+pixel count and size against the limits and the size rule, from the header alone, so
+DALI is never handed an image bomb or a format the extension does not name.
 A batch DALI cannot decode, or whose images break the size rule, is decoded again
 sample by sample (PIL) to find the bad ones, which are then raised or skipped
 (replaced by a repeat, flagged ``is_padding``) like any bad input.
@@ -23,9 +26,13 @@ from streamaug.core.flight import BatchInFlight
 from streamaug.core.transfer import to_device
 from streamaug.ops.backends.dali_pipelines import PIPELINES, capacity_for, dali_device_id, dali_to_torch
 
+from .decode_limits import sniff_format
 from .errors import ErrorHandler, StreamError
 from .image_codec import decode_image, resize_image
 from .image_size import ImageSizeRule
+
+
+EXT_OF_FORMAT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}   # workers checked format against extension
 
 
 def default_threads() -> int:
@@ -74,6 +81,7 @@ class DaliImageDecoder:
             PIPELINES.discard(key)             # a DALI pipeline is unusable after an error
             return self._decode_one_by_one(batch, encoded, handle)
         shapes = [tuple(out[i].shape()) for i in range(len(out))]
+        self.sizes.adopt(shapes)            # no index shape: the first batch's most common one
         try:
             for i, shape in enumerate(shapes):
                 self.sizes.check(shape, batch.urls[i], batch.keys[i])
@@ -90,7 +98,8 @@ class DaliImageDecoder:
         rows, good = [None] * len(encoded), None
         for i, data in enumerate(encoded):
             try:
-                image = decode_image(data.tobytes(), "jpg")
+                data = data.tobytes()
+                image = decode_image(data, EXT_OF_FORMAT.get(sniff_format(data), "png"))
                 if image.shape[2] != self.channels:          # match DALI's output_type
                     mode = "RGB" if self.channels == 3 else "L"
                     image = np.asarray(Image.fromarray(image.squeeze(-1) if image.shape[2] == 1 else image)

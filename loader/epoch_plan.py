@@ -44,6 +44,7 @@ class Segment:
     stop: int
     shard_count: int
     padding: bool = False            # a wrap-around re-read that fills the plan
+    class_counts: tuple[int, ...] | None = None    # the index's, checked by the reader of the shard's end
 
     @property
     def size(self) -> int:
@@ -105,7 +106,9 @@ def _segments(index: ShardIndex, order: list[int], ranges: list[tuple[int, int, 
             s = index.shards[i]
             a, b = max(lo, offset), min(hi, offset + s.count)
             if a < b:
-                out.append(Segment(s.url, a - offset, b - offset, s.count, padding))
+                out.append(Segment(s.url, a - offset, b - offset, s.count, padding, s.class_counts))
+            elif s.count == 0 and not padding and (lo <= offset < hi or offset == hi == index.total):
+                out.append(Segment(s.url, 0, 0, 0, False, s.class_counts))   # read to check it is empty
             offset += s.count
     return out
 

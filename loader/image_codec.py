@@ -25,7 +25,7 @@ def encode_image(image: np.ndarray, ext: str, jpeg_quality: int = 95) -> bytes:
     elif ext in ENCODED_EXTS:
         arr = image[..., 0] if image.shape[-1] == 1 else image
         fmt = _PIL_FORMATS[ext]
-        kw = {"quality": jpeg_quality} if fmt == "JPEG" else {}
+        kw = {"quality": jpeg_quality} if fmt in ("JPEG", "WEBP") else {}
         Image.fromarray(arr).save(buf, format=fmt, **kw)
     else:
         raise ValueError(f"image format must be one of {IMAGE_EXTS}, got {ext!r}")
@@ -36,23 +36,25 @@ _NPY_MAGIC = b"\x93NUMPY"
 _npy_headers: dict[bytes, tuple[tuple[int, ...], np.dtype, int]] = {}
 
 
-def load_npy(data: bytes) -> np.ndarray:
-    """``np.load(..., allow_pickle=False)`` with the header parse cached.
+def npy_header(data: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` from an ``.npy`` header alone (cached; no array is made)."""
+    shape, dtype, _, _ = _npy_layout(data)
+    return shape, dtype
 
-    Shards of fixed-size images repeat one header byte for byte, so it is
-    parsed once by numpy's own reader and the array is then a zero-copy view.
-    Object dtypes (which would need pickle) are refused.
-    """
+
+def _npy_layout(data: bytes) -> tuple[tuple[int, ...], np.dtype, bool, int]:
     if data[:6] != _NPY_MAGIC or len(data) < 10:
         raise ValueError("not an .npy file (bad magic)")
     major = data[6]
     hlen_size = 2 if major == 1 else 4
     hlen = int.from_bytes(data[8:8 + hlen_size], "little")
     end = 8 + hlen_size + hlen
-    header = data[:end]
+    if end > len(data) or hlen > 65536:
+        raise ValueError(f"npy header is truncated or too long ({hlen} bytes)")
+    header = bytes(data[:end])
     parsed = _npy_headers.get(header)
     if parsed is None:
-        stream = io.BytesIO(data)
+        stream = io.BytesIO(header)
         version = np.lib.format.read_magic(stream)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read(stream)
@@ -62,6 +64,17 @@ def load_npy(data: bytes) -> np.ndarray:
         if len(_npy_headers) < 64:
             _npy_headers[header] = parsed
     shape, dtype, fortran = parsed
+    return shape, dtype, fortran, end
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """``np.load(..., allow_pickle=False)`` with the header parse cached.
+
+    Shards of fixed-size images repeat one header byte for byte, so it is
+    parsed once by numpy's own reader and the array is then a zero-copy view.
+    Object dtypes (which would need pickle) are refused.
+    """
+    shape, dtype, fortran, end = _npy_layout(data)
     count = int(np.prod(shape)) if shape else 1
     if len(data) - end < count * dtype.itemsize:
         raise ValueError(f"npy data is truncated: {len(data) - end} bytes for shape {shape}")
@@ -70,7 +83,9 @@ def load_npy(data: bytes) -> np.ndarray:
 
 
 def decode_image(data: bytes, ext: str) -> np.ndarray:
-    """Bytes → ``(H, W, C)`` uint8. Raises ``ValueError``/``OSError`` on bad data."""
+    """Bytes → ``(H, W, C)`` uint8. Raises ``ValueError``/``OSError`` on bad data, and
+    ``KeyError`` for an extension that names no decoded format. Pillow tries only the
+    format ``ext`` names, so TIFF/BMP/EPS bytes never reach their decoders."""
     if ext == "npy":
         arr = load_npy(data)
         if arr.dtype != np.uint8:
@@ -80,7 +95,7 @@ def decode_image(data: bytes, ext: str) -> np.ndarray:
         if arr.ndim != 3:
             raise ValueError(f"npy image must be (H, W) or (H, W, C), got shape {arr.shape}")
         return arr
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[ext]]) as img:
         if img.mode not in ("L", "RGB"):
             img = img.convert("RGB")
         arr = np.asarray(img)

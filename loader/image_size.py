@@ -1,14 +1,21 @@
-"""One rule for image sizes, applied on every decode path (workers, DALI, row reads).
+"""One rule for image sizes, applied on every decode path (worker decode, DALI, row reads).
 
 The expected ``(H, W, C)`` is the index's image shape (with ``resize=``, the resized
-one), or, when the index has none, the first image the stream decodes. Any other
-shape is a :class:`StreamError` ``"image_size"`` naming the shard, key and shape,
-raised or counted and skipped by the loader's policy; batches never silently mix
-sizes.
+one). When the index has none, the **first batch** sets it: the shape most of its
+images share (the earliest such image breaks a tie), so one odd image at the start
+cannot make the good ones look wrong. Any other shape is a :class:`StreamError`
+``"image_size"`` naming the shard, key and shape, raised or counted and replaced
+by the loader's policy; batches never silently mix sizes.
+
+Rows are checked by the ``shape`` they carry: the decoded image's, or for
+``decode="dali"`` the one read from the encoded image's header (so the sizes of a
+batch agree before DALI sees it), and DALI's decoded output is checked again.
 """
 from __future__ import annotations
 
-from .errors import StreamError
+from collections import Counter
+
+from .errors import ErrorHandler, StreamError
 
 
 class ImageSizeRule:
@@ -21,16 +28,40 @@ class ImageSizeRule:
 
     @property
     def shape(self) -> tuple[int, ...] | None:
-        """The shape every image must have: known up front, or adopted from the first image."""
+        """The shape every image must have: known up front, or adopted from the first batch."""
         return self.expected or self._first
 
+    def adopt(self, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+        """Set the shape from the first batch's shapes (the most common; the earliest on a tie)."""
+        if self.shape is None and shapes:
+            counts = Counter(tuple(s) for s in shapes)
+            top = max(counts.values())
+            self._first = next(tuple(s) for s in shapes if counts[tuple(s)] == top)
+        return self.shape
+
+    def error(self, shape: tuple[int, ...], url: str | None, key: str | None) -> StreamError:
+        source = "the index's image_shape" if self.expected else "the shape of most of the first batch"
+        return StreamError("image_size", f"image shape differs from {self.shape} ({source}) and no resize= "
+                           "makes them agree", shard=url, key=key, value=tuple(shape))
+
     def check(self, shape: tuple[int, ...], url: str | None, key: str | None) -> None:
+        """One image: adopt its shape when none is known yet, else raise when it differs."""
         shape = tuple(shape)
-        want = self.shape
-        if want is None:
+        if self.shape is None:
             self._first = shape
-            return
-        if shape != want:
-            source = "the index's image_shape" if self.expected else "the stream's first image"
-            raise StreamError("image_size", f"image shape differs from {want} ({source}) and no resize= "
-                              "makes them agree", shard=url, key=key, value=shape)
+        elif shape != self.shape:
+            raise self.error(shape, url, key)
+
+    def fits(self, row: dict, handle: ErrorHandler | None) -> bool:
+        """Whether a row (``{"shape", "__url__", "__key__"}``) has the shape; if not, ``handle`` is
+        given the error (raise, or count) when one is passed."""
+        if self.shape is None or tuple(row["shape"]) == self.shape:
+            return True
+        if handle is not None:
+            handle(self.error(row["shape"], row.get("__url__"), row.get("__key__")))
+        return False
+
+    def keep_matching(self, rows: list[dict], handle: ErrorHandler) -> list[dict]:
+        """The first batch: adopt its shape when none is known, then keep the rows that have it."""
+        self.adopt([r["shape"] for r in rows])
+        return [r for r in rows if self.fits(r, handle)]

@@ -3,7 +3,7 @@
 >>> build_index("shards/train-{000000..000099}.tar", workers=8)    # doctest: +SKIP
 ShardIndex(...)   # and shards/index.json, the same format write_shards writes
 
-One pass over each shard with webdataset's tar iterators, shards in parallel
+One pass over each shard with the loader's own tar reader, shards in parallel
 (one process each). Labels are read from their small text or JSON field; images
 are never decoded: their shape comes from the header alone (PIL opens lazily,
 ``.npy`` headers are parsed by numpy's own reader). A shard that cannot be indexed
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -24,15 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
-from webdataset.gopen import gopen
-from webdataset.handlers import reraise_exception
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from .errors import StreamError
+from .decode_limits import DecodeLimits, check_image
+from .errors import ErrorHandler, LoaderStats, StreamError
 from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, find_label_key, read_label
 from .index_lookup import default_index_path
 from .shard_index import INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo
-from .shard_urls import expand_urls, readable_url
+from .shard_urls import expand_urls
+from .tar_reader import read_segment, whole_shard
 
 
 @dataclass
@@ -63,40 +61,21 @@ def image_header_shape(data: bytes, ext: str) -> tuple[int, int, int]:
         return (height, width, 1 if img.mode == "L" else 3)
 
 
-def scan_shard(url: str, label_key: str | None = None) -> ShardScan:
-    """Count the samples and labels of one shard; :class:`StreamError` on anything inconsistent."""
+def scan_shard(url: str, label_key: str | None = None, limits: DecodeLimits | None = None) -> ShardScan:
+    """Count the samples and labels of one shard; :class:`StreamError` on anything inconsistent.
+
+    The shard is read by the loader's own reader (:func:`.tar_reader.read_segment`), so the
+    same rules hold here as in training: member and pixel limits from headers, formats by
+    magic bytes, the end-of-archive marker, a ``pipe:`` command's exit status, read timeouts."""
     scan = ShardScan(url)
-    try:
-        stream = gopen(readable_url(url))
-    except FileNotFoundError:
-        raise StreamError("missing_shard", "shard does not exist", shard=url, value=url) from None
-    except Exception as e:
-        raise StreamError("unreadable_shard", f"shard cannot be opened: {e}", shard=url, value=url) from None
-    key, closed = None, False
-    try:
-        files = tar_file_expander([{"url": url, "stream": stream}], handler=reraise_exception)
-        for raw in group_by_keys(files, handler=reraise_exception):
-            key = raw["__key__"]
-            _scan_sample(scan, raw, label_key, url, key)
-        closed = True
-        stream.close()                     # a pipe: reports its exit status here
-    except StreamError:
-        raise
-    except Exception as e:
-        failed = url.startswith("pipe:") and not isinstance(e, tarfile.TarError)
-        what = "the shard's command failed" if failed else "tar stream is corrupt or truncated"
-        raise StreamError("corrupt_shard", f"{what} after {scan.count} samples: "
-                          f"{type(e).__name__}: {str(e).split(' @ ')[0]}", shard=url, key=key, value=scan.count) from None
-    finally:
-        if not closed:
-            try:
-                stream.close()
-            except Exception:              # already failing; the StreamError above says why
-                pass
+    limits = limits or DecodeLimits()
+    for raw in read_segment(whole_shard(url), ErrorHandler("raise", LoaderStats()), limits):
+        _scan_sample(scan, raw, label_key, url, raw["__key__"], limits)
     return scan
 
 
-def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, key: str) -> None:
+def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, key: str,
+                 limits: DecodeLimits) -> None:
     fields = sorted(k for k in raw if not k.startswith("__"))
     exts = [e for e in IMAGE_EXTS if e in raw]
     if not exts:
@@ -123,6 +102,7 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
     if label < 0:
         raise StreamError("bad_label", "label is negative", shard=url, key=key, value=label)
     ext = exts[0]
+    check_image(raw[ext], ext, limits, url, key)          # format by magic bytes, pixels from the header
     try:
         h, w, c = image_header_shape(raw[ext], ext)
     except Exception as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .decode_limits import DecodeLimits, check_image
 from .errors import StreamError
 from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, decode_image, find_label_key, read_label, \
     resize_image
@@ -23,7 +24,8 @@ class SampleDecoder:
 
     def __init__(self, num_classes: int, resize: tuple[int, int] | None = None,
                  expect_shape: tuple[int, int, int] | None = None, defer_encoded: bool = False,
-                 label_key: str | None = None, channels: int | None = None):
+                 label_key: str | None = None, channels: int | None = None,
+                 limits: DecodeLimits | None = None, check_each: bool = False):
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
             raise ValueError(f"resize must be (height, width) with positive sizes, got {resize!r}")
         if channels is not None and channels not in (1, 3, 4):
@@ -37,6 +39,8 @@ class SampleDecoder:
         self.expect_shape = tuple(expect_shape) if expect_shape else None
         self.sizes = ImageSizeRule(self.expect_shape, self.resize)
         self.defer_encoded = defer_encoded      # png/jpg bytes go on undecoded (decode="dali")
+        self.limits = limits or DecodeLimits()
+        self.check_each = check_each            # rows read one by one; the stream checks sizes per batch
 
     @property
     def output_shape(self) -> tuple[int, int, int] | None:
@@ -44,11 +48,12 @@ class SampleDecoder:
         return self.sizes.expected
 
     def decoding(self) -> "SampleDecoder":
-        """The same decoder, but one that always decodes (for rows read outside the stream)."""
-        if not self.defer_encoded:
-            return self
-        return SampleDecoder(self.num_classes, self.resize, self.expect_shape, label_key=self.label_key,
-                             channels=self.channels)
+        """The same decoder, but one that always decodes and checks each image's size against
+        the same rule (for rows read outside the stream)."""
+        other = SampleDecoder(self.num_classes, self.resize, self.expect_shape, label_key=self.label_key,
+                              channels=self.channels, limits=self.limits, check_each=True)
+        other.sizes = self.sizes
+        return other
 
     def label_of(self, raw: dict) -> int:
         """The sample's label, checked against the classes; :class:`StreamError` naming shard and key."""
@@ -69,6 +74,14 @@ class SampleDecoder:
                               shard=url, key=key, value=label)
         return label
 
+    def label_or_none(self, raw: dict) -> int | None:
+        """The sample's label, or ``None`` when it has none that is a valid class (the decode
+        stage reports that sample)."""
+        try:
+            return self.label_of(raw)
+        except StreamError:
+            return None
+
     def __call__(self, raw: dict) -> dict:
         key, url = raw.get("__key__"), raw.get("__url__")
         ext = next((e for e in IMAGE_EXTS if e in raw), None)
@@ -76,9 +89,11 @@ class SampleDecoder:
             raise StreamError("no_image", f"sample has no image field (one of {IMAGE_EXTS})",
                               shard=url, key=key, value=sorted(k for k in raw if not k.startswith("__")))
         label = self.label_of(raw)
+        stored = check_image(raw[ext], ext, self.limits, url, key)     # format and pixels, from the header
         if self.defer_encoded and ext != "npy":
+            channels = self.channels or (self.expect_shape[2] if self.expect_shape else 3)   # DALI's output type
             return {"__key__": key, "__url__": url, "image": None, "label": label,
-                    "encoded": bytes(raw[ext]),
+                    "shape": (*(self.resize or stored[:2]), channels), "encoded": bytes(raw[ext]),
                     "is_padding": bool(raw.get("__padding__", False))}
         try:
             image = decode_image(raw[ext], ext)
@@ -92,8 +107,9 @@ class SampleDecoder:
                 raise StreamError("bad_channels", str(e), shard=url, key=key, value=image.shape) from None
         if self.resize is not None and image.shape[:2] != self.resize:
             image = resize_image(image, self.resize)
-        self.sizes.check(image.shape, url, key)
-        return {"__key__": key, "__url__": url, "image": image, "label": label,
+        if self.check_each:
+            self.sizes.check(image.shape, url, key)
+        return {"__key__": key, "__url__": url, "image": image, "label": label, "shape": image.shape,
                 "is_padding": bool(raw.get("__padding__", False))}
 
 

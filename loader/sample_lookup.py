@@ -32,12 +32,12 @@ class ShardRowSource:
         if self.index is None:
             return whole_shard(url)
         info = self.index.shard(url)
-        return Segment(url, 0, info.count, info.count)
+        return Segment(url, 0, info.count, info.count, class_counts=info.class_counts)
 
     def _labelled(self, urls: Iterable[str], on_error: str) -> Iterator[tuple[str, dict, int]]:
         handle = ErrorHandler(on_error, LoaderStats())
         for url in urls:
-            for raw in read_segment(self._segment(url), handle):
+            for raw in read_segment(self._segment(url), handle, self.decoder.limits):
                 try:
                     label = self.decoder.label_of(raw)
                 except StreamError:

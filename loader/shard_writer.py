@@ -15,7 +15,6 @@ from typing import Union
 
 import numpy as np
 import webdataset as wds
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .image_codec import IMAGE_EXTS, decode_image, encode_image

@@ -38,6 +38,7 @@ from streamaug.core.seeding import derive_seed
 from streamaug.core.transfer import to_device
 
 from .batch import Batch
+from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, DecodeLimits
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan, PlanSpec
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
@@ -88,6 +89,9 @@ class StreamLoader:
             default: the index's, else the first of those a sample has.
         channels: channels of every image (1, 3 or 4), converting grayscale/RGB/RGBA as needed;
             default: the index's image shape's, else 3.
+        max_member_bytes, max_image_pixels: limits checked from tar and image headers before
+            anything is read or decoded (defaults 256 MiB, 36 megapixels; see ``decode_limits``).
+        read_timeout: seconds a ``pipe:`` or http shard may send nothing (default 600).
 
     DataLoader surface (what Lightning and accelerate look for; see
     :mod:`streamaug.loader.dataloader_surface`): ``dataset``, ``sampler``,
@@ -107,7 +111,9 @@ class StreamLoader:
                  world_size: int | None = None, rank: int | None = None, prefetch_factor: int = 2,
                  decode: str = "cpu", num_classes: int | None = None, label_key: str | None = None,
                  channels: int | None = None, dtype: torch.dtype = torch.uint8, normalize=None,
-                 channels_last: bool = False):
+                 channels_last: bool = False,
+                 max_member_bytes: int = MAX_MEMBER_BYTES, max_image_pixels: int = MAX_IMAGE_PIXELS,
+                 read_timeout: float = READ_TIMEOUT):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -135,12 +141,12 @@ class StreamLoader:
         channels = channels or (shape[2] if shape else 3)
         self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali",
                                      label_key=label_key or (self.index.label_key if self.index else None),
-                                     channels=channels)
+                                     channels=channels, limits=DecodeLimits(max_member_bytes, max_image_pixels, read_timeout))
         self.device_decoder = None
         if decode == "dali":
             from .device_decode import DaliImageDecoder
 
-            self.device_decoder = DaliImageDecoder(self.device, channels, resize)
+            self.device_decoder = DaliImageDecoder(self.device, channels, resize, sizes=self.decoder.sizes)
         self.stats = LoaderStats()
         self.balance, self.augment, self.mixup = balance, augment, mixup
         self._rows = ShardRowSource(self.urls, self.index, self.decoder, self.device)

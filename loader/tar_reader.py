@@ -1,20 +1,22 @@
-"""Stream samples from planned shard segments with webdataset's tar iterators.
+"""Stream samples from planned shard segments.
 
-Tar parsing, URL opening (local paths, ``pipe:``, http) and grouping files into
-samples are webdataset's. This stage adds what it lacks: reading only a
-segment of a shard, checking the shard against its index entry, and turning
-every failure into a :class:`StreamError` that names the shard and key.
+URLs are opened by :func:`.shard_stream.open_shard` (read timeout, exit status of
+``pipe:``/http commands checked) and members read by :mod:`.tar_members` (sizes
+checked from headers, end-of-archive marker required, duplicates dropped one by
+one). This stage adds reading only a segment of a shard, checking the shard
+against its index entry (sample count and per-class counts), and turning every
+failure into a :class:`StreamError` that names the shard and key.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 
-from webdataset.gopen import gopen
-from webdataset.handlers import reraise_exception
-from webdataset.tariterators import group_by_keys, tar_file_expander
-
+from .decode_limits import DecodeLimits
 from .epoch_plan import Segment
 from .errors import ErrorHandler, StreamError
+from .shard_stream import open_shard
+from .tar_members import shard_samples
 
 
 UNKNOWN = -1        # shard_count of a shard streamed without an index: read to its end, check nothing
@@ -25,16 +27,30 @@ def whole_shard(url: str) -> Segment:
     return Segment(url, 0, 1 << 62, UNKNOWN)
 
 
-def _samples(url: str, stream) -> Iterator[dict]:
-    files = tar_file_expander([{"url": url, "stream": stream}], handler=reraise_exception)
-    return group_by_keys(files, handler=reraise_exception)
+def _class_count_error(seg: Segment, found: Counter) -> StreamError | None:
+    claimed = list(seg.class_counts)
+    held = [found.get(c, 0) for c in range(len(claimed))]
+    if held == claimed and sum(found.values()) == sum(held):
+        return None
+    diff = {c: (claimed[c], held[c]) for c in range(len(claimed)) if claimed[c] != held[c]}
+    return StreamError("index_mismatch", f"index's per-class counts {claimed} differ from the shard's {held} "
+                       f"(class: (index, shard) {diff}); balancing targets built on them would be wrong",
+                       shard=seg.url, value=held, lost=sum(max(0, h - c) for c, h in zip(claimed, held)))
 
 
-def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
-    """Yield raw samples ``seg.start..seg.stop`` of one shard (dicts of bytes)."""
+def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None = None,
+                 label_of: Callable[[dict], int | None] | None = None) -> Iterator[dict]:
+    """Yield raw samples ``seg.start..seg.stop`` of one shard (dicts of bytes).
+
+    The reader of a shard's last planned segment has read the whole shard (tar is
+    sequential), so with ``label_of`` it checks the index's per-class counts too."""
+    limits = limits or DecodeLimits()
     pos, key = 0, None
+    check_classes = label_of is not None and seg.class_counts is not None and not seg.padding \
+        and seg.stop == seg.shard_count and seg.shard_count != UNKNOWN
+    found: Counter = Counter()
     try:
-        stream = gopen(seg.url)
+        stream = open_shard(seg.url, limits.read_timeout)
     except FileNotFoundError:
         handle(StreamError("missing_shard", "shard does not exist", shard=seg.url, value=seg.url, lost=seg.size))
         return
@@ -43,9 +59,16 @@ def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
                            value=seg.url, lost=seg.size))
         return
     try:
-        samples = _samples(seg.url, stream)
+        samples = shard_samples(seg.url, stream, limits, handle)
+        if seg.shard_count == 0:                    # listed as empty: read it to make sure
+            if (extra := next(samples, None)) is not None:
+                handle(StreamError("index_mismatch", "index says the shard holds 0 samples; they are ignored",
+                                   shard=seg.url, key=extra["__key__"], value=1 + sum(1 for _ in samples)))
+            return
         for sample in samples:
             key = sample["__key__"]
+            if check_classes:
+                found[label_of(sample)] += 1
             in_range = pos >= seg.start
             pos += 1
             last = pos == seg.stop
@@ -57,6 +80,8 @@ def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
                 handle(StreamError("index_mismatch", f"shard holds {extras} more samples than the index count "
                                    f"{seg.shard_count}; extras are ignored", shard=seg.url,
                                    key=extra["__key__"], value=pos + extras, lost=extras))
+            if last and check_classes and None not in found and (err := _class_count_error(seg, found)):
+                handle(err)
             if in_range:
                 if seg.padding:
                     sample["__padding__"] = True
@@ -64,6 +89,10 @@ def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
             if last:
                 return
     except StreamError as e:
+        if e.shard is None:
+            e.shard = seg.url
+        if seg.shard_count != UNKNOWN:          # an index says how much is lost
+            e.lost = max(0, seg.stop - max(pos, seg.start))
         handle(e)
         return
     except Exception as e:
@@ -84,6 +113,7 @@ def read_segment(seg: Segment, handle: ErrorHandler) -> Iterator[dict]:
                            lost=seg.stop - max(pos, seg.start)))
 
 
-def read_segments(segments: Iterable[Segment], handle: ErrorHandler) -> Iterator[dict]:
+def read_segments(segments: Iterable[Segment], handle: ErrorHandler, limits: DecodeLimits | None = None,
+                  label_of: Callable[[dict], int | None] | None = None) -> Iterator[dict]:
     for seg in segments:
-        yield from read_segment(seg, handle)
+        yield from read_segment(seg, handle, limits, label_of)

@@ -35,6 +35,7 @@ from streamaug.core.seeding import derive_seed
 
 from .epoch_plan import EpochPlan, PlanSpec, Segment, shard_permutation
 from .errors import ErrorHandler, LoaderStats, StreamError, WorkerFailure
+from .image_size import ImageSizeRule
 from .sample_decoder import SampleDecoder
 from .tar_reader import read_segments, whole_shard
 
@@ -90,19 +91,34 @@ def collate_rows(rows: list[dict], batch_id: int, stats: dict, shape: tuple[int,
                          batch_id=batch_id, stats=stats, encoded=encoded)
 
 
+def _add_counts(into: dict, more: dict) -> dict:
+    """Counts a batch carries, plus those found after it (the stream's tail)."""
+    for reason, n in more.get("skipped", {}).items():
+        into.setdefault("skipped", {})[reason] = into.get("skipped", {}).get(reason, 0) + n
+    for reason, msg in more.get("examples", {}).items():
+        into.setdefault("examples", {}).setdefault(reason, msg)
+    into["padded"] = into.get("padded", 0) + more.get("padded", 0)
+    return into
+
+
 def batch_stage(samples: Iterator[dict], job: WorkerJob, batch_size: int, stats: LoaderStats,
-                shape: tuple[int, int, int] | None) -> Iterator[BatchInFlight]:
+                sizes: ImageSizeRule, handle: ErrorHandler) -> Iterator[BatchInFlight]:
     """Cut the decoded stream into the job's batches.
 
     Planned sizes are met exactly: samples lost to skipped errors are replaced by
     repeats of earlier good ones (flagged ``is_padding``). Open-ended batches are
-    ``batch_size`` until the input ends; the last is partial.
+    ``batch_size`` until the input ends; the last is partial. Image sizes follow
+    ``sizes`` (see :class:`ImageSizeRule`): a row of another size is an error, raised
+    or counted and replaced. Each batch is held until the next one is cut, so errors
+    found after the last row (a truncated tail, a failed ``pipe:``) travel with the
+    last batch instead of being lost.
     """
     open_ended = job.sizes is None
-    sizes = itertools.repeat(batch_size) if open_ended else job.sizes
+    plan = itertools.repeat(batch_size) if open_ended else job.sizes
     spare: list[dict] = []
     fills = 0
-    for size, batch_id in zip(sizes, job.batch_ids):
+    held: BatchInFlight | None = None
+    for size, batch_id in zip(plan, job.batch_ids):
         rows: list[dict] = []
         while len(rows) < size:
             s = next(samples, None)
@@ -114,14 +130,29 @@ def batch_stage(samples: Iterator[dict], job: WorkerJob, batch_size: int, stats:
                                       "nothing is left to fill the batch", value=size)
                 s = dict(spare[fills % len(spare)], is_padding=True)
                 fills += 1
+            if sizes.shape is not None and not sizes.fits(s, handle):
+                continue
+            rows.append(s)
             if len(spare) < 64 and not s["is_padding"]:
                 spare.append(s)
-            rows.append(s)
+            if sizes.shape is None and len(rows) == size:      # the first batch sets the shape
+                rows = sizes.keep_matching(rows, handle)
+                spare = [r for r in spare if sizes.fits(r, None)]
+        if rows and sizes.shape is None:                       # a first batch cut short by the input's end
+            rows = sizes.keep_matching(rows, handle)
         if not rows:
-            return
-        yield collate_rows(rows, batch_id, stats.take(), shape)
+            break
+        if held is not None:
+            yield held
+        held = collate_rows(rows, batch_id, stats.take(), sizes.shape)
         if len(rows) < size:
-            return
+            break
+    if not open_ended:
+        for _ in samples:          # nothing planned is left; this reads shards listed as empty, to check them
+            pass
+    if held is not None:
+        _add_counts(held.stats, stats.take())
+        yield held
 
 
 class WorkerStream(IterableDataset):
@@ -190,8 +221,8 @@ class WorkerStream(IterableDataset):
         st = self.settings
         stats = LoaderStats()
         handle = ErrorHandler(st.on_error, stats)
-        raw = read_segments(job.segments, handle)
+        raw = read_segments(job.segments, handle, st.decoder.limits, st.decoder.label_or_none)
         raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", epoch, self.rank, job.worker))
         raw = itertools.islice(raw, job.skip, None)     # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)
-        yield from batch_stage(samples, job, self.batch_size, stats, st.decoder.output_shape)
+        yield from batch_stage(samples, job, self.batch_size, stats, st.decoder.sizes, handle)

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import warnings
 
 import numpy as np
@@ -18,7 +17,7 @@ from PIL import Image
 
 from shard_factory import npy_bytes, write_tar
 from streamaug.cli import main as cli_main
-from streamaug.loader import ShardIndex, ShardIndexError, StreamError, StreamLoader, build_index, write_shards
+from streamaug.loader import ShardIndexError, StreamError, StreamLoader, build_index, write_shards
 from streamaug.loader import index_builder
 from streamaug.samplers import SMOTE, ClassBalancer
 
@@ -201,11 +200,13 @@ def test_no_message_suggests_streamaug_shards_for_existing_shards():
     assert found == ""
 
 
-@pytest.mark.parametrize("command,message", [("cat {t}; exit 3", "command failed after 4 samples"),
-                                             ("head -c 3000 {t}", "corrupt or truncated after 1 samples")])
-def test_failing_or_truncated_pipe_is_refused(tmp_path, command, message):
+@pytest.mark.parametrize("command,reason,message", [
+    ("cat {t}; exit 3", "pipe_failed", "exited with status 3"),
+    ("head -c 3000 {t}", "truncated_shard", "corrupt or truncated")])
+def test_failing_or_truncated_pipe_is_refused(tmp_path, command, reason, message):
     write_tar(str(tmp_path / "a.tar"), [m for i in range(4) for m in good(i)])
     url = "pipe:" + command.format(t=tmp_path / "a.tar")
     with pytest.raises(StreamError, match=message) as info:
         build_index(url, str(tmp_path / "index.json"), progress=False)
-    assert info.value.shard == url and not (tmp_path / "index.json").exists()
+    assert info.value.reason == reason and info.value.shard == url
+    assert not (tmp_path / "index.json").exists()

@@ -25,7 +25,7 @@ def one_shard(tmp_path, members, counts, **kw):
 BAD_SAMPLES = {
     # reason: (extra members, claimed class counts incl. the bad sample, expected message, value)
     "no_label": ([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8)))], "no .cls label", "['npy']"),
-    "no_image": ([("bad.cls", b"1")], "no image field", "['cls']"),
+    "no_image": ([("bad.cls", b"0")], "no image field", "['cls']"),
     "undecodable_image": ([("bad.jpg", b"\xff\xd8 not a jpeg"), ("bad.cls", b"0")], "does not decode", "bytes"),
     "bad_label": ([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8))), ("bad.cls", b"cat")],
                   "not an integer", "cat"),
@@ -66,7 +66,7 @@ def test_bad_sample_is_skipped_counted_and_replaced(tmp_path, reason, num_worker
 
 def test_mixed_sizes_without_index_shape_name_the_sample(tmp_path):
     members = GOOD[:6] + [("bad.npy", npy_bytes(np.zeros((5, 5, 3), np.uint8))), ("bad.cls", b"0")]
-    index = one_shard(tmp_path, members, [2, 2], image_shape=None)
+    index = one_shard(tmp_path, members, [3, 1], image_shape=None)
     with pytest.raises(StreamError, match=r"key 'bad'.*differs.*\(5, 5, 3\)") as info:
         list(StreamLoader(index.urls, batch_size=4, shuffle=0))
     assert info.value.reason == "image_size"

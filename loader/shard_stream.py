@@ -1,0 +1,113 @@
+"""Open a shard URL as a byte stream whose every failure is seen.
+
+Local paths (and ``file://``) are plain files. ``pipe:CMD`` runs ``CMD`` in a
+shell and http(s) runs ``curl`` (the command webdataset's ``gopen`` uses); both
+are read through :class:`CommandStream`, which adds what ``gopen``'s ``Pipe``
+lacks:
+
+* a read timeout: no byte for ``read_timeout`` seconds is a ``read_timeout``
+  error, and the command is killed;
+* the exit status is always checked once the output has ended: a command that
+  exits non-zero, after part of a tar or after all of it, is a ``pipe_failed``
+  error (webdataset polls the status during reads and misses an exit that comes
+  after the last read);
+* a stream closed early (a segment read, an error) kills the command's whole
+  process group, so no child is left behind.
+
+Other schemes go to webdataset's ``gopen`` unchanged.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+
+from webdataset.gopen import gopen
+
+from .errors import StreamError
+
+CURL = ["curl", "--connect-timeout", "30", "--retry", "3", "--retry-delay", "2", "-f", "-s", "-L"]
+
+
+class CommandStream:
+    """The stdout of a command, read with a timeout; ``finish()`` checks its exit status."""
+
+    def __init__(self, args, url: str, read_timeout: float, shell: bool):
+        self.url, self.read_timeout = url, read_timeout
+        self.proc = subprocess.Popen(args, shell=shell, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.fd = self.proc.stdout.fileno()
+        self.ended = False
+
+    def read(self, n: int = -1) -> bytes:
+        chunks, want = [], n if n >= 0 else 1 << 62
+        while want > 0 and not self.ended:
+            ready, _, _ = select.select([self.fd], [], [], self.read_timeout)
+            if not ready:
+                self.close()
+                raise StreamError("read_timeout", f"no data for {self.read_timeout:g} s (raise it with "
+                                  "StreamLoader(read_timeout=...))", shard=self.url, value=self.read_timeout)
+            chunk = os.read(self.fd, min(want, 1 << 20))
+            if not chunk:
+                self.ended = True
+                self.finish()
+                break
+            chunks.append(chunk)
+            want -= len(chunk)
+        return b"".join(chunks)
+
+    def finish(self) -> None:
+        """After end of output: wait for the command; a non-zero exit is a ``pipe_failed`` error."""
+        try:
+            status = self.proc.wait(timeout=self.read_timeout)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise StreamError("read_timeout", f"command closed its output but did not exit within "
+                              f"{self.read_timeout:g} s", shard=self.url, value=self.read_timeout) from None
+        if status != 0:
+            raise StreamError("pipe_failed", f"command exited with status {status}; its output cannot be "
+                              "trusted as a whole shard", shard=self.url, value=status)
+
+    def drain(self, limit: int = 1 << 20) -> None:
+        """Read what follows the end of the archive (tar pads records with zeros), then check the
+        exit status. Output that goes on past ``limit`` bytes is left unread and the command killed."""
+        left = limit
+        while not self.ended and left > 0:
+            left -= len(self.read(min(left, 1 << 16)) or b"")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.stdout.close()
+        self.proc.wait()
+
+
+class FileStream:
+    """A local file; ``drain`` and ``finish`` have nothing to check."""
+
+    def __init__(self, fileobj):
+        self.fileobj = fileobj
+        self.read = fileobj.read
+
+    def drain(self, limit: int = 0) -> None:
+        pass
+
+    def close(self) -> None:
+        self.fileobj.close()
+
+
+def open_shard(url: str, read_timeout: float):
+    """``url`` → a stream with ``read``, ``drain`` and ``close``."""
+    if url.startswith("pipe:"):
+        return CommandStream(url[5:], url, read_timeout, shell=True)
+    if url.startswith(("http://", "https://")):
+        return CommandStream([*CURL, url], url, read_timeout, shell=False)
+    if url.startswith("file://"):
+        url = url[7:]
+    if ":" not in url.split("/", 1)[0] or os.path.exists(url):
+        return FileStream(open(url, "rb"))
+    return FileStream(gopen(url))

@@ -1,0 +1,244 @@
+"""Issue #14, items 4, 5, 7 and 8: no silent loss and no silently wrong data.
+
+Shards are written by webdataset's TarWriter or Python's tarfile, then cut,
+duplicated or mislabelled here.
+"""
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from shard_factory import good_members, npy_bytes, write_custom, write_tar
+from streamaug.loader import StreamError, StreamLoader
+
+N = 16
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+
+def stream(urls, **kw):
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("index", False)
+    if kw["index"] is False:
+        kw.setdefault("num_classes", 2)
+    return StreamLoader(urls, shuffle=0, device="cpu", **kw)
+
+
+def keys_of(loader):
+    return [k for b in loader for k in b.keys]
+
+
+def wds_shard(path: str, n: int = N) -> list[tarfile.TarInfo]:
+    """``n`` samples written by webdataset's TarWriter; returns the members as tarfile sees them."""
+    with wds.TarWriter(path) as sink:
+        for i in range(n):
+            sink.write({"__key__": f"s_{i:05d}", "npy": np.full((8, 8, 3), i, np.uint8), "cls": i % 2})
+    with tarfile.open(path) as tar:
+        return tar.getmembers()
+
+
+def expected(k: int) -> list[str]:
+    return [f"s_{i:05d}" for i in range(k)]
+
+
+# --- item 4: truncation without an index ---
+
+def _cuts(members):
+    first5, second5 = sorted((x for x in members if x.name.startswith("s_00005.")), key=lambda x: x.offset)
+    end = members[-1].offset_data + ((members[-1].size + 511) // 512) * 512
+    return {   # name: (byte offset to cut at, samples that must arrive whole)
+        "at a sample boundary": (first5.offset, 4),          # s_00004 was still open: it is lost, not guessed
+        "between members of a sample": (second5.offset, 5),
+        "inside a member header": (second5.offset + 100, 5),
+        "inside member data": (second5.offset_data + 1, 5),
+        "only the end-of-archive marker missing": (end, N - 1),
+    }
+
+
+@pytest.mark.parametrize("cut", ["at a sample boundary", "between members of a sample", "inside a member header",
+                                 "inside member data", "only the end-of-archive marker missing"])
+def test_truncated_shard_without_index_is_an_error_or_a_counted_loss(tmp_path, cut):
+    members = wds_shard("a.tar")
+    offset, whole = _cuts(members)[cut]
+    data = open("a.tar", "rb").read()
+    open("a.tar", "wb").write(data[:offset])
+    with pytest.raises(StreamError) as err:
+        list(stream(["a.tar"]))
+    assert err.value.reason == "truncated_shard" and err.value.shard == "a.tar"
+    assert "corrupt or truncated" in str(err.value)
+    loader = stream(["a.tar"], on_error="skip")
+    assert keys_of(loader) == expected(whole), "complete samples arrive once, the cut one never"
+    assert loader.stats.skipped == {"truncated_shard": 1}
+
+
+def test_complete_shard_with_trailing_padding_is_fine(tmp_path):
+    wds_shard("a.tar")
+    loader = stream(["a.tar"], on_error="raise")
+    assert keys_of(loader) == expected(N) and loader.stats.skipped == {}
+
+
+def test_truncated_gzip_shard(tmp_path):
+    with wds.TarWriter("a.tar.gz", compress=True) as sink:
+        for i in range(N):
+            sink.write({"__key__": f"s_{i:05d}", "npy": np.random.default_rng(i).integers(0, 255, (32, 32, 3),
+                                                                                         dtype=np.uint8),
+                        "cls": i % 2})
+    data = open("a.tar.gz", "rb").read()
+    open("a.tar.gz", "wb").write(data[:len(data) // 2])
+    with pytest.raises(StreamError) as err:
+        list(stream(["a.tar.gz"]))
+    assert err.value.reason in ("truncated_shard", "corrupt_shard") and err.value.shard == "a.tar.gz"
+    loader = stream(["a.tar.gz"], on_error="skip")
+    keys = keys_of(loader)
+    assert 0 < len(keys) < N and keys == expected(len(keys))
+    assert sum(loader.stats.skipped.values()) == 1
+
+
+def test_truncated_shard_in_a_list_loses_only_its_tail(tmp_path):
+    wds_shard("a.tar")
+    members = wds_shard("b.tar")
+    data = open("b.tar", "rb").read()
+    open("b.tar", "wb").write(data[:_cuts(members)["inside member data"][0]])
+    loader = stream(["a.tar", "b.tar"], on_error="skip", num_workers=2)
+    keys = keys_of(loader)
+    assert sorted(keys) == sorted(expected(N) + expected(5)) and len(keys) == N + 5
+    assert loader.stats.skipped == {"truncated_shard": 1}
+
+
+# --- item 5: the index's per-class counts ---
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_wrong_class_counts_with_right_totals_are_caught(tmp_path, workers):
+    # labels alternate 0/1: the shards hold [3, 3] each; the index claims [4, 2] for b.tar
+    index = write_custom(".", {"a.tar": good_members(6), "b.tar": good_members(6, 6)},
+                         {"a.tar": [3, 3], "b.tar": [4, 2]})
+    with pytest.raises(StreamError) as err:      # (a StreamError crossing workers is issue #14 item 9)
+        list(stream(index.urls, index=index, batch_size=2))
+    assert err.value.reason == "index_mismatch" and err.value.shard.endswith("b.tar")
+    assert "per-class counts [4, 2] differ from the shard's [3, 3]" in str(err.value)
+    loader = stream(index.urls, index=index, batch_size=2, num_workers=workers, on_error="skip")
+    assert len(keys_of(loader)) == 12, "the samples themselves are all delivered"
+    assert loader.stats.skipped == {"index_mismatch": 1}
+
+
+def test_right_class_counts_pass_when_a_shard_is_split_between_workers(tmp_path):
+    index = write_custom(".", {"a.tar": good_members(12)}, {"a.tar": [6, 6]})
+    loader = stream(index.urls, index=index, batch_size=2, num_workers=2)
+    assert sorted(keys_of(loader)) == expected(12) and loader.stats.skipped == {}
+
+
+# --- item 7: duplicate keys ---
+
+def test_repeated_member_in_one_sample_loses_only_the_copy(tmp_path):
+    members = good_members(3)
+    write_tar("a.tar", members[:2] + [("s_00000.cls", b"1")] + members[2:])
+    with pytest.raises(StreamError) as err:
+        list(stream(["a.tar"]))
+    assert err.value.reason == "duplicate_key" and err.value.key == "s_00000"
+    assert err.value.value == "s_00000.cls" and err.value.shard == "a.tar"
+    loader = stream(["a.tar"], on_error="skip")
+    batches = list(loader)
+    assert [k for b in batches for k in b.keys] == expected(3), "the rest of the shard is kept"
+    assert batches[0][1][0].item() == 0, "the first copy is kept"
+    assert loader.stats.skipped == {"duplicate_key": 1}
+
+
+def test_key_repeated_later_in_the_shard_is_dropped_and_named(tmp_path):
+    members = good_members(4)
+    write_tar("a.tar", members[:4] + members[:2] + members[4:])      # s_00000 again after s_00001
+    with pytest.raises(StreamError) as err:
+        list(stream(["a.tar"]))
+    assert err.value.reason == "duplicate_key" and err.value.key == "s_00000" and "earlier" in str(err.value)
+    loader = stream(["a.tar"], on_error="skip")
+    assert keys_of(loader) == expected(4) and loader.stats.skipped == {"duplicate_key": 1}
+
+
+def test_same_key_in_two_shards_is_not_a_duplicate(tmp_path):
+    write_tar("a.tar", good_members(2))
+    write_tar("b.tar", good_members(2))
+    assert keys_of(stream(["a.tar", "b.tar"])) == expected(2) * 2
+
+
+# --- item 8: mixed sizes, one rule on every path ---
+
+def png(side: int, value: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (value, value, value)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def odd_first(ext: str) -> list[tuple[str, bytes]]:
+    encode = (lambda side: npy_bytes(np.zeros((side, side, 3), np.uint8))) if ext == "npy" else png
+    out = [("odd.%s" % ext, encode(5)), ("odd.cls", b"0")]
+    for i in range(7):
+        out += [(f"s_{i:05d}.{ext}", encode(8)), (f"s_{i:05d}.cls", str(i % 2).encode())]
+    return out
+
+
+DECODES = [("npy", "cpu"), ("png", "cpu"), ("png", "dali")]
+
+
+@pytest.mark.parametrize("ext,decode", DECODES)
+def test_odd_first_image_is_the_error_not_the_good_ones(tmp_path, ext, decode):
+    if decode == "dali":
+        pytest.importorskip("nvidia.dali")
+    write_tar("a.tar", odd_first(ext))
+    with pytest.raises(StreamError) as err:
+        list(stream(["a.tar"], decode=decode))
+    assert err.value.reason == "image_size" and err.value.key == "odd" and err.value.value == (5, 5, 3)
+    loader = stream(["a.tar"], decode=decode, on_error="skip")
+    batches = list(loader)
+    assert [k for b in batches for k in b.keys] == expected(7)
+    assert {tuple(b[0].shape[1:]) for b in batches} == {(3, 8, 8)}
+    assert loader.stats.skipped == {"image_size": 1}
+
+
+@pytest.mark.parametrize("ext,decode", DECODES)
+def test_odd_image_later_in_the_stream(tmp_path, ext, decode):
+    if decode == "dali":
+        pytest.importorskip("nvidia.dali")
+    members = odd_first(ext)
+    write_tar("a.tar", members[2:8] + members[:2] + members[8:])
+    loader = stream(["a.tar"], decode=decode, on_error="skip", batch_size=2)
+    batches = list(loader)
+    assert [k for b in batches for k in b.keys] == expected(7)
+    assert {tuple(b[0].shape[1:]) for b in batches} == {(3, 8, 8)} and loader.stats.skipped == {"image_size": 1}
+
+
+def test_index_shape_wins_over_the_first_batch(tmp_path):
+    small = npy_bytes(np.zeros((6, 6, 3), np.uint8))
+    members = [(n, small) if n.endswith(".npy") and int(n[2:7]) < 3 else (n, d) for n, d in good_members(6)]
+    index = write_custom(".", {"a.tar": members}, {"a.tar": [3, 3]}, image_shape=(8, 8, 3))
+    loader = stream(index.urls, index=index, on_error="skip")
+    batches = list(loader)
+    assert {tuple(b[0].shape[1:]) for b in batches} == {(3, 8, 8)}, "most of the first batch is 6x6, yet 8x8 rules"
+    assert loader.stats.skipped == {"image_size": 3}
+
+
+@pytest.mark.parametrize("position", ["first", "middle", "last"])
+def test_shard_listed_with_count_zero_is_read_and_checked(tmp_path, position):
+    shards = {"a.tar": good_members(4), "b.tar": good_members(4, 4)}
+    counts = {"a.tar": [2, 2], "b.tar": [2, 2]}
+    names = {"first": ["z.tar", "a.tar", "b.tar"], "middle": ["a.tar", "z.tar", "b.tar"],
+             "last": ["a.tar", "b.tar", "z.tar"]}[position]
+    shards["z.tar"], counts["z.tar"] = good_members(3, 8), [0, 0]      # holds 3, listed as 0
+    index = write_custom(".", {n: shards[n] for n in names}, {n: counts[n] for n in names})
+    with pytest.raises(StreamError) as err:
+        list(stream(index.urls, index=index))
+    assert err.value.reason == "index_mismatch" and err.value.shard.endswith("z.tar") and err.value.value == 3
+    loader = stream(index.urls, index=index, on_error="skip")
+    assert sorted(keys_of(loader)) == expected(8) and loader.stats.skipped == {"index_mismatch": 1}
+
+
+def test_truly_empty_shard_listed_with_count_zero_is_fine(tmp_path):
+    index = write_custom(".", {"a.tar": good_members(4), "z.tar": []}, {"a.tar": [2, 2], "z.tar": [0, 0]})
+    loader = stream(index.urls, index=index)
+    assert keys_of(loader) == expected(4) and loader.stats.skipped == {}
