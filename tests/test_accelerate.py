@@ -19,8 +19,7 @@ pytest.importorskip("sklearn")
 SCRIPTS = os.path.join(os.path.dirname(__file__), "framework_scripts")
 sys.path.insert(0, SCRIPTS)
 
-from digits_shards import TRAIN_PER_CLASS, write_digits_shards  # noqa: E402
-from lightning_job import make_loaders  # noqa: E402
+from digits_shards import TRAIN_PER_CLASS, make_loaders, write_digits_shards  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 240

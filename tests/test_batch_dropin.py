@@ -55,7 +55,7 @@ def shards(tmp_path_factory):
 
 
 def stream(index, **kw) -> StreamLoader:
-    kw = {"batch_size": BATCH, "seed": 5, "shuffle": 30, **kw}
+    kw = {"batch_size": BATCH, "seed": 5, "shuffle": 30, "device": "cpu", **kw}
     return StreamLoader(index.urls, **kw)
 
 
@@ -133,10 +133,9 @@ def test_every_iter_is_a_full_pass(make_loader):
     for abandon_after in (1, 3):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(0)              # fixes the epoch, as DistributedSampler.set_epoch does
-        it = iter(loader)
+        abandoned = iter(loader)         # kept alive: frameworks hold on to old iterators
         for _ in range(abandon_after):
-            next(it)
-        del it
+            next(abandoned)
         again = [fingerprint(b) for b in loader]
         assert len(again) == loader_len == len(reference), f"abandoned after {abandon_after}: a new iter() is partial"
         assert again == reference
@@ -145,13 +144,13 @@ def test_every_iter_is_a_full_pass(make_loader):
 def test_every_iter_is_a_full_pass_without_set_epoch(shards):
     """With epochs advancing by themselves, an abandoned pass still leaves the next loop whole."""
     loader = stream(shards[0])
-    next(iter(loader))
+    first_abandoned = iter(loader)
+    next(first_abandoned)
     first = [b for b in loader]
     assert len(first) == len(loader)
-    it = iter(loader)
+    second_abandoned = iter(loader)
     for _ in range(3):
-        next(it)
-    del it
+        next(second_abandoned)
     second = [k for b in loader for k in real_keys(b)]
     assert sorted(second) == [f"train_{i:08d}" for i in range(N)], "every real sample once"
 

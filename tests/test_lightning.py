@@ -22,8 +22,8 @@ pytest.importorskip("sklearn")
 SCRIPTS = os.path.join(os.path.dirname(__file__), "framework_scripts")
 sys.path.insert(0, SCRIPTS)
 
-from digits_shards import TRAIN_PER_CLASS, VAL_PER_CLASS, write_digits_shards  # noqa: E402
-from lightning_job import TinyDigits, make_loaders, trainer_for  # noqa: E402
+from digits_shards import TRAIN_PER_CLASS, VAL_PER_CLASS, make_loaders, write_digits_shards  # noqa: E402
+from lightning_job import TinyDigits, trainer_for  # noqa: E402
 
 TIMEOUT = 240
 

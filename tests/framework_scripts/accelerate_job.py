@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import send_to_device
 
-from lightning_job import make_loaders, record
+from digits_shards import make_loaders, record
 
 EPOCHS = 2
 

@@ -1,11 +1,16 @@
-"""Small, imbalanced 8×8 digits shards (scikit-learn's bundled digits) for the framework tests."""
+"""Small, imbalanced 8×8 digits shards (scikit-learn's bundled digits), the StreamLoaders the framework
+jobs use over them, and what a job records of each batch."""
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 
 import numpy as np
 
-from streamaug.loader import write_shards
+from streamaug.loader import StreamLoader, write_shards
+from streamaug.ops import MixUp, default_augment
+from streamaug.samplers import ClassBalancer
 
 TRAIN_PER_CLASS = (8, 8, 8, 8, 20, 20, 20, 20, 20, 20)   # classes 0-3 are the minority
 VAL_PER_CLASS = 6
@@ -35,3 +40,29 @@ def write_digits_shards(root: str) -> tuple[str, str]:
         write_shards((images[rows], labels[rows]), out, prefix=name, maxcount=24, num_classes=10, progress=False)
         folders.append(out)
     return folders[0], folders[1]
+
+
+BATCH = 16
+
+
+def checksum(batch) -> str:
+    h = hashlib.sha256(batch.images.cpu().contiguous().numpy().tobytes())
+    h.update(batch.targets.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def record(batch) -> dict:
+    real = ~(batch.is_synthetic | batch.is_padding)
+    return {"keys": list(batch.keys), "real": [k for k, r in zip(batch.keys, real.tolist()) if r],
+            "synthetic": int(batch.is_synthetic.sum()), "sum": checksum(batch)}
+
+
+def make_loaders(train: str, val: str, full: bool = True, **overrides) -> tuple[StreamLoader, StreamLoader]:
+    """Train: balance (ClassBalancer + SMOTE) + augment + mixup when ``full``; val: in order, plain.
+    ``overrides`` (e.g. ``world_size``, ``rank``) go to both; the job passes none."""
+    plugins = dict(balance=ClassBalancer(), augment=default_augment(), mixup=MixUp(0.4, p=0.5)) if full else {}
+    train_loader = StreamLoader(sorted(glob.glob(os.path.join(train, "*.tar"))), batch_size=BATCH, seed=3,
+                                shuffle=40, device="cpu", **plugins, **overrides)
+    val_loader = StreamLoader(sorted(glob.glob(os.path.join(val, "*.tar"))), batch_size=BATCH, seed=3, shuffle=0,
+                              device="cpu", **overrides)
+    return train_loader, val_loader

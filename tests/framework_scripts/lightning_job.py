@@ -10,8 +10,6 @@ the pixels and targets), so a test can compare ranks and runs.
 from __future__ import annotations
 
 import argparse
-import glob
-import hashlib
 import json
 import os
 
@@ -19,35 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from streamaug.loader import StreamLoader
-from streamaug.ops import MixUp, default_augment
-from streamaug.samplers import ClassBalancer
-
-BATCH = 16
-
-
-def checksum(batch) -> str:
-    h = hashlib.sha256(batch.images.cpu().contiguous().numpy().tobytes())
-    h.update(batch.targets.cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def record(batch) -> dict:
-    real = ~(batch.is_synthetic | batch.is_padding)
-    return {"keys": list(batch.keys), "real": [k for k, r in zip(batch.keys, real.tolist()) if r],
-            "synthetic": int(batch.is_synthetic.sum()), "sum": checksum(batch)}
-
-
-def make_loaders(train: str, val: str, full: bool = True, **overrides) -> tuple[StreamLoader, StreamLoader]:
-    """Train: balance (ClassBalancer + SMOTE) + augment + mixup when ``full``; val: in order, plain.
-    ``overrides`` (e.g. ``world_size``, ``rank``) go to both; the job passes none."""
-    plugins = dict(balance=ClassBalancer(), augment=default_augment(), mixup=MixUp(0.4, p=0.5)) if full else {}
-    train_loader = StreamLoader(sorted(glob.glob(os.path.join(train, "*.tar"))), batch_size=BATCH, seed=3,
-                                shuffle=40, device="cpu", **plugins, **overrides)
-    val_loader = StreamLoader(sorted(glob.glob(os.path.join(val, "*.tar"))), batch_size=BATCH, seed=3, shuffle=0,
-                              device="cpu", **overrides)
-    return train_loader, val_loader
-
+from digits_shards import make_loaders, record
 
 class TinyDigits(L.LightningModule):
     """A tiny CNN on 8×8 digits; it logs what it is fed into ``self.seen``."""
