@@ -1,0 +1,101 @@
+"""accelerate under ``torchrun --nproc_per_node=2`` (CPU, gloo) with a StreamLoader (issue #11):
+``prepare``, ``send_to_device``, ``skip_first_batches``, and ``register_for_checkpointing`` +
+``save_state``/``load_state`` resuming mid-epoch with the uninterrupted batches on every rank
+(balance + augment + mixup on). The job is ``framework_scripts/accelerate_job.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("accelerate")
+pytest.importorskip("sklearn")
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), "framework_scripts")
+sys.path.insert(0, SCRIPTS)
+
+from digits_shards import TRAIN_PER_CLASS, make_loaders, write_digits_shards  # noqa: E402
+
+pytestmark = pytest.mark.slow
+TIMEOUT = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(digits, out, tag, *extra):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           os.path.join(SCRIPTS, "accelerate_job.py"), "--train", digits[0], "--val", digits[1], "--out", str(out),
+           "--tag", tag, *map(str, extra)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join([SCRIPTS, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=str(out), env=env)
+    if proc.returncode != 0:
+        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+def read(out, tag, rank) -> tuple[dict, list[dict]]:
+    with open(os.path.join(out, f"{tag}-rank{rank}.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return rows[0], rows[1:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted 2-epoch run that saves state mid-epoch 1 (then checks skip_first_batches),
+    and a run resumed from that state."""
+    root = tmp_path_factory.mktemp("accelerate")
+    digits = write_digits_shards(str(root / "digits"))
+    per_rank = len(make_loaders(*digits, world_size=2, rank=0)[0])
+    save_at = per_rank + 2
+    torchrun(digits, root, "ref", "--save-at", save_at, "--skip", 3)
+    torchrun(digits, root, "resumed", "--resume", root / "state")
+    return root, per_rank, save_at
+
+
+def test_prepare_and_send_to_device_keep_the_loader_and_its_batches(runs):
+    root, per_rank, _ = runs
+    for rank in range(2):
+        info, rows = read(root, "ref", rank)
+        rows = [r for r in rows if r["stage"] == "train"]
+        assert info["world_size"] == 2 and "MULTI_CPU" in info["distributed"], info
+        assert info["prepared_type"] == "StreamLoader", "prepare() passes a non-DataLoader through"
+        assert len(rows) == 2 * per_rank, f"rank {rank}: {len(rows)} batches, expected 2 epochs of {per_rank}"
+
+
+def test_ranks_are_disjoint_and_complete(runs):
+    root, _, _ = runs
+    everything = sorted(f"train_{i:08d}" for i in range(sum(TRAIN_PER_CLASS)))
+    for epoch in range(2):
+        real = [[k for r in read(root, "ref", rank)[1] if r["stage"] == "train" and r["epoch"] == epoch
+                 for k in r["real"]] for rank in range(2)]
+        assert not set(real[0]) & set(real[1]), f"epoch {epoch}: ranks are disjoint"
+        assert sorted(real[0] + real[1]) == everything, f"epoch {epoch}: together complete, each sample once"
+
+
+def test_save_state_load_state_resumes_every_rank(runs):
+    """accelerate saves the registered loader's state from the main process only; both ranks load it."""
+    root, per_rank, save_at = runs
+    for rank in range(2):
+        ref, resumed = ([r for r in read(root, tag, rank)[1] if r["stage"] == "train"] for tag in ("ref", "resumed"))
+        assert len(resumed) == len(ref) - save_at, f"rank {rank}"
+        assert [(r["epoch"], r["keys"], r["sum"]) for r in resumed] == \
+               [(r["epoch"], r["keys"], r["sum"]) for r in ref[save_at:]], f"rank {rank}"
+
+
+def test_skip_first_batches_yields_the_rest_of_the_pass(runs):
+    root, per_rank, _ = runs
+    for rank in range(2):
+        rows = read(root, "ref", rank)[1]
+        assert not [r["error"] for r in rows if r["stage"] == "skip_error"], f"rank {rank}"
+        full = [(r["keys"], r["sum"]) for r in rows if r["stage"] == "full"]
+        skipped = [(r["keys"], r["sum"]) for r in rows if r["stage"] == "skipped"]
+        assert len(full) == per_rank and skipped == full[3:], f"rank {rank}"

@@ -1,0 +1,313 @@
+"""Drop-in for real (issue #11), in one process: what a ``Batch`` survives, the DataLoader surface
+frameworks read, ``iter()`` semantics, world size read when a pass starts, rank-portable state,
+on-device output options and metrics on ``hard_labels``.
+
+Where the same contract holds for ``torch.utils.data.DataLoader`` the test runs on both, so the
+test itself is checked against the reference it imitates.
+"""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from shard_factory import make_shards
+from streamaug.loader import Batch, StreamLoader
+from streamaug.ops import MixUp, default_augment
+from streamaug.samplers import ClassBalancer
+
+N, BATCH, CLASSES = 100, 8, 4
+
+
+# ------------------------------------------------------------------ helpers
+class ArrayDataset(Dataset):
+    """The plain-PyTorch reference: ``(image CHW uint8, label)`` per item."""
+
+    def __init__(self, images, labels):
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        self.labels = torch.from_numpy(labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def fingerprint(batch) -> tuple[bytes, bytes]:
+    """What a batch is, for any loader: the bytes of its images and targets (unpacked as users do)."""
+    images, targets = batch
+    return images.cpu().contiguous().numpy().tobytes(), targets.cpu().contiguous().numpy().tobytes()
+
+
+def real_keys(batch) -> list[str]:
+    pad = batch.is_padding.tolist()
+    return [k for k, p, s in zip(batch.keys, pad, batch.is_synthetic.tolist()) if not p and not s]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(str(tmp_path_factory.mktemp("dropin")), n=N, maxcount=16, num_classes=CLASSES)
+
+
+def stream(index, **kw) -> StreamLoader:
+    kw = {"batch_size": BATCH, "seed": 5, "shuffle": 30, "device": "cpu", **kw}
+    return StreamLoader(index.urls, **kw)
+
+
+def full_pipeline(index, **kw) -> StreamLoader:
+    """Balance (ClassBalancer + SMOTE) + augment + mixup: every plug-in with randomness on."""
+    return stream(index, balance=ClassBalancer(), augment=default_augment(), mixup=MixUp(0.4, p=0.5), **kw)
+
+
+@pytest.fixture(params=["dataloader", "streamloader"])
+def make_loader(request, shards):
+    """A factory for two identical loaders of the given kind (the reference, and the one under test)."""
+    index, images, labels = shards
+    if request.param == "dataloader":
+        return lambda: DataLoader(ArrayDataset(images, labels), batch_size=BATCH, shuffle=False)
+    return lambda: stream(index)
+
+
+# ------------------------------------------------------------------ Batch survival
+@pytest.fixture
+def mixed_batch(shards):
+    index, _, _ = shards
+    return next(iter(stream(index, mixup=MixUp(0.4, p=1.0))))
+
+
+def assert_same_batch(a, b):
+    assert type(a) is Batch and type(b) is Batch
+    for field in ("images", "targets", "hard_labels", "is_synthetic", "is_padding"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert list(a.keys) == list(b.keys) and a.batch_id == b.batch_id
+    assert a.provenance == b.provenance
+
+
+def test_batch_is_not_a_tuple_subclass_and_unpacks_like_one(mixed_batch):
+    assert not isinstance(mixed_batch, tuple), "frameworks rebuild tuple subclasses as type(b)(list)"
+    images, targets = mixed_batch
+    assert images is mixed_batch.images and targets is mixed_batch.targets
+    assert mixed_batch[0] is images and mixed_batch[1] is targets and len(mixed_batch) == 2
+    assert targets.dtype.is_floating_point and targets.shape == (BATCH, CLASSES), "mixup gives soft targets"
+    assert mixed_batch.hard_labels.dtype == torch.int64 and mixed_batch.hard_labels.shape == (BATCH,)
+
+
+def test_batch_hard_labels_are_present_without_mixup(shards):
+    batch = next(iter(stream(shards[0])))
+    assert batch.targets.dtype == torch.int64 and torch.equal(batch.hard_labels, batch.targets)
+
+
+def test_batch_survives_deepcopy_pickle_and_to(mixed_batch):
+    assert_same_batch(copy.deepcopy(mixed_batch), mixed_batch)
+    assert_same_batch(pickle.loads(pickle.dumps(mixed_batch)), mixed_batch)
+    moved = mixed_batch.to("cpu", non_blocking=True)
+    assert_same_batch(moved, mixed_batch)
+    assert_same_batch(mixed_batch.to(torch.device("cpu")), mixed_batch)
+
+
+def test_batch_survives_lightning_transfers(mixed_batch):
+    apply_func = pytest.importorskip("lightning.fabric.utilities.apply_func")
+    assert_same_batch(apply_func.move_data_to_device(mixed_batch, "cpu"), mixed_batch)
+    # precision plugins convert input floats with apply_to_collection: fields are reached, the Batch kept
+    doubled = apply_func.apply_to_collection(mixed_batch, torch.Tensor, lambda t: t.to(torch.float64))
+    assert type(doubled) is Batch and list(doubled.keys) == list(mixed_batch.keys)
+    assert doubled.images.dtype == torch.float64 and torch.equal(doubled.images, mixed_batch.images.double())
+
+
+def test_batch_survives_accelerate_send_to_device(mixed_batch):
+    operations = pytest.importorskip("accelerate.utils.operations")
+    assert_same_batch(operations.send_to_device(mixed_batch, "cpu"), mixed_batch)
+    assert_same_batch(operations.send_to_device(mixed_batch, "cpu", non_blocking=True), mixed_batch)
+
+
+# ------------------------------------------------------------------ iter() semantics
+def test_every_iter_is_a_full_pass(make_loader):
+    reference = [fingerprint(b) for b in make_loader()]
+    loader = make_loader()
+    loader_len = len(loader)
+    for abandon_after in (1, 3):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(0)              # fixes the epoch, as DistributedSampler.set_epoch does
+        abandoned = iter(loader)         # kept alive: frameworks hold on to old iterators
+        for _ in range(abandon_after):
+            next(abandoned)
+        again = [fingerprint(b) for b in loader]
+        assert len(again) == loader_len == len(reference), f"abandoned after {abandon_after}: a new iter() is partial"
+        assert again == reference
+
+
+def test_every_iter_is_a_full_pass_without_set_epoch(shards):
+    """With epochs advancing by themselves, an abandoned pass still leaves the next loop whole."""
+    loader = stream(shards[0])
+    first_abandoned = iter(loader)
+    next(first_abandoned)
+    first = [b for b in loader]
+    assert len(first) == len(loader)
+    second_abandoned = iter(loader)
+    for _ in range(3):
+        next(second_abandoned)
+    second = [k for b in loader for k in real_keys(b)]
+    assert sorted(second) == [f"train_{i:08d}" for i in range(N)], "every real sample once"
+
+
+def test_load_state_dict_empty_is_a_no_op(shards):
+    """torchdata StatefulDataLoader convention: ``load_state_dict({})`` changes nothing."""
+    index = shards[0]
+    reference = [fingerprint(b) for b in full_pipeline(index)]
+    loader = full_pipeline(index)
+    loader.load_state_dict({})
+    assert [fingerprint(b) for b in loader] == reference
+
+
+def test_state_from_another_dataset_is_refused(shards, tmp_path):
+    other, _, _ = make_shards(str(tmp_path / "other"), n=60, maxcount=16, num_classes=CLASSES, seed=1)
+    state = stream(shards[0]).state_dict()
+    with pytest.raises(ValueError, match=r"(?i)dataset|shard|index"):
+        stream(other).load_state_dict(state)
+
+
+# ------------------------------------------------------------------ rank-portable state
+@pytest.mark.parametrize("cut", [3, 5])   # of 7 batches per rank
+def test_rank0_state_resumes_rank1_exactly(shards, cut):
+    """Lightning and accelerate save rank 0's loader state and load it on every rank."""
+    index = shards[0]
+    loaders = [full_pipeline(index, world_size=2, rank=r) for r in range(2)]
+    uninterrupted = [[fingerprint(b) for b in full_pipeline(index, world_size=2, rank=r)] for r in range(2)]
+    seen = []
+    for loader in loaders:
+        it = iter(loader)
+        seen.append([fingerprint(next(it)) for _ in range(cut)])
+    rank0_state = loaders[0].state_dict()
+    for rank in range(2):
+        resumed = full_pipeline(index, world_size=2, rank=rank)
+        resumed.load_state_dict(copy.deepcopy(rank0_state))
+        assert seen[rank] + [fingerprint(b) for b in resumed] == uninterrupted[rank], f"rank {rank}"
+
+
+# ------------------------------------------------------------------ world size at pass start
+def fake_world(monkeypatch, world_size: int, rank: int) -> None:
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: world_size)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: rank)
+
+
+def test_world_size_is_read_when_a_pass_starts(shards, monkeypatch):
+    """Loaders handed to ``Trainer.fit()`` are built before the process group exists."""
+    index = shards[0]
+    built = [stream(index) for _ in range(2)]         # no process group yet
+    per_rank = []
+    for rank, loader in enumerate(built):
+        fake_world(monkeypatch, 2, rank)
+        per_rank.append([real_keys(b) for b in loader])
+    assert len(per_rank[0]) == len(per_rank[1])
+    keys = [{k for batch in rank_keys for k in batch} for rank_keys in per_rank]
+    assert not keys[0] & keys[1], "ranks are disjoint"
+    assert keys[0] | keys[1] == {f"train_{i:08d}" for i in range(N)}, "and together complete"
+    monkeypatch.undo()
+    assert len(built[0]) == len(stream(index)), "outside the group again, one rank streams everything"
+
+
+def test_explicit_world_size_overrides_torch_distributed(shards, monkeypatch):
+    index = shards[0]
+    loader = stream(index, world_size=1, rank=0)
+    fake_world(monkeypatch, 2, 1)
+    keys = [k for b in loader for k in real_keys(b)]
+    assert sorted(keys) == [f"train_{i:08d}" for i in range(N)]
+
+
+# ------------------------------------------------------------------ DataLoader surface
+def test_dataloader_surface_attributes(shards):
+    index = shards[0]
+    loader = stream(index, drop_last=True)
+    assert loader.batch_size == BATCH and loader.drop_last is True
+    assert loader.num_workers == 0 and loader.pin_memory is False and loader.persistent_workers is False
+    # DataLoader refuses prefetch_factor without workers; frameworks pass these back to DataLoader(...)
+    DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn,
+               num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+               prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers)
+    with_workers = stream(index, num_workers=2, prefetch_factor=3)
+    assert with_workers.num_workers == 2 and with_workers.prefetch_factor == 3
+    assert with_workers.persistent_workers is True, "workers persist across epochs"
+    assert callable(loader.collate_fn)
+    assert len(loader.dataset) == len(loader)
+
+
+def test_dataset_item_j_is_batch_j_of_the_current_pass(shards):
+    index = shards[0]
+    reference = [fingerprint(b) for b in full_pipeline(index)]
+    loader = full_pipeline(index)
+    assert len(loader.dataset) == len(reference)
+    assert [fingerprint(loader.dataset[j]) for j in range(len(loader.dataset))] == reference
+
+
+def test_sampler_set_epoch_sets_the_loader_epoch(shards):
+    """Lightning calls ``set_epoch`` on ``loader.sampler`` (and ``loader.batch_sampler.sampler``)."""
+    index = shards[0]
+    loader, twin = stream(index), stream(index)
+    loader.sampler.set_epoch(3)
+    twin.set_epoch(3)
+    assert loader.epoch == 3
+    assert [fingerprint(b) for b in loader] == [fingerprint(b) for b in twin]
+    assert [fingerprint(b) for b in loader] == [fingerprint(b) for b in twin], "set_epoch fixes the epoch"
+
+
+def test_rebuilt_from_batch_sampler_gives_the_same_batches(make_loader):
+    """What accelerate's ``skip_first_batches`` does: ``DataLoader(loader.dataset, batch_sampler=...)``."""
+    reference = [fingerprint(b) for b in make_loader()]
+    loader = make_loader()
+    rebuilt = DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn)
+    assert [fingerprint(b) for b in rebuilt] == reference
+
+
+def test_accelerate_skip_first_batches(make_loader):
+    data_loader = pytest.importorskip("accelerate.data_loader")
+    reference = [fingerprint(b) for b in make_loader()]
+    skipped = data_loader.skip_first_batches(make_loader(), 3)
+    assert [fingerprint(b) for b in skipped] == reference[3:]
+
+
+# ------------------------------------------------------------------ output options
+def test_float_normalized_channels_last_equals_hand_reference(shards):
+    """dtype/normalize/channels_last are applied after augmentation, in the 0-1 scale (torchvision)."""
+    index = shards[0]
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    plain = stream(index, augment=default_augment(), mixup=MixUp(0.4, p=0.5))
+    shaped = stream(index, augment=default_augment(), mixup=MixUp(0.4, p=0.5),
+                    dtype=torch.float32, normalize=(mean, std), channels_last=True)
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    count = 0
+    for raw, out in zip(plain, shaped):
+        assert raw.images.dtype == torch.uint8, "the default stays uint8"
+        assert out.images.dtype == torch.float32 and out.images.shape == raw.images.shape
+        assert out.images.is_contiguous(memory_format=torch.channels_last)
+        expected = (raw.images.float() / 255 - m) / s
+        torch.testing.assert_close(out.images, expected, rtol=0, atol=1e-5)
+        assert torch.equal(out.targets, raw.targets) and torch.equal(out.hard_labels, raw.hard_labels)
+        count += 1
+    assert count == len(plain)
+
+
+@pytest.mark.parametrize("normalize", [((0.5, 0.5), (0.5, 0.5)), ((0.5,) * 3, (0.5, 0.0, 0.5))])
+def test_bad_normalize_is_refused_naming_the_value(shards, normalize):
+    with pytest.raises(ValueError, match="normalize"):
+        stream(shards[0], dtype=torch.float32, normalize=normalize)
+
+
+# ------------------------------------------------------------------ metrics
+def test_metrics_use_hard_labels_with_mixup(shards):
+    """With mixup, ``targets`` are (N, C) probabilities. Given preds and target of the same shape,
+    torchmetrics' multiclass Accuracy takes no argmax: it flattens both and compares them entry by
+    entry as N×C class labels, with no error, so a perfect model scores well below 1 (0.5 on the toy
+    case in the report). ``batch.hard_labels`` is the class of each row before mixing."""
+    torchmetrics = pytest.importorskip("torchmetrics")
+    batch = next(iter(stream(shards[0], mixup=MixUp(0.4, p=1.0))))
+    perfect = torch.nn.functional.one_hot(batch.hard_labels, CLASSES).float()
+    accuracy = torchmetrics.classification.MulticlassAccuracy(num_classes=CLASSES, average="micro")
+    assert accuracy(perfect, batch.hard_labels).item() == 1.0
+    assert accuracy(perfect, batch.targets).item() < 1.0, "soft targets silently give a wrong number"

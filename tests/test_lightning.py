@@ -1,0 +1,162 @@
+"""Lightning ``Trainer.fit()`` with StreamLoader train and val loaders and no overrides (issue #11).
+
+(a) one process, in this one: validation runs full passes every time, including the first one
+after the sanity check, and ``limit_val_batches=2`` sees the same two batches every round;
+(b) ``devices=2, strategy="ddp"`` on CPU (gloo), in a subprocess that Lightning's launcher
+re-runs as rank 1: ranks are disjoint and complete, and a checkpoint taken mid-epoch and
+resumed with ``ckpt_path=`` reproduces the uninterrupted batches on every rank, with
+balance + augment + mixup on. The job is ``framework_scripts/lightning_job.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+L = pytest.importorskip("lightning")
+pytest.importorskip("sklearn")
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), "framework_scripts")
+sys.path.insert(0, SCRIPTS)
+
+from digits_shards import TRAIN_PER_CLASS, VAL_PER_CLASS, make_loaders, write_digits_shards  # noqa: E402
+from lightning_job import TinyDigits, trainer_for  # noqa: E402
+
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return write_digits_shards(str(tmp_path_factory.mktemp("digits")))
+
+
+def val_rounds(seen: list[dict], field: str = "keys") -> list[tuple[str, list[list[str]]]]:
+    """Validation batches grouped by round: ("sanity" | "val", [keys (or real keys) of each batch])."""
+    rounds: list[tuple[str, list[list[str]]]] = []
+    for row in seen:
+        if row["stage"] == "train":
+            continue
+        if not rounds or row["idx"] == 0:
+            rounds.append((row["stage"], []))
+        rounds[-1][1].append(row[field])
+    return rounds
+
+
+# ------------------------------------------------------------------ (a) one process
+def test_validation_runs_full_passes_after_the_sanity_check(digits, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train, val = make_loaders(*digits, full=False)
+    model = TinyDigits()
+    trainer_for(1, 2, num_sanity_val_steps=2, limit_train_batches=3).fit(model, train, val)
+    rounds = val_rounds(model.seen)
+    assert [stage for stage, _ in rounds] == ["sanity", "val", "val"]
+    assert len(rounds[0][1]) == 2, "the sanity check runs 2 steps and abandons the pass"
+    everything = sorted(f"val_{i:08d}" for i in range(10 * VAL_PER_CLASS))
+    for stage, batches in rounds[1:]:
+        assert len(batches) == len(val), f"a validation round ran {len(batches)} of {len(val)} batches"
+        assert sorted(k for keys in batches for k in keys) == everything
+
+
+def test_limit_val_batches_sees_the_same_batches_every_round(digits, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train, val = make_loaders(*digits, full=False)
+    model = TinyDigits()
+    trainer_for(1, 3, num_sanity_val_steps=2, limit_train_batches=2, limit_val_batches=2).fit(model, train, val)
+    rounds = val_rounds(model.seen)
+    assert [stage for stage, _ in rounds] == ["sanity", "val", "val", "val"]
+    assert all(batches == rounds[0][1] for _, batches in rounds), [b for _, b in rounds]
+
+
+def test_training_epochs_are_full_passes(digits, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train, val = make_loaders(*digits)
+    model = TinyDigits()
+    trainer_for(1, 2, num_sanity_val_steps=0, limit_val_batches=0).fit(model, train, val)
+    epochs = [[r for r in model.seen if r["stage"] == "train" and r["epoch"] == e] for e in range(2)]
+    for e, rows in enumerate(epochs):
+        assert len(rows) == len(train), f"epoch {e}"
+        assert sorted(k for r in rows for k in r["real"]) == sorted(
+            f"train_{i:08d}" for i in range(sum(TRAIN_PER_CLASS))), f"epoch {e}: every real sample once"
+    assert [r["keys"] for r in epochs[0]] != [r["keys"] for r in epochs[1]], "epochs are reshuffled"
+
+
+def test_lightning_epoch_number_reaches_the_loader_through_sampler_set_epoch(digits, tmp_path, monkeypatch):
+    """Lightning calls ``loader.sampler.set_epoch(current_epoch)``: its epoch 0 is the loader's epoch 0
+    even when the loader already ran a pass of its own before ``fit()``."""
+    monkeypatch.chdir(tmp_path)
+    train, val = make_loaders(*digits, full=False)
+    for _ in train:                   # a pass outside Lightning (a self-advancing loader is now at epoch 1)
+        pass
+    model = TinyDigits()
+    trainer_for(1, 1, num_sanity_val_steps=0, limit_val_batches=0).fit(model, train, val)
+    twin, _ = make_loaders(*digits, full=False)
+    twin.set_epoch(0)
+    assert [r["keys"] for r in model.seen if r["stage"] == "train"] == [list(b.keys) for b in twin]
+
+
+# ------------------------------------------------------------------ (b) DDP, 2 processes
+def run_job(digits, out, tag, *extra):
+    cmd = [sys.executable, os.path.join(SCRIPTS, "lightning_job.py"), "--train", digits[0], "--val", digits[1],
+           "--out", str(out), "--tag", tag, "--devices", "2", *map(str, extra)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join([SCRIPTS, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=str(out), env=env)
+    if proc.returncode != 0:
+        raise AssertionError(f"lightning job failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+def read(out, tag, rank) -> list[dict]:
+    with open(os.path.join(out, f"{tag}-rank{rank}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(digits, tmp_path_factory):
+    """One uninterrupted 2-epoch run that saves a checkpoint mid-epoch 1, and a run resumed from it."""
+    out = tmp_path_factory.mktemp("ddp")
+    per_rank = len(make_loaders(*digits, world_size=2, rank=0)[0])   # what each of the 2 ranks streams
+    save_at = per_rank + 2                  # mid-epoch 1: checks the epoch counter as well as the position
+    run_job(digits, out, "ref", "--save-at", save_at)
+    run_job(digits, out, "resumed", "--resume", out / f"step{save_at}.ckpt")
+    return out, per_rank, save_at
+
+
+@pytest.mark.slow
+def test_ddp_ranks_are_disjoint_and_complete(ddp_runs):
+    out, per_rank, _ = ddp_runs
+    everything = sorted(f"train_{i:08d}" for i in range(sum(TRAIN_PER_CLASS)))
+    for epoch in range(2):
+        rows = [[r for r in read(out, "ref", rank) if r["stage"] == "train" and r["epoch"] == epoch] for rank in range(2)]
+        assert len(rows[0]) == len(rows[1]) == per_rank, f"epoch {epoch}: equal batch counts"
+        real = [{k for r in rank_rows for k in r["real"]} for rank_rows in rows]
+        assert not real[0] & real[1], f"epoch {epoch}: ranks are disjoint"
+        assert sorted(real[0] | real[1]) == everything, f"epoch {epoch}: together complete"
+        assert sum(len(r["real"]) for rank_rows in rows for r in rank_rows) == len(everything)
+        assert sum(r["synthetic"] for rank_rows in rows for r in rank_rows) > 0, "the balancer adds SMOTE rows"
+
+
+@pytest.mark.slow
+def test_ddp_validation_is_split_across_ranks_in_full_passes(ddp_runs):
+    out, _, _ = ddp_runs
+    rounds = [[b for stage, b in val_rounds(read(out, "ref", rank), "real") if stage == "val"] for rank in range(2)]
+    assert len(rounds[0]) == len(rounds[1]) == 2, "one validation round per epoch on each rank"
+    for r in range(2):
+        assert len(rounds[0][r]) == len(rounds[1][r]), f"round {r}: equal batch counts"
+        keys = [[k for batch in rounds[rank][r] for k in batch] for rank in range(2)]
+        assert not set(keys[0]) & set(keys[1]), f"round {r}: ranks are disjoint"
+        assert sorted(keys[0] + keys[1]) == [f"val_{i:08d}" for i in range(10 * VAL_PER_CLASS)], f"round {r}"
+
+
+@pytest.mark.slow
+def test_ddp_resume_mid_epoch_reproduces_every_rank(ddp_runs):
+    """Lightning saves rank 0's loader state only and loads it on both ranks."""
+    out, per_rank, save_at = ddp_runs
+    for rank in range(2):
+        ref = [r for r in read(out, "ref", rank) if r["stage"] == "train"]
+        resumed = [r for r in read(out, "resumed", rank) if r["stage"] == "train"]
+        assert len(ref) == 2 * per_rank and len(resumed) == len(ref) - save_at, f"rank {rank}"
+        assert [(r["epoch"], r["idx"], r["keys"], r["sum"]) for r in resumed] == \
+               [(r["epoch"], r["idx"], r["keys"], r["sum"]) for r in ref[save_at:]], f"rank {rank}"
