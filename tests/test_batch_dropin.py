@@ -231,9 +231,12 @@ def test_dataloader_surface_attributes(shards):
     DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn,
                num_workers=loader.num_workers, pin_memory=loader.pin_memory,
                prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers)
+    # The reading workers are read_workers; num_workers & co. describe the caller's loop over
+    # finished batches, so a framework that rebuilds DataLoader(...) from them starts no workers.
     with_workers = stream(index, num_workers=2, prefetch_factor=3)
-    assert with_workers.num_workers == 2 and with_workers.prefetch_factor == 3
-    assert with_workers.persistent_workers is True, "workers persist across epochs"
+    assert with_workers.read_workers == 2
+    assert with_workers.num_workers == 0 and with_workers.prefetch_factor is None
+    assert with_workers.persistent_workers is False
     assert callable(loader.collate_fn)
     assert len(loader.dataset) == len(loader)
 
