@@ -1,7 +1,7 @@
 """``streamaug demo``: imbalanced real data → one small CNN trained with each set of
 stages (plain, augment, random oversampling, SMOTE, mixup variants), side by side.
 
-    streamaug demo                       # digits, the default arms, 3 seeds: ~3-4 minutes on 2 CPU cores
+    streamaug demo                       # digits, the 5 default arms, 3 seeds: ~3-4 minutes on 2 CPU cores
     streamaug demo --arms plain,ros,smote --seeds 5
     streamaug demo --arms all --data my_images/ --steps 600
 
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from streamaug.benchmarks.demo_arms import ARMS, parse_arms, stages
 from streamaug.benchmarks.demo_data import DemoData, prepare
 from streamaug.benchmarks.demo_table import plot_curves, summarize, table
+from streamaug.benchmarks.machine_info import machine_info
 from streamaug.benchmarks.preview import collect, draw
 from streamaug.benchmarks.small_cnn import SmallCNN
 from streamaug.loader import StreamLoader
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
               "seeds": args.seeds, "batch_size": args.batch_size, "strategy": args.strategy,
               "mixup_alpha": args.mixup_alpha, "torch_threads": torch.get_num_threads(), "summary": summary,
               "table": printed, "preview_size": list(size) if size else None, "runs": runs,
-              "seconds": time.perf_counter() - t0}
+              "seconds": time.perf_counter() - t0, "machine": machine_info()}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {args.out}/results.json" + ("" if args.no_pictures else ", preview.png, curves.png")

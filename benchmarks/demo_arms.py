@@ -35,7 +35,7 @@ ARMS = {
     "remix": Arm("augment + Remix", mixup="remix"),
     "ros-remix": Arm("random oversampling + augment + Remix", balance="ros", mixup="remix"),
 }
-DEFAULT_ARMS = ("plain", "augment", "ros", "smote", "smote-mixup", "smote-thumb", "bmixup", "remix")
+DEFAULT_ARMS = ("plain", "augment", "ros", "smote", "smote-mixup")
 
 
 def parse_arms(text: str) -> list[str]:
