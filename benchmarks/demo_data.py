@@ -21,6 +21,9 @@ def load_digits_32(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return big[..., None], d.target.astype(np.int64)
 
 
+RESIZE = (64, 64)
+
+
 @dataclass
 class DemoData:
     index: ShardIndex              # training shards (imbalanced)
@@ -29,14 +32,19 @@ class DemoData:
     class_names: list[str]
     minority: list[int]
     source: str
+    train_images: np.ndarray       # the (un-augmented) training split, to measure what the model fits
+    train_labels: np.ndarray
+    resize_note: str = ""
 
 
-def load_any(data: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+def load_any(data: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str, str]:
     """``None`` → bundled digits; a folder with ``index.json`` → its shards read into memory;
-    any other folder → an ImageFolder (via a temporary shard write)."""
+    any other folder → an ImageFolder of any image sizes, grayscale or colour (via a
+    temporary shard write). Returns images, labels, class names, source, and a note
+    saying whether and why images were resized."""
     if data is None:
         images, labels = load_digits_32()
-        return images, labels, [str(i) for i in range(10)], "scikit-learn digits (8x8, upsampled to 32x32)"
+        return images, labels, [str(i) for i in range(10)], "scikit-learn digits (8x8, upsampled to 32x32)", ""
     if not os.path.isdir(data):
         raise ValueError(f"--data must be a folder of shards (with {INDEX_NAME}) or an image folder, got {data!r}")
     if not os.path.exists(os.path.join(data, INDEX_NAME)):
@@ -45,20 +53,26 @@ def load_any(data: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str]:
         index = write_shards(data, tempfile.mkdtemp(prefix="streamaug-demo-"), progress=False)
     else:
         index = ShardIndex.load(os.path.join(data, INDEX_NAME))
-    loader = StreamLoader(index.urls, batch_size=256, shuffle=0, index=index, device="cpu",
-                          resize=None if index.image_shape else (64, 64))
+    resize = None if index.image_shape else RESIZE
+    note = "" if resize is None else (
+        f"images were resized to {RESIZE[0]}x{RESIZE[1]}: their sizes differ, and a batch (and the CNN's "
+        f"input) needs one size; the channels are kept (grayscale stays 1 channel)")
+    loader = StreamLoader(index.urls, batch_size=256, shuffle=0, index=index, device="cpu", resize=resize)
     xs, ys = [], []
     for x, y in loader:
         xs.append(x.permute(0, 2, 3, 1).numpy())
         ys.append(y.numpy())
-    return np.concatenate(xs), np.concatenate(ys), index.class_names, data
+    images = np.concatenate(xs)
+    if index.image_shape is None and (images == images[..., :1]).all():
+        images = images[..., :1]          # the loader made 3 equal channels of grayscale images: keep 1
+    return images, np.concatenate(ys), index.class_names, data, note
 
 
 def prepare(out: str, data: str | None = None, minority_fraction: float = 0.08, n_minority: int = 4,
             test_per_class: int | None = None, seed: int = 0) -> DemoData:
     """Split stratified 70/30, cut ``n_minority`` classes of the training part to
     ``minority_fraction`` of the largest, balance the test part, write training shards."""
-    images, labels, names, source = load_any(data)
+    images, labels, names, source, note = load_any(data)
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     train_idx, test_idx = [], []
@@ -75,4 +89,4 @@ def prepare(out: str, data: str | None = None, minority_fraction: float = 0.08, 
     train = np.concatenate([t[:keep] if c in minority else t for c, t in zip(classes, train_idx)])
     index = write_shards((images[train], labels[train]), os.path.join(out, "shards"), maxcount=200,
                          class_names=names, num_classes=len(names), progress=False, shuffle_seed=seed)
-    return DemoData(index, images[test], labels[test], names, minority, source)
+    return DemoData(index, images[test], labels[test], names, minority, source, images[train], labels[train], note)

@@ -5,6 +5,11 @@ For ``count`` new rows of class ``c``, a synthesizer's ``choose`` picks the seed
 ``x_i``, the partner rows ``x_j`` and ``u``; :meth:`Synthesizer.synthesize` does the
 arithmetic and records provenance (seed and partner ``(shard, key)``, ``u``).
 
+Neighbour space: ``neighbour_space=`` (see ``neighbour_space``) makes the partner
+search run in an embedding (a thumbnail, a random projection or an encoder)
+while ``x_i``, ``x_j`` and the new row stay full-resolution pixels; the pixel
+float copy and pixel distance matrix of the reservoir are then never built.
+
 Few samples: with ``n`` samples of a class and ``n ≤ k``, ``k`` drops to ``n − 1``
 (a warning, once per class); with ``n = 1`` the sample is repeated, since there is
 no segment to draw from.
@@ -18,7 +23,8 @@ import numpy as np
 import torch
 
 from .class_reservoir import ClassReservoir
-from .neighbours import nearest_by_distance
+from .neighbour_space import EmbeddingCache, resolve_space
+from .neighbours import nearest, nearest_by_distance
 
 Entry = tuple[str, str]          # (shard url, sample key)
 
@@ -50,10 +56,12 @@ class Synthesizer:
 
     uses_all_classes = False       # True: choose() reads other classes' samples (reservoir.pool())
 
-    def __init__(self, k_neighbors: int = 5):
+    def __init__(self, k_neighbors: int = 5, neighbour_space=None):
         if not isinstance(k_neighbors, int) or isinstance(k_neighbors, bool) or k_neighbors < 1:
             raise ValueError(f"k_neighbors must be an int >= 1, got {k_neighbors!r}")
         self.k_neighbors = k_neighbors
+        self.neighbour_space = resolve_space(neighbour_space)
+        self._embeddings = EmbeddingCache(self.neighbour_space) if self.neighbour_space is not None else None
         self._warned: set[tuple[str, int]] = set()
 
     def effective_k(self, n: int, c: int) -> int:
@@ -69,13 +77,14 @@ class Synthesizer:
         n = len(members)
         if n == 0:
             raise ValueError(f"class {c} has no samples in the reservoir yet; nothing to synthesize from")
-        flat = reservoir.flat_members(c)
+        # in a neighbour space, rows are taken from the stored (uint8) members: no float copy of the class
+        flat = members.flatten(1) if self.neighbour_space is not None else reservoir.flat_members(c)
         k = self.effective_k(n, c)
         if k == 0:
             rows, entries = take(flat, reservoir.entries[c], np.zeros(count, dtype=np.int64))
-            return Synthetic(rows.view(count, *members.shape[1:]), entries, [None] * count, np.zeros(count))
+            return Synthetic(rows.float().view(count, *members.shape[1:]), entries, [None] * count, np.zeros(count))
         ch = self.choose(reservoir, c, flat, k, count, rng)
-        x_i, x_j = ch.seeds.float(), ch.partners
+        x_i, x_j = ch.seeds.float(), ch.partners.float()
         ut = torch.from_numpy(ch.u).to(x_i.device, x_i.dtype).view(-1, 1)
         values = x_i.add_(ut * (x_j - x_i))
         return Synthetic(values.view(count, *members.shape[1:]), ch.seed_entries, ch.partner_entries, ch.u)
@@ -84,15 +93,21 @@ class Synthesizer:
                rng: np.random.Generator) -> Choice:
         raise NotImplementedError
 
-    @staticmethod
-    def same_class_choice(reservoir, c, flat, seeds: np.ndarray, k: int, rng, u: np.ndarray) -> Choice:
-        """Partners: one of each seed's k nearest same-class reservoir points."""
+    def same_class_choice(self, reservoir, c, flat, seeds: np.ndarray, k: int, rng, u: np.ndarray) -> Choice:
+        """Partners: one of each seed's k nearest same-class reservoir points (in the
+        neighbour space when one is set, else in pixels)."""
         seeds_t = torch.from_numpy(seeds).to(flat.device)
-        knn = nearest_by_distance(reservoir.distances(c)[seeds_t], k, exclude=seeds_t).cpu().numpy()
+        if self.neighbour_space is None:
+            knn = nearest_by_distance(reservoir.distances(c)[seeds_t], k, exclude=seeds_t).cpu().numpy()
+        else:
+            emb = self._embeddings.embeddings(reservoir, c)
+            seeds_e = seeds_t.to(emb.device)
+            knn = nearest(emb[seeds_e], emb, k, exclude=seeds_e).cpu().numpy()
         partners = knn[np.arange(len(seeds)), rng.integers(0, k, len(seeds))]
         x_i, seed_entries = take(flat, reservoir.entries[c], seeds)
         x_j, partner_entries = take(flat, reservoir.entries[c], partners)
         return Choice(x_i, x_j, u, seed_entries, partner_entries)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(k_neighbors={self.k_neighbors})"
+        space = f", neighbour_space={self.neighbour_space!r}" if self.neighbour_space is not None else ""
+        return f"{type(self).__name__}(k_neighbors={self.k_neighbors}{space})"

@@ -13,26 +13,51 @@ from streamaug.cli import main as cli
 
 def test_tiny_demo_writes_table_json_and_pictures(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert cli(["demo", "--steps", "4", "--seeds", "1", "--eval-every", "2", "--out", str(out)]) == 0
+    arms = "plain,ros,smote,smote-thumb,bmixup,remix"
+    assert cli(["demo", "--arms", arms, "--steps", "4", "--seeds", "2", "--eval-every", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| run | samples/s | balanced accuracy | macro-F1 | minority recall |" in printed
-    for variant in ("(a) plain stream", "(b) augment + mixup", "(c) SMOTE balance + augment + mixup"):
-        assert variant in printed
+    assert "| arm | balanced accuracy | Δ vs plain | macro-F1 | minority recall |" in printed
+    for row in ("| plain: plain stream |", "| ros: random oversampling + augment |", "| smote: SMOTE + augment |",
+                "| smote-thumb: SMOTE, thumbnail neighbours + augment |", "| bmixup: augment + Balanced-MixUp |",
+                "| remix: augment + Remix |"):
+        assert row in printed
+    assert "~ = |Δ| below the seeds' spread" in printed
     result = json.loads((out / "results.json").read_text())
-    assert set(result["summary"]) == {"a", "b", "c"}
+    assert list(result["summary"]) == arms.split(",") and result["table"] in printed
     for stats in result["summary"].values():
-        for metric in ("balanced_accuracy", "macro_f1", "minority_recall"):
+        for metric in ("balanced_accuracy", "macro_f1", "minority_recall", "train_minority_recall"):
             assert 0.0 <= stats[metric]["mean"] <= 1.0
         assert stats["samples_per_s"]["mean"] > 0
     counts = result["train_class_counts"]
     assert len(counts) == 10 and all(counts[c] < max(counts) * 0.1 for c in result["minority_classes"])
-    assert result["runs"]["c"][0]["synthetic"] > 0 and result["runs"]["a"][0]["synthetic"] == 0
+    runs = result["runs"]
+    assert runs["smote"][0]["synthetic"] > 0 and runs["ros"][0]["synthetic"] > 0 and runs["plain"][0]["synthetic"] == 0
+    assert runs["ros"][0]["minority_rows_per_batch"] > 3 * runs["plain"][0]["minority_rows_per_batch"]
     rows, cols = 4, 9
     w, h = Image.open(out / "preview.png").size
     assert (w, h) == tuple(result["preview_size"]) == (round(cols * preview.CELL_INCHES * preview.DPI),
                                                        round(rows * preview.CELL_INCHES * preview.DPI))
     assert Image.open(out / "curves.png").size == (600, 400)
     assert np.asarray(Image.open(out / "preview.png")).std() > 10, "the grid is not blank"
+
+
+def test_demo_on_a_folder_of_grayscale_images_of_mixed_sizes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog", "eel"):
+        (tmp_path / "pics" / c).mkdir(parents=True)
+        for i in range(24):
+            side = 25 if i % 2 else 31
+            Image.fromarray(rng.integers(0, 256, (side, side + 2), dtype=np.uint8)).save(tmp_path / "pics" / c / f"{i}.png")
+    assert cli(["demo", "--data", "pics", "--arms", "plain,ros", "--steps", "2", "--seeds", "1",
+                "--minority-classes", "1", "--minority-fraction", "0.2", "--no-pictures", "--out", "out"]) == 0
+    printed = capsys.readouterr().out
+    assert "images were resized to 64x64: their sizes differ" in printed
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert result["data"] == "pics" and "resized to 64x64" in result["resize_note"]
+    from streamaug.loader import ShardIndex
+
+    assert ShardIndex.load("out/shards/index.json").image_shape == (64, 64, 1), "grayscale stays one channel"
 
 
 def test_preview_command_on_user_shards(tmp_path, npy_shards, capsys):
@@ -51,6 +76,9 @@ def test_demo_rejects_bad_options(tmp_path, capsys):
     assert "--steps must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--data must be a folder"):
         cli(["demo", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        cli(["demo", "--arms", "plain,smote2", "--out", str(tmp_path)])
+    assert "--arms must be 'all', 'default' or names from" in capsys.readouterr().err
 
 
 def test_demo_and_preview_say_plainly_when_matplotlib_is_missing(monkeypatch, capsys):

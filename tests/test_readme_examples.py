@@ -47,23 +47,25 @@ class Block:
 
 
 def readme_blocks(text: str) -> list[Block]:
+    """Fenced blocks, including ones indented inside list items (the indent is removed)."""
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
-        m = re.match(r"^```(\w+)\s*$", lines[i])
+        m = re.match(r"^( *)```(\w+)\s*$", lines[i])
         if not m:
             i += 1
             continue
+        indent, lang = m.group(1), m.group(2)
         start, body = i, []
         i += 1
-        while i < len(lines) and not lines[i].startswith("```"):
-            body.append(lines[i])
+        while i < len(lines) and not lines[i].lstrip().startswith("```"):
+            body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i].lstrip())
             i += 1
         if i == len(lines):
             raise ValueError(f"README.md:{start + 1}: fence never closed")
         prev = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
         marker = MARKER.search(prev)
-        if m.group(1) in ("python", "bash"):
-            blocks.append(Block(m.group(1), start + 1, "\n".join(body) + "\n", marker and marker.group(1)))
+        if lang in ("python", "bash"):
+            blocks.append(Block(lang, start + 1, "\n".join(body) + "\n", marker and marker.group(1)))
         i += 1
     return blocks
 
@@ -96,7 +98,10 @@ def commands(code: str) -> list[list[str]]:
 
 
 def program_and_options(cmd: list[str]) -> tuple[list[str], list[str]]:
-    """``python -m X ...``, ``torchrun ... -m X ...`` or ``streamaug SUB ...`` → (help command, options used)."""
+    """``python -m X ...``, ``torchrun ... -m X ...`` or ``streamaug SUB ...`` → (help command, options used).
+    Leading ``NAME=value`` environment settings are passed over."""
+    while cmd and re.match(r"^[A-Z_][A-Z0-9_]*=", cmd[0]):
+        cmd = cmd[1:]
     if cmd[0] in ("python", "python3", "torchrun") and "-m" in cmd:
         k = cmd.index("-m")
         return [sys.executable, "-m", cmd[k + 1]], [w.split("=")[0] for w in cmd[k + 2:] if w.startswith("--")]
@@ -176,3 +181,7 @@ def test_markers_and_fences_are_read(tmp_path):
     assert missing_options(["--out", "--n", "--quick", "--nope"], shown) == ["--quick", "--nope"]
     with pytest.raises(ValueError, match="never closed"):
         readme_blocks("```python\nprint(1)\n")
+    indented = readme_blocks("- item:\n\n  <!-- long: minutes -->\n  ```bash\n  OMP_NUM_THREADS=1 streamaug demo \\\n"
+                             "      --seeds 2\n  ```\n")
+    assert [(b.lang, b.line, b.marker) for b in indented] == [("bash", 4, "long")]
+    assert program_and_options(commands(indented[0].code)[0])[1] == ["--seeds"]

@@ -13,13 +13,17 @@ from .mix_base import MixOp
 class CutMix(MixOp):
     """Paste a box of ``π(i)`` into row ``i``. The box has side ``sqrt(1 − λ)`` of the
     image, ``λ ~ Beta(α, α)``, and a uniformly drawn centre; it is clipped to the
-    image, and the target weight is the area actually pasted: ``λ' = 1 − box/(H·W)``."""
+    image, and the target weight is the area actually pasted: ``λ' = 1 − box/(H·W)``.
+    ``partners=``, ``label_rule=``, ``kappa=``, ``tau=``, ``class_counts=``: see
+    :class:`~streamaug.ops.mix.mix_base.MixOp` (Balanced-MixUp partners, Remix labels;
+    Remix uses the pasted-area ``λ'``)."""
 
-    def __init__(self, alpha: float = 1.0, p: float = 1.0, num_classes: int | None = None, seed: int | None = None):
-        super().__init__(alpha, p, num_classes, seed)
+    def __init__(self, alpha: float = 1.0, p: float = 1.0, num_classes: int | None = None, seed: int | None = None,
+                 **balance):
+        super().__init__(alpha, p, num_classes, seed, **balance)
 
-    def _draw(self, n: int, height: int, width: int) -> Params:
-        params = super()._draw(n, height, width)
+    def _draw(self, n: int, height: int, width: int, labels: torch.Tensor | None = None) -> Params:
+        params = super()._draw(n, height, width, labels)
         cut = np.sqrt(1.0 - params["lam"].double().numpy())
         cy, cx = self.rng.random(n) * height, self.rng.random(n) * width
         bh, bw = cut * height, cut * width

@@ -1,15 +1,21 @@
-"""What MixUp and CutMix share: λ ~ Beta(α, α) per row, a partner permutation,
-per-row probability ``p``, and soft targets mixed with the same λ and pairing
-as the pixels."""
+"""What MixUp and CutMix share: λ per row, a partner per row, per-row probability
+``p``, and soft targets mixed with the same pairing as the pixels.
+
+Partners and label weights have balance-aware options (see ``mix_balance``):
+``partners="balanced"`` (Balanced-MixUp: class-balanced partners, ``λ_paper ~ Beta(α, 1)``)
+and ``label_rule="remix"`` (Remix: the label goes to the minority class of the pair).
+"""
 from __future__ import annotations
 
 import numbers
 
+import numpy as np
 import torch
 
 from streamaug.core.transfer import to_device
 
 from ..base import Op, Params, check_images
+from .mix_balance import balanced_partners, check_balance_options, remix_label_weight
 
 
 def one_hot(labels: torch.Tensor, num_classes: int | None) -> torch.Tensor:
@@ -26,22 +32,67 @@ def one_hot(labels: torch.Tensor, num_classes: int | None) -> torch.Tensor:
 
 
 class MixOp(Op):
+    """Args shared by MixUp and CutMix:
+
+    * ``alpha``: λ ~ Beta(α, α) (``partners="permutation"``); with ``partners="balanced"``
+      the partner's weight is drawn ~ Beta(α, 1) as in Balanced-MixUp.
+    * ``partners``: ``"permutation"`` (a random permutation of the batch) or
+      ``"balanced"`` (a class drawn uniformly among those in the batch, then one of its rows).
+    * ``label_rule``: ``"mix"`` (targets weighted by λ) or ``"remix"`` (Remix, with
+      ``kappa``, ``tau`` and the training ``class_counts``).
+    """
+
     kind = "mix"
 
-    def __init__(self, alpha: float, p: float = 1.0, num_classes: int | None = None, seed: int | None = None):
+    def __init__(self, alpha: float, p: float = 1.0, num_classes: int | None = None, seed: int | None = None,
+                 partners: str = "permutation", label_rule: str = "mix", kappa: float = 3.0, tau: float = 0.5,
+                 class_counts=None):
         super().__init__(p, seed)
         if not isinstance(alpha, numbers.Real) or alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha!r}")
         self.alpha = float(alpha)
         self.num_classes = num_classes
+        counts = check_balance_options(partners, label_rule, kappa, tau, class_counts)
+        if label_rule == "remix" and counts is None:
+            raise ValueError("label_rule='remix' needs class_counts= (the training count of each class, "
+                             "e.g. StreamLoader's index.class_counts)")
+        self.partners, self.label_rule = partners, label_rule
+        self.kappa, self.tau, self.class_counts = float(kappa), float(tau), counts
 
-    def _draw(self, n: int, height: int, width: int) -> Params:
-        return {"lam": torch.from_numpy(self.rng.beta(self.alpha, self.alpha, n)).float(),
-                "perm": torch.from_numpy(self.rng.permutation(n))}
+    def generate_parameters(self, n: int, height: int, width: int, labels: torch.Tensor | None = None) -> Params:
+        """As :meth:`Op.generate_parameters`; ``labels`` (int, (n,)) are needed for
+        ``partners="balanced"``."""
+        if self.partners == "balanced" and labels is None:
+            raise ValueError("partners='balanced' draws partners by class: pass labels= (int, (N,))")
+        params = {"apply": torch.from_numpy(self.rng.random(n) < self.p)}
+        params.update(self._draw(n, height, width, labels))
+        return params
+
+    def _draw(self, n: int, height: int, width: int, labels: torch.Tensor | None = None) -> Params:
+        if self.partners == "permutation":
+            return {"lam": torch.from_numpy(self.rng.beta(self.alpha, self.alpha, n)).float(),
+                    "perm": torch.from_numpy(self.rng.permutation(n))}
+        if labels.ndim != 1:
+            raise ValueError(f"partners='balanced' needs int labels (N,), got shape {tuple(labels.shape)}")
+        own = 1.0 - self.rng.beta(self.alpha, 1.0, n)             # the row's own weight is 1 − λ_paper
+        perm = balanced_partners(labels.detach().cpu().numpy(), self.rng)
+        return {"lam": torch.from_numpy(own).float(), "perm": torch.from_numpy(perm)}
 
     def row_lambda(self, params: Params) -> torch.Tensor:
         """λ actually used for the targets (1 where the row is not mixed)."""
         return torch.where(params["apply"], params["lam"], torch.ones_like(params["lam"]))
+
+    def label_weight(self, lam: torch.Tensor, labels: torch.Tensor, params: Params) -> torch.Tensor:
+        """Each row's target weight for its own label, from its pixel weight ``lam`` (host)."""
+        if self.label_rule == "mix":
+            return lam
+        if labels.ndim != 1:
+            raise ValueError(f"label_rule='remix' needs int labels (N,), got shape {tuple(labels.shape)}")
+        hard = labels.detach().cpu().long()
+        if int(hard.max()) >= len(self.class_counts):
+            raise ValueError(f"label {int(hard.max())} has no entry in class_counts "
+                             f"(length {len(self.class_counts)})")
+        return remix_label_weight(lam.cpu(), hard, hard[params["perm"]], self.class_counts, self.kappa, self.tau)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None,
                  params: Params | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,14 +102,20 @@ class MixOp(Op):
         targets = to_device(one_hot(labels, num_classes or self.num_classes), images.device)
         n, _, h, w = images.shape
         if params is None:
-            params = self.generate_parameters(n, h, w)
+            params = self.generate_parameters(n, h, w, labels if self.partners == "balanced" else None)
         self.last_params = params
         mixed, lam = self.mix_images(images, params)
-        lam = to_device(lam, images.device).view(-1, 1)
+        lam_y = to_device(self.label_weight(lam, labels, params), images.device).view(-1, 1)
         perm = to_device(params["perm"], images.device)
-        return mixed, lam * targets + (1 - lam) * targets[perm]
+        return mixed, lam_y * targets + (1 - lam_y) * targets[perm]
 
     def mix_images(self, images: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-
+    def __repr__(self) -> str:
+        extra = ""
+        if self.partners != "permutation":
+            extra += f", partners={self.partners!r}"
+        if self.label_rule != "mix":
+            extra += f", label_rule={self.label_rule!r}, kappa={self.kappa}, tau={self.tau}"
+        return f"{type(self).__name__}(alpha={self.alpha}, p={self.p}{extra})"

@@ -17,10 +17,19 @@ class MixUp(MixOp):
     DALI has no mixup operator; on both backends this op runs in torch after the
     backend's augmentation, on the same device, so the pairing and λ are the
     same for pixels and targets by construction.
+
+    Balance-aware options (``partners="balanced"``, ``label_rule="remix"`` with
+    ``kappa``, ``tau``, ``class_counts``): see :class:`~streamaug.ops.mix.mix_base.MixOp`.
+
+    >>> MixUp(0.2, partners="balanced")                                 # Balanced-MixUp
+    MixUp(alpha=0.2, p=1.0, partners='balanced')
+    >>> MixUp(1.0, label_rule="remix", class_counts=[500, 50])          # Remix, κ=3, τ=0.5
+    MixUp(alpha=1.0, p=1.0, label_rule='remix', kappa=3.0, tau=0.5)
     """
 
-    def __init__(self, alpha: float = 0.2, p: float = 1.0, num_classes: int | None = None, seed: int | None = None):
-        super().__init__(alpha, p, num_classes, seed)
+    def __init__(self, alpha: float = 0.2, p: float = 1.0, num_classes: int | None = None, seed: int | None = None,
+                 **balance):
+        super().__init__(alpha, p, num_classes, seed, **balance)
 
     def mix_images(self, images: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         lam = self.row_lambda(params)
