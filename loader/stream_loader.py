@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import Augmenter, Balancer, BindContext, Mixer
 from streamaug.core.seeding import derive_seed
+from streamaug.core.threads import IntraOpThreads, limit_worker_threads, main_process_threads
 from streamaug.core.transfer import to_device
 
 from .batch import Batch
@@ -122,6 +123,7 @@ class StreamLoader:
             channels = shape[2] if shape else 3
             self.device_decoder = DaliImageDecoder(self.device, channels, resize)
         self.stats = LoaderStats()
+        self._stage_threads = IntraOpThreads(main_process_threads(num_workers))   # see core/threads.py
         self.balance, self.augment, self.mixup = balance, augment, mixup
         self._rows = ShardRowSource(self.urls, self.index, self.decoder, self.device)
         for name, protocol in PLUGINS.items():
@@ -212,7 +214,8 @@ class StreamLoader:
             self.stats.merge(batch.stats)
             if batch.encoded is not None:
                 batch = self.device_decoder(batch, ErrorHandler(self.on_error, self.stats))
-            out = self._apply_plugins(batch, plan)
+            with self._stage_threads:
+                out = self._apply_plugins(batch, plan)
             self._batches_done += 1
             yield out
         self._advance_epoch()
@@ -315,5 +318,7 @@ def _with_last(batches: Iterator[BatchInFlight]) -> Iterator[BatchInFlight]:
 
 
 def _freeze_inherited(worker_id: int) -> None:
-    """In each worker: never collect (or finalize) objects inherited from the parent."""
+    """In each worker: never collect (or finalize) objects inherited from the parent;
+    one intra-op thread (the workers are the parallelism)."""
     gc.freeze()
+    limit_worker_threads()
