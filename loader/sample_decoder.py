@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import StreamError
-from .image_codec import IMAGE_EXTS, decode_image, decode_label, resize_image
+from .image_codec import IMAGE_EXTS, decode_image_at_least, decode_label, resize_image
 from .image_size import ImageSizeRule
 
 
@@ -59,7 +59,7 @@ class SampleDecoder:
                     "encoded": bytes(raw[ext]),
                     "is_padding": bool(raw.get("__padding__", False))}
         try:
-            image = decode_image(raw[ext], ext)
+            image = decode_image_at_least(raw[ext], ext, self.resize)
         except Exception as e:
             raise StreamError("undecodable_image", f".{ext} image does not decode: {type(e).__name__}: {e}",
                               shard=url, key=key, value=f"{len(raw[ext])} bytes") from None
