@@ -13,8 +13,8 @@ from streamaug.loader import ShardIndex, StreamLoader
 from streamaug.ops import Compose, Flip, GaussianNoise, MixUp, Rotate, Shear
 from streamaug.samplers import ClassBalancer
 
-PIPELINES = ("streamaug-kornia", "streamaug-dali", "streamaug-kornia+smote", "dataloader-albumentations",
-             "dali-only", "webdataset-kornia-unfused")
+PIPELINES = ("streamaug-kornia", "streamaug-opencv", "streamaug-dali", "streamaug-kornia+smote",
+             "streamaug-opencv+smote", "dataloader-albumentations", "dali-only", "webdataset-kornia-unfused")
 # streamaug with encoded images decoded where the batch lives (nvJPEG on a GPU): jpg data only
 DEVICE_DECODE = ("streamaug-kornia+nvjpeg", "streamaug-dali+nvjpeg", "streamaug-kornia+nvjpeg+smote")
 
@@ -143,7 +143,7 @@ class _Reiterable:
 
 
 def build(name: str, index: ShardIndex, batch: int, workers: int, device):
-    if name in PIPELINES[:3] + DEVICE_DECODE:          # streamaug-<backend>[+nvjpeg][+smote]
+    if name.startswith("streamaug-") and name in PIPELINES + DEVICE_DECODE:   # streamaug-<backend>[+nvjpeg][+smote]
         backend, *flags = name.removeprefix("streamaug-").split("+")
         return streamaug(index, batch, workers, device, backend, balance="smote" in flags,
                          decode="dali" if "nvjpeg" in flags else "cpu")

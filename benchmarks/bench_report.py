@@ -38,13 +38,20 @@ def headline(results) -> dict:
 
 def markdown(results) -> str:
     gpu = any("peak_gpu_mib" in r for r in _rows(results, "pipelines"))
-    lines = ["| data | pipeline | samples/s | CPU ms/sample | peak RSS MiB |" + (" peak GPU MiB |" if gpu else "")
-             + " feed ratio |", "| --- | --- | ---: | ---: | ---: |" + (" ---: |" if gpu else "") + " ---: |"]
+    busy = next((r["busy"]["workers"] for r in _rows(results, "pipelines") if "busy" in r), 0)
+    lines = ["| data | pipeline | samples/s |" + (f" with {busy} busy | busy/idle | load |" if busy else "")
+             + " CPU ms/sample | peak RSS MiB |" + (" peak GPU MiB |" if gpu else "") + " feed ratio |",
+             "| --- | --- | ---: |" + (" ---: | ---: | ---: |" if busy else "") + " ---: | ---: |"
+             + (" ---: |" if gpu else "") + " ---: |"]
     for r in _rows(results, "pipelines"):
         feed = f"{r['feed_ratio']:.2f}" if r.get("feed_ratio") is not None else "-"
         mem = f" {r.get('peak_gpu_mib', 0):,.0f} |" if gpu else ""
-        lines.append(f"| {r['data']} | {r['pipeline']} | {r['samples_per_s']:,.0f} | {r['cpu_s_per_sample'] * 1e3:.2f} "
-                     f"| {r['peak_rss_mib']:,.0f} |{mem} {feed} |")
+        loaded = ""
+        if busy:
+            loaded = (f" {r['busy']['samples_per_s']:,.0f} | {r['busy_vs_idle']:.2f} | {r['loadavg'][0]:.1f} |"
+                      if "busy" in r else " - | - | - |")
+        lines.append(f"| {r['data']} | {r['pipeline']} | {r['samples_per_s']:,.0f} |{loaded} "
+                     f"{r['cpu_s_per_sample'] * 1e3:.2f} | {r['peak_rss_mib']:,.0f} |{mem} {feed} |")
     lines += ["", "| scaling: N | samples/s | CPU ms/sample | peak RSS MiB |", "| ---: | ---: | ---: | ---: |"]
     for r in sorted(_rows(results, "scaling"), key=lambda r: r["n"]):
         lines.append(f"| {r['n']:,} | {r['samples_per_s']:,.0f} | {r['cpu_s_per_sample'] * 1e3:.3f} | {r['peak_rss_mib']:,.0f} |")

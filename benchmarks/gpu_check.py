@@ -83,7 +83,7 @@ def run_tests(device: str, tests: str, out: str, timeout: float) -> dict:
     return summary
 
 
-def bench_cells(device: str, data: str, plan: dict, workers: int, batch: int) -> list[dict]:
+def bench_cells(device: str, data: str, plan: dict, workers: int, batch: int, busy: int = 0) -> list[dict]:
     from streamaug.benchmarks.bench_data import make_bench_shards
 
     cells = []
@@ -92,7 +92,7 @@ def bench_cells(device: str, data: str, plan: dict, workers: int, batch: int) ->
         for name in ORDER[kind]:
             cells.append({"device": device, "repeats": plan["repeats"], "batch": batch, "workers": workers,
                           "section": "pipelines", "data": kind, "pipeline": name, "index": index.source,
-                          "feed": True})
+                          "feed": True, "busy": busy})
     return cells
 
 
@@ -155,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--cell-timeout", type=float, default=150.0)
     p.add_argument("--workers", type=int, default=None, help="loader workers (default: all cores)")
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--busy", type=int, default=0,
+                   help="also time each cell with N busy CPU workers (see busy_workers.py); doubles bench time")
     p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--skip-bench", action="store_true")
     args = p.parse_args(argv)
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
 
     def make_cells():
         try:
-            made["cells"] = bench_cells(args.device, args.data, plan, workers, args.batch)
+            made["cells"] = bench_cells(args.device, args.data, plan, workers, args.batch, args.busy)
         except Exception as e:     # reported below, with the tests' results kept
             made["error"] = f"{type(e).__name__}: {e}"
     maker = threading.Thread(target=make_cells)

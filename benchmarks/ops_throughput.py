@@ -5,6 +5,12 @@
 
 Ops: horizontal flip p=.5, rotate ±30°, shear ±15° (x and y), Gaussian noise σ=0.05
 (on the [0, 1] scale), optionally MixUp α=0.2; batch 256 at 32×32 and 224×224.
+
+Every in-process case is timed idle and "with N busy workers" (``--busy``, default 1:
+N CPU-bound processes spin during the timed calls, see ``busy_workers.py``), alternately;
+the JSON has both rates, ``busy_vs_idle`` and the load average. The streamaug cases run
+as the loader runs them, inside ``IntraOpThreads(main_process_threads(0))``
+(``--threads 0``: torch's default instead; ``K``: K threads).
 """
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from streamaug.benchmarks.timing import median_rate, write_result
+from streamaug.benchmarks.timing import idle_and_busy_rate, write_result
+from streamaug.core.threads import IntraOpThreads, main_process_threads
 from streamaug.ops import Compose, Flip, GaussianNoise, MixUp, Rotate, Shear
 
 
@@ -48,7 +55,7 @@ class AlbumentationsSet(torch.utils.data.Dataset):
         return torch.from_numpy(self.transform(image=self.images[i % len(self.images)])["image"]).permute(2, 0, 1)
 
 
-def albumentations_rate(x: torch.Tensor, workers: int, repeats: int, batches: int) -> dict:
+def albumentations_rate(x: torch.Tensor, workers: int, repeats: int, batches: int, busy: int = 0) -> dict:
     import cv2
 
     cv2.setNumThreads(1)
@@ -57,7 +64,7 @@ def albumentations_rate(x: torch.Tensor, workers: int, repeats: int, batches: in
 
     def epoch():
         return sum(len(b) for b in loader)
-    return median_rate(epoch, repeats=repeats)
+    return idle_and_busy_rate(epoch, busy, repeats=repeats)
 
 
 def main(argv=None) -> int:
@@ -67,8 +74,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--workers", type=int, default=None, help="albumentations DataLoader workers (default: cores)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--busy", type=int, default=1, help="busy workers for the contention figure (0: skip it)")
+    p.add_argument("--threads", type=int, default=-1,
+                   help="streamaug stage threads: -1 the loader's scope (default), 0 torch's default, K fixed")
+    p.add_argument("--backends", nargs="+", default=["kornia", "opencv", "dali"])
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    scope = (None if args.threads == 0 else
+             IntraOpThreads(main_process_threads(0) if args.threads < 0 else args.threads))
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
     workers = args.workers if args.workers is not None else len(__import__("os").sched_getaffinity(0))
@@ -80,30 +93,38 @@ def main(argv=None) -> int:
         labels = torch.arange(args.batch, device=device) % 10
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-        def timed(fn):
+        def timed(fn, scoped=False):
             def call():
-                fn()
+                if scoped and scope is not None:
+                    with scope:
+                        fn()
+                else:
+                    fn()
                 sync()
                 return args.batch
             return call
 
         cases = {}
-        for backend in ("kornia", "dali"):
+        for backend in args.backends:
+            if backend == "opencv" and device.type != "cpu":
+                continue
             aug = streamaug_pipeline(backend)
             mix = MixUp(0.2, seed=0)
-            cases[f"streamaug-{backend}"] = timed(lambda aug=aug: aug(xd))
-            cases[f"streamaug-{backend}+mixup"] = timed(lambda aug=aug, mix=mix: mix(aug(xd), labels, num_classes=10))
+            cases[f"streamaug-{backend}"] = timed(lambda aug=aug: aug(xd), scoped=True)
+            cases[f"streamaug-{backend}+mixup"] = timed(lambda aug=aug, mix=mix: mix(aug(xd), labels, num_classes=10),
+                                                        scoped=True)
         kaug = kornia_pipeline().to(device)
         cases["kornia-unfused"] = timed(lambda: (kaug(xd.float() / 255).clamp(0, 1) * 255).round().to(torch.uint8))
         for name, fn in tqdm(list(cases.items()), desc=f"ops {size}x{size}"):
-            rows.append({"size": size, "pipeline": name, **median_rate(fn, args.repeats)})
+            rows.append({"size": size, "pipeline": name, **idle_and_busy_rate(fn, args.busy, args.repeats)})
         if device.type == "cpu":
             rows.append({"size": size, "pipeline": f"albumentations-{workers}workers",
-                         **albumentations_rate(x, workers, max(3, args.repeats // 2), batches=4)})
+                         **albumentations_rate(x, workers, max(3, args.repeats // 2), batches=4, busy=args.busy)})
     table = ratios(rows)
     print_table(table)
     if args.json:
         write_result(args.json, {"batch": args.batch, "device": str(device), "albumentations_workers": workers,
+                                 "busy_workers": args.busy, "stage_threads": None if scope is None else scope.n,
                                  "ops": "flip p=.5, rotate ±30°, shear ±15° x/y, noise σ=.05 (+mixup α=.2)",
                                  "rows": table})
     return 0
@@ -119,10 +140,15 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'size':>5} {'pipeline':28s} {'img/s':>10} {'vs kornia':>10} {'vs albu':>8}")
+    busy = next((r["busy"]["workers"] for r in rows if "busy" in r), 0)
+    print(f"{'size':>5} {'pipeline':28s} {'img/s':>10} {'vs kornia':>10} {'vs albu':>8} "
+          f"{f'with {busy} busy':>12} {'busy/idle':>9} {'load':>5}")
     for r in rows:
         alb = f"{r['vs_albumentations']:.2f}" if r["vs_albumentations"] else "-"
-        print(f"{r['size']:>5} {r['pipeline']:28s} {r['items_per_s']:>10.0f} {r['vs_kornia_unfused']:>10.2f} {alb:>8}")
+        loaded = (f"{r['busy']['items_per_s']:>12.0f} {r['busy_vs_idle']:>9.2f}" if "busy" in r else f"{'-':>12} {'-':>9}")
+        load = f"{r['loadavg'][0]:>5.2f}" if "loadavg" in r else f"{'-':>5}"
+        print(f"{r['size']:>5} {r['pipeline']:28s} {r['items_per_s']:>10.0f} {r['vs_kornia_unfused']:>10.2f} {alb:>8} "
+              f"{loaded} {load}")
 
 
 if __name__ == "__main__":

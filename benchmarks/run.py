@@ -15,7 +15,10 @@ shards, ops and batch size, each cell in its own process (so peak RSS is its own
   model trained on the same batches already resident on the device (1.0 = the loader is free);
   both after the same warm-up steps, timed alternately, median of each;
 * scaling: streamaug with balancing over 10k → 1M samples (a resampled stream: the shards
-  are linked under new names), and sweeps over ``num_workers`` and batch size.
+  are linked under new names), and sweeps over ``num_workers`` and batch size;
+* contention: each pipeline's samples/s again "with N busy workers" (``--busy``, default 1:
+  N CPU-bound processes spin during those passes, see ``busy_workers.py``), the idle and busy
+  passes alternating, with ``busy_vs_idle`` and the load average recorded.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import torch
 
 from streamaug.benchmarks.bench_data import make_bench_shards
 from streamaug.benchmarks.bench_pipelines import PIPELINES, build
+from streamaug.benchmarks.busy_workers import busy_workers, load_average
 from streamaug.loader import ShardIndex
 from streamaug.loader.shard_index import INDEX_NAME, ShardInfo
 
@@ -83,9 +87,19 @@ def run_cell(cell: dict) -> dict:
         return n, time.perf_counter() - t0, cpu_seconds() - c0
 
     one_pass()                                                    # warm-up
-    runs = sorted((one_pass() for _ in range(cell["repeats"])), key=lambda r: r[0] / r[1])
+    idle, loaded = [], []
+    for _ in range(cell["repeats"]):          # idle and busy passes alternate, so drift hits both alike
+        idle.append(one_pass())
+        if cell.get("busy"):
+            with busy_workers(cell["busy"]):
+                loaded.append(one_pass())
+    runs = sorted(idle, key=lambda r: r[0] / r[1])
     n, dt, cpu = runs[len(runs) // 2]
-    out = {"samples_per_s": n / dt, "cpu_s_per_sample": cpu / n, "samples_per_pass": n}
+    out = {"samples_per_s": n / dt, "cpu_s_per_sample": cpu / n, "samples_per_pass": n, "loadavg": load_average()}
+    if loaded:
+        rates = sorted(r[0] / r[1] for r in loaded)
+        out["busy"] = {"workers": cell["busy"], "samples_per_s": rates[len(rates) // 2], "loadavg": load_average()}
+        out["busy_vs_idle"] = out["busy"]["samples_per_s"] / out["samples_per_s"]
     if cell.get("feed"):
         size = index.image_shape[0]
         with torch.random.fork_rng():
@@ -164,11 +178,16 @@ def main(argv=None) -> int:
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                    help="run only these; the others are kept from an existing OUT/bench.json")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
+    p.add_argument("--pipelines", nargs="+", default=None, choices=PIPELINES,
+                   help="default: all (the CPU-only streamaug-opencv* ones only with --device cpu)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: all cores)")
+    p.add_argument("--busy", type=int, default=1,
+                   help="busy workers for each pipeline's contention figure (0: skip it)")
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args(argv)
+    if args.pipelines is None:
+        args.pipelines = [n for n in PIPELINES if args.device == "cpu" or "opencv" not in n]
     from tqdm.auto import tqdm
 
     from streamaug.benchmarks.bench_report import write_report
@@ -178,7 +197,7 @@ def main(argv=None) -> int:
     data = args.data
     indexes = {kind: make_bench_shards(data, kind, plan[kind]) for kind in ("npy32", "jpg224")}
     base = {"device": args.device, "repeats": plan["repeats"], "batch": args.batch, "workers": workers}
-    cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=idx.source, feed=True)
+    cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=idx.source, feed=True, busy=args.busy)
              for kind, idx in indexes.items() for name in args.pipelines]
     biggest = max(plan["scaling"])
     for n in plan["scaling"]:

@@ -39,3 +39,32 @@ def write_result(path: str, payload: dict) -> None:
     with open(path, "w") as f:
         json.dump({"machine": machine_info(), **payload}, f, indent=1)
     print(f"wrote {path}")
+
+
+def idle_and_busy_rate(fn: Callable[[], int], busy: int, repeats: int = 5, warmup: int = 1) -> dict:
+    """``median_rate`` on its own and "with ``busy`` busy workers" (``busy_workers.py``), the two
+    timed alternately (so drift in the machine's load hits both alike). Adds ``busy`` (its own
+    rate dict), ``busy_vs_idle`` and the load average at the end of each."""
+    from streamaug.benchmarks.busy_workers import busy_workers, load_average
+
+    for _ in range(warmup):
+        fn()
+    idle, loaded = [], []
+    for _ in range(repeats):
+        idle.append(median_rate(fn, repeats=1, warmup=0))
+        if busy:
+            with busy_workers(busy):
+                loaded.append(median_rate(fn, repeats=1, warmup=0))
+    out = _median_of(idle, repeats)
+    out["loadavg"] = load_average()
+    if busy:
+        out["busy"] = {"workers": busy, **_median_of(loaded, repeats), "loadavg": load_average()}
+        out["busy_vs_idle"] = out["busy"]["items_per_s"] / out["items_per_s"]
+    return out
+
+
+def _median_of(runs: list[dict], repeats: int) -> dict:
+    rates = sorted(r["items_per_s"] for r in runs)
+    cpu = sorted(r["cpu_s_per_item"] for r in runs)
+    return {"items_per_s": rates[len(rates) // 2], "min": rates[0], "max": rates[-1],
+            "cpu_s_per_item": cpu[len(cpu) // 2], "repeats": repeats}

@@ -156,3 +156,21 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W, C) uint8 → ``size`` = (H', W'), bilinear, channels kept."""
     pil = Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
     return np.asarray(pil.resize(size[::-1], Image.BILINEAR)).reshape(*size, image.shape[2])
+
+
+def decode_image_at_least(data: bytes, ext: str, size: tuple[int, int] | None) -> np.ndarray:
+    """Like :func:`decode_image`, but a JPEG that will be resized to ``size`` = (H', W') is
+    decoded at a reduced scale first (PIL ``draft``: libjpeg's DCT scaling by 1/2, 1/4 or 1/8,
+    only as far as every side stays >= ``size``), which skips most of the decode work for
+    big photos. The caller still resizes to ``size`` exactly; the result differs from a
+    full decode + resize by the DCT scaling's own filtering (tested in ``tests/test_draft_decode.py``).
+    Everything else (no ``size``, PNG, ``.npy``) decodes as :func:`decode_image` does."""
+    if size is None or ext not in ("jpg", "jpeg"):
+        return decode_image(data, ext)
+    with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
+        if img.format == "JPEG":
+            img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (size[1], size[0]))
+        if img.mode not in ("L", "RGB"):
+            img = img.convert("RGB")
+        arr = np.asarray(img)
+    return arr[..., None] if arr.ndim == 2 else arr

@@ -13,8 +13,8 @@ import numpy as np
 
 from .decode_limits import DecodeLimits, check_image
 from .errors import StreamError
-from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, decode_image, find_label_key, read_label, \
-    resize_image
+from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, decode_image_at_least, find_label_key, \
+    read_label, resize_image
 from .image_size import ImageSizeRule
 
 
@@ -96,7 +96,7 @@ class SampleDecoder:
                     "shape": (*(self.resize or stored[:2]), channels), "encoded": bytes(raw[ext]),
                     "is_padding": bool(raw.get("__padding__", False))}
         try:
-            image = decode_image(raw[ext], ext)
+            image = decode_image_at_least(raw[ext], ext, self.resize)
         except Exception as e:
             raise StreamError("undecodable_image", f".{ext} image does not decode: {type(e).__name__}: {e}",
                               shard=url, key=key, value=f"{len(raw[ext])} bytes") from None

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import Augmenter, Balancer, BindContext, Mixer
 from streamaug.core.seeding import derive_seed
+from streamaug.core.threads import IntraOpThreads, limit_worker_threads, main_process_threads
 from streamaug.core.transfer import to_device
 
 from .batch import Batch
@@ -148,6 +149,7 @@ class StreamLoader:
 
             self.device_decoder = DaliImageDecoder(self.device, channels, resize, sizes=self.decoder.sizes)
         self.stats = LoaderStats()
+        self._stage_threads = IntraOpThreads(main_process_threads(num_workers))   # see core/threads.py
         self.balance, self.augment, self.mixup = balance, augment, mixup
         self._rows = ShardRowSource(self.urls, self.index, self.decoder, self.device)
         self._plugin_seeds = {}
@@ -288,7 +290,8 @@ class StreamLoader:
                 batch = self.device_decoder(batch, ErrorHandler(self.on_error, self.stats))
             if offsets is not None:
                 batch.slot_offset = offsets[batch.batch_id]
-            out = self._apply_plugins(batch, plan, epoch)
+            with self._stage_threads:
+                out = self._apply_plugins(batch, plan, epoch)
             self._batches_done += 1
             yield out
         self._advance_epoch()
@@ -380,5 +383,7 @@ def _with_last(batches: Iterator[BatchInFlight]) -> Iterator[BatchInFlight]:
 
 
 def _freeze_inherited(worker_id: int) -> None:
-    """In each worker: never collect (or finalize) objects inherited from the parent."""
+    """In each worker: never collect (or finalize) objects inherited from the parent;
+    one intra-op thread (the workers are the parallelism)."""
     gc.freeze()
+    limit_worker_threads()

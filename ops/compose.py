@@ -25,16 +25,18 @@ from streamaug.core.transfer import to_device
 from .base import GeometricOp, IntensityOp, Params, check_images
 from .geometric.affine_matrix import fuse_affine
 
-BACKENDS = ("kornia", "dali")
+BACKENDS = ("kornia", "dali", "opencv")
 
 
 class Compose:
-    """Apply ``ops`` in order on ``backend`` ("kornia" or "dali").
+    """Apply ``ops`` in order on ``backend`` ("kornia", "dali" or "opencv").
 
     Args:
         ops: geometric and intensity ops (mix ops go to the loader's ``mixup=``).
-        backend: ``"kornia"`` (torch tensors on any device) or ``"dali"`` (a DALI
-            pipeline, on the GPU when the images are there, else on the CPU).
+        backend: ``"kornia"`` (torch tensors on any device), ``"dali"`` (a DALI
+            pipeline, on the GPU when the images are there, else on the CPU) or
+            ``"opencv"`` (CPU tensors: uint8 warps by ``cv2.warpAffine``, then the
+            intensity ops in torch).
         seed: seeds every op that has no seed of its own; ``None`` lets the loader seed it.
         dali_threads: CPU threads for the DALI pipeline.
     """
@@ -100,6 +102,9 @@ class Compose:
             if self.backend == "kornia":
                 from .backends.kornia_backend import run_kornia
                 self._runner = run_kornia
+            elif self.backend == "opencv":
+                from .backends.opencv_backend import OpenCVRunner
+                self._runner = OpenCVRunner()
             else:
                 from .backends.dali_backend import DaliRunner
                 self._runner = DaliRunner(num_threads=self.dali_threads)

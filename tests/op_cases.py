@@ -7,7 +7,8 @@ import torch
 from streamaug.ops import (BrightnessContrast, Compose, CutMix, Flip, GaussianNoise, MixUp, RandomErasing,
                            RandomResizedCrop, Rotate, Shear, Translate)
 
-BACKENDS = ["kornia", "dali"]
+BACKENDS = ["kornia", "dali", "opencv"]
+CPU_ONLY_BACKENDS = {"opencv"}
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # name -> factory(p, seed)
@@ -31,6 +32,8 @@ REPLAY_EXACT = {(name, be) for name in OPS for be in BACKENDS}
 def grid():
     for be in BACKENDS:
         for dev in DEVICES:
+            if dev != "cpu" and be in CPU_ONLY_BACKENDS:
+                continue
             marks = [pytest.mark.skipif(dev == "cuda" and not torch.cuda.is_available(), reason="no GPU")]
             yield pytest.param(be, dev, id=f"{be}-{dev}", marks=marks)
 

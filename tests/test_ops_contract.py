@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from op_cases import MIX_OPS, OPS, REPLAY_EXACT, grid, images, run
+from op_cases import BACKENDS, MIX_OPS, OPS, REPLAY_EXACT, grid, images, run
 from streamaug.ops import Compose, GaussianNoise, MixUp, Rotate
 
 ALL = sorted(OPS)
@@ -72,7 +72,7 @@ def test_bad_probability_named(name, p):
         factory(p=p)
 
 
-@pytest.mark.parametrize("backend", ["kornia", "dali"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_images_named(backend):
     aug = Compose([Rotate(10)], backend=backend, seed=0)
     with pytest.raises(ValueError, match=r"rank 4 .* got rank 3 with shape \(3, 8, 8\)"):
@@ -86,13 +86,19 @@ def test_bad_images_named(backend):
         aug(np.zeros((1, 3, 8, 8), np.uint8))
 
 
+def test_opencv_backend_refuses_images_off_the_cpu():
+    aug = Compose([Rotate(10)], backend="opencv", seed=0)
+    with pytest.raises(ValueError, match="backend='opencv' runs on CPU tensors, got images on meta"):
+        aug(torch.zeros(2, 3, 8, 8, dtype=torch.uint8, device="meta"))
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda: GaussianNoise(-0.1), "std must be >= 0, got -0.1"),
     (lambda: GaussianNoise((0.2, 0.1)), "low <= high"),
     (lambda: Rotate("a lot"), "degrees must be a number or a"),
     (lambda: Rotate(-5), "degrees must be >= 0, got -5"),
     (lambda: MixUp(alpha=0), "alpha must be > 0, got 0"),
-    (lambda: Compose([Rotate(5)], backend="opencv"), "backend must be one of .* got 'opencv'"),
+    (lambda: Compose([Rotate(5)], backend="cv2"), "backend must be one of .* got 'cv2'"),
 ])
 def test_bad_arguments_named(make, message):
     with pytest.raises(ValueError, match=message):

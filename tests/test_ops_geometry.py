@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from op_cases import grid, images, run, smooth_images
-from streamaug.ops import Compose, Flip, RandomResizedCrop, Rotate, Shear, Translate
+from streamaug.ops import (BrightnessContrast, Compose, Flip, GaussianNoise, RandomErasing, RandomResizedCrop, Rotate,
+                           Shear, Translate)
 from streamaug.ops.geometric.affine_matrix import rotation
 
 
@@ -87,6 +88,32 @@ def test_kornia_and_dali_agree_on_fixed_parameters(device, dtype):
     assert diff <= (2 if dtype == torch.uint8 else 2 / 255)
 
 
+@pytest.mark.parametrize("size", [32, 224])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_kornia_and_opencv_agree_on_fixed_parameters(size, dtype):
+    """The CPU path (uint8 cv2.warpAffine) gives the Kornia result within 1/255, borders included."""
+    x = images(n=8, dtype=dtype, h=size, w=size, seed=5)
+    ops = lambda: [Flip(p=0.5), Rotate(40), Shear(x=20, y=10), Translate(0.1), RandomResizedCrop((0.5, 1.0))]  # noqa: E731
+    k = Compose(ops(), backend="kornia", seed=4)
+    yk = k(x)
+    yo = Compose(ops(), backend="opencv", seed=99)(x, params=k.last_params)
+    assert yo.dtype == yk.dtype and yo.shape == yk.shape
+    diff = (yk.float() - yo.float()).abs() * (1 if dtype == torch.uint8 else 255)
+    assert diff.max() <= (1 if dtype == torch.uint8 else 0.05)
+    assert diff.mean() <= 0.01
+
+
+def test_kornia_and_opencv_agree_with_intensity_ops_between_warps():
+    """OpenCV rounds the warp to uint8 before the intensity ops: one level at most, on some pixels."""
+    x = images(n=8, h=40, w=40, seed=6)
+    ops = lambda: [Rotate(30), GaussianNoise(0.05), BrightnessContrast(0.2, 0.2), Shear(x=10), RandomErasing()]  # noqa: E731
+    k = Compose(ops(), backend="kornia", seed=1)
+    yk = k(x)
+    yo = Compose(ops(), backend="opencv", seed=2)(x, params=k.last_params)
+    diff = (yk.float() - yo.float()).abs()
+    assert diff.max() <= 1 and diff.mean() <= 0.25
+
+
 def test_positive_angle_is_counter_clockwise_in_the_matrix():
     # A point right of centre moves up (smaller y) under +90°.
     m = rotation(torch.tensor([90.0]))[0]
@@ -94,7 +121,7 @@ def test_positive_angle_is_counter_clockwise_in_the_matrix():
     assert torch.allclose(p[:2], torch.tensor([0.0, -1.0], dtype=torch.float64), atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["kornia", "dali"])
+@pytest.mark.parametrize("backend", ["kornia", "dali", "opencv"])
 def test_fused_warp_resamples_once(backend):
     """Fused rotate+shear+rotate is closer to the exact result than three passes."""
     x = images(n=4, dtype=torch.float32, h=32, w=32, seed=3)

@@ -1,0 +1,93 @@
+"""OpenCV backend: the CPU execution path, warping uint8 images without a float copy.
+
+Each fused warp stage is one ``cv2.warpAffine`` per row (bilinear, zeros outside,
+size kept) with the same forward matrix the Kornia backend resamples by; OpenCV
+maps destination pixels back with the inverse (``WARP_INVERSE_MAP`` is not
+passed, so it inverts the 2×3 forward matrix itself). Both put pixel centres at
+integer coordinates, so the two agree up to OpenCV's fixed-point bilinear
+(sub-pixel positions on a 1/32 grid, 15-bit weights): tested in
+``tests/test_ops_geometry.py``. Rows whose matrix is the identity are untouched
+and pure flips are indexed, bit-exact as on every backend.
+
+Images stay uint8 through the warps (OpenCV's SIMD path), and are turned into
+float only when an intensity op comes (those run in torch, as on the Kornia
+backend). The warped uint8 image is thus rounded once before the intensity ops,
+so the result can differ from Kornia's by one level (1/255) per pixel (tested).
+Float input is warped in float32. CPU tensors only.
+"""
+from __future__ import annotations
+
+import cv2
+import torch
+
+from ..base import from_float, to_float
+from ..geometric.affine_matrix import flip_axes, is_identity
+
+
+def warp_rows(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """A new tensor: uint8 or float32 NCHW ``x`` (CPU) resampled by forward matrices ``m`` (N,3,3)."""
+    n, c, h, w = x.shape
+    ident = is_identity(m)
+    fx, fy = flip_axes(m, h, w)
+    out = x.clone()                       # identity rows as they came
+    for mask, dims in ((fx & ~fy, (-1,)), (fy & ~fx, (-2,)), (fx & fy, (-2, -1))):
+        if bool(mask.any()):
+            idx = mask.nonzero().squeeze(1)
+            out[idx] = x[idx].flip(dims)
+    general = (~(ident | fx | fy)).nonzero().squeeze(1).tolist()
+    if not general:
+        return out
+    src, dst = x.numpy(), out.numpy()
+    forward = m[:, :2].numpy()
+    for i in general:
+        mat = forward[i]
+        for ch in range(c):               # one plane at a time: no NCHW ↔ NHWC copies
+            cv2.warpAffine(src[i, ch], mat, (w, h), dst=dst[i, ch], flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out
+
+
+def _planes(t: torch.Tensor):
+    """A contiguous NCHW tensor as one 2-D array of rows (what OpenCV's element-wise ops take)."""
+    return t.numpy().reshape(-1, t.shape[-1])
+
+
+class OpenCVRunner:
+    """Runs a ``Compose`` on CPU tensors; keeps one float32 workspace between calls,
+    so converting a uint8 batch for the intensity ops does not page in fresh memory
+    every batch. Not for concurrent calls from several threads."""
+
+    def __init__(self):
+        self._workspace: torch.Tensor | None = None
+
+    def workspace(self, shape: torch.Size) -> torch.Tensor:
+        if self._workspace is None or self._workspace.shape != shape:
+            self._workspace = torch.empty(shape, dtype=torch.float32)
+        return self._workspace
+
+    def __call__(self, compose, images: torch.Tensor, params) -> torch.Tensor:
+        if images.device.type != "cpu":
+            raise ValueError(f"backend='opencv' runs on CPU tensors, got images on {images.device} "
+                             "(use backend='kornia' or 'dali' there)")
+        h, w = images.shape[-2:]
+        x = images if images.dtype in (torch.uint8, torch.float32) else images.to(torch.float32)
+        x = x.contiguous()
+        owned = x is not images               # may x be written to?
+        for kind, indices in compose.stages:
+            if kind == "warp":
+                x, owned = warp_rows(x, compose.fused_matrix(indices, params, h, w)), True
+                continue
+            if x.dtype == torch.uint8:        # one SIMD pass into the reused workspace
+                buf = self.workspace(x.shape)
+                cv2.multiply(_planes(x), 1.0 / 255.0, dst=_planes(buf), dtype=cv2.CV_32F)
+                x, owned = buf, True
+            elif not owned:
+                x, owned = x.clone(), True
+            x = compose.ops[indices[0]].apply_torch(x, params[indices[0]]).contiguous()
+        if x.dtype == torch.uint8:
+            return x if owned else x.clone()
+        if images.dtype == torch.uint8:       # round and saturate in one pass (half to even at exact halves)
+            out = torch.empty(x.shape, dtype=torch.uint8)
+            cv2.multiply(_planes(x), 255.0, dst=_planes(out), dtype=cv2.CV_8U)
+            return out
+        return x.clamp(0.0, 1.0).to(images.dtype)
