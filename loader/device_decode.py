@@ -48,6 +48,7 @@ class DaliImageDecoder:
         self.threads = threads or default_threads()
         self.sizes = sizes or ImageSizeRule(None, resize)
         self._token = object()                 # this decoder's pipelines in the shared cache
+        self._spare: tuple[np.ndarray, int, str, str] | None = None   # a good image to pad an all-bad batch
 
     def _build(self, capacity: int, device_id: int | None):
         from nvidia.dali import fn, pipeline_def, types
@@ -88,39 +89,55 @@ class DaliImageDecoder:
         except StreamError:
             return self._decode_one_by_one(batch, encoded, handle)
         batch.images = dali_to_torch(out, torch.uint8, self.device).permute(0, 3, 1, 2).contiguous()
+        self._spare = (encoded[0], int(batch.labels[0]), batch.keys[0], batch.urls[0])
         return batch
 
     def _decode_one_by_one(self, batch: BatchInFlight, encoded: list[np.ndarray], handle: ErrorHandler) -> BatchInFlight:
         """Slow path: find the samples DALI refused or that break the size rule; raise or
-        replace them (flagged padding)."""
-        from PIL import Image
-
-        rows, good = [None] * len(encoded), None
+        replace them (flagged padding) by a repeat of a good row of the batch, image, label
+        and key together, or, when no row of the batch decodes, of the last good image an
+        earlier batch had (``no_samples`` when there is none yet)."""
+        rows: list[np.ndarray | None] = [None] * len(encoded)
+        good = None
         for i, data in enumerate(encoded):
             try:
-                data = data.tobytes()
-                image = decode_image(data, EXT_OF_FORMAT.get(sniff_format(data), "png"))
-                if image.shape[2] != self.channels:          # match DALI's output_type
-                    mode = "RGB" if self.channels == 3 else "L"
-                    image = np.asarray(Image.fromarray(image.squeeze(-1) if image.shape[2] == 1 else image)
-                                       .convert(mode)).reshape(*image.shape[:2], self.channels)
-                if self.resize is not None:
-                    image = resize_image(image, self.resize)
-                self.sizes.check(image.shape, batch.urls[i], batch.keys[i])
-                rows[i] = image
+                rows[i] = self._decode_row(data, batch.urls[i], batch.keys[i])
                 good = i if good is None else good
             except StreamError as e:
                 handle(e)
             except Exception as e:
                 handle(StreamError("undecodable_image", f"image does not decode: {type(e).__name__}: {e}",
                                    shard=batch.urls[i], key=batch.keys[i], value=f"{len(data)} bytes"))
-        if good is None:
-            raise StreamError("no_samples", "no image of this batch decodes", shard=batch.urls[0], value=len(encoded))
-        padding = batch.is_padding.clone()
+        if good is not None:
+            self._spare = (encoded[good], int(batch.labels[good]), batch.keys[good], batch.urls[good])
+            fill = (rows[good], *self._spare[1:])
+        elif self._spare is not None:
+            data, label, key, url = self._spare
+            fill = (self._decode_row(data, url, key), label, key, url)
+        else:
+            raise StreamError("no_samples", f"no image of this batch decodes (shards {sorted(set(batch.urls))}) and "
+                              "no earlier batch has one to pad it with", shard=batch.urls[0], value=len(encoded))
+        padding, labels = batch.is_padding.clone(), batch.labels.clone()
+        keys, urls = list(batch.keys), list(batch.urls)
         for i, row in enumerate(rows):
             if row is None:
-                rows[i] = rows[good]
+                rows[i], labels[i], keys[i], urls[i] = fill
                 padding[i] = True
-        batch.is_padding = padding
+        batch.is_padding, batch.labels, batch.keys, batch.urls = padding, labels, keys, urls
         batch.images = to_device(torch.from_numpy(np.stack(rows)).permute(0, 3, 1, 2).contiguous(), self.device)
         return batch
+
+    def _decode_row(self, data: np.ndarray, url: str, key: str) -> np.ndarray:
+        """One image with PIL, converted and resized as DALI would; checked against the size rule."""
+        from PIL import Image
+
+        raw = data.tobytes()
+        image = decode_image(raw, EXT_OF_FORMAT.get(sniff_format(raw), "png"))
+        if image.shape[2] != self.channels:          # match DALI's output_type
+            mode = "RGB" if self.channels == 3 else "L"
+            image = np.asarray(Image.fromarray(image.squeeze(-1) if image.shape[2] == 1 else image)
+                               .convert(mode)).reshape(*image.shape[:2], self.channels)
+        if self.resize is not None:
+            image = resize_image(image, self.resize)
+        self.sizes.check(image.shape, url, key)
+        return image

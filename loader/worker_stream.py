@@ -20,9 +20,10 @@ shuffles samples when ``shuffle > 1``.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,8 +102,32 @@ def _add_counts(into: dict, more: dict) -> dict:
     return into
 
 
+def borrow_padding(donors: Callable[[], Iterator[dict]] | None, job: WorkerJob, sizes: ImageSizeRule,
+                   stats: LoaderStats, limit: int = 64) -> list[dict]:
+    """Samples to pad a share whose every sample was skipped, so the planned batches (and the
+    rank's length) are still met: the first good samples of the dataset's other shards, read
+    in index order. Their own errors are not counted (their shard's reader counts those). The
+    share's shards are named in ``stats.examples["no_samples"]``. With no good sample anywhere,
+    :class:`StreamError` ``no_samples`` names the share's shards."""
+    own = sorted({seg.url for seg in job.segments})
+    found: list[dict] = []
+    for s in donors() if donors is not None else ():
+        if sizes.shape is None or sizes.fits(s, None):
+            found.append(dict(s, is_padding=True))
+            if len(found) == limit:
+                break
+    if not found:
+        raise StreamError("no_samples", f"every sample of this worker's share (shards {own}) was skipped, "
+                          "and no other shard has a good sample to pad its planned batches with",
+                          shard=own[0] if own else None, value=len(own))
+    stats.examples.setdefault("no_samples", f"every sample of shards {own} was skipped; their planned batches "
+                              f"are padding (repeats of samples from {found[0]['__url__']!r})")
+    return found
+
+
 def batch_stage(samples: Iterator[dict], job: WorkerJob, batch_size: int, stats: LoaderStats,
-                sizes: ImageSizeRule, handle: ErrorHandler) -> Iterator[BatchInFlight]:
+                sizes: ImageSizeRule, handle: ErrorHandler,
+                donors: Callable[[], Iterator[dict]] | None = None) -> Iterator[BatchInFlight]:
     """Cut the decoded stream into the job's batches.
 
     Planned sizes are met exactly: samples lost to skipped errors are replaced by
@@ -111,7 +136,8 @@ def batch_stage(samples: Iterator[dict], job: WorkerJob, batch_size: int, stats:
     ``sizes`` (see :class:`ImageSizeRule`): a row of another size is an error, raised
     or counted and replaced. Each batch is held until the next one is cut, so errors
     found after the last row (a truncated tail, a failed ``pipe:``) travel with the
-    last batch instead of being lost.
+    last batch instead of being lost. A share with no good sample at all is padded from
+    ``donors`` (see :func:`borrow_padding`).
     """
     open_ended = job.sizes is None
     plan = itertools.repeat(batch_size) if open_ended else job.sizes
@@ -126,8 +152,7 @@ def batch_stage(samples: Iterator[dict], job: WorkerJob, batch_size: int, stats:
                 if open_ended:
                     break
                 if not spare:
-                    raise StreamError("no_samples", "every sample of this worker's share was skipped; "
-                                      "nothing is left to fill the batch", value=size)
+                    spare = borrow_padding(donors, job, sizes, stats)
                 s = dict(spare[fills % len(spare)], is_padding=True)
                 fills += 1
             if sizes.shape is not None and not sizes.fits(s, handle):
@@ -225,4 +250,14 @@ class WorkerStream(IterableDataset):
         raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", epoch, self.rank, job.worker))
         raw = itertools.islice(raw, job.skip, None)     # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)
-        yield from batch_stage(samples, job, self.batch_size, stats, st.decoder.sizes, handle)
+        yield from batch_stage(samples, job, self.batch_size, stats, st.decoder.sizes, handle,
+                               functools.partial(self._donors, job))
+
+    def _donors(self, job: WorkerJob) -> Iterator[dict]:
+        """Decoded good samples of the shards outside ``job``, in index order (errors not counted)."""
+        st = self.settings
+        own = {seg.url for seg in job.segments}
+        urls = self.spec.index.urls if self.spec is not None else self.urls
+        quiet = ErrorHandler("skip", LoaderStats())
+        raw = read_segments([whole_shard(u) for u in urls if u not in own], quiet, st.decoder.limits)
+        return decode_stage(raw, st.decoder, quiet)
