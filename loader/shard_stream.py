@@ -12,7 +12,8 @@ lacks:
   error (webdataset polls the status during reads and misses an exit that comes
   after the last read);
 * a stream closed early (a segment read, an error) kills the command's whole
-  process group, so no child is left behind.
+  process group, so no child is left behind; so does a DataLoader worker that is
+  stopped (:func:`kill_live_commands`, run by the worker's SIGTERM handler).
 
 Other schemes go to webdataset's ``gopen`` unchanged.
 """
@@ -27,6 +28,19 @@ from webdataset.gopen import gopen
 
 from .errors import StreamError
 
+_LIVE_GROUPS: set[int] = set()      # process groups of this process's running commands
+
+
+def kill_live_commands() -> None:
+    """SIGKILL every command this process started and has not closed (each in its own group)."""
+    for pgid in list(_LIVE_GROUPS):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        _LIVE_GROUPS.discard(pgid)
+
+
 CURL = ["curl", "--connect-timeout", "30", "--retry", "3", "--retry-delay", "2", "-f", "-s", "-L"]
 
 
@@ -37,6 +51,7 @@ class CommandStream:
         self.url, self.read_timeout = url, read_timeout
         self.proc = subprocess.Popen(args, shell=shell, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
+        _LIVE_GROUPS.add(self.proc.pid)
         self.fd = self.proc.stdout.fileno()
         self.ended = False
 
@@ -84,6 +99,7 @@ class CommandStream:
                 pass
         self.proc.stdout.close()
         self.proc.wait()
+        _LIVE_GROUPS.discard(self.proc.pid)
 
 
 class FileStream:

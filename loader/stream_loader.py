@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import Augmenter, Balancer, BindContext, Mixer
 from streamaug.core.seeding import derive_seed
-from streamaug.core.threads import IntraOpThreads, limit_worker_threads, main_process_threads
+from streamaug.core.threads import IntraOpThreads, main_process_threads
 from streamaug.core.transfer import to_device
 
 from .batch import Batch
@@ -46,6 +46,7 @@ from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, f
 from .errors import ErrorHandler, LoaderStats, WorkerFailure, check_policy
 from .loader_state import restore_state, save_state
 from .output_format import OutputFormat
+from .read_workers import init_worker, stop_workers
 from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
@@ -256,7 +257,7 @@ class StreamLoader:
             gc.collect()
             self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.read_workers,
                                           pin_memory=self._pin, prefetch_factor=self._prefetch,
-                                          persistent_workers=True, worker_init_fn=_freeze_inherited)
+                                          persistent_workers=True, worker_init_fn=init_worker)
         for item in self._dataloader:
             if isinstance(item, WorkerFailure):   # the worker's StreamError itself, not DataLoader's RuntimeError
                 raise item.error
@@ -336,8 +337,8 @@ class StreamLoader:
     def close(self) -> None:
         """Stop the persistent DataLoader workers now (they also stop when the loader is freed)."""
         dl, self._dataloader = self._dataloader, None
-        if dl is not None and getattr(dl, "_iterator", None) is not None:
-            dl._iterator._shutdown_workers()  # noqa: SLF001 - torch has no public stop for persistent workers
+        if dl is not None:
+            stop_workers(dl)
 
     def __enter__(self) -> "StreamLoader":
         return self
@@ -381,9 +382,3 @@ def _with_last(batches: Iterator[BatchInFlight]) -> Iterator[BatchInFlight]:
         pending.last = True
         yield pending
 
-
-def _freeze_inherited(worker_id: int) -> None:
-    """In each worker: never collect (or finalize) objects inherited from the parent;
-    one intra-op thread (the workers are the parallelism)."""
-    gc.freeze()
-    limit_worker_threads()

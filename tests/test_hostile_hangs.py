@@ -113,6 +113,36 @@ def test_closing_early_kills_the_command():
     assert time.monotonic() - start < 5 and s.proc.poll() is not None
 
 
+def processes_running(word: str) -> list[str]:
+    """Command lines (not zombies) that contain ``word``."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if word in cmd and state != "Z":
+            out.append(cmd)
+    return out
+
+
+def test_close_is_prompt_while_a_worker_is_stuck_in_a_read_and_kills_its_command():
+    marker = f"sleep 301{os.getpid() % 100}"           # a command line no other test runs
+    loader = stream([f"pipe:{marker}", "a.tar"], num_workers=2, read_timeout=600)
+    it = iter(loader)
+    threading.Thread(target=lambda: next(it, None), daemon=True).start()    # as a Ctrl-C would leave it
+    deadline = time.monotonic() + 30
+    while not any(marker in c and "/bin/sh" not in c for c in processes_running(marker)):
+        assert time.monotonic() < deadline, "the worker never started the command"
+        time.sleep(0.1)
+    start = time.monotonic()
+    loader.close()
+    assert time.monotonic() - start < 3, "torch's own shutdown waits 5 s per stuck worker"
+    time.sleep(0.3)
+    assert processes_running(marker) == [], "the stopped worker's command is killed with it"
+
+
 @pytest.fixture
 def silent_server():
     """An http server that accepts connections and never answers."""
