@@ -92,7 +92,7 @@ def bench_cells(device: str, data: str, plan: dict, workers: int, batch: int, bu
         for name in ORDER[kind]:
             cells.append({"device": device, "repeats": plan["repeats"], "batch": batch, "workers": workers,
                           "section": "pipelines", "data": kind, "pipeline": name, "index": index.source,
-                          "feed": True, "busy": busy})
+                          "feed": True, "busy_workers": busy})
     return cells
 
 

@@ -90,15 +90,15 @@ def run_cell(cell: dict) -> dict:
     idle, loaded = [], []
     for _ in range(cell["repeats"]):          # idle and busy passes alternate, so drift hits both alike
         idle.append(one_pass())
-        if cell.get("busy"):
-            with busy_workers(cell["busy"]):
+        if cell.get("busy_workers"):
+            with busy_workers(cell["busy_workers"]):
                 loaded.append(one_pass())
     runs = sorted(idle, key=lambda r: r[0] / r[1])
     n, dt, cpu = runs[len(runs) // 2]
     out = {"samples_per_s": n / dt, "cpu_s_per_sample": cpu / n, "samples_per_pass": n, "loadavg": load_average()}
     if loaded:
         rates = sorted(r[0] / r[1] for r in loaded)
-        out["busy"] = {"workers": cell["busy"], "samples_per_s": rates[len(rates) // 2], "loadavg": load_average()}
+        out["busy"] = {"workers": cell["busy_workers"], "samples_per_s": rates[len(rates) // 2], "loadavg": load_average()}
         out["busy_vs_idle"] = out["busy"]["samples_per_s"] / out["samples_per_s"]
     if cell.get("feed"):
         size = index.image_shape[0]
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     data = args.data
     indexes = {kind: make_bench_shards(data, kind, plan[kind]) for kind in ("npy32", "jpg224")}
     base = {"device": args.device, "repeats": plan["repeats"], "batch": args.batch, "workers": workers}
-    cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=idx.source, feed=True, busy=args.busy)
+    cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=idx.source, feed=True, busy_workers=args.busy)
              for kind, idx in indexes.items() for name in args.pipelines]
     biggest = max(plan["scaling"])
     for n in plan["scaling"]:
