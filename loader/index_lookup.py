@@ -6,17 +6,21 @@ import os
 import warnings
 
 from .shard_index import INDEX_NAME, MissingIndex, ShardIndex, ShardIndexError, ShardInfo
-from .shard_urls import command_shard_name, is_local, pattern_text, shard_key, url_scheme
+from .shard_urls import absolute_path, command_shard_name, is_local, pattern_text, shard_key, url_scheme
 
 
-def default_index_path(urls: list[str]) -> str | None:
-    """``index.json`` beside the first shard, for local paths and http URLs."""
+def default_index_path(urls: list[str], writing: bool = False) -> str | None:
+    """``index.json`` beside the first shard, for local paths and http URLs. Beside the
+    shard as named; when reading, beside the file a symlinked shard points to if only
+    that folder has one."""
     first = urls[0]
     scheme = url_scheme(first)
     if scheme in ("http", "https"):
         return first.rsplit("/", 1)[0] + "/" + INDEX_NAME
     if scheme in ("", "file"):
-        return os.path.join(os.path.dirname(shard_key(first)), INDEX_NAME)
+        named = os.path.join(os.path.dirname(absolute_path(first)), INDEX_NAME)
+        real = os.path.join(os.path.dirname(shard_key(first)), INDEX_NAME)
+        return named if writing or os.path.exists(named) or not os.path.exists(real) else real
     return None
 
 

@@ -57,6 +57,13 @@ def local_path(url: str, base: str | None = None) -> str:
     return os.path.realpath(os.path.join(base or os.getcwd(), os.path.expanduser(url)))
 
 
+def absolute_path(url: str) -> str:
+    """A local URL → its absolute path, normalised but with symlinks kept."""
+    if url_scheme(url) == "file":
+        url = unquote(urlparse(url).path)
+    return os.path.normpath(os.path.abspath(os.path.expanduser(url)))
+
+
 def shard_key(url: str) -> str:
     """What identifies a shard when matching URLs: a real path, or the URL itself."""
     return local_path(url) if is_local(url) else url
@@ -87,11 +94,14 @@ def index_entry_url(url: str, index_dir: str) -> str:
     if scheme in INDEX_SCHEMES:
         return url
     if scheme in ("", "file"):
-        path, root = local_path(url), os.path.realpath(index_dir)
-        if os.path.commonpath([path, root]) != root:
-            raise UnsafeIndexEntry(f"shard {url!r} is outside the index's folder {root!r}; an index names only "
-                                   f"shards under its own folder: write it in a folder that holds the shards")
-        return os.path.relpath(path, root).replace(os.sep, "/")
+        # As named (a symlink in the folder stays an entry of the folder), else as resolved
+        # (a shard named through a symlinked folder); reading checks the same, lexically.
+        for path, root in ((absolute_path(url), os.path.abspath(index_dir)),
+                           (local_path(url), os.path.realpath(index_dir))):
+            if os.path.commonpath([path, root]) == root:
+                return os.path.relpath(path, root).replace(os.sep, "/")
+        raise UnsafeIndexEntry(f"shard {url!r} is outside the index's folder {root!r}; an index names only "
+                               f"shards under its own folder: write it in a folder that holds the shards")
     name = command_shard_name(url)
     if name is None:
         raise UnsafeIndexEntry(f"cannot name shard {url!r} in an index: no '.tar' file name in it, and an index "

@@ -64,6 +64,17 @@ def test_symlinked_folder(corpus):
     assert keys_of(loader) == ALL
 
 
+def test_symlinked_shards_in_a_folder_of_their_own_can_be_indexed(corpus):
+    """A folder of links to shards elsewhere (how a benchmark re-uses shards) indexes as the links."""
+    from streamaug.loader import build_index
+    os.mkdir("links")
+    for i in range(4):
+        os.symlink(corpus / f"shards/train-{i:06d}.tar", f"links/part-{i}.tar")
+    index = build_index("links/part-{0..3}.tar", progress=False)
+    assert [e["url"] for e in json.load(open("links/index.json"))["shards"]] == [f"part-{i}.tar" for i in range(4)]
+    assert keys_of(StreamLoader("links/part-{0..3}.tar", batch_size=8)) == ALL and index.total == N
+
+
 def test_index_elsewhere_with_entries_relative_to_it(corpus):
     os.makedirs("data/a")
     shutil.move("shards", "data/a/shards")

@@ -9,7 +9,6 @@ Every batch each rank trains on goes to ``<out>/<tag>-rank<r>.jsonl``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import send_to_device
 
-from digits_shards import make_loaders, record
+from digits_shards import job_arguments, make_loaders, record
 
 EPOCHS = 2
 
@@ -43,13 +42,7 @@ def skip_check(args, accelerator) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--train", required=True)
-    p.add_argument("--val", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--tag", required=True)
-    p.add_argument("--save-at", type=int, default=None)
-    p.add_argument("--resume", default=None)
+    p = job_arguments()
     p.add_argument("--skip", type=int, default=None)
     args = p.parse_args()
     torch.set_num_threads(1)

@@ -2,6 +2,7 @@
 jobs use over them, and what a job records of each batch."""
 from __future__ import annotations
 
+import argparse
 import glob
 import hashlib
 import os
@@ -14,6 +15,18 @@ from streamaug.samplers import ClassBalancer
 
 TRAIN_PER_CLASS = (8, 8, 8, 8, 20, 20, 20, 20, 20, 20)   # classes 0-3 are the minority
 VAL_PER_CLASS = 6
+
+
+def job_arguments() -> argparse.ArgumentParser:
+    """The options every framework job takes: its loaders' shards, where to write, its tag, resume."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--train", required=True)
+    p.add_argument("--val", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--tag", required=True)
+    p.add_argument("--save-at", type=int, default=None)
+    p.add_argument("--resume", default=None)
+    return p
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ the pixels and targets), so a test can compare ranks and runs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -17,7 +16,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from digits_shards import make_loaders, record
+from digits_shards import job_arguments, make_loaders, record
 
 class TinyDigits(L.LightningModule):
     """A tiny CNN on 8×8 digits; it logs what it is fed into ``self.seen``."""
@@ -68,15 +67,9 @@ def trainer_for(devices: int, epochs: int, callbacks=(), **kw) -> L.Trainer:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--train", required=True)
-    p.add_argument("--val", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--tag", required=True)
+    p = job_arguments()
     p.add_argument("--devices", type=int, default=2)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--save-at", type=int, default=None)
-    p.add_argument("--resume", default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
     L.seed_everything(0, workers=True, verbose=False)
