@@ -52,12 +52,15 @@ def markdown(results) -> str:
                       if "busy" in r else " - | - | - |")
         lines.append(f"| {r['data']} | {r['pipeline']} | {r['samples_per_s']:,.0f} |{loaded} "
                      f"{r['cpu_s_per_sample'] * 1e3:.2f} | {r['peak_rss_mib']:,.0f} |{mem} {feed} |")
-    lines += ["", "| scaling: N | samples/s | CPU ms/sample | peak RSS MiB |", "| ---: | ---: | ---: | ---: |"]
-    for r in sorted(_rows(results, "scaling"), key=lambda r: r["n"]):
-        lines.append(f"| {r['n']:,} | {r['samples_per_s']:,.0f} | {r['cpu_s_per_sample'] * 1e3:.3f} | {r['peak_rss_mib']:,.0f} |")
+    if _rows(results, "scaling"):        # sections a run did not have (the GPU check's) are left out
+        lines += ["", "| scaling: N | samples/s | CPU ms/sample | peak RSS MiB |", "| ---: | ---: | ---: | ---: |"]
+        for r in sorted(_rows(results, "scaling"), key=lambda r: r["n"]):
+            lines.append(f"| {r['n']:,} | {r['samples_per_s']:,.0f} | {r['cpu_s_per_sample'] * 1e3:.3f} "
+                         f"| {r['peak_rss_mib']:,.0f} |")
     for section, key in (("workers", "workers"), ("batch", "batch")):
-        lines += ["", f"| {section} | samples/s |", "| ---: | ---: |"]
-        lines += [f"| {r[key]} | {r['samples_per_s']:,.0f} |" for r in _rows(results, section)]
+        if _rows(results, section):
+            lines += ["", f"| {section} | samples/s |", "| ---: | ---: |"]
+            lines += [f"| {r[key]} | {r['samples_per_s']:,.0f} |" for r in _rows(results, section)]
     lines += ["", "| data | target ratio | measured |", "| --- | --- | ---: |"]
     for data, h in headline(results).items():
         lines.append(f"| {data} | best streamaug ({h['best_streamaug']}) / best peer ({h['best_peer']}) "
