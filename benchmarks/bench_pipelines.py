@@ -11,7 +11,7 @@ import torch
 
 from streamaug.loader import ShardIndex, StreamLoader
 from streamaug.ops import Compose, Flip, GaussianNoise, MixUp, Rotate, Shear
-from streamaug.samplers import ClassBalancer
+from streamaug.samplers import SMOTE, ClassBalancer
 
 PIPELINES = ("streamaug-kornia", "streamaug-opencv", "streamaug-dali", "streamaug-kornia+smote",
              "streamaug-opencv+smote", "dataloader-albumentations", "dali-only", "webdataset-kornia-unfused")
@@ -27,7 +27,7 @@ def streamaug(index: ShardIndex, batch: int, workers: int, device, backend="korn
               decode="cpu"):
     return StreamLoader(index.urls, batch_size=batch, num_workers=workers, seed=0, device=device, index=index,
                         shuffle=1000, augment=ops(backend), mixup=MixUp(0.2), decode=decode,
-                        balance=ClassBalancer("auto") if balance else None)
+                        balance=ClassBalancer("auto", SMOTE()) if balance else None)
 
 
 class MixedBatches:

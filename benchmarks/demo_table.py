@@ -40,7 +40,7 @@ def table(summary: dict, labels: dict[str, str], baseline: str = "plain") -> str
                                                                       "train_minority_recall")]
         cells += [f"{s['minority_rows_per_batch']['mean']:.1f}", f"{s['samples_per_s']['mean']:,.0f}"]
         lines.append(f"| {a}: {labels[a]} | " + " | ".join(cells) + " |")
-    lines.append(f"Δ in points of balanced accuracy; ~ = |Δ| below the seeds' spread (the larger std of the two "
+    lines.append("Δ in points of balanced accuracy; ~ = |Δ| below the seeds' spread (the larger std of the two "
                  f"arms), i.e. not a difference these seeds can show; ≈ best = within that spread of the best arm.")
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from streamaug.loader import ShardIndex, StreamLoader
 from streamaug.loader.shard_index import INDEX_NAME
 from streamaug.ops import Compose, MixUp
 from streamaug.ops.recipes import default_augment
-from streamaug.samplers import ClassBalancer
+from streamaug.samplers import SMOTE, ClassBalancer
 
 CELL_INCHES, DPI = 1.1, 100
 
@@ -36,7 +36,7 @@ def collect(index: ShardIndex, augment: Compose, strategy="auto", seed: int = 0,
             [(_hwc(im), f"aug: {names[c]}") for im, c in zip(augmented, labels.tolist())]]
 
     balanced = StreamLoader(index.urls, batch_size=64, seed=seed, device="cpu", index=index,
-                            balance=ClassBalancer(strategy))
+                            balance=ClassBalancer(strategy, SMOTE()))
     triplets = []
     for batch in balanced:
         for row, label, prov in zip(batch[0], batch.hard_labels.tolist(), batch.provenance):

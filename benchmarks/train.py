@@ -28,7 +28,7 @@ from streamaug.loader import ShardIndex, StreamLoader
 from streamaug.loader.shard_index import INDEX_NAME
 from streamaug.ops import MixUp
 from streamaug.ops.recipes import default_augment
-from streamaug.samplers import ClassBalancer
+from streamaug.samplers import SMOTE, ClassBalancer
 
 
 def parse(argv=None):
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     urls = index.urls if os.path.isdir(args.data) else args.data
     kw = {}
     if args.balance:
-        kw["balance"] = ClassBalancer("auto")
+        kw["balance"] = ClassBalancer("auto", SMOTE())
     if args.augment:
         kw.update(augment=default_augment("dali" if device.type == "cuda" else "kornia", flip=True),
                   mixup=MixUp(alpha=0.2, p=0.5))

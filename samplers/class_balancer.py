@@ -17,7 +17,7 @@ How it works
   filled once, identically on every rank, by a label-only pass over the shards
   that then decodes only the chosen samples (see :meth:`ClassBalancer._fill`).
   Real samples pass through unchanged; each slot is filled by the synthesizer
-  (SMOTE by default, ``None`` for random oversampling) from its class's
+  (random oversampling by default, or SMOTE and its variants) from its class's
   reservoir, and the batch's rows are permuted so synthetic ones are interleaved.
 * A slot whose class has no readable sample at all is filled with a repeat of a
   real sample, flagged ``is_padding`` and counted in
@@ -56,7 +56,6 @@ from .online_counts import online_due
 from .sampling_strategy import synthetic_targets
 from .slot_schedule import interleaved_slots, max_rank_slots, rank_slots, stratified_choice
 from .random_oversampler import RandomOversampler
-from .smote import SMOTE
 from .synthesizer import Synthesizer
 
 _UNSET = object()
@@ -77,8 +76,10 @@ class ClassBalancer:
         sampling_strategy: imbalanced-learn's: a float (binary only), ``"auto"``,
             ``"not majority"``, ``"minority"``, ``"not minority"``, ``"all"``, a dict of
             final per-class counts, or a callable ``y -> dict``.
-        synthesizer: ``SMOTE()`` (default), ``BorderlineSMOTE``, ``ADASYN`` or
-            ``None`` for random oversampling.
+        synthesizer: random oversampling (default, also ``None``), ``SMOTE()``,
+            ``BorderlineSMOTE`` or ``ADASYN``. Random oversampling is the default because
+            the demo's evidence found SMOTE no better with augmentation on (README, "Which
+            setting when"); ``SMOTE(neighbour_space="thumbnail")`` is the SMOTE to pick.
         random_state: seed; ``None`` takes the loader's derived seed.
         reservoir_size: samples kept per class (memory is O(this × classes)).
         feature_fn: optional ``images -> (N, D)`` embedding; the balancer then keeps
@@ -104,7 +105,7 @@ class ClassBalancer:
     def __init__(self, sampling_strategy="auto", synthesizer=_UNSET, random_state: int | None = None,
                  reservoir_size: int = 512, feature_fn=None, shuffle_within_batch: bool = True,
                  stratified: bool = False):
-        synthesizer = SMOTE() if synthesizer is _UNSET else synthesizer
+        synthesizer = RandomOversampler() if synthesizer is _UNSET else synthesizer
         for name, (ok, expected) in self._parameter_constraints.items():
             value = locals()[name]
             if not ok(value):

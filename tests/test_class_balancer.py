@@ -111,6 +111,21 @@ def test_real_samples_pass_through_byte_for_byte(data):
     assert real == len(labels)
 
 
+def test_default_synthesizer_is_random_oversampling(data):
+    """The default follows the demo's evidence (README, "Which setting when"): a synthetic row
+    is an exact copy of a real sample of its class, named in its provenance."""
+    index, images, _ = data
+    _, batches = epoch_counts(StreamLoader(index.urls, batch_size=32, balance=ClassBalancer()))
+    copies = 0
+    for b in batches:
+        for row, label, synth, prov in zip(b[0], b.hard_labels.tolist(), b.is_synthetic.tolist(), b.provenance):
+            if synth:
+                i = index_of_key(prov["seed"][1])
+                assert torch.equal(row, torch.from_numpy(images[i]).permute(2, 0, 1)) and prov["neighbour"] is None
+                copies += 1
+    assert copies > 0
+
+
 @pytest.mark.parametrize("synthesizer", [SMOTE(k_neighbors=3), BorderlineSMOTE(k_neighbors=3, kind="borderline-1"),
                                          BorderlineSMOTE(k_neighbors=3, kind="borderline-2"), ADASYN(k_neighbors=3)],
                          ids=["smote", "borderline1", "borderline2", "adasyn"])
@@ -149,8 +164,8 @@ def test_random_oversampling_repeats_real_samples(data):
 
 def test_same_seed_same_stream_and_synthetic_spread_through_it(data):
     index, _, _ = data
-    a = epoch_counts(StreamLoader(index.urls, batch_size=32, seed=4, balance=ClassBalancer()))[1]
-    b = epoch_counts(StreamLoader(index.urls, batch_size=32, seed=4, balance=ClassBalancer()))[1]
+    a = epoch_counts(StreamLoader(index.urls, batch_size=32, seed=4, balance=ClassBalancer(synthesizer=SMOTE())))[1]
+    b = epoch_counts(StreamLoader(index.urls, batch_size=32, seed=4, balance=ClassBalancer(synthesizer=SMOTE())))[1]
     assert all(torch.equal(x[0], y[0]) and x.keys == y.keys for x, y in zip(a, b))
     per_batch = [int(x.is_synthetic.sum()) for x in a]
     full = per_batch[:-1]
@@ -161,7 +176,7 @@ def test_same_seed_same_stream_and_synthetic_spread_through_it(data):
 
 def test_reservoir_bound_is_respected(tmp_path):
     index, _, labels = imbalanced(tmp_path, n=400, size=4)
-    balancer = ClassBalancer(reservoir_size=16)
+    balancer = ClassBalancer(synthesizer=SMOTE(), reservoir_size=16)
     loader = StreamLoader(index.urls, batch_size=32, balance=balancer)
     counts, _ = epoch_counts(loader)
     assert counts == imblearn_counts(labels, "auto")
@@ -210,7 +225,7 @@ def test_smote_neighbour_is_among_the_k_nearest_in_the_reservoir():
 def test_feature_fn_emits_features(data):
     index, _, labels = data
     embed = lambda images: images.float().mean(dim=(2, 3))          # noqa: E731  (N, 3) features
-    counts, batches = epoch_counts(StreamLoader(index.urls, batch_size=32, balance=ClassBalancer(feature_fn=embed)))
+    counts, batches = epoch_counts(StreamLoader(index.urls, batch_size=32, balance=ClassBalancer(synthesizer=SMOTE(), feature_fn=embed)))
     assert counts == imblearn_counts(labels, "auto")
     assert batches[0][0].shape[1:] == (3,) and batches[0][0].dtype == torch.float32
 
@@ -222,7 +237,7 @@ def test_resume_with_balancer_is_bit_identical(data, cut, workers):
 
     def make():
         return StreamLoader(index.urls, batch_size=16, seed=3, num_workers=workers,
-                            balance=ClassBalancer(reservoir_size=8))
+                            balance=ClassBalancer(synthesizer=SMOTE(), reservoir_size=8))
     ref = make()
     epoch0 = [(b[0].clone(), b.keys) for b in ref]
     epoch1 = [(b[0].clone(), b.keys) for b in ref]

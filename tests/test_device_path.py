@@ -24,7 +24,7 @@ from op_cases import OPS, images
 from shard_factory import make_shards
 from streamaug.loader import StreamLoader
 from streamaug.ops import Compose, Flip, GaussianNoise, MixUp, Rotate, Shear
-from streamaug.samplers import ClassBalancer
+from streamaug.samplers import SMOTE, ClassBalancer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
@@ -126,7 +126,7 @@ def test_plugin_path_never_waits_for_the_device(shards, backend, balance):
 @pytest.mark.parametrize("device", DEVICES)
 def test_balance_counts_on_device_equal_imblearn(shards, device):
     index, _, labels = shards
-    loader = StreamLoader(index.urls, batch_size=16, device=device, balance=ClassBalancer("auto"))
+    loader = StreamLoader(index.urls, batch_size=16, device=device, balance=ClassBalancer("auto", SMOTE()))
     counts = Counter()
     for batch in loader:
         assert batch[0].device.type == device
