@@ -175,6 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/bench")
     p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "streamaug-bench-data"),
                    help="where shards are generated (outside the repository)")
+    p.add_argument("--kinds", nargs="+", default=["npy32", "jpg224"], choices=["npy32", "jpg224"],
+                   help="the data of the pipelines section (default: both)")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                    help="run only these; the others are kept from an existing OUT/bench.json")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
     indexes = {kind: make_bench_shards(data, kind, plan[kind]) for kind in ("npy32", "jpg224")}
     base = {"device": args.device, "repeats": plan["repeats"], "batch": args.batch, "workers": workers}
     cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=idx.source, feed=True, busy_workers=args.busy)
-             for kind, idx in indexes.items() for name in args.pipelines]
+             for kind, idx in indexes.items() if kind in args.kinds for name in args.pipelines]
     biggest = max(plan["scaling"])
     for n in plan["scaling"]:
         scaled = resampled_index(indexes["npy32"], n, os.path.join(data, f"scaled-{n}"))
