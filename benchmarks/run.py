@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import resource
 import subprocess
 import sys
@@ -132,14 +133,20 @@ def spawn(cell: dict, timeout: float) -> dict:
 
 
 def resampled_index(index: ShardIndex, n: int, folder: str) -> ShardIndex:
-    """An index of ``n`` samples made of the same shards linked under new names."""
+    """An index of ``n`` samples made of the same shards hard-linked under new names (a
+    symlink would resolve to the shard it repeats, and an index may not list a shard twice)."""
     os.makedirs(folder, exist_ok=True)
     shards, total, i = [], 0, 0
     while total < n:
         src = index.shards[i % len(index.shards)]
         dst = os.path.join(folder, f"copy-{i:06d}.tar")
+        if os.path.islink(dst):                  # left by an older version of this function
+            os.remove(dst)
         if not os.path.exists(dst):
-            os.symlink(src.url, dst)
+            try:
+                os.link(src.url, dst)
+            except OSError:                      # another filesystem: copy
+                shutil.copyfile(src.url, dst)
         shards.append(ShardInfo(dst, src.count, src.class_counts))
         total += src.count
         i += 1
