@@ -3,6 +3,11 @@
 Ops everywhere: horizontal flip p=.5, rotate ±30°, shear ±15°, Gaussian noise σ=.05
 (of the value range), then MixUp α=.2 on the batch. Each builder returns an
 iterable of ``(images, targets)`` batches on ``device``.
+
+``+smote`` pipelines balance with ``ClassBalancer("auto", SMOTE(neighbour_space="thumbnail"))``:
+neighbours found among 8×8 thumbnails, new images interpolated at full resolution (the
+configuration the README recommends for images; pixel-space kNN costs 4.5× more at 224²,
+``benchmarks/results/smote_neighbour_space_cpu.json``).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from streamaug.samplers import SMOTE, ClassBalancer
 PIPELINES = ("streamaug-kornia", "streamaug-opencv", "streamaug-dali", "streamaug-kornia+smote",
              "streamaug-opencv+smote", "dataloader-albumentations", "dali-only", "webdataset-kornia-unfused")
 # streamaug with encoded images decoded where the batch lives (nvJPEG on a GPU): jpg data only
+SMOTE_SPACE = "thumbnail"
 DEVICE_DECODE = ("streamaug-kornia+nvjpeg", "streamaug-dali+nvjpeg", "streamaug-kornia+nvjpeg+smote")
 
 
@@ -27,7 +33,7 @@ def streamaug(index: ShardIndex, batch: int, workers: int, device, backend="korn
               decode="cpu"):
     return StreamLoader(index.urls, batch_size=batch, num_workers=workers, seed=0, device=device, index=index,
                         shuffle=1000, augment=ops(backend), mixup=MixUp(0.2), decode=decode,
-                        balance=ClassBalancer("auto", SMOTE()) if balance else None)
+                        balance=ClassBalancer("auto", SMOTE(neighbour_space=SMOTE_SPACE)) if balance else None)
 
 
 class MixedBatches:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from importlib import metadata
 
 
@@ -11,6 +12,22 @@ def _version(pkg: str) -> str | None:
         return metadata.version(pkg)
     except metadata.PackageNotFoundError:
         return None
+
+
+def source_commit() -> str | None:
+    """The streamaug checkout's commit (``+dirty`` with uncommitted changes to tracked files),
+    or None outside a git checkout: results say which code they measured."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def machine_info() -> dict:
@@ -22,7 +39,7 @@ def machine_info() -> dict:
     except (OSError, StopIteration):
         cpu_model = platform.processor()
     return {"cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)), "cpu_model": cpu_model,
-            "gpu": gpu, "python": platform.python_version(), "platform": platform.platform(),
+            "gpu": gpu, "commit": source_commit(), "python": platform.python_version(), "platform": platform.platform(),
             "versions": {p: _version(p) for p in ("torch", "numpy", "kornia", "webdataset", "nvidia-dali-cuda120",
                                                   "nvidia-dali-cuda130", "imbalanced-learn", "albumentations",
                                                   "pillow", "streamaug")}}

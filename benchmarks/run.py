@@ -37,6 +37,7 @@ import torch
 from streamaug.benchmarks.bench_data import make_bench_shards
 from streamaug.benchmarks.bench_pipelines import PIPELINES, build
 from streamaug.benchmarks.busy_workers import busy_workers, load_average
+from streamaug.benchmarks.machine_info import source_commit
 from streamaug.loader import ShardIndex
 from streamaug.loader.shard_index import INDEX_NAME, ShardInfo
 
@@ -159,13 +160,16 @@ def resampled_index(index: ShardIndex, n: int, folder: str) -> ShardIndex:
 SECTIONS = ("pipelines", "scaling", "workers", "batch")
 
 
-def _kept_cells(out: str, sections: list[str]) -> list[dict]:
-    """Cells of the sections not being rerun, from an earlier ``bench.json`` in ``out``."""
+def _kept_cells(out: str, sections: list[str], kinds: list[str]) -> list[dict]:
+    """Cells not being rerun (other sections, and the pipelines of other ``kinds``), from an
+    earlier ``bench.json`` in ``out``; each keeps the ``commit`` it measured."""
     path = os.path.join(out, "bench.json")
-    if set(sections) == set(SECTIONS) or not os.path.exists(path):
+    if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [c for c in json.load(f)["cells"] if c["section"] not in sections]
+        cells = json.load(f)["cells"]
+    return [c for c in cells if c["section"] not in sections
+            or (c["section"] == "pipelines" and c["data"] not in kinds)]
 
 
 def main(argv=None) -> int:
@@ -205,7 +209,8 @@ def main(argv=None) -> int:
     workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
     data = args.data
     indexes = {kind: make_bench_shards(data, kind, plan[kind]) for kind in ("npy32", "jpg224")}
-    base = {"device": args.device, "repeats": plan["repeats"], "batch": args.batch, "workers": workers}
+    base = {"device": args.device, "repeats": plan["repeats"], "batch": args.batch, "workers": workers,
+            "commit": source_commit()}       # per cell: cells kept from an earlier run keep theirs
     cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=idx.source, feed=True, busy_workers=args.busy)
              for kind, idx in indexes.items() if kind in args.kinds for name in args.pipelines]
     biggest = max(plan["scaling"])
@@ -220,7 +225,7 @@ def main(argv=None) -> int:
         cells.append(dict(base, section="batch", data="npy32", pipeline="streamaug-kornia", batch=b,
                           index=indexes["npy32"].source))
     cells = [c for c in cells if c["section"] in args.sections]
-    results = _kept_cells(args.out, args.sections)
+    results = _kept_cells(args.out, args.sections, args.kinds)
     for cell in tqdm(cells, desc="bench cells", unit="cell"):
         r = spawn(cell, args.timeout * (3 if cell.get("n") == biggest else 1))
         results.append(r)

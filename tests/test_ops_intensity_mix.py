@@ -145,3 +145,39 @@ def test_mix_ops_reject_bad_labels():
         op(images(n=8), torch.arange(8))
     with pytest.raises(ValueError, match="labels have 4 rows but images have 8"):
         op(images(n=8), torch.arange(4), num_classes=10)
+
+
+# ---------------------------------------------------------------- the CPU fast paths against the plain formulas
+@pytest.mark.parametrize("threads", [1, 2])
+def test_noise_added_chunk_by_chunk_is_the_whole_field(threads):
+    """The CPU path draws and adds the field a chunk at a time; the numbers must be the field's."""
+    from streamaug.ops.intensity.gaussian_noise import add_gaussian_field_, gaussian_field
+
+    shape = torch.Size((100, 3, 128, 128))                  # 3 chunks of whole rows
+    x = torch.rand(shape)
+    sigma = torch.rand(100) * 0.1
+    expected = x + sigma.view(-1, 1, 1, 1) * gaussian_field(shape, 123, torch.device("cpu"))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = add_gaussian_field_(x.clone(), sigma, 123)
+    finally:
+        torch.set_num_threads(saved)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, x + sigma.view(-1, 1, 1, 1) * gaussian_field(shape, 124, torch.device("cpu")),
+                              atol=1e-3), "another seed gives another field"
+
+
+@pytest.mark.parametrize("n", [1, 8, 29])
+def test_mixup_uint8_cpu_path_matches_the_float_formula(n):
+    op = MixUp(0.4, seed=5)
+    x = torch.randint(0, 256, (n, 3, 20, 20), dtype=torch.uint8)
+    out, _ = op(x, torch.arange(n) % 3, num_classes=3)
+    p = op.last_params
+    lam = torch.where(p["apply"], p["lam"], torch.ones_like(p["lam"])).double().view(-1, 1, 1, 1)
+    ref = (lam * x.double() + (1 - lam) * x[p["perm"]].double()).round()
+    diff = (out.double() - ref).abs()
+    assert out.dtype == torch.uint8 and float(diff.max()) <= 1.0
+    assert float((diff > 0).double().mean()) < 1e-3, "only exact ties may round the other way"
+    if n > 1:
+        assert not torch.equal(out, x)

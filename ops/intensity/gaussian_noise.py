@@ -15,33 +15,60 @@ CHUNK_ELEMENTS = 1 << 21
 _pool: ThreadPoolExecutor | None = None
 
 
+def _row_chunks(shape: torch.Size) -> list[slice]:
+    """The row ranges the field is drawn in: whole rows, about ``CHUNK_ELEMENTS`` each."""
+    n = shape[0] if len(shape) else 0
+    per_row = max(1, torch.Size(shape[1:]).numel()) if n else 1
+    step = max(1, CHUNK_ELEMENTS // per_row)
+    return [slice(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def _draw_chunk(out: torch.Tensor, seed: int, i: int) -> torch.Tensor:
+    gen = torch.Generator(device=out.device)
+    gen.manual_seed(derive_seed(seed, i))
+    return out.normal_(0.0, 1.0, generator=gen)
+
+
+def _run_chunks(fill, count: int, device: torch.device) -> None:
+    """``fill(i)`` for every chunk; on the CPU over a thread pool of torch's intra-op size
+    (torch's ``normal_`` uses one core). Results never depend on the number of threads."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2 or count < 2:
+        for i in range(count):
+            fill(i)
+        return
+    global _pool
+    if _pool is None or _pool._max_workers != threads:  # noqa: SLF001
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="streamaug-noise")
+    list(_pool.map(fill, range(count)))
+
+
 def gaussian_field(shape: torch.Size, seed: int, device: torch.device) -> torch.Tensor:
     """Standard normal noise of ``shape``, a pure function of ``seed``.
 
     Drawn in chunks of about ``CHUNK_ELEMENTS`` (whole rows), chunk ``i`` from its own
     generator seeded with ``derive_seed(seed, i)``; on the CPU the chunks run on
-    a thread pool (torch's ``normal_`` uses one core), and the result does not
-    depend on the number of threads.
+    a thread pool, and the result does not depend on the number of threads.
     """
     out = torch.empty(shape, device=device, dtype=torch.float32)
-    per_row = max(1, out[0].numel()) if len(out) else 1
-    chunks = list(torch.split(out, max(1, CHUNK_ELEMENTS // per_row)))
+    chunks = _row_chunks(out.shape)
+    _run_chunks(lambda i: _draw_chunk(out[chunks[i]], seed, i), len(chunks), out.device)
+    return out
+
+
+def add_gaussian_field_(x: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Tensor:
+    """``x += sigma[row] * gaussian_field(x.shape, seed)`` in place, without the whole field
+    in memory: each chunk is drawn into a chunk-sized buffer and added while it is in cache
+    (the same numbers as ``gaussian_field``). ``x``: float32 on the CPU; ``sigma``: (N,)."""
+    chunks = _row_chunks(x.shape)
+    sigma = sigma.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
 
     def fill(i: int) -> None:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(derive_seed(seed, i))
-        chunks[i].normal_(0.0, 1.0, generator=gen)
-
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2 or len(chunks) < 2:
-        for i in range(len(chunks)):
-            fill(i)
-        return out
-    global _pool
-    if _pool is None or _pool._max_workers != threads:  # noqa: SLF001
-        _pool = ThreadPoolExecutor(threads, thread_name_prefix="streamaug-noise")
-    list(_pool.map(fill, range(len(chunks))))
-    return out
+        rows = chunks[i]
+        noise = _draw_chunk(torch.empty(x[rows].shape, dtype=torch.float32), seed, i)
+        x[rows].addcmul_(noise, sigma[rows])
+    _run_chunks(fill, len(chunks), x.device)
+    return x
 
 
 class GaussianNoise(IntensityOp):
@@ -70,6 +97,8 @@ class GaussianNoise(IntensityOp):
         sigma = self.row_std(params)
         if not bool((sigma > 0).any()):
             return x
+        if x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
+            return add_gaussian_field_(x, sigma, int(params["noise_seed"]))
         noise = gaussian_field(x.shape, int(params["noise_seed"]), x.device)
         return x.addcmul_(noise, to_device(sigma, x.device).view(-1, 1, 1, 1).to(x.dtype))
 

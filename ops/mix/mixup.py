@@ -33,8 +33,29 @@ class MixUp(MixOp):
 
     def mix_images(self, images: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         lam = self.row_lambda(params)
+        if images.dtype == torch.uint8 and images.device.type == "cpu":
+            return mix_uint8_rows(images, params["perm"], lam), lam
         x = to_float(images)
         partner = x[to_device(params["perm"], x.device)]
         # λ·x + (1 − λ)·partner, written into x in one pass
         torch.lerp(partner, x, to_device(lam.to(x.dtype), x.device).view(-1, 1, 1, 1), out=x)
         return from_float(x, images), lam
+
+
+CHUNK_ROWS = 8
+
+
+def mix_uint8_rows(images: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """uint8 CPU images: ``round(λ·x + (1 − λ)·x[perm])`` on the 0..255 scale, a few rows
+    at a time, so the float intermediates stay in cache (about 3× faster than converting
+    the whole batch at 224², ``benchmarks/ops_throughput.py``). Agrees with the float
+    path's rounding up to one level at exact ties."""
+    out = torch.empty_like(images)
+    weight = lam.to(torch.float32).view(-1, 1, 1, 1)
+    perm = perm.to(torch.int64)
+    for start in range(0, len(images), CHUNK_ROWS):
+        rows = slice(start, start + CHUNK_ROWS)
+        mixed = images[rows].float()
+        torch.lerp(images[perm[rows]].float(), mixed, weight[rows], out=mixed)
+        out[rows] = mixed.add_(0.5)        # λ in [0, 1] keeps the value in [0, 255]: the cast truncates
+    return out
