@@ -8,8 +8,9 @@ Generates its own shards (32×32 ``.npy`` and 224×224 ``.jpg`` from scikit-lear
 photos, imbalanced labels), then runs every pipeline in ``bench_pipelines`` over the same
 shards, ops and batch size, each cell in its own process (so peak RSS is its own):
 
-* samples/s (median of repeats after a warm-up pass) and process CPU seconds per sample
-  (the main process plus its reaped DataLoader workers);
+* samples/s (median of repeats after a warm-up pass) and CPU seconds per sample of the
+  whole process tree (the main process and its DataLoader workers, live or reaped:
+  ``process_tree.py``);
 * peak RSS, and peak GPU memory on a GPU;
 * the training *feed ratio*: one small CNN trained from the pipeline, divided by the same
   model trained on the same batches already resident on the device (1.0 = the loader is free);
@@ -26,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,6 +38,7 @@ from streamaug.benchmarks.bench_data import make_bench_shards
 from streamaug.benchmarks.bench_pipelines import PIPELINES, build
 from streamaug.benchmarks.busy_workers import busy_workers, load_average
 from streamaug.benchmarks.machine_info import source_commit
+from streamaug.benchmarks.process_tree import tree_cpu_seconds, tree_peak_rss_mib
 from streamaug.loader import ShardIndex
 from streamaug.loader.shard_index import INDEX_NAME, ShardInfo
 
@@ -69,11 +70,6 @@ def train_rate(model, batches, device) -> float:
     return n / (time.perf_counter() - start)
 
 
-def cpu_seconds() -> float:
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def run_cell(cell: dict) -> dict:
     """One pipeline on one dataset, in this process."""
     device = torch.device(cell["device"])
@@ -82,11 +78,11 @@ def run_cell(cell: dict) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def one_pass() -> tuple[int, float, float]:
-        c0, t0, n = cpu_seconds(), time.perf_counter(), 0
+        c0, t0, n = tree_cpu_seconds(), time.perf_counter(), 0
         for images, _ in pipe:
             n += len(images)
         sync()
-        return n, time.perf_counter() - t0, cpu_seconds() - c0
+        return n, time.perf_counter() - t0, tree_cpu_seconds() - c0
 
     one_pass()                                                    # warm-up
     idle, loaded = [], []
@@ -116,8 +112,7 @@ def run_cell(cell: dict) -> dict:
             kept.append(train_rate(model, resident, device))
         out.update(fed_samples_per_s=sorted(fed)[len(fed) // 2], resident_samples_per_s=sorted(kept)[len(kept) // 2])
         out["feed_ratio"] = out["fed_samples_per_s"] / out["resident_samples_per_s"]
-    out["peak_rss_mib"] = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    out["peak_rss_mib"] = tree_peak_rss_mib()        # live workers included (process_tree.py)
     if device.type == "cuda":
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

@@ -39,6 +39,8 @@ class BatchInFlight:
     provenance: list | None = None
     last: bool | None = None                             # no index: whether this is the epoch's last batch
     slot_offset: int | None = None                       # planned synthetic slots used by earlier batches
+    stages_done: bool = False                            # augment/mixup already ran in the worker
+    targets: torch.Tensor | None = None                  # soft targets, when mixup ran in the worker
 
     def __post_init__(self):
         n = len(self.labels)

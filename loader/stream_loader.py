@@ -7,7 +7,8 @@
 ...     for images, labels in loader:      # uint8 NCHW on the device, int64 labels
 ...         ...
 
-Plug-in stages run in the main process on the device, on whole batches:
+Plug-in stages run on whole batches, on the device (in the reading workers when
+that is the CPU and no balancer needs the stream first: see ``worker_augment``):
 ``balance=`` (a :class:`streamaug.samplers.ClassBalancer`) adds synthetic rows,
 ``augment=`` (a :class:`streamaug.ops.Compose`) transforms images, and
 ``mixup=`` (``MixUp``/``CutMix``) turns labels into soft targets. Each must meet
@@ -36,7 +37,6 @@ from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import Augmenter, Balancer, BindContext, Mixer
 from streamaug.core.seeding import derive_seed
 from streamaug.core.threads import IntraOpThreads, main_process_threads
-from streamaug.core.transfer import to_device
 
 from .batch import Batch
 from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, DecodeLimits
@@ -45,13 +45,16 @@ from .epoch_plan import EpochPlan, PlanSpec
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
 from .errors import ErrorHandler, LoaderStats, WorkerFailure, check_policy
 from .loader_state import restore_state, save_state
+from .open_pass import drop_batches, mark_last
 from .output_format import OutputFormat
+from .plugin_stage import apply_plugins
 from .read_workers import init_worker, stop_workers
 from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
 from .shard_index import ShardIndex
 from .shard_urls import expand_urls
+from .worker_augment import WorkerAugment, worker_side
 from .worker_stream import StreamSettings, WorkerStream
 
 PLUGINS = {"balance": Balancer, "augment": Augmenter, "mixup": Mixer}
@@ -94,6 +97,9 @@ class StreamLoader:
         max_member_bytes, max_image_pixels: limits checked from tar and image headers before
             anything is read or decoded (defaults 256 MiB, 36 megapixels; see ``decode_limits``).
         read_timeout: seconds a ``pipe:`` or http shard may send nothing (default 600).
+        augment_in_workers: run ``augment``/``mixup`` in the reading workers: ``None`` (default)
+            where it applies (CPU device, workers, no ``balance=``; see ``worker_augment``),
+            ``False`` never, ``True`` required. The batches are the same either way.
 
     DataLoader surface (what Lightning and accelerate look for; see
     :mod:`streamaug.loader.dataloader_surface`): ``dataset``, ``sampler``,
@@ -115,7 +121,7 @@ class StreamLoader:
                  channels: int | None = None, dtype: torch.dtype = torch.uint8, normalize=None,
                  channels_last: bool = False,
                  max_member_bytes: int = MAX_MEMBER_BYTES, max_image_pixels: int = MAX_IMAGE_PIXELS,
-                 read_timeout: float = READ_TIMEOUT):
+                 read_timeout: float = READ_TIMEOUT, augment_in_workers: bool | None = None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -164,6 +170,8 @@ class StreamLoader:
                                 f"got {type(stage).__name__}")
             # the base seed is the same on every rank; per batch it is mixed with (epoch, rank, batch)
             self._plugin_seeds[name] = stage.seed if stage.seed is not None else derive_seed(self.seed, name)
+        self.augment_in_workers = worker_side(augment_in_workers, self.device, num_workers, decode,
+                                              balance, augment, mixup)
         self._settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)
         self._topology = None
         self._dataloader = None
@@ -215,14 +223,16 @@ class StreamLoader:
                 num_classes=self.num_classes, world_size=ws, rank=rk, device=self.device,
                 rows=self._rows, stats=self.stats, augmented=self.augment is not None,
                 seed=self._plugin_seeds["balance"]))
+        stages = WorkerAugment(self.augment, self.mixup, self._plugin_seeds, rk, self.num_classes) \
+            if self.augment_in_workers else None
         if self.index is None:
             self._stream = WorkerStream(self._settings, urls=self.urls, batch_size=self.batch_size,
-                                        world_size=ws, rank=rk)
+                                        world_size=ws, rank=rk, stages=stages)
         else:
             synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
             spec = PlanSpec(self.index, self.seed, self.batch_size, ws, rk, self.read_workers, self.drop_last,
                             bool(self.shuffle), synthetic, most)
-            self._stream = WorkerStream(self._settings, spec=spec, batch_size=self.batch_size)
+            self._stream = WorkerStream(self._settings, spec=spec, batch_size=self.batch_size, stages=stages)
         self._topology = (ws, rk)
 
     # ------------------------------------------------------------ planning
@@ -284,7 +294,7 @@ class StreamLoader:
             [0, *itertools.accumulate(plan.synthetic)]
         batches = device_feed(self._worker_batches(), self.device, self._pin)
         if plan is None:                  # no index: resume replays the prefix; know which batch is last
-            batches = _with_last(_drop(batches, start))
+            batches = mark_last(drop_batches(batches, start))
         for batch in batches:
             self.stats.merge(batch.stats)
             if batch.encoded is not None:
@@ -292,7 +302,7 @@ class StreamLoader:
             if offsets is not None:
                 batch.slot_offset = offsets[batch.batch_id]
             with self._stage_threads:
-                out = self._apply_plugins(batch, plan, epoch)
+                out = apply_plugins(self, batch, plan, epoch)
             self._batches_done += 1
             yield out
         self._advance_epoch()
@@ -301,30 +311,6 @@ class StreamLoader:
         self._batches_done = 0
         if not self._explicit_epoch:
             self.epoch += 1
-
-    def _apply_plugins(self, batch: BatchInFlight, plan: EpochPlan | None, epoch: int) -> Batch:
-        """balance → augment → mixup → output format, on the device; counting and planning
-        use host copies, so nothing here waits for the device."""
-        for name, base in self._plugin_seeds.items():
-            getattr(self, name).manual_seed(derive_seed(base, "batch", epoch, self.rank, batch.batch_id))
-        if self.balance is not None:
-            batch = self.balance(batch, None if plan is None else plan.synthetic[batch.batch_id])
-        self.stats.real += int(batch.real.sum())
-        self.stats.padded += int(batch.is_padding.sum())
-        self.stats.synthetic += int(batch.is_synthetic.sum())
-        images = batch.images
-        if self.augment is not None:
-            images = self.augment(images)
-        labels = to_device(batch.labels, self.device)
-        targets = labels
-        if self.mixup is not None:
-            images, targets = self.mixup(images, batch.labels, num_classes=self.num_classes)
-        if not self.output.is_identity:
-            images = self.output(images)
-        return Batch(images, targets, hard_labels=labels, keys=batch.keys,
-                     is_synthetic=to_device(batch.is_synthetic, self.device),
-                     is_padding=to_device(batch.is_padding, self.device), provenance=batch.provenance,
-                     batch_id=batch.batch_id)
 
     def scan_rows(self, wanted):
         """Samples in index order whose label satisfies ``wanted`` (see ``ShardRowSource.scan``)."""
@@ -361,24 +347,4 @@ class StreamLoader:
             return
         self._ensure_topology()
         restore_state(self, sd)
-
-
-def _drop(batches: Iterator[BatchInFlight], n: int) -> Iterator[BatchInFlight]:
-    """Skip the first ``n`` batches (a resume without an index replays the epoch's prefix;
-    their counts are already in the restored ``stats``)."""
-    for i, batch in enumerate(batches):
-        if i >= n:
-            yield batch
-
-
-def _with_last(batches: Iterator[BatchInFlight]) -> Iterator[BatchInFlight]:
-    """Mark each batch ``last`` or not, one batch of look-ahead."""
-    pending = next(batches, None)
-    for batch in batches:
-        pending.last = False
-        yield pending
-        pending = batch
-    if pending is not None:
-        pending.last = True
-        yield pending
 

@@ -2,9 +2,10 @@
 
 Stages, in order: read shard segments → seeded shuffle buffer (on raw bytes, so
 the buffer holds compressed data) → fast-forward when resuming → decode → cut into
-batches. Each batch is a :class:`~streamaug.core.BatchInFlight` carrying the
-worker's error/padding counts since its previous batch, so the main process can
-keep ``loader.stats`` exact.
+batches (→ augment → mixup, when they run in the workers: see ``worker_augment``).
+Each batch is a :class:`~streamaug.core.BatchInFlight` carrying the worker's
+error/padding counts since its previous batch, so the main process can keep
+``loader.stats`` exact.
 
 There is one stream with two sources of work:
 
@@ -39,6 +40,7 @@ from .errors import ErrorHandler, LoaderStats, StreamError, WorkerFailure
 from .image_size import ImageSizeRule
 from .sample_decoder import SampleDecoder
 from .tar_reader import read_segments, whole_shard
+from .worker_augment import WorkerAugment
 
 
 @dataclass
@@ -190,11 +192,12 @@ class WorkerStream(IterableDataset):
     """
 
     def __init__(self, settings: StreamSettings, *, spec: PlanSpec | None = None, urls: list[str] | None = None,
-                 batch_size: int = 1, world_size: int = 1, rank: int = 0):
+                 batch_size: int = 1, world_size: int = 1, rank: int = 0, stages: WorkerAugment | None = None):
         if (spec is None) == (urls is None):
             raise ValueError("WorkerStream needs a plan spec (an index) or urls (no index), not both")
         self.settings, self.spec, self.urls = settings, spec, urls
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
+        self.stages = stages             # augment/mixup run here (see worker_augment), or None
         self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._plans: dict[int, EpochPlan] = {}
 
@@ -250,8 +253,11 @@ class WorkerStream(IterableDataset):
         raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", epoch, self.rank, job.worker))
         raw = itertools.islice(raw, job.skip, None)     # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)
-        yield from batch_stage(samples, job, self.batch_size, stats, st.decoder.sizes, handle,
-                               functools.partial(self._donors, job))
+        batches = batch_stage(samples, job, self.batch_size, stats, st.decoder.sizes, handle,
+                              functools.partial(self._donors, job))
+        if self.stages is not None and get_worker_info() is not None:
+            batches = self.stages(batches, epoch)
+        yield from batches
 
     def _donors(self, job: WorkerJob) -> Iterator[dict]:
         """Decoded good samples of the shards outside ``job``, in index order (errors not counted)."""

@@ -101,9 +101,31 @@ class _RecordingAugment:
 def test_loader_runs_its_stages_in_the_scope_and_hands_back_the_callers(npy_shards, caller_threads, workers):
     index, _, _ = npy_shards
     augment = _RecordingAugment()
-    loader = StreamLoader(index.urls, batch_size=16, num_workers=workers, augment=augment, device="cpu")
+    loader = StreamLoader(index.urls, batch_size=16, num_workers=workers, augment=augment, device="cpu",
+                          augment_in_workers=False)
     expected = main_process_threads(workers)
     for _ in loader:
         assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 3)   # the training step's own
     loader.close()
     assert augment.seen and set(augment.seen) == {(expected, expected)}
+
+
+class _StampThreads(_RecordingAugment):
+    """Writes the thread counts it ran under into each row's first two pixels (a worker's
+    copy cannot report back any other way)."""
+
+    def __call__(self, images):
+        out = images.clone()
+        out[:, 0, 0, 0], out[:, 0, 0, 1] = torch.get_num_threads(), cv2.getNumThreads()
+        return out
+
+
+def test_stages_in_the_workers_run_one_thread(npy_shards, caller_threads):
+    index, _, _ = npy_shards
+    augment = _StampThreads()
+    loader = StreamLoader(index.urls, batch_size=16, num_workers=2, augment=augment, device="cpu")
+    assert loader.augment_in_workers
+    stamps = {tuple(x[:, 0, 0, :2].unique(dim=0).flatten().tolist()) for x, _ in loader}
+    loader.close()
+    assert stamps == {(1, 1)} and augment.seen == [], "ran in the workers, one thread each"
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 3)

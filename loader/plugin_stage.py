@@ -1,0 +1,47 @@
+"""The main process's per-batch stages: balance → augment → mixup → output format.
+
+They run on the device, on whole batches, each plug-in reseeded for every batch from
+``(base seed, epoch, rank, batch)`` (so a loader's state is only its position). Counting
+and planning use host copies of labels and masks, so nothing here waits for the device.
+When ``augment``/``mixup`` already ran in the reading worker (``worker_augment``), only
+balancing's counts and the output format are left.
+"""
+from __future__ import annotations
+
+from streamaug.core.flight import BatchInFlight
+from streamaug.core.seeding import derive_seed
+from streamaug.core.transfer import to_device
+
+from .batch import Batch
+from .epoch_plan import EpochPlan
+
+
+def apply_plugins(loader, batch: BatchInFlight, plan: EpochPlan | None, epoch: int) -> Batch:
+    """``loader``: the :class:`~streamaug.loader.StreamLoader` whose stages, seeds, stats
+    and output format apply."""
+    for name, base in loader._plugin_seeds.items():          # noqa: SLF001
+        if not (batch.stages_done and name != "balance"):
+            getattr(loader, name).manual_seed(derive_seed(base, "batch", epoch, loader.rank, batch.batch_id))
+    if loader.balance is not None:
+        batch = loader.balance(batch, None if plan is None else plan.synthetic[batch.batch_id])
+    stats = loader.stats
+    stats.real += int(batch.real.sum())
+    stats.padded += int(batch.is_padding.sum())
+    stats.synthetic += int(batch.is_synthetic.sum())
+    labels = to_device(batch.labels, loader.device)
+    if batch.stages_done:
+        images = batch.images
+        targets = labels if batch.targets is None else to_device(batch.targets, loader.device)
+    else:
+        images, targets = batch.images, labels
+        if loader.augment is not None:
+            images = loader.augment(images)
+        if loader.mixup is not None:
+            images, targets = loader.mixup(images, batch.labels, num_classes=loader.num_classes)
+    if not loader.output.is_identity:
+        images = loader.output(images)
+    return Batch(images, targets, hard_labels=labels, keys=batch.keys,
+                 is_synthetic=to_device(batch.is_synthetic, loader.device),
+                 is_padding=to_device(batch.is_padding, loader.device), provenance=batch.provenance,
+                 batch_id=batch.batch_id)
+

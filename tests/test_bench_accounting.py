@@ -1,0 +1,61 @@
+"""What the benchmarks count: CPU time and memory of live worker processes, and the
+commit a result measured."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from streamaug.benchmarks.machine_info import source_commit
+from streamaug.benchmarks.process_tree import live_descendants, tree_cpu_seconds, tree_peak_rss_mib
+
+SPIN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\ntime.sleep(30)"
+HOLD = "b = bytearray(300 * 2**20)\nb[::4096] = b'x' * len(b[::4096])\nimport time; time.sleep(30)"
+
+
+def _wait_cpu(proc, seconds):
+    from streamaug.benchmarks.process_tree import _stat, _TICK
+
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        f = _stat(proc.pid)
+        if f is not None and (int(f[11]) + int(f[12])) / _TICK >= seconds:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the child did not spin")
+
+
+def test_a_live_childs_cpu_is_counted():
+    before = tree_cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", SPIN.format(s=0.6)])
+    try:
+        _wait_cpu(child, 0.6)
+        assert child.pid in live_descendants()
+        assert tree_cpu_seconds() - before >= 0.5, "the live child's CPU seconds are in the sum"
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in live_descendants()
+    assert tree_cpu_seconds() - before >= 0.5, "reaped, it is counted once through RUSAGE_CHILDREN"
+
+
+def test_a_live_childs_peak_memory_is_counted():
+    child = subprocess.Popen([sys.executable, "-c", HOLD])
+    try:
+        deadline = time.time() + 20
+        while tree_peak_rss_mib() < 300 and time.time() < deadline:
+            time.sleep(0.05)
+        assert tree_peak_rss_mib() >= 300
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_results_name_the_commit():
+    commit = source_commit()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=__import__("os").path.dirname(__file__))
+    if head.returncode != 0:                  # not a git checkout (an sdist): nothing to name
+        assert commit is None
+    else:
+        assert commit.split("+")[0] == head.stdout.strip()
