@@ -1,6 +1,8 @@
 """Write ``streamaug bench`` results: JSON with machine info, PNG plots, a markdown table."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 from streamaug.benchmarks.timing import write_result
@@ -113,12 +115,21 @@ def plots(results, out: str) -> list[str]:
     return paths
 
 
-def write_report(results: list[dict], out: str, quick: bool = False) -> None:
+def write_report(results: list[dict], out: str, quick: bool = False, complete: bool = True) -> None:
+    """``complete=False``: a run still going (or stopped) saves what it has, quietly, with
+    ``"complete": false`` in the JSON and a line saying so atop the table."""
     os.makedirs(out, exist_ok=True)
     table = markdown(results)
+    if not complete:
+        table = "**Incomplete run: the cells below are those finished so far.**\n\n" + table
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write(table)
     images = plots(results, out)
-    write_result(os.path.join(out, "bench.json"), {"quick": quick, "headline": headline(results), "cells": results})
-    print(table)
-    print("wrote " + ", ".join([os.path.join(out, "bench.md")] + images))
+    payload = {"quick": quick, "complete": complete, "headline": headline(results), "cells": results}
+    if complete:
+        write_result(os.path.join(out, "bench.json"), payload)
+        print(table)
+        print("wrote " + ", ".join([os.path.join(out, "bench.md")] + images))
+        return
+    with contextlib.redirect_stdout(io.StringIO()):
+        write_result(os.path.join(out, "bench.json"), payload)
