@@ -21,6 +21,9 @@ from streamaug.samplers import SMOTE, ClassBalancer
 PIPELINES = ("streamaug-kornia", "streamaug-opencv", "streamaug-dali", "streamaug-kornia+smote",
              "streamaug-opencv+smote", "dataloader-albumentations", "dali-only", "webdataset-kornia-unfused")
 # streamaug with encoded images decoded where the batch lives (nvJPEG on a GPU): jpg data only
+# streamaug with augment/mixup kept in the main process (``augment_in_workers=False``): run on
+# request, to show what moving them to the workers buys and what ``+smote`` costs on its own
+MAIN_SIDE = ("streamaug-kornia+main", "streamaug-opencv+main")
 SMOTE_SPACE = "thumbnail"
 DEVICE_DECODE = ("streamaug-kornia+nvjpeg", "streamaug-dali+nvjpeg", "streamaug-kornia+nvjpeg+smote")
 
@@ -30,9 +33,10 @@ def ops(backend: str) -> Compose:
 
 
 def streamaug(index: ShardIndex, batch: int, workers: int, device, backend="kornia", balance=False,
-              decode="cpu"):
+              decode="cpu", in_workers=None):
     return StreamLoader(index.urls, batch_size=batch, num_workers=workers, seed=0, device=device, index=index,
                         shuffle=1000, augment=ops(backend), mixup=MixUp(0.2), decode=decode,
+                        augment_in_workers=in_workers,
                         balance=ClassBalancer("auto", SMOTE(neighbour_space=SMOTE_SPACE)) if balance else None)
 
 
@@ -149,14 +153,14 @@ class _Reiterable:
 
 
 def build(name: str, index: ShardIndex, batch: int, workers: int, device):
-    if name.startswith("streamaug-") and name in PIPELINES + DEVICE_DECODE:   # streamaug-<backend>[+nvjpeg][+smote]
+    if name.startswith("streamaug-") and name in PIPELINES + DEVICE_DECODE + MAIN_SIDE:   # streamaug-<backend>[+flags]
         backend, *flags = name.removeprefix("streamaug-").split("+")
         return streamaug(index, batch, workers, device, backend, balance="smote" in flags,
-                         decode="dali" if "nvjpeg" in flags else "cpu")
+                         decode="dali" if "nvjpeg" in flags else "cpu", in_workers=False if "main" in flags else None)
     if name == "dataloader-albumentations":
         return dataloader_albumentations(index, batch, workers, device)
     if name == "dali-only":
         return dali_only(index, batch, workers, device)
     if name == "webdataset-kornia-unfused":
         return webdataset_kornia_unfused(index, batch, workers, device)
-    raise ValueError(f"pipeline must be one of {PIPELINES + DEVICE_DECODE}, got {name!r}")
+    raise ValueError(f"pipeline must be one of {PIPELINES + DEVICE_DECODE + MAIN_SIDE}, got {name!r}")

@@ -15,7 +15,8 @@ def _version(pkg: str) -> str | None:
 
 
 def source_commit() -> str | None:
-    """The streamaug checkout's commit (``+dirty`` with uncommitted changes to tracked files),
+    """The streamaug checkout's commit (``+dirty`` with uncommitted changes to tracked files
+    outside ``benchmarks/results``),
     or None outside a git checkout: results say which code they measured."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
@@ -23,8 +24,9 @@ def source_commit() -> str | None:
                               text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)benchmarks/results"],      # a run's own output is not the code
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")

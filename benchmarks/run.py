@@ -35,7 +35,7 @@ import time
 import torch
 
 from streamaug.benchmarks.bench_data import make_bench_shards
-from streamaug.benchmarks.bench_pipelines import PIPELINES, build
+from streamaug.benchmarks.bench_pipelines import MAIN_SIDE, PIPELINES, build
 from streamaug.benchmarks.busy_workers import busy_workers, load_average
 from streamaug.benchmarks.machine_info import source_commit
 from streamaug.benchmarks.process_tree import tree_cpu_seconds, tree_peak_rss_mib
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                    help="run only these; the others are kept from an existing OUT/bench.json")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--pipelines", nargs="+", default=None, choices=PIPELINES,
+    p.add_argument("--pipelines", nargs="+", default=None, choices=PIPELINES + MAIN_SIDE,
                    help="default: all (the CPU-only streamaug-opencv* ones only with --device cpu)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: all cores)")
