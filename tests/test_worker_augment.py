@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from streamaug.loader import StreamLoader
+from test_loader_plugins import collect
 from streamaug.ops import Compose, CutMix, Flip, GaussianNoise, MixUp, Rotate, Shear
 from streamaug.samplers import ClassBalancer
 
@@ -16,15 +17,6 @@ def make(index, backend="kornia", workers=2, where=None, mixup=True, use_index=T
                         index=index if use_index else False, num_classes=index.num_classes,
                         augment=aug, mixup=MixUp(0.4, p=0.5) if mixup else None,
                         augment_in_workers=where, **kw)
-
-
-def collect(loader, limit=None):
-    out = []
-    for i, b in enumerate(loader):
-        if limit is not None and i == limit:
-            break
-        out.append((b[0].clone(), b[1].clone(), tuple(b.keys)))
-    return out
 
 
 def same(a, b):
