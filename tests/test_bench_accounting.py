@@ -59,3 +59,14 @@ def test_results_name_the_commit():
         assert commit is None
     else:
         assert commit.split("+")[0] == head.stdout.strip()
+
+
+def test_bench_refuses_a_repeat_count_below_one(capsys):
+    import pytest
+
+    from streamaug.benchmarks.run import main
+
+    for bad in ("0", "-2", "three"):
+        with pytest.raises(SystemExit):
+            main(["--repeats", bad])
+        assert f"--repeats: must be an int >= 1, got '{bad}'" in capsys.readouterr().err
