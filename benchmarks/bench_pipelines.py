@@ -21,9 +21,9 @@ from streamaug.samplers import SMOTE, ClassBalancer
 PIPELINES = ("streamaug-kornia", "streamaug-opencv", "streamaug-dali", "streamaug-kornia+smote",
              "streamaug-opencv+smote", "dataloader-albumentations", "dali-only", "webdataset-kornia-unfused")
 # streamaug with encoded images decoded where the batch lives (nvJPEG on a GPU): jpg data only
-# streamaug with augment/mixup kept in the main process (``augment_in_workers=False``): run on
-# request, to show what moving them to the workers buys and what ``+smote`` costs on its own
-MAIN_SIDE = ("streamaug-kornia+main", "streamaug-opencv+main")
+# streamaug with its stages (balance, augment, mixup) kept in the main process
+# (``stages_in_workers=False``): run on request, to show what running them in the workers buys
+MAIN_SIDE = ("streamaug-kornia+main", "streamaug-opencv+main", "streamaug-opencv+smote+main")
 SMOTE_SPACE = "thumbnail"
 DEVICE_DECODE = ("streamaug-kornia+nvjpeg", "streamaug-dali+nvjpeg", "streamaug-kornia+nvjpeg+smote")
 
@@ -36,7 +36,7 @@ def streamaug(index: ShardIndex, batch: int, workers: int, device, backend="korn
               decode="cpu", in_workers=None):
     return StreamLoader(index.urls, batch_size=batch, num_workers=workers, seed=0, device=device, index=index,
                         shuffle=1000, augment=ops(backend), mixup=MixUp(0.2), decode=decode,
-                        augment_in_workers=in_workers,
+                        stages_in_workers=in_workers,
                         balance=ClassBalancer("auto", SMOTE(neighbour_space=SMOTE_SPACE)) if balance else None)
 
 

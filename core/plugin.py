@@ -1,7 +1,7 @@
 """The contract between the loader and its plug-in stages.
 
-The loader runs three optional stages on every batch, in the main process, where
-the batch lives: ``balance=`` adds synthetic rows, ``augment=`` transforms images,
+The loader runs three optional stages on every batch, where the batch lives (the
+main process, or the reading workers when that is the CPU): ``balance=`` adds synthetic rows, ``augment=`` transforms images,
 ``mixup=`` turns labels into soft targets. Each is checked against a protocol
 below when the loader is built, so a wrong object fails at once with its name,
 not on the first batch.
@@ -88,7 +88,14 @@ class BindContext:
 
 @runtime_checkable
 class Balancer(SeededStage, Protocol):
-    """``balance=``: adds synthetic rows so each epoch meets its class targets."""
+    """``balance=``: adds synthetic rows so each epoch meets its class targets.
+
+    Optional, to run in the loader's reading workers on a CPU device (see
+    ``streamaug.loader.worker_stages``): ``worker_blocker(indexed) -> str | None`` (why
+    it cannot, or ``None``), ``prepare()`` (called before the workers start) and
+    ``count_into(stats)`` (the worker's own :class:`StatsSink`). A balancer without
+    them stays in the main process.
+    """
 
     def bind(self, context: BindContext) -> None: ...
 

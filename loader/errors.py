@@ -116,3 +116,13 @@ class LoaderStats:
 
     def __repr__(self) -> str:
         return f"LoaderStats({self.as_dict()})"
+
+
+def add_counts(into: dict, more: dict) -> dict:
+    """Add the counts ``more`` (a :meth:`LoaderStats.take`) to those a batch carries, ``into``."""
+    for reason, n in more.get("skipped", {}).items():
+        into.setdefault("skipped", {})[reason] = into.get("skipped", {}).get(reason, 0) + n
+    for reason, msg in more.get("examples", {}).items():
+        into.setdefault("examples", {}).setdefault(reason, msg)
+    into["padded"] = into.get("padded", 0) + more.get("padded", 0)
+    return into

@@ -3,8 +3,8 @@
 They run on the device, on whole batches, each plug-in reseeded for every batch from
 ``(base seed, epoch, rank, batch)`` (so a loader's state is only its position). Counting
 and planning use host copies of labels and masks, so nothing here waits for the device.
-When ``augment``/``mixup`` already ran in the reading worker (``worker_augment``), only
-balancing's counts and the output format are left.
+When the stages already ran in the reading worker (``worker_stages``), only the
+counts and the output format are left.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ def apply_plugins(loader, batch: BatchInFlight, plan: EpochPlan | None, epoch: i
     """``loader``: the :class:`~streamaug.loader.StreamLoader` whose stages, seeds, stats
     and output format apply."""
     for name, base in loader._plugin_seeds.items():          # noqa: SLF001
-        if not (batch.stages_done and name != "balance"):
+        if not batch.stages_done:
             getattr(loader, name).manual_seed(derive_seed(base, "batch", epoch, loader.rank, batch.batch_id))
-    if loader.balance is not None:
+    if loader.balance is not None and not batch.stages_done:
         batch = loader.balance(batch, None if plan is None else plan.synthetic[batch.batch_id])
     stats = loader.stats
     stats.real += int(batch.real.sum())

@@ -8,7 +8,7 @@
 ...         ...
 
 Plug-in stages run on whole batches, on the device (in the reading workers when
-that is the CPU and no balancer needs the stream first: see ``worker_augment``):
+that is the CPU and no stage needs the whole stream: see ``worker_stages``):
 ``balance=`` (a :class:`streamaug.samplers.ClassBalancer`) adds synthetic rows,
 ``augment=`` (a :class:`streamaug.ops.Compose`) transforms images, and
 ``mixup=`` (``MixUp``/``CutMix``) turns labels into soft targets. Each must meet
@@ -54,7 +54,7 @@ from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
 from .shard_index import ShardIndex
 from .shard_urls import expand_urls
-from .worker_augment import WorkerAugment, worker_side
+from .worker_stages import WorkerStages, worker_side
 from .worker_stream import StreamSettings, WorkerStream
 
 PLUGINS = {"balance": Balancer, "augment": Augmenter, "mixup": Mixer}
@@ -97,9 +97,10 @@ class StreamLoader:
         max_member_bytes, max_image_pixels: limits checked from tar and image headers before
             anything is read or decoded (defaults 256 MiB, 36 megapixels; see ``decode_limits``).
         read_timeout: seconds a ``pipe:`` or http shard may send nothing (default 600).
-        augment_in_workers: run ``augment``/``mixup`` in the reading workers: ``None`` (default)
-            where it applies (CPU device, workers, no ``balance=``; see ``worker_augment``),
-            ``False`` never, ``True`` required. The batches are the same either way.
+        stages_in_workers: run ``balance``/``augment``/``mixup`` in the reading workers:
+            ``None`` (default) where it applies (CPU device, workers, a balancer that can;
+            see ``worker_stages``), ``False`` never, ``True`` required. The batches are the
+            same either way.
 
     DataLoader surface (what Lightning and accelerate look for; see
     :mod:`streamaug.loader.dataloader_surface`): ``dataset``, ``sampler``,
@@ -121,7 +122,7 @@ class StreamLoader:
                  channels: int | None = None, dtype: torch.dtype = torch.uint8, normalize=None,
                  channels_last: bool = False,
                  max_member_bytes: int = MAX_MEMBER_BYTES, max_image_pixels: int = MAX_IMAGE_PIXELS,
-                 read_timeout: float = READ_TIMEOUT, augment_in_workers: bool | None = None):
+                 read_timeout: float = READ_TIMEOUT, stages_in_workers: bool | None = None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -170,8 +171,8 @@ class StreamLoader:
                                 f"got {type(stage).__name__}")
             # the base seed is the same on every rank; per batch it is mixed with (epoch, rank, batch)
             self._plugin_seeds[name] = stage.seed if stage.seed is not None else derive_seed(self.seed, name)
-        self.augment_in_workers = worker_side(augment_in_workers, self.device, num_workers, decode,
-                                              balance, augment, mixup)
+        self.stages_in_workers = worker_side(stages_in_workers, self.device, num_workers, decode,
+                                             balance, augment, mixup, indexed=self.index is not None)
         self._settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)
         self._topology = None
         self._dataloader = None
@@ -223,8 +224,8 @@ class StreamLoader:
                 num_classes=self.num_classes, world_size=ws, rank=rk, device=self.device,
                 rows=self._rows, stats=self.stats, augmented=self.augment is not None,
                 seed=self._plugin_seeds["balance"]))
-        stages = WorkerAugment(self.augment, self.mixup, self._plugin_seeds, rk, self.num_classes) \
-            if self.augment_in_workers else None
+        stages = WorkerStages(self.balance, self.augment, self.mixup, self._plugin_seeds, rk, self.num_classes) \
+            if self.stages_in_workers else None
         if self.index is None:
             self._stream = WorkerStream(self._settings, urls=self.urls, batch_size=self.batch_size,
                                         world_size=ws, rank=rk, stages=stages)
@@ -262,6 +263,8 @@ class StreamLoader:
             yield from self._stream
             return
         if self._dataloader is None:         # workers persist across epochs (see WorkerStream)
+            if self.stages_in_workers and self.balance is not None:
+                self.balance.prepare()       # the workers share its reservoirs (see worker_stages)
             # Forked workers inherit the parent's uncollected garbage; finalizing it there (e.g. a
             # dead DALI pipeline, whose threads do not exist in the child) can crash the worker.
             gc.collect()

@@ -2,7 +2,7 @@
 
 Stages, in order: read shard segments → seeded shuffle buffer (on raw bytes, so
 the buffer holds compressed data) → fast-forward when resuming → decode → cut into
-batches (→ augment → mixup, when they run in the workers: see ``worker_augment``).
+batches (→ balance → augment → mixup, when they run in the workers: see ``worker_stages``).
 Each batch is a :class:`~streamaug.core.BatchInFlight` carrying the worker's
 error/padding counts since its previous batch, so the main process can keep
 ``loader.stats`` exact.
@@ -36,11 +36,11 @@ from streamaug.core.flight import BatchInFlight
 from streamaug.core.seeding import derive_seed
 
 from .epoch_plan import EpochPlan, PlanSpec, Segment, shard_permutation
-from .errors import ErrorHandler, LoaderStats, StreamError, WorkerFailure
+from .errors import ErrorHandler, LoaderStats, StreamError, WorkerFailure, add_counts
 from .image_size import ImageSizeRule
 from .sample_decoder import SampleDecoder
 from .tar_reader import read_segments, whole_shard
-from .worker_augment import WorkerAugment
+from .worker_stages import WorkerStages
 
 
 @dataclass
@@ -92,16 +92,6 @@ def collate_rows(rows: list[dict], batch_id: int, stats: dict, shape: tuple[int,
                          keys=[r["__key__"] for r in rows], urls=[r["__url__"] for r in rows],
                          is_padding=torch.tensor([r["is_padding"] for r in rows], dtype=torch.bool),
                          batch_id=batch_id, stats=stats, encoded=encoded)
-
-
-def _add_counts(into: dict, more: dict) -> dict:
-    """Counts a batch carries, plus those found after it (the stream's tail)."""
-    for reason, n in more.get("skipped", {}).items():
-        into.setdefault("skipped", {})[reason] = into.get("skipped", {}).get(reason, 0) + n
-    for reason, msg in more.get("examples", {}).items():
-        into.setdefault("examples", {}).setdefault(reason, msg)
-    into["padded"] = into.get("padded", 0) + more.get("padded", 0)
-    return into
 
 
 def borrow_padding(donors: Callable[[], Iterator[dict]] | None, job: WorkerJob, sizes: ImageSizeRule,
@@ -178,7 +168,7 @@ def batch_stage(samples: Iterator[dict], job: WorkerJob, batch_size: int, stats:
         for _ in samples:          # nothing planned is left; this reads shards listed as empty, to check them
             pass
     if held is not None:
-        _add_counts(held.stats, stats.take())
+        add_counts(held.stats, stats.take())
         yield held
 
 
@@ -192,12 +182,12 @@ class WorkerStream(IterableDataset):
     """
 
     def __init__(self, settings: StreamSettings, *, spec: PlanSpec | None = None, urls: list[str] | None = None,
-                 batch_size: int = 1, world_size: int = 1, rank: int = 0, stages: WorkerAugment | None = None):
+                 batch_size: int = 1, world_size: int = 1, rank: int = 0, stages: WorkerStages | None = None):
         if (spec is None) == (urls is None):
             raise ValueError("WorkerStream needs a plan spec (an index) or urls (no index), not both")
         self.settings, self.spec, self.urls = settings, spec, urls
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
-        self.stages = stages             # augment/mixup run here (see worker_augment), or None
+        self.stages = stages             # balance/augment/mixup run here (see worker_stages), or None
         self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._plans: dict[int, EpochPlan] = {}
 
@@ -256,7 +246,7 @@ class WorkerStream(IterableDataset):
         batches = batch_stage(samples, job, self.batch_size, stats, st.decoder.sizes, handle,
                               functools.partial(self._donors, job))
         if self.stages is not None and get_worker_info() is not None:
-            batches = self.stages(batches, epoch)
+            batches = self.stages(batches, epoch, self.plan(epoch))
         yield from batches
 
     def _donors(self, job: WorkerJob) -> Iterator[dict]:

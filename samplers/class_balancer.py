@@ -306,8 +306,8 @@ class ClassBalancer:
                      for s, p, u in zip(syn.seed_entries, syn.partner_entries, syn.u)]
             padding += [False] * len(positions)
         for p in unfilled:                   # no class left with samples: repeat a real one, flagged
-            c = int(np.flatnonzero(self.reservoir_.size)[0])
-            new_rows.append(self.reservoir_.members(c)[:1].float())
+            row, c = self._padding_row(batch, int(classes[p]))
+            new_rows.append(row)
             new_labels.append(c)
             prov.append(None)
             padding.append(True)
@@ -318,6 +318,46 @@ class ClassBalancer:
         values = values.round().clamp_(0, 255).to(like.dtype) if like.dtype == torch.uint8 else values.to(like.dtype)
         batch.extend(values.to(like.device), new_labels, [f"synthetic:{p['seed'][1]}" if p else "padding" for p in prov],
                      [p["seed"][0] if p else "" for p in prov], prov, [not q for q in padding], padding)
+
+    def _padding_row(self, batch: BatchInFlight, wanted: int) -> tuple[torch.Tensor, int]:
+        """A real sample to repeat in a slot of class ``wanted``, which has none: the first
+        member of a filled reservoir, else the batch's first real row."""
+        filled = np.flatnonzero(self.reservoir_.size)
+        if len(filled):
+            return self.reservoir_.members(int(filled[0]))[:1].float(), int(filled[0])
+        real = batch.real.nonzero().flatten().tolist()
+        if real:
+            return batch.images[real[0]:real[0] + 1].float(), int(batch.labels[real[0]])
+        raise ValueError(f"class {wanted} has no readable sample (see loader.stats.skipped) and batch "
+                         f"{batch.batch_id} has no real row to repeat in its place")
+
+    # ------------------------------------------------------------------ in the reading workers
+    def worker_blocker(self, indexed: bool) -> str | None:
+        """Why this balancer cannot run in the loader's reading workers (``None``: it can; see
+        ``streamaug.loader.worker_stages``). It can when each batch is a pure function of the
+        reservoirs, filled once before the first batch, and the batch's position."""
+        if not indexed:
+            return "balance= without an index feeds its reservoirs from the stream in the main process"
+        if self.stratified:
+            return "balance= with stratified=True picks each batch's slots from the batches before it"
+        if self.feature_fn is not None:
+            return "balance= with feature_fn= emits features, made in the main process"
+        return None
+
+    def prepare(self) -> None:
+        """Fill the reservoirs and build the synthesizer's neighbour tables now (otherwise done at
+        the first batch), so that workers started after this share them copy-on-write."""
+        self._check_fitted()
+        if self.online_:
+            return
+        if not self._filled:
+            self._fill()
+        self.synthesizer.prepare(self.reservoir_, sorted(c for c, n in self.targets_.items() if n))
+
+    def count_into(self, stats) -> None:
+        """Count what the balancer could not do into ``stats`` (a worker's own counters,
+        shipped with each batch) instead of the sink it was bound to."""
+        self._stats = stats
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:

@@ -96,13 +96,13 @@ class ClassReservoir:
         costs O(changed × n) per batch, and classes never synthesized cost nothing.
         """
         n = int(self.size[c])
-        flat = self.flat_members(c)
         dist = self._dist.get(c)
         if dist is None:
-            dist = self._dist[c] = torch.zeros((self.capacity, self.capacity), device=flat.device)
+            dist = self._dist[c] = torch.zeros((self.capacity, self.capacity), device=self.storage[c].device)
             self._dirty[c] = set(range(n))
         dirty = sorted(s for s in self._dirty.pop(c, set()) if s < n)
-        if dirty:
+        if dirty:          # the float rows are only needed (and, when large, only made) for an update
+            flat = self.flat_members(c)
             rows = torch.tensor(dirty, device=flat.device)
             d = torch.cdist(flat[rows], flat)
             dist[rows, :n] = d

@@ -14,6 +14,9 @@ class RandomOversampler(Synthesizer):
     def __init__(self):
         super().__init__(k_neighbors=1)
 
+    def prepare(self, reservoir: ClassReservoir, classes: list[int]) -> None:
+        """Nothing to build: repeats need no neighbours."""
+
     def synthesize(self, reservoir: ClassReservoir, c: int, count: int, rng: np.random.Generator) -> Synthetic:
         members = reservoir.members(c)
         if len(members) == 0:

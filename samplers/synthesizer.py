@@ -72,6 +72,16 @@ class Synthesizer:
                           + (" (the single sample is repeated)" if n == 1 else ""), RuntimeWarning, stacklevel=3)
         return min(self.k_neighbors, n - 1)
 
+    def prepare(self, reservoir: ClassReservoir, classes: list[int]) -> None:
+        """Build the neighbour tables of ``classes`` now (embeddings in the neighbour space, else
+        pixel distances); they are otherwise built when a class is first synthesized."""
+        for c in classes:
+            if reservoir.size[c] > 1:
+                if self._embeddings is not None:
+                    self._embeddings.embeddings(reservoir, c)
+                else:
+                    reservoir.distances(c)
+
     def synthesize(self, reservoir: ClassReservoir, c: int, count: int, rng: np.random.Generator) -> Synthetic:
         members = reservoir.members(c)
         n = len(members)

@@ -102,7 +102,7 @@ def test_loader_runs_its_stages_in_the_scope_and_hands_back_the_callers(npy_shar
     index, _, _ = npy_shards
     augment = _RecordingAugment()
     loader = StreamLoader(index.urls, batch_size=16, num_workers=workers, augment=augment, device="cpu",
-                          augment_in_workers=False)
+                          stages_in_workers=False)
     expected = main_process_threads(workers)
     for _ in loader:
         assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 3)   # the training step's own
@@ -124,7 +124,7 @@ def test_stages_in_the_workers_run_one_thread(npy_shards, caller_threads):
     index, _, _ = npy_shards
     augment = _StampThreads()
     loader = StreamLoader(index.urls, batch_size=16, num_workers=2, augment=augment, device="cpu")
-    assert loader.augment_in_workers
+    assert loader.stages_in_workers
     stamps = {tuple(x[:, 0, 0, :2].unique(dim=0).flatten().tolist()) for x, _ in loader}
     loader.close()
     assert stamps == {(1, 1)} and augment.seen == [], "ran in the workers, one thread each"

@@ -1,0 +1,120 @@
+"""Balance, augment and mix in the reading workers, when the batch lives on the CPU anyway.
+
+With ``device="cpu"`` the plug-in stages would run in the main process on one thread
+(``core/threads.py``: the other cores belong to the workers and the training step),
+while the workers only read and decode. At 224² that made the main process the
+bottleneck (issue #12). So where a batch's stages depend on nothing but the batch and
+its position, each worker runs ``balance`` → ``augment`` → ``mixup`` on the batches it
+cuts, and the main process only counts and formats them.
+
+The result is the same, bit for bit: a worker reseeds its copy of each stage per batch
+with the seed the main process would use, ``derive_seed(base, "batch", epoch, rank,
+batch_id)``, and gives the balancer the batch's planned synthetic slots (its count and
+where they start), so the batches do not depend on where the stages ran, for any
+number of workers and across a resume (``tests/test_worker_stages.py``).
+
+The balancer: with an index, a :class:`~streamaug.samplers.ClassBalancer`'s reservoirs
+are filled once before the first batch and never change, so the loader fills them (and
+builds the synthesizer's neighbour tables: :meth:`ClassBalancer.prepare`) before it
+starts the workers, which then share them copy-on-write. What it could not do (e.g. a
+class with no sample: ``balance_shortfall``) is counted in the worker and shipped with
+the batch, as read errors are. A balancer runs in the workers only if it says it can
+(``worker_blocker(indexed)`` returns ``None``): not without an index (its reservoirs
+are fed by the stream), not with ``stratified=True`` (each batch's slots depend on the
+batches before it) and not with ``feature_fn=``.
+
+Where it applies (:func:`worker_side`): the device is the CPU, there are read workers,
+images are decoded in the workers (``decode="cpu"``), the balancer (if any) can, and
+the augmenter is not a DALI ``Compose`` (DALI pipelines are not built in forked
+workers). The main process's stage objects are then not called, so their
+``last_params`` do not move. ``StreamLoader(stages_in_workers=False)`` keeps the
+stages in the main process.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from streamaug.core.flight import BatchInFlight
+from streamaug.core.seeding import derive_seed
+from streamaug.core.threads import IntraOpThreads
+
+from .epoch_plan import EpochPlan
+from .errors import LoaderStats, add_counts
+
+STAGES = ("balance", "augment", "mixup")        # the order they run in, here and in the main process
+
+
+def worker_side(requested: bool | None, device: torch.device, read_workers: int, decode: str,
+                balance, augment, mixup, indexed: bool) -> bool:
+    """Whether the plug-in stages run in the workers. ``requested``: ``None`` (wherever it
+    applies), ``False`` (never) or ``True`` (required: an error names what prevents it)."""
+    if requested not in (None, True, False):
+        raise ValueError(f"stages_in_workers must be None, True or False, got {requested!r}")
+    reasons = []
+    if balance is None and augment is None and mixup is None:
+        reasons.append("there is no balance=, augment= or mixup=")
+    if device.type != "cpu":
+        reasons.append(f"the device is {device} (the stages run where the batch lives)")
+    if read_workers == 0:
+        reasons.append("num_workers=0")
+    if decode != "cpu":
+        reasons.append(f"decode={decode!r} decodes in the main process")
+    if balance is not None:
+        blocker = getattr(balance, "worker_blocker", None)
+        reason = (f"balance= ({type(balance).__name__}) has no worker_blocker() to say it can" if blocker is None
+                  else blocker(indexed))
+        if reason:
+            reasons.append(reason)
+    if getattr(augment, "backend", None) == "dali":
+        reasons.append("a DALI Compose is not built in forked workers")
+    if requested and reasons:
+        raise ValueError("stages_in_workers=True, but " + "; ".join(reasons))
+    return requested is not False and not reasons
+
+
+@dataclass
+class WorkerStages:
+    """The per-batch stages a worker runs, with the seeds and slots the main process would use."""
+    balance: object | None
+    augment: object | None
+    mixup: object | None
+    seeds: dict[str, int]            # base seed per stage name, as in ``StreamLoader._plugin_seeds``
+    rank: int
+    num_classes: int | None
+    counts: LoaderStats = field(default_factory=LoaderStats)   # the balancer's, shipped with each batch
+
+    def __call__(self, batches: Iterator[BatchInFlight], epoch: int, plan: EpochPlan | None) -> Iterator[BatchInFlight]:
+        if getattr(self.augment, "backend", None) == "opencv" and "cv2" not in sys.modules:
+            import cv2  # noqa: F401  (imported before the thread scope, so the scope limits its pool)
+        offsets = None
+        if self.balance is not None:
+            self.balance.count_into(self.counts)
+            offsets = [0, *itertools.accumulate(plan.synthetic)]
+        one_thread = IntraOpThreads(1)       # the workers are the parallelism
+        for batch in batches:
+            with one_thread:
+                self.apply(batch, epoch, plan, offsets)
+            yield batch
+
+    def apply(self, batch: BatchInFlight, epoch: int, plan: EpochPlan | None, offsets: list[int] | None) -> None:
+        for name in STAGES:
+            stage = getattr(self, name)
+            if stage is not None:
+                stage.manual_seed(derive_seed(self.seeds[name], "batch", epoch, self.rank, batch.batch_id))
+        if self.balance is not None:
+            batch.slot_offset = offsets[batch.batch_id]
+            batch = self.balance(batch, plan.synthetic[batch.batch_id])
+            add_counts(batch.stats, self.counts.take())
+        if len(batch) and batch.images.numel():
+            images = batch.images
+            if self.augment is not None:
+                images = self.augment(images)
+            if self.mixup is not None:
+                images, batch.targets = self.mixup(images, batch.labels, num_classes=self.num_classes)
+            batch.images = images
+        batch.stages_done = True
