@@ -56,7 +56,7 @@ from .online_counts import online_due
 from .sampling_strategy import synthetic_targets
 from .slot_schedule import interleaved_slots, max_rank_slots, rank_slots, stratified_choice
 from .random_oversampler import RandomOversampler
-from .synthesizer import Synthesizer
+from .synthesizer import Synthesizer, as_dtype
 
 _UNSET = object()
 
@@ -294,12 +294,14 @@ class ClassBalancer:
     def _synthesize(self, batch: BatchInFlight, classes: np.ndarray, unfilled: list[int]) -> None:
         """Append one synthetic row per entry of ``classes``; positions in ``unfilled``
         (no sample of that class anywhere yet) become flagged repeats."""
+        like = batch.images
+        dtype = torch.uint8 if like.dtype == torch.uint8 else torch.float32
         new_rows, new_labels, prov, padding = [], [], [], []
         for c in sorted(set(classes.tolist())):
             positions = [i for i, v in enumerate(classes.tolist()) if v == c and i not in unfilled]
             if not positions:
                 continue
-            syn = self.synthesizer.synthesize(self.reservoir_, c, len(positions), self.rng)
+            syn = self.synthesizer.synthesize(self.reservoir_, c, len(positions), self.rng, dtype=dtype)
             new_rows.append(syn.values)
             new_labels += [c] * len(positions)
             prov += [{"seed": s, "neighbour": p, "u": float(u)}
@@ -307,15 +309,13 @@ class ClassBalancer:
             padding += [False] * len(positions)
         for p in unfilled:                   # no class left with samples: repeat a real one, flagged
             row, c = self._padding_row(batch, int(classes[p]))
-            new_rows.append(row)
+            new_rows.append(as_dtype(row, dtype))
             new_labels.append(c)
             prov.append(None)
             padding.append(True)
             self._count_skip("balance_shortfall", 1, f"class {int(classes[p])} has no samples "
                              f"on rank {self.rank_}; a real sample was repeated instead")
-        values = torch.cat(new_rows)
-        like = batch.images
-        values = values.round().clamp_(0, 255).to(like.dtype) if like.dtype == torch.uint8 else values.to(like.dtype)
+        values = torch.cat(new_rows).to(like.dtype)
         batch.extend(values.to(like.device), new_labels, [f"synthetic:{p['seed'][1]}" if p else "padding" for p in prov],
                      [p["seed"][0] if p else "" for p in prov], prov, [not q for q in padding], padding)
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .class_reservoir import ClassReservoir
-from .synthesizer import Synthesizer, Synthetic, take
+from .synthesizer import Synthesizer, Synthetic, as_dtype, take
 
 
 class RandomOversampler(Synthesizer):
@@ -17,12 +18,13 @@ class RandomOversampler(Synthesizer):
     def prepare(self, reservoir: ClassReservoir, classes: list[int]) -> None:
         """Nothing to build: repeats need no neighbours."""
 
-    def synthesize(self, reservoir: ClassReservoir, c: int, count: int, rng: np.random.Generator) -> Synthetic:
+    def synthesize(self, reservoir: ClassReservoir, c: int, count: int, rng: np.random.Generator,
+                   dtype: torch.dtype = torch.float32) -> Synthetic:
         members = reservoir.members(c)
         if len(members) == 0:
             raise ValueError(f"class {c} has no samples in the reservoir yet; nothing to repeat")
         rows, entries = take(members, reservoir.entries[c], rng.integers(0, len(members), count))
-        return Synthetic(rows.float(), entries, [None] * count, np.zeros(count))
+        return Synthetic(as_dtype(rows, dtype), entries, [None] * count, np.zeros(count))
 
     def __repr__(self) -> str:
         return "RandomOversampler()"

@@ -41,10 +41,33 @@ class Choice:
 
 @dataclass
 class Synthetic:
-    values: torch.Tensor                  # float (count, *shape)
+    values: torch.Tensor                  # (count, *shape), float32 or uint8 (see ``synthesize``)
     seed_entries: list[Entry]
     partner_entries: list[Entry | None]   # None: a plain repeat of the seed
     u: np.ndarray
+
+
+INTERPOLATE_ROWS = 8          # rows interpolated at a time on the CPU: their float temporaries stay in cache
+
+
+def as_dtype(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` in ``dtype``; floats become uint8 rounded and clamped to 0..255."""
+    if dtype == torch.uint8 and values.is_floating_point():
+        return values.round().clamp_(0, 255).to(torch.uint8)
+    return values.to(dtype)
+
+
+def interpolate(x_i: torch.Tensor, x_j: torch.Tensor, u: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """``x_i + u·(x_j − x_i)`` per row, in float32 arithmetic, returned in ``dtype`` (see
+    :func:`as_dtype`). On the CPU it runs ``INTERPOLATE_ROWS`` rows at a time, so a 224²
+    batch's float temporaries stay in cache; the numbers are the whole-tensor formula's."""
+    ut = torch.from_numpy(np.asarray(u)).to(x_i.device, torch.float32).view(-1, 1)
+    out = torch.empty(x_i.shape, dtype=dtype, device=x_i.device)
+    step = INTERPOLATE_ROWS if x_i.device.type == "cpu" else max(1, len(x_i))
+    for a in range(0, len(x_i), step):
+        lo = x_i[a:a + step].float()
+        out[a:a + step] = as_dtype(lo.add_(ut[a:a + step] * (x_j[a:a + step].float() - lo)), dtype)
+    return out
 
 
 def take(members: torch.Tensor, entries: list[Entry], idx: np.ndarray) -> tuple[torch.Tensor, list[Entry]]:
@@ -82,7 +105,9 @@ class Synthesizer:
                 else:
                     reservoir.distances(c)
 
-    def synthesize(self, reservoir: ClassReservoir, c: int, count: int, rng: np.random.Generator) -> Synthetic:
+    def synthesize(self, reservoir: ClassReservoir, c: int, count: int, rng: np.random.Generator,
+                   dtype: torch.dtype = torch.float32) -> Synthetic:
+        """``count`` new rows of class ``c`` in ``dtype`` (float32, or uint8 rounded and clamped)."""
         members = reservoir.members(c)
         n = len(members)
         if n == 0:
@@ -92,11 +117,10 @@ class Synthesizer:
         k = self.effective_k(n, c)
         if k == 0:
             rows, entries = take(flat, reservoir.entries[c], np.zeros(count, dtype=np.int64))
-            return Synthetic(rows.float().view(count, *members.shape[1:]), entries, [None] * count, np.zeros(count))
+            return Synthetic(as_dtype(rows, dtype).view(count, *members.shape[1:]), entries, [None] * count,
+                             np.zeros(count))
         ch = self.choose(reservoir, c, flat, k, count, rng)
-        x_i, x_j = ch.seeds.float(), ch.partners.float()
-        ut = torch.from_numpy(ch.u).to(x_i.device, x_i.dtype).view(-1, 1)
-        values = x_i.add_(ut * (x_j - x_i))
+        values = interpolate(ch.seeds, ch.partners, ch.u, dtype)
         return Synthetic(values.view(count, *members.shape[1:]), ch.seed_entries, ch.partner_entries, ch.u)
 
     def choose(self, reservoir: ClassReservoir, c: int, flat: torch.Tensor, k: int, count: int,

@@ -222,6 +222,44 @@ def test_smote_neighbour_is_among_the_k_nearest_in_the_reservoir():
         assert np.abs(v - (members[i] + u * (members[j] - members[i]))).max() < 1e-5
 
 
+@pytest.mark.parametrize("rows", [1, 8, 21])
+def test_interpolation_in_chunks_equals_the_whole_tensor_formula(rows):
+    """uint8 rows are interpolated ``INTERPOLATE_ROWS`` at a time; the numbers are those of
+    ``round(clamp(x_i + u·(x_j − x_i)))`` over the whole tensor, and float32 output is unrounded."""
+    from streamaug.samplers.synthesizer import INTERPOLATE_ROWS, interpolate
+
+    assert INTERPOLATE_ROWS < 21, "the 21-row case must span more than one chunk"
+    g = torch.Generator().manual_seed(rows)
+    x_i, x_j = (torch.randint(0, 256, (rows, 3 * 24 * 24), dtype=torch.uint8, generator=g) for _ in range(2))
+    u = np.random.default_rng(rows).random(rows)
+    whole = x_i.float() + torch.from_numpy(u).float().view(-1, 1) * (x_j.float() - x_i.float())
+    assert torch.equal(interpolate(x_i, x_j, u, torch.float32), whole)
+    assert torch.equal(interpolate(x_i, x_j, u, torch.uint8), whole.round().clamp(0, 255).to(torch.uint8))
+
+
+def test_shortfall_with_no_sample_anywhere_names_the_class():
+    """No reservoir has a sample and the batch has no real row: a clear error, not an IndexError."""
+    from streamaug.core.flight import BatchInFlight
+
+    from streamaug.core.plugin import BindContext
+    from streamaug.loader.errors import LoaderStats
+
+    class NothingReadable:
+        def labels(self, wanted):
+            return iter(())
+
+        def fetch(self, pairs, transform=None, missing="raise"):
+            return {}
+
+    balancer, stats = ClassBalancer("auto"), LoaderStats()
+    balancer.bind(BindContext(class_counts=[5, 1], num_classes=2, world_size=1, rank=0, device=torch.device("cpu"),
+                              rows=NothingReadable(), stats=stats, augmented=False))
+    empty = BatchInFlight(images=torch.empty((0, 3, 4, 4), dtype=torch.uint8), labels=torch.empty(0, dtype=torch.int64),
+                          keys=[], urls=[], is_padding=torch.empty(0, dtype=torch.bool), batch_id=0)
+    with pytest.raises(ValueError, match="class 1 has no readable sample .* batch 0 has no real row"):
+        balancer(empty, 1)
+
+
 def test_feature_fn_emits_features(data):
     index, _, labels = data
     embed = lambda images: images.float().mean(dim=(2, 3))          # noqa: E731  (N, 3) features
