@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -100,7 +101,7 @@ class StreamLoader:
         stages_in_workers: run ``balance``/``augment``/``mixup`` in the reading workers:
             ``None`` (default) where it applies (CPU device, workers, a balancer that can;
             see ``worker_stages``), ``False`` never, ``True`` required. The batches are the
-            same either way.
+            same either way. ``augment_in_workers=`` is its deprecated former name.
 
     DataLoader surface (what Lightning and accelerate look for; see
     :mod:`streamaug.loader.dataloader_surface`): ``dataset``, ``sampler``,
@@ -122,7 +123,8 @@ class StreamLoader:
                  channels: int | None = None, dtype: torch.dtype = torch.uint8, normalize=None,
                  channels_last: bool = False,
                  max_member_bytes: int = MAX_MEMBER_BYTES, max_image_pixels: int = MAX_IMAGE_PIXELS,
-                 read_timeout: float = READ_TIMEOUT, stages_in_workers: bool | None = None):
+                 read_timeout: float = READ_TIMEOUT, stages_in_workers: bool | None = None,
+                 augment_in_workers: bool | None = None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
@@ -171,6 +173,13 @@ class StreamLoader:
                                 f"got {type(stage).__name__}")
             # the base seed is the same on every rank; per batch it is mixed with (epoch, rank, batch)
             self._plugin_seeds[name] = stage.seed if stage.seed is not None else derive_seed(self.seed, name)
+        if augment_in_workers is not None:
+            warnings.warn("StreamLoader(augment_in_workers=) is deprecated; use stages_in_workers= (it also "
+                          "covers balance=)", DeprecationWarning, stacklevel=2)
+            if stages_in_workers is not None and stages_in_workers != augment_in_workers:
+                raise ValueError(f"stages_in_workers={stages_in_workers!r} and its deprecated name "
+                                 f"augment_in_workers={augment_in_workers!r} disagree")
+            stages_in_workers = augment_in_workers
         self.stages_in_workers = worker_side(stages_in_workers, self.device, num_workers, decode,
                                              balance, augment, mixup, indexed=self.index is not None)
         self._settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)
@@ -206,6 +215,12 @@ class StreamLoader:
     multiprocessing_context = None
     generator = None
     pin_memory_device = ""
+
+    @property
+    def augment_in_workers(self) -> bool:
+        warnings.warn("StreamLoader.augment_in_workers is deprecated; use stages_in_workers", DeprecationWarning,
+                      stacklevel=2)
+        return self.stages_in_workers
 
     def _ensure_topology(self) -> None:
         """Read world size and rank (overrides win); on a change, re-plan and rebind."""
@@ -264,7 +279,8 @@ class StreamLoader:
             return
         if self._dataloader is None:         # workers persist across epochs (see WorkerStream)
             if self.stages_in_workers and self.balance is not None:
-                self.balance.prepare()       # the workers share its reservoirs (see worker_stages)
+                with self._stage_threads:    # the thread count the main process would build them with
+                    self.balance.prepare()   # the workers share its reservoirs (see worker_stages)
             # Forked workers inherit the parent's uncollected garbage; finalizing it there (e.g. a
             # dead DALI pipeline, whose threads do not exist in the child) can crash the worker.
             gc.collect()

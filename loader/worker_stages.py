@@ -19,7 +19,8 @@ builds the synthesizer's neighbour tables: :meth:`ClassBalancer.prepare`) before
 starts the workers, which then share them copy-on-write. What it could not do (e.g. a
 class with no sample: ``balance_shortfall``) is counted in the worker and shipped with
 the batch, as read errors are. A balancer runs in the workers only if it says it can
-(``worker_blocker(indexed)`` returns ``None``): not without an index (its reservoirs
+(it has ``worker_blocker``, ``prepare`` and ``count_into``, and ``worker_blocker(indexed)``
+returns ``None``): not without an index (its reservoirs
 are fed by the stream), not with ``stratified=True`` (each batch's slots depend on the
 batches before it) and not with ``feature_fn=``.
 
@@ -47,6 +48,7 @@ from .epoch_plan import EpochPlan
 from .errors import LoaderStats, add_counts
 
 STAGES = ("balance", "augment", "mixup")        # the order they run in, here and in the main process
+WORKER_BALANCER = ("worker_blocker", "prepare", "count_into")   # what a balancer needs to run in the workers
 
 
 def worker_side(requested: bool | None, device: torch.device, read_workers: int, decode: str,
@@ -65,9 +67,9 @@ def worker_side(requested: bool | None, device: torch.device, read_workers: int,
     if decode != "cpu":
         reasons.append(f"decode={decode!r} decodes in the main process")
     if balance is not None:
-        blocker = getattr(balance, "worker_blocker", None)
-        reason = (f"balance= ({type(balance).__name__}) has no worker_blocker() to say it can" if blocker is None
-                  else blocker(indexed))
+        missing = [m for m in WORKER_BALANCER if not callable(getattr(balance, m, None))]
+        reason = (f"balance= ({type(balance).__name__}) has no {'/'.join(missing)}() (see Balancer in "
+                  "streamaug.core.plugin)" if missing else balance.worker_blocker(indexed))
         if reason:
             reasons.append(reason)
     if getattr(augment, "backend", None) == "dali":

@@ -157,8 +157,8 @@ def batch_stage(samples: Iterator[dict], job: WorkerJob, batch_size: int, stats:
                 spare = [r for r in spare if sizes.fits(r, None)]
         if rows and sizes.shape is None:                       # a first batch cut short by the input's end
             rows = sizes.keep_matching(rows, handle)
-        if not rows:
-            break
+        if not rows and open_ended:      # the input ended (a planned batch may have no real row: the
+            break                        # balancer fills it; planned batches are never short)
         if held is not None:
             yield held
         held = collate_rows(rows, batch_id, stats.take(), sizes.shape)

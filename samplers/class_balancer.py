@@ -302,7 +302,7 @@ class ClassBalancer:
             if not positions:
                 continue
             syn = self.synthesizer.synthesize(self.reservoir_, c, len(positions), self.rng, dtype=dtype)
-            new_rows.append(syn.values)
+            new_rows.append(as_dtype(syn.values, dtype))        # a no-op unless a subclass returned floats
             new_labels += [c] * len(positions)
             prov += [{"seed": s, "neighbour": p, "u": float(u)}
                      for s, p, u in zip(syn.seed_entries, syn.partner_entries, syn.u)]

@@ -97,8 +97,11 @@ class Synthesizer:
 
     def prepare(self, reservoir: ClassReservoir, classes: list[int]) -> None:
         """Build the neighbour tables of ``classes`` now (embeddings in the neighbour space, else
-        pixel distances); they are otherwise built when a class is first synthesized."""
+        pixel distances); they are otherwise built when a class is first synthesized. A class with
+        too few samples for ``k_neighbors`` is warned about here, once, not in every worker."""
         for c in classes:
+            if reservoir.size[c]:
+                self.effective_k(int(reservoir.size[c]), c)
             if reservoir.size[c] > 1:
                 if self._embeddings is not None:
                     self._embeddings.embeddings(reservoir, c)
@@ -112,8 +115,9 @@ class Synthesizer:
         n = len(members)
         if n == 0:
             raise ValueError(f"class {c} has no samples in the reservoir yet; nothing to synthesize from")
-        # in a neighbour space, rows are taken from the stored (uint8) members: no float copy of the class
-        flat = members.flatten(1) if self.neighbour_space is not None else reservoir.flat_members(c)
+        # rows are taken from the stored (uint8) members and made float a few at a time (interpolate):
+        # no float copy of the class (in pixel space, the distance table keeps its own, when it fits)
+        flat = members.flatten(1)
         k = self.effective_k(n, c)
         if k == 0:
             rows, entries = take(flat, reservoir.entries[c], np.zeros(count, dtype=np.int64))

@@ -113,8 +113,48 @@ def test_balanced_worker_side_batches_equal_main_side(npy_shards, synthesizer):
         made = sum(int(r[3].sum()) for r in a)
         assert made == sum(workers.balance.targets_.values()) > 0
         assert sum(len(r[2]) for r in a) == 100 + made
+    for loader in (workers, main):           # a jump with the workers alive, as DistributedSampler users do
+        loader.set_epoch(5)
+    assert same_rows(collect_rows(workers), collect_rows(main)), f"{synthesizer}, set_epoch(5)"
     assert workers.stats.as_dict() == main.stats.as_dict()
     assert workers.augment.last_params is None, "the main process's stages were not called"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_with_no_real_row_are_filled_not_lost(tmp_path, workers):
+    """10:1 over 11 classes, batch 4: "auto" adds 90 to 20 real samples, so the plan has
+    batches with no real row. Each still comes, filled by the balancer (they used to end
+    their worker's share, silently losing every later batch of that worker)."""
+    from streamaug.loader import write_shards
+
+    labels = np.array([0] * 10 + list(range(1, 11)), dtype=np.int64)
+    images = np.random.default_rng(0).integers(0, 256, (len(labels), 8, 8, 3), dtype=np.uint8)
+    index = write_shards((images, labels), str(tmp_path), maxcount=7, progress=False)
+    runs = []
+    for where in (None, False):
+        loader = StreamLoader(index.urls, batch_size=4, seed=1, num_workers=workers, device="cpu", index=index,
+                              balance=ClassBalancer("auto"), augment=Compose([Rotate(10)]), stages_in_workers=where)
+        plan = loader.plan()
+        assert 0 in [s for w in plan.workers for s in w.real_sizes], "the plan has a batch with no real row"
+        rows = collect_rows(loader)
+        assert len(rows) == len(loader) == plan.num_batches
+        got = np.bincount(torch.cat([r[1] for r in rows]).numpy(), minlength=11)
+        assert got.tolist() == [10] * 11, got
+        assert sum(int(r[3].sum()) for r in rows) == 90
+        runs.append(rows)
+    assert same_rows(*runs)
+
+
+def test_augment_in_workers_is_a_deprecated_name(npy_shards):
+    index, _, _ = npy_shards
+    with pytest.warns(DeprecationWarning, match="use stages_in_workers"):
+        loader = make(index, augment_in_workers=False)
+    assert not loader.stages_in_workers
+    with pytest.warns(DeprecationWarning, match="use stages_in_workers"):
+        assert loader.augment_in_workers is False
+    with pytest.raises(ValueError, match="stages_in_workers=True and its deprecated name augment_in_workers=False"), \
+            pytest.warns(DeprecationWarning):
+        make(index, where=True, augment_in_workers=False)
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -177,6 +217,10 @@ class NoWorkerContract:
     def __call__(self, batch, n_synthetic): return batch
 
 
+class HalfContract(NoWorkerContract):
+    def worker_blocker(self, indexed): return None
+
+
 def test_where_the_stages_run(npy_shards):
     index, _, _ = npy_shards
     assert not make(index, workers=0).stages_in_workers
@@ -189,7 +233,8 @@ def test_where_the_stages_run(npy_shards):
                                                                num_classes=index.num_classes),
         "balance= with feature_fn= emits features": dict(
             balance=ClassBalancer("auto", feature_fn=lambda x: x.flatten(1).float())),
-        r"balance= \(NoWorkerContract\) has no worker_blocker": dict(balance=NoWorkerContract()),
+        r"balance= \(NoWorkerContract\) has no worker_blocker/prepare/count_into\(\)": dict(balance=NoWorkerContract()),
+        r"balance= \(HalfContract\) has no prepare/count_into\(\)": dict(balance=HalfContract()),
     }
     for reason, kw in blocked.items():
         assert not StreamLoader(index.urls, **{**plain, **kw}).stages_in_workers, reason
