@@ -1,10 +1,10 @@
 """The contract between the loader and its plug-in stages.
 
 The loader runs three optional stages on every batch, where the batch lives (the
-main process, or the reading workers when that is the CPU): ``balance=`` adds synthetic rows, ``augment=`` transforms images,
-``mixup=`` turns labels into soft targets. Each is checked against a protocol
-below when the loader is built, so a wrong object fails at once with its name,
-not on the first batch.
+main process, or the reading workers when that is the CPU): ``balance=`` adds
+synthetic rows, ``augment=`` transforms images, ``mixup=`` turns labels into soft
+targets. Each is checked against a protocol below when the loader is built, so a
+wrong object fails at once with its name, not on the first batch.
 
 Every stage is a :class:`SeededStage`: it has a ``seed`` (``None`` lets the loader
 derive one), ``manual_seed`` and ``state_dict``/``load_state_dict``. A

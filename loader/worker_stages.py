@@ -100,10 +100,11 @@ class WorkerStages:
         one_thread = IntraOpThreads(1)       # the workers are the parallelism
         for batch in batches:
             with one_thread:
-                self.apply(batch, epoch, plan, offsets)
+                batch = self.apply(batch, epoch, plan, offsets)
             yield batch
 
-    def apply(self, batch: BatchInFlight, epoch: int, plan: EpochPlan | None, offsets: list[int] | None) -> None:
+    def apply(self, batch: BatchInFlight, epoch: int, plan: EpochPlan | None,
+              offsets: list[int] | None) -> BatchInFlight:
         for name in STAGES:
             stage = getattr(self, name)
             if stage is not None:
@@ -120,3 +121,4 @@ class WorkerStages:
                 images, batch.targets = self.mixup(images, batch.labels, num_classes=self.num_classes)
             batch.images = images
         batch.stages_done = True
+        return batch
