@@ -178,9 +178,14 @@ def test_balanced_worker_side_resume_is_bit_identical(npy_shards, cut):
     first = balanced(index)
     it = iter(first)
     assert len([b for _, b in zip(range(cut), it)]) == cut
-    resumed = balanced(index)
-    resumed.load_state_dict(first.state_dict())
-    assert same_rows(collect_rows(resumed), reference[cut:])
+    state = first.state_dict()
+    resumed, resumed_main = balanced(index), balanced(index, where=False)
+    for loader in (resumed, resumed_main):
+        loader.load_state_dict(state)
+    rest = collect_rows(resumed)
+    assert same_rows(rest, reference[cut:]) and same_rows(rest, collect_rows(resumed_main))
+    assert resumed.stats.as_dict() == resumed_main.stats.as_dict()
+    assert resumed.stats.synthetic == 12 and resumed.stats.real == 100   # the state carries the prefix's counts
 
 
 def test_balancer_shortfall_is_counted_the_same_in_workers(tmp_path):
