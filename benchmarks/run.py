@@ -167,7 +167,7 @@ def _kept_cells(out: str, sections: list[str], kinds: list[str]) -> list[dict]:
             or (c["section"] == "pipelines" and c["data"] not in kinds)]
 
 
-def _at_least_one(text: str) -> int:
+def at_least_one(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
                    help="the data whose pipeline cells also measure the feed ratio (default: both). On a "
                         "2-core CPU the small CNN trains at ~35 samples/s at 224², so there it times the "
                         "model, not the loader, and takes most of the run")
-    p.add_argument("--repeats", type=_at_least_one, default=None, help="timed passes per cell (default: 3, quick: 1)")
+    p.add_argument("--repeats", type=at_least_one, default=None, help="timed passes per cell (default: 3, quick: 1)")
     args = p.parse_args(argv)
     if args.pipelines is None:
         args.pipelines = [n for n in PIPELINES if args.device == "cpu" or "opencv" not in n]
@@ -219,7 +219,8 @@ def main(argv=None) -> int:
     workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
     data = args.data
     indexes = {kind: make_bench_shards(data, kind, plan[kind]) for kind in ("npy32", "jpg224")}
-    base = {"device": args.device, "repeats": args.repeats if args.repeats is not None else plan["repeats"], "batch": args.batch, "workers": workers,
+    repeats = args.repeats if args.repeats is not None else plan["repeats"]
+    base = {"device": args.device, "repeats": repeats, "batch": args.batch, "workers": workers,
             "commit": source_commit()}       # per cell: cells kept from an earlier run keep theirs
     cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=indexes[kind].source,
                   feed=kind in args.feed_kinds, busy_workers=args.busy)

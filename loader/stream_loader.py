@@ -174,6 +174,9 @@ class StreamLoader:
             # the base seed is the same on every rank; per batch it is mixed with (epoch, rank, batch)
             self._plugin_seeds[name] = stage.seed if stage.seed is not None else derive_seed(self.seed, name)
         if augment_in_workers is not None:
+            if augment_in_workers not in (True, False):
+                raise ValueError(f"augment_in_workers (deprecated: stages_in_workers) must be None, True or False, "
+                                 f"got {augment_in_workers!r}")
             warnings.warn("StreamLoader(augment_in_workers=) is deprecated; use stages_in_workers= (it also "
                           "covers balance=)", DeprecationWarning, stacklevel=2)
             if stages_in_workers is not None and stages_in_workers != augment_in_workers:

@@ -70,3 +70,23 @@ def test_bench_refuses_a_repeat_count_below_one(capsys):
         with pytest.raises(SystemExit):
             main(["--repeats", bad])
         assert f"--repeats: must be an int >= 1, got '{bad}'" in capsys.readouterr().err
+
+
+def test_batch_profile_names_the_functions_that_cost_most(tmp_path, capsys):
+    import json
+
+    import pytest
+
+    from streamaug.benchmarks.batch_profile import main
+
+    with pytest.raises(SystemExit):
+        main(["--batches", "0"])
+    assert "--batches: must be an int >= 1, got '0'" in capsys.readouterr().err
+    out = tmp_path / "profile.json"
+    assert main(["--kind", "npy32", "--n", "600", "--batches", "1", "--top", "5", "--data", str(tmp_path),
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["top_own_time_ms_per_batch"]
+    assert len(rows) == 5 and result["per_batch_ms_profiled"] > 0
+    assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+    assert sum(r["ms"] for r in rows) <= result["per_batch_ms_profiled"] * 1.05

@@ -155,6 +155,8 @@ def test_augment_in_workers_is_a_deprecated_name(npy_shards):
     with pytest.raises(ValueError, match="stages_in_workers=True and its deprecated name augment_in_workers=False"), \
             pytest.warns(DeprecationWarning):
         make(index, where=True, augment_in_workers=False)
+    with pytest.raises(ValueError, match="augment_in_workers .* must be None, True or False, got 'yes'"):
+        make(index, augment_in_workers="yes")
 
 
 @pytest.mark.parametrize("workers", [1, 3])

@@ -85,6 +85,8 @@ def main() -> None:
                             "prepared_type": type(loader).__name__}) + "\n")
         for row in rows:
             f.write(json.dumps(row) + "\n")
+    accelerator.wait_for_everyone()  # no rank tears gloo down while the other still uses it
+    accelerator.end_training()       # accelerate's recipe: destroys the process group before exit
 
 
 if __name__ == "__main__":
