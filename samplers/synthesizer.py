@@ -50,8 +50,14 @@ class Synthetic:
 INTERPOLATE_ROWS = 8          # rows interpolated at a time on the CPU: their float temporaries stay in cache
 
 
+SYNTHETIC_DTYPES = (torch.float32, torch.uint8)
+
+
 def as_dtype(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``values`` in ``dtype``; floats become uint8 rounded and clamped to 0..255."""
+    """``values`` in ``dtype`` (one of ``SYNTHETIC_DTYPES``); floats become uint8 rounded and
+    clamped to 0..255."""
+    if dtype not in SYNTHETIC_DTYPES:
+        raise ValueError(f"synthetic rows are made as torch.float32 or torch.uint8, got dtype={dtype!r}")
     if dtype == torch.uint8 and values.is_floating_point():
         return values.round().clamp_(0, 255).to(torch.uint8)
     return values.to(dtype)

@@ -235,6 +235,8 @@ def test_interpolation_in_chunks_equals_the_whole_tensor_formula(rows):
     whole = x_i.float() + torch.from_numpy(u).float().view(-1, 1) * (x_j.float() - x_i.float())
     assert torch.equal(interpolate(x_i, x_j, u, torch.float32), whole)
     assert torch.equal(interpolate(x_i, x_j, u, torch.uint8), whole.round().clamp(0, 255).to(torch.uint8))
+    with pytest.raises(ValueError, match="torch.float32 or torch.uint8, got dtype=torch.int32"):
+        interpolate(x_i, x_j, u, torch.int32)
 
 
 def test_shortfall_with_no_sample_anywhere_names_the_class():
