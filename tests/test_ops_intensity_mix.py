@@ -181,3 +181,89 @@ def test_mixup_uint8_cpu_path_matches_the_float_formula(n):
     assert float((diff > 0).double().mean()) < 1e-3, "only exact ties may round the other way"
     if n > 1:
         assert not torch.equal(out, x)
+
+
+# ---------------------------------------------------------------- the OpenCV uint8 kernels against the float route
+def float_route_noise(x: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Tensor:
+    """uint8 → [0, 1] float32, the field added chunk by chunk, then back with rounding: the float route."""
+    from streamaug.ops.intensity.gaussian_noise import add_gaussian_field_
+
+    y = add_gaussian_field_(x.float() / 255.0, sigma, seed)
+    return (y * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_uint8_noise_kernel_is_the_float_route_rounded_once(threads):
+    from streamaug.ops.backends.opencv_uint8 import add_noise_uint8
+
+    shape = torch.Size((100, 3, 128, 128))                  # 3 chunks of whole rows
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    sigma = torch.rand(100, generator=torch.Generator().manual_seed(1)) * 0.1
+    sigma[::7] = 0.0                                        # rows the op does not apply to
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = add_noise_uint8(x, sigma, 123)
+    finally:
+        torch.set_num_threads(saved)
+    diff = (got.int() - float_route_noise(x, sigma, 123).int()).abs()
+    assert got.dtype == torch.uint8 and int(diff.max()) <= 1
+    assert float((diff > 0).double().mean()) < 1e-4, "only ties (within float error) may round the other way"
+    assert torch.equal(got[::7], x[::7]), "σ = 0 rows are returned as they came"
+    d = (got.double() - x.double())[1:7]
+    assert 0.5 < float(d.std() / (255 * sigma[1:7].mean())) < 1.5, "the noise is there, at the drawn scale"
+    assert not torch.equal(got, add_noise_uint8(x, sigma, 124)), "another seed gives another field"
+
+
+def test_uint8_noise_kernel_refuses_what_it_cannot_take():
+    from streamaug.ops.backends.opencv_uint8 import add_noise_uint8
+
+    with pytest.raises(ValueError, match="contiguous uint8 CPU batch, got torch.float32"):
+        add_noise_uint8(torch.rand(2, 3, 8, 8), torch.full((2,), 0.1), 0)
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_opencv_adds_last_stage_noise_in_uint8_as_kornia_does_in_float(monkeypatch, p):
+    """Noise as the last stage on a uint8 batch takes the uint8 kernel; the result is Kornia's
+    up to one level (the warp's rounding and ties)."""
+    import streamaug.ops.backends.opencv_backend as ocv
+    from streamaug.ops import Rotate
+    from streamaug.ops.backends import opencv_uint8
+
+    calls = []
+
+    def counting(*args):
+        calls.append(1)
+        return opencv_uint8.add_noise_uint8(*args)
+    monkeypatch.setattr(ocv, "add_noise_uint8", counting)
+    x = images(n=16, h=40, w=40, seed=7)
+    ops = lambda: [Rotate(30), GaussianNoise((0.02, 0.1), p=p)]  # noqa: E731
+    k = Compose(ops(), backend="kornia", seed=3)
+    yk = k(x)
+    yo = Compose(ops(), backend="opencv", seed=9)(x, params=k.last_params)
+    assert calls == [1], "the uint8 kernel ran once"
+    diff = (yk.int() - yo.int()).abs()
+    assert yo.dtype == torch.uint8 and int(diff.max()) <= 1 and float(diff.double().mean()) <= 0.25
+    skipped = ~k.last_params[1]["apply"]
+    assert bool(skipped.any()) == (p < 1)
+    rot_only = Compose([Rotate(30)], backend="opencv", seed=0)(x, params=k.last_params[:1])
+    assert torch.equal(yo[skipped], rot_only[skipped]), "rows the noise skipped are the warp's, bit for bit"
+
+
+@pytest.mark.parametrize("impl", ["opencv", "torch"])
+def test_uint8_blend_kernels_match_the_mixup_formula(impl):
+    from streamaug.ops.backends.opencv_uint8 import blend_rows_uint8
+    from streamaug.ops.mix.mixup import mix_uint8_rows_torch
+
+    blend = blend_rows_uint8 if impl == "opencv" else mix_uint8_rows_torch
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (21, 3, 30, 30), dtype=torch.uint8, generator=g)
+    perm = torch.randperm(21, generator=g)
+    lam = torch.rand(21, generator=g)
+    lam[3] = 1.0                                            # a row the op does not mix
+    out = blend(x, perm, lam)
+    ref = (lam.double().view(-1, 1, 1, 1) * x.double() + (1 - lam.double().view(-1, 1, 1, 1)) * x[perm].double()).round()
+    diff = (out.double() - ref).abs()
+    assert out.dtype == torch.uint8 and float(diff.max()) <= 1.0
+    assert float((diff > 0).double().mean()) < 1e-3, "only exact ties may round the other way"
+    assert torch.equal(out[3], x[3])

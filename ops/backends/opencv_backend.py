@@ -13,6 +13,8 @@ Images stay uint8 through the warps (OpenCV's SIMD path), and are turned into
 float only when an intensity op comes (those run in torch, as on the Kornia
 backend). The warped uint8 image is thus rounded once before the intensity ops,
 so the result can differ from Kornia's by one level (1/255) per pixel (tested).
+Gaussian noise as the last stage on a uint8 batch is added in uint8 (``opencv_uint8``),
+the same numbers up to one level at ties, without the two float conversions.
 Float input is warped in float32. CPU tensors only.
 """
 from __future__ import annotations
@@ -20,8 +22,9 @@ from __future__ import annotations
 import cv2
 import torch
 
-from ..base import from_float, to_float
 from ..geometric.affine_matrix import flip_axes, is_identity
+from ..intensity.gaussian_noise import GaussianNoise
+from .opencv_uint8 import add_noise_uint8
 
 
 def warp_rows(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -29,7 +32,10 @@ def warp_rows(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     ident = is_identity(m)
     fx, fy = flip_axes(m, h, w)
-    out = x.clone()                       # identity rows as they came
+    out = torch.empty_like(x)
+    if bool(ident.any()):                 # identity rows as they came; every other row is written below
+        idx = ident.nonzero().squeeze(1)
+        out[idx] = x[idx]
     for mask, dims in ((fx & ~fy, (-1,)), (fy & ~fx, (-2,)), (fx & fy, (-2, -1))):
         if bool(mask.any()):
             idx = mask.nonzero().squeeze(1)
@@ -73,9 +79,16 @@ class OpenCVRunner:
         x = images if images.dtype in (torch.uint8, torch.float32) else images.to(torch.float32)
         x = x.contiguous()
         owned = x is not images               # may x be written to?
-        for kind, indices in compose.stages:
+        last = len(compose.stages) - 1
+        for pos, (kind, indices) in enumerate(compose.stages):
             if kind == "warp":
                 x, owned = warp_rows(x, compose.fused_matrix(indices, params, h, w)), True
+                continue
+            op, p = compose.ops[indices[0]], params[indices[0]]
+            if x.dtype == torch.uint8 and pos == last and isinstance(op, GaussianNoise):
+                sigma = op.row_std(p)         # uint8 in, uint8 out: no float copy of the batch
+                if bool((sigma > 0).any()):
+                    x, owned = add_noise_uint8(x, sigma, int(p["noise_seed"])), True
                 continue
             if x.dtype == torch.uint8:        # one SIMD pass into the reused workspace
                 buf = self.workspace(x.shape)
@@ -83,7 +96,7 @@ class OpenCVRunner:
                 x, owned = buf, True
             elif not owned:
                 x, owned = x.clone(), True
-            x = compose.ops[indices[0]].apply_torch(x, params[indices[0]]).contiguous()
+            x = op.apply_torch(x, p).contiguous()
         if x.dtype == torch.uint8:
             return x if owned else x.clone()
         if images.dtype == torch.uint8:       # round and saturate in one pass (half to even at exact halves)

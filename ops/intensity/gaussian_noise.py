@@ -15,7 +15,7 @@ CHUNK_ELEMENTS = 1 << 21
 _pool: ThreadPoolExecutor | None = None
 
 
-def _row_chunks(shape: torch.Size) -> list[slice]:
+def row_chunks(shape: torch.Size) -> list[slice]:
     """The row ranges the field is drawn in: whole rows, about ``CHUNK_ELEMENTS`` each."""
     n = shape[0] if len(shape) else 0
     per_row = max(1, torch.Size(shape[1:]).numel()) if n else 1
@@ -23,13 +23,13 @@ def _row_chunks(shape: torch.Size) -> list[slice]:
     return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
 
-def _draw_chunk(out: torch.Tensor, seed: int, i: int) -> torch.Tensor:
+def draw_chunk(out: torch.Tensor, seed: int, i: int) -> torch.Tensor:
     gen = torch.Generator(device=out.device)
     gen.manual_seed(derive_seed(seed, i))
     return out.normal_(0.0, 1.0, generator=gen)
 
 
-def _run_chunks(fill, count: int, device: torch.device) -> None:
+def run_chunks(fill, count: int, device: torch.device) -> None:
     """``fill(i)`` for every chunk; on the CPU over a thread pool of torch's intra-op size
     (torch's ``normal_`` uses one core). Results never depend on the number of threads."""
     threads = torch.get_num_threads()
@@ -51,8 +51,8 @@ def gaussian_field(shape: torch.Size, seed: int, device: torch.device) -> torch.
     a thread pool, and the result does not depend on the number of threads.
     """
     out = torch.empty(shape, device=device, dtype=torch.float32)
-    chunks = _row_chunks(out.shape)
-    _run_chunks(lambda i: _draw_chunk(out[chunks[i]], seed, i), len(chunks), out.device)
+    chunks = row_chunks(out.shape)
+    run_chunks(lambda i: draw_chunk(out[chunks[i]], seed, i), len(chunks), out.device)
     return out
 
 
@@ -60,14 +60,14 @@ def add_gaussian_field_(x: torch.Tensor, sigma: torch.Tensor, seed: int) -> torc
     """``x += sigma[row] * gaussian_field(x.shape, seed)`` in place, without the whole field
     in memory: each chunk is drawn into a chunk-sized buffer and added while it is in cache
     (the same numbers as ``gaussian_field``). ``x``: float32 on the CPU; ``sigma``: (N,)."""
-    chunks = _row_chunks(x.shape)
+    chunks = row_chunks(x.shape)
     sigma = sigma.to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
 
     def fill(i: int) -> None:
         rows = chunks[i]
-        noise = _draw_chunk(torch.empty(x[rows].shape, dtype=torch.float32), seed, i)
+        noise = draw_chunk(torch.empty(x[rows].shape, dtype=torch.float32), seed, i)
         x[rows].addcmul_(noise, sigma[rows])
-    _run_chunks(fill, len(chunks), x.device)
+    run_chunks(fill, len(chunks), x.device)
     return x
 
 

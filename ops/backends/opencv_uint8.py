@@ -1,0 +1,63 @@
+"""uint8 kernels in OpenCV: element-wise stages computed straight into a uint8 batch.
+
+The float route for a uint8 batch costs two full-batch conversions (uint8 → float32 and
+back) around the arithmetic; at 224² they were 83 of a worker's 573 ms per batch
+(``benchmarks/results/batch_profile_cpu.json``). These kernels read the uint8 rows and
+write uint8 rows in one SIMD pass each (``cv2.addWeighted``: the weighted sum in float,
+then rounded half to even and saturated), so no float copy of the batch is made.
+
+They compute the same formula as the float route and round once, as it does; the
+results agree with it up to one level where the exact value is a tie or within float
+error of one (tested in ``tests/test_ops_intensity_mix.py``).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from ..intensity.gaussian_noise import draw_chunk, row_chunks, run_chunks
+
+
+def _rows(t: torch.Tensor) -> np.ndarray:
+    """A contiguous CPU batch as an (N, C·H·W) array sharing its memory."""
+    return t.numpy().reshape(len(t), -1)
+
+
+def add_noise_uint8(x: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Tensor:
+    """A new uint8 batch: ``saturate(round(x + 255·sigma[row]·gaussian_field(x.shape, seed)))``.
+
+    The float route gives ``round(255·(x/255 + sigma·field))``, the same up to float
+    error. The field is ``gaussian_field``'s, drawn chunk by chunk (its chunks, its
+    generators), and each chunk is added row by row while it is in cache. ``x``:
+    contiguous uint8 NCHW on the CPU; ``sigma``: (N,) on the [0, 1] scale.
+    """
+    if x.dtype != torch.uint8 or x.device.type != "cpu" or not x.is_contiguous():
+        raise ValueError(f"add_noise_uint8 takes a contiguous uint8 CPU batch, got {x.dtype} on {x.device}")
+    out = torch.empty_like(x)
+    src, dst = _rows(x), _rows(out)
+    scale = (sigma.double() * 255.0).tolist()
+    chunks = row_chunks(x.shape)
+
+    def fill(i: int) -> None:
+        rows = chunks[i]
+        field = _rows(draw_chunk(torch.empty(x[rows].shape, dtype=torch.float32), seed, i))
+        for k, r in enumerate(range(rows.start, rows.stop)):
+            if scale[r] == 0.0:
+                dst[r] = src[r]
+            else:
+                cv2.addWeighted(src[r], 1.0, field[k], scale[r], 0.0, dst=dst[r], dtype=cv2.CV_8U)
+    run_chunks(fill, len(chunks), x.device)
+    return out
+
+
+def blend_rows_uint8(images: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """A new uint8 batch: ``round(λ·x + (1 − λ)·x[perm])`` per row (λ in [0, 1], so no
+    saturation occurs). A row with λ = 1 comes back unchanged. ``images``: contiguous
+    uint8 NCHW on the CPU."""
+    out = torch.empty_like(images)
+    src, dst = _rows(images), _rows(out)
+    weights = lam.double().tolist()
+    for i, j in enumerate(perm.tolist()):
+        cv2.addWeighted(src[i], weights[i], src[j], 1.0 - weights[i], 0.0, dst=dst[i])
+    return out
