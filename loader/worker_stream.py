@@ -27,7 +27,6 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.filters import shuffle as wds_shuffle
@@ -84,8 +83,15 @@ def collate_rows(rows: list[dict], batch_id: int, stats: dict, shape: tuple[int,
     encoded = None
     if rows and rows[0]["image"] is None:
         images, encoded = torch.empty(empty, dtype=torch.uint8), [r["encoded"] for r in rows]
-    elif rows:
-        images = torch.from_numpy(np.stack([r["image"] for r in rows])).permute(0, 3, 1, 2).contiguous()
+    elif rows:                          # HWC rows copied straight into the NCHW batch
+        h, w, c = rows[0]["image"].shape
+        images = torch.empty((len(rows), c, h, w), dtype=torch.uint8)
+        out = images.numpy()
+        for i, r in enumerate(rows):
+            if r["image"].shape != (h, w, c):   # the size rule keeps this from happening; copy_ would broadcast
+                raise ValueError(f"{r['__url__']}: key {r['__key__']!r} decoded to {r['image'].shape}, "
+                                 f"the batch's first row to {(h, w, c)}")
+            out[i] = r["image"].transpose(2, 0, 1)
     else:
         images = torch.empty(empty, dtype=torch.uint8)
     return BatchInFlight(images=images, labels=torch.tensor([r["label"] for r in rows], dtype=torch.int64),

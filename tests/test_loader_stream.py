@@ -168,3 +168,16 @@ def test_plain_training_loop_runs_unchanged(npy_shards):
             opt.step()
             losses.append(loss.item())
     assert len(losses) == 3 * len(loader) and all(np.isfinite(losses))
+
+
+def test_collate_refuses_a_row_of_another_shape_naming_it():
+    """The size rule keeps mismatched rows out; were one to reach collate, copying it into the
+    batch would broadcast (a 1-channel row into 3) instead of failing, so collate checks."""
+    from streamaug.loader.worker_stream import collate_rows
+
+    def row(key, shape):
+        return {"image": np.zeros(shape, np.uint8), "label": 0, "__key__": key, "__url__": "s.tar", "is_padding": False}
+    ok = collate_rows([row("a", (4, 5, 3)), row("b", (4, 5, 3))], 0, {}, None)
+    assert ok.images.shape == (2, 3, 4, 5)
+    with pytest.raises(ValueError, match=r"s.tar: key 'b' decoded to \(4, 5, 1\), the batch's first row to \(4, 5, 3\)"):
+        collate_rows([row("a", (4, 5, 3)), row("b", (4, 5, 1))], 0, {}, None)
