@@ -1,4 +1,5 @@
-"""uint8 kernels in OpenCV: element-wise stages computed straight into a uint8 batch.
+"""uint8 kernels in OpenCV: element-wise stages computed straight into a uint8 batch
+(MixUp's and SMOTE's row blend, shared with the samplers, is ``core.row_blend``).
 
 The float route for a uint8 batch costs two full-batch conversions (uint8 → float32 and
 back) around the arithmetic; at 224² they were 83 of a worker's 573 ms per batch
@@ -50,14 +51,3 @@ def add_noise_uint8(x: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Te
     run_chunks(fill, len(chunks), x.device)
     return out
 
-
-def blend_rows_uint8(images: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """A new uint8 batch: ``round(λ·x + (1 − λ)·x[perm])`` per row (λ in [0, 1], so no
-    saturation occurs). A row with λ = 1 comes back unchanged. ``images``: contiguous
-    uint8 NCHW on the CPU."""
-    out = torch.empty_like(images)
-    src, dst = _rows(images), _rows(out)
-    weights = lam.double().tolist()
-    for i, j in enumerate(perm.tolist()):
-        cv2.addWeighted(src[i], weights[i], src[j], 1.0 - weights[i], 0.0, dst=dst[i])
-    return out
