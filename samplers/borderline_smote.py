@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from .neighbours import nearest
-from .synthesizer import Choice, Synthesizer, take
+from .synthesizer import Choice, Synthesizer
 
 
 class BorderlineSMOTE(Synthesizer):
@@ -58,9 +58,8 @@ class BorderlineSMOTE(Synthesizer):
         same = labels.cpu().numpy()[partners] == c
         u = np.where(same, rng.random(count), 0.5 * rng.random(count))
         entries = reservoir.pool_entries()
-        x_i, seed_entries = take(pool, entries, in_pool)
-        x_j, partner_entries = take(pool, entries, partners)
-        return Choice(x_i, x_j, u, seed_entries, partner_entries)
+        return Choice(pool, in_pool, partners, u, [entries[i] for i in in_pool.tolist()],
+                      [entries[i] for i in partners.tolist()])
 
     def __repr__(self) -> str:
         return f"BorderlineSMOTE(k_neighbors={self.k_neighbors}, m_neighbors={self.m_neighbors}, kind={self.kind!r})"

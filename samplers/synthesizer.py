@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from streamaug.core.row_blend import opencv_blend
+
 from .class_reservoir import ClassReservoir
 from .neighbour_space import EmbeddingCache, resolve_space
 from .neighbours import nearest, nearest_by_distance
@@ -31,9 +33,11 @@ Entry = tuple[str, str]          # (shard url, sample key)
 
 @dataclass
 class Choice:
-    """Seeds and partners chosen for ``count`` new rows (float rows, flattened)."""
-    seeds: torch.Tensor
-    partners: torch.Tensor
+    """Seeds and partners chosen for ``count`` new rows: their row numbers in ``source``
+    (the class's or the pool's rows, flattened), read where they are by ``interpolate``."""
+    source: torch.Tensor
+    seeds: np.ndarray
+    partners: np.ndarray
     u: np.ndarray
     seed_entries: list[Entry]
     partner_entries: list[Entry | None]
@@ -63,16 +67,26 @@ def as_dtype(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return values.to(dtype)
 
 
-def interpolate(x_i: torch.Tensor, x_j: torch.Tensor, u: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    """``x_i + u·(x_j − x_i)`` per row, in float32 arithmetic, returned in ``dtype`` (see
-    :func:`as_dtype`). On the CPU it runs ``INTERPOLATE_ROWS`` rows at a time, so a 224²
-    batch's float temporaries stay in cache; the numbers are the whole-tensor formula's."""
-    ut = torch.from_numpy(np.asarray(u)).to(x_i.device, torch.float32).view(-1, 1)
-    out = torch.empty(x_i.shape, dtype=dtype, device=x_i.device)
-    step = INTERPOLATE_ROWS if x_i.device.type == "cpu" else max(1, len(x_i))
-    for a in range(0, len(x_i), step):
-        lo = x_i[a:a + step].float()
-        out[a:a + step] = as_dtype(lo.add_(ut[a:a + step] * (x_j[a:a + step].float() - lo)), dtype)
+def interpolate(source: torch.Tensor, seeds: np.ndarray, partners: np.ndarray, u: np.ndarray,
+                dtype: torch.dtype) -> torch.Tensor:
+    """``x_i + u·(x_j − x_i)`` per row, ``x_i = source[seeds]``, ``x_j = source[partners]``,
+    returned in ``dtype`` (see :func:`as_dtype`). uint8 rows into uint8 on the CPU: one
+    OpenCV pass per row where OpenCV imports (``core.row_blend``; it rounds
+    ``(1 − u)·x_i + u·x_j`` summed in float, so a tie can round one level the other way).
+    Otherwise in float32 arithmetic, ``INTERPOLATE_ROWS`` rows at a time on the CPU, so a
+    224² batch's float temporaries stay in cache; the numbers are the whole-tensor formula's."""
+    as_dtype(source[:0], dtype)                                   # refuses a dtype it cannot make
+    if dtype == torch.uint8 and source.dtype == torch.uint8 and source.device.type == "cpu":
+        blend = opencv_blend()
+        if blend is not None:
+            return blend(source.contiguous(), seeds.tolist(), partners.tolist(), (1.0 - np.asarray(u)).tolist())
+    ut = torch.from_numpy(np.asarray(u)).to(source.device, torch.float32).view(-1, 1)
+    rows_i, rows_j = (torch.from_numpy(np.asarray(r, dtype=np.int64)).to(source.device) for r in (seeds, partners))
+    out = torch.empty((len(rows_i), *source.shape[1:]), dtype=dtype, device=source.device)
+    step = INTERPOLATE_ROWS if source.device.type == "cpu" else max(1, len(rows_i))
+    for a in range(0, len(rows_i), step):
+        lo = source[rows_i[a:a + step]].float()
+        out[a:a + step] = as_dtype(lo.add_(ut[a:a + step] * (source[rows_j[a:a + step]].float() - lo)), dtype)
     return out
 
 
@@ -130,7 +144,7 @@ class Synthesizer:
             return Synthetic(as_dtype(rows, dtype).view(count, *members.shape[1:]), entries, [None] * count,
                              np.zeros(count))
         ch = self.choose(reservoir, c, flat, k, count, rng)
-        values = interpolate(ch.seeds, ch.partners, ch.u, dtype)
+        values = interpolate(ch.source, ch.seeds, ch.partners, ch.u, dtype)
         return Synthetic(values.view(count, *members.shape[1:]), ch.seed_entries, ch.partner_entries, ch.u)
 
     def choose(self, reservoir: ClassReservoir, c: int, flat: torch.Tensor, k: int, count: int,
@@ -148,9 +162,9 @@ class Synthesizer:
             seeds_e = seeds_t.to(emb.device)
             knn = nearest(emb[seeds_e], emb, k, exclude=seeds_e).cpu().numpy()
         partners = knn[np.arange(len(seeds)), rng.integers(0, k, len(seeds))]
-        x_i, seed_entries = take(flat, reservoir.entries[c], seeds)
-        x_j, partner_entries = take(flat, reservoir.entries[c], partners)
-        return Choice(x_i, x_j, u, seed_entries, partner_entries)
+        entries = reservoir.entries[c]
+        return Choice(flat, seeds, partners, u, [entries[i] for i in seeds.tolist()],
+                      [entries[i] for i in partners.tolist()])
 
     def __repr__(self) -> str:
         space = f", neighbour_space={self.neighbour_space!r}" if self.neighbour_space is not None else ""

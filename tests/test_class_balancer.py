@@ -222,21 +222,34 @@ def test_smote_neighbour_is_among_the_k_nearest_in_the_reservoir():
         assert np.abs(v - (members[i] + u * (members[j] - members[i]))).max() < 1e-5
 
 
+@pytest.mark.parametrize("impl", ["opencv", "torch"])
 @pytest.mark.parametrize("rows", [1, 8, 21])
-def test_interpolation_in_chunks_equals_the_whole_tensor_formula(rows):
-    """uint8 rows are interpolated ``INTERPOLATE_ROWS`` at a time; the numbers are those of
-    ``round(clamp(x_i + u·(x_j − x_i)))`` over the whole tensor, and float32 output is unrounded."""
-    from streamaug.samplers.synthesizer import INTERPOLATE_ROWS, interpolate
+def test_interpolation_equals_the_whole_tensor_formula(monkeypatch, rows, impl):
+    """Rows are read where they are in the source. In torch, uint8 rows are interpolated
+    ``INTERPOLATE_ROWS`` at a time and the numbers are those of ``round(clamp(x_i + u·(x_j − x_i)))``
+    over the whole tensor; OpenCV's one pass per row may round a tie the other way. float32
+    output is unrounded, in torch."""
+    import streamaug.samplers.synthesizer as synth
 
-    assert INTERPOLATE_ROWS < 21, "the 21-row case must span more than one chunk"
+    if impl == "opencv":
+        pytest.importorskip("cv2")                  # installed with the bench extra, as in CI
+    else:
+        monkeypatch.setattr(synth, "opencv_blend", lambda: None)
+    assert synth.INTERPOLATE_ROWS < 21, "the 21-row case must span more than one chunk"
     g = torch.Generator().manual_seed(rows)
-    x_i, x_j = (torch.randint(0, 256, (rows, 3 * 24 * 24), dtype=torch.uint8, generator=g) for _ in range(2))
-    u = np.random.default_rng(rows).random(rows)
-    whole = x_i.float() + torch.from_numpy(u).float().view(-1, 1) * (x_j.float() - x_i.float())
-    assert torch.equal(interpolate(x_i, x_j, u, torch.float32), whole)
-    assert torch.equal(interpolate(x_i, x_j, u, torch.uint8), whole.round().clamp(0, 255).to(torch.uint8))
+    source = torch.randint(0, 256, (2 * rows + 3, 3 * 24 * 24), dtype=torch.uint8, generator=g)
+    rng = np.random.default_rng(rows)
+    seeds, partners = rng.integers(0, len(source), rows), rng.integers(0, len(source), rows)
+    u = rng.random(rows)
+    x_i, x_j = source[seeds].float(), source[partners].float()
+    whole = x_i + torch.from_numpy(u).float().view(-1, 1) * (x_j - x_i)
+    assert torch.equal(synth.interpolate(source, seeds, partners, u, torch.float32), whole)
+    got = synth.interpolate(source, seeds, partners, u, torch.uint8)
+    diff = (got.int() - whole.round().clamp(0, 255).int()).abs()
+    assert got.dtype == torch.uint8 and int(diff.max()) <= (1 if impl == "opencv" else 0)
+    assert float((diff > 0).double().mean()) < 1e-3, "only ties may round the other way"
     with pytest.raises(ValueError, match="torch.float32 or torch.uint8, got dtype=torch.int32"):
-        interpolate(x_i, x_j, u, torch.int32)
+        synth.interpolate(source, seeds, partners, u, torch.int32)
 
 
 def test_shortfall_with_no_sample_anywhere_names_the_class():
