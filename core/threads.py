@@ -99,3 +99,26 @@ def limit_worker_threads() -> None:
     cv2 = _opencv()
     if cv2 is not None:
         cv2.setNumThreads(1)
+
+
+class OpenCVPoolStopped:
+    """Context manager for forking workers: OpenCV's thread pool is stopped inside (one
+    thread) and the caller's thread count restored on exit (the pool restarts when next used).
+
+    A child forked while the pool has threads inherits its state but not its threads, and
+    its first ``cv2.setNumThreads`` (``limit_worker_threads``) then waits for those threads
+    forever (``pthread_cond_destroy``). Any multi-threaded OpenCV call in the parent before
+    the fork (the OpenCV backend or albumentations in the main process) left such a pool.
+    Without OpenCV imported it does nothing.
+    """
+
+    def __enter__(self) -> "OpenCVPoolStopped":
+        cv2 = _opencv()
+        self._saved = None if cv2 is None else cv2.getNumThreads()
+        if self._saved is not None and self._saved != 1:
+            cv2.setNumThreads(1)               # joins the pool's threads in this process
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._saved is not None and self._saved != 1:
+            _opencv().setNumThreads(self._saved)

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import Augmenter, Balancer, BindContext, Mixer
 from streamaug.core.seeding import derive_seed
-from streamaug.core.threads import IntraOpThreads, main_process_threads
+from streamaug.core.threads import IntraOpThreads, OpenCVPoolStopped, main_process_threads
 
 from .batch import Batch
 from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, DecodeLimits
@@ -290,7 +290,9 @@ class StreamLoader:
             self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.read_workers,
                                           pin_memory=self._pin, prefetch_factor=self._prefetch,
                                           persistent_workers=True, worker_init_fn=init_worker)
-        for item in self._dataloader:
+        with OpenCVPoolStopped():            # the workers start (fork) here, the first time
+            items = iter(self._dataloader)
+        for item in items:
             if isinstance(item, WorkerFailure):   # the worker's StreamError itself, not DataLoader's RuntimeError
                 raise item.error
             yield item

@@ -129,3 +129,42 @@ def test_stages_in_the_workers_run_one_thread(npy_shards, caller_threads):
     loader.close()
     assert stamps == {(1, 1)} and augment.seen == [], "ran in the workers, one thread each"
     assert (torch.get_num_threads(), cv2.getNumThreads()) == (2, 3)
+
+
+FORK_AFTER_OPENCV_POOL = r"""
+import sys
+import cv2, numpy as np
+sys.path.insert(0, sys.argv[2])
+from shard_factory import make_shards
+from streamaug.loader import StreamLoader
+
+cv2.setNumThreads(2)                      # the parent runs OpenCV on its thread pool first
+x = np.zeros((1000, 1000), np.uint8)
+m = cv2.getRotationMatrix2D((500.0, 500.0), 17.0, 1.0)
+for _ in range(5):
+    cv2.warpAffine(x, m, (1000, 1000))
+index, _, _ = make_shards(sys.argv[1], n=40, maxcount=8)
+loader = StreamLoader(index.urls, batch_size=8, num_workers=2, seed=0)
+print(sum(len(b[1]) for b in loader), cv2.getNumThreads())
+"""
+
+
+def test_workers_start_after_the_parent_ran_opencvs_thread_pool(tmp_path):
+    """A worker forked while OpenCV's pool has threads hung in cv2.setNumThreads (its
+    first call, in limit_worker_threads) until the loader stopped the pool around the fork."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", FORK_AFTER_OPENCV_POOL, str(tmp_path), tests],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)           # the hung workers too
+        proc.communicate()
+        pytest.fail("the loader's workers hung after the parent used OpenCV's thread pool")
+    assert proc.returncode == 0, err
+    assert out.split() == ["40", "2"], "every sample came, and the caller's OpenCV thread count is back"
