@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .batch_memory import empty_batch
+
 
 def blend_rows(source: torch.Tensor, first: Sequence[int], second: Sequence[int],
                weight: Sequence[float]) -> torch.Tensor:
@@ -30,7 +32,7 @@ def blend_rows(source: torch.Tensor, first: Sequence[int], second: Sequence[int]
 
     if source.dtype != torch.uint8 or source.device.type != "cpu" or not source.is_contiguous():
         raise ValueError(f"blend_rows takes contiguous uint8 CPU rows, got {source.dtype} on {source.device}")
-    out = torch.empty((len(first), *source.shape[1:]), dtype=torch.uint8)
+    out = empty_batch((len(first), *source.shape[1:]), torch.uint8)
     src = source.numpy().reshape(len(source), -1)
     dst = out.numpy().reshape(len(out), -1)
     for r, (i, j, w) in enumerate(zip(first, second, weight)):

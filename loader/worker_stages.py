@@ -33,6 +33,7 @@ stages in the main process.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 from collections.abc import Iterator
@@ -40,7 +41,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from streamaug.core.batch_memory import shared_outputs
 from streamaug.core.flight import BatchInFlight
+from streamaug.core.row_blend import opencv_blend
 from streamaug.core.seeding import derive_seed
 from streamaug.core.threads import IntraOpThreads
 
@@ -91,8 +94,8 @@ class WorkerStages:
     counts: LoaderStats = field(default_factory=LoaderStats)   # the balancer's, shipped with each batch
 
     def __call__(self, batches: Iterator[BatchInFlight], epoch: int, plan: EpochPlan | None) -> Iterator[BatchInFlight]:
-        if getattr(self.augment, "backend", None) == "opencv" and "cv2" not in sys.modules:
-            import cv2  # noqa: F401  (imported before the thread scope, so the scope limits its pool)
+        if "cv2" not in sys.modules:   # imported before the thread scope, so the scope limits its pool
+            opencv_blend()             # (the OpenCV backend, MixUp and SMOTE use it where it imports)
         offsets = None
         if self.balance is not None:
             self.balance.count_into(self.counts)
@@ -102,6 +105,12 @@ class WorkerStages:
             with one_thread:
                 batch = self.apply(batch, epoch, plan, offsets)
             yield batch
+
+    @staticmethod
+    def outputs(final: bool):
+        """The stage that makes the batch this worker ships (mixup, else augment) allocates it
+        in shared memory (``core.batch_memory``): the result queue then sends it without a copy."""
+        return shared_outputs() if final else contextlib.nullcontext()
 
     def apply(self, batch: BatchInFlight, epoch: int, plan: EpochPlan | None,
               offsets: list[int] | None) -> BatchInFlight:
@@ -116,9 +125,11 @@ class WorkerStages:
         if len(batch) and batch.images.numel():
             images = batch.images
             if self.augment is not None:
-                images = self.augment(images)
+                with self.outputs(self.mixup is None):
+                    images = self.augment(images)
             if self.mixup is not None:
-                images, batch.targets = self.mixup(images, batch.labels, num_classes=self.num_classes)
+                with self.outputs(True):
+                    images, batch.targets = self.mixup(images, batch.labels, num_classes=self.num_classes)
             batch.images = images
         batch.stages_done = True
         return batch

@@ -213,6 +213,8 @@ def test_uint8_noise_kernel_is_the_float_route_rounded_once(threads):
     d = (got.double() - x.double())[1:7]
     assert 0.5 < float(d.std() / (255 * sigma[1:7].mean())) < 1.5, "the noise is there, at the drawn scale"
     assert not torch.equal(got, add_noise_uint8(x, sigma, 124)), "another seed gives another field"
+    y = x.clone()
+    assert add_noise_uint8(y, sigma, 123, in_place=True) is y and torch.equal(y, got), "in place: the same numbers"
 
 
 def test_uint8_noise_kernel_refuses_what_it_cannot_take():
@@ -232,16 +234,16 @@ def test_opencv_adds_last_stage_noise_in_uint8_as_kornia_does_in_float(monkeypat
 
     calls = []
 
-    def counting(*args):
-        calls.append(1)
-        return opencv_uint8.add_noise_uint8(*args)
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return opencv_uint8.add_noise_uint8(*args, **kwargs)
     monkeypatch.setattr(ocv, "add_noise_uint8", counting)
     x = images(n=16, h=40, w=40, seed=7)
     ops = lambda: [Rotate(30), GaussianNoise((0.02, 0.1), p=p)]  # noqa: E731
     k = Compose(ops(), backend="kornia", seed=3)
     yk = k(x)
     yo = Compose(ops(), backend="opencv", seed=9)(x, params=k.last_params)
-    assert calls == [1], "the uint8 kernel ran once"
+    assert calls == [{"in_place": True}], "the uint8 kernel ran once, into the warp's own output"
     diff = (yk.int() - yo.int()).abs()
     assert yo.dtype == torch.uint8 and int(diff.max()) <= 1 and float(diff.double().mean()) <= 0.25
     skipped = ~k.last_params[1]["apply"]

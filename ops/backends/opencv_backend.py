@@ -22,6 +22,8 @@ from __future__ import annotations
 import cv2
 import torch
 
+from streamaug.core.batch_memory import empty_batch
+
 from ..geometric.affine_matrix import flip_axes, is_identity
 from ..intensity.gaussian_noise import GaussianNoise
 from .opencv_uint8 import add_noise_uint8
@@ -32,7 +34,7 @@ def warp_rows(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     ident = is_identity(m)
     fx, fy = flip_axes(m, h, w)
-    out = torch.empty_like(x)
+    out = empty_batch(x.shape, x.dtype)
     if bool(ident.any()):                 # identity rows as they came; every other row is written below
         idx = ident.nonzero().squeeze(1)
         out[idx] = x[idx]
@@ -88,7 +90,7 @@ class OpenCVRunner:
             if x.dtype == torch.uint8 and pos == last and isinstance(op, GaussianNoise):
                 sigma = op.row_std(p)         # uint8 in, uint8 out: no float copy of the batch
                 if bool((sigma > 0).any()):
-                    x, owned = add_noise_uint8(x, sigma, int(p["noise_seed"])), True
+                    x, owned = add_noise_uint8(x, sigma, int(p["noise_seed"]), in_place=owned), True
                 continue
             if x.dtype == torch.uint8:        # one SIMD pass into the reused workspace
                 buf = self.workspace(x.shape)

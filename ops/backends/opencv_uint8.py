@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 
+from streamaug.core.batch_memory import empty_batch
+
 from ..intensity.gaussian_noise import draw_chunk, row_chunks, run_chunks
 
 
@@ -25,8 +27,9 @@ def _rows(t: torch.Tensor) -> np.ndarray:
     return t.numpy().reshape(len(t), -1)
 
 
-def add_noise_uint8(x: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Tensor:
-    """A new uint8 batch: ``saturate(round(x + 255·sigma[row]·gaussian_field(x.shape, seed)))``.
+def add_noise_uint8(x: torch.Tensor, sigma: torch.Tensor, seed: int, in_place: bool = False) -> torch.Tensor:
+    """``saturate(round(x + 255·sigma[row]·gaussian_field(x.shape, seed)))``: a new uint8 batch
+    (``core.batch_memory.empty_batch``), or ``x`` itself, overwritten, with ``in_place``.
 
     The float route gives ``round(255·(x/255 + sigma·field))``, the same up to float
     error. The field is ``gaussian_field``'s, drawn chunk by chunk (its chunks, its
@@ -35,7 +38,7 @@ def add_noise_uint8(x: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Te
     """
     if x.dtype != torch.uint8 or x.device.type != "cpu" or not x.is_contiguous():
         raise ValueError(f"add_noise_uint8 takes a contiguous uint8 CPU batch, got {x.dtype} on {x.device}")
-    out = torch.empty_like(x)
+    out = x if in_place else empty_batch(x.shape, torch.uint8)
     src, dst = _rows(x), _rows(out)
     scale = (sigma.double() * 255.0).tolist()
     chunks = row_chunks(x.shape)
@@ -45,7 +48,8 @@ def add_noise_uint8(x: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Te
         field = _rows(draw_chunk(torch.empty(x[rows].shape, dtype=torch.float32), seed, i))
         for k, r in enumerate(range(rows.start, rows.stop)):
             if scale[r] == 0.0:
-                dst[r] = src[r]
+                if not in_place:
+                    dst[r] = src[r]
             else:
                 cv2.addWeighted(src[r], 1.0, field[k], scale[r], 0.0, dst=dst[r], dtype=cv2.CV_8U)
     run_chunks(fill, len(chunks), x.device)
