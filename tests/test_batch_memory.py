@@ -22,6 +22,7 @@ def test_empty_batch_is_shared_only_inside_the_scope_of_its_thread():
         with shared_outputs():
             pass                                            # nesting restores the outer scope
         nested = empty_batch((1,), torch.uint8)
+        assert empty_batch((0, 3, 8, 8), torch.uint8).shape == (0, 3, 8, 8), "an empty batch too"
         other = threading.Thread(target=lambda: seen.update(shared=empty_batch((2,), torch.uint8).is_shared()))
         other.start()
         other.join()
