@@ -10,8 +10,9 @@ the batches it stacks in a worker.
 
 So the stage that makes a worker's final batch runs inside :func:`shared_outputs`
 (``loader/worker_stages.py``), and the kernels that make whole new batches allocate
-them with :func:`empty_batch`. Everywhere else (the main process, intermediate
-batches) :func:`empty_batch` is ``torch.empty``. The scope is per thread and nests.
+them with :func:`empty_batch`; a kernel whose batch is only an intermediate inside that
+stage runs under :func:`private_outputs`. Everywhere else (the main process)
+:func:`empty_batch` is ``torch.empty``. The scopes are per thread and nest.
 """
 from __future__ import annotations
 
@@ -29,6 +30,17 @@ def shared_outputs():
     """Inside: :func:`empty_batch` allocates CPU batches in shared memory."""
     saved = getattr(_scope, "shared", False)
     _scope.shared = True
+    try:
+        yield
+    finally:
+        _scope.shared = saved
+
+
+@contextmanager
+def private_outputs():
+    """Inside: :func:`empty_batch` is ``torch.empty`` again (a stage's intermediate batches)."""
+    saved = getattr(_scope, "shared", False)
+    _scope.shared = False
     try:
         yield
     finally:

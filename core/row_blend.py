@@ -16,6 +16,7 @@ bench's batch).
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Callable, Sequence
 
@@ -33,6 +34,8 @@ def blend_rows(source: torch.Tensor, first: Sequence[int], second: Sequence[int]
     if source.dtype != torch.uint8 or source.device.type != "cpu" or not source.is_contiguous():
         raise ValueError(f"blend_rows takes contiguous uint8 CPU rows, got {source.dtype} on {source.device}")
     out = empty_batch((len(first), *source.shape[1:]), torch.uint8)
+    if len(out) == 0:
+        return out
     src = source.numpy().reshape(len(source), -1)
     dst = out.numpy().reshape(len(out), -1)
     for r, (i, j, w) in enumerate(zip(first, second, weight)):
@@ -40,6 +43,7 @@ def blend_rows(source: torch.Tensor, first: Sequence[int], second: Sequence[int]
     return out
 
 
+@functools.cache
 def opencv_blend() -> Callable | None:
     """:func:`blend_rows` where OpenCV imports, else None."""
     try:

@@ -79,3 +79,37 @@ def test_the_stage_that_makes_a_workers_batch_allocates_it_shared(mixup):
     ref = main.apply(batch(), epoch=0, plan=None, offsets=None)
     assert not ref.images.is_shared() and torch.equal(out.images, ref.images)
     assert not np.array_equal(out.images.numpy(), batch().images.numpy()), "the stages ran"
+
+
+@pytest.mark.parametrize("last", ["noise", "brightness"])
+def test_only_the_batch_a_compose_returns_is_shared(monkeypatch, last):
+    """A warp whose output is only an intermediate stays private; the returned batch is shared,
+    whether the last op runs in uint8 (noise, in place into the warp's output) or in float."""
+    import streamaug.ops.backends.opencv_backend as ocv
+    from streamaug.ops import BrightnessContrast
+
+    warped, original = [], ocv.warp_rows
+
+    def recording(*args):
+        out = original(*args)
+        warped.append(out.is_shared())
+        return out
+    monkeypatch.setattr(ocv, "warp_rows", recording)
+    tail = GaussianNoise(0.05) if last == "noise" else BrightnessContrast(0.2, 0.2)
+    aug = Compose([Rotate(20), tail], backend="opencv", seed=0)
+    with shared_outputs():
+        out = aug(batch().images)
+    assert out.is_shared() and out.dtype == torch.uint8
+    assert warped == [last == "noise"], "the warp's output is shared only when it is the batch returned"
+
+
+def test_empty_batches_pass_through_the_uint8_kernels():
+    from streamaug.core.row_blend import blend_rows
+    from streamaug.ops.backends.opencv_uint8 import add_noise_uint8
+
+    empty = torch.empty((0, 3, 8, 8), dtype=torch.uint8)
+    assert blend_rows(empty, [], [], []).shape == (0, 3, 8, 8)
+    assert add_noise_uint8(empty, torch.empty(0), 0).shape == (0, 3, 8, 8)
+    assert blend_rows(torch.zeros((2, 3, 8, 8), dtype=torch.uint8), [], [], []).shape == (0, 3, 8, 8)
+    mixed, _ = MixUp(0.4, seed=0)(empty, torch.empty(0, dtype=torch.int64), num_classes=3)
+    assert mixed.shape == (0, 3, 8, 8)

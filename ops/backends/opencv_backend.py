@@ -19,10 +19,12 @@ Float input is warped in float32. CPU tensors only.
 """
 from __future__ import annotations
 
+import contextlib
+
 import cv2
 import torch
 
-from streamaug.core.batch_memory import empty_batch
+from streamaug.core.batch_memory import empty_batch, private_outputs
 
 from ..geometric.affine_matrix import flip_axes, is_identity
 from ..intensity.gaussian_noise import GaussianNoise
@@ -68,6 +70,11 @@ class OpenCVRunner:
     def __init__(self):
         self._workspace: torch.Tensor | None = None
 
+    @staticmethod
+    def uint8_noise(op) -> bool:
+        """Whether ``op`` takes the uint8 noise kernel (GaussianNoise itself: a subclass may apply differently)."""
+        return type(op) is GaussianNoise
+
     def workspace(self, shape: torch.Size) -> torch.Tensor:
         if self._workspace is None or self._workspace.shape != shape:
             self._workspace = torch.empty(shape, dtype=torch.float32)
@@ -84,10 +91,15 @@ class OpenCVRunner:
         last = len(compose.stages) - 1
         for pos, (kind, indices) in enumerate(compose.stages):
             if kind == "warp":
-                x, owned = warp_rows(x, compose.fused_matrix(indices, params, h, w)), True
+                # the batch this call returns may be allocated shared (core.batch_memory): the last
+                # stage's, or this warp's when uint8 noise comes last and is added into it in place
+                returned = pos == last or (pos == last - 1 and x.dtype == torch.uint8
+                                           and self.uint8_noise(compose.ops[compose.stages[last][1][0]]))
+                with contextlib.nullcontext() if returned else private_outputs():
+                    x, owned = warp_rows(x, compose.fused_matrix(indices, params, h, w)), True
                 continue
             op, p = compose.ops[indices[0]], params[indices[0]]
-            if x.dtype == torch.uint8 and pos == last and isinstance(op, GaussianNoise):
+            if x.dtype == torch.uint8 and pos == last and self.uint8_noise(op):
                 sigma = op.row_std(p)         # uint8 in, uint8 out: no float copy of the batch
                 if bool((sigma > 0).any()):
                     x, owned = add_noise_uint8(x, sigma, int(p["noise_seed"]), in_place=owned), True
@@ -102,7 +114,7 @@ class OpenCVRunner:
         if x.dtype == torch.uint8:
             return x if owned else x.clone()
         if images.dtype == torch.uint8:       # round and saturate in one pass (half to even at exact halves)
-            out = torch.empty(x.shape, dtype=torch.uint8)
+            out = empty_batch(x.shape, torch.uint8)
             cv2.multiply(_planes(x), 255.0, dst=_planes(out), dtype=cv2.CV_8U)
             return out
         return x.clamp(0.0, 1.0).to(images.dtype)

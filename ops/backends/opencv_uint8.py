@@ -39,6 +39,8 @@ def add_noise_uint8(x: torch.Tensor, sigma: torch.Tensor, seed: int, in_place: b
     if x.dtype != torch.uint8 or x.device.type != "cpu" or not x.is_contiguous():
         raise ValueError(f"add_noise_uint8 takes a contiguous uint8 CPU batch, got {x.dtype} on {x.device}")
     out = x if in_place else empty_batch(x.shape, torch.uint8)
+    if x.numel() == 0:
+        return out
     src, dst = _rows(x), _rows(out)
     scale = (sigma.double() * 255.0).tolist()
     chunks = row_chunks(x.shape)

@@ -66,6 +66,6 @@ def mix_uint8_rows_torch(images: torch.Tensor, perm: torch.Tensor, lam: torch.Te
         rows = slice(start, start + CHUNK_ROWS)
         mixed = images[rows].float()
         torch.lerp(images[perm[rows]].float(), mixed, weight[rows], out=mixed)
-        out[rows] = mixed.add_(0.5)        # λ in [0, 1] keeps the value in [0, 255]: the cast truncates
+        out[rows] = mixed.round_()         # half to even, as OpenCV; λ in [0, 1] keeps the value in [0, 255]
     return out
 
