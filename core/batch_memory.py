@@ -26,25 +26,23 @@ _scope = threading.local()
 
 
 @contextmanager
+def _allocating(shared: bool):
+    saved = getattr(_scope, "shared", False)
+    _scope.shared = shared
+    try:
+        yield
+    finally:
+        _scope.shared = saved
+
+
 def shared_outputs():
     """Inside: :func:`empty_batch` allocates CPU batches in shared memory."""
-    saved = getattr(_scope, "shared", False)
-    _scope.shared = True
-    try:
-        yield
-    finally:
-        _scope.shared = saved
+    return _allocating(True)
 
 
-@contextmanager
 def private_outputs():
     """Inside: :func:`empty_batch` is ``torch.empty`` again (a stage's intermediate batches)."""
-    saved = getattr(_scope, "shared", False)
-    _scope.shared = False
-    try:
-        yield
-    finally:
-        _scope.shared = saved
+    return _allocating(False)
 
 
 def empty_batch(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
