@@ -113,3 +113,10 @@ def test_empty_batches_pass_through_the_uint8_kernels():
     assert blend_rows(torch.zeros((2, 3, 8, 8), dtype=torch.uint8), [], [], []).shape == (0, 3, 8, 8)
     mixed, _ = MixUp(0.4, seed=0)(empty, torch.empty(0, dtype=torch.int64), num_classes=3)
     assert mixed.shape == (0, 3, 8, 8)
+
+
+def test_blend_rows_refuses_what_it_cannot_take_naming_it():
+    from streamaug.core.row_blend import blend_rows
+
+    with pytest.raises(ValueError, match="contiguous uint8 CPU rows, got torch.float32 on cpu"):
+        blend_rows(torch.rand(2, 3, 4, 4), [0], [1], [0.5])
