@@ -48,6 +48,14 @@ def _rebuild(reason, full_message, shard, key, value, lost):
     return err
 
 
+class WorkerCounts:
+    """What a worker yields when its share ended with counts no batch carried (every sample
+    of an unindexed share skipped); the loader adds them to the next batch, or to ``stats``."""
+
+    def __init__(self, counts: dict):
+        self.counts = counts
+
+
 class WorkerFailure:
     """What a DataLoader worker yields instead of raising a :class:`StreamError`:
     DataLoader would re-raise it as a ``RuntimeError`` without ``reason``/``key``

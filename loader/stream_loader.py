@@ -44,7 +44,7 @@ from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, Dec
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan, PlanSpec
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
-from .errors import ErrorHandler, LoaderStats, WorkerFailure, check_policy
+from .errors import ErrorHandler, LoaderStats, WorkerCounts, WorkerFailure, add_counts, check_policy
 from .loader_state import restore_state, save_state
 from .open_pass import drop_batches, mark_last
 from .output_format import OutputFormat
@@ -276,6 +276,21 @@ class StreamLoader:
 
     # ------------------------------------------------------------ iteration
     def _worker_batches(self) -> Iterator[BatchInFlight]:
+        """The workers' batches. Counts a worker shipped without a batch ride on the next batch,
+        so a resume that passes over that batch has them in its restored ``stats`` already."""
+        carried: dict = {}
+        for item in self._worker_items():
+            if isinstance(item, WorkerCounts):
+                add_counts(carried, item.counts)
+                continue
+            if carried:
+                add_counts(item.stats, carried)
+                carried = {}
+            yield item
+        if carried:
+            self.stats.merge(carried)
+
+    def _worker_items(self):
         self._stream.set_position(self.epoch, self._batches_done)
         if self.read_workers == 0:
             yield from self._stream

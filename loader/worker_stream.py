@@ -35,7 +35,7 @@ from streamaug.core.flight import BatchInFlight
 from streamaug.core.seeding import derive_seed
 
 from .epoch_plan import EpochPlan, PlanSpec, Segment, shard_permutation
-from .errors import ErrorHandler, LoaderStats, StreamError, WorkerFailure, add_counts
+from .errors import ErrorHandler, LoaderStats, StreamError, WorkerCounts, WorkerFailure, add_counts
 from .image_size import ImageSizeRule
 from .sample_decoder import SampleDecoder
 from .tar_reader import read_segments, whole_shard
@@ -254,6 +254,9 @@ class WorkerStream(IterableDataset):
         if self.stages is not None and get_worker_info() is not None:
             batches = self.stages(batches, epoch, self.plan(epoch))
         yield from batches
+        left = stats.take()                 # (only when no batch was cut: it would have carried them)
+        if left["skipped"] or left["padded"]:
+            yield WorkerCounts(left)
 
     def _donors(self, job: WorkerJob) -> Iterator[dict]:
         """Decoded good samples of the shards outside ``job``, in index order (errors not counted)."""

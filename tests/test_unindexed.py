@@ -85,3 +85,29 @@ def test_pipe_urls_stream_without_an_index(shards):
     urls, labels = shards
     keys = [k for b in StreamLoader([f"pipe:cat {u}" for u in urls], batch_size=100, index=False) for k in b.keys]
     assert len(set(keys)) == len(labels)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_counts_of_a_share_with_no_good_sample_are_kept(shards, tmp_path, workers):
+    """With two workers the bad shard is one worker's whole share: it cuts no batch to carry
+    its count, which used to be lost. Resumed at the start, middle and end: counted once."""
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"this is not a tar" * 100)
+    urls = [str(bad), shards[0][0]]
+
+    def make():
+        return StreamLoader(urls, batch_size=64, num_workers=workers, index=False, on_error="skip", seed=2)
+    loader = make()
+    assert len([k for b in loader for k in b.keys]) == 100
+    assert loader.stats.skipped == {"corrupt_shard": 1}
+    for taken in range(3):
+        first = make()
+        it = iter(first)
+        for _ in range(taken):
+            next(it)
+        state = first.state_dict()
+        resumed = make()
+        resumed.load_state_dict(state)
+        rest = [k for b in resumed for k in b.keys]
+        assert len(rest) == 100 - 64 * taken if taken < 2 else not rest
+        assert resumed.stats.skipped == {"corrupt_shard": 1}, taken
