@@ -22,6 +22,7 @@ class StreamError(ValueError):
     def __init__(self, reason: str, message: str, *, shard: str | None = None,
                  key: str | None = None, value: Any = None, lost: int = 1):
         self.reason = reason
+        self.detail = message
         self.shard = shard
         self.key = key
         self.value = value
@@ -36,6 +37,11 @@ class StreamError(ValueError):
             shown = shown[:200] + "..."
         prefix = (", ".join(where) + ": ") if where else ""
         super().__init__(f"{prefix}{message} (value: {shown})")
+
+    def at_shard(self, shard: str) -> "StreamError":
+        """This error, its message naming ``shard`` (for one raised where the shard was not known)."""
+        detail = getattr(self, "detail", self.args[0])
+        return StreamError(self.reason, detail, shard=shard, key=self.key, value=self.value, lost=self.lost)
 
     def __reduce__(self):  # survives the trip back from DataLoader workers
         return (_rebuild, (self.reason, self.args[0], self.shard, self.key, self.value, self.lost))

@@ -1,15 +1,20 @@
 """Tar members and samples of one shard, read with every size and end checked.
 
-Python's ``tarfile`` (stream mode, so plain and gzip tars from pipes and http
-work) parses the headers, pax and GNU long names included. What it does not do,
+Plain ustar headers (and webdataset's per-member pax headers) are parsed by
+:class:`.UstarReader`; from the first header it does not read, Python's ``tarfile``
+(stream mode, so plain and gzip tars from pipes and http work) parses the rest,
+GNU long names, sparse members and global pax headers included. Both give the same
+members and errors (``tests/test_ustar_reader.py``). What they do not do,
 and webdataset's ``tar_file_expander`` (which reads every member whole) does not
 either, is done here:
 
 * a member's size is checked from its header **before** its bytes are read:
   over ``max_member_bytes`` (a sparse 2 GiB member in a 10 KiB tar, a 1.5 GiB
   member in a small gzip) it is a ``member_too_large`` error and its data is
-  passed over in chunks, never held; pax and GNU long-name headers over 1 MiB are
-  refused the same way;
+  passed over in chunks, never held, and a stream that ends first is a truncation
+  at once (tarfile's own pass-over did not notice the end: a header claiming
+  2**80 bytes kept it reading nothing for ever); pax and GNU long-name headers
+  over 1 MiB are refused the same way;
 * the archive must end with its end-of-archive marker (a zero block): a stream
   that stops at a member boundary, mid-header or mid-member is a
   ``truncated_shard`` error, and the sample being read when it stopped is lost
@@ -32,6 +37,7 @@ from webdataset.tariterators import base_plus_ext
 
 from .decode_limits import DecodeLimits
 from .errors import ErrorHandler, StreamError
+from .ustar_reader import HAND_OVER, Prefixed, UstarReader
 
 MAX_META_BYTES = 1 << 20        # pax / GNU long-name header data
 GZIP_MAGIC = b"\x1f\x8b"
@@ -72,17 +78,19 @@ class GzipReader:
         return b"".join(out)
 
 
-class _Peeked:
-    """A stream with its first bytes put back."""
+# Why an archive ended (tarfile's header error), in the words tar_members reports.
+END_REASONS = {
+    tarfile.EOFHeaderError: "marker",
+    tarfile.EmptyHeaderError: "the stream ended with no end-of-archive marker",
+    tarfile.TruncatedHeaderError: "the stream ended inside a member header",
+}
 
-    def __init__(self, raw, first: bytes):
-        self.raw, self.first = raw, first
 
-    def read(self, n: int) -> bytes:
-        if self.first:
-            head, self.first = self.first[:n], self.first[n:]
-            return head if len(head) == n else head + self.raw.read(n - len(head))
-        return self.raw.read(n)
+def end_reason(error: tarfile.HeaderError) -> str:
+    for kind, reason in END_REASONS.items():
+        if isinstance(error, kind):
+            return reason
+    return f"a member header is invalid ({error})"
 
 
 class _CheckedTarInfo(tarfile.TarInfo):
@@ -92,17 +100,9 @@ class _CheckedTarInfo(tarfile.TarInfo):
     def fromtarfile(cls, tar):
         try:
             return super().fromtarfile(tar)
-        except tarfile.EOFHeaderError:
-            tar.end_seen = "marker"
-            raise
-        except tarfile.EmptyHeaderError:
-            tar.end_seen = "the stream ended with no end-of-archive marker"
-            raise
-        except tarfile.TruncatedHeaderError:
-            tar.end_seen = "the stream ended inside a member header"
-            raise
-        except tarfile.InvalidHeaderError as e:
-            tar.end_seen = f"a member header is invalid ({e})"
+        except tarfile.HeaderError as e:
+            if not isinstance(e, tarfile.SubsequentHeaderError):
+                tar.end_seen = end_reason(e)
             raise
 
     def _check_meta(self, tar):
@@ -124,32 +124,89 @@ def _truncated(url: str, why: str, key: str | None, value) -> StreamError:
                        value=value)
 
 
-def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler) -> Iterator[tuple[str, bytes | None]]:
-    """``(name, bytes)`` of each regular file; ``(name, None)`` for one refused (already handled).
-    Raises :class:`StreamError` when the archive as a whole is broken or truncated."""
+def _open_tarfile(source, mode: str = "r|"):
+    return tarfile.open(fileobj=source, mode=mode, tarinfo=_CheckedTarInfo)
+
+
+_PLACEHOLDER = tarfile.TarInfo("placeholder").tobuf(tarfile.USTAR_FORMAT)
+
+
+def _hand_over(url: str, reader: UstarReader):
+    """tarfile for the rest of a stream the reader read part of. A placeholder member goes
+    first: tarfile treats a bad first header as "not a tar archive", and mid-stream it must
+    judge it as it would have mid-stream (an invalid header ends the archive, named)."""
+    tar = _open_tarfile(Prefixed(reader.rest(), _PLACEHOLDER))
+    tar.shard_url = url
+    tar.next()                                        # the placeholder, read by open()
+    return tar
+
+
+def _open(url: str, stream, fast: bool):
+    """``(reader, first, tar)``: the fast reader with its first member, or a tarfile from the start."""
     try:
         first = stream.read(2)
         if first == GZIP_MAGIC:   # inflated here, at most one tar record per read
-            tar = tarfile.open(fileobj=GzipReader(stream, first), mode="r|", tarinfo=_CheckedTarInfo)
+            source, mode = GzipReader(stream, first), "r|"
         else:                     # plain; bz2/xz are left to tarfile (10 KiB of input per inflate)
-            source = _Peeked(stream, first)
+            source = Prefixed(stream, first)
             head = source.read(6)
-            source = _Peeked(stream, head)
-            compressed = head.startswith((b"BZh", b"\xfd7zXZ"))
-            tar = tarfile.open(fileobj=source, mode="r|*" if compressed else "r|", tarinfo=_CheckedTarInfo)
-    except StreamError:
-        raise
+            source = Prefixed(stream, head)
+            mode = "r|*" if head.startswith((b"BZh", b"\xfd7zXZ")) else "r|"
+        if fast and mode == "r|":
+            reader = UstarReader(source)
+            member = reader.next()
+            if member is not HAND_OVER:
+                return reader, member, None
+            source = reader.rest()                    # its first header: tarfile reads it all
+        tar = _open_tarfile(source, mode)
+    except StreamError as e:
+        raise e if e.shard else e.at_shard(url) from None
     except Exception as e:
         raise StreamError("corrupt_shard", f"tar stream is corrupt or truncated: not a tar archive "
                           f"({type(e).__name__}: {e})", shard=url, value=0) from None
     tar.shard_url = url              # (an empty archive has met its end marker inside open())
-    name, count = None, 0
+    return None, None, tar
+
+
+def _next_tarinfo(tar):
+    """``tar.next()``, having passed over the last member's data ourselves. tarfile's stream
+    seeks forward one 10 KiB record at a time without noticing the end, so a header that
+    claimed 2**80 bytes kept it reading nothing for ever; here the end is an error at once."""
+    left = 0 if tar.firstmember is not None else tar.offset - tar.fileobj.tell()   # (read by open())
+    while left > 0:
+        chunk = tar.fileobj.read(min(left, 1 << 20))
+        if not chunk:                                 # tarfile's own words for it
+            raise tarfile.ReadError("unexpected end of data")
+        left -= len(chunk)
+    return tar.next()
+
+
+def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
+                fast: bool = True) -> Iterator[tuple[str, bytes | None]]:
+    """``(name, bytes)`` of each regular file; ``(name, None)`` for one refused (already handled).
+    Raises :class:`StreamError` when the archive as a whole is broken or truncated.
+
+    Plain ustar headers are read by :class:`.UstarReader`; from the first header it hands
+    over (or throughout, with ``fast=False``) ``tarfile`` reads the rest."""
+    reader, info, tar = _open(url, stream, fast)
+    name, count, first = None, 0, True
     try:
         while True:
-            info = tar.next()
+            if reader is not None:
+                if not first:
+                    info = reader.next()
+                first = False
+                if info is HAND_OVER:
+                    tar, reader = _hand_over(url, reader), None
+                    info = _next_tarinfo(tar)
+                elif info is None:
+                    break
+            else:
+                info = _next_tarinfo(tar)
             if info is None:
                 break
-            tar.members = []                          # stream mode keeps every TarInfo otherwise
+            if tar is not None:
+                tar.members = []                      # stream mode keeps every TarInfo otherwise
             name = info.name
             if not info.isreg():
                 continue
@@ -161,19 +218,24 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler) ->
                                    shard=url, key=name, value=info.size))
                 yield name, None
                 continue
-            data = tar.extractfile(info).read()
+            if reader is not None:
+                data = reader.read(info.size)
+                if len(data) != info.size:                # what tarfile's extractfile raises
+                    raise tarfile.ReadError("unexpected end of data")
+            else:
+                data = tar.extractfile(info).read()
             if len(data) != info.size:
                 raise _truncated(url, f"member {name!r} has {len(data)} of {info.size} bytes", name, len(data))
             count += 1
             yield name, data
-    except StreamError:
-        raise
+    except StreamError as e:
+        raise e if e.shard else e.at_shard(url) from None
     except (tarfile.TarError, EOFError, OSError) as e:
         raise _truncated(url, f"after member {name!r}: {type(e).__name__}: {e}", name, count) from None
     except Exception as e:                            # zlib/gzip errors surface as assorted types
         raise StreamError("corrupt_shard", f"tar stream is corrupt or truncated after member {name!r}: "
                           f"{type(e).__name__}: {e}", shard=url, key=name, value=count) from None
-    end_seen = getattr(tar, "end_seen", None)
+    end_seen = reader.end_seen if reader is not None else getattr(tar, "end_seen", None)
     if end_seen != "marker":
         if count == 0 and end_seen and "invalid" in end_seen:
             raise StreamError("corrupt_shard", f"tar stream is corrupt or truncated: {end_seen}",

@@ -90,7 +90,7 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
                 return
     except StreamError as e:
         if e.shard is None:
-            e.shard = seg.url
+            e = e.at_shard(seg.url)
         if seg.shard_count != UNKNOWN:          # an index says how much is lost
             e.lost = max(0, seg.stop - max(pos, seg.start))
         handle(e)

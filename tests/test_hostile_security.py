@@ -11,6 +11,7 @@ import shutil
 import struct
 import subprocess
 import tarfile
+import threading
 import zlib
 
 import numpy as np
@@ -81,6 +82,66 @@ def test_member_over_the_limit_is_refused_from_its_header_alone(tmp_path):
     assert err.value.reason == "member_too_large" and err.value.shard == "a.tar"
     assert err.value.key == "bomb.npy" and err.value.value == 3 << 30
     assert "max_member_bytes" in str(err.value)
+
+
+def _meta_header(kind: bytes, size: int) -> bytes:
+    """A GNU long-name (``L``) or pax (``x``) header claiming ``size`` bytes of metadata, and no data."""
+    info = tarfile.TarInfo("././@LongLink" if kind == b"L" else "././@PaxHeader")
+    info.type, info.size = kind, size
+    return info.tobuf(tarfile.USTAR_FORMAT if kind == b"x" else tarfile.GNU_FORMAT)
+
+
+@pytest.mark.parametrize("kind", [b"L", b"x"], ids=["gnu-long-name", "pax"])
+@pytest.mark.parametrize("first", [True, False], ids=["first-member", "after-two-samples"])
+def test_metadata_header_over_1_mib_is_refused_before_it_is_read(kind, first):
+    """The 2 GiB it claims is never read or held; the error names the shard, first member or not."""
+    write_tar("good.tar", [] if first else good_members(2))
+    raw = open("good.tar", "rb").read().rstrip(b"\0")
+    raw = raw + b"\0" * (-len(raw) % 512) + _meta_header(kind, 2 << 30) + bytes(1024)
+    open("a.tar", "wb").write(raw)
+    with pytest.raises(StreamError) as err:
+        list(stream(["a.tar"]))
+    assert err.value.reason == "member_too_large" and err.value.value == 2 << 30
+    assert err.value.shard == "a.tar" and str(err.value).startswith("shard 'a.tar'")
+    loader = stream(["a.tar"], on_error="skip")
+    assert keys_of(loader) == ([] if first else ["s_00000"])      # the sample it cut is lost with it
+    assert loader.stats.skipped == {"member_too_large": 1}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["ustar-reader", "tarfile"])
+def test_header_claiming_2_to_the_80_bytes_in_a_cut_tar_ends_at_once(tmp_path, fast):
+    """A base-256 size of 2**80 and no data after it. tarfile's stream passes over data one
+    10 KiB record at a time without noticing its end, so this used to read nothing for ever;
+    now the refusal is counted and the truncation found at once."""
+    from streamaug.loader.tar_members import tar_members
+    from streamaug.loader.shard_stream import FileStream
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in good_members(1):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        members_end = tar.offset
+    bomb = tarfile.TarInfo("s_00001.npy")
+    bomb.size = 1 << 80                           # GNU format writes it base-256
+    raw = buf.getvalue()[:members_end] + bomb.tobuf(tarfile.GNU_FORMAT)
+    assert raw[-512 + 124] == 0x80
+    handled, got, done = [], [], threading.Event()
+
+    def read():
+        try:
+            got.extend(name for name, _ in tar_members("a.tar", FileStream(io.BytesIO(raw)), DecodeLimits(),
+                                                         handled.append, fast=fast))
+        except StreamError as e:
+            got.append(e)
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert done.wait(30), "still reading after 30 s"
+    assert got[:-1] == ["s_00000.npy", "s_00000.cls", "s_00001.npy"]
+    assert [e.reason for e in handled] == ["member_too_large"] and handled[0].value == 1 << 80
+    assert got[-1].reason == "truncated_shard" and "unexpected end of data" in str(got[-1])
 
 
 @pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar to write a sparse member")

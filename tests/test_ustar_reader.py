@@ -1,0 +1,237 @@
+"""The fast ustar reader against ``tarfile`` alone.
+
+``tar_members(fast=True)`` must yield the same members and end with the same error
+as ``tar_members(fast=False)`` (``tarfile`` throughout) on tars written by several
+writers (tarfile's three formats, webdataset, GNU tar, streamaug), whole, cut at
+every block and around it, and with each header field corrupted. And it must
+actually read the shards people write without handing them to ``tarfile``.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from streamaug.loader import ustar_reader
+from streamaug.loader.decode_limits import DecodeLimits
+from streamaug.loader.errors import StreamError
+from streamaug.loader.shard_stream import FileStream
+from streamaug.loader.shard_writer import UstarShardWriter
+from streamaug.loader.tar_members import tar_members
+
+BLOCK = 512
+SIZES = (3000, 0, 1, 511, 512, 513)      # the first member has data: tarfile.open reads its header
+
+
+def _files() -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(0)
+    out = [(f"d/s_{i:03d}.{ext}", rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+           for i, n in enumerate(SIZES) for ext in ("bin", "cls")]
+    out.append(("p" * 90 + "/" + "q" * 60 + ".bin", b"long name, split into prefix"))
+    out.append(("ünï/cödé.txt", b"non-ascii name"))
+    return out
+
+
+def _tarfile_bytes(fmt: int, float_mtime: bool = False, extras: bool = True) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        if extras:
+            d = tarfile.TarInfo("d/")
+            d.type = tarfile.DIRTYPE
+            tar.addfile(d)
+        for name, data in _files():
+            if fmt == tarfile.USTAR_FORMAT and not name.isascii():
+                continue
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000.5 if float_mtime else 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+        if extras:
+            link = tarfile.TarInfo("d/link")
+            link.type, link.linkname = tarfile.SYMTYPE, "s_000.bin"
+            tar.addfile(link)
+            hard = tarfile.TarInfo("d/hard")
+            hard.type, hard.linkname = tarfile.LNKTYPE, "d/s_001.bin"
+            tar.addfile(hard)
+    return buf.getvalue()
+
+
+def _webdataset_bytes(tmp, writer=wds.ShardWriter) -> bytes:
+    with writer(os.path.join(tmp, "w-%03d.tar"), maxcount=100) as sink:
+        for i, n in enumerate(SIZES):
+            sink.write({"__key__": f"s_{i:03d}", "bin": bytes(range(256)) * (n // 256) + b"x" * (n % 256),
+                        "cls": str(i).encode()})
+    return open(os.path.join(tmp, "w-000.tar"), "rb").read()
+
+
+def _gnu_tar_bytes(tmp, fmt: str) -> bytes:
+    root = os.path.join(tmp, f"tree-{fmt}")
+    for name, data in _files():
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "wb").write(data)
+    out = os.path.join(tmp, f"{fmt}.tar")
+    subprocess.run(["tar", f"--format={fmt}", "-cf", out, "-C", root, "."], check=True)
+    return open(out, "rb").read()
+
+
+def _without_end(data: bytes) -> bytes:
+    """A tar's members without its end-of-archive blocks."""
+    end = len(data)
+    while end >= BLOCK and data[end - BLOCK:end].count(0) == BLOCK:
+        end -= BLOCK
+    return data[:end]
+
+
+def _writers(tmp) -> dict[str, bytes]:
+    tars = {
+        "tarfile-ustar": _tarfile_bytes(tarfile.USTAR_FORMAT),
+        "tarfile-gnu": _tarfile_bytes(tarfile.GNU_FORMAT),
+        "tarfile-pax": _tarfile_bytes(tarfile.PAX_FORMAT, float_mtime=True),
+        "webdataset": _webdataset_bytes(tmp),
+        "streamaug": _webdataset_bytes(tmp, UstarShardWriter),
+        # plain members, then a GNU long name mid-shard: the reader hands the rest over
+        "ustar-then-gnu": _without_end(_tarfile_bytes(tarfile.USTAR_FORMAT, extras=False))
+        + _tarfile_bytes(tarfile.GNU_FORMAT, extras=False),
+    }
+    if shutil.which("tar"):
+        for fmt in ("gnu", "ustar", "pax"):
+            tars[f"gnu-tar-{fmt}"] = _gnu_tar_bytes(tmp, fmt)
+    return tars
+
+
+def _read(data: bytes, fast: bool, max_member_bytes: int = 1 << 20):
+    """Members, errors handled on the way, and the error that ended the archive."""
+    handled = []
+    members = []
+    limits = DecodeLimits(max_member_bytes=max_member_bytes)
+    try:
+        for name, body in tar_members("u.tar", FileStream(io.BytesIO(data)), limits, handled.append, fast=fast):
+            members.append((name, body))
+        ended = None
+    except StreamError as e:
+        ended = (e.reason, str(e), e.key, e.value)
+    return members, [(e.reason, str(e)) for e in handled], ended
+
+
+def _same(data: bytes, **kw):
+    fast, slow = _read(data, True, **kw), _read(data, False, **kw)
+    assert fast == slow
+
+
+@pytest.fixture(scope="module")
+def tars(tmp_path_factory):
+    return _writers(str(tmp_path_factory.mktemp("tars")))
+
+
+def test_whole_tars_read_the_same(tars):
+    for name, data in tars.items():
+        members, handled, ended = _read(data, True)
+        assert ended is None and not handled, name
+        assert len(members) >= 2 * len(SIZES), name
+        _same(data)
+        _same(data, max_member_bytes=600)          # some members refused from their header
+        _same(gzip.compress(data))
+
+
+def test_cut_anywhere_reads_the_same(tars):
+    for data in tars.values():
+        cuts = {c for b in range(0, len(data), BLOCK) for c in (b - 1, b, b + 1, b + 100, b + 156, b + 300)}
+        for cut in sorted(c for c in cuts if 0 <= c < len(data)):
+            _same(data[:cut])
+
+
+@pytest.mark.parametrize("offset, value", [
+    (0, b"\x00"), (0, b"z"), (99, b"/"),                     # name
+    (100, b"9"), (100, b"\x80"), (108, b" "), (116, b"+"),   # mode, uid, gid
+    (124, b"8"), (124, b"\x80"), (130, b"7"), (135, b" "),   # size: not octal, base-256, another size
+    (136, b"x"), (148, b"0"), (154, b"\x00"),                # mtime, checksum
+    (156, b"L"), (156, b"g"), (156, b"S"), (156, b"V"), (156, b"5"), (156, b"\x00"), (156, b"1"),
+    (257, b"x"), (345, b"pre"), (329, b"9"),                 # magic, prefix, devmajor
+])
+def test_corrupt_header_field_reads_the_same(tars, offset, value):
+    """Each header (checksum fixed up, and not) with one field changed."""
+    for data in tars.values():
+        for block in range(0, len(data) - BLOCK, BLOCK):
+            if data[block:block + BLOCK].count(0) == BLOCK or data[block + 257:block + 262] != b"ustar":
+                continue                                     # data blocks and end blocks
+            for fix_checksum in (False, True):
+                header = bytearray(data[block:block + BLOCK])
+                header[offset:offset + len(value)] = value
+                if fix_checksum:
+                    header[148:156] = b"%06o\x00 " % (sum(header[:148]) + sum(header[156:]) + 256)
+                _same(data[:block] + bytes(header) + data[block + BLOCK:])
+
+
+@pytest.mark.parametrize("member", [0, 3], ids=["first-member", "mid-shard"])
+@pytest.mark.parametrize("records", [
+    b"30 path=caf\xc3\xa9/renamed.bin\n",
+    b"11 size=12\n",                      # larger than the data: the next header is read from the data
+    b"10 size=x\n", b"9 size=\n", b"13 size=+012\n",
+    b"20 hdrcharset=BINARY\n", b"22 GNU.sparse.major=1\n",
+    b"16 comment=a\nb=c\n", b"99 path=a\n", b"0 path=a\n", b"7 a=bc\n", b"path=a\n",
+    b"12 path=a/b/\n" + b"13 mtime=1.25\n",
+])
+def test_pax_records_read_the_same(tars, records, member):
+    """webdataset's pax headers, one member's records replaced: at the shard's start, where
+    tarfile.open reads the first header, and mid-shard, where the reader hands over."""
+    data = tars["webdataset"]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        at = tar.getmembers()[member].offset                 # its pax header
+    assert data[at + 156:at + 157] == b"x"
+    size = int(data[at + 124:at + 136].rstrip(b"\x00 "), 8)
+    header = bytearray(data[at:at + BLOCK])
+    header[124:136] = b"%011o\x00" % len(records)
+    header[148:156] = b"%06o\x00 " % (sum(header[:148]) + sum(header[156:]) + 256)
+    padded = records + b"\x00" * (-len(records) % BLOCK)
+    _same(data[:at] + bytes(header) + padded + data[at + BLOCK + -(-size // BLOCK) * BLOCK:])
+
+
+def test_empty_and_zero_archives_read_the_same():
+    for data in (b"", bytes(100), bytes(BLOCK), bytes(2 * BLOCK), bytes(20 * BLOCK), b"not a tar" * 100):
+        _same(data)
+
+
+def test_shards_people_write_are_read_without_tarfile(tars, monkeypatch):
+    """The reason the reader exists: tarfile parses no header of these."""
+    def refuse(*args, **kw):
+        raise AssertionError("tarfile parsed a header")
+    monkeypatch.setattr(tarfile.TarInfo, "fromtarfile", classmethod(refuse))
+    for name in ("webdataset", "streamaug", "tarfile-ustar", "tarfile-pax", "gnu-tar-ustar", "gnu-tar-pax"):
+        if name in tars:
+            members, handled, ended = _read(tars[name], True)
+            assert ended is None and handled == [] and members, name
+
+
+def test_hand_over_goes_on_with_tarfile(tars, monkeypatch):
+    """A GNU long name mid-shard: every member before it and after it, once, in order, and
+    tarfile read the headers from there on."""
+    parsed = []
+    fromtarfile = tarfile.TarInfo.fromtarfile.__func__
+    monkeypatch.setattr(tarfile.TarInfo, "fromtarfile",
+                        classmethod(lambda cls, tar: parsed.append(1) or fromtarfile(cls, tar)))
+    members, handled, ended = _read(tars["ustar-then-gnu"], True)
+    names = [name for name, _ in _files()]
+    assert ended is None and handled == []
+    assert [n for n, _ in members] == [n for n in names if n.isascii()] + names
+    assert 0 < len(parsed) <= len(names) + 2               # the GNU half's headers (and its long name)
+
+
+def test_reader_reads_big_members_across_chunks():
+    data = np.random.default_rng(1).integers(0, 256, 3 * ustar_reader.CHUNK + 7, dtype=np.uint8).tobytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, body in (("a.bin", data), ("b.bin", data[:100]), ("c.bin", data)):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    members, handled, ended = _read(buf.getvalue(), True, max_member_bytes=1 << 30)
+    assert ended is None and [len(b) for _, b in members] == [len(data), 100, len(data)]
+    assert members[0][1] == data and members[2][1] == data
+    _same(buf.getvalue(), max_member_bytes=2 * ustar_reader.CHUNK)   # skipped across chunks
