@@ -281,7 +281,8 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
         yield current
 
 
-def shard_samples(url: str, stream, limits: DecodeLimits, handle: ErrorHandler) -> Iterator[dict]:
+def shard_samples(url: str, stream, limits: DecodeLimits, handle: ErrorHandler, fast: bool = True) -> Iterator[dict]:
     """Samples of one shard. A sample is yielded only once the next key starts or the archive
-    has ended cleanly, so a truncation never hands on the sample it cut."""
-    return group_samples(url, tar_members(url, stream, limits, handle), handle)
+    has ended cleanly, so a truncation never hands on the sample it cut. ``fast``: see
+    :func:`tar_members`."""
+    return group_samples(url, tar_members(url, stream, limits, handle, fast), handle)

@@ -90,3 +90,18 @@ def test_batch_profile_names_the_functions_that_cost_most(tmp_path, capsys):
     assert len(rows) == 5 and result["per_batch_ms_profiled"] > 0
     assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
     assert sum(r["ms"] for r in rows) <= result["per_batch_ms_profiled"] * 1.05
+
+
+def test_tar_read_bench_reads_every_sample_both_ways(tmp_path, capsys):
+    """The tar reading bench on the quick bench's shards: both readers, every sample, and
+    webdataset's own shards (a pax header per member) among them."""
+    import json
+
+    from streamaug.benchmarks import tar_read
+
+    assert tar_read.main(["--quick", "--repeats", "1", "--data", str(tmp_path), "--json",
+                          str(tmp_path / "t.json")]) == 0
+    rows = json.load(open(tmp_path / "t.json"))["results"]
+    assert [r["samples"] for r in rows.values()] == [512, 512, 64]
+    assert all(r["ustar_reader_samples_per_s"] > 0 and r["tarfile_samples_per_s"] > 0 for r in rows.values())
+    assert "| npy32 (webdataset ShardWriter, pax per member) | 512 |" in capsys.readouterr().out
