@@ -54,8 +54,13 @@ class CommandStream:
         _LIVE_GROUPS.add(self.proc.pid)
         self.fd = self.proc.stdout.fileno()
         self.ended = False
+        self.failed: StreamError | None = None     # found by a read that had output to hand on first
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (fewer only at the end). An error found after some output (the exit
+        status once the output ends) is raised by the next read, after that output is handed on."""
+        if self.failed is not None:
+            raise self.failed
         chunks, want = [], n if n >= 0 else 1 << 62
         while want > 0 and not self.ended:
             ready, _, _ = select.select([self.fd], [], [], self.read_timeout)
@@ -66,7 +71,12 @@ class CommandStream:
             chunk = os.read(self.fd, min(want, 1 << 20))
             if not chunk:
                 self.ended = True
-                self.finish()
+                try:
+                    self.finish()
+                except StreamError as e:
+                    if not chunks:
+                        raise
+                    self.failed = e
                 break
             chunks.append(chunk)
             want -= len(chunk)
@@ -88,7 +98,7 @@ class CommandStream:
         """Read what follows the end of the archive (tar pads records with zeros), then check the
         exit status. Output that goes on past ``limit`` bytes is left unread and the command killed."""
         left = limit
-        while not self.ended and left > 0:
+        while (not self.ended or self.failed is not None) and left > 0:
             left -= len(self.read(min(left, 1 << 16)) or b"")
 
     def close(self) -> None:

@@ -44,14 +44,21 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 
 class GzipReader:
-    """A gzip stream inflated ``n`` bytes at a time. ``tarfile``'s own gzip stream inflates
+    """A gzip stream inflated ``STEP`` bytes at a time. ``tarfile``'s own gzip stream inflates
     whole input chunks at once and re-slices its buffer on every read, so passing over a
-    1.5 GiB member of a 1.5 MiB gzip took minutes; here each read inflates at most ``n``
-    bytes. Concatenated gzip members are read in turn."""
+    1.5 GiB member of a 1.5 MiB gzip took minutes. Concatenated gzip members are read in turn.
+
+    What inflated before a corrupt or missing part is handed on, and the error is raised by
+    the read after it, whatever sizes the reader asks for: so the ustar reader (64 KiB reads)
+    and tarfile (10 KiB reads) get the same bytes, and bytes after the archive's end that
+    neither reads (trailing zeros after the gzip) are never an error."""
+
+    STEP = 1 << 14
 
     def __init__(self, raw, first: bytes):
         self.raw, self.pending = raw, first
         self.inflate = zlib.decompressobj(31)
+        self.out, self.failed = bytearray(), None
 
     def _input(self) -> bytes:
         if self.inflate.unconsumed_tail:
@@ -59,23 +66,31 @@ class GzipReader:
         data, self.pending = self.pending or self.raw.read(1 << 16), b""
         return data
 
+    def _step(self) -> bool:
+        """Inflate up to STEP more bytes into ``out``; False at the clean end of the last member."""
+        if self.inflate.eof:
+            rest = self.inflate.unused_data or self.raw.read(1 << 16)
+            if not rest:
+                return False
+            self.inflate, self.pending = zlib.decompressobj(31), rest
+        data = self._input()
+        if not data:
+            raise EOFError("gzip stream ends before its end marker")
+        self.out += self.inflate.decompress(data, self.STEP)
+        return True
+
     def read(self, n: int) -> bytes:
-        out = []
-        while n > 0:
-            if self.inflate.eof:
-                rest = self.inflate.unused_data or self.raw.read(1 << 16)
-                if not rest:
+        while len(self.out) < n and self.failed is None:
+            try:
+                if not self._step():
                     break
-                self.inflate, self.pending = zlib.decompressobj(31), rest
-            data = self._input()
-            if not data:
-                if out:               # hand on what inflated whole; the next read raises
-                    break
-                raise EOFError("gzip stream ends before its end marker")
-            chunk = self.inflate.decompress(data, n)
-            out.append(chunk)
-            n -= len(chunk)
-        return b"".join(out)
+            except Exception as e:          # zlib.error, EOFError, or the raw stream's own error
+                self.failed = e
+        if not self.out and self.failed is not None:
+            raise self.failed
+        out = bytes(self.out[:n])
+        del self.out[:n]
+        return out
 
 
 # Why an archive ended (tarfile's header error), in the words tar_members reports.
@@ -135,9 +150,12 @@ def _hand_over(url: str, reader: UstarReader):
     """tarfile for the rest of a stream the reader read part of. A placeholder member goes
     first: tarfile treats a bad first header as "not a tar archive", and mid-stream it must
     judge it as it would have mid-stream (an invalid header ends the archive, named)."""
+    shift = reader.offset - len(_PLACEHOLDER)         # tarfile's offsets made the stream's own
     tar = _open_tarfile(Prefixed(reader.rest(), _PLACEHOLDER))
     tar.shard_url = url
     tar.next()                                        # the placeholder, read by open()
+    tar.fileobj.pos += shift
+    tar.offset += shift
     return tar
 
 

@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import re
 import tarfile
+import zlib
 
 BLOCK = 512
 CHUNK = 1 << 16                    # bytes read from the source at a time
+MAX_READ = 1 << 20                 # ... and at most, for a big member (a header may lie about its size)
 MAX_PAX_BYTES = 1 << 13            # a bigger pax header is handed over (tarfile checks MAX_META_BYTES)
 HAND_OVER = object()
 
@@ -59,7 +61,14 @@ def _octal(field: bytes) -> int:
 
 
 def _text(field: bytes) -> str:
-    return field.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+    return field.split(b"\x00", 1)[0].decode(tarfile.ENCODING, "surrogateescape")   # as TarFile's defaults
+
+
+def _pax_text(value: bytes) -> str:
+    try:                                             # as tarfile's _decode_pax_field
+        return value.decode("utf-8", "strict")
+    except UnicodeDecodeError:
+        return value.decode(tarfile.ENCODING, "surrogateescape")
 
 
 class Member:
@@ -137,9 +146,14 @@ class UstarReader:
         held = len(self.buf) - self.pos
         if held < n:
             self.base += self.pos
-            self.buf = self.buf[self.pos:] + self.source.read(max(CHUNK, n - held))
-            self.pos = 0
-            held = len(self.buf)
+            parts = [self.buf[self.pos:]]
+            while held < n:           # (at most 1 MiB a read: a file's read(n) allocates n first)
+                chunk = self.source.read(min(max(CHUNK, n - held), MAX_READ))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                held += len(chunk)
+            self.buf, self.pos = b"".join(parts), 0
         return min(held, n)
 
     def _skip_to(self, offset: int) -> None:
@@ -170,6 +184,12 @@ class UstarReader:
         return self.base + self.pos
 
     def next(self):
+        try:
+            return self._next()
+        except zlib.error as e:                          # as tarfile's next() words it
+            raise tarfile.ReadError(f"zlib error: {e}") from None
+
+    def _next(self):
         self._skip_to(self.next_at)
         held = self._fill(BLOCK)
         block = self.buf[self.pos:self.pos + held]
@@ -204,23 +224,31 @@ class UstarReader:
 def _apply_pax(member: Member, records: dict[str, bytes]) -> bool:
     size = records.get("size")
     if size is not None:
-        if not size.isdigit():
+        if not size.isdigit() or len(size) > 20:      # tarfile: int() refuses over 4,300 digits
             return False
         member.size = int(size)
     path = records.get("path")
     if path is not None:
-        member.name = path.decode("utf-8", "surrogateescape").rstrip("/")
+        member.name = _pax_text(path).rstrip("/")
     return True
 
 
 class Prefixed:
-    """A stream with its first bytes put back."""
+    """A stream with its first bytes put back. Where the stream fails after them, they are
+    handed on first and the error is raised by the next read."""
 
     def __init__(self, raw, head: bytes):
-        self.raw, self.head = raw, head
+        self.raw, self.head, self.failed = raw, head, None
 
     def read(self, n: int) -> bytes:
         if not self.head:
+            if self.failed is not None:
+                raise self.failed
             return self.raw.read(n)
         out, self.head = self.head[:n], self.head[n:]
-        return out if len(out) == n else out + self.raw.read(n - len(out))
+        if len(out) < n:
+            try:
+                out += self.raw.read(n - len(out))
+            except Exception as e:
+                self.failed = e
+        return out

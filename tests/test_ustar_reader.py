@@ -235,3 +235,73 @@ def test_reader_reads_big_members_across_chunks():
     assert ended is None and [len(b) for _, b in members] == [len(data), 100, len(data)]
     assert members[0][1] == data and members[2][1] == data
     _same(buf.getvalue(), max_member_bytes=2 * ustar_reader.CHUNK)   # skipped across chunks
+
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    n = len(body) + 1
+    while len(str(n).encode()) + len(body) != n:
+        n = len(str(n).encode()) + len(body)
+    return str(n).encode() + body
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-member", "mid-shard"])
+def test_pax_size_of_4401_digits_reads_the_same(first):
+    """tarfile's int() refuses over 4,300 digits and it takes the size as 0; the reader hands over."""
+    records = _pax_record(b"size", b"0" * 4400 + b"5")
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type, pax.size = tarfile.XHDTYPE, len(records)
+    member = tarfile.TarInfo("b.bin")
+    member.size = 5
+    body = pax.tobuf(tarfile.USTAR_FORMAT) + records + b"\0" * (-len(records) % BLOCK) \
+        + member.tobuf(tarfile.USTAR_FORMAT) + b"hello" + bytes(507) + bytes(1024)
+    before = b"" if first else _without_end(_tarfile_bytes(tarfile.USTAR_FORMAT, extras=False))
+    _same(before + body)
+
+
+def test_gzip_with_trailing_zeros_reads_whole():
+    """gzip, then zeros: neither reader reads past the end marker, so nothing is an error
+    (the ustar reader's 64 KiB read-ahead once made this 'not a tar archive')."""
+    data = _tarfile_bytes(tarfile.USTAR_FORMAT)
+    members, handled, ended = _read(gzip.compress(data) + bytes(16), True)
+    assert ended is None and len(members) == len(_read(data, True)[0])
+    _same(gzip.compress(data) + bytes(16))
+
+
+def test_corrupt_and_cut_gzip_reads_the_same(tars):
+    """A flipped CRC, a flipped byte mid-stream, and cuts every 97 bytes, also where the reader
+    hands over to tarfile mid-shard (GNU long names): the same members before the damage."""
+    for name in ("tarfile-ustar", "ustar-then-gnu", "tarfile-gnu"):
+        gz = gzip.compress(tars[name], compresslevel=0)
+        _same(gz[:-8] + bytes([gz[-8] ^ 1]) + gz[-7:])
+        for cut in range(20, len(gz), 97):
+            _same(gz[:cut])
+        gz = gzip.compress(tars[name])
+        mid = len(gz) // 2
+        _same(gz[:mid] + bytes([gz[mid] ^ 0xFF]) + gz[mid + 1:])
+
+
+def test_failed_pipe_hands_on_every_member_then_fails(tmp_path):
+    """A command that writes a whole tar and exits 1: both readers yield every member, then
+    pipe_failed (the read that met the end used to drop what it had read, 64 KiB here)."""
+    from streamaug.loader.shard_stream import CommandStream
+
+    rng = np.random.default_rng(2)
+    for n in (48, 55):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for i in range(n):
+                info = tarfile.TarInfo(f"s_{i:03d}.bin")
+                info.size = 2000
+                tar.addfile(info, io.BytesIO(rng.integers(0, 256, 2000, dtype=np.uint8).tobytes()))
+        (tmp_path / "p.tar").write_bytes(buf.getvalue())
+        cmd = f"cat {tmp_path / 'p.tar'}; exit 1"
+        for fast in (True, False):
+            names, ended = [], None
+            try:
+                for name, _ in tar_members("pipe:" + cmd, CommandStream(cmd, "pipe:" + cmd, 10.0, shell=True),
+                                           DecodeLimits(), [].append, fast=fast):
+                    names.append(name)
+            except StreamError as e:
+                ended = e
+            assert len(names) == n and ended.reason == "pipe_failed" and ended.value == 1, (n, fast)
