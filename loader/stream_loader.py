@@ -275,10 +275,13 @@ class StreamLoader:
         self.epoch, self._explicit_epoch = int(epoch), True
 
     # ------------------------------------------------------------ iteration
-    def _worker_batches(self) -> Iterator[BatchInFlight]:
+    def _worker_batches(self, hold_last: bool) -> Iterator[BatchInFlight]:
         """The workers' batches. Counts a worker shipped without a batch ride on the next batch,
-        so a resume that passes over that batch has them in its restored ``stats`` already."""
+        so a resume that passes over that batch has them in its restored ``stats`` already.
+        With ``hold_last`` (no index: the pass replays on resume) each batch is held until the
+        next arrives, so counts that come after the last batch ride on it too."""
         carried: dict = {}
+        held = None
         for item in self._worker_items():
             if isinstance(item, WorkerCounts):
                 add_counts(carried, item.counts)
@@ -286,8 +289,16 @@ class StreamLoader:
             if carried:
                 add_counts(item.stats, carried)
                 carried = {}
-            yield item
-        if carried:
+            if not hold_last:
+                yield item
+                continue
+            if held is not None:
+                yield held
+            held = item
+        if held is not None:
+            add_counts(held.stats, carried)
+            yield held
+        elif carried:
             self.stats.merge(carried)
 
     def _worker_items(self):
@@ -331,7 +342,7 @@ class StreamLoader:
         epoch = self.epoch
         offsets = None if plan is None or self.balance is None else \
             [0, *itertools.accumulate(plan.synthetic)]
-        batches = device_feed(self._worker_batches(), self.device, self._pin)
+        batches = device_feed(self._worker_batches(hold_last=plan is None), self.device, self._pin)
         if plan is None:                  # no index: resume replays the prefix; know which batch is last
             batches = mark_last(drop_batches(batches, start))
         for batch in batches:

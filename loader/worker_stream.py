@@ -100,6 +100,17 @@ def collate_rows(rows: list[dict], batch_id: int, stats: dict, shape: tuple[int,
                          batch_id=batch_id, stats=stats, encoded=encoded)
 
 
+def past_prefix(raw: Iterator[dict], skip: int, stats: LoaderStats) -> Iterator[dict]:
+    """``raw`` after its first ``skip`` samples, which a resume passes over. What reading them
+    counted was counted before the resume, with the batches they went into, so it is dropped."""
+    raw = iter(raw)
+    if skip:
+        for _ in itertools.islice(raw, skip):
+            pass
+        stats.take()
+    yield from raw
+
+
 def borrow_padding(donors: Callable[[], Iterator[dict]] | None, job: WorkerJob, sizes: ImageSizeRule,
                    stats: LoaderStats, limit: int = 64) -> list[dict]:
     """Samples to pad a share whose every sample was skipped, so the planned batches (and the
@@ -247,7 +258,7 @@ class WorkerStream(IterableDataset):
         handle = ErrorHandler(st.on_error, stats)
         raw = read_segments(job.segments, handle, st.decoder.limits, st.decoder.label_or_none)
         raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", epoch, self.rank, job.worker))
-        raw = itertools.islice(raw, job.skip, None)     # fast-forward on raw bytes: nothing is decoded
+        raw = past_prefix(raw, job.skip, stats)         # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)
         batches = batch_stage(samples, job, self.batch_size, stats, st.decoder.sizes, handle,
                               functools.partial(self._donors, job))
@@ -255,7 +266,8 @@ class WorkerStream(IterableDataset):
             batches = self.stages(batches, epoch, self.plan(epoch))
         yield from batches
         left = stats.take()                 # (only when no batch was cut: it would have carried them)
-        if left["skipped"] or left["padded"]:
+        resumed_past_all = job.sizes is not None and not job.sizes and job.skip > 0
+        if (left["skipped"] or left["padded"]) and not resumed_past_all:   # (else its last batch had them)
             yield WorkerCounts(left)
 
     def _donors(self, job: WorkerJob) -> Iterator[dict]:

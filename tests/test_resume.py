@@ -1,6 +1,7 @@
 """Resume from ``state_dict()`` at the start, middle and end of an epoch: bit-identical."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,3 +53,41 @@ def test_state_from_a_different_setup_is_refused(npy_shards):
     other = StreamLoader(index.urls, batch_size=8, seed=11)
     with pytest.raises(ValueError, match="batch_size: saved 7, this loader 8"):
         other.load_state_dict(state)
+
+
+def test_reader_errors_before_the_resume_point_are_not_counted_again(tmp_path):
+    """A duplicate member in one shard, counted once in a whole pass; resumed after every
+    batch, the passed-over prefix is not counted again (it was after batches 5 to 9)."""
+    import io
+    import tarfile
+
+    from streamaug.loader import write_shards
+
+    rng = np.random.default_rng(0)
+    index = write_shards((rng.integers(0, 256, (80, 4, 4, 3), dtype=np.uint8), rng.integers(0, 2, 80)),
+                         str(tmp_path), maxcount=20, progress=False)
+    with tarfile.open(index.urls[1]) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for i, (m, data) in enumerate(members):
+            t.addfile(m, io.BytesIO(data))
+            if i == 1:
+                t.addfile(m, io.BytesIO(data))                 # key.cls twice in one sample
+    open(index.urls[1], "wb").write(buf.getvalue())
+
+    def make():
+        return StreamLoader(index.urls, batch_size=8, num_workers=2, on_error="skip", shuffle=0, device="cpu")
+    with make() as full:
+        n = sum(1 for _ in full)
+        assert full.stats.skipped == {"duplicate_key": 1}
+    for taken in range(n):
+        with make() as first:
+            it = iter(first)
+            for _ in range(taken):
+                next(it)
+            state = first.state_dict()
+        with make() as resumed:
+            resumed.load_state_dict(state)
+            assert sum(1 for _ in resumed) == n - taken
+            assert resumed.stats.skipped == {"duplicate_key": 1}, taken

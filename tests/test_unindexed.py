@@ -95,7 +95,7 @@ def test_counts_of_a_share_with_no_good_sample_are_kept(shards, tmp_path, worker
     bad.write_bytes(b"this is not a tar" * 100)
     urls = [str(bad), shards[0][0]]
 
-    def make():
+    def make():                      # shuffled shard order: the bad shard's counts come first or last
         return StreamLoader(urls, batch_size=64, num_workers=workers, index=False, on_error="skip", seed=2)
     loader = make()
     assert len([k for b in loader for k in b.keys]) == 100
@@ -111,3 +111,22 @@ def test_counts_of_a_share_with_no_good_sample_are_kept(shards, tmp_path, worker
         rest = [k for b in resumed for k in b.keys]
         assert len(rest) == 100 - 64 * taken if taken < 2 else not rest
         assert resumed.stats.skipped == {"corrupt_shard": 1}, taken
+
+
+def test_counts_that_come_after_the_last_batch_are_counted_once_on_resume(shards, tmp_path):
+    """The bad shard is the last worker's whole share and its counts arrive after the only
+    batch; a state taken after that batch, resumed, still has them once."""
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"this is not a tar" * 100)
+
+    def make():
+        return StreamLoader([shards[0][0], str(bad)], batch_size=128, num_workers=2, index=False,
+                            on_error="skip", shuffle=0)
+    first = make()
+    it = iter(first)
+    assert len(next(it).keys) == 100
+    assert first.stats.skipped == {"corrupt_shard": 1}
+    resumed = make()
+    resumed.load_state_dict(first.state_dict())
+    assert [k for b in resumed for k in b.keys] == []
+    assert resumed.stats.skipped == {"corrupt_shard": 1}
