@@ -163,7 +163,7 @@ def _open(url: str, stream, fast: bool):
     """``(reader, first, tar)``: the fast reader with its first member, or a tarfile from the start."""
     try:
         first = stream.read(2)
-        if first == GZIP_MAGIC:   # inflated here, at most one tar record per read
+        if first == GZIP_MAGIC:   # inflated here (GzipReader), for both readers
             source, mode = GzipReader(stream, first), "r|"
         else:                     # plain; bz2/xz are left to tarfile (10 KiB of input per inflate)
             source = Prefixed(stream, first)
