@@ -1,7 +1,9 @@
 """Plain tar headers read without ``tarfile``, for the headers shards are made of.
 
-``tarfile`` parses each 512-byte header field by field in Python: at 32×32 npy
-that was about 13 of a worker's 33 ms per batch of 256. Shards are nearly always
+``tarfile`` parses each 512-byte header field by field in Python, the largest share
+of a 32×32 npy worker batch (``python -m streamaug.benchmarks.batch_profile --kind
+npy32``; reading alone, ``python -m streamaug.benchmarks.tar_read`` compares the
+two readers side by side). Shards are nearly always
 plain ustar members (regular files, sometimes directories), each perhaps after a
 pax ``x`` header: webdataset's own ``TarWriter`` writes one per member for its
 float mtime. :class:`UstarReader` reads those itself and decides nothing else:
@@ -11,7 +13,7 @@ float mtime. :class:`UstarReader` reads those itself and decides nothing else:
   the type is a regular file (``0``, NUL, ``7``), a directory, a link, a device
   or a fifo (``1``-``6``, which tarfile reads with no data after them);
 * a pax ``x`` header is read here when its records tile its data exactly, none is
-  ``hdrcharset`` or ``GNU.sparse.*``, its size is plain digits, and the header
+  ``hdrcharset`` or ``GNU.sparse.*``, its size is at most 20 plain digits, and the header
   after it is one read here;
 * every other header (GNU long names, sparse members, global pax headers,
   base-256 numbers, a signed checksum) is **handed over**: ``next()`` returns
