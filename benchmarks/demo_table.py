@@ -41,7 +41,7 @@ def table(summary: dict, labels: dict[str, str], baseline: str = "plain") -> str
         cells += [f"{s['minority_rows_per_batch']['mean']:.1f}", f"{s['samples_per_s']['mean']:,.0f}"]
         lines.append(f"| {a}: {labels[a]} | " + " | ".join(cells) + " |")
     lines.append("Δ in points of balanced accuracy; ~ = |Δ| below the seeds' spread (the larger std of the two "
-                 f"arms), i.e. not a difference these seeds can show; ≈ best = within that spread of the best arm.")
+                 "arms), i.e. not a difference these seeds can show; ≈ best = within that spread of the best arm.")
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from shard_factory import make_shards, npy_bytes, write_custom
+from shard_factory import make_shards, write_custom
 from streamaug.loader import StreamError, StreamLoader
 from streamaug.loader.image_codec import encode_image
 

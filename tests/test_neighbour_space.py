@@ -94,7 +94,7 @@ def test_embeddings_are_cached_and_recomputed_only_for_replaced_slots():
     smote.synthesize(res, 0, 10, rng)
     assert calls == [20]
     res.add(images[20:48], torch.zeros(28, dtype=torch.int64), [f"k{i}" for i in range(20, 48)], ["u"] * 28, rng)
-    replaced = sum(e != (f"u", f"k{i}") for i, e in enumerate(res.entries[0]))
+    replaced = sum(e != ("u", f"k{i}") for i, e in enumerate(res.entries[0]))
     smote.synthesize(res, 0, 10, rng)
     assert calls == [20, replaced] and 0 < replaced < 20
     emb = smote._embeddings.embeddings(res, 0)
