@@ -32,7 +32,11 @@ def _on_cuda(item) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark every CUDA case ``cuda``: ``streamaug bench --gpu-check`` runs ``pytest -m cuda``."""
+    """Mark every CUDA case ``cuda``: ``streamaug bench --gpu-check`` runs ``pytest -m cuda``.
+    A test that needs CUDA whatever its parameters says so with ``@pytest.mark.cuda``; it is
+    skipped without a GPU (a ``skipif`` of its own would leave it out of the GPU check)."""
     for item in items:
         if _on_cuda(item):
             item.add_marker(pytest.mark.cuda)
+        if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(reason="no GPU"))

@@ -22,12 +22,12 @@ from imblearn.over_sampling import SMOTE as ImbSMOTE
 
 from op_cases import OPS, images
 from shard_factory import make_shards
-from streamaug.loader import StreamLoader
+from streamaug.loader import StreamLoader, stream_loader
 from streamaug.ops import Compose, Flip, GaussianNoise, MixUp, Rotate, Shear
 from streamaug.samplers import SMOTE, ClassBalancer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+needs_cuda = pytest.mark.cuda          # selected by the GPU check, skipped without a GPU (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +39,16 @@ def augment(backend: str) -> Compose:
     return Compose([Flip(p=0.5), Rotate(20), Shear(x=10), GaussianNoise(0.03)], backend=backend)
 
 
-@needs_cuda
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["kornia", "dali"])
 @pytest.mark.parametrize("name", sorted(OPS))
-def test_op_on_cuda_equals_cpu(name, backend):
+def test_op_on_device_equals_cpu(name, backend, device):
+    """The CPU case replays the CPU call (so this test's own code runs without a GPU too)."""
     x = images(n=16, h=32, w=32) // 2 + 64          # mid-range: noise is not clipped
     aug = Compose([OPS[name]()], backend=backend, seed=3)
     cpu_out = aug(x)
     params = aug.last_params
-    gpu_out = aug(x.cuda(), params=params).cpu()
+    gpu_out = aug(x.to(device), params=params).cpu()
     if name == "noise":     # the field is drawn on each device (different generators): compare σ per row
         sigma = params[0]["std"] * params[0]["apply"]
         for out in (cpu_out, gpu_out):
@@ -59,7 +60,17 @@ def test_op_on_cuda_equals_cpu(name, backend):
     assert diff.float().mean() < 0.05 and int(diff.max()) <= 2, f"max {int(diff.max())}, mean {diff.float().mean():.4f}"
 
 
-def _host_waits_in_plugins(loader: StreamLoader, skip: int = 2) -> tuple[list[float], float, list[str]]:
+def watch_plugin_stage(monkeypatch, around) -> None:
+    """Route every batch's plug-in stages (``plugin_stage.apply_plugins``, as the loader
+    calls it) through ``around(run)``, where ``run()`` runs them and returns the batch."""
+    original = stream_loader.apply_plugins
+
+    def watched(loader, batch, plan, epoch):
+        return around(lambda: original(loader, batch, plan, epoch))
+    monkeypatch.setattr(stream_loader, "apply_plugins", watched)
+
+
+def _host_waits_in_plugins(loader: StreamLoader, monkeypatch, skip: int = 2) -> tuple[list[float], float, list[str]]:
     """Run one pass. Before each batch's plug-in stages, queue ``GPU_BUSY_S`` of GPU work
     (``torch.cuda._sleep``) and time the stages on the host: a stage that waits for the
     device (``.item()``, a blocking copy, a device read-back) waits for that queue too.
@@ -71,9 +82,9 @@ def _host_waits_in_plugins(loader: StreamLoader, skip: int = 2) -> tuple[list[fl
     end.record()
     end.synchronize()
     busy = start.elapsed_time(end) / 1000
-    times, messages, original = [], [], loader._apply_plugins
+    times, messages = [], []
 
-    def watched(batch, plan):
+    def timed(run):
         torch.cuda.synchronize()
         torch.cuda._sleep(GPU_BUSY_CYCLES)
         torch.cuda.set_sync_debug_mode("warn")
@@ -81,7 +92,7 @@ def _host_waits_in_plugins(loader: StreamLoader, skip: int = 2) -> tuple[list[fl
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 t0 = time.perf_counter()
-                out = original(batch, plan)
+                out = run()
                 times.append(time.perf_counter() - t0)
         finally:
             torch.cuda.set_sync_debug_mode(0)
@@ -89,7 +100,7 @@ def _host_waits_in_plugins(loader: StreamLoader, skip: int = 2) -> tuple[list[fl
         torch.cuda.synchronize()
         return out
 
-    loader._apply_plugins = watched
+    watch_plugin_stage(monkeypatch, timed)
     for _ in loader:
         pass
     return times[skip:], busy, messages
@@ -111,16 +122,43 @@ def test_loader_yields_on_device(shards, device, backend):
 @needs_cuda
 @pytest.mark.parametrize("backend", ["kornia", "dali"])
 @pytest.mark.parametrize("balance", [False, True], ids=["plain", "balance"])
-def test_plugin_path_never_waits_for_the_device(shards, backend, balance):
+def test_plugin_path_never_waits_for_the_device(shards, backend, balance, monkeypatch):
     index, _, _ = shards
     loader = StreamLoader(index.urls, batch_size=16, device="cuda", augment=augment(backend), mixup=MixUp(0.2),
                           balance=ClassBalancer("auto") if balance else None)
-    times, busy, syncs = _host_waits_in_plugins(loader)
+    times, busy, syncs = _host_waits_in_plugins(loader, monkeypatch)
     assert len(times) >= 4
     waited = sorted(times)[len(times) // 2]
     assert waited < 0.25 * busy, (f"plug-in stages took {waited * 1e3:.0f} ms on the host (median) while "
                                   f"{busy * 1e3:.0f} ms of GPU work was queued: they wait for the device; "
                                   f"torch reported {Counter(syncs).most_common(3)}")
+
+
+def test_gpu_check_selects_every_gpu_only_test():
+    """``pytest -m cuda`` (the GPU check's selection) holds the CUDA-only tests. The no-wait
+    test above was once skipped by its own ``skipif`` but not marked, so no GPU run selected it."""
+    import subprocess
+    import sys
+
+    here = __file__
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p",
+                             "no:cacheprovider", here], capture_output=True, text=True, timeout=300)
+    ids = [line.split("::", 1)[1] for line in listed.stdout.splitlines() if "::" in line]
+    assert sum(i.startswith("test_plugin_path_never_waits_for_the_device[") for i in ids) == 4, listed.stdout
+    assert not [i for i in ids if "[" in i and "cpu" in i.split("[", 1)[1].split("-")], ids
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_plugin_stage_watch_sees_every_batch(shards, monkeypatch, workers):
+    """The seam the CUDA test above times is the one the loader calls, once per batch
+    (it named a method the loader no longer had, and only a GPU would have run it)."""
+    index, _, _ = shards
+    loader = StreamLoader(index.urls, batch_size=16, device="cpu", num_workers=workers, stages_in_workers=False,
+                          augment=augment("kornia"), mixup=MixUp(0.2), balance=ClassBalancer("auto"))
+    seen = []
+    watch_plugin_stage(monkeypatch, lambda run: seen.append(run()) or seen[-1])
+    batches = list(loader)
+    assert len(batches) == len(loader) and [b.keys for b in seen] == [b.keys for b in batches]
 
 
 @pytest.mark.parametrize("device", DEVICES)
