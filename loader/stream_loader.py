@@ -43,13 +43,14 @@ from .batch import Batch
 from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, DecodeLimits
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan, PlanSpec
+from .dataloader_arguments import SHUFFLE_BUFFER, check_shuffle, read_worker_options
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
 from .errors import ErrorHandler, LoaderStats, WorkerCounts, WorkerFailure, add_counts, check_policy
 from .loader_state import restore_state, save_state
 from .open_pass import drop_batches, mark_last
 from .output_format import OutputFormat
 from .plugin_stage import apply_plugins
-from .read_workers import init_worker, stop_workers
+from .read_workers import stop_workers
 from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
@@ -74,7 +75,8 @@ class StreamLoader:
         urls: shard URLs: paths, brace patterns, ``pipe:`` commands or http(s).
         batch_size: samples per batch (real + synthetic).
         shuffle: shuffle-buffer size in samples (0/1 disables; shard order is
-            shuffled per epoch whenever ``shuffle`` is truthy).
+            shuffled per epoch whenever ``shuffle`` is truthy). DataLoader's ``True``
+            means a buffer of 1000, ``False`` none.
         num_workers: DataLoader worker processes for reading and decoding.
         seed: the one seed everything derives from (see ``seeding.derive_seed``).
         drop_last: drop each rank's last partial batch.
@@ -102,6 +104,11 @@ class StreamLoader:
             ``None`` (default) where it applies (CPU device, workers, a balancer that can;
             see ``worker_stages``), ``False`` never, ``True`` required. The batches are the
             same either way. ``augment_in_workers=`` is its deprecated former name.
+        persistent_workers, multiprocessing_context, timeout, worker_init_fn, in_order:
+            DataLoader's, for the reading workers (workers persist unless
+            ``persistent_workers=False``). DataLoader's ``sampler``, ``batch_sampler``,
+            ``collate_fn``, ``generator`` and ``pin_memory_device`` are refused with what to
+            use instead. See :mod:`streamaug.loader.dataloader_arguments`.
 
     DataLoader surface (what Lightning and accelerate look for; see
     :mod:`streamaug.loader.dataloader_surface`): ``dataset``, ``sampler``,
@@ -113,7 +120,7 @@ class StreamLoader:
     processes are ``read_workers`` (the ``num_workers=`` argument).
     """
 
-    def __init__(self, urls: str | Sequence[str], *, batch_size: int, shuffle: int = 1000,
+    def __init__(self, urls: str | Sequence[str], *, batch_size: int, shuffle: int | bool = SHUFFLE_BUFFER,
                  num_workers: int = 0, seed: int = 0, drop_last: bool = False,
                  device: str | torch.device | None = None, pin_memory: bool | None = None,
                  index: str | ShardIndex | None = None, on_error: str = "raise",
@@ -124,20 +131,22 @@ class StreamLoader:
                  channels_last: bool = False,
                  max_member_bytes: int = MAX_MEMBER_BYTES, max_image_pixels: int = MAX_IMAGE_PIXELS,
                  read_timeout: float = READ_TIMEOUT, stages_in_workers: bool | None = None,
-                 augment_in_workers: bool | None = None):
+                 augment_in_workers: bool | None = None, persistent_workers: bool | None = None,
+                 multiprocessing_context=None, timeout: float = 0, worker_init_fn=None, in_order: bool = True,
+                 **dataloader_only):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-        if int(shuffle) < 0:
-            raise ValueError(f"shuffle must be a buffer size >= 0, got {shuffle!r}")
+        self.read_options = read_worker_options(persistent_workers, multiprocessing_context, timeout,
+                                                worker_init_fn, in_order, **dataloader_only)
         self.urls = expand_urls(urls)
         self.index = find_index(self.urls, index, urls, (balance is not None or mixup is not None) and not num_classes)
         if self.index is None and (balance is not None or mixup is not None) and not num_classes:
             raise ValueError("index=False with balance= or mixup= needs num_classes=")
         self.num_classes = self.index.num_classes if self.index is not None else num_classes
         self.batch_size, self.read_workers, self.seed = batch_size, num_workers, int(seed)
-        self.shuffle, self.drop_last = int(shuffle), drop_last
+        self.shuffle, self.drop_last = check_shuffle(shuffle), drop_last
         self.on_error = check_policy(on_error)
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
@@ -315,7 +324,7 @@ class StreamLoader:
             gc.collect()
             self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.read_workers,
                                           pin_memory=self._pin, prefetch_factor=self._prefetch,
-                                          persistent_workers=True, worker_init_fn=init_worker)
+                                          persistent_workers=True, **self.read_options.dataloader_arguments())
         with OpenCVPoolStopped():            # the workers start (fork) here, the first time
             items = iter(self._dataloader)
         for item in items:
@@ -345,16 +354,20 @@ class StreamLoader:
         batches = device_feed(self._worker_batches(hold_last=plan is None), self.device, self._pin)
         if plan is None:                  # no index: resume replays the prefix; know which batch is last
             batches = mark_last(drop_batches(batches, start))
-        for batch in batches:
-            self.stats.merge(batch.stats)
-            if batch.encoded is not None:
-                batch = self.device_decoder(batch, ErrorHandler(self.on_error, self.stats))
-            if offsets is not None:
-                batch.slot_offset = offsets[batch.batch_id]
-            with self._stage_threads:
-                out = apply_plugins(self, batch, plan, epoch)
-            self._batches_done += 1
-            yield out
+        try:
+            for batch in batches:
+                self.stats.merge(batch.stats)
+                if batch.encoded is not None:
+                    batch = self.device_decoder(batch, ErrorHandler(self.on_error, self.stats))
+                if offsets is not None:
+                    batch.slot_offset = offsets[batch.batch_id]
+                with self._stage_threads:
+                    out = apply_plugins(self, batch, plan, epoch)
+                self._batches_done += 1
+                yield out
+        finally:
+            if not self.read_options.persistent:      # DataLoader(persistent_workers=False)
+                self.close()
         self._advance_epoch()
 
     def _advance_epoch(self) -> None:

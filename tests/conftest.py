@@ -36,7 +36,8 @@ def pytest_collection_modifyitems(config, items):
     A test that needs CUDA whatever its parameters says so with ``@pytest.mark.cuda``; it is
     skipped without a GPU (a ``skipif`` of its own would leave it out of the GPU check)."""
     for item in items:
+        needs_cuda = item.get_closest_marker("cuda") is not None      # marked by its author
         if _on_cuda(item):
             item.add_marker(pytest.mark.cuda)
-        if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+        if needs_cuda and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="no GPU"))

@@ -58,7 +58,7 @@ print(f"accuracy {correct / seen:.3f} on {seen} samples")
 '''
 
 STREAM_LINE = ('from streamaug.loader import StreamLoader; loader = StreamLoader("shards/train-{000000..000003}.tar", '
-               'batch_size=32, shuffle=1000, drop_last=True, dtype=torch.float32, normalize=((0.5,), (0.5,)))')
+               'batch_size=32, shuffle=True, drop_last=True, dtype=torch.float32, normalize=((0.5,), (0.5,)))')
 STREAM_SCRIPT = TORCH_SCRIPT.replace(
     'loader = DataLoader(train_set, batch_size=32, shuffle=True, drop_last=True)', STREAM_LINE)
 

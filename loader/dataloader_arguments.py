@@ -1,0 +1,104 @@
+"""``torch.utils.data.DataLoader``'s keyword arguments, as :class:`StreamLoader` takes them.
+
+A script that moves from ``DataLoader`` keeps its keyword arguments. Each either
+means the same here, applied to the reading workers, or is refused with what to
+use instead (a ``TypeError``, as for any argument a function does not take):
+
+* ``batch_size``, ``num_workers``, ``pin_memory``, ``drop_last``, ``prefetch_factor``:
+  the same (the workers are the processes that read and decode shards).
+* ``shuffle``: ``True`` is a shuffle buffer of ``SHUFFLE_BUFFER`` samples, with shard
+  order shuffled per epoch; ``False`` or ``None``, neither. An int is the buffer size.
+* ``persistent_workers``: workers persist across epochs (``None``, the default, or
+  ``True``); ``False`` stops them at the end of each pass.
+* ``multiprocessing_context``: how the workers start (``"fork"``, ``"spawn"``,
+  ``"forkserver"`` or a context).
+* ``timeout``: seconds to wait for a batch from the workers (0: no limit).
+* ``worker_init_fn``: called in each worker after streamaug's own set-up.
+* ``in_order``: ``True`` only; batches always come in order (a resume position counts them).
+* ``sampler``, ``batch_sampler``, ``collate_fn``, ``generator``, ``pin_memory_device``:
+  refused unless given DataLoader's default (``None``, or ``""``), with the message in
+  ``REFUSED`` saying what to use instead.
+
+With ``num_workers=0`` there are no workers, and the worker arguments have nothing
+to apply to.
+"""
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .read_workers import init_worker
+
+SHUFFLE_BUFFER = 1000           # samples; StreamLoader's default, and what shuffle=True means
+
+REFUSED = {      # given anything but DataLoader's default (None; "" for pin_memory_device)
+    "sampler": "StreamLoader reads shards in a planned order and splits them by rank itself (from "
+               "torch.distributed); use shuffle= (buffer size), set_epoch() and balance= (class balancing) "
+               "instead of a sampler",
+    "batch_sampler": "StreamLoader cuts batches of batch_size= itself; use batch_size= and drop_last=",
+    "collate_fn": "StreamLoader collates batches itself (images NCHW, labels); choose the output with dtype=, "
+                  "normalize= and channels_last=, or transform each Batch in your loop",
+    "generator": "StreamLoader's randomness derives from seed= (with the epoch, rank and worker); pass seed=<int>",
+    "pin_memory_device": "batches are delivered to device=; pass device= instead",
+}
+
+
+def check_shuffle(shuffle) -> int:
+    """DataLoader's bool (or ``None``) or a buffer size → the buffer size."""
+    if shuffle is None or isinstance(shuffle, bool):
+        return SHUFFLE_BUFFER if shuffle else 0
+    if not isinstance(shuffle, numbers.Integral) or shuffle < 0:
+        raise ValueError(f"shuffle must be True, False or a shuffle-buffer size (an int >= 0), got {shuffle!r}")
+    return int(shuffle)
+
+
+@dataclass(frozen=True)
+class ReadWorkerOptions:
+    """How the reading workers run (DataLoader's worker arguments)."""
+    persistent: bool = True
+    context: object = None
+    timeout: float = 0.0
+    worker_init_fn: Callable[[int], None] | None = None
+
+    def dataloader_arguments(self) -> dict:
+        init = init_worker if self.worker_init_fn is None else functools.partial(_init_then, self.worker_init_fn)
+        return {"multiprocessing_context": self.context, "timeout": self.timeout, "worker_init_fn": init}
+
+
+def _init_then(user_init: Callable[[int], None], worker_id: int) -> None:
+    init_worker(worker_id)
+    user_init(worker_id)
+
+
+def read_worker_options(persistent_workers=None, multiprocessing_context=None, timeout=0,
+                        worker_init_fn=None, in_order=True, **refused) -> ReadWorkerOptions:
+    """Check DataLoader's worker arguments. ``refused``: a name of ``REFUSED`` given anything but
+    its default, or a name DataLoader does not have either, is a ``TypeError``."""
+    for name, value in refused.items():
+        if name not in REFUSED:
+            raise TypeError(f"StreamLoader got an unexpected keyword argument {name!r}")
+        if value is not None and value != "":     # DataLoader's default is accepted: it asks for nothing
+            raise TypeError(f"StreamLoader does not take DataLoader's {name}= (got {value!r}): {REFUSED[name]}")
+    if persistent_workers is not None and not isinstance(persistent_workers, bool):
+        raise ValueError(f"persistent_workers must be True or False, got {persistent_workers!r}")
+    if isinstance(multiprocessing_context, str):
+        methods = multiprocessing.get_all_start_methods()
+        if multiprocessing_context not in methods:
+            raise ValueError(f"multiprocessing_context must be one of {methods} or a multiprocessing context, "
+                             f"got {multiprocessing_context!r}")
+        multiprocessing_context = multiprocessing.get_context(multiprocessing_context)
+    elif multiprocessing_context is not None and not isinstance(multiprocessing_context,
+                                                                multiprocessing.context.BaseContext):
+        raise ValueError(f"multiprocessing_context must be a start method name or a multiprocessing context, "
+                         f"got {multiprocessing_context!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+    if worker_init_fn is not None and not callable(worker_init_fn):
+        raise ValueError(f"worker_init_fn must be callable, got {worker_init_fn!r}")
+    if in_order is not True:
+        raise ValueError(f"StreamLoader delivers batches in order (a resume position counts them); "
+                         f"in_order must be True, got {in_order!r}")
+    return ReadWorkerOptions(persistent_workers is not False, multiprocessing_context, timeout, worker_init_fn)

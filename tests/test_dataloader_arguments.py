@@ -1,0 +1,158 @@
+"""DataLoader's keyword arguments, kept when a script moves to StreamLoader: each means
+the same for the reading workers, or is refused with what to use instead."""
+from __future__ import annotations
+
+import inspect
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from streamaug.loader import StreamLoader
+from streamaug.loader.dataloader_arguments import REFUSED, SHUFFLE_BUFFER
+from streamaug.ops import Compose, Flip, GaussianNoise, MixUp, Rotate
+from streamaug.samplers import SMOTE, ClassBalancer
+
+pytestmark = pytest.mark.filterwarnings("ignore:class .* has .* samples in the reservoir:RuntimeWarning")
+
+
+def keys(loader) -> list[str]:
+    return [k for b in loader for k in b.keys]
+
+
+def test_every_dataloader_argument_is_taken_or_refused_by_name():
+    """Checked against the installed torch, so an argument a new DataLoader adds shows up here."""
+    ours = set(inspect.signature(StreamLoader).parameters)
+    for name in inspect.signature(DataLoader).parameters:
+        if name != "dataset":
+            assert name in ours or name in REFUSED, f"DataLoader's {name}= is neither taken nor refused"
+
+
+def test_shuffle_true_is_a_buffer_and_false_none_is_no_shuffle(npy_shards):
+    index, _, _ = npy_shards
+
+    def order(shuffle):
+        return keys(StreamLoader(index.urls, batch_size=10, shuffle=shuffle, seed=3, device="cpu"))
+    assert order(True) == order(SHUFFLE_BUFFER) != order(1), "True shuffles samples, not only shard order"
+    import tarfile
+
+    stored = []
+    for url in index.urls:
+        with tarfile.open(url) as tar:
+            stored += [m.name.rsplit(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".cls")]
+    assert order(False) == order(None) == order(0) == stored, "no shuffling: the shards' own order"
+    assert StreamLoader(index.urls, batch_size=10, shuffle=True).shuffle == SHUFFLE_BUFFER
+
+
+@pytest.mark.parametrize("value", ["yes", 2.5, -1, [10]])
+def test_bad_shuffle_is_named(npy_shards, value):
+    index, _, _ = npy_shards
+    with pytest.raises(ValueError, match=rf"shuffle must be True, False or a shuffle-buffer size .*{value!r}"):
+        StreamLoader(index.urls, batch_size=10, shuffle=value)
+
+
+@pytest.mark.parametrize("name, value, hint", [
+    ("sampler", torch.utils.data.SequentialSampler(range(3)), "splits them by rank itself"),
+    ("batch_sampler", [[0, 1]], "batch_size= and drop_last="),
+    ("collate_fn", lambda items: items, "dtype=, normalize= and channels_last="),
+    ("generator", torch.Generator(), "seed=<int>"),
+    ("pin_memory_device", "cuda", "device="),
+])
+def test_dataloader_arguments_with_no_meaning_here_are_refused_with_the_alternative(npy_shards, name, value, hint):
+    index, _, _ = npy_shards
+    with pytest.raises(TypeError, match=rf"does not take DataLoader's {name}= .*{hint}"):
+        StreamLoader(index.urls, batch_size=10, **{name: value})
+    default = "" if name == "pin_memory_device" else None
+    assert len(keys(StreamLoader(index.urls, batch_size=10, **{name: default}))) == 100, "the default asks nothing"
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"persistent_workers": "yes"}, "persistent_workers must be True or False"),
+    ({"multiprocessing_context": "threads"}, "multiprocessing_context must be one of"),
+    ({"multiprocessing_context": 3}, "multiprocessing_context must be a start method name"),
+    ({"timeout": -1}, "timeout must be a number of seconds >= 0, got -1"),
+    ({"worker_init_fn": 7}, "worker_init_fn must be callable, got 7"),
+    ({"in_order": False}, "in_order must be True, got False"),
+])
+def test_bad_worker_arguments_are_named(npy_shards, kw, message):
+    index, _, _ = npy_shards
+    with pytest.raises(ValueError, match=message):
+        StreamLoader(index.urls, batch_size=10, num_workers=2, **kw)
+
+
+def test_an_unknown_argument_is_still_a_type_error(npy_shards):
+    index, _, _ = npy_shards
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'"):
+        StreamLoader(index.urls, batch_size=10, batchsize=10)
+
+
+def staged(index, **kw) -> StreamLoader:
+    """Balance (SMOTE), augment and mixup, all in the reading workers."""
+    return StreamLoader(index.urls, batch_size=16, num_workers=2, seed=5, device="cpu", shuffle=30,
+                        balance=ClassBalancer("auto", SMOTE()), mixup=MixUp(0.3),
+                        augment=Compose([Flip(), Rotate(15), GaussianNoise(0.05)]), **kw)
+
+
+def batches_of(loader) -> list[tuple]:
+    with loader:
+        assert loader.stages_in_workers
+        return [(b.keys, b.images.clone(), b.targets.clone()) for b in loader]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_workers_started_by_spawn_or_forkserver_give_the_batches_fork_gives(npy_shards, method):
+    """macOS starts processes with spawn, Python 3.14 on Linux with forkserver, and CUDA
+    scripts often choose spawn: the batches do not depend on it."""
+    index, _, _ = npy_shards
+    forked = batches_of(staged(index, multiprocessing_context="fork"))
+    other = batches_of(staged(index, multiprocessing_context=method))
+    assert len(other) == len(forked) > 4
+    for (k, x, t), (j, y, s) in zip(other, forked):
+        assert k == j and torch.equal(x, y) and torch.equal(t, s)
+
+
+@pytest.mark.parametrize("persistent", [None, True, False])
+def test_persistent_workers_false_stops_them_after_each_pass(npy_shards, persistent):
+    index, _, _ = npy_shards
+    loader = StreamLoader(index.urls, batch_size=10, num_workers=2, device="cpu", persistent_workers=persistent)
+    with loader:
+        first = keys(loader)
+        assert (loader._dataloader is None) == (persistent is False)
+        it = iter(loader)
+        next(it)
+        it.close()                                   # a pass left early stops them too
+        assert (loader._dataloader is None) == (persistent is False)
+        assert sorted(keys(loader)) == sorted(first) and len(first) == 100
+
+
+def record_worker(folder: str, worker_id: int) -> None:
+    """A user's worker_init_fn: notes its worker and the thread count streamaug set first."""
+    with open(os.path.join(folder, f"worker{worker_id}"), "w") as f:
+        f.write(str(torch.get_num_threads()))
+
+
+def test_worker_init_fn_runs_in_every_worker_after_streamaugs_own(npy_shards, tmp_path):
+    import functools
+
+    index, _, _ = npy_shards
+    with StreamLoader(index.urls, batch_size=10, num_workers=2, device="cpu",
+                      worker_init_fn=functools.partial(record_worker, str(tmp_path))) as loader:
+        assert len(keys(loader)) == 100
+    assert sorted(os.listdir(tmp_path)) == ["worker0", "worker1"]
+    assert all((tmp_path / f).read_text() == "1" for f in os.listdir(tmp_path)), "one intra-op thread per worker"
+
+
+def slow_start(worker_id: int) -> None:
+    import time
+    time.sleep(4)
+
+
+@pytest.mark.slow
+def test_timeout_limits_the_wait_for_a_batch(npy_shards):
+    index, _, _ = npy_shards
+    with StreamLoader(index.urls, batch_size=10, num_workers=1, device="cpu", timeout=1,
+                      worker_init_fn=slow_start) as loader:
+        with pytest.raises(RuntimeError, match=r"timed out after 1(\.0)? seconds"):
+            next(iter(loader))
