@@ -18,6 +18,7 @@ sample by sample (PIL) to find the bad ones, which are then raised or skipped
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from streamaug.core.transfer import to_device
 from streamaug.ops.backends.dali_pipelines import PIPELINES, capacity_for, dali_device_id, dali_to_torch
 
 from .decode_limits import sniff_format
-from .errors import ErrorHandler, StreamError
+from .errors import ErrorHandler, LoaderStats, StreamError, add_counts
 from .image_codec import decode_image, resize_image
 from .image_size import ImageSizeRule
 
@@ -39,6 +40,54 @@ def default_threads() -> int:
     return max(2, min(16, len(os.sched_getaffinity(0))))
 
 
+class DecodeTicket:
+    """A batch whose decode :meth:`DaliImageDecoder.start` began."""
+
+    def __init__(self, batch: BatchInFlight, encoded: list[np.ndarray]):
+        self.batch, self.encoded = batch, encoded
+        self.key = None
+        self.pipe = None
+        self.failed = False       # DALI refused it at once: decode it sample by sample
+
+
+def decode_ahead(batches: Iterator[BatchInFlight], decoder: "DaliImageDecoder",
+                 on_error: str) -> Iterator[BatchInFlight]:
+    """Decode each batch that carries encoded images. With ``decoder.ahead``, one batch ahead:
+    batch ``i+1``'s decode is started before batch ``i`` is handed on, so DALI works on it
+    while the caller works on batch ``i``; else each batch is decoded before it is handed on.
+    What the decode skipped is counted on the batch (``batch.stats``), so the loader's counts
+    reach ``stats`` with the batch that had them."""
+    pending: DecodeTicket | None = None         # started, not collected (at most one: see start)
+    try:
+        for batch in batches:
+            done = None
+            if pending is not None:
+                ticket, pending = pending, None
+                done = _finished(decoder, ticket, on_error)
+            if batch.encoded is not None:
+                pending = decoder.start(batch)
+                if not decoder.ahead:
+                    ticket, pending = pending, None
+                    batch = _finished(decoder, ticket, on_error)
+            if done is not None:
+                yield done
+            if pending is None:
+                yield batch
+        if pending is not None:
+            ticket, pending = pending, None
+            yield _finished(decoder, ticket, on_error)
+    finally:
+        if pending is not None:
+            decoder.cancel(pending)
+
+
+def _finished(decoder: "DaliImageDecoder", ticket: DecodeTicket, on_error: str) -> BatchInFlight:
+    counts = LoaderStats()
+    batch = decoder.finish(ticket, ErrorHandler(on_error, counts))
+    add_counts(batch.stats, counts.take())
+    return batch
+
+
 class DaliImageDecoder:
     def __init__(self, device: torch.device, channels: int, resize: tuple[int, int] | None = None,
                  threads: int | None = None, sizes: ImageSizeRule | None = None):
@@ -48,13 +97,18 @@ class DaliImageDecoder:
         self.threads = threads or default_threads()
         self.sizes = sizes or ImageSizeRule(None, resize)
         self._token = object()                 # this decoder's pipelines in the shared cache
+        # decode one batch ahead of the caller (decode_ahead) on CUDA, where the host mostly
+        # waits for the device; on the CPU the step and DALI's threads compete for the cores
+        # and it was slower (benchmarks/decode_overlap.py)
+        self.ahead = device.type == "cuda"
         self._spare: tuple[np.ndarray, int, str, str] | None = None   # a good image to pad an all-bad batch
 
     def _build(self, capacity: int, device_id: int | None):
         from nvidia.dali import fn, pipeline_def, types
 
+        # asynchronous: schedule_run() returns at once and DALI decodes on its own threads
         @pipeline_def(batch_size=capacity, num_threads=self.threads, device_id=device_id,
-                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+                      prefetch_queue_depth=1, exec_async=True, exec_pipelined=True)
         def build():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             images = fn.decoders.image(encoded, device="mixed" if device_id is not None else "cpu",
@@ -62,35 +116,68 @@ class DaliImageDecoder:
                                        jpeg_fancy_upsampling=True)
             if self.resize is not None:
                 images = fn.resize(images, resize_y=self.resize[0], resize_x=self.resize[1])
-            return images
+            return fn.transpose(images, perm=[2, 0, 1])      # CHW here, on DALI's threads
 
         return build()
 
-    def __call__(self, batch: BatchInFlight, handle: ErrorHandler) -> BatchInFlight:
+    def start(self, batch: BatchInFlight) -> DecodeTicket:
+        """Start decoding ``batch`` (its encoded bytes are taken); :meth:`finish` collects it.
+        One batch at a time: finish a ticket before starting the next, or :meth:`cancel` it."""
         encoded = [np.frombuffer(e, dtype=np.uint8) for e in batch.encoded]
         batch.encoded = None
+        ticket = DecodeTicket(batch, encoded)
+        if not encoded:
+            return ticket
+        device_id = dali_device_id(self.device)
+        ticket.key = (self._token, device_id, capacity_for(len(encoded)))
+        try:
+            pipe = PIPELINES.get(ticket.key, lambda: self._build(ticket.key[2], device_id))
+            pipe.feed_input("encoded", encoded)
+            pipe.schedule_run()
+        except RuntimeError:
+            PIPELINES.discard(ticket.key)      # a DALI pipeline is unusable after an error
+            ticket.key, ticket.failed = None, True
+            return ticket
+        ticket.pipe = pipe
+        return ticket
+
+    def finish(self, ticket: DecodeTicket, handle: ErrorHandler) -> BatchInFlight:
+        """The started batch, decoded where it lives. Samples that do not decode (or break
+        the size rule) are raised or skipped and replaced through ``handle``."""
+        batch, encoded, pipe = ticket.batch, ticket.encoded, ticket.pipe
         if not encoded:
             return batch
-        device_id = dali_device_id(self.device)
-        capacity = capacity_for(len(encoded))
-        key = (self._token, device_id, capacity)
+        if ticket.failed:
+            return self._decode_one_by_one(batch, encoded, handle)
+        ticket.pipe = None
         try:
-            pipe = PIPELINES.get(key, lambda: self._build(capacity, device_id))
-            pipe.feed_input("encoded", encoded)
-            (out,) = pipe.run()
+            (out,) = pipe.share_outputs()
         except RuntimeError:
-            PIPELINES.discard(key)             # a DALI pipeline is unusable after an error
+            PIPELINES.discard(ticket.key)
             return self._decode_one_by_one(batch, encoded, handle)
-        shapes = [tuple(out[i].shape()) for i in range(len(out))]
-        self.sizes.adopt(shapes)            # no index shape: the first batch's most common one
         try:
-            for i, shape in enumerate(shapes):
-                self.sizes.check(shape, batch.urls[i], batch.keys[i])
-        except StreamError:
-            return self._decode_one_by_one(batch, encoded, handle)
-        batch.images = dali_to_torch(out, torch.uint8, self.device).permute(0, 3, 1, 2).contiguous()
+            shapes = [tuple(out[i].shape()) for i in range(len(out))]
+            shapes = [(h, w, c) for c, h, w in shapes]          # the size rule speaks HWC
+            self.sizes.adopt(shapes)            # no index shape: the first batch's most common one
+            try:
+                for i, shape in enumerate(shapes):
+                    self.sizes.check(shape, batch.urls[i], batch.keys[i])
+            except StreamError:
+                return self._decode_one_by_one(batch, encoded, handle)
+            batch.images = dali_to_torch(out, torch.uint8, self.device)
+        finally:
+            pipe.release_outputs()              # after the copy was queued, as DALI's own iterators do
         self._spare = (encoded[0], int(batch.labels[0]), batch.keys[0], batch.urls[0])
         return batch
+
+    def cancel(self, ticket: DecodeTicket) -> None:
+        """Drop a started decode nobody will collect: its pipeline still holds the run."""
+        if ticket.pipe is not None:
+            PIPELINES.discard(ticket.key)
+            ticket.pipe = None
+
+    def __call__(self, batch: BatchInFlight, handle: ErrorHandler) -> BatchInFlight:
+        return self.finish(self.start(batch), handle)
 
     def _decode_one_by_one(self, batch: BatchInFlight, encoded: list[np.ndarray], handle: ErrorHandler) -> BatchInFlight:
         """Slow path: find the samples DALI refused or that break the size rule; raise or

@@ -41,11 +41,12 @@ from streamaug.core.threads import IntraOpThreads, OpenCVPoolStopped, main_proce
 
 from .batch import Batch
 from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, DecodeLimits
+from .device_decode import decode_ahead
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan, PlanSpec
 from .dataloader_arguments import SHUFFLE_BUFFER, check_shuffle, read_worker_options
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
-from .errors import ErrorHandler, LoaderStats, WorkerCounts, WorkerFailure, add_counts, check_policy
+from .errors import LoaderStats, WorkerCounts, WorkerFailure, add_counts, check_policy
 from .loader_state import restore_state, save_state
 from .open_pass import drop_batches, mark_last
 from .output_format import OutputFormat
@@ -352,13 +353,15 @@ class StreamLoader:
         offsets = None if plan is None or self.balance is None else \
             [0, *itertools.accumulate(plan.synthetic)]
         batches = device_feed(self._worker_batches(hold_last=plan is None), self.device, self._pin)
-        if plan is None:                  # no index: resume replays the prefix; know which batch is last
-            batches = mark_last(drop_batches(batches, start))
+        if plan is None:                  # no index: resume replays the prefix
+            batches = drop_batches(batches, start)
+        if self.device_decoder is not None:
+            batches = decode_ahead(batches, self.device_decoder, self.on_error)
+        if plan is None:                  # know which batch is last
+            batches = mark_last(batches)
         try:
             for batch in batches:
                 self.stats.merge(batch.stats)
-                if batch.encoded is not None:
-                    batch = self.device_decoder(batch, ErrorHandler(self.on_error, self.stats))
                 if offsets is not None:
                     batch.slot_offset = offsets[batch.batch_id]
                 with self._stage_threads:

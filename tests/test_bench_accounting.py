@@ -105,3 +105,19 @@ def test_tar_read_bench_reads_every_sample_both_ways(tmp_path, capsys):
     assert [r["samples"] for r in rows.values()] == [512, 512, 64]
     assert all(r["ustar_reader_samples_per_s"] > 0 and r["tarfile_samples_per_s"] > 0 for r in rows.values())
     assert "| npy32 (webdataset ShardWriter, pax per member) | 512 |" in capsys.readouterr().out
+
+
+def test_decode_overlap_bench_runs_both_ways(tmp_path, capsys):
+    """The decode-ahead bench on the quick bench's 64 JPEGs: in place and ahead, both steps."""
+    import json
+
+    from streamaug.benchmarks import decode_overlap
+
+    assert decode_overlap.main(["--quick", "--repeats", "1", "--device", "cpu", "--data", str(tmp_path),
+                                "--json", str(tmp_path / "d.json")]) == 0
+    result = json.load(open(tmp_path / "d.json"))
+    assert result["batches"] == 4 and result["batch"] == 16 and result["decode_alone_ms"] > 0
+    for step in ("wait", "compute"):
+        r = result["steps"][step]
+        assert r["in_place_ms_per_batch"] > 0 and r["ahead_ms_per_batch"] > 0
+    assert "| wait |" in capsys.readouterr().out

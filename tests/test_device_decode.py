@@ -66,3 +66,122 @@ def test_decode_argument_is_checked(npy_shards):
     index, _, _ = npy_shards
     with pytest.raises(ValueError, match="decode must be 'cpu' .* or 'dali' .* got 'gpu'"):
         StreamLoader(index.urls, batch_size=4, decode="gpu")
+
+
+def bad_every_other_shard(tmp_path, shards=4, per=6):
+    """``shards`` jpg shards of ``per`` samples; shards 1 and 3 hold one undecodable image."""
+    files, counts = {}, {}
+    for s in range(shards):
+        members = jpg_members(per, start=s * per)
+        if s % 2:
+            members[2:4] = [(f"s_{s * per + 1:05d}.jpg", b"\xff\xd8 broken"), members[3]]
+        files[f"t{s}.tar"], counts[f"t{s}.tar"] = members, [per // 2, per - per // 2]
+    return write_custom(str(tmp_path), files, counts, image_shape=(12, 12, 3))
+
+
+def dali_loader(urls, ahead: bool, **kw) -> StreamLoader:
+    """decode="dali" on the CPU, decoding one batch ahead (as on CUDA) or in place (the CPU's default)."""
+    loader = StreamLoader(urls, decode="dali", device="cpu", **kw)
+    assert loader.device_decoder.ahead is False
+    loader.device_decoder.ahead = ahead
+    return loader
+
+
+@pytest.mark.parametrize("ahead", [True, False], ids=["ahead", "in_place"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decode_skips_are_counted_once_whatever_the_resume_point(tmp_path, workers, ahead):
+    """Decoding a batch ahead of the caller, what the decode skips still reaches ``stats`` with
+    its own batch, so a state taken after any batch resumes with each skip counted once."""
+    index = bad_every_other_shard(tmp_path)
+
+    def make():
+        return dali_loader(index.urls, ahead, batch_size=5, num_workers=workers, shuffle=0, on_error="skip")
+    with make() as full:
+        n = len(list(full))
+        assert full.stats.skipped == {"undecodable_image": 2}
+    for taken in range(n + 1):
+        with make() as first:
+            it = iter(first)
+            for _ in range(taken):
+                next(it)
+            state, counted = first.state_dict(), dict(first.stats.skipped)
+        with make() as resumed:
+            resumed.load_state_dict(state)
+            rest = list(resumed)
+            assert len(rest) == (n - taken if taken < n else n), taken
+            if taken < n:
+                assert resumed.stats.skipped == {"undecodable_image": 2}, (taken, counted)
+
+
+@pytest.mark.parametrize("ahead", [True, False], ids=["ahead", "in_place"])
+def test_a_pass_left_early_leaves_no_decode_behind(tmp_path, ahead):
+    """Decoding ahead, batch 2's decode was started when batch 1 was handed on; leaving the pass
+    there must not hand that stale decode to the next pass's first batch."""
+    index, _, _ = make_shards(str(tmp_path), n=40, maxcount=10, fmt="jpg", size=16)
+    loader = dali_loader(index.urls, ahead, batch_size=8, shuffle=0, seed=0)
+    whole = [(b.keys, b[0].clone()) for b in loader]
+    loader.set_epoch(0)
+    it = iter(loader)
+    next(it)
+    it.close()
+    again = [(b.keys, b[0].clone()) for b in loader]
+    assert [k for k, _ in again] == [k for k, _ in whole]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(again, whole))
+
+
+class RecordingDecoder:
+    """Stands in for DaliImageDecoder in ``decode_ahead``: logs start, finish and cancel."""
+
+    def __init__(self, ahead=True):
+        self.log, self.ahead = [], ahead
+
+    def start(self, batch):
+        self.log.append(("start", batch.batch_id))
+        batch.encoded = None
+        return batch
+
+    def finish(self, ticket, handle):
+        self.log.append(("finish", ticket.batch_id))
+        return ticket
+
+    def cancel(self, ticket):
+        self.log.append(("cancel", ticket.batch_id))
+
+
+def test_decode_ahead_starts_the_next_batch_before_handing_on_this_one():
+    from streamaug.core.flight import BatchInFlight
+    from streamaug.loader.device_decode import decode_ahead
+
+    def batches(encoded_ids):
+        for i in range(5):
+            b = BatchInFlight(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64),
+                              [f"k{i}"], ["u"], torch.zeros(1, dtype=torch.bool), i)
+            b.encoded = [b"x"] if i in encoded_ids else None
+            yield b
+    dec = RecordingDecoder()
+    out = []
+    for b in decode_ahead(batches({0, 1, 2, 4}), dec, "raise"):
+        dec.log.append(("yield", b.batch_id))
+        out.append(b.batch_id)
+    assert out == [0, 1, 2, 3, 4]
+    assert dec.log == [("start", 0), ("finish", 0), ("start", 1), ("yield", 0), ("finish", 1), ("start", 2),
+                       ("yield", 1), ("finish", 2), ("yield", 2), ("yield", 3), ("start", 4), ("finish", 4),
+                       ("yield", 4)]
+    dec = RecordingDecoder()
+    gen = decode_ahead(batches({0, 1, 2, 3, 4}), dec, "raise")
+    next(gen)
+    gen.close()
+    assert dec.log[-1] == ("cancel", 1), dec.log
+    dec = RecordingDecoder(ahead=False)
+    for b in decode_ahead(batches({0, 1, 2, 4}), dec, "raise"):
+        dec.log.append(("yield", b.batch_id))
+    assert dec.log == [("start", 0), ("finish", 0), ("yield", 0), ("start", 1), ("finish", 1), ("yield", 1),
+                       ("start", 2), ("finish", 2), ("yield", 2), ("yield", 3), ("start", 4), ("finish", 4),
+                       ("yield", 4)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_decoding_ahead_is_the_default_on_cuda_only(device):
+    from streamaug.loader.device_decode import DaliImageDecoder
+
+    assert DaliImageDecoder(torch.device(device), 3).ahead == (device == "cuda")
