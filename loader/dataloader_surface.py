@@ -7,9 +7,11 @@ collate_fn=loader.collate_fn, num_workers=loader.num_workers, ...)``. A
 :class:`StreamLoader` yields finished batches, so its surface describes *a loader
 over a dataset of batches*:
 
-* ``dataset``: :class:`BatchDataset`, map-style, ``len`` = batches in this rank's
-  epoch, item ``j`` = batch ``j`` of the current epoch. Asking for ``j`` ahead of
-  the current position starts the pass there without decoding what it passes over.
+* ``dataset``: :class:`BatchDataset`, map-style: item ``j`` = batch ``j`` of the current
+  epoch (``j`` below ``len(loader)``). Asking for ``j`` ahead of the current position
+  starts the pass there without decoding what it passes over. Its ``len`` is the number
+  of samples in the shards, as ``len(DataLoader.dataset)`` is the dataset's size:
+  training scripts divide sums of losses and counts of correct answers by it.
 * ``sampler``: :class:`EpochSampler`, the batch indices of one epoch in order;
   ``set_epoch`` is the loader's.
 * ``batch_sampler``: :class:`BatchIndexSampler`, ``[j]`` per batch.
@@ -37,7 +39,8 @@ def first_item(items: list):
 
 
 class BatchDataset(Dataset):
-    """Map-style view of one rank's epoch: item ``j`` is batch ``j``."""
+    """Map-style view of one rank's epoch: item ``j`` is batch ``j``; ``len`` is the number of
+    samples in the shards (all ranks, from the index), what ``len(DataLoader.dataset)`` gives."""
 
     def __init__(self, loader: "StreamLoader"):
         self.loader = loader
@@ -46,10 +49,12 @@ class BatchDataset(Dataset):
         self._epoch = None
 
     def __len__(self) -> int:
-        return len(self.loader)
+        if self.loader.index is None:
+            raise TypeError("StreamLoader(index=False).dataset has no len(): the number of samples is unknown")
+        return self.loader.index.total
 
     def __getitem__(self, j: int):
-        n = len(self)
+        n = len(self.loader)
         if not isinstance(j, int) or not 0 <= j < n:
             raise IndexError(f"batch index {j!r} out of range for an epoch of {n} batches")
         if self._pass is None or j != self._next or self._epoch != self.loader.epoch:
