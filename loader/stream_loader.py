@@ -18,7 +18,9 @@ reseeded for every batch from ``(seed, epoch, rank, batch)``, so the loader's
 state is its position (see :mod:`streamaug.loader.loader_state`).
 
 DataLoader semantics: every ``iter(loader)`` starts a full pass (only the first
-pass after :meth:`StreamLoader.load_state_dict` resumes mid-epoch); the rank and
+pass after :meth:`StreamLoader.load_state_dict` resumes mid-epoch), of the next epoch
+when the last pass was left part-way (unless ``set_epoch`` chose the epoch); one pass
+runs at a time (a newer ``iter()`` supersedes a running pass, which then raises); the rank and
 world size are read from ``torch.distributed`` when a pass starts (or ``len()``
 is asked), so a loader built before ``init_process_group`` (as Lightning and
 accelerate scripts do) still shards by rank.
@@ -44,6 +46,7 @@ from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, Dec
 from .device_decode import decode_ahead
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan, PlanSpec
+from .accelerate_pass import pass_marker
 from .dataloader_arguments import SHUFFLE_BUFFER, check_shuffle, read_worker_options
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
 from .errors import LoaderStats, WorkerCounts, WorkerFailure, add_counts, check_policy
@@ -202,6 +205,7 @@ class StreamLoader:
         self._explicit_epoch = False
         self._batches_done = 0
         self._resume_pending = False
+        self._pass_serial = 0             # which pass is current (see _check_current)
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
         self.output.check_channels(channels)
 
@@ -285,14 +289,14 @@ class StreamLoader:
         self.epoch, self._explicit_epoch = int(epoch), True
 
     # ------------------------------------------------------------ iteration
-    def _worker_batches(self, hold_last: bool) -> Iterator[BatchInFlight]:
+    def _worker_batches(self, serial: int, hold_last: bool) -> Iterator[BatchInFlight]:
         """The workers' batches. Counts a worker shipped without a batch ride on the next batch,
         so a resume that passes over that batch has them in its restored ``stats`` already.
         With ``hold_last`` (no index: the pass replays on resume) each batch is held until the
         next arrives, so counts that come after the last batch ride on it too."""
         carried: dict = {}
         held = None
-        for item in self._worker_items():
+        for item in self._worker_items(serial):
             if isinstance(item, WorkerCounts):
                 add_counts(carried, item.counts)
                 continue
@@ -311,7 +315,7 @@ class StreamLoader:
         elif carried:
             self.stats.merge(carried)
 
-    def _worker_items(self):
+    def _worker_items(self, serial: int):
         self._stream.set_position(self.epoch, self._batches_done)
         if self.read_workers == 0:
             yield from self._stream
@@ -328,13 +332,21 @@ class StreamLoader:
                                           persistent_workers=True, **self.read_options.dataloader_arguments())
         with OpenCVPoolStopped():            # the workers start (fork) here, the first time
             items = iter(self._dataloader)
-        for item in items:
+        while True:
+            self._check_current(serial)      # before taking a batch: it may be a newer pass's
+            item = next(items, None)
+            if item is None:
+                return
             if isinstance(item, WorkerFailure):   # the worker's StreamError itself, not DataLoader's RuntimeError
                 raise item.error
             yield item
 
     def __iter__(self) -> Iterator[Batch]:
-        """A full pass; the first pass after ``load_state_dict`` resumes where the state was taken."""
+        """A full pass; the first pass after ``load_state_dict`` resumes where the state was taken.
+        A pass left part-way ends its epoch as a full one would: the next pass is the next epoch
+        (as each ``iter()`` of a shuffled DataLoader is a new shuffle), unless ``set_epoch`` was called."""
+        if self._batches_done and not self._resume_pending:
+            self._advance_epoch()
         return self.iter_from(None)
 
     def iter_from(self, start: int | None) -> Iterator[Batch]:
@@ -350,28 +362,44 @@ class StreamLoader:
             plan, start = self.plan(), 0
         self._batches_done = start
         epoch = self.epoch
+        self._pass_serial += 1
+        serial = self._pass_serial
         offsets = None if plan is None or self.balance is None else \
             [0, *itertools.accumulate(plan.synthetic)]
-        batches = device_feed(self._worker_batches(hold_last=plan is None), self.device, self._pin)
+        batches = device_feed(self._worker_batches(serial, hold_last=plan is None), self.device, self._pin)
         if plan is None:                  # no index: resume replays the prefix
             batches = drop_batches(batches, start)
         if self.device_decoder is not None:
             batches = decode_ahead(batches, self.device_decoder, self.on_error)
         if plan is None:                  # know which batch is last
             batches = mark_last(batches)
+        marker = pass_marker()            # accelerate's gradient accumulation: where the pass ends
         try:
             for batch in batches:
+                self._check_current(serial)
                 self.stats.merge(batch.stats)
                 if offsets is not None:
                     batch.slot_offset = offsets[batch.batch_id]
                 with self._stage_threads:
                     out = apply_plugins(self, batch, plan, epoch)
                 self._batches_done += 1
+                if marker is not None:
+                    marker.at_batch(batch.last if plan is None else self._batches_done == plan.num_batches)
                 yield out
         finally:
-            if not self.read_options.persistent:      # DataLoader(persistent_workers=False)
-                self.close()
+            if marker is not None:
+                marker.close()
+            if not self.read_options.persistent and serial == self._pass_serial:
+                self.close()              # DataLoader(persistent_workers=False): the workers end with the pass
         self._advance_epoch()
+
+    def _check_current(self, serial: int) -> None:
+        if serial != self._pass_serial:
+            raise RuntimeError(
+                "this pass over the StreamLoader was superseded: iter(loader) was called again while it ran. "
+                "A StreamLoader runs one pass at a time (its reading workers serve the newest pass), so the "
+                "older pass stops here rather than share or lose batches. Finish or drop a pass before "
+                "starting another (for one batch to look at, take next(iter(loader)) before the loop).")
 
     def _advance_epoch(self) -> None:
         self._batches_done = 0

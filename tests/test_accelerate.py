@@ -99,3 +99,54 @@ def test_skip_first_batches_yields_the_rest_of_the_pass(runs):
         full = [(r["keys"], r["sum"]) for r in rows if r["stage"] == "full"]
         skipped = [(r["keys"], r["sum"]) for r in rows if r["stage"] == "skipped"]
         assert len(full) == per_rank and skipped == full[3:], f"rank {rank}"
+
+
+ACCUMULATION_JOB = r'''
+import json, sys
+import numpy as np, torch, torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from accelerate import Accelerator
+from streamaug.loader import StreamLoader, write_shards
+
+rng = np.random.default_rng(0)
+images, labels = rng.integers(0, 256, (200, 4, 4, 3), dtype=np.uint8), rng.integers(0, 3, 200)
+index = write_shards((images, labels), "shards", maxcount=50, progress=False)
+accelerator = Accelerator(cpu=True, gradient_accumulation_steps=4)
+loaders = {"dataloader": DataLoader(TensorDataset(torch.rand(200, 3, 4, 4), torch.from_numpy(labels)), batch_size=16),
+           "indexed": StreamLoader(index.urls, batch_size=16, dtype=torch.float32),
+           "unindexed": StreamLoader(index.urls, batch_size=16, dtype=torch.float32, index=False, num_classes=3)}
+out = {}
+for name, loader in loaders.items():
+    model = torch.nn.Linear(48, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    synced = []
+    for epoch in range(2):
+        for step, (x, y) in enumerate(loader):
+            with accelerator.accumulate(model):
+                accelerator.backward(F.cross_entropy(model(x.flatten(1)), y))
+                if accelerator.sync_gradients:
+                    synced.append((epoch, step))
+                optimizer.step()
+                optimizer.zero_grad()
+        assert not accelerator.gradient_state.in_dataloader, name
+    out[name] = {"synced": synced, "grad_left": model.weight.grad is not None}
+print(json.dumps(out))
+'''
+
+
+def test_gradient_accumulation_steps_at_the_end_of_every_pass(tmp_path):
+    """``accelerator.accumulate`` steps at the last batch of a pass, as with a DataLoader it
+    prepared; it was not told where a StreamLoader pass ends, so the last partial window was
+    never stepped and its gradient went into the next epoch's first step."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-c", ACCUMULATION_JOB], capture_output=True, text=True,
+                          timeout=TIMEOUT, cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = [(e, s) for e in range(2) for s in (3, 7, 11, 12)]      # 13 batches of 16: 200 samples
+    synced = {name: [tuple(p) for p in r["synced"]] for name, r in result.items()}
+    assert synced["dataloader"] == expected, "the reference: accelerate's own DataLoader"
+    for name in ("indexed", "unindexed"):
+        assert synced[name] == expected, name
+        assert not result[name]["grad_left"], f"{name}: gradient left over after the last step"

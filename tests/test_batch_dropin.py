@@ -238,15 +238,17 @@ def test_dataloader_surface_attributes(shards):
     assert with_workers.num_workers == 0 and with_workers.prefetch_factor is None
     assert with_workers.persistent_workers is False
     assert callable(loader.collate_fn)
-    assert len(loader.dataset) == len(loader)
+    assert len(loader.dataset) == index.total, "the dataset's size in samples, as DataLoader.dataset's"
 
 
 def test_dataset_item_j_is_batch_j_of_the_current_pass(shards):
     index = shards[0]
     reference = [fingerprint(b) for b in full_pipeline(index)]
     loader = full_pipeline(index)
-    assert len(loader.dataset) == len(reference)
-    assert [fingerprint(loader.dataset[j]) for j in range(len(loader.dataset))] == reference
+    assert len(loader) == len(reference)
+    assert [fingerprint(loader.dataset[j]) for j in range(len(loader))] == reference
+    with pytest.raises(IndexError, match=f"batch index {len(loader)} out of range"):
+        loader.dataset[len(loader)]
 
 
 def test_sampler_set_epoch_sets_the_loader_epoch(shards):
@@ -314,3 +316,64 @@ def test_metrics_use_hard_labels_with_mixup(shards):
     accuracy = torchmetrics.classification.MulticlassAccuracy(num_classes=CLASSES, average="micro")
     assert accuracy(perfect, batch.hard_labels).item() == 1.0
     assert accuracy(perfect, batch.targets).item() < 1.0, "soft targets silently give a wrong number"
+
+
+# ------------------------------------------------------------------ passes left early, passes at once
+def test_a_pass_left_early_is_followed_by_the_next_epoch(shards):
+    """A loop that breaks after ``steps_per_epoch`` batches sees new data each time (each
+    ``iter()`` of a shuffled DataLoader is a new shuffle); with ``set_epoch`` the epoch is the caller's."""
+    index = shards[0]
+    loader = stream(index)
+    firsts = []
+    for _ in range(3):
+        for j, batch in enumerate(loader):
+            if j == 0:
+                firsts.append(batch.keys)
+            if j == 2:
+                break
+    assert firsts[0] != firsts[1] != firsts[2] and loader.epoch == 2
+    twin = stream(index)
+    twin.set_epoch(2)
+    assert next(iter(twin)).keys == firsts[2], "the pass after two left early is epoch 2"
+    for _ in range(2):
+        assert next(iter(twin)).keys == firsts[2], "set_epoch fixes the epoch, passes left early or not"
+
+
+def test_a_state_taken_in_a_pass_left_early_still_resumes_there(shards):
+    index = shards[0]
+    loader, reference = stream(index), [b.keys for b in stream(index)]
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    state = loader.state_dict()
+    del it
+    resumed = stream(index)
+    resumed.load_state_dict(state)
+    assert [b.keys for b in resumed] == reference[3:]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_second_pass_started_mid_pass_stops_the_first_with_a_clear_error(shards, workers):
+    """Its workers serve the newest pass: the older pass raises rather than share or drop batches."""
+    index = shards[0]
+    with stream(index, num_workers=workers) as loader:
+        reference = [b.keys for b in loader]
+        loader.set_epoch(0)
+        first = iter(loader)
+        next(first)
+        second = [b.keys for b in loader]
+        assert second == reference, "the newer pass is whole"
+        with pytest.raises(RuntimeError, match="this pass over the StreamLoader was superseded"):
+            next(first)
+        assert [b.keys for b in loader] == reference
+        assert loader.stats.real == 3 * N + BATCH, "the first pass counted its one batch, then nothing"
+
+
+def test_len_dataset_is_the_sample_count_scripts_divide_by(shards):
+    """pytorch/examples' ``test()``: ``loss_sum / len(loader.dataset)``, ``correct / len(loader.dataset)``."""
+    index = shards[0]
+    for loader in (stream(index), DataLoader(ArrayDataset(*shards[1:]), batch_size=BATCH)):
+        seen = sum(len(labels) for _, labels in loader)
+        assert len(loader.dataset) == seen == N
+    with pytest.raises(TypeError, match="no len"):
+        len(StreamLoader(index.urls, batch_size=BATCH, index=False).dataset)

@@ -186,7 +186,7 @@ def test_pickles_in_shards_are_never_loaded(tmp_path):
     ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
     ({"batch_size": 4, "num_workers": -1}, "num_workers must be an int >= 0, got -1"),
     ({"batch_size": 4, "on_error": "ignore"}, "on_error must be one of .* got 'ignore'"),
-    ({"batch_size": 4, "shuffle": -5}, "shuffle must be a buffer size >= 0, got -5"),
+    ({"batch_size": 4, "shuffle": -5}, "shuffle must be True, False or a shuffle-buffer size .an int >= 0., got -5"),
     ({"batch_size": 4, "rank": 2, "world_size": 2}, r"rank must be in \[0, world_size=2\), got 2"),
     ({"batch_size": 4, "resize": (0, 4)}, "resize must be"),
 ])
