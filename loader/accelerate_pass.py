@@ -10,7 +10,10 @@ this the last partial accumulation window of every pass was never stepped and it
 leaked into the next pass.
 
 :func:`pass_marker` does what ``begin()`` does, for one pass, when accelerate is imported
-and an ``Accelerator`` (so a ``GradientState``) exists; nothing otherwise. It uses
+and an ``Accelerator`` (so a ``GradientState``) exists; nothing otherwise. The registration
+ends with the pass: its iterator exhausted, closed or dropped, or a newer pass begun (a
+DataLoader rebuilt over ``loader.dataset``, as ``skip_first_batches`` makes, holds its pass
+until it is dropped). It uses
 ``GradientState._add_dataloader``/``_remove_dataloader``, the calls accelerate's own
 loaders make (accelerate has no public hook for this); if a version lacks them, the
 loader works as before and warns once.

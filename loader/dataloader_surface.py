@@ -61,11 +61,7 @@ class BatchDataset(Dataset):
             self._epoch = self.loader.epoch
             self._pass = self.loader.iter_from(j)
         self._next = j + 1
-        batch = next(self._pass)
-        if self._next == n:               # let the pass finish, so the epoch advances as after a full loop
-            next(self._pass, None)
-            self._pass = None
-        return batch
+        return next(self._pass)           # the last batch advances the epoch, as in a full loop
 
     def __getstate__(self):
         raise TypeError("StreamLoader.dataset is a view of a live loader and cannot be pickled; "

@@ -102,6 +102,7 @@ class DaliImageDecoder:
         # and it was slower (benchmarks/decode_overlap.py)
         self.ahead = device.type == "cuda"
         self._spare: tuple[np.ndarray, int, str, str] | None = None   # a good image to pad an all-bad batch
+        self._started: DecodeTicket | None = None      # the one run started and not yet collected
 
     def _build(self, capacity: int, device_id: int | None):
         from nvidia.dali import fn, pipeline_def, types
@@ -122,10 +123,13 @@ class DaliImageDecoder:
 
     def start(self, batch: BatchInFlight) -> DecodeTicket:
         """Start decoding ``batch`` (its encoded bytes are taken); :meth:`finish` collects it.
-        One batch at a time: finish a ticket before starting the next, or :meth:`cancel` it."""
+        One run at a time: a run still uncollected (a pass left or superseded with one started) is
+        cancelled first, and its batch, if ever collected, is decoded by :meth:`finish` itself."""
         encoded = [np.frombuffer(e, dtype=np.uint8) for e in batch.encoded]
         batch.encoded = None
         ticket = DecodeTicket(batch, encoded)
+        if self._started is not None:           # a pass left it (or was superseded) uncollected: its run
+            self.cancel(self._started)          # must not be taken for this batch's
         if not encoded:
             return ticket
         device_id = dali_device_id(self.device)
@@ -139,6 +143,7 @@ class DaliImageDecoder:
             ticket.key, ticket.failed = None, True
             return ticket
         ticket.pipe = pipe
+        self._started = ticket
         return ticket
 
     def finish(self, ticket: DecodeTicket, handle: ErrorHandler) -> BatchInFlight:
@@ -147,9 +152,10 @@ class DaliImageDecoder:
         batch, encoded, pipe = ticket.batch, ticket.encoded, ticket.pipe
         if not encoded:
             return batch
-        if ticket.failed:
+        if ticket.failed or ticket.pipe is None:     # refused at once, or cancelled: decode it here
             return self._decode_one_by_one(batch, encoded, handle)
         ticket.pipe = None
+        self._started = None
         try:
             (out,) = pipe.share_outputs()
         except RuntimeError:
@@ -175,6 +181,8 @@ class DaliImageDecoder:
         if ticket.pipe is not None:
             PIPELINES.discard(ticket.key)
             ticket.pipe = None
+        if self._started is ticket:
+            self._started = None
 
     def __call__(self, batch: BatchInFlight, handle: ErrorHandler) -> BatchInFlight:
         return self.finish(self.start(batch), handle)

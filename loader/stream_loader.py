@@ -206,6 +206,8 @@ class StreamLoader:
         self._batches_done = 0
         self._resume_pending = False
         self._pass_serial = 0             # which pass is current (see _check_current)
+        self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
+        self._left_part_way = False       # the last pass was left before its end (see __iter__)
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
         self.output.check_channels(channels)
 
@@ -343,15 +345,20 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         """A full pass; the first pass after ``load_state_dict`` resumes where the state was taken.
-        A pass left part-way ends its epoch as a full one would: the next pass is the next epoch
-        (as each ``iter()`` of a shuffled DataLoader is a new shuffle), unless ``set_epoch`` was called."""
-        if self._batches_done and not self._resume_pending:
+        After a pass left part-way (its iterator closed or dropped), the next pass is the next
+        epoch's, as each ``iter()`` of a shuffled DataLoader is a new shuffle (unless ``set_epoch``
+        chose the epoch); ``state_dict()`` still holds where it was left, as torchdata's
+        ``StatefulDataLoader`` does, so a job that stops there resumes there."""
+        if self._left_part_way and not self._resume_pending:
             self._advance_epoch()
-        return self.iter_from(None)
+        self._left_part_way = False
+        return self.iter_from(None, left_ends_epoch=True)
 
-    def iter_from(self, start: int | None) -> Iterator[Batch]:
+    def iter_from(self, start: int | None, *, left_ends_epoch: bool = False) -> Iterator[Batch]:
         """The current epoch's batches from batch ``start`` (``None``: 0, or the resume point
-        after ``load_state_dict``). Batches before ``start`` are passed over undecoded."""
+        after ``load_state_dict``). Batches before ``start`` are passed over undecoded. The epoch
+        advances as its last batch is handed on; with ``left_ends_epoch``, a pass left before it
+        makes the next ``iter()`` start the next epoch."""
         self._ensure_topology()
         plan = self.plan()
         if start is None:
@@ -373,7 +380,10 @@ class StreamLoader:
             batches = decode_ahead(batches, self.device_decoder, self.on_error)
         if plan is None:                  # know which batch is last
             batches = mark_last(batches)
-        marker = pass_marker()            # accelerate's gradient accumulation: where the pass ends
+        if self._marker is not None:      # a pass superseded before it ended
+            self._marker.close()
+        marker = self._marker = pass_marker()   # accelerate's gradient accumulation: where the pass ends
+        ended = False                     # the epoch advanced: its last batch was handed on
         try:
             for batch in batches:
                 self._check_current(serial)
@@ -383,15 +393,24 @@ class StreamLoader:
                 with self._stage_threads:
                     out = apply_plugins(self, batch, plan, epoch)
                 self._batches_done += 1
+                last = batch.last if plan is None else self._batches_done == plan.num_batches
                 if marker is not None:
-                    marker.at_batch(batch.last if plan is None else self._batches_done == plan.num_batches)
+                    marker.at_batch(last)
+                if last:                  # a state taken now resumes at the next epoch
+                    self._advance_epoch()
+                    ended = True
                 yield out
+            if not ended:                 # no batch at all
+                self._advance_epoch()
+                ended = True
         finally:
             if marker is not None:
                 marker.close()
-            if not self.read_options.persistent and serial == self._pass_serial:
+            current = serial == self._pass_serial
+            if not ended and left_ends_epoch and current:
+                self._left_part_way = True    # the next iter() is the next epoch's (see __iter__)
+            if not self.read_options.persistent and current:
                 self.close()              # DataLoader(persistent_workers=False): the workers end with the pass
-        self._advance_epoch()
 
     def _check_current(self, serial: int) -> None:
         if serial != self._pass_serial:

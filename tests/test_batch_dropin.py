@@ -339,17 +339,31 @@ def test_a_pass_left_early_is_followed_by_the_next_epoch(shards):
         assert next(iter(twin)).keys == firsts[2], "set_epoch fixes the epoch, passes left early or not"
 
 
-def test_a_state_taken_in_a_pass_left_early_still_resumes_there(shards):
+def test_a_state_taken_in_a_pass_left_early_resumes_where_it_was_left(shards):
+    """As torchdata's ``StatefulDataLoader``: a job that breaks out, saves and stops resumes where
+    it stopped; the same loader's next pass is the next epoch."""
     index = shards[0]
-    loader, reference = stream(index), [b.keys for b in stream(index)]
-    it = iter(loader)
-    for _ in range(3):
-        next(it)
+    twin = stream(index)
+    reference = [[b.keys for b in twin] for _ in range(2)]
+    loader = stream(index)
+    for j, _ in enumerate(loader):
+        if j == 2:
+            break
     state = loader.state_dict()
-    del it
+    assert (state["epoch"], state["batches_done"]) == (0, 3)
     resumed = stream(index)
     resumed.load_state_dict(state)
-    assert [b.keys for b in resumed] == reference[3:]
+    assert [b.keys for b in resumed] == reference[0][3:]
+    assert [b.keys for b in resumed] == reference[1], "then the next epoch"
+    assert [b.keys for b in loader] == reference[1], "the loader that broke out goes on to the next epoch"
+
+
+def test_reading_loader_dataset_does_not_move_the_epoch(shards):
+    """Random access (``loader.dataset[j]``) is a look at the current epoch, not a pass."""
+    index = shards[0]
+    loader, reference = stream(index), [b.keys for b in stream(index)]
+    assert loader.dataset[3].keys == reference[3] and loader.dataset[0].keys == reference[0]
+    assert loader.epoch == 0 and [b.keys for b in loader] == reference
 
 
 @pytest.mark.parametrize("workers", [0, 2])

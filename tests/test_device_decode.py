@@ -68,13 +68,23 @@ def test_decode_argument_is_checked(npy_shards):
         StreamLoader(index.urls, batch_size=4, decode="gpu")
 
 
-def bad_every_other_shard(tmp_path, shards=4, per=6):
-    """``shards`` jpg shards of ``per`` samples; shards 1 and 3 hold one undecodable image."""
+def truncated_jpg(i: int) -> bytes:
+    """A JPEG whose header is whole (the workers' check passes it) and whose data is cut:
+    only the decode itself finds it bad."""
+    return jpg_members(1, start=i)[0][1][:-40]
+
+
+def bad_every_other_shard(tmp_path, kinds=("header", "truncated"), shards=4, per=6):
+    """``shards`` jpg shards of ``per`` samples; odd shards hold one bad image each, in turn
+    of ``kinds``: ``"header"`` (refused by the workers' header check) or ``"truncated"``
+    (refused by the decode)."""
     files, counts = {}, {}
     for s in range(shards):
         members = jpg_members(per, start=s * per)
         if s % 2:
-            members[2:4] = [(f"s_{s * per + 1:05d}.jpg", b"\xff\xd8 broken"), members[3]]
+            kind = kinds[(s // 2) % len(kinds)]
+            name = f"s_{s * per + 1:05d}.jpg"
+            members[2] = (name, b"\xff\xd8 broken" if kind == "header" else truncated_jpg(s * per + 1))
         files[f"t{s}.tar"], counts[f"t{s}.tar"] = members, [per // 2, per - per // 2]
     return write_custom(str(tmp_path), files, counts, image_shape=(12, 12, 3))
 
@@ -87,30 +97,49 @@ def dali_loader(urls, ahead: bool, **kw) -> StreamLoader:
     return loader
 
 
+def resume_after_each_batch(make):
+    """``(batches of a whole pass, [(state's skip counts, resumed batches, resumed skip counts) per cut])``."""
+    with make() as full:
+        whole = [(b.keys, b[0].clone()) for b in full]
+        counts = dict(full.stats.skipped)
+    runs = []
+    for taken in range(len(whole)):
+        with make() as first:
+            it = iter(first)
+            for _ in range(taken):
+                next(it)
+            state = first.state_dict()
+        with make() as resumed:
+            resumed.load_state_dict(state)
+            runs.append(([(b.keys, b[0].clone()) for b in resumed], dict(resumed.stats.skipped)))
+    return whole, counts, runs
+
+
 @pytest.mark.parametrize("ahead", [True, False], ids=["ahead", "in_place"])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_decode_skips_are_counted_once_whatever_the_resume_point(tmp_path, workers, ahead):
     """Decoding a batch ahead of the caller, what the decode skips still reaches ``stats`` with
     its own batch, so a state taken after any batch resumes with each skip counted once."""
     index = bad_every_other_shard(tmp_path)
+    whole, counts, runs = resume_after_each_batch(lambda: dali_loader(
+        index.urls, ahead, batch_size=5, num_workers=workers, shuffle=0, on_error="skip"))
+    assert counts == {"undecodable_image": 2}
+    for taken, (rest, resumed_counts) in enumerate(runs):
+        assert len(rest) == len(whole) - taken and resumed_counts == counts, taken
 
-    def make():
-        return dali_loader(index.urls, ahead, batch_size=5, num_workers=workers, shuffle=0, on_error="skip")
-    with make() as full:
-        n = len(list(full))
-        assert full.stats.skipped == {"undecodable_image": 2}
-    for taken in range(n + 1):
-        with make() as first:
-            it = iter(first)
-            for _ in range(taken):
-                next(it)
-            state, counted = first.state_dict(), dict(first.stats.skipped)
-        with make() as resumed:
-            resumed.load_state_dict(state)
-            rest = list(resumed)
-            assert len(rest) == (n - taken if taken < n else n), taken
-            if taken < n:
-                assert resumed.stats.skipped == {"undecodable_image": 2}, (taken, counted)
+
+@pytest.mark.parametrize("ahead", [True, False], ids=["ahead", "in_place"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_past_images_the_decode_refused_gives_the_same_batches(tmp_path, workers, ahead):
+    """Images only the decode refuses travel as samples up to it, so the resume position (in
+    samples) is exact: the resumed batches are the uninterrupted run's, images included."""
+    index = bad_every_other_shard(tmp_path, kinds=("truncated",))
+    whole, counts, runs = resume_after_each_batch(lambda: dali_loader(
+        index.urls, ahead, batch_size=5, num_workers=workers, shuffle=0, on_error="skip"))
+    assert counts == {"undecodable_image": 2}
+    for taken, (rest, _) in enumerate(runs):
+        assert [k for k, _ in rest] == [k for k, _ in whole[taken:]], taken
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(rest, whole[taken:])), taken
 
 
 @pytest.mark.parametrize("ahead", [True, False], ids=["ahead", "in_place"])
@@ -185,3 +214,20 @@ def test_decoding_ahead_is_the_default_on_cuda_only(device):
     from streamaug.loader.device_decode import DaliImageDecoder
 
     assert DaliImageDecoder(torch.device(device), 3).ahead == (device == "cuda")
+
+
+def test_a_pass_superseded_with_a_decode_started_does_not_hand_it_to_the_newer_pass(tmp_path):
+    """Decoding ahead, the older pass had batch 2's decode running when a newer pass began;
+    that run must not come back as the newer pass's first batch (the images were shifted by one)."""
+    index, _, _ = make_shards(str(tmp_path), n=40, maxcount=10, fmt="jpg", size=16)
+    whole = [(b.keys, b[0].clone()) for b in dali_loader(index.urls, True, batch_size=8, shuffle=0, seed=0)]
+    loader = dali_loader(index.urls, True, batch_size=8, shuffle=0, seed=0)
+    older = iter(loader)
+    next(older)
+    next(older)
+    loader.set_epoch(0)
+    newer = [(b.keys, b[0].clone()) for b in loader]
+    assert [k for k, _ in newer] == [k for k, _ in whole]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(newer, whole))
+    with pytest.raises(RuntimeError, match="superseded"):
+        next(older)
