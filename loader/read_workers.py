@@ -1,4 +1,5 @@
-"""Start and stop the DataLoader worker processes that read and decode shards.
+"""Start and stop the DataLoader worker processes that read and decode shards, and take
+what they make for a pass (:func:`worker_batches`).
 
 Start: each worker freezes the objects it inherited (never collected or finalized
 there), runs one intra-op thread (the workers are the parallelism) and installs a
@@ -17,11 +18,14 @@ import gc
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 from torch.utils.data import DataLoader
 
-from streamaug.core.threads import limit_worker_threads
+from streamaug.core.flight import BatchInFlight
+from streamaug.core.threads import OpenCVPoolStopped, limit_worker_threads
 
+from .errors import WorkerCounts, WorkerFailure, add_counts
 from .shard_stream import kill_live_commands
 
 
@@ -56,3 +60,58 @@ def stop_workers(loader: DataLoader, grace: float = 0.5) -> None:
     for w in workers:
         w.join(1.0)
     it._shutdown_workers()                             # noqa: SLF001 - queues and threads
+
+
+def worker_batches(loader, serial: int, hold_last: bool) -> Iterator[BatchInFlight]:
+    """``loader``'s batches for its pass ``serial``, from its reading workers (or this process).
+    Counts a worker shipped without a batch ride on the next batch, so a resume that passes
+    over that batch has them in its restored ``stats`` already. With ``hold_last`` (no index:
+    the pass replays on resume) each batch is held until the next arrives, so counts that
+    come after the last batch ride on it too."""
+    carried: dict = {}
+    held = None
+    for item in _worker_items(loader, serial):
+        if isinstance(item, WorkerCounts):
+            add_counts(carried, item.counts)
+            continue
+        if carried:
+            add_counts(item.stats, carried)
+            carried = {}
+        if not hold_last:
+            yield item
+            continue
+        if held is not None:
+            yield held
+        held = item
+    if held is not None:
+        add_counts(held.stats, carried)
+        yield held
+    elif carried:
+        loader.stats.merge(carried)
+
+
+def _worker_items(loader, serial: int):
+    loader._stream.set_position(loader.epoch, loader._batches_done)          # noqa: SLF001
+    if loader.read_workers == 0:
+        yield from loader._stream                                            # noqa: SLF001
+        return
+    if loader._dataloader is None:       # workers persist across epochs (see WorkerStream)
+        if loader.stages_in_workers and loader.balance is not None:
+            with loader._stage_threads:  # the thread count the main process would build them with
+                loader.balance.prepare()  # the workers share its reservoirs (see worker_stages)
+        # Forked workers inherit the parent's uncollected garbage; finalizing it there (e.g. a
+        # dead DALI pipeline, whose threads do not exist in the child) can crash the worker.
+        gc.collect()
+        loader._dataloader = DataLoader(loader._stream, batch_size=None, num_workers=loader.read_workers,
+                                        pin_memory=loader._pin, prefetch_factor=loader._prefetch,
+                                        persistent_workers=True, **loader.read_options.dataloader_arguments())
+    with OpenCVPoolStopped():            # the workers start (fork) here, the first time
+        items = iter(loader._dataloader)
+    while True:
+        loader._check_current(serial)    # before taking a batch: it may be a newer pass's
+        item = next(items, None)
+        if item is None:
+            return
+        if isinstance(item, WorkerFailure):   # the worker's StreamError itself, not DataLoader's RuntimeError
+            raise item.error
+        yield item

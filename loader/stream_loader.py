@@ -27,19 +27,16 @@ accelerate scripts do) still shards by rank.
 """
 from __future__ import annotations
 
-import gc
 import itertools
 import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
-from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import Augmenter, Balancer, BindContext, Mixer
 from streamaug.core.seeding import derive_seed
-from streamaug.core.threads import IntraOpThreads, OpenCVPoolStopped, main_process_threads
+from streamaug.core.threads import IntraOpThreads, main_process_threads
 
 from .batch import Batch
 from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, DecodeLimits
@@ -49,12 +46,12 @@ from .epoch_plan import EpochPlan, PlanSpec
 from .accelerate_pass import pass_marker
 from .dataloader_arguments import SHUFFLE_BUFFER, check_shuffle, read_worker_options
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
-from .errors import LoaderStats, WorkerCounts, WorkerFailure, add_counts, check_policy
+from .errors import LoaderStats, check_policy
 from .loader_state import restore_state, save_state
 from .open_pass import drop_batches, mark_last
 from .output_format import OutputFormat
 from .plugin_stage import apply_plugins
-from .read_workers import stop_workers
+from .read_workers import stop_workers, worker_batches
 from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
@@ -291,58 +288,6 @@ class StreamLoader:
         self.epoch, self._explicit_epoch = int(epoch), True
 
     # ------------------------------------------------------------ iteration
-    def _worker_batches(self, serial: int, hold_last: bool) -> Iterator[BatchInFlight]:
-        """The workers' batches. Counts a worker shipped without a batch ride on the next batch,
-        so a resume that passes over that batch has them in its restored ``stats`` already.
-        With ``hold_last`` (no index: the pass replays on resume) each batch is held until the
-        next arrives, so counts that come after the last batch ride on it too."""
-        carried: dict = {}
-        held = None
-        for item in self._worker_items(serial):
-            if isinstance(item, WorkerCounts):
-                add_counts(carried, item.counts)
-                continue
-            if carried:
-                add_counts(item.stats, carried)
-                carried = {}
-            if not hold_last:
-                yield item
-                continue
-            if held is not None:
-                yield held
-            held = item
-        if held is not None:
-            add_counts(held.stats, carried)
-            yield held
-        elif carried:
-            self.stats.merge(carried)
-
-    def _worker_items(self, serial: int):
-        self._stream.set_position(self.epoch, self._batches_done)
-        if self.read_workers == 0:
-            yield from self._stream
-            return
-        if self._dataloader is None:         # workers persist across epochs (see WorkerStream)
-            if self.stages_in_workers and self.balance is not None:
-                with self._stage_threads:    # the thread count the main process would build them with
-                    self.balance.prepare()   # the workers share its reservoirs (see worker_stages)
-            # Forked workers inherit the parent's uncollected garbage; finalizing it there (e.g. a
-            # dead DALI pipeline, whose threads do not exist in the child) can crash the worker.
-            gc.collect()
-            self._dataloader = DataLoader(self._stream, batch_size=None, num_workers=self.read_workers,
-                                          pin_memory=self._pin, prefetch_factor=self._prefetch,
-                                          persistent_workers=True, **self.read_options.dataloader_arguments())
-        with OpenCVPoolStopped():            # the workers start (fork) here, the first time
-            items = iter(self._dataloader)
-        while True:
-            self._check_current(serial)      # before taking a batch: it may be a newer pass's
-            item = next(items, None)
-            if item is None:
-                return
-            if isinstance(item, WorkerFailure):   # the worker's StreamError itself, not DataLoader's RuntimeError
-                raise item.error
-            yield item
-
     def __iter__(self) -> Iterator[Batch]:
         """A full pass; the first pass after ``load_state_dict`` resumes where the state was taken.
         After a pass left part-way (its iterator closed or dropped), the next pass is the next
@@ -373,7 +318,7 @@ class StreamLoader:
         serial = self._pass_serial
         offsets = None if plan is None or self.balance is None else \
             [0, *itertools.accumulate(plan.synthetic)]
-        batches = device_feed(self._worker_batches(serial, hold_last=plan is None), self.device, self._pin)
+        batches = device_feed(worker_batches(self, serial, hold_last=plan is None), self.device, self._pin)
         if plan is None:                  # no index: resume replays the prefix
             batches = drop_batches(batches, start)
         if self.device_decoder is not None:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from loader_states import state_after
 from shard_factory import make_shards, write_custom
 from streamaug.loader import StreamError, StreamLoader
 from streamaug.loader.image_codec import encode_image
@@ -98,17 +99,14 @@ def dali_loader(urls, ahead: bool, **kw) -> StreamLoader:
 
 
 def resume_after_each_batch(make):
-    """``(batches of a whole pass, [(state's skip counts, resumed batches, resumed skip counts) per cut])``."""
+    """``(a whole pass's batches, its skip counts, [(resumed batches, resumed skip counts) per cut])``,
+    cut after each batch of the pass."""
     with make() as full:
         whole = [(b.keys, b[0].clone()) for b in full]
         counts = dict(full.stats.skipped)
     runs = []
     for taken in range(len(whole)):
-        with make() as first:
-            it = iter(first)
-            for _ in range(taken):
-                next(it)
-            state = first.state_dict()
+        state = state_after(make, taken)
         with make() as resumed:
             resumed.load_state_dict(state)
             runs.append(([(b.keys, b[0].clone()) for b in resumed], dict(resumed.stats.skipped)))

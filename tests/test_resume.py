@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from loader_states import state_after
 from streamaug.loader import StreamLoader
 
 
@@ -88,12 +89,7 @@ def test_reader_errors_before_the_resume_point_are_not_counted_again(tmp_path):
         n = sum(1 for _ in full)
         assert full.stats.skipped == {"duplicate_key": 1}
     for taken in range(n):
-        with make() as first:
-            it = iter(first)
-            for _ in range(taken):
-                next(it)
-            state = first.state_dict()
         with make() as resumed:
-            resumed.load_state_dict(state)
+            resumed.load_state_dict(state_after(make, taken))
             assert sum(1 for _ in resumed) == n - taken
             assert resumed.stats.skipped == {"duplicate_key": 1}, taken
