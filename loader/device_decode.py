@@ -184,9 +184,6 @@ class DaliImageDecoder:
         if self._started is ticket:
             self._started = None
 
-    def __call__(self, batch: BatchInFlight, handle: ErrorHandler) -> BatchInFlight:
-        return self.finish(self.start(batch), handle)
-
     def _decode_one_by_one(self, batch: BatchInFlight, encoded: list[np.ndarray], handle: ErrorHandler) -> BatchInFlight:
         """Slow path: find the samples DALI refused or that break the size rule; raise or
         replace them (flagged padding) by a repeat of a good row of the batch, image, label
