@@ -205,6 +205,7 @@ class StreamLoader:
         self._pass_serial = 0             # which pass is current (see _check_current)
         self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
         self._left_part_way = False       # the last pass was left before its end (see __iter__)
+        self._open_pass = None            # the serial of an iter() pass begun and not yet at its end
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
         self.output.check_channels(channels)
 
@@ -293,10 +294,11 @@ class StreamLoader:
         After a pass left part-way (its iterator closed or dropped), the next pass is the next
         epoch's, as each ``iter()`` of a shuffled DataLoader is a new shuffle (unless ``set_epoch``
         chose the epoch); ``state_dict()`` still holds where it was left, as torchdata's
-        ``StatefulDataLoader`` does, so a job that stops there resumes there."""
-        if self._left_part_way and not self._resume_pending:
+        ``StatefulDataLoader`` does, so a job that stops there resumes there. A pass still open
+        (its iterator alive, part-way) counts as left."""
+        if (self._left_part_way or self._open_pass is not None) and not self._resume_pending:
             self._advance_epoch()
-        self._left_part_way = False
+        self._left_part_way, self._open_pass = False, None     # that pass is accounted for
         return self.iter_from(None, left_ends_epoch=True)
 
     def iter_from(self, start: int | None, *, left_ends_epoch: bool = False) -> Iterator[Batch]:
@@ -310,6 +312,9 @@ class StreamLoader:
             start = self._batches_done if self._resume_pending else 0
         self._resume_pending = False
         if plan is not None and start >= plan.num_batches:     # a state taken after the epoch's last batch
+            if self._explicit_epoch:      # set_epoch's epoch is over: nothing is left of it
+                self._batches_done = start
+                return
             self._advance_epoch()
             plan, start = self.plan(), 0
         self._batches_done = start
@@ -328,7 +333,9 @@ class StreamLoader:
         if self._marker is not None:      # a pass superseded before it ended
             self._marker.close()
         marker = self._marker = pass_marker()   # accelerate's gradient accumulation: where the pass ends
-        ended = False                     # the epoch advanced: its last batch was handed on
+        ended = False                     # the epoch's last batch was handed on
+        if left_ends_epoch:
+            self._open_pass = serial
         try:
             for batch in batches:
                 self._check_current(serial)
@@ -341,19 +348,19 @@ class StreamLoader:
                 last = batch.last if plan is None else self._batches_done == plan.num_batches
                 if marker is not None:
                     marker.at_batch(last)
-                if last:                  # a state taken now resumes at the next epoch
-                    self._advance_epoch()
+                if last:
+                    self._end_epoch(serial)
                     ended = True
                 yield out
             if not ended:                 # no batch at all
-                self._advance_epoch()
+                self._end_epoch(serial)
                 ended = True
         finally:
             if marker is not None:
                 marker.close()
             current = serial == self._pass_serial
-            if not ended and left_ends_epoch and current:
-                self._left_part_way = True    # the next iter() is the next epoch's (see __iter__)
+            if not ended and self._open_pass == serial:
+                self._left_part_way, self._open_pass = True, None  # the next iter() is the next epoch's
             if not self.read_options.persistent and current:
                 self.close()              # DataLoader(persistent_workers=False): the workers end with the pass
 
@@ -364,6 +371,14 @@ class StreamLoader:
                 "A StreamLoader runs one pass at a time (its reading workers serve the newest pass), so the "
                 "older pass stops here rather than share or lose batches. Finish or drop a pass before "
                 "starting another (for one batch to look at, take next(iter(loader)) before the loop).")
+
+    def _end_epoch(self, serial: int) -> None:
+        """The pass handed on its epoch's last batch. A state taken now resumes at the next epoch;
+        after ``set_epoch`` (whose caller chooses the next epoch) it says this one is over."""
+        if self._open_pass == serial:
+            self._open_pass = None
+        if not self._explicit_epoch:
+            self._advance_epoch()
 
     def _advance_epoch(self) -> None:
         self._batches_done = 0

@@ -358,6 +358,44 @@ def test_a_state_taken_in_a_pass_left_early_resumes_where_it_was_left(shards):
     assert [b.keys for b in loader] == reference[1], "the loader that broke out goes on to the next epoch"
 
 
+def test_a_pass_left_with_its_iterator_alive_is_followed_by_the_next_epoch(shards):
+    """An iterator kept after the loop left it (a stored generator, ``islice``) still counts as
+    left, and its later end does not move the epoch a second time."""
+    index = shards[0]
+    twin = stream(index)
+    epochs = [[b.keys for b in twin] for _ in range(3)]
+    loader = stream(index)
+    held = iter(loader)
+    next(held)
+    assert [b.keys for b in loader] == epochs[1]
+    del held
+    assert [b.keys for b in loader] == epochs[2]
+
+
+def test_a_checkpoint_at_the_last_batch_of_a_set_epoch_loop_does_not_replay_that_epoch(shards):
+    """With ``set_epoch`` the caller picks the next epoch, so a state taken at an epoch's last
+    batch says that epoch is over: resumed, it yields nothing more of it."""
+    index = shards[0]
+    n = len(stream(index))
+
+    def run(loader, first_epoch, stop=None):
+        keys = []
+        for epoch in range(first_epoch, 3):
+            loader.set_epoch(epoch)
+            for j, batch in enumerate(loader):
+                keys += batch.keys
+                if (epoch, j) == stop:
+                    return keys, loader.state_dict()
+        return keys, None
+    reference, _ = run(stream(index), 0)
+    for stop in ((1, n - 1), (1, n - 2), (0, 0)):
+        head, state = run(stream(index), 0, stop)
+        resumed = stream(index)
+        resumed.load_state_dict(state)
+        tail, _ = run(resumed, stop[0])
+        assert head + tail == reference, stop
+
+
 def test_reading_loader_dataset_does_not_move_the_epoch(shards):
     """Random access (``loader.dataset[j]``) is a look at the current epoch, not a pass."""
     index = shards[0]
