@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=at_least_one, default=3)
     p.add_argument("--batch", type=at_least_one, default=128)
     p.add_argument("--quick", action="store_true", help="64 images in batches of 16: checks, measures nothing")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "streamaug-bench-data"))
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)

@@ -204,8 +204,7 @@ class StreamLoader:
         self._resume_pending = False
         self._pass_serial = 0             # which pass is current (see _check_current)
         self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
-        self._left_part_way = False       # the last pass was left before its end (see __iter__)
-        self._open_pass = None            # the serial of an iter() pass begun and not yet at its end
+        self._open_pass = None            # an iter() pass begun and not at its end (left or running)
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
         self.output.check_channels(channels)
 
@@ -296,9 +295,9 @@ class StreamLoader:
         chose the epoch); ``state_dict()`` still holds where it was left, as torchdata's
         ``StatefulDataLoader`` does, so a job that stops there resumes there. A pass still open
         (its iterator alive, part-way) counts as left."""
-        if (self._left_part_way or self._open_pass is not None) and not self._resume_pending:
+        if self._open_pass is not None and not self._resume_pending:
             self._advance_epoch()
-        self._left_part_way, self._open_pass = False, None     # that pass is accounted for
+        self._open_pass = None            # that pass is accounted for
         return self.iter_from(None, left_ends_epoch=True)
 
     def iter_from(self, start: int | None, *, left_ends_epoch: bool = False) -> Iterator[Batch]:
@@ -358,9 +357,7 @@ class StreamLoader:
         finally:
             if marker is not None:
                 marker.close()
-            current = serial == self._pass_serial
-            if not ended and self._open_pass == serial:
-                self._left_part_way, self._open_pass = True, None  # the next iter() is the next epoch's
+            current = serial == self._pass_serial      # (left part-way, it stays open: see __iter__)
             if not self.read_options.persistent and current:
                 self.close()              # DataLoader(persistent_workers=False): the workers end with the pass
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from streamaug.benchmarks.machine_info import source_commit
 from streamaug.benchmarks.process_tree import live_descendants, tree_cpu_seconds, tree_peak_rss_mib
 
@@ -121,3 +123,13 @@ def test_decode_overlap_bench_runs_both_ways(tmp_path, capsys):
         r = result["steps"][step]
         assert r["in_place_ms_per_batch"] > 0 and r["ahead_ms_per_batch"] > 0
     assert "| wait |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [(["--device", "gpu"], "invalid choice: 'gpu'"),
+                                           (["--repeats", "0"], "--repeats"), (["--batch", "-3"], "--batch")])
+def test_decode_overlap_bench_names_a_bad_argument(argv, message, capsys):
+    from streamaug.benchmarks import decode_overlap
+
+    with pytest.raises(SystemExit):
+        decode_overlap.main(argv)
+    assert message in capsys.readouterr().err
