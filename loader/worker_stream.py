@@ -2,7 +2,8 @@
 
 Stages, in order: read shard segments → seeded shuffle buffer (on raw bytes, so
 the buffer holds compressed data) → fast-forward when resuming → decode → cut into
-batches (→ balance → augment → mixup, when they run in the workers: see ``worker_stages``).
+batches (see ``batch_cutting``; → balance → augment → mixup, when they run in the
+workers: see ``worker_stages``).
 Each batch is a :class:`~streamaug.core.BatchInFlight` carrying the worker's
 error/padding counts since its previous batch, so the main process can keep
 ``loader.stats`` exact.
@@ -10,8 +11,9 @@ error/padding counts since its previous batch, so the main process can keep
 There is one stream with two sources of work:
 
 * **planned** (an index): each worker reads the segments its :class:`WorkerPlan`
-  names and cuts exactly the planned batch sizes, padding with repeats if input
-  runs short, so every rank yields the same number of batches;
+  names and cuts exactly the planned batch sizes, each from exactly its planned
+  samples, a lost one replaced in place by a repeat, so every rank yields the same
+  number of batches and a resume is exact;
 * **open** (``index=False``): shards are dealt round-robin to ranks, then to
   workers (webdataset's split), and cut into ``batch_size`` batches, the last one
   partial. Nothing is known up front.
@@ -21,10 +23,9 @@ shuffles samples when ``shuffle > 1``.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -35,8 +36,8 @@ from streamaug.core.flight import BatchInFlight
 from streamaug.core.seeding import derive_seed
 
 from .epoch_plan import EpochPlan, PlanSpec, Segment, shard_permutation
-from .errors import ErrorHandler, LoaderStats, StreamError, WorkerCounts, WorkerFailure, add_counts
-from .image_size import ImageSizeRule
+from .batch_cutting import batch_stage, decode_stage
+from .errors import ErrorHandler, LoaderStats, StreamError, WorkerCounts, WorkerFailure
 from .sample_decoder import SampleDecoder
 from .tar_reader import read_segments, whole_shard
 from .worker_stages import WorkerStages
@@ -67,126 +68,16 @@ def shuffle_stage(samples: Iterator[dict], bufsize: int, seed: int) -> Iterator[
     return wds_shuffle(bufsize=bufsize, initial=bufsize, rng=random.Random(seed))(samples)
 
 
-def decode_stage(raw: Iterator[dict], decoder: SampleDecoder, handle: ErrorHandler) -> Iterator[dict]:
-    for sample in raw:
-        try:
-            yield decoder(sample)
-        except StreamError as e:
-            handle(e)
-
-
-def collate_rows(rows: list[dict], batch_id: int, stats: dict, shape: tuple[int, int, int] | None) -> BatchInFlight:
-    """Decoded samples → one batch: uint8 NCHW images (one copy) and host labels and masks.
-    With ``decode="dali"`` the images stay encoded; with no rows (a batch the balancer
-    fills entirely) images are ``(0, C, H, W)`` when the shape is known."""
-    empty = (0, shape[2], shape[0], shape[1]) if shape else (0,)
-    encoded = None
-    if rows and rows[0]["image"] is None:
-        images, encoded = torch.empty(empty, dtype=torch.uint8), [r["encoded"] for r in rows]
-    elif rows:                          # HWC rows copied straight into the NCHW batch
-        h, w, c = rows[0]["image"].shape
-        images = torch.empty((len(rows), c, h, w), dtype=torch.uint8)
-        out = images.numpy()
-        for i, r in enumerate(rows):
-            if r["image"].shape != (h, w, c):   # the size rule keeps this from happening; copy_ would broadcast
-                raise ValueError(f"{r['__url__']}: key {r['__key__']!r} decoded to {r['image'].shape}, "
-                                 f"the batch's first row to {(h, w, c)}")
-            out[i] = r["image"].transpose(2, 0, 1)
-    else:
-        images = torch.empty(empty, dtype=torch.uint8)
-    return BatchInFlight(images=images, labels=torch.tensor([r["label"] for r in rows], dtype=torch.int64),
-                         keys=[r["__key__"] for r in rows], urls=[r["__url__"] for r in rows],
-                         is_padding=torch.tensor([r["is_padding"] for r in rows], dtype=torch.bool),
-                         batch_id=batch_id, stats=stats, encoded=encoded)
-
-
 def past_prefix(raw: Iterator[dict], skip: int, stats: LoaderStats) -> Iterator[dict]:
-    """``raw`` after its first ``skip`` samples, which a resume passes over. What reading them
-    counted was counted before the resume, with the batches they went into, so it is dropped."""
+    """``raw`` after its first ``skip`` samples, which a resume passes over (planned batches take
+    exactly their planned count of them, lost ones included: see ``batch_cutting``). What reading
+    them counted was counted before the resume, with the batches they went into, so it is dropped."""
     raw = iter(raw)
     if skip:
         for _ in itertools.islice(raw, skip):
             pass
         stats.take()
     yield from raw
-
-
-def borrow_padding(donors: Callable[[], Iterator[dict]] | None, job: WorkerJob, sizes: ImageSizeRule,
-                   stats: LoaderStats, limit: int = 64) -> list[dict]:
-    """Samples to pad a share whose every sample was skipped, so the planned batches (and the
-    rank's length) are still met: the first good samples of the dataset's other shards, read
-    in index order. Their own errors are not counted (their shard's reader counts those). The
-    share's shards are named in ``stats.examples["no_samples"]``. With no good sample anywhere,
-    :class:`StreamError` ``no_samples`` names the share's shards."""
-    own = sorted({seg.url for seg in job.segments})
-    found: list[dict] = []
-    for s in donors() if donors is not None else ():
-        if sizes.shape is None or sizes.fits(s, None):
-            found.append(dict(s, is_padding=True))
-            if len(found) == limit:
-                break
-    if not found:
-        raise StreamError("no_samples", f"every sample of this worker's share (shards {own}) was skipped, "
-                          "and no other shard has a good sample to pad its planned batches with",
-                          shard=own[0] if own else None, value=len(own))
-    stats.examples.setdefault("no_samples", f"every sample of shards {own} was skipped; their planned batches "
-                              f"are padding (repeats of samples from {found[0]['__url__']!r})")
-    return found
-
-
-def batch_stage(samples: Iterator[dict], job: WorkerJob, batch_size: int, stats: LoaderStats,
-                sizes: ImageSizeRule, handle: ErrorHandler,
-                donors: Callable[[], Iterator[dict]] | None = None) -> Iterator[BatchInFlight]:
-    """Cut the decoded stream into the job's batches.
-
-    Planned sizes are met exactly: samples lost to skipped errors are replaced by
-    repeats of earlier good ones (flagged ``is_padding``). Open-ended batches are
-    ``batch_size`` until the input ends; the last is partial. Image sizes follow
-    ``sizes`` (see :class:`ImageSizeRule`): a row of another size is an error, raised
-    or counted and replaced. Each batch is held until the next one is cut, so errors
-    found after the last row (a truncated tail, a failed ``pipe:``) travel with the
-    last batch instead of being lost. A share with no good sample at all is padded from
-    ``donors`` (see :func:`borrow_padding`).
-    """
-    open_ended = job.sizes is None
-    plan = itertools.repeat(batch_size) if open_ended else job.sizes
-    spare: list[dict] = []
-    fills = 0
-    held: BatchInFlight | None = None
-    for size, batch_id in zip(plan, job.batch_ids):
-        rows: list[dict] = []
-        while len(rows) < size:
-            s = next(samples, None)
-            if s is None:
-                if open_ended:
-                    break
-                if not spare:
-                    spare = borrow_padding(donors, job, sizes, stats)
-                s = dict(spare[fills % len(spare)], is_padding=True)
-                fills += 1
-            if sizes.shape is not None and not sizes.fits(s, handle):
-                continue
-            rows.append(s)
-            if len(spare) < 64 and not s["is_padding"]:
-                spare.append(s)
-            if sizes.shape is None and len(rows) == size:      # the first batch sets the shape
-                rows = sizes.keep_matching(rows, handle)
-                spare = [r for r in spare if sizes.fits(r, None)]
-        if rows and sizes.shape is None:                       # a first batch cut short by the input's end
-            rows = sizes.keep_matching(rows, handle)
-        if not rows and open_ended:      # the input ended (a planned batch may have no real row: the
-            break                        # balancer fills it; planned batches are never short)
-        if held is not None:
-            yield held
-        held = collate_rows(rows, batch_id, stats.take(), sizes.shape)
-        if len(rows) < size:
-            break
-    if not open_ended:
-        for _ in samples:          # nothing planned is left; this reads shards listed as empty, to check them
-            pass
-    if held is not None:
-        add_counts(held.stats, stats.take())
-        yield held
 
 
 class WorkerStream(IterableDataset):
@@ -260,8 +151,8 @@ class WorkerStream(IterableDataset):
         raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", epoch, self.rank, job.worker))
         raw = past_prefix(raw, job.skip, stats)         # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)
-        batches = batch_stage(samples, job, self.batch_size, stats, st.decoder.sizes, handle,
-                              functools.partial(self._donors, job))
+        batches = batch_stage(samples, job.sizes, job.batch_ids, self.batch_size, stats, st.decoder.sizes, handle,
+                              sorted({seg.url for seg in job.segments}), self._donors)
         if self.stages is not None and get_worker_info() is not None:
             batches = self.stages(batches, epoch, self.plan(epoch))
         yield from batches
@@ -270,11 +161,11 @@ class WorkerStream(IterableDataset):
         if (left["skipped"] or left["padded"]) and not resumed_past_all:   # (else its last batch had them)
             yield WorkerCounts(left)
 
-    def _donors(self, job: WorkerJob) -> Iterator[dict]:
-        """Decoded good samples of the shards outside ``job``, in index order (errors not counted)."""
+    def _donors(self) -> Iterator:
+        """Decoded samples of every shard, in index order, to pad a batch with no good sample
+        (errors not counted: each shard's own reader counts them)."""
         st = self.settings
-        own = {seg.url for seg in job.segments}
         urls = self.spec.index.urls if self.spec is not None else self.urls
         quiet = ErrorHandler("skip", LoaderStats())
-        raw = read_segments([whole_shard(u) for u in urls if u not in own], quiet, st.decoder.limits)
+        raw = read_segments([whole_shard(u) for u in urls], quiet, st.decoder.limits)
         return decode_stage(raw, st.decoder, quiet)

@@ -173,7 +173,7 @@ def test_plain_training_loop_runs_unchanged(npy_shards):
 def test_collate_refuses_a_row_of_another_shape_naming_it():
     """The size rule keeps mismatched rows out; were one to reach collate, copying it into the
     batch would broadcast (a 1-channel row into 3) instead of failing, so collate checks."""
-    from streamaug.loader.worker_stream import collate_rows
+    from streamaug.loader.batch_cutting import collate_rows
 
     def row(key, shape):
         return {"image": np.zeros(shape, np.uint8), "label": 0, "__key__": key, "__url__": "s.tar", "is_padding": False}

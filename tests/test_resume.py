@@ -93,3 +93,58 @@ def test_reader_errors_before_the_resume_point_are_not_counted_again(tmp_path):
             resumed.load_state_dict(state_after(make, taken))
             assert sum(1 for _ in resumed) == n - taken
             assert resumed.stats.skipped == {"duplicate_key": 1}, taken
+
+
+def _shards_with_lost_samples(tmp: str):
+    """Three indexed shards with samples lost to skipped errors: one that does not decode, a bad
+    label, an image of the wrong size, and a shard four samples shorter than its index says."""
+    from shard_factory import good_members, npy_bytes, write_custom
+
+    a = good_members(20, 0)
+    a[2 * 5] = ("s_00005.npy", b"not an npy")
+    a[2 * 9 + 1] = ("s_00009.cls", b"abc")
+    b = good_members(20, 20)
+    b[2 * 3] = ("s_00023.npy", npy_bytes(np.zeros((6, 6, 3), np.uint8)))
+    c = good_members(16, 40)
+    return write_custom(tmp, {"a.tar": a, "b.tar": b, "c.tar": c},
+                        {"a.tar": [10, 10], "b.tar": [10, 10], "c.tar": [10, 10]})
+
+
+@pytest.mark.parametrize("workers,shuffle", [(0, 0), (2, 0), (2, 8)])
+def test_resume_after_lost_samples_is_exact(tmp_path, workers, shuffle):
+    """Lost samples keep their place in their batch (filled there by a repeat), so a resume at
+    any batch gives the uninterrupted pass's remaining batches, padding included; before, each
+    loss shifted that worker's later batches and a resume started one sample early per loss."""
+    index = _shards_with_lost_samples(str(tmp_path))
+
+    def make():
+        return StreamLoader(index.urls, batch_size=4, num_workers=workers, on_error="skip", shuffle=shuffle,
+                            seed=3, device="cpu", index=index)
+    with make() as full:
+        batches = list(full)
+        reference = flat(batches)
+        padding = [b.is_padding.clone() for b in batches]
+        skipped = dict(full.stats.skipped)
+    assert skipped == {"format_mismatch": 1, "bad_label": 1, "image_size": 1, "index_mismatch": 4}
+    assert sum(int(p.sum()) for p in padding) == 7
+    for taken in range(len(reference)):
+        with make() as resumed:
+            resumed.load_state_dict(state_after(make, taken))
+            rest = list(resumed)
+            assert same(flat(rest), reference[taken:]), taken
+            assert [b.is_padding.tolist() for b in rest] == [p.tolist() for p in padding[taken:]], taken
+            assert dict(resumed.stats.skipped) == skipped, taken
+
+
+def test_a_lost_sample_is_padded_in_its_own_batch(tmp_path):
+    """Without shuffling, the batch that planned ``s_00005`` repeats a good row of its own in that
+    place, and the next batch starts at ``s_00008`` as planned."""
+    index = _shards_with_lost_samples(str(tmp_path))
+    with StreamLoader(index.urls, batch_size=4, on_error="skip", shuffle=0, device="cpu", index=index) as loader:
+        batches = list(loader)
+    where = next(i for i, b in enumerate(batches) if "s_00004" in b.keys)
+    lost_batch, after = batches[where], batches[where + 1]
+    assert lost_batch.keys[0] == "s_00004" and lost_batch.keys[2:] == ["s_00006", "s_00007"]
+    assert lost_batch.is_padding.tolist() == [False, True, False, False]
+    assert lost_batch.keys[1] in ("s_00004", "s_00006", "s_00007")
+    assert after.keys[0] == "s_00008"

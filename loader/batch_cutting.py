@@ -1,0 +1,170 @@
+"""Cut a worker's decoded stream into batches.
+
+**Planned** batches (an index) take exactly their planned number of stream items,
+good or not: a sample lost to a skipped error (it did not decode, its label or
+image size was wrong) keeps its place and is filled there by a repeat of a good
+row of the same batch (flagged ``is_padding``), and so is the tail of a batch the
+input ran out under. So batch ``i`` is a pure function of the stream items it was
+planned to take, and a resume that passes over the earlier batches' planned count
+of raw samples starts exactly where the uninterrupted pass went on. (Pulling a
+further sample in place of a lost one, as this stage did before, shifted every
+later batch by one sample per error and made a resume start early.) A batch with
+no good row at all is filled from the first good samples of the dataset's other
+shards (:func:`borrow_padding`), which do not depend on where a pass started either.
+
+**Open-ended** batches (``index=False``) are ``batch_size`` good samples until the
+input ends; the last is partial. Lost samples are left out: nothing is planned, so
+nothing has to be kept in place.
+
+Each batch is held until the next one is cut, so errors found after its last row
+(a truncated tail, a failed ``pipe:``) travel with the last batch instead of being lost.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+
+import torch
+
+from streamaug.core.flight import BatchInFlight
+
+from .errors import ErrorHandler, LoaderStats, StreamError, add_counts
+from .image_size import ImageSizeRule
+from .sample_decoder import SampleDecoder
+
+
+class _Lost:
+    """The place of a sample lost to a skipped error in the decoded stream."""
+
+    def __repr__(self) -> str:
+        return "LOST"
+
+
+LOST = _Lost()
+
+
+def decode_stage(raw: Iterator[dict], decoder: SampleDecoder, handle: ErrorHandler) -> Iterator[dict | _Lost]:
+    """Decoded samples, and :data:`LOST` where a sample's error was skipped (``handle`` raised
+    it otherwise), so the stream keeps one item per raw sample."""
+    for sample in raw:
+        try:
+            yield decoder(sample)
+        except StreamError as e:
+            handle(e)
+            yield LOST
+
+
+def collate_rows(rows: list[dict], batch_id: int, stats: dict, shape: tuple[int, int, int] | None) -> BatchInFlight:
+    """Decoded samples → one batch: uint8 NCHW images (one copy) and host labels and masks.
+    With ``decode="dali"`` the images stay encoded; with no rows (a batch the balancer
+    fills entirely) images are ``(0, C, H, W)`` when the shape is known."""
+    empty = (0, shape[2], shape[0], shape[1]) if shape else (0,)
+    encoded = None
+    if rows and rows[0]["image"] is None:
+        images, encoded = torch.empty(empty, dtype=torch.uint8), [r["encoded"] for r in rows]
+    elif rows:                          # HWC rows copied straight into the NCHW batch
+        h, w, c = rows[0]["image"].shape
+        images = torch.empty((len(rows), c, h, w), dtype=torch.uint8)
+        out = images.numpy()
+        for i, r in enumerate(rows):
+            if r["image"].shape != (h, w, c):   # the size rule keeps this from happening; copy_ would broadcast
+                raise ValueError(f"{r['__url__']}: key {r['__key__']!r} decoded to {r['image'].shape}, "
+                                 f"the batch's first row to {(h, w, c)}")
+            out[i] = r["image"].transpose(2, 0, 1)
+    else:
+        images = torch.empty(empty, dtype=torch.uint8)
+    return BatchInFlight(images=images, labels=torch.tensor([r["label"] for r in rows], dtype=torch.int64),
+                         keys=[r["__key__"] for r in rows], urls=[r["__url__"] for r in rows],
+                         is_padding=torch.tensor([r["is_padding"] for r in rows], dtype=torch.bool),
+                         batch_id=batch_id, stats=stats, encoded=encoded)
+
+
+def borrow_padding(donors: Callable[[], Iterator[dict | _Lost]] | None, own: list[str], sizes: ImageSizeRule,
+                   stats: LoaderStats, limit: int = 64) -> list[dict]:
+    """Rows to fill a planned batch none of whose samples is good: the first good samples of
+    the dataset's shards other than ``own`` (this worker's), read in index order. Their own
+    errors are not counted (their shard's reader counts those). ``own`` is named in
+    ``stats.examples["no_samples"]``. With no good sample anywhere, :class:`StreamError`
+    ``no_samples`` names them."""
+    found: list[dict] = []
+    for s in donors() if donors is not None else ():
+        if s is not LOST and (sizes.shape is None or sizes.fits(s, None)):
+            found.append(dict(s, is_padding=True))
+            if len(found) == limit:
+                break
+    if not found:
+        raise StreamError("no_samples", f"no sample of a planned batch of shards {own} is good, and no other "
+                          "shard has a good sample to pad it with", shard=own[0] if own else None, value=len(own))
+    stats.examples.setdefault("no_samples", f"a planned batch of shards {own} has no good sample; it is "
+                              f"padding (repeats of samples from {found[0]['__url__']!r})")
+    return found
+
+
+def _planned_rows(samples: Iterator, size: int, sizes: ImageSizeRule, handle: ErrorHandler,
+                  borrowed: Callable[[], list[dict]]) -> list[dict]:
+    """One planned batch from exactly ``size`` stream items (fewer when the stream ends): the
+    good ones in place, every other place a repeat of a good row of the batch (real rows first)."""
+    items = list(itertools.islice(samples, size))
+    decoded = [s for s in items if s is not LOST]
+    if sizes.shape is None and decoded:              # the first batch sets the shape
+        sizes.adopt([s["shape"] for s in decoded])
+    places = [s if s is not LOST and sizes.fits(s, handle) else None for s in items]
+    places += [None] * (size - len(items))
+    good = [s for s in places if s is not None]
+    if len(good) == size:
+        return good
+    fill = [s for s in good if not s["is_padding"]] or good or borrowed()
+    fills = itertools.cycle(fill)
+    return [s if s is not None else dict(next(fills), is_padding=True) for s in places]
+
+
+def _open_rows(samples: Iterator, size: int, sizes: ImageSizeRule, handle: ErrorHandler) -> list[dict]:
+    """Up to ``size`` good samples (fewer only at the input's end); the first batch sets the shape."""
+    rows: list[dict] = []
+    while len(rows) < size:
+        s = next(samples, None)
+        if s is None:
+            break
+        if s is LOST or (sizes.shape is not None and not sizes.fits(s, handle)):
+            continue
+        rows.append(s)
+        if sizes.shape is None and len(rows) == size:      # the first batch sets the shape
+            rows = sizes.keep_matching(rows, handle)
+    if rows and sizes.shape is None:                       # a first batch cut short by the input's end
+        rows = sizes.keep_matching(rows, handle)
+    return rows
+
+
+def batch_stage(samples: Iterator, sizes_planned: tuple[int, ...] | None, batch_ids, batch_size: int,
+                stats: LoaderStats, sizes: ImageSizeRule, handle: ErrorHandler, own: list[str],
+                donors: Callable[[], Iterator] | None = None) -> Iterator[BatchInFlight]:
+    """Cut ``samples`` (from :func:`decode_stage`) into the batches ``batch_ids``: the planned
+    sizes ``sizes_planned`` exactly, or with ``None`` open-ended ``batch_size`` batches."""
+    open_ended = sizes_planned is None
+    plan = itertools.repeat(batch_size) if open_ended else sizes_planned
+    donated: list[dict] = []
+
+    def borrowed() -> list[dict]:                  # read once per pass, only if a batch needs it
+        if not donated:
+            donated.extend(borrow_padding(donors, own, sizes, stats))
+        return donated
+
+    held: BatchInFlight | None = None
+    for size, batch_id in zip(plan, batch_ids):
+        if open_ended:
+            rows = _open_rows(samples, size, sizes, handle)
+            if not rows:
+                break
+        else:               # a planned batch may have no real row: the balancer fills it
+            rows = _planned_rows(samples, size, sizes, handle, borrowed) if size else []
+        if held is not None:
+            yield held
+        held = collate_rows(rows, batch_id, stats.take(), sizes.shape)
+        if len(rows) < size:
+            break
+    if not open_ended:
+        for _ in samples:          # nothing planned is left; this reads shards listed as empty, to check them
+            pass
+    if held is not None:
+        add_counts(held.stats, stats.take())
+        yield held
