@@ -17,8 +17,8 @@ def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     if tensor.device == device or (device.type == "cuda" and tensor.device.type == "cuda"
                                    and device.index is None):
         return tensor
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        if not tensor.is_pinned():
+    if device.type != "cpu" and tensor.device.type == "cpu":
+        if device.type == "cuda" and not tensor.is_pinned():
             tensor = tensor.pin_memory()
         return tensor.to(device, non_blocking=True)
     return tensor.to(device)

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from .neighbours import nearest
+from .neighbour_tables import pool_labels
 from .synthesizer import Synthesizer
 
 
@@ -23,13 +22,19 @@ class ADASYN(Synthesizer):
             raise ValueError(f"n_neighbors must be an int >= 1, got {n_neighbors!r}")
         self.n_neighbors = n_neighbors
 
-    def weights(self, reservoir, c: int, flat: torch.Tensor) -> np.ndarray:
-        pool, labels = reservoir.pool()
-        m = min(self.n_neighbors, len(pool) - 1)
-        own = torch.arange(len(flat), device=pool.device) + reservoir.pool_offset(c)
-        ratio = (labels[nearest(flat.float(), pool, m, exclude=own)] != c).float().mean(1).cpu().numpy()
+    def weights(self, reservoir, c: int, flat) -> np.ndarray:
+        m = min(self.n_neighbors, int(reservoir.size.sum()) - 1)
+        ratio = (pool_labels(reservoir)[self.pool_neighbours(reservoir, c, m, None)] != c).mean(1)
         total = ratio.sum()
-        return ratio / total if total > 0 else np.full(len(flat), 1.0 / len(flat))
+        return ratio / total if total > 0 else np.full(len(ratio), 1.0 / len(ratio))
+
+    def prepare(self, reservoir, classes: list[int]) -> None:
+        """Also the seed weights' neighbour tables, for a fixed reservoir."""
+        super().prepare(reservoir, classes)
+        if reservoir.fixed and reservoir.size.sum() > 1:
+            for c in classes:
+                if reservoir.size[c]:
+                    self.weights(reservoir, c, None)
 
     def choose(self, reservoir, c, flat, k, count, rng):
         seeds = rng.choice(len(flat), size=count, p=self.weights(reservoir, c, flat))

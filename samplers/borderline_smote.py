@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from .neighbours import nearest
+from .neighbour_tables import pool_labels
 from .synthesizer import Choice, Synthesizer
 
 
@@ -34,13 +33,23 @@ class BorderlineSMOTE(Synthesizer):
             raise ValueError(f"m_neighbors must be an int >= 1, got {m_neighbors!r}")
         self.m_neighbors, self.kind = m_neighbors, kind
 
-    def danger(self, reservoir, c: int, flat: torch.Tensor) -> np.ndarray:
+    def danger(self, reservoir, c: int, flat) -> np.ndarray:
         """Class-local indices of danger samples."""
-        pool, labels = reservoir.pool()
-        m = min(self.m_neighbors, len(pool) - 1)
-        own = torch.arange(len(flat), device=pool.device) + reservoir.pool_offset(c)
-        other = (labels[nearest(flat.float(), pool, m, exclude=own)] != c).sum(1).cpu().numpy()
+        m = min(self.m_neighbors, int(reservoir.size.sum()) - 1)
+        other = (pool_labels(reservoir)[self.pool_neighbours(reservoir, c, m, None)] != c).sum(1)
         return np.flatnonzero((other >= m / 2) & (other < m))
+
+    def prepare(self, reservoir, classes: list[int]) -> None:
+        """Also the danger and (borderline-2) any-class neighbour tables, for a fixed reservoir."""
+        super().prepare(reservoir, classes)
+        total = int(reservoir.size.sum())
+        if reservoir.fixed and total > 1:
+            for c in classes:
+                if reservoir.size[c]:
+                    self.danger(reservoir, c, None)
+                if reservoir.size[c] > 1 and self.kind == "borderline-2":
+                    k = self.effective_k(int(reservoir.size[c]), c)
+                    self.pool_neighbours(reservoir, c, min(k, total - 1), None)
 
     def choose(self, reservoir, c, flat, k, count, rng):
         candidates = self.danger(reservoir, c, flat)
@@ -49,15 +58,15 @@ class BorderlineSMOTE(Synthesizer):
         seeds = candidates[rng.integers(0, len(candidates), count)]
         if self.kind == "borderline-1":
             return self.same_class_choice(reservoir, c, flat, seeds, k, rng, rng.random(count))
-        pool, labels = reservoir.pool()
+        labels = pool_labels(reservoir)
         in_pool = seeds + reservoir.pool_offset(c)
-        kk = min(k, len(pool) - 1)
-        seeds_t = torch.from_numpy(in_pool).to(pool.device)
-        knn = nearest(pool[seeds_t], pool, kk, exclude=seeds_t).cpu().numpy()
+        kk = min(k, len(labels) - 1)
+        knn = self.pool_neighbours(reservoir, c, kk, seeds)
         partners = knn[np.arange(count), rng.integers(0, kk, count)]
-        same = labels.cpu().numpy()[partners] == c
+        same = labels[partners] == c
         u = np.where(same, rng.random(count), 0.5 * rng.random(count))
         entries = reservoir.pool_entries()
+        pool, _ = reservoir.pool()
         return Choice(pool, in_pool, partners, u, [entries[i] for i in in_pool.tolist()],
                       [entries[i] for i in partners.tolist()])
 

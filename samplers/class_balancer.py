@@ -216,6 +216,7 @@ class ClassBalancer:
                                  f"class {c}: {len(pairs) - len(have)} listed samples could not be read")
             if have:
                 self.reservoir_.fill(c, torch.stack([rows[p] for p in have]), have)
+        self.reservoir_.fixed = True      # nothing is added later: neighbour tables are built once
 
     def _start_epoch(self) -> None:
         self._slots = rank_slots(self._global_slots, self.world_size_, self.rank_).copy()

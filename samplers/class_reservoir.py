@@ -4,12 +4,23 @@ Each class keeps at most ``capacity`` samples, chosen by reservoir sampling
 (Algorithm R) from everything seen so far, so memory is O(capacity × classes)
 whatever the dataset size. Entries remember their ``(shard, key)`` so that the
 state can be saved as keys, not pixels.
+
+Every write gives the class a new ``version`` (unique across reservoirs), so what is
+derived from a class's members (distances, embeddings, neighbour tables) can tell
+whether it is still current. A reservoir filled once from an index is marked
+``fixed``: nothing is added to it afterwards, so the synthesizers build their
+neighbour tables once and look them up on the host for every batch.
 """
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import torch
 
+from streamaug.core.transfer import to_device
+
+_VERSIONS = itertools.count(1)
 
 FLOAT_COPY_BYTES = 128 << 20
 
@@ -27,10 +38,18 @@ class ClassReservoir:
         self._dist: dict[int, torch.Tensor] = {}
         self._float: dict[int, torch.Tensor] = {}
         self._dirty: dict[int, set[int]] = {}
+        self.version = np.zeros(num_classes, dtype=np.int64)
+        self.fixed = False               # set by the balancer once it has filled it from an index
+
+    def pool_version(self) -> tuple[int, ...]:
+        """Changes whenever any class changes (what tables over :meth:`pool` are keyed by)."""
+        return tuple(self.version.tolist())
 
     def add(self, rows: torch.Tensor, labels: torch.Tensor, keys: list[str], urls: list[str],
             rng: np.random.Generator) -> None:
         """Offer ``rows`` (N, ...) to their classes' reservoirs, in order (Algorithm R)."""
+        if self.fixed:
+            raise RuntimeError("this reservoir was filled from the index and is fixed; nothing is added to it")
         labels_np = labels.detach().cpu().numpy()
         draws = rng.random(len(labels_np))
         writes: dict[int, dict[int, int]] = {}
@@ -51,7 +70,8 @@ class ClassReservoir:
             self._members.add((urls[i], keys[i]))
             writes.setdefault(c, {})[slot] = i
         for c, slot_rows in writes.items():
-            self._write(c, list(slot_rows), rows[list(slot_rows.values())])
+            picked = to_device(torch.tensor(list(slot_rows.values()), dtype=torch.int64), rows.device)
+            self._write(c, list(slot_rows), rows[picked])
 
     def fill(self, c: int, rows: torch.Tensor, entries: list[tuple[str, str]]) -> None:
         """Set class ``c``'s members to ``rows`` (at most ``capacity``), named by ``entries``."""
@@ -62,6 +82,7 @@ class ClassReservoir:
         self.entries[c] = [tuple(e) for e in entries]
         self._members.update(self.entries[c])
         self.size[c] = self.seen[c] = len(rows)
+        self.version[c] = next(_VERSIONS)
         self._float.pop(c, None)
         self._dist.pop(c, None)
         if len(rows):
@@ -70,8 +91,9 @@ class ClassReservoir:
     def _write(self, c: int, slots: list[int], values: torch.Tensor) -> None:
         if c not in self.storage:
             self.storage[c] = torch.empty((self.capacity, *values.shape[1:]), dtype=values.dtype, device=values.device)
-        index = torch.tensor(slots, device=values.device)
+        index = to_device(torch.tensor(slots, dtype=torch.int64), values.device)
         self.storage[c][index] = values
+        self.version[c] = next(_VERSIONS)
         if c in self._float:
             self._float[c][index] = values.flatten(1).float()
         self._dirty.setdefault(c, set()).update(slots)
@@ -103,7 +125,7 @@ class ClassReservoir:
         dirty = sorted(s for s in self._dirty.pop(c, set()) if s < n)
         if dirty:          # the float rows are only needed (and, when large, only made) for an update
             flat = self.flat_members(c)
-            rows = torch.tensor(dirty, device=flat.device)
+            rows = to_device(torch.tensor(dirty, dtype=torch.int64), flat.device)
             d = torch.cdist(flat[rows], flat)
             dist[rows, :n] = d
             dist[:n, rows] = d.T

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from streamaug.core.row_blend import opencv_blend
+from streamaug.core.transfer import to_device
 
 from .class_reservoir import ClassReservoir
 from .neighbour_space import EmbeddingCache, resolve_space
-from .neighbours import nearest, nearest_by_distance
+from .neighbour_tables import NeighbourTables, pool_search, same_class_search
 
 Entry = tuple[str, str]          # (shard url, sample key)
 
@@ -80,8 +81,9 @@ def interpolate(source: torch.Tensor, seeds: np.ndarray, partners: np.ndarray, u
         blend = opencv_blend()
         if blend is not None:
             return blend(source.contiguous(), seeds.tolist(), partners.tolist(), (1.0 - np.asarray(u)).tolist())
-    ut = torch.from_numpy(np.asarray(u)).to(source.device, torch.float32).view(-1, 1)
-    rows_i, rows_j = (torch.from_numpy(np.asarray(r, dtype=np.int64)).to(source.device) for r in (seeds, partners))
+    ut = to_device(torch.from_numpy(np.asarray(u, dtype=np.float32)), source.device).view(-1, 1)
+    rows_i, rows_j = (to_device(torch.from_numpy(np.asarray(r, dtype=np.int64)), source.device)
+                      for r in (seeds, partners))
     out = torch.empty((len(rows_i), *source.shape[1:]), dtype=dtype, device=source.device)
     step = INTERPOLATE_ROWS if source.device.type == "cpu" else max(1, len(rows_i))
     for a in range(0, len(rows_i), step):
@@ -91,7 +93,7 @@ def interpolate(source: torch.Tensor, seeds: np.ndarray, partners: np.ndarray, u
 
 
 def take(members: torch.Tensor, entries: list[Entry], idx: np.ndarray) -> tuple[torch.Tensor, list[Entry]]:
-    return members[torch.from_numpy(idx).to(members.device)], [entries[i] for i in idx.tolist()]
+    return members[to_device(torch.from_numpy(idx), members.device)], [entries[i] for i in idx.tolist()]
 
 
 class Synthesizer:
@@ -105,6 +107,7 @@ class Synthesizer:
         self.k_neighbors = k_neighbors
         self.neighbour_space = resolve_space(neighbour_space)
         self._embeddings = EmbeddingCache(self.neighbour_space) if self.neighbour_space is not None else None
+        self._tables = NeighbourTables()
         self._warned: set[tuple[str, int]] = set()
 
     def effective_k(self, n: int, c: int) -> int:
@@ -116,17 +119,21 @@ class Synthesizer:
         return min(self.k_neighbors, n - 1)
 
     def prepare(self, reservoir: ClassReservoir, classes: list[int]) -> None:
-        """Build the neighbour tables of ``classes`` now (embeddings in the neighbour space, else
-        pixel distances); they are otherwise built when a class is first synthesized. A class with
-        too few samples for ``k_neighbors`` is warned about here, once, not in every worker."""
+        """Build what ``classes`` need (neighbour tables of a fixed reservoir, else embeddings
+        or pixel distances) now; it is otherwise built when a class is first synthesized. A
+        class with too few samples for ``k_neighbors`` is warned about here, once, not in
+        every worker."""
         for c in classes:
-            if reservoir.size[c]:
-                self.effective_k(int(reservoir.size[c]), c)
-            if reservoir.size[c] > 1:
-                if self._embeddings is not None:
-                    self._embeddings.embeddings(reservoir, c)
-                else:
-                    reservoir.distances(c)
+            n = int(reservoir.size[c])
+            if n:
+                k = self.effective_k(n, c)
+                if k and reservoir.fixed:
+                    self.same_class_neighbours(reservoir, c, k, np.zeros(0, dtype=np.int64))
+                elif n > 1:
+                    if self._embeddings is not None:
+                        self._embeddings.embeddings(reservoir, c)
+                    else:
+                        reservoir.distances(c)
 
     def synthesize(self, reservoir: ClassReservoir, c: int, count: int, rng: np.random.Generator,
                    dtype: torch.dtype = torch.float32) -> Synthetic:
@@ -151,16 +158,27 @@ class Synthesizer:
                rng: np.random.Generator) -> Choice:
         raise NotImplementedError
 
+    def same_class_neighbours(self, reservoir: ClassReservoir, c: int, k: int, seeds: np.ndarray) -> np.ndarray:
+        """(len(seeds), k) class-local indices of each seed's k nearest same-class members, in
+        the neighbour space when one is set, else in pixels (see ``neighbour_tables``)."""
+        if reservoir.fixed:
+            table = self._tables.lookup(("same", c, k), reservoir.version[c],
+                                        lambda: same_class_search(reservoir, c, k, None, self._embeddings))
+            return table[seeds]
+        return same_class_search(reservoir, c, k, seeds, self._embeddings)
+
+    def pool_neighbours(self, reservoir: ClassReservoir, c: int, m: int, rows: np.ndarray | None) -> np.ndarray:
+        """(len(rows), m) indices into ``reservoir.pool()`` of the m nearest points of any class
+        to class ``c``'s members ``rows`` (all for ``None``), each member itself excluded."""
+        if reservoir.fixed:
+            table = self._tables.lookup(("pool", c, m), reservoir.pool_version(),
+                                        lambda: pool_search(reservoir, c, m, None))
+            return table if rows is None else table[rows]
+        return pool_search(reservoir, c, m, rows)
+
     def same_class_choice(self, reservoir, c, flat, seeds: np.ndarray, k: int, rng, u: np.ndarray) -> Choice:
-        """Partners: one of each seed's k nearest same-class reservoir points (in the
-        neighbour space when one is set, else in pixels)."""
-        seeds_t = torch.from_numpy(seeds).to(flat.device)
-        if self.neighbour_space is None:
-            knn = nearest_by_distance(reservoir.distances(c)[seeds_t], k, exclude=seeds_t).cpu().numpy()
-        else:
-            emb = self._embeddings.embeddings(reservoir, c)
-            seeds_e = seeds_t.to(emb.device)
-            knn = nearest(emb[seeds_e], emb, k, exclude=seeds_e).cpu().numpy()
+        """Partners: one of each seed's k nearest same-class reservoir points."""
+        knn = self.same_class_neighbours(reservoir, c, k, seeds)
         partners = knn[np.arange(len(seeds)), rng.integers(0, k, len(seeds))]
         entries = reservoir.entries[c]
         return Choice(flat, seeds, partners, u, [entries[i] for i in seeds.tolist()],

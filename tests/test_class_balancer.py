@@ -202,7 +202,9 @@ def test_few_samples_lower_k_with_a_warning_and_one_sample_repeats(tmp_path):
     assert lone and all(p["neighbour"] is None for p in lone)
 
 
-def test_smote_neighbour_is_among_the_k_nearest_in_the_reservoir():
+@pytest.mark.parametrize("fixed", [False, True], ids=["streamed", "fixed"])
+def test_smote_neighbour_is_among_the_k_nearest_in_the_reservoir(fixed):
+    """Per-batch search (streamed reservoir) and host table (fixed, filled from an index) alike."""
     from sklearn.neighbors import NearestNeighbors
 
     from streamaug.samplers import ClassReservoir
@@ -212,6 +214,7 @@ def test_smote_neighbour_is_among_the_k_nearest_in_the_reservoir():
     x = torch.from_numpy(rng.normal(size=(80, 6)).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, 2, 80))
     res.add(x, y, [f"k{i}" for i in range(80)], ["u"] * 80, rng)
+    res.fixed = fixed
     syn = SMOTE(k_neighbors=4).synthesize(res, 1, 200, rng)
     members = res.members(1).numpy()
     by_key = {e[1]: i for i, e in enumerate(res.entries[1])}

@@ -39,9 +39,11 @@ def filled_reservoir(images, label=0, seed=0):
 @pytest.mark.parametrize("space", [Thumbnail(4), RandomProjection(dim=32, seed=3),
                                    Encoder(lambda x: x.float().mean(dim=(2, 3)))],
                          ids=["thumbnail", "projection", "encoder"])
-def test_partner_is_sklearns_nearest_in_the_space_and_pixels_are_interpolated(space):
+@pytest.mark.parametrize("fixed", [False, True], ids=["streamed", "fixed"])
+def test_partner_is_sklearns_nearest_in_the_space_and_pixels_are_interpolated(space, fixed):
     images, _ = planted()
     res = filled_reservoir(images)
+    res.fixed = fixed                   # fixed: neighbours from the host table (see neighbour_tables)
     syn = SMOTE(k_neighbors=1, neighbour_space=space).synthesize(res, 0, 300, np.random.default_rng(1))
     emb = space.embed(images).numpy()
     nn = NearestNeighbors(n_neighbors=2).fit(emb).kneighbors(emb, return_distance=False)
