@@ -17,8 +17,9 @@ sample by sample (PIL) to find the bad ones, which are then raised or skipped
 """
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -101,7 +102,10 @@ class DaliImageDecoder:
         # waits for the device; on the CPU the step and DALI's threads compete for the cores
         # and it was slower (benchmarks/decode_overlap.py)
         self.ahead = device.type == "cuda"
-        self._spare: tuple[np.ndarray, int, str, str] | None = None   # a good image to pad an all-bad batch
+        # what pads a batch none of whose images decodes: the first sample of the dataset (in index
+        # order) that does, found once; ``donors`` (set by the loader) lists the decoded samples
+        self.donors: Callable[[], Iterator] | None = None
+        self._donated: tuple[np.ndarray, int, str, str] | None = None
         self._started: DecodeTicket | None = None      # the one run started and not yet collected
 
     def _build(self, capacity: int, device_id: int | None):
@@ -173,7 +177,6 @@ class DaliImageDecoder:
             batch.images = dali_to_torch(out, torch.uint8, self.device)
         finally:
             pipe.release_outputs()              # after the copy was queued, as DALI's own iterators do
-        self._spare = (encoded[0], int(batch.labels[0]), batch.keys[0], batch.urls[0])
         return batch
 
     def cancel(self, ticket: DecodeTicket) -> None:
@@ -187,8 +190,8 @@ class DaliImageDecoder:
     def _decode_one_by_one(self, batch: BatchInFlight, encoded: list[np.ndarray], handle: ErrorHandler) -> BatchInFlight:
         """Slow path: find the samples DALI refused or that break the size rule; raise or
         replace them (flagged padding) by a repeat of a good row of the batch, image, label
-        and key together, or, when no row of the batch decodes, of the last good image an
-        earlier batch had (``no_samples`` when there is none yet)."""
+        and key together, or, when no row of the batch decodes, of the first sample of the
+        dataset that does (:meth:`_donated_row`; so a resume at that batch pads it the same)."""
         rows: list[np.ndarray | None] = [None] * len(encoded)
         good = None
         for i, data in enumerate(encoded):
@@ -201,14 +204,9 @@ class DaliImageDecoder:
                 handle(StreamError("undecodable_image", f"image does not decode: {type(e).__name__}: {e}",
                                    shard=batch.urls[i], key=batch.keys[i], value=f"{len(data)} bytes"))
         if good is not None:
-            self._spare = (encoded[good], int(batch.labels[good]), batch.keys[good], batch.urls[good])
-            fill = (rows[good], *self._spare[1:])
-        elif self._spare is not None:
-            data, label, key, url = self._spare
-            fill = (self._decode_row(data, url, key), label, key, url)
+            fill = (rows[good], int(batch.labels[good]), batch.keys[good], batch.urls[good])
         else:
-            raise StreamError("no_samples", f"no image of this batch decodes (shards {sorted(set(batch.urls))}) and "
-                              "no earlier batch has one to pad it with", shard=batch.urls[0], value=len(encoded))
+            fill = self._donated_row(batch)
         padding, labels = batch.is_padding.clone(), batch.labels.clone()
         keys, urls = list(batch.keys), list(batch.urls)
         for i, row in enumerate(rows):
@@ -218,6 +216,25 @@ class DaliImageDecoder:
         batch.is_padding, batch.labels, batch.keys, batch.urls = padding, labels, keys, urls
         batch.images = to_device(torch.from_numpy(np.stack(rows)).permute(0, 3, 1, 2).contiguous(), self.device)
         return batch
+
+    def _donated_row(self, batch: BatchInFlight, tries: int = 256) -> tuple[np.ndarray, int, str, str]:
+        """(image, label, key, url) of the first of the dataset's samples, in index order, whose
+        image decodes and fits the size rule; found once (``no_samples`` when none of the first
+        ``tries`` does)."""
+        if self._donated is None:
+            samples = self.donors() if self.donors is not None else iter(())
+            for s in itertools.islice((s for s in samples if isinstance(s, dict) and s.get("encoded")), tries):
+                try:
+                    row = self._decode_row(np.frombuffer(s["encoded"], dtype=np.uint8), s["__url__"], s["__key__"])
+                except Exception:       # (its own shard's reader counts it)
+                    continue
+                self._donated = (row, int(s["label"]), s["__key__"], s["__url__"])
+                break
+        if self._donated is None:
+            raise StreamError("no_samples", f"no image of this batch decodes (shards {sorted(set(batch.urls))}) and "
+                              "no sample of the dataset does to pad it with", shard=batch.urls[0],
+                              value=len(batch.urls))
+        return self._donated
 
     def _decode_row(self, data: np.ndarray, url: str, key: str) -> np.ndarray:
         """One image with PIL, converted and resized as DALI would; checked against the size rule."""

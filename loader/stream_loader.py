@@ -265,6 +265,8 @@ class StreamLoader:
             spec = PlanSpec(self.index, self.seed, self.batch_size, ws, rk, self.read_workers, self.drop_last,
                             bool(self.shuffle), synthetic, most)
             self._stream = WorkerStream(self._settings, spec=spec, batch_size=self.batch_size, stages=stages)
+        if self.device_decoder is not None:
+            self.device_decoder.donors = self._stream.donors      # pads a batch none of whose images decodes
         self._topology = (ws, rk)
 
     # ------------------------------------------------------------ planning

@@ -152,7 +152,7 @@ class WorkerStream(IterableDataset):
         raw = past_prefix(raw, job.skip, stats)         # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)
         batches = batch_stage(samples, job.sizes, job.batch_ids, self.batch_size, stats, st.decoder.sizes, handle,
-                              sorted({seg.url for seg in job.segments}), self._donors)
+                              sorted({seg.url for seg in job.segments}), self.donors)
         if self.stages is not None and get_worker_info() is not None:
             batches = self.stages(batches, epoch, self.plan(epoch))
         yield from batches
@@ -161,7 +161,7 @@ class WorkerStream(IterableDataset):
         if (left["skipped"] or left["padded"]) and not resumed_past_all:   # (else its last batch had them)
             yield WorkerCounts(left)
 
-    def _donors(self) -> Iterator:
+    def donors(self) -> Iterator:
         """Decoded samples of every shard, in index order, to pad a batch with no good sample
         (errors not counted: each shard's own reader counts them)."""
         st = self.settings

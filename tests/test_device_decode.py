@@ -229,3 +229,21 @@ def test_a_pass_superseded_with_a_decode_started_does_not_hand_it_to_the_newer_p
     assert all(torch.equal(x, y) for (_, x), (_, y) in zip(newer, whole))
     with pytest.raises(RuntimeError, match="superseded"):
         next(older)
+
+
+@pytest.mark.parametrize("ahead", [True, False], ids=["ahead", "in_place"])
+def test_a_batch_no_image_of_which_decodes_resumes_padded_the_same(tmp_path, ahead):
+    """Batch 1 holds only images the decode refuses: it is padded with the dataset's first
+    image that decodes (in index order), not an earlier batch's, so a resume at that batch
+    (which has no earlier batch) pads it the same instead of failing with ``no_samples``."""
+    bad = jpg_members(4, start=10)
+    bad = [(name, truncated_jpg(10 + i // 2) if name.endswith(".jpg") else data) for i, (name, data) in enumerate(bad)]
+    index = write_custom(str(tmp_path), {"t0.tar": jpg_members(4), "t1.tar": bad + jpg_members(4, start=20)},
+                         {"t0.tar": [2, 2], "t1.tar": [4, 4]}, image_shape=(12, 12, 3))
+    whole, counts, runs = resume_after_each_batch(lambda: dali_loader(
+        index.urls, ahead, batch_size=4, shuffle=0, on_error="skip"))
+    assert counts == {"undecodable_image": 4}
+    assert whole[1][0] == ["s_00000"] * 4, "padded with the dataset's first image"
+    for taken, (rest, _) in enumerate(runs):
+        assert [k for k, _ in rest] == [k for k, _ in whole[taken:]], taken
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(rest, whole[taken:])), taken
