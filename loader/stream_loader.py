@@ -324,9 +324,10 @@ class StreamLoader:
         serial = self._pass_serial
         offsets = None if plan is None or self.balance is None else \
             [0, *itertools.accumulate(plan.synthetic)]
-        batches = device_feed(worker_batches(self, serial, hold_last=plan is None), self.device, self._pin)
-        if plan is None:                  # no index: resume replays the prefix
+        batches = worker_batches(self, serial, hold_last=plan is None)
+        if plan is None:                  # no index: resume replays the prefix (not sent to the device)
             batches = drop_batches(batches, start)
+        batches = device_feed(batches, self.device, self._pin)
         if self.device_decoder is not None:
             batches = decode_ahead(batches, self.device_decoder, self.on_error)
         if plan is None:                  # know which batch is last
