@@ -66,8 +66,8 @@ class BorderlineSMOTE(Synthesizer):
         same = labels[partners] == c
         u = np.where(same, rng.random(count), 0.5 * rng.random(count))
         entries = reservoir.pool_entries()
-        pool, _ = reservoir.pool()
-        return Choice(pool, in_pool, partners, u, [entries[i] for i in in_pool.tolist()],
+        rows, where = reservoir.pool_rows(np.concatenate([in_pool, partners]))    # only the rows used
+        return Choice(rows, where[:count], where[count:], u, [entries[i] for i in in_pool.tolist()],
                       [entries[i] for i in partners.tolist()])
 
     def __repr__(self) -> str:

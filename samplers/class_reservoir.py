@@ -142,6 +142,18 @@ class ClassReservoir:
         labels = torch.cat([torch.full((len(p),), c, dtype=torch.int64, device=p.device) for p, c in parts])
         return feats, labels
 
+    def pool_rows(self, indices: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Rows ``indices`` of :meth:`pool`, as stored (flattened), without building the pool:
+        ``(rows, where)``, the distinct rows in pool order and where each index's row is in them."""
+        distinct, where = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
+        offsets = np.concatenate([[0], np.cumsum(self.size)])
+        owner = np.searchsorted(offsets, distinct, side="right") - 1
+        parts = []
+        for c in np.unique(owner).tolist():
+            local = torch.from_numpy(distinct[owner == c] - offsets[c])
+            parts.append(self.members(c)[to_device(local, self.storage[c].device)].flatten(1))
+        return torch.cat(parts), where.reshape(-1)
+
     def pool_offset(self, c: int) -> int:
         """Where class ``c``'s rows start in :meth:`pool` (classes in order)."""
         return int(self.size[:c].sum())

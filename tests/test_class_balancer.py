@@ -379,3 +379,17 @@ def test_stratified_batches_reach_the_best_mix_the_real_rows_allow(data, workers
     assert got.mean() < plain.mean() / 1.5, (got.mean(), plain.mean())
     state = loader.state_dict()
     assert "budget" in state["balance"] and sum(state["balance"]["budget"]) == 0
+
+
+def test_pool_rows_are_the_pools_rows_without_building_it():
+    from streamaug.samplers import ClassReservoir
+
+    rng = np.random.default_rng(0)
+    res = ClassReservoir(4, capacity=8)
+    for c, n in ((0, 5), (2, 3), (3, 6)):                 # class 1 empty: not in the pool
+        res.fill(c, torch.from_numpy(rng.integers(0, 256, (n, 2, 3), dtype=np.uint8)), [("u", f"{c}{i}") for i in range(n)])
+    pool, _ = res.pool()
+    indices = np.array([13, 0, 5, 5, 7, 4, 8, 0])
+    rows, where = res.pool_rows(indices)
+    assert rows.dtype == torch.uint8 and len(rows) == len(set(indices.tolist()))
+    assert torch.equal(rows[torch.from_numpy(where)].float(), pool[torch.from_numpy(indices)])
