@@ -62,8 +62,9 @@ def check_format(sd: dict) -> None:
 
 
 def save_state(loader) -> dict:
-    sd = {"format": FORMAT, "epoch": loader.epoch, "batches_done": loader._batches_done,
-          "explicit_epoch": loader._explicit_epoch, "rank": loader.rank, "fingerprint": fingerprint(loader),
+    pos = loader.position
+    sd = {"format": FORMAT, "epoch": pos.epoch, "batches_done": pos.batches_done,
+          "explicit_epoch": pos.explicit_epoch, "rank": loader.rank, "fingerprint": fingerprint(loader),
           "stats": loader.stats.as_dict()}
     if loader.balance is not None:
         sd["balance"] = loader.balance.state_dict()   # {} with an index: the position is enough
@@ -77,9 +78,7 @@ def restore_state(loader, sd: dict) -> None:
     check_fingerprint(sd["fingerprint"], fingerprint(loader))
     if loader.balance is not None:
         loader.balance.load_state_dict(sd.get("balance", {}))
-    loader.epoch, loader._batches_done = sd["epoch"], sd["batches_done"]
-    loader._explicit_epoch = sd["explicit_epoch"]
-    loader._resume_pending = True
+    loader.position.restore(sd["epoch"], sd["batches_done"], sd["explicit_epoch"])
     loader.stats.__init__()                   # in place: a bound balancer counts into this object
     if sd["rank"] == loader.rank:
         loader.stats.merge(sd["stats"])

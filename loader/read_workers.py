@@ -91,7 +91,7 @@ def worker_batches(loader, serial: int, hold_last: bool) -> Iterator[BatchInFlig
 
 
 def _worker_items(loader, serial: int):
-    loader._stream.set_position(loader.epoch, loader._batches_done)          # noqa: SLF001
+    loader._stream.set_position(loader.epoch, loader.position.batches_done)          # noqa: SLF001
     if loader.read_workers == 0:
         yield from loader._stream                                            # noqa: SLF001
         return
@@ -108,7 +108,7 @@ def _worker_items(loader, serial: int):
     with OpenCVPoolStopped():            # the workers start (fork) here, the first time
         items = iter(loader._dataloader)
     while True:
-        loader._check_current(serial)    # before taking a batch: it may be a newer pass's
+        loader.position.check_current(serial)    # before taking a batch: it may be a newer pass's
         item = next(items, None)
         if item is None:
             return

@@ -50,6 +50,7 @@ from .errors import LoaderStats, check_policy
 from .loader_state import restore_state, save_state
 from .open_pass import drop_batches, mark_last
 from .output_format import OutputFormat
+from .pass_position import PassPosition
 from .plugin_stage import apply_plugins
 from .read_workers import stop_workers, worker_batches
 from .sample_decoder import SampleDecoder
@@ -198,13 +199,8 @@ class StreamLoader:
         self._settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)
         self._topology = None
         self._dataloader = None
-        self.epoch = 0
-        self._explicit_epoch = False
-        self._batches_done = 0
-        self._resume_pending = False
-        self._pass_serial = 0             # which pass is current (see _check_current)
+        self.position = PassPosition()    # epoch, batches done, the current pass (see pass_position)
         self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
-        self._open_pass = None            # an iter() pass begun and not at its end (left or running)
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
         self.output.check_channels(channels)
 
@@ -285,9 +281,12 @@ class StreamLoader:
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (shard order, buffer and plug-in seeds). Once called,
         epochs no longer advance by themselves, as with ``DistributedSampler``."""
-        if epoch != self.epoch:
-            self._batches_done, self._resume_pending = 0, False
-        self.epoch, self._explicit_epoch = int(epoch), True
+        self.position.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next (or running) pass reads."""
+        return self.position.epoch
 
     # ------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[Batch]:
@@ -297,9 +296,7 @@ class StreamLoader:
         chose the epoch); ``state_dict()`` still holds where it was left, as torchdata's
         ``StatefulDataLoader`` does, so a job that stops there resumes there. A pass still open
         (its iterator alive, part-way) counts as left."""
-        if self._open_pass is not None and not self._resume_pending:
-            self._advance_epoch()
-        self._open_pass = None            # that pass is accounted for
+        self.position.new_iter()
         return self.iter_from(None, left_ends_epoch=True)
 
     def iter_from(self, start: int | None, *, left_ends_epoch: bool = False) -> Iterator[Batch]:
@@ -308,20 +305,13 @@ class StreamLoader:
         advances as its last batch is handed on; with ``left_ends_epoch``, a pass left before it
         makes the next ``iter()`` start the next epoch."""
         self._ensure_topology()
-        plan = self.plan()
-        if start is None:
-            start = self._batches_done if self._resume_pending else 0
-        self._resume_pending = False
-        if plan is not None and start >= plan.num_batches:     # a state taken after the epoch's last batch
-            if self._explicit_epoch:      # set_epoch's epoch is over: nothing is left of it
-                self._batches_done = start
-                return
-            self._advance_epoch()
-            plan, start = self.plan(), 0
-        self._batches_done = start
-        epoch = self.epoch
-        self._pass_serial += 1
-        serial = self._pass_serial
+        position = self.position
+        begun = position.begin(start, lambda e: None if self.index is None else self.plan(e).num_batches,
+                               open_until_end=left_ends_epoch)
+        if begun is None:
+            return
+        start, serial = begun
+        plan, epoch = self.plan(), position.epoch
         offsets = None if plan is None or self.balance is None else \
             [0, *itertools.accumulate(plan.synthetic)]
         batches = worker_batches(self, serial, hold_last=plan is None)
@@ -336,54 +326,31 @@ class StreamLoader:
             self._marker.close()
         marker = self._marker = pass_marker()   # accelerate's gradient accumulation: where the pass ends
         ended = False                     # the epoch's last batch was handed on
-        if left_ends_epoch:
-            self._open_pass = serial
         try:
             for batch in batches:
-                self._check_current(serial)
+                position.check_current(serial)
                 self.stats.merge(batch.stats)
                 if offsets is not None:
                     batch.slot_offset = offsets[batch.batch_id]
                 with self._stage_threads:
                     out = apply_plugins(self, batch, plan, epoch)
-                self._batches_done += 1
-                last = batch.last if plan is None else self._batches_done == plan.num_batches
+                position.batches_done += 1
+                last = batch.last if plan is None else position.batches_done == plan.num_batches
                 if marker is not None:
                     marker.at_batch(last)
                 if last:
-                    self._end_epoch(serial)
+                    position.end_epoch(serial)
                     ended = True
                 yield out
             if not ended:                 # no batch at all
-                self._end_epoch(serial)
+                position.end_epoch(serial)
                 ended = True
         finally:
             if marker is not None:
                 marker.close()
-            current = serial == self._pass_serial      # (left part-way, it stays open: see __iter__)
+            current = position.is_current(serial)      # (left part-way, it stays open: see new_iter)
             if not self.read_options.persistent and current:
                 self.close()              # DataLoader(persistent_workers=False): the workers end with the pass
-
-    def _check_current(self, serial: int) -> None:
-        if serial != self._pass_serial:
-            raise RuntimeError(
-                "this pass over the StreamLoader was superseded: iter(loader) was called again while it ran. "
-                "A StreamLoader runs one pass at a time (its reading workers serve the newest pass), so the "
-                "older pass stops here rather than share or lose batches. Finish or drop a pass before "
-                "starting another (for one batch to look at, take next(iter(loader)) before the loop).")
-
-    def _end_epoch(self, serial: int) -> None:
-        """The pass handed on its epoch's last batch. A state taken now resumes at the next epoch;
-        after ``set_epoch`` (whose caller chooses the next epoch) it says this one is over."""
-        if self._open_pass == serial:
-            self._open_pass = None
-        if not self._explicit_epoch:
-            self._advance_epoch()
-
-    def _advance_epoch(self) -> None:
-        self._batches_done = 0
-        if not self._explicit_epoch:
-            self.epoch += 1
 
     def scan_rows(self, wanted):
         """Samples in index order whose label satisfies ``wanted`` (see ``ShardRowSource.scan``)."""

@@ -1,0 +1,92 @@
+"""Where a ``StreamLoader`` is: the epoch, the batches of it handed on, and which pass is current.
+
+DataLoader semantics, as ``StreamLoader`` keeps them:
+
+* Every ``iter()`` starts a pass. The first pass after ``load_state_dict`` resumes at the
+  saved position; any other starts at batch 0.
+* The epoch advances as a pass hands on the epoch's last batch, so a state taken then
+  resumes at the next epoch. After ``set_epoch`` the epoch no longer advances by itself
+  (as with ``DistributedSampler``): its caller chooses the next one, and a state taken
+  after the last batch says that epoch is over.
+* A pass left part-way (its iterator dropped or still open) stays *open*: the next
+  ``iter()`` advances the epoch (each ``iter()`` of a shuffled DataLoader is a new
+  shuffle), while ``batches_done`` keeps where it was left, so a state taken in between
+  resumes there (torchdata's ``StatefulDataLoader`` does the same).
+* One pass runs at a time: each pass gets a serial number, and a pass that is no longer
+  the newest raises (:meth:`PassPosition.check_current`) instead of sharing the workers.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class PassPosition:
+    def __init__(self):
+        self.epoch = 0
+        self.explicit_epoch = False       # set_epoch was called: epochs no longer advance by themselves
+        self.batches_done = 0             # of the epoch, handed on
+        self.resume_pending = False       # load_state_dict set the position; the next pass starts there
+        self.serial = 0                   # the current pass's number (see check_current)
+        self.open_pass: int | None = None  # an iter() pass begun and not at its end (left or running)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.batches_done, self.resume_pending = 0, False
+        self.epoch, self.explicit_epoch = int(epoch), True
+
+    def restore(self, epoch: int, batches_done: int, explicit_epoch: bool) -> None:
+        """A saved position; the next pass resumes there."""
+        self.epoch, self.batches_done, self.explicit_epoch = epoch, batches_done, explicit_epoch
+        self.resume_pending = True
+
+    def new_iter(self) -> None:
+        """An ``iter()``: a pass left part-way before it makes this one the next epoch's."""
+        if self.open_pass is not None and not self.resume_pending:
+            self.advance()
+        self.open_pass = None             # that pass is accounted for
+
+    def begin(self, start: int | None, num_batches: Callable[[int], int | None],
+              open_until_end: bool) -> tuple[int, int] | None:
+        """Start a pass at batch ``start`` (``None``: 0, or the resume point) of the current epoch,
+        whose length ``num_batches(epoch)`` gives (``None``: unknown). Returns ``(start, serial)``,
+        or ``None`` when nothing is left (``set_epoch``'s epoch was resumed after its end).
+        ``open_until_end``: the pass counts as open (see :meth:`new_iter`) until it ends."""
+        if start is None:
+            start = self.batches_done if self.resume_pending else 0
+        self.resume_pending = False
+        total = num_batches(self.epoch)
+        if total is not None and start >= total:       # a state taken after the epoch's last batch
+            if self.explicit_epoch:       # set_epoch's epoch is over: nothing is left of it
+                self.batches_done = start
+                return None
+            self.advance()
+            start = 0
+        self.batches_done = start
+        self.serial += 1
+        if open_until_end:
+            self.open_pass = self.serial
+        return start, self.serial
+
+    def is_current(self, serial: int) -> bool:
+        return serial == self.serial
+
+    def check_current(self, serial: int) -> None:
+        if serial != self.serial:
+            raise RuntimeError(
+                "this pass over the StreamLoader was superseded: iter(loader) was called again while it ran. "
+                "A StreamLoader runs one pass at a time (its reading workers serve the newest pass), so the "
+                "older pass stops here rather than share or lose batches. Finish or drop a pass before "
+                "starting another (for one batch to look at, take next(iter(loader)) before the loop).")
+
+    def end_epoch(self, serial: int) -> None:
+        """Pass ``serial`` handed on its epoch's last batch. A state taken now resumes at the next
+        epoch; after ``set_epoch`` (whose caller chooses the next epoch) it says this one is over."""
+        if self.open_pass == serial:
+            self.open_pass = None
+        if not self.explicit_epoch:
+            self.advance()
+
+    def advance(self) -> None:
+        self.batches_done = 0
+        if not self.explicit_epoch:
+            self.epoch += 1
