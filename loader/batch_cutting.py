@@ -28,25 +28,18 @@ import torch
 
 from streamaug.core.flight import BatchInFlight
 
-from .errors import ErrorHandler, LoaderStats, StreamError, add_counts
+from .errors import LOST, ErrorHandler, LoaderStats, StreamError, add_counts
 from .image_size import ImageSizeRule
 from .sample_decoder import SampleDecoder
 
 
-class _Lost:
-    """The place of a sample lost to a skipped error in the decoded stream."""
-
-    def __repr__(self) -> str:
-        return "LOST"
-
-
-LOST = _Lost()
-
-
-def decode_stage(raw: Iterator[dict], decoder: SampleDecoder, handle: ErrorHandler) -> Iterator[dict | _Lost]:
-    """Decoded samples, and :data:`LOST` where a sample's error was skipped (``handle`` raised
-    it otherwise), so the stream keeps one item per raw sample."""
+def decode_stage(raw: Iterator, decoder: SampleDecoder, handle: ErrorHandler) -> Iterator:
+    """Decoded samples, and :data:`~.errors.LOST` where a sample's error was skipped (``handle``
+    raised it otherwise) or the reader lost one, so the stream keeps one item per place."""
     for sample in raw:
+        if sample is LOST:
+            yield LOST
+            continue
         try:
             yield decoder(sample)
         except StreamError as e:
@@ -79,12 +72,13 @@ def collate_rows(rows: list[dict], batch_id: int, stats: dict, shape: tuple[int,
                          batch_id=batch_id, stats=stats, encoded=encoded)
 
 
-def borrow_padding(donors: Callable[[], Iterator[dict | _Lost]] | None, own: list[str], sizes: ImageSizeRule,
+def borrow_padding(donors: Callable[[], Iterator] | None, own: list[str], sizes: ImageSizeRule,
                    stats: LoaderStats, limit: int = 64) -> list[dict]:
     """Rows to fill a planned batch none of whose samples is good: the first good samples of
-    the dataset's shards other than ``own`` (this worker's), read in index order. Their own
-    errors are not counted (their shard's reader counts those). ``own`` is named in
-    ``stats.examples["no_samples"]``. With no good sample anywhere, :class:`StreamError`
+    the dataset's shards, read in index order (``donors``). Their own errors are not counted
+    (their shard's reader counts those). With no image size known yet, they set it, as a
+    first batch would. ``own`` (this worker's shards) is named in
+    ``stats.examples["no_samples"]``; with no good sample anywhere, :class:`StreamError`
     ``no_samples`` names them."""
     found: list[dict] = []
     for s in donors() if donors is not None else ():
@@ -92,8 +86,11 @@ def borrow_padding(donors: Callable[[], Iterator[dict | _Lost]] | None, own: lis
             found.append(dict(s, is_padding=True))
             if len(found) == limit:
                 break
+    if found and sizes.shape is None:   # no shape yet (no index shape, no batch cut): the donors' own
+        sizes.adopt([s["shape"] for s in found])
+        found = [s for s in found if sizes.fits(s, None)]
     if not found:
-        raise StreamError("no_samples", f"no sample of a planned batch of shards {own} is good, and no other "
+        raise StreamError("no_samples", f"no sample of a planned batch of shards {own} is good, and no "
                           "shard has a good sample to pad it with", shard=own[0] if own else None, value=len(own))
     stats.examples.setdefault("no_samples", f"a planned batch of shards {own} has no good sample; it is "
                               f"padding (repeats of samples from {found[0]['__url__']!r})")

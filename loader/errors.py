@@ -16,6 +16,20 @@ from typing import Any
 POLICIES = ("raise", "skip")
 
 
+class _Lost:
+    """The place of a sample lost to a skipped error, kept in an indexed stream so that every
+    later sample keeps its planned position (see ``batch_cutting``)."""
+
+    def __repr__(self) -> str:
+        return "LOST"
+
+    def __reduce__(self):
+        return "LOST"
+
+
+LOST = _Lost()
+
+
 class StreamError(ValueError):
     """A bad shard or sample. ``reason`` is a short stable tag used for counting."""
 

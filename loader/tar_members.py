@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from webdataset.tariterators import base_plus_ext
 
 from .decode_limits import DecodeLimits
-from .errors import ErrorHandler, StreamError
+from .errors import LOST, ErrorHandler, StreamError
 from .ustar_reader import HAND_OVER, Prefixed, UstarReader
 
 MAX_META_BYTES = 1 << 20        # pax / GNU long-name header data
@@ -262,10 +262,12 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
     stream.drain()                                    # a pipe's exit status is checked after its output
 
 
-def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle: ErrorHandler) -> Iterator[dict]:
+def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle: ErrorHandler,
+                  keep_places: bool = False) -> Iterator:
     """Group members into samples by key. Keys starting with ``__`` or ``.`` and names without
-    an extension are ignored, as webdataset does. A sample with a refused member is dropped
-    (its error was counted already)."""
+    an extension are ignored, as webdataset does. A sample with a refused member, or a later
+    one with a key already seen, is dropped (its error was counted already); with
+    ``keep_places`` :data:`~.errors.LOST` takes its place."""
     seen: set[str] = set()
     current: dict | None = None
     spoiled = False
@@ -275,8 +277,8 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
             continue
         ext = ext.lower()
         if current is None or key != current["__key__"]:
-            if current is not None and not spoiled:
-                yield current
+            if current is not None and (keep_places or not spoiled):
+                yield LOST if spoiled else current
             current, spoiled = None, False
             if key in seen:
                 handle(StreamError("duplicate_key", "key appeared earlier in this shard; this later sample is "
@@ -295,12 +297,13 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
                                "dropped", shard=url, key=key, value=name))
             continue
         current[ext] = data
-    if current is not None and not spoiled:
-        yield current
+    if current is not None and (keep_places or not spoiled):
+        yield LOST if spoiled else current
 
 
-def shard_samples(url: str, stream, limits: DecodeLimits, handle: ErrorHandler, fast: bool = True) -> Iterator[dict]:
+def shard_samples(url: str, stream, limits: DecodeLimits, handle: ErrorHandler, fast: bool = True,
+                  keep_places: bool = False) -> Iterator:
     """Samples of one shard. A sample is yielded only once the next key starts or the archive
     has ended cleanly, so a truncation never hands on the sample it cut. ``fast``: see
-    :func:`tar_members`."""
-    return group_samples(url, tar_members(url, stream, limits, handle, fast), handle)
+    :func:`tar_members`; ``keep_places``: see :func:`group_samples`."""
+    return group_samples(url, tar_members(url, stream, limits, handle, fast), handle, keep_places)

@@ -9,12 +9,13 @@ failure into a :class:`StreamError` that names the shard and key.
 """
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 from .decode_limits import DecodeLimits
 from .epoch_plan import Segment
-from .errors import ErrorHandler, StreamError
+from .errors import LOST, ErrorHandler, StreamError
 from .shard_stream import open_shard
 from .tar_members import shard_samples
 
@@ -39,51 +40,80 @@ def _class_count_error(seg: Segment, found: Counter) -> StreamError | None:
 
 
 def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None = None,
-                 label_of: Callable[[dict], int | None] | None = None) -> Iterator[dict]:
+                 label_of: Callable[[dict], int | None] | None = None, keep_places: bool = False) -> Iterator:
     """Yield raw samples ``seg.start..seg.stop`` of one shard (dicts of bytes).
 
     The reader of a shard's last planned segment has read the whole shard (tar is
-    sequential), so with ``label_of`` it checks the index's per-class counts too."""
+    sequential), so with ``label_of`` it checks the index's per-class counts too.
+
+    With ``keep_places`` (an index's planned segments), a sample the reader drops (a refused
+    member, a repeated key) and the samples a missing, corrupt or short shard did not hold
+    are :data:`~.errors.LOST` in their places, so the segment yields exactly ``seg.size``
+    items and every later sample keeps its planned position.
+
+    Under ``"skip"`` an error is counted by one reader only: the one whose segment holds the
+    sample being read (a reader passes over the samples before its segment, and a wrap-around
+    ``padding`` segment re-reads samples another reader reads). ``"raise"`` raises whatever
+    error it meets."""
     limits = limits or DecodeLimits()
     pos, key = 0, None
+    known = seg.shard_count != UNKNOWN
+    counts_here = handle.on_error == "raise" or not seg.padding
     check_classes = label_of is not None and seg.class_counts is not None and not seg.padding \
-        and seg.stop == seg.shard_count and seg.shard_count != UNKNOWN
+        and seg.stop == seg.shard_count and known
     found: Counter = Counter()
+
+    def owned(err: StreamError) -> None:
+        if counts_here and (not known or seg.start <= pos < seg.stop or handle.on_error == "raise"):
+            handle(err)
+
+    def report(err: StreamError) -> None:          # an error about this reader's own part
+        if counts_here:
+            handle(err)
+
+    def lost_places() -> Iterator:
+        if keep_places and known:
+            yield from itertools.repeat(LOST, max(0, seg.stop - max(pos, seg.start)))
+
     try:
         stream = open_shard(seg.url, limits.read_timeout)
     except FileNotFoundError:
-        handle(StreamError("missing_shard", "shard does not exist", shard=seg.url, value=seg.url, lost=seg.size))
+        report(StreamError("missing_shard", "shard does not exist", shard=seg.url, value=seg.url, lost=seg.size))
+        yield from lost_places()
         return
     except Exception as e:
-        handle(StreamError("unreadable_shard", f"shard cannot be opened: {e}", shard=seg.url,
+        report(StreamError("unreadable_shard", f"shard cannot be opened: {e}", shard=seg.url,
                            value=seg.url, lost=seg.size))
+        yield from lost_places()
         return
     try:
-        samples = shard_samples(seg.url, stream, limits, handle)
+        samples = shard_samples(seg.url, stream, limits, owned, keep_places=keep_places and known)
         if seg.shard_count == 0:                    # listed as empty: read it to make sure
             if (extra := next(samples, None)) is not None:
-                handle(StreamError("index_mismatch", "index says the shard holds 0 samples; they are ignored",
-                                   shard=seg.url, key=extra["__key__"], value=1 + sum(1 for _ in samples)))
+                report(StreamError("index_mismatch", "index says the shard holds 0 samples; they are ignored",
+                                   shard=seg.url, key=getattr(extra, "get", lambda k: None)("__key__"),
+                                   value=1 + sum(1 for _ in samples)))
             return
         for sample in samples:
-            key = sample["__key__"]
+            if sample is not LOST:
+                key = sample["__key__"]
             if check_classes:
-                found[label_of(sample)] += 1
+                found[None if sample is LOST else label_of(sample)] += 1    # a lost one: counts unknown
             in_range = pos >= seg.start
             pos += 1
             last = pos == seg.stop
-            if last and seg.stop == seg.shard_count and seg.shard_count != UNKNOWN and \
-                    (extra := next(samples, None)) is not None:
+            if last and seg.stop == seg.shard_count and known and (extra := next(samples, None)) is not None:
                 # Raised (or counted) before the last planned sample is handed on; the
                 # extras are not in the plan, so under "skip" they are counted and ignored.
                 extras = 1 + sum(1 for _ in samples)
-                handle(StreamError("index_mismatch", f"shard holds {extras} more samples than the index count "
+                report(StreamError("index_mismatch", f"shard holds {extras} more samples than the index count "
                                    f"{seg.shard_count}; extras are ignored", shard=seg.url,
-                                   key=extra["__key__"], value=pos + extras, lost=extras))
+                                   key=getattr(extra, "get", lambda k: None)("__key__"), value=pos + extras,
+                                   lost=extras))
             if last and check_classes and None not in found and (err := _class_count_error(seg, found)):
-                handle(err)
+                report(err)
             if in_range:
-                if seg.padding:
+                if seg.padding and sample is not LOST:
                     sample["__padding__"] = True
                 yield sample
             if last:
@@ -91,14 +121,16 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
     except StreamError as e:
         if e.shard is None:
             e = e.at_shard(seg.url)
-        if seg.shard_count != UNKNOWN:          # an index says how much is lost
+        if known:                               # an index says how much is lost
             e.lost = max(0, seg.stop - max(pos, seg.start))
-        handle(e)
+        report(e)
+        yield from lost_places()
         return
     except Exception as e:
-        handle(StreamError("corrupt_shard", f"tar stream is corrupt or truncated after {pos} samples: "
+        report(StreamError("corrupt_shard", f"tar stream is corrupt or truncated after {pos} samples: "
                            f"{type(e).__name__}: {str(e).split(' @ ')[0]}", shard=seg.url, key=key,
                            value=pos, lost=max(0, seg.stop - max(pos, seg.start))))
+        yield from lost_places()
         return
     finally:
         close = getattr(stream, "close", None)
@@ -107,13 +139,14 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
                 close()
             except Exception:  # a pipe: closed early reports SIGPIPE; the data we used was complete
                 pass
-    if pos < seg.stop and seg.shard_count != UNKNOWN:
-        handle(StreamError("index_mismatch", f"index says the shard holds {seg.shard_count} samples, "
+    if pos < seg.stop and known:
+        report(StreamError("index_mismatch", f"index says the shard holds {seg.shard_count} samples, "
                            f"the stream ended after {pos}", shard=seg.url, key=key, value=pos,
                            lost=seg.stop - max(pos, seg.start)))
+        yield from lost_places()
 
 
 def read_segments(segments: Iterable[Segment], handle: ErrorHandler, limits: DecodeLimits | None = None,
-                  label_of: Callable[[dict], int | None] | None = None) -> Iterator[dict]:
+                  label_of: Callable[[dict], int | None] | None = None, keep_places: bool = False) -> Iterator:
     for seg in segments:
-        yield from read_segment(seg, handle, limits, label_of)
+        yield from read_segment(seg, handle, limits, label_of, keep_places)

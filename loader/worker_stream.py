@@ -147,7 +147,8 @@ class WorkerStream(IterableDataset):
         st = self.settings
         stats = LoaderStats()
         handle = ErrorHandler(st.on_error, stats)
-        raw = read_segments(job.segments, handle, st.decoder.limits, st.decoder.label_or_none)
+        raw = read_segments(job.segments, handle, st.decoder.limits, st.decoder.label_or_none,
+                            keep_places=job.sizes is not None)        # planned: a lost sample keeps its place
         raw = shuffle_stage(raw, st.shuffle_buffer, derive_seed(st.seed, "buffer", epoch, self.rank, job.worker))
         raw = past_prefix(raw, job.skip, stats)         # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)

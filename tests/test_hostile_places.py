@@ -1,0 +1,123 @@
+"""With an index, a lost sample keeps its place: whatever loses it (the decode, the size rule,
+or the tar reader: a repeated key, a member over the limit, a shard cut short or missing),
+that place is filled in its own batch and every later sample keeps its planned position.
+Each loss is counted once, however many workers or ranks read past it."""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loader_states import state_after
+from shard_factory import good_members, write_custom
+from streamaug.loader import StreamLoader
+
+
+def planned(i: int) -> str:
+    return f"s_{i:05d}"
+
+
+def shards_losing(kind: str, tmp: str, with_c: bool = False):
+    """Shards a (s_00000..07) and b (s_00008..15), indexed as whole, with one kind of reader loss
+    (``"none"``: none). ``"missing_shard"`` (or ``with_c``) lists a shard c of 4 between them;
+    ``"missing_shard"`` then removes it."""
+    os.makedirs(tmp, exist_ok=True)
+    a, b = good_members(8), good_members(8, start=8)
+    files, counts = {"a.tar": a, "b.tar": b}, {"a.tar": [4, 4], "b.tar": [4, 4]}
+    if kind == "duplicate_key":
+        a[4], a[5] = ("s_00000.npy", a[4][1]), ("s_00000.cls", a[5][1])      # s_00002 stored as s_00000
+    elif kind == "member_too_large":
+        a[5] = ("s_00002.cls", b"0" + b" " * 3000)                           # over max_member_bytes below
+    elif kind == "short_shard":
+        files["a.tar"] = a[:12]                         # complete, but s_00006 and s_00007 are not in it
+    if kind == "missing_shard" or with_c:
+        files = {"a.tar": a, "c.tar": good_members(4, start=100), "b.tar": b}
+        counts = {"a.tar": [4, 4], "c.tar": [2, 2], "b.tar": [4, 4]}
+    index = write_custom(tmp, files, counts)
+    if kind == "missing_shard":
+        os.remove(index.urls[1])
+    return index
+
+
+LOST_KEYS = {"duplicate_key": ["s_00002"], "member_too_large": ["s_00002"], "short_shard": ["s_00006", "s_00007"],
+             "missing_shard": [f"s_{i:05d}" for i in range(100, 104)]}
+
+
+@pytest.mark.parametrize("kind", sorted(LOST_KEYS))
+@pytest.mark.parametrize("workers", [0, 2])
+def test_reader_losses_keep_their_places(tmp_path, kind, workers):
+    """Row for row, the batches equal those of the same shards with nothing lost, except that each
+    lost sample's row is padding."""
+    def rows(index):
+        with StreamLoader(index.urls, batch_size=4, num_workers=workers, shuffle=0, on_error="skip", device="cpu",
+                          index=index, max_member_bytes=2048) as loader:
+            out = [(k, bool(p)) for b in loader for k, p in zip(b.keys, b.is_padding.tolist())]
+            return out, dict(loader.stats.skipped)
+    intact, _ = rows(shards_losing("none", str(tmp_path / "intact"), with_c=kind == "missing_shard"))
+    got, skipped = rows(shards_losing(kind, str(tmp_path / "lossy")))
+    lost = LOST_KEYS[kind]
+    assert len(got) == len(intact)
+    for (key, padding), (want, _) in zip(got, intact):
+        assert padding if want in lost else (key, padding) == (want, False), (key, want)
+    reason = "index_mismatch" if kind == "short_shard" else kind
+    assert skipped == {reason: len(lost)}
+
+
+def one_shard_losing_one(tmp: str, kind: str):
+    members = good_members(20)
+    if kind == "member_too_large":
+        members[7] = ("s_00003.cls", b"1" + b" " * 3000)
+    else:
+        members[6], members[7] = ("s_00000.npy", members[6][1]), ("s_00000.cls", members[7][1])
+    return write_custom(tmp, {"a.tar": members}, {"a.tar": [10, 10]})
+
+
+@pytest.mark.parametrize("kind", ["member_too_large", "duplicate_key"])
+@pytest.mark.parametrize("workers,world_size", [(0, 1), (2, 1), (3, 1), (0, 2), (2, 3)])
+def test_one_loss_is_counted_once_however_many_readers_pass_it(tmp_path, kind, workers, world_size):
+    """Before, every reader of a later part of the shard counted it again on its way there, and the
+    shard's short count was counted once more as ``index_mismatch``."""
+    index = one_shard_losing_one(str(tmp_path), kind)
+    total: dict = {}
+    for rank in range(world_size):
+        with StreamLoader(index.urls, batch_size=2, num_workers=workers, shuffle=0, on_error="skip", device="cpu",
+                          index=index, max_member_bytes=2048, world_size=world_size, rank=rank) as loader:
+            list(loader)
+            for reason, n in loader.stats.skipped.items():
+                total[reason] = total.get(reason, 0) + n
+    assert total == {kind: 1}
+
+
+def png(side: int, broken: bool = False) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((side, side, 3), side * 10, np.uint8)).save(buf, format="PNG")
+    data = buf.getvalue()
+    return data[:33] + b"\x00" * 40 if broken else data     # signature and IHDR whole: only the decode fails
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_batch_with_no_good_row_before_any_size_is_known_pads_in_one_size(tmp_path, workers):
+    """No image shape in the index and a worker whose first batch has no good row: the rows it
+    borrows set the size (the most common among them), so they are never of mixed sizes."""
+    a = []
+    for i, side in enumerate([8, 6, 8, 8]):
+        a += [(f"s_{i:05d}.png", png(side)), (f"s_{i:05d}.cls", b"0")]
+    b = []
+    for i in range(4, 8):
+        b += [(f"s_{i:05d}.png", png(8, broken=True)), (f"s_{i:05d}.cls", b"1")]
+    index = write_custom(str(tmp_path), {"a.tar": a, "b.tar": b}, {"a.tar": [4, 0], "b.tar": [0, 4]}, image_shape=None)
+
+    def make():
+        return StreamLoader(index.urls, batch_size=4, num_workers=workers, shuffle=0, on_error="skip",
+                            device="cpu", index=index)
+    with make() as loader:
+        batches = sorted(loader, key=lambda b: b.batch_id)
+    assert [tuple(b[0].shape) for b in batches] == [(4, 3, 8, 8)] * 2
+    assert batches[1].is_padding.all() and "s_00001" not in batches[1].keys
+    with make() as resumed:
+        resumed.load_state_dict(state_after(make, 1))
+        (rest,) = list(resumed)
+    assert rest.keys == batches[1].keys and (rest[0] == batches[1][0]).all()
