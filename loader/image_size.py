@@ -1,7 +1,9 @@
 """One rule for image sizes, applied on every decode path (worker decode, DALI, row reads).
 
 The expected ``(H, W, C)`` is the index's image shape (with ``resize=``, the resized
-one). When the index has none, the **first batch** sets it: the shape most of its
+one). When an index has none, the dataset's first 64 good samples (in index order) set
+it before the first pass, so every worker, rank and resume point checks the same shape;
+without an index, the **first batch** sets it. Either way it is the shape most of those
 images share (the earliest such image breaks a tie), so one odd image at the start
 cannot make the good ones look wrong. Any other shape is a :class:`StreamError`
 ``"image_size"`` naming the shard, key and shape, raised or counted and replaced

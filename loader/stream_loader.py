@@ -312,6 +312,10 @@ class StreamLoader:
             return
         start, serial = begun
         plan, epoch = self.plan(), position.epoch
+        if plan is not None and self.decoder.sizes.shape is None:
+            # no image shape in the index: the dataset's first samples set it, the same for every
+            # worker, rank and resume point (before the workers start, so they inherit it)
+            self.decoder.sizes.adopt(self._stream.first_shapes())
         offsets = None if plan is None or self.balance is None else \
             [0, *itertools.accumulate(plan.synthetic)]
         batches = worker_batches(self, serial, hold_last=plan is None)

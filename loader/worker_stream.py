@@ -37,7 +37,7 @@ from streamaug.core.seeding import derive_seed
 
 from .epoch_plan import EpochPlan, PlanSpec, Segment, shard_permutation
 from .batch_cutting import batch_stage, decode_stage
-from .errors import ErrorHandler, LoaderStats, StreamError, WorkerCounts, WorkerFailure
+from .errors import LOST, ErrorHandler, LoaderStats, StreamError, WorkerCounts, WorkerFailure
 from .sample_decoder import SampleDecoder
 from .tar_reader import read_segments, whole_shard
 from .worker_stages import WorkerStages
@@ -161,6 +161,10 @@ class WorkerStream(IterableDataset):
         resumed_past_all = job.sizes is not None and not job.sizes and job.skip > 0
         if (left["skipped"] or left["padded"]) and not resumed_past_all:   # (else its last batch had them)
             yield WorkerCounts(left)
+
+    def first_shapes(self, limit: int = 64) -> list[tuple[int, ...]]:
+        """Image shapes of the dataset's first ``limit`` good samples, in index order."""
+        return [s["shape"] for s in itertools.islice((s for s in self.donors() if s is not LOST), limit)]
 
     def donors(self) -> Iterator:
         """Decoded samples of every shard, in index order, to pad a batch with no good sample

@@ -121,3 +121,34 @@ def test_a_batch_with_no_good_row_before_any_size_is_known_pads_in_one_size(tmp_
         resumed.load_state_dict(state_after(make, 1))
         (rest,) = list(resumed)
     assert rest.keys == batches[1].keys and (rest[0] == batches[1][0]).all()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_without_an_index_shape_every_worker_and_resume_checks_the_same_size(tmp_path, workers):
+    """Samples 0-11 are 8x8, 12-23 are 6x6, and the index has no image shape. The dataset's first
+    samples set the size for every worker and resume point (before, each worker adopted its
+    own first batch's size, and so did a resume: 6x6 batches appeared, and skip counts moved)."""
+    from shard_factory import npy_bytes
+
+    def members(start, side):
+        out = []
+        for i in range(start, start + 12):
+            out += [(f"s_{i:05d}.npy", npy_bytes(np.full((side, side, 3), i, np.uint8))), (f"s_{i:05d}.cls", b"0")]
+        return out
+    index = write_custom(str(tmp_path), {"a.tar": members(0, 8), "b.tar": members(12, 6)},
+                         {"a.tar": [12, 0], "b.tar": [12, 0]}, num_classes=2, image_shape=None)
+
+    def make():
+        return StreamLoader(index.urls, batch_size=4, num_workers=workers, shuffle=0, on_error="skip",
+                            device="cpu", index=index)
+    with make() as loader:
+        whole = [(b.keys, b[0].clone()) for b in loader]
+        skipped = dict(loader.stats.skipped)
+    assert skipped == {"image_size": 12} and {tuple(x.shape) for _, x in whole} == {(4, 3, 8, 8)}
+    for taken in range(len(whole)):
+        with make() as resumed:
+            resumed.load_state_dict(state_after(make, taken))
+            rest = [(b.keys, b[0].clone()) for b in resumed]
+            assert dict(resumed.stats.skipped) == skipped, taken
+        assert [k for k, _ in rest] == [k for k, _ in whole[taken:]], taken
+        assert all((x == y).all() for (_, x), (_, y) in zip(rest, whole[taken:])), taken
