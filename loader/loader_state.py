@@ -68,6 +68,7 @@ def save_state(loader) -> dict:
           "stats": loader.stats.as_dict()}
     if loader.balance is not None:
         sd["balance"] = loader.balance.state_dict()   # {} with an index: the position is enough
+        sd["balance_filled"] = bool(getattr(loader.balance, "_filled", False))   # its skips are in "stats"
     return sd
 
 
@@ -82,4 +83,6 @@ def restore_state(loader, sd: dict) -> None:
     loader.stats.__init__()                   # in place: a bound balancer counts into this object
     if sd["rank"] == loader.rank:
         loader.stats.merge(sd["stats"])
+        if sd.get("balance_filled") and hasattr(loader.balance, "fill_counted"):
+            loader.balance.fill_counted()
         loader.stats.real, loader.stats.synthetic = sd["stats"]["real"], sd["stats"]["synthetic"]

@@ -117,6 +117,7 @@ class ClassBalancer:
         self.shuffle_within_batch, self.stratified = shuffle_within_batch, stratified
         self.rng = np.random.Generator(np.random.PCG64(derive_seed(random_state or 0, "balance")))
         self._rows, self._stats = None, None      # set by bind(): what the loader lends
+        self._fill_counted = False                # the fill's skips are in the loader's stats already
         self._fill_seed = random_state or 0
 
     # ------------------------------------------------------------------ setup
@@ -211,12 +212,17 @@ class ClassBalancer:
                                 missing="skip") if chosen else {}
         for c, pairs in chosen.items():
             have = [p for p in pairs if p in rows]
-            if len(have) < len(pairs):
+            if len(have) < len(pairs) and not self._fill_counted:
                 self._count_skip("reservoir_unreadable", len(pairs) - len(have),
                                  f"class {c}: {len(pairs) - len(have)} listed samples could not be read")
             if have:
                 self.reservoir_.fill(c, torch.stack([rows[p] for p in have]), have)
         self.reservoir_.fixed = True      # nothing is added later: neighbour tables are built once
+
+    def fill_counted(self) -> None:
+        """The loader restored stats that already count what filling the reservoirs skips; the
+        refill a resumed loader does must not count it again."""
+        self._fill_counted = True
 
     def _start_epoch(self) -> None:
         self._slots = rank_slots(self._global_slots, self.world_size_, self.rank_).copy()

@@ -393,3 +393,30 @@ def test_pool_rows_are_the_pools_rows_without_building_it():
     rows, where = res.pool_rows(indices)
     assert rows.dtype == torch.uint8 and len(rows) == len(set(indices.tolist()))
     assert torch.equal(rows[torch.from_numpy(where)].float(), pool[torch.from_numpy(indices)])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_sample_the_reservoir_cannot_read_is_counted_once_across_a_resume(tmp_path, workers):
+    """The reservoir fill skips an unreadable minority sample (``reservoir_unreadable``); a resumed
+    loader fills again, and its restored stats already count it (it was counted twice)."""
+    from loader_states import state_after
+    from shard_factory import good_members, write_custom
+
+    members = good_members(24)
+    members[2 * 5] = ("s_00005.npy", b"not an npy")                      # class 1, the minority
+    for i in range(24):
+        members[2 * i + 1] = (f"s_{i:05d}.cls", b"1" if i % 4 == 1 else b"0")
+    index = write_custom(str(tmp_path), {"a.tar": members}, {"a.tar": [18, 6]})
+
+    def make():
+        return StreamLoader(index.urls, batch_size=6, num_workers=workers, shuffle=0, on_error="skip",
+                            device="cpu", index=index, balance=ClassBalancer("auto", SMOTE(k_neighbors=2)))
+    with make() as full:
+        n = sum(1 for _ in full)
+        counts = dict(full.stats.skipped)
+    assert counts == {"reservoir_unreadable": 1, "format_mismatch": 1}
+    for taken in range(1, n):
+        with make() as resumed:
+            resumed.load_state_dict(state_after(make, taken))
+            list(resumed)
+            assert dict(resumed.stats.skipped) == counts, taken
