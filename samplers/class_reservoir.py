@@ -18,6 +18,7 @@ import itertools
 import numpy as np
 import torch
 
+from streamaug.core.threads import IntraOpThreads
 from streamaug.core.transfer import to_device
 
 _VERSIONS = itertools.count(1)
@@ -126,7 +127,8 @@ class ClassReservoir:
         if dirty:          # the float rows are only needed (and, when large, only made) for an update
             flat = self.flat_members(c)
             rows = to_device(torch.tensor(dirty, dtype=torch.int64), flat.device)
-            d = torch.cdist(flat[rows], flat)
+            with IntraOpThreads(1):       # as in neighbours.nearest: the same numbers in any process
+                d = torch.cdist(flat[rows], flat)
             dist[rows, :n] = d
             dist[:n, rows] = d.T
             dist[rows, rows] = 0.0
