@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from streamaug.benchmarks.run import at_least_one
 from streamaug.core.flight import BatchInFlight
+from streamaug.core.threads import IntraOpThreads
 from streamaug.samplers import ADASYN, SMOTE, BorderlineSMOTE, ClassBalancer
 
 SYNTHESIZERS = {"random oversampling": lambda: None, "SMOTE": lambda: SMOTE(),
@@ -84,13 +85,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=at_least_one, default=3)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
     results = {}
     print("| synthesizer | ATen ops/batch, tables | search per batch | CPU ms/batch, tables | search per batch |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, make in SYNTHESIZERS.items():
-        r = {mode: measure(make, mode == "tables", args.size, args.batches, args.repeats)
-             for mode in ("tables", "search per batch")}
+        with IntraOpThreads(1):        # the caller's thread counts come back after
+            r = {mode: measure(make, mode == "tables", args.size, args.batches, args.repeats)
+                 for mode in ("tables", "search per batch")}
         results[name] = r
         t, s = r["tables"], r["search per batch"]
         print(f"| {name} | {t['aten_ops_per_batch']} | {s['aten_ops_per_batch']} | "
