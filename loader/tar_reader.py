@@ -39,6 +39,10 @@ def _class_count_error(seg: Segment, found: Counter) -> StreamError | None:
                        shard=seg.url, value=held, lost=sum(max(0, h - c) for c, h in zip(claimed, held)))
 
 
+def _key_of(sample) -> str | None:
+    return None if sample is LOST else sample["__key__"]
+
+
 def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None = None,
                  label_of: Callable[[dict], int | None] | None = None, keep_places: bool = False) -> Iterator:
     """Yield raw samples ``seg.start..seg.stop`` of one shard (dicts of bytes).
@@ -91,12 +95,10 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
         if seg.shard_count == 0:                    # listed as empty: read it to make sure
             if (extra := next(samples, None)) is not None:
                 report(StreamError("index_mismatch", "index says the shard holds 0 samples; they are ignored",
-                                   shard=seg.url, key=getattr(extra, "get", lambda k: None)("__key__"),
-                                   value=1 + sum(1 for _ in samples)))
+                                   shard=seg.url, key=_key_of(extra), value=1 + sum(1 for _ in samples)))
             return
         for sample in samples:
-            if sample is not LOST:
-                key = sample["__key__"]
+            key = _key_of(sample) or key
             if check_classes:
                 found[None if sample is LOST else label_of(sample)] += 1    # a lost one: counts unknown
             in_range = pos >= seg.start
@@ -108,8 +110,7 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
                 extras = 1 + sum(1 for _ in samples)
                 report(StreamError("index_mismatch", f"shard holds {extras} more samples than the index count "
                                    f"{seg.shard_count}; extras are ignored", shard=seg.url,
-                                   key=getattr(extra, "get", lambda k: None)("__key__"), value=pos + extras,
-                                   lost=extras))
+                                   key=_key_of(extra), value=pos + extras, lost=extras))
             if last and check_classes and None not in found and (err := _class_count_error(seg, found)):
                 report(err)
             if in_range:
