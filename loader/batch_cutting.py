@@ -103,7 +103,7 @@ def _planned_rows(samples: Iterator, size: int, sizes: ImageSizeRule, handle: Er
     good ones in place, every other place a repeat of a good row of the batch (real rows first)."""
     items = list(itertools.islice(samples, size))
     decoded = [s for s in items if s is not LOST]
-    if sizes.shape is None and decoded:              # the first batch sets the shape
+    if sizes.shape is None and decoded:    # (the loader sets it before the pass; this batch, if that found none)
         sizes.adopt([s["shape"] for s in decoded])
     places = [s if s is not LOST and sizes.fits(s, handle) else None for s in items]
     places += [None] * (size - len(items))
