@@ -36,6 +36,7 @@ from .sample_decoder import SampleDecoder
 def decode_stage(raw: Iterator, decoder: SampleDecoder, handle: ErrorHandler) -> Iterator:
     """Decoded samples, and :data:`~.errors.LOST` where a sample's error was skipped (``handle``
     raised it otherwise) or the reader lost one, so the stream keeps one item per place."""
+    repeat = handle.for_repeat()
     for sample in raw:
         if sample is LOST:
             yield LOST
@@ -43,7 +44,7 @@ def decode_stage(raw: Iterator, decoder: SampleDecoder, handle: ErrorHandler) ->
         try:
             yield decoder(sample)
         except StreamError as e:
-            handle(e)
+            (repeat if sample.get("__padding__") else handle)(e)    # a wrap-around re-read: counted where read
             yield LOST
 
 
@@ -105,7 +106,8 @@ def _planned_rows(samples: Iterator, size: int, sizes: ImageSizeRule, handle: Er
     decoded = [s for s in items if s is not LOST]
     if sizes.shape is None and decoded:    # (the loader sets it before the pass; this batch, if that found none)
         sizes.adopt([s["shape"] for s in decoded])
-    places = [s if s is not LOST and sizes.fits(s, handle) else None for s in items]
+    repeat = handle.for_repeat()
+    places = [s if s is not LOST and sizes.fits(s, repeat if s["is_padding"] else handle) else None for s in items]
     places += [None] * (size - len(items))
     good = [s for s in places if s is not None]
     if len(good) == size:

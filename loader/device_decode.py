@@ -194,14 +194,16 @@ class DaliImageDecoder:
         dataset that does (:meth:`_donated_row`; so a resume at that batch pads it the same)."""
         rows: list[np.ndarray | None] = [None] * len(encoded)
         good = None
+        repeat = handle.for_repeat()        # a padding row repeats a sample counted where it is itself
         for i, data in enumerate(encoded):
+            count = repeat if bool(batch.is_padding[i]) else handle
             try:
                 rows[i] = self._decode_row(data, batch.urls[i], batch.keys[i])
                 good = i if good is None else good
             except StreamError as e:
-                handle(e)
+                count(e)
             except Exception as e:
-                handle(StreamError("undecodable_image", f"image does not decode: {type(e).__name__}: {e}",
+                count(StreamError("undecodable_image", f"image does not decode: {type(e).__name__}: {e}",
                                    shard=batch.urls[i], key=batch.keys[i], value=f"{len(data)} bytes"))
         if good is not None:
             fill = (rows[good], int(batch.labels[good]), batch.keys[good], batch.urls[good])

@@ -103,6 +103,12 @@ class ErrorHandler:
             raise err
         self.stats.count_skip(err.reason, err.lost, example=str(err))
 
+    def for_repeat(self) -> "ErrorHandler":
+        """The handler for a sample read again as padding (a wrap-around re-read, a repeat filling
+        a lost place): it raises as this one does, but counts nothing, since where the sample is
+        read as itself its errors are counted."""
+        return ErrorHandler(self.on_error, LoaderStats())
+
 
 class LoaderStats:
     """Counters the user can read as ``loader.stats``.

@@ -81,8 +81,9 @@ def restore_state(loader, sd: dict) -> None:
         loader.balance.load_state_dict(sd.get("balance", {}))
     loader.position.restore(sd["epoch"], sd["batches_done"], sd["explicit_epoch"])
     loader.stats.__init__()                   # in place: a bound balancer counts into this object
-    if sd["rank"] == loader.rank:
+    restored = sd["rank"] == loader.rank
+    if restored:
         loader.stats.merge(sd["stats"])
-        if sd.get("balance_filled") and hasattr(loader.balance, "fill_counted"):
-            loader.balance.fill_counted()
         loader.stats.real, loader.stats.synthetic = sd["stats"]["real"], sd["stats"]["synthetic"]
+    if hasattr(loader.balance, "restore_fill_counts"):
+        loader.balance.restore_fill_counts(restored and sd.get("balance_filled", False), loader.stats)

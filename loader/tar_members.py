@@ -263,17 +263,28 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
 
 
 def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle: ErrorHandler,
-                  keep_places: bool = False) -> Iterator:
+                  keep_places: bool = False, deferred: list[StreamError] | None = None) -> Iterator:
     """Group members into samples by key. Keys starting with ``__`` or ``.`` and names without
     an extension are ignored, as webdataset does. A sample with a refused member, or a later
-    one with a key already seen, is dropped (its error was counted already); with
-    ``keep_places`` :data:`~.errors.LOST` takes its place."""
+    one with a key already seen, is dropped; with ``keep_places`` :data:`~.errors.LOST` takes
+    its place.
+
+    A sample's errors are handed to ``handle`` once the sample before it has been yielded, so
+    a reader counting samples knows whose they are. ``deferred``: where ``members`` puts the
+    errors of the members it refuses, to be handled so."""
+    deferred = deferred if deferred is not None else []
     seen: set[str] = set()
     current: dict | None = None
     spoiled = False
+
+    def flush() -> None:
+        while deferred:
+            handle(deferred.pop(0))
+
     for name, data in members:
         key, ext = base_plus_ext(name)
         if key is None or key.rsplit("/", 1)[-1].startswith(("__", ".")):
+            flush()
             continue
         ext = ext.lower()
         if current is None or key != current["__key__"]:
@@ -281,12 +292,14 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
                 yield LOST if spoiled else current
             current, spoiled = None, False
             if key in seen:
+                flush()
                 handle(StreamError("duplicate_key", "key appeared earlier in this shard; this later sample is "
                                    "dropped, the first one kept", shard=url, key=key, value=name))
                 current, spoiled = {"__key__": key}, True
                 continue
             seen.add(key)
             current = {"__key__": key, "__url__": url}
+        flush()
         if spoiled:
             continue
         if data is None:
@@ -297,6 +310,7 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
                                "dropped", shard=url, key=key, value=name))
             continue
         current[ext] = data
+    flush()
     if current is not None and (keep_places or not spoiled):
         yield LOST if spoiled else current
 
@@ -306,4 +320,5 @@ def shard_samples(url: str, stream, limits: DecodeLimits, handle: ErrorHandler, 
     """Samples of one shard. A sample is yielded only once the next key starts or the archive
     has ended cleanly, so a truncation never hands on the sample it cut. ``fast``: see
     :func:`tar_members`; ``keep_places``: see :func:`group_samples`."""
-    return group_samples(url, tar_members(url, stream, limits, handle, fast), handle, keep_places)
+    deferred: list[StreamError] = []
+    return group_samples(url, tar_members(url, stream, limits, deferred.append, fast), handle, keep_places, deferred)

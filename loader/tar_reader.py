@@ -55,10 +55,10 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
     are :data:`~.errors.LOST` in their places, so the segment yields exactly ``seg.size``
     items and every later sample keeps its planned position.
 
-    Under ``"skip"`` an error is counted by one reader only: the one whose segment holds the
-    sample being read (a reader passes over the samples before its segment, and a wrap-around
-    ``padding`` segment re-reads samples another reader reads). ``"raise"`` raises whatever
-    error it meets."""
+    An error about a sample is handled (raised or counted) only by the reader whose segment
+    holds the sample: a reader passes over the samples before its segment, and samples no
+    segment plans (``drop_last``) are never used. A wrap-around ``padding`` segment re-reads
+    samples another reader reads: under ``"skip"`` it counts nothing."""
     limits = limits or DecodeLimits()
     pos, key = 0, None
     known = seg.shard_count != UNKNOWN
@@ -67,8 +67,8 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
         and seg.stop == seg.shard_count and known
     found: Counter = Counter()
 
-    def owned(err: StreamError) -> None:
-        if counts_here and (not known or seg.start <= pos < seg.stop or handle.on_error == "raise"):
+    def owned(err: StreamError) -> None:          # about the sample at ``pos``
+        if counts_here and (not known or seg.start <= pos < seg.stop):
             handle(err)
 
     def report(err: StreamError) -> None:          # an error about this reader's own part

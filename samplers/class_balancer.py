@@ -118,6 +118,7 @@ class ClassBalancer:
         self.rng = np.random.Generator(np.random.PCG64(derive_seed(random_state or 0, "balance")))
         self._rows, self._stats = None, None      # set by bind(): what the loader lends
         self._fill_counted = False                # the fill's skips are in the loader's stats already
+        self._fill_skips: list[tuple[str, int, str]] = []    # what the fill skipped (reason, count, example)
         self._fill_seed = random_state or 0
 
     # ------------------------------------------------------------------ setup
@@ -212,17 +213,26 @@ class ClassBalancer:
                                 missing="skip") if chosen else {}
         for c, pairs in chosen.items():
             have = [p for p in pairs if p in rows]
-            if len(have) < len(pairs) and not self._fill_counted:
-                self._count_skip("reservoir_unreadable", len(pairs) - len(have),
-                                 f"class {c}: {len(pairs) - len(have)} listed samples could not be read")
+            if len(have) < len(pairs):
+                skip = ("reservoir_unreadable", len(pairs) - len(have),
+                        f"class {c}: {len(pairs) - len(have)} listed samples could not be read")
+                self._fill_skips.append(skip)
+                if not self._fill_counted:
+                    self._count_skip(*skip)
             if have:
                 self.reservoir_.fill(c, torch.stack([rows[p] for p in have]), have)
         self.reservoir_.fixed = True      # nothing is added later: neighbour tables are built once
 
-    def fill_counted(self) -> None:
-        """The loader restored stats that already count what filling the reservoirs skips; the
-        refill a resumed loader does must not count it again."""
-        self._fill_counted = True
+    def restore_fill_counts(self, counted: bool, stats) -> None:
+        """The loader restored its ``stats``; ``counted``: they count what filling the reservoirs
+        skipped. A fill still to come then counts nothing (a resumed loader fills again); a fill
+        already done here adds its counts when the restored stats lack them."""
+        if getattr(self, "_filled", False):
+            if not counted:
+                for reason, n, example in self._fill_skips:
+                    stats.count_skip(reason, n, example)
+        else:
+            self._fill_counted = counted
 
     def _start_epoch(self) -> None:
         self._slots = rank_slots(self._global_slots, self.world_size_, self.rank_).copy()

@@ -420,3 +420,9 @@ def test_a_sample_the_reservoir_cannot_read_is_counted_once_across_a_resume(tmp_
             resumed.load_state_dict(state_after(make, taken))
             list(resumed)
             assert dict(resumed.stats.skipped) == counts, taken
+    with make() as rewound:                 # a filled loader given a state from before its fill
+        before = rewound.state_dict()
+        list(rewound)
+        rewound.load_state_dict(before)
+        list(rewound)
+        assert dict(rewound.stats.skipped) == counts

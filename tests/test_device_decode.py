@@ -247,3 +247,18 @@ def test_a_batch_no_image_of_which_decodes_resumes_padded_the_same(tmp_path, ahe
     for taken, (rest, _) in enumerate(runs):
         assert [k for k, _ in rest] == [k for k, _ in whole[taken:]], taken
         assert all(torch.equal(x, y) for (_, x), (_, y) in zip(rest, whole[taken:])), taken
+
+
+def test_repeats_of_an_image_the_decode_refuses_are_not_counted_again(tmp_path):
+    """Batch 1: sample 4's image is cut (only the decode finds it), samples 5-7 have labels out
+    of range. The workers fill 5-7 with repeats of 4, the one row they can see nothing wrong
+    with; the decode refuses 4 and each repeat, and counts 4 once (it counted 4 times)."""
+    members = jpg_members(8)
+    members[8] = ("s_00004.jpg", truncated_jpg(4))
+    for i in (5, 6, 7):
+        members[2 * i + 1] = (f"s_{i:05d}.cls", b"9")
+    index = write_custom(str(tmp_path), {"t0.tar": members}, {"t0.tar": [4, 4]}, image_shape=(12, 12, 3))
+    loader = dali_loader(index.urls, False, batch_size=4, shuffle=0, on_error="skip")
+    batches = list(loader)
+    assert loader.stats.skipped == {"undecodable_image": 1, "label_out_of_range": 3}
+    assert batches[1].is_padding.all() and batches[1].keys == ["s_00000"] * 4

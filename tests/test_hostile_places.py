@@ -152,3 +152,65 @@ def test_without_an_index_shape_every_worker_and_resume_checks_the_same_size(tmp
             assert dict(resumed.stats.skipped) == skipped, taken
         assert [k for k, _ in rest] == [k for k, _ in whole[taken:]], taken
         assert all((x == y).all() for (_, x), (_, y) in zip(rest, whole[taken:])), taken
+
+
+def first_member_too_large(tmp: str, at: int, n: int):
+    """``n`` samples as webdataset's TarWriter writes them (``.png`` before ``.txt``); sample
+    ``at``'s png, its first member, is over the ``max_member_bytes=150`` the tests use."""
+    import webdataset as wds
+
+    from streamaug.loader import build_index
+
+    path = os.path.join(tmp, "a.tar")
+    rng = np.random.default_rng(0)
+    with wds.TarWriter(path) as sink:
+        for i in range(n):
+            pixels = rng.integers(0, 256, (8, 8, 3), np.uint8) if i == at else np.full((8, 8, 3), i, np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="PNG")
+            sink.write({"__key__": f"s_{i:05d}", "png": buf.getvalue(), "txt": str(i % 2)})
+    return build_index([path], progress=False, workers=1)
+
+
+@pytest.mark.parametrize("at,counted", [(11, 1), (8, 0), (5, 1)], ids=["rank-1's-first", "dropped", "rank-0's"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_first_member_error_belongs_to_its_own_sample(tmp_path, at, counted, workers):
+    """22 samples, two ranks, batch 4, ``drop_last``: rank 0 plans samples 0-7, rank 1 11-18. An
+    error in a sample's first member was read while the sample before it was still open, and was
+    taken for that sample's (red team: a loss at 11 counted by nobody, one at the dropped 8
+    counted, and raised under ``"raise"``)."""
+    index = first_member_too_large(str(tmp_path), at, 22)
+    total, padding = {}, 0
+    for rank in range(2):
+        with StreamLoader(index.urls, batch_size=4, num_workers=workers, shuffle=0, on_error="skip", device="cpu",
+                          index=index, max_member_bytes=150, world_size=2, rank=rank, drop_last=True) as loader:
+            padding += sum(int(b.is_padding.sum()) for b in loader)
+            for reason, n in loader.stats.skipped.items():
+                total[reason] = total.get(reason, 0) + n
+    assert total == ({"member_too_large": 1} if counted else {}) and padding == counted
+    for rank in range(2):
+        owner = (at < 8) == (rank == 0) and counted
+        with StreamLoader(index.urls, batch_size=4, shuffle=0, device="cpu", index=index, max_member_bytes=150,
+                          world_size=2, rank=rank, drop_last=True) as loader:
+            if owner:
+                with pytest.raises(Exception, match="max_member_bytes"):
+                    list(loader)
+            else:
+                assert len(list(loader)) == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_wrap_around_reread_counts_nothing(tmp_path, workers):
+    """Three ranks over 10 samples: rank 2 re-reads samples 0 and 1 as padding. Sample 1 does not
+    decode; summed over ranks it is counted once (the re-read counted it again)."""
+    members = good_members(10)
+    members[2] = ("s_00001.npy", b"not an npy")
+    index = write_custom(str(tmp_path), {"a.tar": members}, {"a.tar": [5, 5]})
+    total = {}
+    for rank in range(3):
+        with StreamLoader(index.urls, batch_size=2, num_workers=workers, shuffle=0, on_error="skip", device="cpu",
+                          index=index, world_size=3, rank=rank) as loader:
+            list(loader)
+            for reason, n in loader.stats.skipped.items():
+                total[reason] = total.get(reason, 0) + n
+    assert total == {"format_mismatch": 1}
