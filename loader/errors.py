@@ -127,7 +127,8 @@ class LoaderStats:
         self.examples: dict[str, str] = {}
 
     def count_skip(self, reason: str, n: int = 1, example: str | None = None) -> None:
-        self.skipped[reason] += n
+        if n:                              # (an error about something already counted: example only)
+            self.skipped[reason] += n
         if example is not None:
             self.examples.setdefault(reason, example)
 

@@ -228,6 +228,9 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
             name = info.name
             if not info.isreg():
                 continue
+            if (info.size > limits.max_member_bytes or info.issparse()) and ignored_name(name):
+                yield name, None                      # not read, and not used: nothing is lost
+                continue
             if info.size > limits.max_member_bytes or info.issparse():
                 kind = "sparse member" if info.issparse() else "member"
                 handle(StreamError("member_too_large", f"tar {kind} is {info.size} bytes, over max_member_bytes="
@@ -262,6 +265,13 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
     stream.drain()                                    # a pipe's exit status is checked after its output
 
 
+def ignored_name(name: str) -> bool:
+    """Members that are no sample's field, as webdataset has it: no extension, or a key whose
+    last part starts with ``__`` or ``.``."""
+    key, _ = base_plus_ext(name)
+    return key is None or key.rsplit("/", 1)[-1].startswith(("__", "."))
+
+
 def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle: ErrorHandler,
                   keep_places: bool = False, deferred: list[StreamError] | None = None) -> Iterator:
     """Group members into samples by key. Keys starting with ``__`` or ``.`` and names without
@@ -270,8 +280,10 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
     its place.
 
     A sample's errors are handed to ``handle`` once the sample before it has been yielded, so
-    a reader counting samples knows whose they are. ``deferred``: where ``members`` puts the
-    errors of the members it refuses, to be handled so."""
+    a reader counting samples knows whose they are, and a lost sample is counted once (its
+    further errors carry ``lost=0``). ``deferred``: where ``members`` puts the errors of the
+    members it refuses, to be handled so. When the archive breaks inside a member of the
+    next sample, the sample before it is complete and is yielded before the error."""
     deferred = deferred if deferred is not None else []
     seen: set[str] = set()
     current: dict | None = None
@@ -279,37 +291,46 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
 
     def flush() -> None:
         while deferred:
-            handle(deferred.pop(0))
+            err = deferred.pop(0)
+            if spoiled:                    # the sample is lost already, and counted
+                err.lost = 0
+            handle(err)
 
-    for name, data in members:
-        key, ext = base_plus_ext(name)
-        if key is None or key.rsplit("/", 1)[-1].startswith(("__", ".")):
-            flush()
-            continue
-        ext = ext.lower()
-        if current is None or key != current["__key__"]:
-            if current is not None and (keep_places or not spoiled):
-                yield LOST if spoiled else current
-            current, spoiled = None, False
-            if key in seen:
+    try:
+        for name, data in members:
+            key, ext = base_plus_ext(name)
+            if ignored_name(name):
                 flush()
-                handle(StreamError("duplicate_key", "key appeared earlier in this shard; this later sample is "
-                                   "dropped, the first one kept", shard=url, key=key, value=name))
-                current, spoiled = {"__key__": key}, True
                 continue
-            seen.add(key)
-            current = {"__key__": key, "__url__": url}
-        flush()
-        if spoiled:
-            continue
-        if data is None:
-            spoiled = True
-            continue
-        if ext in current:
-            handle(StreamError("duplicate_key", f"member .{ext} appears twice in one sample; the second copy is "
-                               "dropped", shard=url, key=key, value=name))
-            continue
-        current[ext] = data
+            ext = ext.lower()
+            if current is None or key != current["__key__"]:
+                if current is not None and (keep_places or not spoiled):
+                    yield LOST if spoiled else current
+                current, spoiled = None, False
+                if key in seen:
+                    flush()
+                    handle(StreamError("duplicate_key", "key appeared earlier in this shard; this later sample is "
+                                       "dropped, the first one kept", shard=url, key=key, value=name))
+                    current, spoiled = {"__key__": key}, True
+                    continue
+                seen.add(key)
+                current = {"__key__": key, "__url__": url}
+            flush()
+            if spoiled:
+                continue
+            if data is None:
+                spoiled = True
+                continue
+            if ext in current:
+                handle(StreamError("duplicate_key", f"member .{ext} appears twice in one sample; the second copy is "
+                                   "dropped", shard=url, key=key, value=name))
+                continue
+            current[ext] = data
+    except StreamError as e:
+        broke_in = base_plus_ext(e.key)[0] if isinstance(e.key, str) else None
+        if current is not None and not spoiled and broke_in is not None and broke_in != current["__key__"]:
+            yield current                  # the next sample's header was read whole: this one is complete
+        raise
     flush()
     if current is not None and (keep_places or not spoiled):
         yield LOST if spoiled else current

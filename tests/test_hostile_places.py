@@ -214,3 +214,48 @@ def test_a_wrap_around_reread_counts_nothing(tmp_path, workers):
             for reason, n in loader.stats.skipped.items():
                 total[reason] = total.get(reason, 0) + n
     assert total == {"format_mismatch": 1}
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["index", "no-index"])
+def test_a_sample_with_two_refused_members_is_one_loss_and_an_ignored_member_none(tmp_path, index):
+    """Sample 3's png and txt are both over the limit: one lost sample, counted once (it was
+    counted per member). A ``__meta__.json`` and an extension-less member over the limit are
+    fields of no sample: nothing is lost, so nothing is counted or raised (they were)."""
+    members = good_members(8)
+    members[6], members[7] = ("s_00003.npy", b"\x93NUMPY" + b" " * 3000), ("s_00003.cls", b"1" + b" " * 3000)
+    members[8:8] = [("__meta__.json", b" " * 3000), ("junk", b" " * 3000)]
+    built = write_custom(str(tmp_path), {"a.tar": members}, {"a.tar": [4, 4]})
+    kw = dict(index=built) if index else dict(index=False, num_classes=2)
+    with StreamLoader(built.urls, batch_size=4, shuffle=0, on_error="skip", device="cpu", max_member_bytes=2048,
+                      **kw) as loader:
+        rows = [(k, bool(p)) for b in loader for k, p in zip(b.keys, b.is_padding.tolist())]
+    assert loader.stats.skipped == {"member_too_large": 1}
+    real = [k for k, p in rows if not p]
+    assert real == [planned(i) for i in range(8) if i != 3]
+    assert len(rows) == (8 if index else 7)
+    members[6], members[7] = good_members(8)[6], good_members(8)[7]
+    os.makedirs(tmp_path / "clean")
+    clean = write_custom(str(tmp_path / "clean"), {"a.tar": members}, {"a.tar": [4, 4]})
+    kw = dict(index=clean) if index else dict(index=False, num_classes=2)
+    with StreamLoader(clean.urls, batch_size=4, shuffle=0, device="cpu", max_member_bytes=2048, **kw) as loader:
+        assert len([k for b in loader for k in b.keys]) == 8          # on_error="raise": nothing raised
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["index", "no-index"])
+def test_a_cut_inside_the_next_samples_first_member_keeps_the_sample_before(tmp_path, index):
+    """The shard is cut inside ``s_00005.npy``'s data, its first member: that header was read
+    whole, so ``s_00004`` had ended and arrives (it was lost with the cut sample, red team)."""
+    import tarfile
+
+    members = good_members(8)                                   # .npy first, as in each sample
+    path = tmp_path / "a.tar"
+    built = write_custom(str(tmp_path), {"a.tar": members}, {"a.tar": [4, 4]})
+    with tarfile.open(path) as tar:
+        first5 = next(m for m in tar.getmembers() if m.name == "s_00005.npy")
+    data = path.read_bytes()
+    path.write_bytes(data[:first5.offset_data + 100])
+    kw = dict(index=built) if index else dict(index=False, num_classes=2)
+    with StreamLoader([str(path)], batch_size=4, shuffle=0, on_error="skip", device="cpu", **kw) as loader:
+        real = [k for b in loader for k, p in zip(b.keys, b.is_padding.tolist()) if not p]
+    assert real == [planned(i) for i in range(5)]
+    assert loader.stats.skipped == {"truncated_shard": 3 if index else 1}
