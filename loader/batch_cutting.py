@@ -1,16 +1,18 @@
 """Cut a worker's decoded stream into batches.
 
 **Planned** batches (an index) take exactly their planned number of stream items,
-good or not: a sample lost to a skipped error (it did not decode, its label or
-image size was wrong) keeps its place and is filled there by a repeat of a good
-row of the same batch (flagged ``is_padding``), and so is the tail of a batch the
-input ran out under. So batch ``i`` is a pure function of the stream items it was
-planned to take, and a resume that passes over the earlier batches' planned count
-of raw samples starts exactly where the uninterrupted pass went on. (Pulling a
-further sample in place of a lost one, as this stage did before, shifted every
-later batch by one sample per error and made a resume start early.) A batch with
-no good row at all is filled from the first good samples of the dataset's other
-shards (:func:`borrow_padding`), which do not depend on where a pass started either.
+good or not: a sample lost to a skipped error (the tar reader's :data:`~.errors.LOST`
+places, or it did not decode, or its label or image size was wrong) keeps its place
+and is filled there by a repeat of a good row of the same batch (flagged
+``is_padding``), and so is the tail of a batch the input ran out under. So batch ``i``
+is a pure function of the stream items it was planned to take, and a resume that
+passes over the earlier batches' planned count of raw samples starts exactly where
+the uninterrupted pass went on. (Pulling a further sample in place of a lost one, as
+this stage did before, shifted every later batch by one sample per error and made a
+resume start early.) A batch with no good row at all is filled from the first good
+samples of the dataset's shards in index order (:func:`borrow_padding`), which do
+not depend on where a pass started either. Repeats count no errors of their own:
+the sample is counted where it is read as itself.
 
 **Open-ended** batches (``index=False``) are ``batch_size`` good samples until the
 input ends; the last is partial. Lost samples are left out: nothing is planned, so

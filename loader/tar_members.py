@@ -24,8 +24,12 @@ either, is done here:
   seen earlier in the shard, is a ``duplicate_key`` error naming it, and the
   stream goes on.
 
-Errors that spoil one member or sample are passed to ``handle`` (raise or count);
-errors that end the shard are raised for the caller.
+Errors that spoil one member or sample are passed to ``handle`` (raise or count), once
+the sample before it has been handed on, so a reader that counts samples knows whose
+they are; a lost sample is counted once, however many of its members were refused.
+Members that are no sample's field (no extension, a ``__``/``.`` key) are never refused.
+Errors that end the shard are raised for the caller, after the sample before the one
+they cut when that one had ended.
 """
 from __future__ import annotations
 
