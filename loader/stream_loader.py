@@ -288,6 +288,10 @@ class StreamLoader:
         """The epoch the next (or running) pass reads."""
         return self.position.epoch
 
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:       # it was a plain attribute before pass_position
+        self.position.epoch = int(epoch)
+
     # ------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[Batch]:
         """A full pass; the first pass after ``load_state_dict`` resumes where the state was taken.

@@ -181,3 +181,15 @@ def test_collate_refuses_a_row_of_another_shape_naming_it():
     assert ok.images.shape == (2, 3, 4, 5)
     with pytest.raises(ValueError, match=r"s.tar: key 'b' decoded to \(4, 5, 1\), the batch's first row to \(4, 5, 3\)"):
         collate_rows([row("a", (4, 5, 3)), row("b", (4, 5, 1))], 0, {}, None)
+
+
+def test_epoch_can_still_be_assigned(npy_shards):
+    """``loader.epoch`` was a plain attribute before the pass bookkeeping moved to
+    ``pass_position``; assigning it still chooses the epoch the next pass reads."""
+    index, _, _ = npy_shards
+    reference = StreamLoader(index.urls, batch_size=16, seed=1)
+    reference.set_epoch(2)
+    want = [b.keys for b in reference]
+    loader = StreamLoader(index.urls, batch_size=16, seed=1)
+    loader.epoch = 2
+    assert loader.epoch == 2 and [b.keys for b in loader] == want
