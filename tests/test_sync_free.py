@@ -187,3 +187,13 @@ def test_balancer_launches_benchmark_runs_and_tables_dispatch_fewer_ops(tmp_path
     for name in ("SMOTE", "SMOTE thumbnail", "Borderline-SMOTE 2", "ADASYN"):
         assert results[name]["tables"]["aten_ops_per_batch"] < results[name]["search per batch"]["aten_ops_per_batch"]
     assert "| ADASYN |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,named", [(["--batches", "0"], "'0'"), (["--size", "x"], "'x'"),
+                                        (["--repeats", "-2"], "'-2'")])
+def test_balancer_launches_refuses_bad_arguments_by_value(argv, named, capsys):
+    from streamaug.benchmarks.balancer_launches import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and f"must be an int >= 1, got {named}" in capsys.readouterr().err
