@@ -9,11 +9,31 @@ wait for the device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .transfer import to_device
+
+
+INLINE_BYTES = 64 << 10
+
+
+class InlineTensor(NamedTuple):
+    """A small CPU tensor pickled by value (see :meth:`BatchInFlight.__getstate__`)."""
+    raw: bytes
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> "InlineTensor":
+        return cls(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), t.dtype, tuple(t.shape))
+
+    def tensor(self) -> torch.Tensor:
+        if not self.raw:
+            return torch.empty(self.shape, dtype=self.dtype)
+        return torch.frombuffer(bytearray(self.raw), dtype=torch.uint8).view(self.dtype).view(self.shape)
 
 
 @dataclass
@@ -51,6 +71,21 @@ class BatchInFlight:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getstate__(self) -> dict:
+        """From a reading worker, CPU tensors of up to ``INLINE_BYTES`` (labels, masks, soft
+        targets; tiny images) travel inside the pickle. Torch would otherwise move each into
+        its own shared-memory segment and pass its descriptor over a socket: about 0.1 ms of
+        the main process's time per tensor, per batch (``benchmarks/host_overhead.py``)."""
+        state = dict(self.__dict__)
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.is_pinned() \
+                    and value.untyped_storage().nbytes() <= INLINE_BYTES and not value.requires_grad:
+                state[name] = InlineTensor.of(value)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({k: v.tensor() if isinstance(v, InlineTensor) else v for k, v in state.items()})
 
     @property
     def real(self) -> torch.Tensor:

@@ -120,3 +120,31 @@ def test_blend_rows_refuses_what_it_cannot_take_naming_it():
 
     with pytest.raises(ValueError, match="contiguous uint8 CPU rows, got torch.float32 on cpu"):
         blend_rows(torch.rand(2, 3, 4, 4), [0], [1], [0.5])
+
+
+def test_small_tensors_of_a_batch_travel_inside_the_pickle_and_images_in_shared_memory():
+    """What a worker's result queue does to a batch (ForkingPickler with torch's reductions):
+    the images go to shared memory, the labels, masks and soft targets by value, so the main
+    process receives no descriptor for them; every field comes back equal and writable."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's reductions, as DataLoader does)
+
+    n = 256
+    b = BatchInFlight(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.arange(n) % 10,
+                      [str(i) for i in range(n)], ["u"] * n, torch.arange(n) % 7 == 0, 5)
+    b.targets = torch.rand(n, 10)
+    b.is_synthetic = torch.arange(n) % 5 == 0
+    back = pickle.loads(bytes(ForkingPickler.dumps(b)))
+    assert b.images.is_shared()
+    assert not any(getattr(b, f).is_shared() for f in ("labels", "is_padding", "is_synthetic", "targets"))
+    for f in ("images", "labels", "is_padding", "is_synthetic", "targets"):
+        sent, got = getattr(b, f), getattr(back, f)
+        assert got.dtype == sent.dtype and torch.equal(got, sent), f
+    back.labels[0] = 99                                   # writable, and not the sender's memory
+    assert int(b.labels[0]) == 0 and back.keys == b.keys and back.batch_id == 5
+    empty = pickle.loads(pickle.dumps(BatchInFlight(torch.zeros(0, 3, 4, 4, dtype=torch.uint8),
+                                                    torch.zeros(0, dtype=torch.int64), [], [],
+                                                    torch.zeros(0, dtype=torch.bool), 0)))
+    assert empty.labels.shape == (0,) and empty.is_synthetic.dtype == torch.bool
