@@ -117,13 +117,13 @@ class Op:
 class GeometricOp(Op):
     kind = "geometric"
 
-    def matrices(self, params: Params, height: int, width: int) -> torch.Tensor:
-        """Forward 3×3 matrices (float64), identity where ``apply`` is False."""
-        m = self._matrices(params, height, width)
-        eye = torch.eye(3, dtype=torch.float64).expand_as(m)
-        return torch.where(params["apply"].view(-1, 1, 1), m, eye)
+    def matrices(self, params: Params, height: int, width: int) -> np.ndarray:
+        """Forward 3×3 matrices, ``(N, 3, 3)`` float64 numpy (see ``affine_matrix``),
+        the identity where ``apply`` is False."""
+        m = np.asarray(self._matrices(params, height, width), dtype=np.float64)
+        return np.where(np.asarray(params["apply"], dtype=bool).reshape(-1, 1, 1), m, np.eye(3))
 
-    def _matrices(self, params: Params, height: int, width: int) -> torch.Tensor:
+    def _matrices(self, params: Params, height: int, width: int) -> np.ndarray:
         raise NotImplementedError
 
 

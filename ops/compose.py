@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from streamaug.core.seeding import derive_seed
@@ -76,8 +77,9 @@ class Compose:
     def generate_parameters(self, n: int, height: int, width: int) -> list[Params]:
         return [op.generate_parameters(n, height, width) for op in self.ops]
 
-    def fused_matrix(self, indices: list[int], params: list[Params], height: int, width: int) -> torch.Tensor:
-        """Forward (source → destination) 3×3 matrices of the ops ``indices``, applied in order."""
+    def fused_matrix(self, indices: list[int], params: list[Params], height: int, width: int) -> np.ndarray:
+        """Forward (source → destination) 3×3 matrices of the ops ``indices``, applied in order:
+        ``(N, 3, 3)`` float64 numpy, computed on the host (see ``affine_matrix``)."""
         return fuse_affine([self.ops[i].matrices(params[i], height, width) for i in indices])
 
     def __call__(self, images: torch.Tensor, params: list[Params] | None = None) -> torch.Tensor:
@@ -88,12 +90,14 @@ class Compose:
         elif len(params) != len(self.ops):
             raise ValueError(f"params must hold one dict per op ({len(self.ops)}), got {len(params)}")
         self.last_params = params
-        untouched = ~torch.stack([p["apply"] for p in params]).any(0)
-        if n == 0 or not self.ops or bool(untouched.all()):
+        if n == 0 or not self.ops:
+            return images
+        untouched = ~np.logical_or.reduce([np.asarray(p["apply"], dtype=bool) for p in params])
+        if untouched.all():
             return images
         out = self._backend_runner()(self, images, params)
-        if bool(untouched.any()):           # rows no op applied to are returned as they came, bit for bit
-            idx = to_device(untouched.nonzero().squeeze(1), images.device)
+        if untouched.any():                 # rows no op applied to are returned as they came, bit for bit
+            idx = to_device(torch.from_numpy(np.flatnonzero(untouched)), images.device)
             out[idx] = images[idx]
         return out
 

@@ -1,6 +1,7 @@
 """Geometry against references: torch.flip, torch.rot90, inverses, and backend agreement."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,8 +118,8 @@ def test_kornia_and_opencv_agree_with_intensity_ops_between_warps():
 def test_positive_angle_is_counter_clockwise_in_the_matrix():
     # A point right of centre moves up (smaller y) under +90°.
     m = rotation(torch.tensor([90.0]))[0]
-    p = m @ torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
-    assert torch.allclose(p[:2], torch.tensor([0.0, -1.0], dtype=torch.float64), atol=1e-12)
+    p = m @ np.array([1.0, 0.0, 1.0])
+    np.testing.assert_allclose(p[:2], [0.0, -1.0], atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", ["kornia", "dali", "opencv"])
@@ -136,3 +137,37 @@ def test_fused_warp_resamples_once(backend):
     c = slice(8, 24)
     sharpness = lambda t: t[..., c, c].diff(dim=-1).abs().mean()  # noqa: E731
     assert sharpness(one_pass) > sharpness(y), "three bilinear passes blur more than one"
+
+
+@pytest.mark.parametrize("size", [(8, 8), (1, 5), (5, 1), (1, 1), (33, 17), (224, 224)])
+def test_normalized_inverse_equals_kornias_normalize_homography(size):
+    """The Kornia backend's numpy grid matrices are Kornia's own, to the float32 the grid is built in."""
+    from kornia.geometry.conversions import normalize_homography
+
+    from streamaug.ops.backends.kornia_backend import normalized_inverse
+
+    rng = np.random.default_rng(0)
+    m = np.tile(np.eye(3), (64, 1, 1))
+    m[:, :2] += rng.normal(0, 0.3, (64, 2, 3)) * [1, 1, 5]
+    h, w = size
+    want = normalize_homography(torch.linalg.inv(torch.from_numpy(m)), (h, w), (h, w)).numpy()
+    got = normalized_inverse(m, h, w)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert np.array_equal(got[:, :2].astype(np.float32), want[:, :2].astype(np.float32))
+
+
+def test_affine_inverse_matches_linalg_and_refuses_what_has_none():
+    from streamaug.ops.geometric.affine_matrix import affine_inverse
+
+    m = Compose([Flip(), Rotate(40), Shear(x=20, y=10), Translate(0.2), RandomResizedCrop()], seed=3)
+    params = m.generate_parameters(32, 17, 33)
+    fused = m.fused_matrix(list(range(5)), params, 17, 33)
+    np.testing.assert_allclose(affine_inverse(fused), np.linalg.inv(fused), rtol=0, atol=1e-12)
+    projective = np.tile(np.eye(3), (3, 1, 1))
+    projective[2, 2, 0] = 1e-3
+    with pytest.raises(ValueError, match=r"row 2: not an affine matrix"):
+        affine_inverse(projective)
+    singular = np.tile(np.eye(3), (2, 1, 1))
+    singular[1, 0, 0] = 0.0
+    with pytest.raises(ValueError, match=r"row 1: .* has no inverse"):
+        affine_inverse(singular)

@@ -17,15 +17,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..geometric.affine_matrix import affine_inverse
 from .dali_pipelines import PIPELINES, capacity_for, dali_device_id, dali_to_torch
 
 
-def dali_matrices(m: torch.Tensor) -> list[np.ndarray]:
+HALF = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]], dtype=np.float64)
+MINUS_HALF = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]], dtype=np.float64)
+
+
+def dali_matrices(m: np.ndarray) -> list[np.ndarray]:
     """Forward (N,3,3) integer-centre matrices → DALI inverse 2×3 half-pixel matrices."""
-    half = torch.tensor([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]], dtype=torch.float64)
-    minus = torch.tensor([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]], dtype=torch.float64)
-    inv = half @ torch.linalg.inv(m) @ minus
-    return [a for a in inv[:, :2].float().numpy()]
+    inv = HALF @ affine_inverse(m) @ MINUS_HALF
+    return list(inv[:, :2].astype(np.float32))
 
 
 class DaliRunner:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 
 import cv2
+import numpy as np
 import torch
 
 from streamaug.core.batch_memory import empty_batch, private_outputs
@@ -31,24 +32,26 @@ from ..intensity.gaussian_noise import GaussianNoise
 from .opencv_uint8 import add_noise_uint8
 
 
-def warp_rows(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """A new tensor: uint8 or float32 NCHW ``x`` (CPU) resampled by forward matrices ``m`` (N,3,3)."""
+def warp_rows(x: torch.Tensor, m: np.ndarray) -> torch.Tensor:
+    """A new tensor: uint8 or float32 NCHW ``x`` (CPU) resampled by forward matrices ``m``
+    (N,3,3 float64 numpy, see ``affine_matrix``)."""
     n, c, h, w = x.shape
+    m = np.asarray(m, dtype=np.float64)          # (torch tensors are taken too)
     ident = is_identity(m)
     fx, fy = flip_axes(m, h, w)
     out = empty_batch(x.shape, x.dtype)
-    if bool(ident.any()):                 # identity rows as they came; every other row is written below
-        idx = ident.nonzero().squeeze(1)
+    if ident.any():                       # identity rows as they came; every other row is written below
+        idx = torch.from_numpy(np.flatnonzero(ident))
         out[idx] = x[idx]
     for mask, dims in ((fx & ~fy, (-1,)), (fy & ~fx, (-2,)), (fx & fy, (-2, -1))):
-        if bool(mask.any()):
-            idx = mask.nonzero().squeeze(1)
+        if mask.any():
+            idx = torch.from_numpy(np.flatnonzero(mask))
             out[idx] = x[idx].flip(dims)
-    general = (~(ident | fx | fy)).nonzero().squeeze(1).tolist()
+    general = np.flatnonzero(~(ident | fx | fy)).tolist()
     if not general:
         return out
     src, dst = x.numpy(), out.numpy()
-    forward = m[:, :2].numpy()
+    forward = np.ascontiguousarray(m[:, :2])
     for i in general:
         mat = forward[i]
         for ch in range(c):               # one plane at a time: no NCHW ↔ NHWC copies

@@ -1,16 +1,17 @@
 """Horizontal and vertical flips."""
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 from ..base import GeometricOp, Params
+from .affine_matrix import scaling, translation
 
 
 class Flip(GeometricOp):
     """Mirror rows with probability ``p``: ``horizontal`` swaps left and right
     (``x.flip(-1)``), ``vertical`` swaps top and bottom (``x.flip(-2)``).
 
-    >>> import torch
+    >>> import numpy as np
     >>> x = torch.arange(6, dtype=torch.uint8).view(1, 1, 2, 3)
     >>> Compose([Flip(p=1.0)], seed=0)(x).tolist()   # doctest: +SKIP
     [[[[2, 1, 0], [5, 4, 3]]]]
@@ -22,11 +23,8 @@ class Flip(GeometricOp):
             raise ValueError("Flip needs horizontal=True or vertical=True, got both False")
         self.horizontal, self.vertical = bool(horizontal), bool(vertical)
 
-    def _matrices(self, params: Params, height: int, width: int) -> torch.Tensor:
+    def _matrices(self, params: Params, height: int, width: int) -> np.ndarray:
+        sx, tx = (-1.0, width - 1.0) if self.horizontal else (1.0, 0.0)
+        sy, ty = (-1.0, height - 1.0) if self.vertical else (1.0, 0.0)
         n = params["apply"].shape[0]
-        m = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
-        if self.horizontal:
-            m[:, 0, 0], m[:, 0, 2] = -1.0, width - 1.0
-        if self.vertical:
-            m[:, 1, 1], m[:, 1, 2] = -1.0, height - 1.0
-        return m
+        return translation(np.full(n, tx), np.full(n, ty)) @ scaling(np.full(n, sx), np.full(n, sy))

@@ -22,26 +22,32 @@ class RandomResizedCrop(GeometricOp):
         if self.scale[1] > 1 or self.scale[0] <= 0:
             raise ValueError(f"scale must lie in (0, 1], got {scale!r}")
 
-    def _box(self, height: int, width: int) -> tuple[float, float, float, float]:
-        area = height * width
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            target = area * self.rng.uniform(*self.scale)
-            aspect = math.exp(self.rng.uniform(*log_ratio))
-            w, h = math.sqrt(target * aspect), math.sqrt(target / aspect)
-            if 1 <= w <= width and 1 <= h <= height:
-                return self.rng.uniform(0, width - w), self.rng.uniform(0, height - h), w, h
-        aspect = np.clip(width / height, *self.ratio)
-        w, h = (width, width / aspect) if width / height < aspect else (height * aspect, height)
-        return (width - w) / 2, (height - h) / 2, w, h
+    TRIES = 10
 
     def _draw(self, n: int, height: int, width: int) -> Params:
-        boxes = np.array([self._box(height, width) for _ in range(n)], dtype=np.float64).reshape(n, 4)
+        """Every row's boxes at once: ``TRIES`` candidate (area, aspect) pairs per row, the
+        first that fits is kept, its corner drawn uniformly; a row none of whose tries fits
+        takes the centre crop. The generator advances by the same amount whatever fits."""
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        target = height * width * self.rng.uniform(*self.scale, (n, self.TRIES))
+        aspect = np.exp(self.rng.uniform(*log_ratio, (n, self.TRIES)))
+        corner = self.rng.random((n, 2))
+        ws, hs = np.sqrt(target * aspect), np.sqrt(target / aspect)
+        fits = (ws >= 1) & (ws <= width) & (hs >= 1) & (hs <= height)
+        pick = (np.arange(n), fits.argmax(axis=1))
+        w, h = ws[pick], hs[pick]
+        x0, y0 = corner[:, 0] * (width - w), corner[:, 1] * (height - h)
+        centre = ~fits.any(axis=1)
+        if centre.any():
+            a = float(np.clip(width / height, *self.ratio))
+            cw, ch = (width, width / a) if width / height < a else (height * a, height)
+            w[centre], h[centre], x0[centre], y0[centre] = cw, ch, (width - cw) / 2, (height - ch) / 2
+        boxes = np.stack([x0, y0, w, h], axis=1).reshape(n, 4)
         return {"box": torch.from_numpy(boxes)}          # x0, y0, w, h in pixels (edges)
 
-    def _matrices(self, params: Params, height: int, width: int) -> torch.Tensor:
-        x0, y0, w, h = params["box"].unbind(-1)
+    def _matrices(self, params: Params, height: int, width: int) -> np.ndarray:
+        x0, y0, w, h = np.asarray(params["box"], dtype=np.float64).reshape(-1, 4).T
         # Edges map to edges: source edge coordinate u = x + 0.5 → (u - x0)·W/w.
         sx, sy = width / w, height / h
-        half = torch.full_like(sx, -0.5)
+        half = np.full_like(sx, -0.5)
         return translation(half, half) @ scaling(sx, sy) @ translation(0.5 - x0, 0.5 - y0)

@@ -1,6 +1,7 @@
 """Rotation about the image centre; positive degrees turn counter-clockwise."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..base import GeometricOp, Params, check_range
@@ -19,5 +20,5 @@ class Rotate(GeometricOp):
     def _draw(self, n: int, height: int, width: int) -> Params:
         return {"degrees": torch.from_numpy(self.rng.uniform(*self.degrees, n))}
 
-    def _matrices(self, params: Params, height: int, width: int) -> torch.Tensor:
+    def _matrices(self, params: Params, height: int, width: int) -> np.ndarray:
         return about_center(rotation(params["degrees"]), height, width)

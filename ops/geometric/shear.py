@@ -1,6 +1,7 @@
 """Shear about the image centre, in degrees, along x and y."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..base import GeometricOp, Params, check_range
@@ -23,5 +24,5 @@ class Shear(GeometricOp):
         return {"shear_x": torch.from_numpy(self.rng.uniform(*self.x, n)),
                 "shear_y": torch.from_numpy(self.rng.uniform(*self.y, n))}
 
-    def _matrices(self, params: Params, height: int, width: int) -> torch.Tensor:
+    def _matrices(self, params: Params, height: int, width: int) -> np.ndarray:
         return about_center(shear(params["shear_x"], params["shear_y"]), height, width)

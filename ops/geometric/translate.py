@@ -1,6 +1,7 @@
 """Translation by a fraction of the image size."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..base import GeometricOp, Params, check_range
@@ -19,5 +20,5 @@ class Translate(GeometricOp):
         return {"dx": torch.from_numpy(self.rng.uniform(*self.x, n) * width),
                 "dy": torch.from_numpy(self.rng.uniform(*self.y, n) * height)}
 
-    def _matrices(self, params: Params, height: int, width: int) -> torch.Tensor:
+    def _matrices(self, params: Params, height: int, width: int) -> np.ndarray:
         return translation(params["dx"], params["dy"])
