@@ -150,7 +150,7 @@ def test_normalized_inverse_equals_kornias_normalize_homography(size):
     m = np.tile(np.eye(3), (64, 1, 1))
     m[:, :2] += rng.normal(0, 0.3, (64, 2, 3)) * [1, 1, 5]
     h, w = size
-    want = normalize_homography(torch.linalg.inv(torch.from_numpy(m)), (h, w), (h, w)).numpy()
+    want = normalize_homography(torch.linalg.inv(torch.from_numpy(m)), (h, w), (h, w), align_corners=False).numpy()
     got = normalized_inverse(m, h, w)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
     assert np.array_equal(got[:, :2].astype(np.float32), want[:, :2].astype(np.float32))
@@ -171,3 +171,17 @@ def test_affine_inverse_matches_linalg_and_refuses_what_has_none():
     singular[1, 0, 0] = 0.0
     with pytest.raises(ValueError, match=r"row 1: .* has no inverse"):
         affine_inverse(singular)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+def test_an_axis_of_one_pixel_moves_and_fills_with_zeros(backend, device):
+    """A 1-pixel axis has extent too: half a pixel right halves a 1×1 image, a 1×7 row
+    moved 3 px down leaves the frame, and a quarter turn of it keeps only its centre."""
+    one = torch.full((1, 1, 1, 1), 200, dtype=torch.uint8, device=device)
+    y, _ = run(Translate(), one, backend, params=[fixed(Translate, 1, dx=0.5, dy=0)])
+    assert y.flatten().tolist() == [100]
+    row = torch.tensor([30, 60, 90, 120, 150, 180, 210], dtype=torch.uint8, device=device).view(1, 1, 1, 7)
+    y, _ = run(Translate(), row, backend, params=[fixed(Translate, 1, dx=0, dy=3)])
+    assert y.flatten().tolist() == [0] * 7
+    y, _ = run(Rotate(), row, backend, params=[fixed(Rotate, 1, degrees=90)])
+    assert y.flatten().tolist() == [0, 0, 0, 120, 0, 0, 0]

@@ -2,7 +2,8 @@
 
 The fused warp builds one sampling grid per row from the fused matrix
 (moved to normalized coordinates as Kornia's ``normalize_homography`` does, in numpy) and
-resamples once with ``grid_sample`` (bilinear, zeros outside, size kept). Rows
+resamples once with ``grid_sample`` (bilinear, zeros outside, size kept, pixel-edge
+normalization: ``align_corners=False``). Rows
 whose matrix is the identity are untouched and pure flips are indexed, so both
 stay bit-exact.
 """
@@ -20,27 +21,35 @@ from ..geometric.affine_matrix import affine_inverse, flip_axes, is_identity
 
 def normalized_inverse(forward: np.ndarray, height: int, width: int) -> np.ndarray:
     """(N,3,3) forward pixel matrices → inverse maps in ``grid_sample``'s normalized [-1, 1]
-    coordinates (align_corners=True): ``S · M⁻¹ · S⁻¹``, ``S`` the pixel → normalized map.
-    What Kornia's ``normalize_homography`` computes (its ``normal_transform_pixel``: scale
-    ``2/(size-1)``, offset ``-1``; a size of 1 scale 1, offset 0), on the host in numpy,
-    where it costs about a fifth of Kornia's call on torch's small CPU tensors."""
-    sx, tx = (1.0, 0.0) if width == 1 else (2.0 / (width - 1.0), -1.0)
-    sy, ty = (1.0, 0.0) if height == 1 else (2.0 / (height - 1.0), -1.0)
+    coordinates with ``align_corners=False``: ``S · M⁻¹ · S⁻¹``, ``S`` the pixel → normalized map
+    ``x ↦ (2x + 1)/W − 1`` (±1 are the outer pixel edges). What Kornia's ``normalize_homography``
+    computes with ``align_corners=False``, on the host in numpy, where it costs about a fifth of
+    Kornia's call on torch's small CPU tensors. (With ``align_corners=True`` an axis of size 1
+    has no extent: ``grid_sample`` reads pixel 0 wherever the map points, so a moved 1-pixel-wide
+    image was never filled with zeros.)"""
+    sx, tx = 2.0 / width, 1.0 / width - 1.0
+    sy, ty = 2.0 / height, 1.0 / height - 1.0
     to_norm = np.array([[sx, 0.0, tx], [0.0, sy, ty], [0.0, 0.0, 1.0]])
     from_norm = np.array([[1.0 / sx, 0.0, -tx / sx], [0.0, 1.0 / sy, -ty / sy], [0.0, 0.0, 1.0]])
     return to_norm @ affine_inverse(forward) @ from_norm
 
 
+def pixel_centres(size: int, device, dtype) -> torch.Tensor:
+    """Normalized coordinates of an axis's pixel centres (``align_corners=False``)."""
+    edge = 1.0 - 1.0 / size
+    return torch.linspace(-edge, edge, size, device=device, dtype=dtype)
+
+
 def sampling_grid(forward: np.ndarray, height: int, width: int, device, dtype=torch.float32) -> torch.Tensor:
-    """(N,3,3) forward pixel matrices → (N,H,W,2) ``grid_sample`` grid (align_corners=True).
+    """(N,3,3) forward pixel matrices → (N,H,W,2) ``grid_sample`` grid (align_corners=False).
 
     The grid holds, for every destination pixel, where to read in the source:
     the inverse map, in normalized [-1, 1] coordinates.
     """
     inverse = normalized_inverse(forward, height, width)
     t = to_device(torch.from_numpy(np.ascontiguousarray(inverse[:, :2])).to(dtype), device).view(-1, 2, 3, 1, 1)
-    xs = torch.linspace(-1, 1, width, device=device, dtype=dtype).view(1, 1, width)
-    ys = torch.linspace(-1, 1, height, device=device, dtype=dtype).view(1, height, 1)
+    xs = pixel_centres(width, device, dtype).view(1, 1, width)
+    ys = pixel_centres(height, device, dtype).view(1, height, 1)
     grid = torch.empty(forward.shape[0], height, width, 2, device=device, dtype=dtype)
     for k in range(2):
         torch.add(t[:, k, 0] * xs + t[:, k, 2], t[:, k, 1] * ys, out=grid[..., k])   # one full-size pass
@@ -60,7 +69,7 @@ def warp_rows(x: torch.Tensor, m: np.ndarray) -> torch.Tensor:
     general = ~(ident | fx | fy)
     if general.all():
         return F.grid_sample(x, sampling_grid(m, h, w, x.device, x.dtype), mode="bilinear",
-                             padding_mode="zeros", align_corners=True)
+                             padding_mode="zeros", align_corners=False)
     if ident.all():
         return x
     out = x.clone()
@@ -71,7 +80,7 @@ def warp_rows(x: torch.Tensor, m: np.ndarray) -> torch.Tensor:
     if general.any():
         grid = sampling_grid(m[general], h, w, x.device, x.dtype)
         idx = _rows(general, x.device)
-        out[idx] = F.grid_sample(x[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        out[idx] = F.grid_sample(x[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out
 
 
