@@ -11,7 +11,9 @@ True
 Consecutive geometric ops are multiplied into one 2×3 matrix per row and the
 image is resampled once (less time, less blur than one pass per op). Rows whose
 fused matrix is the identity are passed through untouched and rows whose matrix
-is a pure flip are flipped by indexing, so both are bit-exact.
+is a pure flip are flipped by indexing, so both are bit-exact. Every intensity op's output
+is clipped to the valid range before the next stage, on every backend (DALI's uint8
+operators saturate; the others clip the same way), so the backends agree on chains.
 """
 from __future__ import annotations
 

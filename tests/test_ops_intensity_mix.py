@@ -270,3 +270,31 @@ def test_uint8_blend_kernels_match_the_mixup_formula(impl):
     assert out.dtype == torch.uint8 and float(diff.max()) <= 1.0
     assert float((diff > 0).double().mean()) < 1e-3, "only exact ties may round the other way"
     assert torch.equal(out[3], x[3])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("chain", ["noise-then-contrast", "contrast-then-noise", "noise-then-rotate"])
+def test_backends_agree_on_chains_because_each_intensity_op_clips(dtype, chain):
+    """Strong noise pushes values out of range; the next stage must see them clipped on every
+    backend (DALI's uint8 operators saturate), or a following contrast or warp moves them back
+    in by different amounts (107 levels apart before)."""
+    from streamaug.ops import Rotate
+
+    make = {"noise-then-contrast": lambda: [GaussianNoise(0.3), BrightnessContrast(0.0, (0.5, 0.5))],
+            "contrast-then-noise": lambda: [BrightnessContrast((1.5, 1.8), 0.2), GaussianNoise(0.05)],
+            "noise-then-rotate": lambda: [GaussianNoise(0.3), Rotate(20)]}[chain]
+    x = images(n=8, h=16, w=16, dtype=dtype, seed=4)
+    ref = Compose(make(), backend="kornia", seed=0)
+    want = ref(x).float()
+    for backend in ("dali", "opencv"):
+        got = Compose(make(), backend=backend, seed=0)(x, params=ref.last_params).float()
+        scale = 1.0 if dtype == torch.uint8 else 255.0
+        assert (got - want).abs().max() * scale <= 1.0 + 1e-3, backend
+    clipped_first = x.float() / (255.0 if dtype == torch.uint8 else 1.0)
+    if chain == "noise-then-contrast":            # by hand: clip after the noise, then the contrast
+        p = ref.last_params[0]
+        from streamaug.ops.intensity.gaussian_noise import gaussian_field
+        noisy = (clipped_first + gaussian_field(x.shape, int(p["noise_seed"]), x.device)
+                 * p["std"].view(-1, 1, 1, 1)).clamp(0, 1)
+        by_hand = (noisy - 0.5) * 0.5 + 0.5
+        assert (want / (255.0 if dtype == torch.uint8 else 1.0) - by_hand).abs().max() <= 1 / 255 + 1e-6

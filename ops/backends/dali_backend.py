@@ -40,6 +40,7 @@ class DaliRunner:
 
     def _build(self, compose, uint8: bool, device_id: int | None, capacity: int):
         from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali import math as dali_math
 
         gpu = device_id is not None
 
@@ -60,6 +61,8 @@ class DaliRunner:
                                                        device="gpu" if gpu else "cpu")
                                  for f in op.dali_field_names})
                     x = op.dali_apply(fn, x, args, uint8)
+                    if not uint8 and s != len(compose.stages) - 1:
+                        x = dali_math.clamp(x, 0.0, 1.0)     # uint8 saturates; float is clipped alike
             return x
 
         return build()

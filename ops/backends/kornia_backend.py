@@ -87,9 +87,12 @@ def warp_rows(x: torch.Tensor, m: np.ndarray) -> torch.Tensor:
 def run_kornia(compose, images: torch.Tensor, params) -> torch.Tensor:
     h, w = images.shape[-2:]
     x = to_float(images)
-    for kind, indices in compose.stages:
+    last = len(compose.stages) - 1
+    for pos, (kind, indices) in enumerate(compose.stages):
         if kind == "warp":
             x = warp_rows(x, compose.fused_matrix(indices, params, h, w))
         else:
             x = compose.ops[indices[0]].apply_torch(x, params[indices[0]])
+            if pos != last:               # every intensity op's output is a valid image (as on DALI)
+                x.clamp_(0.0, 1.0)
     return from_float(x, images)

@@ -114,6 +114,8 @@ class OpenCVRunner:
             elif not owned:
                 x, owned = x.clone(), True
             x = op.apply_torch(x, p).contiguous()
+            if pos != last:                   # every intensity op's output is a valid image (as on DALI)
+                x.clamp_(0.0, 1.0)
         if x.dtype == torch.uint8:
             return x if owned else x.clone()
         if images.dtype == torch.uint8:       # round and saturate in one pass (half to even at exact halves)
