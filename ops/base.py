@@ -16,6 +16,7 @@ Every row draws its own parameters and is applied with probability exactly
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -27,13 +28,15 @@ Params = dict[str, torch.Tensor]
 
 
 def check_probability(p: float) -> float:
-    if not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
         raise ValueError(f"p must be in [0, 1], got {p!r}")
     return float(p)
 
 
 def check_range(name: str, value, *, low: float | None = None, symmetric: bool = False) -> tuple[float, float]:
     """A number ``v`` means ``(-v, v)`` when ``symmetric``, else ``(v, v)``; a pair is ``(lo, hi)``."""
+    if isinstance(value, bool) or (isinstance(value, (tuple, list)) and any(isinstance(v, bool) for v in value)):
+        raise ValueError(f"{name} must be a number or a (low, high) pair, got {value!r}")
     if isinstance(value, numbers.Real):
         lo, hi = (-float(value), float(value)) if symmetric else (float(value), float(value))
         if symmetric and value < 0:
@@ -42,6 +45,8 @@ def check_range(name: str, value, *, low: float | None = None, symmetric: bool =
         lo, hi = float(value[0]), float(value[1])
     else:
         raise ValueError(f"{name} must be a number or a (low, high) pair, got {value!r}")
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
     if lo > hi:
         raise ValueError(f"{name} must have low <= high, got {value!r}")
     if low is not None and lo < low:
@@ -60,14 +65,18 @@ def check_images(images) -> None:
     if not images.is_floating_point():
         raise TypeError(f"images must be uint8 or float in [0, 1], got dtype {images.dtype}")
     if images.numel():
-        lo, hi = torch.aminmax(images)
-        if lo < 0 or hi > 1:
-            raise ValueError(f"float images must lie in [0, 1], got values in [{float(lo):.4g}, {float(hi):.4g}]")
+        lo, hi = torch.aminmax(images)          # NaN propagates into both
+        if not (lo >= 0 and hi <= 1):
+            what = "NaN values" if bool(torch.isnan(lo)) else f"values in [{float(lo):.4g}, {float(hi):.4g}]"
+            raise ValueError(f"float images must lie in [0, 1], got {what}")
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """A fresh float32 copy in [0, 1] (ops may then work in place; the input is never modified)."""
-    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.to(torch.float32, copy=True)
+    """A fresh float copy in [0, 1] (ops may then work in place; the input is never modified):
+    float32, or float64 for float64 images (so a flip or identity of them stays exact)."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.to(torch.float64 if images.dtype == torch.float64 else torch.float32, copy=True)
 
 
 def from_float(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -88,7 +97,8 @@ class Op:
     def __init__(self, p: float = 1.0, seed: int | None = None):
         self.p = check_probability(p)
         self.seed = seed
-        self.rng = np.random.Generator(np.random.PCG64(0 if seed is None else derive_seed(seed, type(self).__name__)))
+        # unseeded: a fixed stream per op type until the loader (or Compose) reseeds it
+        self.rng = np.random.Generator(np.random.PCG64(derive_seed(0 if seed is None else seed, type(self).__name__)))
         self.last_params: Params | None = None
 
     def manual_seed(self, seed: int) -> None:

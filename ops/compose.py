@@ -57,8 +57,9 @@ class Compose:
         self.last_params: list[Params] | None = None
         self._runner = None
         self.dali_threads = dali_threads
-        if seed is not None:
-            self.manual_seed(seed)
+        # unseeded ops get distinct streams (one per position) until the loader reseeds them;
+        # self.seed stays None, which is what tells the loader to seed this Compose
+        self.manual_seed(0 if seed is None else seed)
 
     @staticmethod
     def _stages(ops) -> list[tuple[str, list[int]]]:
@@ -117,10 +118,18 @@ class Compose:
         return self._runner
 
     def state_dict(self) -> dict:
-        return {"ops": [op.state_dict() for op in self.ops]}
+        return {"ops": [op.state_dict() for op in self.ops], "op_types": [type(op).__name__ for op in self.ops]}
 
     def load_state_dict(self, state: dict) -> None:
-        for op, s in zip(self.ops, state["ops"]):
+        """Refuses a state of another pipeline (other op count or types), naming the difference."""
+        ops = state.get("ops") if isinstance(state, dict) else None
+        if not isinstance(ops, list) or len(ops) != len(self.ops):
+            raise ValueError(f"this Compose has {len(self.ops)} ops; the state has "
+                             f"{len(ops) if isinstance(ops, list) else 'no ops list'}")
+        mine = [type(op).__name__ for op in self.ops]
+        if "op_types" in state and list(state["op_types"]) != mine:
+            raise ValueError(f"the state is of ops {state['op_types']}, this Compose has {mine}")
+        for op, s in zip(self.ops, ops):
             op.load_state_dict(s)
 
     def __getstate__(self):

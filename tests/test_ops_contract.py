@@ -1,11 +1,13 @@
 """The shared op suite: every op × backend × device keeps the contract."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from op_cases import BACKENDS, MIX_OPS, OPS, REPLAY_EXACT, grid, images, run
-from streamaug.ops import Compose, GaussianNoise, MixUp, Rotate
+from streamaug.ops import (BrightnessContrast, Compose, Flip, GaussianNoise, MixUp, RandomErasing, RandomResizedCrop,
+                           Rotate, Shear, Translate)
 
 ALL = sorted(OPS)
 
@@ -97,7 +99,7 @@ def test_opencv_backend_refuses_images_off_the_cpu():
     (lambda: GaussianNoise((0.2, 0.1)), "low <= high"),
     (lambda: Rotate("a lot"), "degrees must be a number or a"),
     (lambda: Rotate(-5), "degrees must be >= 0, got -5"),
-    (lambda: MixUp(alpha=0), "alpha must be > 0, got 0"),
+    (lambda: MixUp(alpha=0), "alpha must be a finite number > 0, got 0"),
     (lambda: Compose([Rotate(5)], backend="cv2"), "backend must be one of .* got 'cv2'"),
 ])
 def test_bad_arguments_named(make, message):
@@ -132,3 +134,75 @@ def test_input_is_never_modified(name, backend, device, dtype):
     before = x.clone()
     run(OPS[name](), x, backend)
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: Rotate(float("nan")), "degrees must be finite"),
+    (lambda: Shear(x=float("nan")), "shear x must be finite"),
+    (lambda: Translate(float("inf")), "translate x must be finite"),
+    (lambda: GaussianNoise(float("nan")), "std must be finite"),
+    (lambda: BrightnessContrast(float("nan")), "brightness must be a finite number >= 0, got nan"),
+    (lambda: RandomResizedCrop(scale=(float("nan"), 1)), "scale must be finite"),
+    (lambda: RandomErasing(ratio=(0.3, float("inf"))), "ratio must be finite"),
+    (lambda: MixUp(alpha=float("nan")), "alpha must be a finite number > 0, got nan"),
+    (lambda: MixUp(alpha=float("inf")), "alpha must be a finite number > 0, got inf"),
+    (lambda: Rotate(30, p=True), "p must be in"),
+    (lambda: Rotate(True), "degrees must be a number or a"),
+])
+def test_non_finite_and_bool_arguments_are_refused_naming_them(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_nan_pixels_are_refused():
+    x = torch.rand(2, 3, 8, 8)
+    x[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="float images must lie in \\[0, 1\\], got NaN values"):
+        Compose([Rotate(10)], seed=0)(x)
+
+
+def test_a_numpy_number_is_the_same_argument_as_a_python_number():
+    import numpy as np
+
+    assert BrightnessContrast(np.float32(0.25)).brightness == BrightnessContrast(0.25).brightness == (0.75, 1.25)
+    assert BrightnessContrast(contrast=np.int64(0)).contrast == (1.0, 1.0)
+
+
+def test_unseeded_ops_of_a_compose_draw_independent_numbers():
+    aug = Compose([Flip(p=0.5), Rotate(30), Shear(x=15), GaussianNoise(0.05, p=0.5)])
+    flip, rot, shear, noise = aug.generate_parameters(512, 8, 8)
+    assert not torch.equal(flip["apply"], noise["apply"])
+    corr = np.corrcoef(rot["degrees"].numpy() / 30, shear["shear_x"].numpy() / 15)[0, 1]
+    assert abs(corr) < 0.2 and aug.seed is None
+
+
+def test_a_compose_refuses_the_state_of_another_pipeline():
+    two, three = Compose([Flip(), Rotate(5)], seed=0), Compose([Flip(), Rotate(5), Shear(5)], seed=0)
+    with pytest.raises(ValueError, match="this Compose has 3 ops; the state has 2"):
+        three.load_state_dict(two.state_dict())
+    with pytest.raises(ValueError, match=r"the state is of ops \['Flip', 'Rotate'\], this Compose has \['Flip', 'Shear'\]"):
+        Compose([Flip(), Shear(5)], seed=0).load_state_dict(two.state_dict())
+    other = Compose([Flip(), Rotate(5)], seed=1)
+    other.load_state_dict(two.state_dict())
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(other(x), two(x))
+
+
+@pytest.mark.parametrize("backend", ["kornia", "opencv"])
+def test_float64_images_are_processed_in_float64(backend):
+    x = torch.rand(4, 3, 9, 7, dtype=torch.float64)
+    flipped = Compose([Flip(p=1.0)], backend=backend, seed=0)(x)
+    assert flipped.dtype == torch.float64 and torch.equal(flipped, x.flip(-1))
+    mixed, _ = MixUp(0.2, p=0.0, seed=0)(x, torch.arange(4) % 2, num_classes=2)
+    assert torch.equal(mixed, x)
+
+
+@pytest.mark.parametrize("value,level", [(0.5, 128), (0.999, 255), (0.2, 51)])
+def test_erasing_fills_the_same_level_on_every_backend(value, level):
+    x = torch.full((2, 3, 16, 16), 7, dtype=torch.uint8)
+    ref = Compose([RandomErasing(value=value, p=1.0)], backend="kornia", seed=0)
+    want = ref(x)
+    assert set(want.unique().tolist()) == {7, level}
+    for backend in ("dali", "opencv"):
+        assert torch.equal(Compose([RandomErasing(value=value, p=1.0)], backend=backend, seed=0)(
+            x, params=ref.last_params), want), backend

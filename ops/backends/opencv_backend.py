@@ -15,7 +15,7 @@ backend). The warped uint8 image is thus rounded once before the intensity ops,
 so the result can differ from Kornia's by one level (1/255) per pixel (tested).
 Gaussian noise as the last stage on a uint8 batch is added in uint8 (``opencv_uint8``),
 the same numbers up to one level at ties, without the two float conversions.
-Float input is warped in float32. CPU tensors only.
+Float input is warped in float32 (float64 images in float64). CPU tensors only.
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class OpenCVRunner:
             raise ValueError(f"backend='opencv' runs on CPU tensors, got images on {images.device} "
                              "(use backend='kornia' or 'dali' there)")
         h, w = images.shape[-2:]
-        x = images if images.dtype in (torch.uint8, torch.float32) else images.to(torch.float32)
+        x = images if images.dtype in (torch.uint8, torch.float32, torch.float64) else images.to(torch.float32)
         x = x.contiguous()
         owned = x is not images               # may x be written to?
         last = len(compose.stages) - 1

@@ -1,6 +1,9 @@
 """Brightness and contrast jitter with DALI's ``brightness_contrast`` formula."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 import torch
 
@@ -21,10 +24,10 @@ class BrightnessContrast(IntensityOp):
 
     @staticmethod
     def _factor_range(name, value) -> tuple[float, float]:
-        if isinstance(value, (int, float)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-            return max(0.0, 1.0 - value), 1.0 + value
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):      # numpy scalars too
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            return max(0.0, 1.0 - float(value)), 1.0 + float(value)
         return check_range(name, value, low=0.0)
 
     def _draw(self, n: int, height: int, width: int) -> Params:

@@ -57,4 +57,4 @@ class RandomErasing(IntensityOp):
 
     def dali_apply(self, fn, images, arguments: dict, uint8: bool):
         return fn.erase(images, anchor=arguments["anchor"], shape=arguments["shape"], axis_names="HW",
-                        fill_value=self.value * (255.0 if uint8 else 1.0))
+                        fill_value=float(np.floor(self.value * 255.0 + 0.5)) if uint8 else self.value)   # from_float's rounding

@@ -47,8 +47,8 @@ class MixOp(Op):
                  partners: str = "permutation", label_rule: str = "mix", kappa: float = 3.0, tau: float = 0.5,
                  class_counts=None):
         super().__init__(p, seed)
-        if not isinstance(alpha, numbers.Real) or alpha <= 0:
-            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < float("inf"):
+            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
         self.alpha = float(alpha)
         self.num_classes = num_classes
         counts = check_balance_options(partners, label_rule, kappa, tau, class_counts)
