@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .neighbour_tables import pool_labels
-from .synthesizer import Synthesizer
+from .synthesizer import Synthesizer, positive_int
 
 
 class ADASYN(Synthesizer):
@@ -18,9 +18,7 @@ class ADASYN(Synthesizer):
 
     def __init__(self, k_neighbors: int = 5, n_neighbors: int = 5):
         super().__init__(k_neighbors)
-        if not isinstance(n_neighbors, int) or isinstance(n_neighbors, bool) or n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be an int >= 1, got {n_neighbors!r}")
-        self.n_neighbors = n_neighbors
+        self.n_neighbors = positive_int("n_neighbors", n_neighbors)
 
     def weights(self, reservoir, c: int, flat) -> np.ndarray:
         m = min(self.n_neighbors, int(reservoir.size.sum()) - 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .neighbour_tables import pool_labels
-from .synthesizer import Choice, Synthesizer
+from .synthesizer import Choice, Synthesizer, positive_int
 
 
 class BorderlineSMOTE(Synthesizer):
@@ -29,9 +29,7 @@ class BorderlineSMOTE(Synthesizer):
         super().__init__(k_neighbors)
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
-        if not isinstance(m_neighbors, int) or isinstance(m_neighbors, bool) or m_neighbors < 1:
-            raise ValueError(f"m_neighbors must be an int >= 1, got {m_neighbors!r}")
-        self.m_neighbors, self.kind = m_neighbors, kind
+        self.m_neighbors, self.kind = positive_int("m_neighbors", m_neighbors), kind
 
     def danger(self, reservoir, c: int, flat) -> np.ndarray:
         """Class-local indices of danger samples."""

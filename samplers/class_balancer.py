@@ -53,7 +53,7 @@ from streamaug.core.transfer import to_device
 
 from .class_reservoir import ClassReservoir
 from .online_counts import online_due
-from .sampling_strategy import synthetic_targets
+from .sampling_strategy import check_strategy_form, strategy_name, synthetic_targets
 from .slot_schedule import interleaved_slots, max_rank_slots, rank_slots, stratified_choice
 from .random_oversampler import RandomOversampler
 from .synthesizer import Synthesizer, as_dtype
@@ -110,6 +110,7 @@ class ClassBalancer:
             value = locals()[name]
             if not ok(value):
                 raise ValueError(f"{name} must be {expected}, got {value!r}")
+        check_strategy_form(sampling_strategy)
         self.sampling_strategy = sampling_strategy
         self.synthesizer = synthesizer if synthesizer is not None else RandomOversampler()
         self.seed = random_state
@@ -409,4 +410,10 @@ class ClassBalancer:
             self._slots = np.asarray(state["slots"], dtype=self._slots.dtype)
 
     def __repr__(self) -> str:
-        return f"ClassBalancer(sampling_strategy={self.sampling_strategy!r}, synthesizer={self.synthesizer!r})"
+        """Every setting that changes the batches (the loader state's fingerprint holds it, so a
+        state is refused by a balancer configured otherwise), each written the same in any process."""
+        feature = None if self.feature_fn is None else strategy_name(self.feature_fn)
+        return (f"ClassBalancer(sampling_strategy={strategy_name(self.sampling_strategy)}, "
+                f"synthesizer={self.synthesizer!r}, random_state={self.seed!r}, "
+                f"reservoir_size={self.reservoir_size!r}, feature_fn={feature}, "
+                f"shuffle_within_batch={self.shuffle_within_batch!r}, stratified={self.stratified!r})")

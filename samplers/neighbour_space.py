@@ -65,6 +65,8 @@ class RandomProjection(NeighbourSpace):
     def __init__(self, dim: int = 64, seed: int = 0):
         if not isinstance(dim, numbers.Integral) or isinstance(dim, bool) or dim < 1:
             raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an int, got {seed!r}")
         self.dim, self.seed = int(dim), int(seed)
         self._matrix: torch.Tensor | None = None
 

@@ -7,9 +7,44 @@ final counts, a callable) and every error is therefore imbalanced-learn's.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
+
+PRESETS = ("auto", "minority", "not minority", "not majority", "all")   # imblearn's, for over-sampling
+
+
+def check_strategy_form(sampling_strategy) -> None:
+    """Refuse, before any data is seen, a ``sampling_strategy`` no class counts could make valid,
+    naming it: imbalanced-learn's forms for over-sampling are one of ``PRESETS``, a float in
+    (0, 1] (two classes), a dict ``{class: final count}`` of ints, or a callable."""
+    s = sampling_strategy
+    if isinstance(s, str):
+        if s not in PRESETS:
+            raise ValueError(f"sampling_strategy {s!r} is not one of {PRESETS} (over-sampling)")
+    elif isinstance(s, dict):
+        for c, n in s.items():
+            if not isinstance(c, numbers.Integral) or isinstance(c, bool) or c < 0:
+                raise ValueError(f"sampling_strategy keys are class indices (ints >= 0), got {c!r}")
+            if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
+                raise ValueError(f"sampling_strategy[{c!r}] must be a sample count (an int >= 0), got {n!r}")
+    elif isinstance(s, numbers.Real) and not isinstance(s, (bool, numbers.Integral)):
+        if not (math.isfinite(s) and 0 < s <= 1):
+            raise ValueError(f"a float sampling_strategy is the minority/majority ratio, in (0, 1], got {s!r}")
+    elif not callable(s):
+        raise ValueError(f"sampling_strategy must be one of {PRESETS}, a float in (0, 1], a dict "
+                         f"{{class: count}} or a callable, got {s!r}")
+
+
+def strategy_name(sampling_strategy) -> str:
+    """A stable text for ``sampling_strategy`` (a callable by module and name, not its address):
+    part of the loader state's fingerprint, so it must read the same in the process that resumes."""
+    s = sampling_strategy
+    if callable(s) and not isinstance(s, (str, dict)):
+        return f"<callable {getattr(s, '__module__', '?')}.{getattr(s, '__qualname__', type(s).__qualname__)}>"
+    return repr(s)
 
 
 def synthetic_targets(sampling_strategy, class_counts: Sequence[int]) -> dict[int, int]:

@@ -16,6 +16,7 @@ no segment to draw from.
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -96,15 +97,20 @@ def take(members: torch.Tensor, entries: list[Entry], idx: np.ndarray) -> tuple[
     return members[to_device(torch.from_numpy(idx), members.device)], [entries[i] for i in idx.tolist()]
 
 
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1 (numpy integers too, as imbalanced-learn takes them), else refused naming it."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
 class Synthesizer:
     """Base: ``choose`` seeds and partners for class ``c``; ``synthesize`` interpolates."""
 
     uses_all_classes = False       # True: choose() reads other classes' samples (reservoir.pool())
 
     def __init__(self, k_neighbors: int = 5, neighbour_space=None):
-        if not isinstance(k_neighbors, int) or isinstance(k_neighbors, bool) or k_neighbors < 1:
-            raise ValueError(f"k_neighbors must be an int >= 1, got {k_neighbors!r}")
-        self.k_neighbors = k_neighbors
+        self.k_neighbors = positive_int("k_neighbors", k_neighbors)
         self.neighbour_space = resolve_space(neighbour_space)
         self._embeddings = EmbeddingCache(self.neighbour_space) if self.neighbour_space is not None else None
         self._tables = NeighbourTables()

@@ -80,6 +80,60 @@ def test_invalid_strategies_raise_imblearns_errors(data, strategy):
         or str(strategy) in str(ours.value), (str(ours.value), str(theirs.value))
 
 
+@pytest.mark.parametrize("strategy,message", [
+    ("majority", "'majority' is not one of"), ("sometimes", "'sometimes' is not one of"),
+    (-0.5, "in \\(0, 1\\], got -0.5"), (float("nan"), "got nan"), (5, "got 5"), (None, "got None"),
+    ([1, 2], "got \\[1, 2\\]"), ({1: -5}, "sampling_strategy\\[1\\] must be a sample count .* got -5"),
+    ({"1": 50}, "keys are class indices .* got '1'"), ({1: 50.5}, "got 50.5"),
+])
+def test_a_strategy_no_data_could_make_valid_is_refused_when_the_balancer_is_built(strategy, message):
+    with pytest.raises(ValueError, match=message):
+        ClassBalancer(strategy)
+
+
+def test_numpy_integers_are_ints():
+    assert SMOTE(k_neighbors=np.int64(3)).k_neighbors == 3
+    assert BorderlineSMOTE(m_neighbors=np.int32(7)).m_neighbors == 7
+    assert ADASYN(n_neighbors=np.int64(4)).n_neighbors == 4
+    from streamaug.samplers.neighbour_space import RandomProjection
+    with pytest.raises(ValueError, match="seed must be an int, got 1.7"):
+        RandomProjection(seed=1.7)
+
+
+def half_majority(y):
+    counts = collections.Counter(y.tolist())
+    top = max(counts.values())
+    return {c: top // 2 for c, n in counts.items() if n < top // 2}
+
+
+def test_the_state_fingerprint_reads_the_same_in_another_process_and_holds_every_setting(data):
+    """A callable strategy is named by module and name (its address changes in the process that
+    resumes), and each setting that changes the batches is in the fingerprint, so a state from a
+    balancer configured otherwise is refused rather than resumed into other batches."""
+    import subprocess
+    import sys
+
+    text = repr(ClassBalancer(half_majority, feature_fn=np.negative))
+    assert "0x" not in text and "test_class_balancer.half_majority" in text
+    code = ("import sys; sys.path.insert(0, %r); import test_class_balancer as t; "
+            "from streamaug.samplers import ClassBalancer; import numpy as np; "
+            "print(repr(ClassBalancer(t.half_majority, feature_fn=np.negative)))") % str(__import__("pathlib").Path(__file__).parent)
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == text
+    index, _, _ = data
+    base = dict(sampling_strategy="auto", synthesizer=SMOTE(k_neighbors=3), random_state=1, reservoir_size=64)
+    saved = StreamLoader(index.urls, batch_size=16, seed=0, balance=ClassBalancer(**base))
+    it = iter(saved)
+    next(it)
+    state = saved.state_dict()
+    for change in ({"random_state": 2}, {"reservoir_size": 32}, {"shuffle_within_batch": False},
+                   {"stratified": True}):
+        other = StreamLoader(index.urls, batch_size=16, seed=0, balance=ClassBalancer(**{**base, **change}))
+        with pytest.raises(ValueError, match="configured differently.*balance"):
+            other.load_state_dict(state)
+    same = StreamLoader(index.urls, batch_size=16, seed=0, balance=ClassBalancer(**base))
+    same.load_state_dict(state)
+
+
 def test_synthetic_targets_need_two_classes():
     with pytest.raises(ValueError, match="at least two classes"):
         synthetic_targets("auto", [10, 0])
