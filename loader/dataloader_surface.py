@@ -56,7 +56,9 @@ class BatchDataset(Dataset):
     def __getitem__(self, j: int):
         n = len(self.loader)
         if not isinstance(j, int) or not 0 <= j < n:
-            raise IndexError(f"batch index {j!r} out of range for an epoch of {n} batches")
+            raise IndexError(f"batch index {j!r} out of range for an epoch of {n} batches (StreamLoader.dataset "
+                             "holds batches, not samples: len() counts samples; to rebuild a DataLoader over it, "
+                             "pass batch_sampler=loader.batch_sampler and collate_fn=loader.collate_fn)")
         if self._pass is None or j != self._next or self._epoch != self.loader.epoch:
             self._epoch = self.loader.epoch
             self._pass = self.loader.iter_from(j)

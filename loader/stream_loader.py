@@ -243,6 +243,11 @@ class StreamLoader:
             return
         if not 0 <= rk < ws:
             raise ValueError(f"rank must be in [0, world_size={ws}), got {rk}")
+        if ws > 1 and self.index is None:
+            warnings.warn(f"StreamLoader without an index on {ws} ranks: each rank streams its own shards and "
+                          "the ranks' epochs can differ in length, which stalls or fails a DDP job at the "
+                          "epoch's end; write an index (streamaug index) for equal-length epochs",
+                          RuntimeWarning, stacklevel=3)
         self.close()                      # persistent workers hold the old plan
         self.world_size, self.rank = ws, rk
         if self.balance is not None:
@@ -373,6 +378,13 @@ class StreamLoader:
         dl, self._dataloader = self._dataloader, None
         if dl is not None:
             stop_workers(dl)
+
+    def __getstate__(self) -> dict:
+        """A pickle or deep copy (Lightning's ``ddp_spawn``) leaves out the running reading
+        workers and the current pass's registration: the copy starts its own when it iterates."""
+        state = dict(self.__dict__)
+        state["_dataloader"], state["_marker"] = None, None
+        return state
 
     def __enter__(self) -> "StreamLoader":
         return self

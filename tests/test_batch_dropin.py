@@ -429,3 +429,23 @@ def test_len_dataset_is_the_sample_count_scripts_divide_by(shards):
         assert len(loader.dataset) == seen == N
     with pytest.raises(TypeError, match="no len"):
         len(StreamLoader(index.urls, batch_size=BATCH, index=False).dataset)
+
+
+def test_a_loader_whose_workers_run_pickles_and_deep_copies(shards):
+    """Lightning's ddp_spawn pickles the loader it was given, after the sanity check or a
+    peek has started the reading workers; the copy starts its own and reads the same epoch."""
+    loader = stream(shards[0], num_workers=2)
+    next(iter(loader))                              # the workers are running now
+    assert loader._dataloader is not None           # noqa: SLF001
+    for copied in (pickle.loads(pickle.dumps(loader)), copy.deepcopy(loader)):
+        copied.set_epoch(3)
+        loader.set_epoch(3)
+        assert [fingerprint(b) for b in copied] == [fingerprint(b) for b in loader]
+        copied.close()
+    loader.close()
+
+
+def test_the_dataset_view_says_how_to_rebuild_a_dataloader_over_it(shards):
+    loader = stream(shards[0])
+    with pytest.raises(IndexError, match="batch_sampler=loader.batch_sampler"):
+        loader.dataset[len(loader)]

@@ -136,3 +136,9 @@ def test_counts_that_come_after_the_last_batch_are_counted_once_on_resume(shards
     resumed.load_state_dict(state)
     assert len([k for b in resumed for k in b.keys]) == 100
     assert resumed.stats.skipped == {"corrupt_shard": 2}, "epoch 0's count, then epoch 1's"
+
+
+def test_several_ranks_without_an_index_are_warned_of_unequal_epochs(shards):
+    urls, _ = shards
+    with pytest.warns(RuntimeWarning, match="without an index on 2 ranks.*streamaug index"):
+        StreamLoader(urls, batch_size=64, index=False, world_size=2, rank=1)
