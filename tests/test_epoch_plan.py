@@ -72,6 +72,19 @@ def test_plan_is_a_pure_function_and_reserves_synthetic_slots(npy_shards):
     assert plan_epoch(index, **{**kw, "epoch": 3}).shard_order != a.shard_order
 
 
+@pytest.mark.parametrize("batch_size", [7, 16, 30])
+def test_drop_last_cuts_real_and_synthetic_rows_in_proportion(npy_shards, batch_size):
+    """The cut must not fall on real rows alone: that tips the class balance the synthetic rows make."""
+    index, _, _ = npy_shards
+    kw = dict(seed=1, epoch=0, batch_size=batch_size, world_size=1, rank=0, num_workers=2,
+              synthetic_per_rank=41, drop_last=True)
+    plan = plan_epoch(index, **kw)
+    kept = plan.num_batches * batch_size
+    total = index.total + 41
+    assert kept < total and abs(sum(plan.synthetic) - 41 * kept / total) <= 0.5
+    assert sum(w.real_total for w in plan.workers) + sum(plan.synthetic) == kept
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"batch_size": 4, "rank": 3, "world_size": 2}, "rank must be in"),
