@@ -156,6 +156,11 @@ class ClassBalancer:
 
     def fit_online(self, num_classes: int, world_size: int = 1, rank: int = 0) -> "ClassBalancer":
         """No index: estimate class counts from the stream (see ``_online_classes``)."""
+        if world_size > 1 and (isinstance(self.sampling_strategy, dict) or callable(self.sampling_strategy)):
+            raise ValueError(f"sampling_strategy={strategy_name(self.sampling_strategy)} sets counts for the "
+                             f"whole dataset, but without an index each of the {world_size} ranks balances only "
+                             "the stream it reads; write an index (streamaug index) or use a ratio strategy "
+                             "such as 'auto'")
         self.fit([1] * num_classes, world_size, rank)      # validates the strategy's form on dummy counts
         self.online_, self.targets_ = True, {}
         self.class_counts_ = [0] * num_classes

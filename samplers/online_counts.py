@@ -1,9 +1,10 @@
 """Class balancing without an index: targets estimated from the counts seen so far.
 
-Mid-epoch only ratio strategies (strings, floats) act, once ``ONLINE_MIN_SEEN`` real
-samples are in, and only up to ``ONLINE_FRACTION`` of the estimate (targets keep
-growing as counts do); dict and callable strategies are absolute, so they wait for
-the epoch's last batch, which takes whatever is still due. The epoch's totals then
+Mid-epoch only ratio strategies (strings but ``"minority"``, floats) act, once
+``ONLINE_MIN_SEEN`` real samples are in, and only up to ``ONLINE_FRACTION`` of the estimate
+(targets keep growing as counts do); dict and callable strategies are absolute, and
+``"minority"`` names a class only the whole epoch decides, so they wait for the epoch's
+last batch, which takes whatever is still due. The epoch's totals then
 equal imbalanced-learn's ``fit_resample`` on the epoch's labels, unless a mid-epoch
 estimate overshot: that excess cannot be taken back and is reported.
 """
@@ -20,7 +21,9 @@ ONLINE_FRACTION = 0.8
 def online_due(strategy, seen: np.ndarray, made: np.ndarray, last: bool) -> tuple[list[int], dict[int, int]]:
     """Classes of the synthetic rows due now (``made`` is updated in place) and, at the
     epoch's end, any class made beyond its final target ``{class: excess}``."""
-    ratio = isinstance(strategy, (str, float))
+    # 'minority' names one class, which only the whole epoch's counts decide (part-way, a class
+    # that merely looks smallest got its rows: 112 against a target of 12)
+    ratio = isinstance(strategy, (str, float)) and strategy != "minority"
     if not last and (not ratio or seen.sum() < ONLINE_MIN_SEEN):
         return [], {}
     if np.count_nonzero(seen) < 2:

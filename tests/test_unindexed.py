@@ -142,3 +142,25 @@ def test_several_ranks_without_an_index_are_warned_of_unequal_epochs(shards):
     urls, _ = shards
     with pytest.warns(RuntimeWarning, match="without an index on 2 ranks.*streamaug index"):
         StreamLoader(urls, batch_size=64, index=False, world_size=2, rank=1)
+
+
+@pytest.mark.parametrize("strategy", [{1: 500}, lambda y: {2: 300}])
+def test_absolute_strategies_without_an_index_on_several_ranks_are_refused_when_built(shards, strategy):
+    urls, _ = shards
+    with pytest.warns(RuntimeWarning, match="without an index"), \
+            pytest.raises(ValueError, match="without an index each of the 2 ranks balances only"):
+        StreamLoader(urls, batch_size=64, index=False, num_classes=3, world_size=2, rank=0,
+                     balance=ClassBalancer(strategy))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_minority_without_an_index_balances_the_epochs_minority_only(tmp_path, workers):
+    """Two classes nearly as small: part-way through the epoch either can look the smaller."""
+    rng = np.random.default_rng(3)
+    labels = rng.permutation(np.repeat([0, 1, 2], [700, 252, 248]))
+    images = rng.integers(0, 256, (len(labels), 4, 4, 3), dtype=np.uint8)
+    urls = write_shards((images, labels), str(tmp_path), maxcount=100, progress=False, shuffle_seed=None).urls
+    loader = StreamLoader(urls, batch_size=64, index=False, num_classes=3, num_workers=workers, seed=2,
+                          balance=ClassBalancer("minority"))
+    counts = collections.Counter(c for b in loader for c in b.hard_labels[~b.is_padding].tolist())
+    assert counts == imblearn_counts(labels, "minority")
