@@ -133,3 +133,21 @@ def test_decode_overlap_bench_names_a_bad_argument(argv, message, capsys):
     with pytest.raises(SystemExit):
         decode_overlap.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_host_overhead_bench_counts_and_times_every_stage(tmp_path, capsys):
+    import json
+
+    from streamaug.benchmarks import host_overhead
+
+    assert host_overhead.main(["--batch", "16", "--calls", "2", "--repeats", "1", "--json", str(tmp_path / "h.json")]) == 0
+    result = json.load(open(tmp_path / "h.json"))
+    stages = result["stages"]
+    receive = stages.pop("receive")
+    assert len(stages) == 3 and receive["main_process_cpu_ms_per_batch"] > 0 and receive["batches"] == 16
+    for name, row in stages.items():
+        assert row["ms_per_batch"] > 0 and row["aten_ops"] >= row["aten_ops_on_images"] >= 1, name
+    assert stages["output format (float32, normalize)"]["aten_ops"] < 20
+    assert "| bench Compose (flip, rotate, shear, noise) |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        host_overhead.main(["--batch", "0"])
