@@ -138,9 +138,11 @@ def _open_rows(samples: Iterator, size: int, sizes: ImageSizeRule, handle: Error
 
 def batch_stage(samples: Iterator, sizes_planned: tuple[int, ...] | None, batch_ids, batch_size: int,
                 stats: LoaderStats, sizes: ImageSizeRule, handle: ErrorHandler, own: list[str],
-                donors: Callable[[], Iterator] | None = None) -> Iterator[BatchInFlight]:
+                donors: Callable[[], Iterator] | None = None, drop_last: bool = False) -> Iterator[BatchInFlight]:
     """Cut ``samples`` (from :func:`decode_stage`) into the batches ``batch_ids``: the planned
-    sizes ``sizes_planned`` exactly, or with ``None`` open-ended ``batch_size`` batches."""
+    sizes ``sizes_planned`` exactly, or with ``None`` open-ended ``batch_size`` batches, the
+    last one partial unless ``drop_last`` (as a DataLoader worker drops its own: its counts
+    stay in ``stats``)."""
     open_ended = sizes_planned is None
     plan = itertools.repeat(batch_size) if open_ended else sizes_planned
     donated: list[dict] = []
@@ -166,6 +168,9 @@ def batch_stage(samples: Iterator, sizes_planned: tuple[int, ...] | None, batch_
     if not open_ended:
         for _ in samples:          # nothing planned is left; this reads shards listed as empty, to check them
             pass
+    if held is not None and open_ended and drop_last and len(held) < batch_size:
+        stats.merge(held.stats)    # the caller ships them (WorkerCounts) without the batch
+        return
     if held is not None:
         add_counts(held.stats, stats.take())
         yield held

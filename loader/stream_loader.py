@@ -260,7 +260,7 @@ class StreamLoader:
             if self.stages_in_workers else None
         if self.index is None:
             self._stream = WorkerStream(self._settings, urls=self.urls, batch_size=self.batch_size,
-                                        world_size=ws, rank=rk, stages=stages)
+                                        world_size=ws, rank=rk, stages=stages, drop_last=self.drop_last)
         else:
             synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
             spec = PlanSpec(self.index, self.seed, self.batch_size, ws, rk, self.read_workers, self.drop_last,

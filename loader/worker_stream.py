@@ -15,8 +15,9 @@ There is one stream with two sources of work:
   samples, a lost one replaced in place by a repeat, so every rank yields the same
   number of batches and a resume is exact;
 * **open** (``index=False``): shards are dealt round-robin to ranks, then to
-  workers (webdataset's split), and cut into ``batch_size`` batches, the last one
-  partial. Nothing is known up front.
+  workers (webdataset's split), and cut into ``batch_size`` batches, each worker's last
+  one partial (dropped with ``drop_last``, as DataLoader's workers do). Nothing is known
+  up front.
 
 In both, shard order is shuffled per epoch whenever ``shuffle >= 1`` and the buffer
 shuffles samples when ``shuffle > 1``.
@@ -90,12 +91,14 @@ class WorkerStream(IterableDataset):
     """
 
     def __init__(self, settings: StreamSettings, *, spec: PlanSpec | None = None, urls: list[str] | None = None,
-                 batch_size: int = 1, world_size: int = 1, rank: int = 0, stages: WorkerStages | None = None):
+                 batch_size: int = 1, world_size: int = 1, rank: int = 0, stages: WorkerStages | None = None,
+                 drop_last: bool = False):
         if (spec is None) == (urls is None):
             raise ValueError("WorkerStream needs a plan spec (an index) or urls (no index), not both")
         self.settings, self.spec, self.urls = settings, spec, urls
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.stages = stages             # balance/augment/mixup run here (see worker_stages), or None
+        self.drop_last = drop_last       # open (no index): each worker drops its last partial batch
         self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._plans: dict[int, EpochPlan] = {}
 
@@ -153,7 +156,7 @@ class WorkerStream(IterableDataset):
         raw = past_prefix(raw, job.skip, stats)         # fast-forward on raw bytes: nothing is decoded
         samples = decode_stage(raw, st.decoder, handle)
         batches = batch_stage(samples, job.sizes, job.batch_ids, self.batch_size, stats, st.decoder.sizes, handle,
-                              sorted({seg.url for seg in job.segments}), self.donors)
+                              sorted({seg.url for seg in job.segments}), self.donors, self.drop_last)
         if self.stages is not None and get_worker_info() is not None:
             batches = self.stages(batches, epoch, self.plan(epoch))
         yield from batches

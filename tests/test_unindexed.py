@@ -164,3 +164,16 @@ def test_minority_without_an_index_balances_the_epochs_minority_only(tmp_path, w
                           balance=ClassBalancer("minority"))
     counts = collections.Counter(c for b in loader for c in b.hard_labels[~b.is_padding].tolist())
     assert counts == imblearn_counts(labels, "minority")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_drop_last_without_an_index_drops_each_workers_partial_batch(shards, workers):
+    """As DataLoader over an IterableDataset: every batch full, each worker's partial tail dropped."""
+    urls, labels = shards
+    full = StreamLoader(urls, batch_size=64, num_workers=workers, index=False, seed=1)
+    dropped = StreamLoader(urls, batch_size=64, num_workers=workers, index=False, seed=1, drop_last=True)
+    kept = list(dropped)
+    assert kept and all(len(b.keys) == 64 for b in kept)
+    whole = list(full)
+    assert [b.keys for b in kept] == [b.keys for b in whole if len(b.keys) == 64]
+    assert sum(len(b.keys) != 64 for b in whole) == max(1, workers) and len(labels) % 64
