@@ -2,7 +2,9 @@
 
 Mid-epoch only ratio strategies (strings but ``"minority"``, floats) act, once
 ``ONLINE_MIN_SEEN`` real samples are in, and only up to ``ONLINE_FRACTION`` of the estimate
-(targets keep growing as counts do); dict and callable strategies are absolute, and
+(targets keep growing as counts do), less ``ONLINE_NOISE_SIGMAS`` times the counts'
+sampling noise, so a class that only looks short part-way (nearly as large as the majority)
+is not given rows the epoch's end would not; dict and callable strategies are absolute, and
 ``"minority"`` names a class only the whole epoch decides, so they wait for the epoch's
 last batch, which takes whatever is still due. The epoch's totals then
 equal imbalanced-learn's ``fit_resample`` on the epoch's labels, unless a mid-epoch
@@ -16,6 +18,7 @@ from .sampling_strategy import synthetic_targets
 
 ONLINE_MIN_SEEN = 256
 ONLINE_FRACTION = 0.8
+ONLINE_NOISE_SIGMAS = 3.0
 
 
 def online_due(strategy, seen: np.ndarray, made: np.ndarray, last: bool) -> tuple[list[int], dict[int, int]]:
@@ -30,9 +33,13 @@ def online_due(strategy, seen: np.ndarray, made: np.ndarray, last: bool) -> tupl
         return [], {}
     targets = synthetic_targets(strategy, seen.tolist())
     classes, overshoot = [], {}
+    top = int(seen.max())
     for c in range(len(seen)):
         n = targets.get(c, 0)
-        due = n if last else int(n * ONLINE_FRACTION)
+        # part-way, hold back what the counts' sampling noise could still take away: a target is
+        # a difference of counts (e.g. majority − own), each off by about √count from its share
+        margin = ONLINE_NOISE_SIGMAS * np.sqrt(top + int(seen[c]))
+        due = n if last else int(max(0.0, n - margin) * ONLINE_FRACTION)
         if last and made[c] > n:
             overshoot[c] = int(made[c] - n)
         extra = max(0, due - int(made[c]))

@@ -177,3 +177,24 @@ def test_drop_last_without_an_index_drops_each_workers_partial_batch(shards, wor
     whole = list(full)
     assert [b.keys for b in kept] == [b.keys for b in whole if len(b.keys) == 64]
     assert sum(len(b.keys) != 64 for b in whole) == max(1, workers) and len(labels) % 64
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_classes_nearly_as_large_as_the_majority_get_no_rows_the_epoch_end_would_not(tmp_path, workers):
+    """Seven classes of about equal size and three small ones: part-way, any of the seven can look
+    short of the majority by more than it will be at the end. Nothing may overshoot, and the small
+    classes still get most of their rows before the last batch."""
+    rng = np.random.default_rng(5)
+    sizes = [181, 179, 183, 176, 180, 178, 182, 8, 12, 6]
+    labels = rng.permutation(np.repeat(np.arange(10), sizes))
+    images = rng.integers(0, 256, (len(labels), 4, 4, 3), dtype=np.uint8)
+    urls = write_shards((images, labels), str(tmp_path), maxcount=100, progress=False, shuffle_seed=None).urls
+    loader = StreamLoader(urls, batch_size=64, index=False, num_classes=10, num_workers=workers, seed=2,
+                          balance=ClassBalancer("auto"))
+    counts, per_batch = collections.Counter(), []
+    for b in loader:
+        counts.update(b.hard_labels[~b.is_padding].tolist())
+        per_batch.append(int(b.is_synthetic.sum()))
+    assert counts == imblearn_counts(labels, "auto")
+    assert "online_overshoot" not in loader.stats.skipped
+    assert sum(per_batch[:-1]) > 0.5 * sum(per_batch)
