@@ -99,6 +99,8 @@ def main(argv=None) -> int:
     p.add_argument("--flip", action="store_true", help="include horizontal flips in the augmentation")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if not os.path.splitext(args.out)[1]:
+        args.out += ".png"                  # what matplotlib writes for a name without an extension
     path = args.data if args.data.endswith(".json") else os.path.join(args.data, INDEX_NAME)
     index = ShardIndex.load(path)
     rows = collect(index, default_augment(args.backend, args.flip), args.strategy, args.seed)

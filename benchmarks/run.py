@@ -187,6 +187,9 @@ def main(argv=None) -> int:
 
         return gpu_check([a for a in argv if a != "--gpu-check"])
     p = argparse.ArgumentParser(prog="streamaug bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--gpu-check", action="store_true",
+                   help="run the GPU proof instead (CUDA tests, GPU benchmark, results; with --device cpu --dry "
+                        "it checks the harness on a CPU): see `streamaug bench --gpu-check --help`")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, measures nothing")
     p.add_argument("--out", default="benchmarks/results/bench")
     p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "streamaug-bench-data"),

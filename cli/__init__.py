@@ -30,28 +30,46 @@ def _shards(args: argparse.Namespace) -> int:
     from streamaug.loader import write_shards
 
     source = args.source
-    if source == "digits":
-        from streamaug.benchmarks.demo_data import load_digits_32
+    try:
+        if source == "digits":
+            from streamaug.benchmarks.demo_data import load_digits_32
 
-        source = load_digits_32()
-    elif source.endswith(".npz"):
-        import numpy as np
+            source = load_digits_32()
+        elif source.endswith(".npz"):
+            import numpy as np
 
-        with np.load(source, allow_pickle=False) as z:
-            source = (z["images"], z["labels"])
-    index = write_shards(source, args.out, prefix=args.prefix, image_format=args.format,
-                         maxcount=args.maxcount, maxsize=args.maxsize, shuffle_seed=args.seed)
+            with np.load(source, allow_pickle=False) as z:
+                if not {"images", "labels"} <= set(z.files):
+                    raise ValueError(f"{source!r} must hold arrays named 'images' (N, H, W[, C] uint8) and "
+                                     f"'labels' (N ints); it holds {sorted(z.files)}")
+                source = (z["images"], z["labels"])
+        index = write_shards(source, args.out, prefix=args.prefix, image_format=args.format,
+                             maxcount=args.maxcount, maxsize=args.maxsize, shuffle_seed=args.seed)
+    except (ValueError, OSError) as e:
+        print(f"streamaug shards: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {len(index.shards)} shards, {index.total} samples, class counts {index.class_counts} "
           f"-> {index.source}")
     return 0
 
 
 def _index(args: argparse.Namespace) -> int:
+    import os
     import time
 
     from streamaug.loader import ShardIndexError, StreamError, build_index
     from streamaug.loader.index_builder import summary
 
+    for url in args.urls:
+        if os.path.isdir(url):
+            print(f"streamaug index: {url!r} is a folder; pass its shards, e.g. '{url.rstrip('/')}/train-"
+                  "{000000..000009}.tar' (quoted) or an unquoted glob the shell expands", file=sys.stderr)
+            return 1
+        if any(c in url for c in "*?[") and not os.path.exists(url) and "://" not in url and not url.startswith("pipe:"):
+            print(f"streamaug index: {url!r} does not exist: globs are expanded by the shell, so leave them "
+                  "unquoted; streamaug itself expands brace patterns such as 'train-{000000..000009}.tar'",
+                  file=sys.stderr)
+            return 1
     start = time.perf_counter()
     try:
         index = build_index(args.urls, args.out, label_key=args.label_key, num_classes=args.num_classes,
@@ -78,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in _ENTRY:
         sub.add_parser(name, help=f"see `streamaug {name} --help`", add_help=False)
     p = sub.add_parser("shards", help="write WebDataset shards + index.json")
-    p.add_argument("source", help="image folder (one subfolder per class), an .npz with images/labels, or 'digits'")
+    p.add_argument("source", help="image folder (one subfolder per class), an .npz with arrays 'images' "
+                   "(N, H, W[, C] uint8) and 'labels', or 'digits'")
     p.add_argument("out", help="output folder")
     p.add_argument("--prefix", default="train")
     p.add_argument("--format", default="npy", choices=["npy", "png", "jpg"])

@@ -27,22 +27,26 @@ class ImageSizeRule:
         self.expected = tuple(expected) if expected is not None else None
         self.resize = tuple(resize) if resize is not None else None
         self._first: tuple[int, ...] | None = None
+        self._source = "the shape of most of the first batch"
 
     @property
     def shape(self) -> tuple[int, ...] | None:
         """The shape every image must have: known up front, or adopted from the first batch."""
         return self.expected or self._first
 
-    def adopt(self, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
-        """Set the shape from the first batch's shapes (the most common; the earliest on a tie)."""
+    def adopt(self, shapes: list[tuple[int, ...]], source: str | None = None) -> tuple[int, ...]:
+        """Set the shape from the first batch's shapes (the most common; the earliest on a tie);
+        ``source`` says where they came from, for the error message."""
         if self.shape is None and shapes:
+            if source is not None:
+                self._source = source
             counts = Counter(tuple(s) for s in shapes)
             top = max(counts.values())
             self._first = next(tuple(s) for s in shapes if counts[tuple(s)] == top)
         return self.shape
 
     def error(self, shape: tuple[int, ...], url: str | None, key: str | None) -> StreamError:
-        source = "the index's image_shape" if self.expected else "the shape of most of the first batch"
+        source = "the index's image_shape" if self.expected else self._source
         return StreamError("image_size", f"image shape differs from {self.shape} ({source}) and no resize= "
                            "makes them agree", shard=url, key=key, value=tuple(shape))
 

@@ -88,8 +88,10 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
     chosen = label_key or find_label_key(raw)
     if chosen is None or chosen.split(":")[0] not in raw:
         wanted = repr(chosen) if chosen else f"any of {LABEL_KEYS}"
-        raise StreamError("no_label", f"sample has no label field ({wanted}; choose it with --label-key)",
-                          shard=url, key=key, value=fields)
+        raise StreamError("no_label", f"sample has no label field ({wanted}; choose it with --label-key). If "
+                          "its label file is in the tar but not next to its image, the tar was not written in "
+                          "name order: a sample's files must be adjacent (tar --sort=name, or webdataset's "
+                          "ShardWriter)", shard=url, key=key, value=fields)
     if scan.label_key is not None and chosen != scan.label_key:
         raise StreamError("mixed_label_key", f"label fields differ: sample {scan.first_key!r} has "
                           f"{scan.label_key!r}, this one {chosen!r}; choose one with --label-key", shard=url,
@@ -97,8 +99,9 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
     try:
         label = read_label(raw, chosen)
     except ValueError as e:
-        raise StreamError("bad_label", f"label in {chosen!r} is not an integer class: {e}", shard=url, key=key,
-                          value=bytes(raw[chosen.split(':')[0]][:40])) from None
+        hint = "" if label_key else "; if another field holds the class, choose it with --label-key (e.g. json:FIELD)"
+        raise StreamError("bad_label", f"label in {chosen!r} is not an integer class: {e}{hint}", shard=url,
+                          key=key, value=bytes(raw[chosen.split(':')[0]][:40])) from None
     if label < 0:
         raise StreamError("bad_label", "label is negative", shard=url, key=key, value=label)
     ext = exts[0]
@@ -172,6 +175,7 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
                               f"{getattr(a, field_name)!r} in {a.url!r}, {getattr(b, field_name)!r} here",
                               shard=b.url, key=b.first_key, value=sorted(seen))
     top = max(max(s.labels) for s in filled)
+    class_names = class_names or _names_already_at(out, num_classes, top)
     nc = num_classes or (len(class_names) if class_names else top + 1)
     if top >= nc:
         bad = next(s for s in filled if max(s.labels) == top)
@@ -185,6 +189,22 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
                        shape, out, None if first.label_key == "cls" else first.label_key)
     index.save(out)
     return index
+
+
+def _names_already_at(out: str, num_classes: int | None, top: int) -> list[str] | None:
+    """The class names of an index already at ``out`` (``streamaug shards`` writes a folder's
+    class names), kept when re-indexing unless they cannot fit the classes found; else None."""
+    if not os.path.isfile(out):
+        return None
+    try:
+        names = ShardIndex.load(out).class_names
+    except Exception:                                # unreadable: written anew, as without one
+        return None
+    if not names or len(names) <= top or (num_classes is not None and len(names) != num_classes):
+        return None
+    if all(n == str(i) for i, n in enumerate(names)):
+        return None
+    return list(names)
 
 
 def summary(index: ShardIndex, seconds: float) -> str:

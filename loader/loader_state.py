@@ -46,7 +46,8 @@ def fingerprint(loader) -> dict:
 
 
 def check_fingerprint(saved: dict, current: dict) -> None:
-    diffs = [f"{k}: saved {saved.get(k)!r}, this loader {current.get(k)!r}"
+    shown = {"read_workers": "num_workers"}        # the constructor's name for it
+    diffs = [f"{shown.get(k, k)}: saved {saved.get(k)!r}, this loader {current.get(k)!r}"
              for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
     if diffs:
         raise ValueError("this state was saved by a loader configured differently, and its position would not "

@@ -85,7 +85,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
     """Write ``prefix-%06d.tar`` shards and ``index.json`` into ``out_dir``.
 
     ``source`` is an ImageFolder-style directory (one subfolder per class), an
-    ``(images, labels)`` pair of a uint8 ``(N, H, W, C)`` array and integer labels
+    ``(images, labels)`` pair of a uint8 ``(N, H, W, C)`` (grayscale: ``(N, H, W)``) array and integer labels
     (the string ``"digits"`` is deprecated). Samples are written in a seeded random order
     (``shuffle_seed=None`` keeps the source order) so shards mix classes.
     Each sample is ``{key}.{image_format}`` plus ``{key}.cls``.
@@ -112,6 +112,8 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         images = None
     elif isinstance(source, tuple) and len(source) == 2:
         images, labels = source
+        if isinstance(images, np.ndarray) and images.ndim == 3 and images.dtype == np.uint8:
+            images = images[..., None]          # (N, H, W) grayscale: one channel
         _check_arrays(images, labels)
         labels = np.asarray(labels).astype(np.int64)
     else:
@@ -128,6 +130,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
 
     os.makedirs(out_dir, exist_ok=True)
     pattern = os.path.join(os.path.abspath(out_dir), f"{prefix}-%06d.tar")
+    earlier = set(_shards_in(out_dir, prefix))
     counts: dict[str, list[int]] = {}
     shapes: set[tuple[int, ...]] = set()
     with UstarShardWriter(pattern, maxcount=maxcount, maxsize=maxsize, verbose=0) as sink:
@@ -144,5 +147,20 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
                        image_format, next(iter(shapes)) if len(shapes) == 1 else None,
                        os.path.join(out_dir, INDEX_NAME))
     index.save(os.path.join(out_dir, INDEX_NAME))
+    stale = sorted(earlier - {os.path.basename(u) for u in counts})
+    if stale:
+        import warnings
+
+        warnings.warn(f"{out_dir!r} still holds {len(stale)} {prefix}-*.tar shard(s) from an earlier write that "
+                      f"the new index.json does not list ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); "
+                      f"remove them, or a brace pattern over them will be refused", RuntimeWarning, stacklevel=2)
     return index
+
+
+def _shards_in(out_dir: str, prefix: str) -> list[str]:
+    """``{prefix}-NNNNNN.tar`` files already in ``out_dir``."""
+    import re
+
+    name = re.compile(re.escape(prefix) + r"-\d{6}\.tar")
+    return [e.name for e in os.scandir(out_dir) if e.is_file() and name.fullmatch(e.name)]
 

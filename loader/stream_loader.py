@@ -122,7 +122,7 @@ class StreamLoader:
     processes are ``read_workers`` (the ``num_workers=`` argument).
     """
 
-    def __init__(self, urls: str | Sequence[str], *, batch_size: int, shuffle: int | bool = SHUFFLE_BUFFER,
+    def __init__(self, urls: str | Sequence[str], batch_size: int, shuffle: int | bool = SHUFFLE_BUFFER, *,
                  num_workers: int = 0, seed: int = 0, drop_last: bool = False,
                  device: str | torch.device | None = None, pin_memory: bool | None = None,
                  index: str | ShardIndex | None = None, on_error: str = "raise",
@@ -280,7 +280,8 @@ class StreamLoader:
 
     def __len__(self) -> int:
         if self.index is None:
-            raise TypeError("StreamLoader(index=False) has no len(): the number of samples is unknown")
+            raise TypeError("StreamLoader without an index has no len(): the number of samples is unknown "
+                            "(write index.json beside the shards with `streamaug index`)")
         return self.plan().num_batches
 
     def set_epoch(self, epoch: int) -> None:
@@ -324,7 +325,8 @@ class StreamLoader:
         if plan is not None and self.decoder.sizes.shape is None:
             # no image shape in the index: the dataset's first samples set it, the same for every
             # worker, rank and resume point (before the workers start, so they inherit it)
-            self.decoder.sizes.adopt(self._stream.first_shapes())
+            self.decoder.sizes.adopt(self._stream.first_shapes(),
+                                     "the shape most of the dataset's first 64 good samples share")
         offsets = None if plan is None or self.balance is None else \
             [0, *itertools.accumulate(plan.synthetic)]
         batches = worker_batches(self, serial, hold_last=plan is None)

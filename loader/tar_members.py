@@ -314,7 +314,8 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
                 if key in seen:
                     flush()
                     handle(StreamError("duplicate_key", "key appeared earlier in this shard; this later sample is "
-                                       "dropped, the first one kept", shard=url, key=key, value=name))
+                                       "dropped, the first one kept (a tar not written in name order splits "
+                                       "samples so: write it with tar --sort=name)", shard=url, key=key, value=name))
                     current, spoiled = {"__key__": key}, True
                     continue
                 seen.add(key)

@@ -110,7 +110,10 @@ class Compose:
                 from .backends.kornia_backend import run_kornia
                 self._runner = run_kornia
             elif self.backend == "opencv":
-                from .backends.opencv_backend import OpenCVRunner
+                try:
+                    from .backends.opencv_backend import OpenCVRunner
+                except ImportError as e:
+                    raise ImportError(f"backend='opencv' needs OpenCV ({e}): pip install 'streamaug[opencv]'") from e
                 self._runner = OpenCVRunner()
             else:
                 from .backends.dali_backend import DaliRunner

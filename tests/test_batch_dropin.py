@@ -449,3 +449,17 @@ def test_the_dataset_view_says_how_to_rebuild_a_dataloader_over_it(shards):
     loader = stream(shards[0])
     with pytest.raises(IndexError, match="batch_sampler=loader.batch_sampler"):
         loader.dataset[len(loader)]
+
+
+def test_batch_size_and_shuffle_may_be_given_by_position_as_dataloaders_are(shards):
+    index = shards[0]
+    by_position = StreamLoader(index.urls, BATCH, 30, seed=5, device="cpu")
+    assert [fingerprint(b) for b in by_position] == [fingerprint(b) for b in stream(index)]
+    with pytest.raises(TypeError):
+        StreamLoader(index.urls, BATCH, 30, 2)            # the rest by keyword
+
+
+def test_a_refused_state_names_num_workers_as_the_constructor_does(shards):
+    saved = stream(shards[0], num_workers=2).state_dict()
+    with pytest.raises(ValueError, match="num_workers: saved 2, this loader 0"):
+        stream(shards[0]).load_state_dict(saved)

@@ -210,3 +210,50 @@ def test_failing_or_truncated_pipe_is_refused(tmp_path, command, reason, message
         build_index(url, str(tmp_path / "index.json"), progress=False)
     assert info.value.reason == reason and info.value.shard == url
     assert not (tmp_path / "index.json").exists()
+
+
+def test_a_tar_not_written_in_name_order_is_refused_with_the_fix(tmp_path, monkeypatch):
+    """`tar cf x.tar dir/` stores files in directory order: a sample's image and label apart."""
+    monkeypatch.chdir(tmp_path)
+    members = [(f"{i:03d}.png", npy_bytes(np.zeros((2, 2), np.uint8))) for i in range(3)]
+    write_tar("apart.tar", [(n.replace(".png", ".npy"), b) for n, b in members] +
+              [(f"{i:03d}.cls", b"1") for i in range(3)])
+    with pytest.raises(StreamError, match="tar --sort=name"):
+        build_index("apart.tar", progress=False)
+
+
+def test_cli_shards_and_index_explain_what_to_pass(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    np.savez("xy.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=np.zeros(4, int))
+    assert cli_main(["shards", "xy.npz", "out"]) == 1
+    assert "must hold arrays named 'images'" in capsys.readouterr().err
+    assert cli_main(["shards", "nonexist", "out"]) == 1
+    assert "streamaug shards: source 'nonexist' is not a directory" in capsys.readouterr().err
+    os.mkdir("d")
+    assert cli_main(["index", "d/", "--quiet"]) == 1
+    assert "is a folder; pass its shards" in capsys.readouterr().err
+    assert cli_main(["index", "wds/*.tar", "--quiet"]) == 1
+    assert "globs are expanded by the shell" in capsys.readouterr().err
+
+
+def test_reindexing_keeps_the_class_names_streamaug_shards_wrote(tmp_path):
+    for name, value in (("bird", 0), ("cat", 90), ("dog", 180)):
+        os.makedirs(tmp_path / "imgs" / name)
+        for i in range(3):
+            Image.fromarray(np.full((6, 6, 3), value + i, np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
+    written = write_shards(str(tmp_path / "imgs"), str(tmp_path / "out"), image_format="png", maxcount=4,
+                           progress=False)
+    assert written.class_names == ["bird", "cat", "dog"]
+    again = build_index(written.urls, progress=False)
+    assert again.class_names == ["bird", "cat", "dog"] and again.class_counts == written.class_counts
+    assert build_index(written.urls, num_classes=5, progress=False).class_names == [str(i) for i in range(5)]
+
+
+def test_writing_over_an_earlier_write_warns_of_its_leftover_shards(tmp_path):
+    rng = np.random.default_rng(0)
+    write_shards((rng.integers(0, 256, (40, 8, 8), np.uint8), rng.integers(0, 3, 40)), str(tmp_path), maxcount=10,
+                 progress=False)                      # grayscale (N, H, W) is one channel
+    with pytest.warns(RuntimeWarning, match="still holds 3 train-\\*.tar shard\\(s\\) .*train-000001.tar"):
+        index = write_shards((rng.integers(0, 256, (10, 8, 8, 3), np.uint8), rng.integers(0, 3, 10)),
+                             str(tmp_path), maxcount=10, progress=False)
+    assert index.total == 10
