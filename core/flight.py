@@ -80,7 +80,8 @@ class BatchInFlight:
         state = dict(self.__dict__)
         for name, value in state.items():
             if isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.is_pinned() \
-                    and value.untyped_storage().nbytes() <= INLINE_BYTES and not value.requires_grad:
+                    and value.is_contiguous() and value.untyped_storage().nbytes() <= INLINE_BYTES \
+                    and not value.requires_grad:        # (a strided layout, e.g. channels_last, is kept by torch's way)
                 state[name] = InlineTensor.of(value)
         return state
 

@@ -31,6 +31,17 @@ from .geometric.affine_matrix import fuse_affine
 BACKENDS = ("kornia", "dali", "opencv")
 
 
+def checked_params(op, params: Params, n: int) -> Params:
+    """Given parameters (a replay): every per-row entry has ``n`` rows, and ``apply`` is bool."""
+    for name, value in params.items():
+        rows = np.shape(value)
+        if rows and rows[0] != n:
+            raise ValueError(f"{type(op).__name__} params[{name!r}] has {rows[0]} rows, the batch {n}")
+    if "apply" not in params:
+        raise ValueError(f"{type(op).__name__} params need 'apply' (a bool per row)")
+    return {**params, "apply": torch.as_tensor(np.asarray(params["apply"], dtype=bool))}
+
+
 class Compose:
     """Apply ``ops`` in order on ``backend`` ("kornia", "dali" or "opencv").
 
@@ -57,9 +68,8 @@ class Compose:
         self.last_params: list[Params] | None = None
         self._runner = None
         self.dali_threads = dali_threads
-        # unseeded ops get distinct streams (one per position) until the loader reseeds them;
-        # self.seed stays None, which is what tells the loader to seed this Compose
-        self.manual_seed(0 if seed is None else seed)
+        if seed is not None:                # unseeded: each op keeps its own stream (distinct per op type)
+            self.manual_seed(seed)
 
     @staticmethod
     def _stages(ops) -> list[tuple[str, list[int]]]:
@@ -92,6 +102,8 @@ class Compose:
             params = self.generate_parameters(n, h, w)
         elif len(params) != len(self.ops):
             raise ValueError(f"params must hold one dict per op ({len(self.ops)}), got {len(params)}")
+        else:
+            params = [checked_params(op, p, n) for op, p in zip(self.ops, params)]
         self.last_params = params
         if n == 0 or not self.ops:
             return images

@@ -148,3 +148,12 @@ def test_small_tensors_of_a_batch_travel_inside_the_pickle_and_images_in_shared_
                                                     torch.zeros(0, dtype=torch.int64), [], [],
                                                     torch.zeros(0, dtype=torch.bool), 0)))
     assert empty.labels.shape == (0,) and empty.is_synthetic.dtype == torch.bool
+
+
+def test_a_strided_small_tensor_keeps_its_layout_through_the_pickle():
+    import pickle
+
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    b = BatchInFlight(images, torch.arange(4), list("abcd"), ["u"] * 4, torch.zeros(4, dtype=torch.bool), 0)
+    back = pickle.loads(pickle.dumps(b))
+    assert back.images.stride() == images.stride() and torch.equal(back.images, images)

@@ -206,3 +206,47 @@ def test_erasing_fills_the_same_level_on_every_backend(value, level):
     for backend in ("dali", "opencv"):
         assert torch.equal(Compose([RandomErasing(value=value, p=1.0)], backend=backend, seed=0)(
             x, params=ref.last_params), want), backend
+
+
+def test_opencv_warps_float64_as_exactly_as_float32():
+    """OpenCV's own float64 warp quantizes coordinates (5/255 off); float64 images are warped in float32."""
+    x = torch.rand(4, 3, 64, 64, dtype=torch.float64)
+    ref = Compose([Shear(x=20, y=10)], backend="kornia", seed=0)
+    want = ref(x)
+    got = Compose([Shear(x=20, y=10)], backend="opencv", seed=0)(x, params=ref.last_params)
+    assert got.dtype == torch.float64 and (got - want)[..., 2:-2, 2:-2].abs().max() < 0.02 / 255
+
+
+@pytest.mark.parametrize("backend", ["kornia", "dali", "opencv"])
+def test_replayed_params_are_checked_and_taken_in_any_form(backend):
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    aug = Compose([Rotate(30)], backend=backend, seed=0)
+    with pytest.raises(ValueError, match=r"Rotate params\['degrees'\] has 2 rows, the batch 4"):
+        aug(x, params=[{"apply": torch.ones(4, dtype=torch.bool), "degrees": torch.zeros(2)}])
+    same = aug(x, params=[{"apply": [1, 1, 1, 1], "degrees": torch.tensor(30.0)}])       # ints, a 0-d angle
+    assert torch.equal(same, aug(x, params=[{"apply": torch.ones(4, dtype=torch.bool),
+                                            "degrees": torch.full((4,), 30.0, dtype=torch.float64)}]))
+    flip = Compose([Flip(p=1.0)], backend=backend, seed=0)
+    assert torch.equal(flip(x, params=[{"apply": [True, False, True, False]}])[0], x[0].flip(-1))
+    with pytest.raises(ValueError, match="not finite"):
+        aug(x, params=[{"apply": [True] * 4, "degrees": [float("nan")] * 4}])
+
+
+def test_a_compose_leaves_the_streams_of_the_ops_it_wraps_alone():
+    a = Compose([Rotate(30)])
+    a.generate_parameters(4, 8, 8)
+    after_one = a.ops[0].state_dict()
+    b = Compose(a.ops)                                   # wrapping must not rewind the op
+    assert b.ops[0].state_dict() == after_one
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: MixUp(label_rule="remix", kappa=float("nan"), class_counts=[5, 1]), "kappa must be a finite number"),
+    (lambda: MixUp(label_rule="remix", tau=True, class_counts=[5, 1]), "tau must be in"),
+    (lambda: MixUp(label_rule="remix", class_counts=[float("nan"), 1]), "class_counts must be"),
+    (lambda: RandomErasing(value=True), "value must be a number in"),
+    (lambda: Flip(horizontal=float("nan")), "horizontal must be a bool"),
+])
+def test_more_non_finite_and_bool_arguments_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

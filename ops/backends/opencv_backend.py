@@ -15,7 +15,8 @@ backend). The warped uint8 image is thus rounded once before the intensity ops,
 so the result can differ from Kornia's by one level (1/255) per pixel (tested).
 Gaussian noise as the last stage on a uint8 batch is added in uint8 (``opencv_uint8``),
 the same numbers up to one level at ties, without the two float conversions.
-Float input is warped in float32 (float64 images in float64). CPU tensors only.
+Float input is warped in float32 (float64 images keep float64 flips and untouched rows; their
+warps are resampled in float32, as OpenCV's float64 warp quantizes coordinates). CPU tensors only.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch
 
 from streamaug.core.batch_memory import empty_batch, private_outputs
 
-from ..geometric.affine_matrix import flip_axes, is_identity
+from ..geometric.affine_matrix import affine_inverse, flip_axes, is_identity
 from ..intensity.gaussian_noise import GaussianNoise
 from .opencv_uint8 import add_noise_uint8
 
@@ -50,13 +51,19 @@ def warp_rows(x: torch.Tensor, m: np.ndarray) -> torch.Tensor:
     general = np.flatnonzero(~(ident | fx | fy)).tolist()
     if not general:
         return out
+    affine_inverse(m[general])            # refuses a matrix with no inverse, as the other backends do
     src, dst = x.numpy(), out.numpy()
     forward = np.ascontiguousarray(m[:, :2])
+    wide = x.dtype == torch.float64       # OpenCV's CV_64F warp quantizes coordinates (5/255 off): use float32
     for i in general:
         mat = forward[i]
         for ch in range(c):               # one plane at a time: no NCHW ↔ NHWC copies
-            cv2.warpAffine(src[i, ch], mat, (w, h), dst=dst[i, ch], flags=cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            if wide:
+                dst[i, ch] = cv2.warpAffine(src[i, ch].astype(np.float32), mat, (w, h), flags=cv2.INTER_LINEAR,
+                                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            else:
+                cv2.warpAffine(src[i, ch], mat, (w, h), dst=dst[i, ch], flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 def _values(v) -> np.ndarray:
     """Per-row parameters (a CPU torch tensor, an array or a list) as float64."""
-    return np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=np.float64)
+    return np.atleast_1d(np.asarray(v.numpy() if hasattr(v, "numpy") else v, dtype=np.float64))
 
 
 def _rows(n: int, a=1.0, b=0.0, c=0.0, d=0.0, e=1.0, f=0.0) -> np.ndarray:
@@ -77,6 +77,10 @@ def affine_inverse(m: np.ndarray) -> np.ndarray:
     """Inverses of affine (N,3,3) matrices in closed form: ``[A⁻¹, −A⁻¹·t]``. A row whose
     last row is not ``[0, 0, 1]`` or whose linear part is singular is refused, naming it."""
     m = np.asarray(m, dtype=np.float64)
+    if not np.isfinite(m).all():
+        bad = int(np.flatnonzero(~np.isfinite(m).all(axis=(1, 2)))[0])
+        raise ValueError(f"row {bad}: the matrix {m[bad].tolist()} has entries that are not finite "
+                         "(an op parameter is NaN or infinite, or a crop box has no width or height)")
     if not np.array_equal(m[:, 2], np.broadcast_to([0.0, 0.0, 1.0], m[:, 2].shape)):
         bad = int(np.flatnonzero(np.any(m[:, 2] != [0.0, 0.0, 1.0], axis=1))[0])
         raise ValueError(f"row {bad}: not an affine matrix (last row {m[bad, 2].tolist()}, expected [0, 0, 1])")
@@ -85,7 +89,9 @@ def affine_inverse(m: np.ndarray) -> np.ndarray:
     det = a * e - b * d
     if not np.all(np.isfinite(det)) or np.any(det == 0):
         bad = int(np.flatnonzero(~np.isfinite(det) | (det == 0))[0])
-        raise ValueError(f"row {bad}: the matrix {m[bad].tolist()} has no inverse (determinant {det[bad]})")
+        raise ValueError(f"row {bad}: the matrix {m[bad].tolist()} has no inverse in float64 (determinant "
+                         f"{det[bad]}: singular, or so ill-conditioned, e.g. a shear within 1e-8° of 90°, "
+                         "that its determinant cancels)")
     ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
     return _rows(len(m), ia, ib, -(ia * c + ib * f), id_, ie, -(id_ * c + ie * f))
 

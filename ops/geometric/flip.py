@@ -19,6 +19,9 @@ class Flip(GeometricOp):
 
     def __init__(self, horizontal: bool = True, vertical: bool = False, p: float = 0.5, seed: int | None = None):
         super().__init__(p, seed)
+        for name, flag in (("horizontal", horizontal), ("vertical", vertical)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"Flip's {name} must be a bool, got {flag!r}")
         if not (horizontal or vertical):
             raise ValueError("Flip needs horizontal=True or vertical=True, got both False")
         self.horizontal, self.vertical = bool(horizontal), bool(vertical)
@@ -26,5 +29,5 @@ class Flip(GeometricOp):
     def _matrices(self, params: Params, height: int, width: int) -> np.ndarray:
         sx, tx = (-1.0, width - 1.0) if self.horizontal else (1.0, 0.0)
         sy, ty = (-1.0, height - 1.0) if self.vertical else (1.0, 0.0)
-        n = params["apply"].shape[0]
+        n = len(params["apply"])
         return translation(np.full(n, tx), np.full(n, ty)) @ scaling(np.full(n, sx), np.full(n, sy))

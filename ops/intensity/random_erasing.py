@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -22,8 +23,8 @@ class RandomErasing(IntensityOp):
         self.ratio = check_range("ratio", ratio, low=1e-6)
         if self.scale[1] > 1:
             raise ValueError(f"scale must lie in [0, 1], got {scale!r}")
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"value must be in [0, 1], got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"value must be a number in [0, 1], got {value!r}")
         self.value = float(value)
 
     def _draw(self, n: int, height: int, width: int) -> Params:

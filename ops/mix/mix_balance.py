@@ -68,13 +68,13 @@ def check_balance_options(partners: str, label_rule: str, kappa: float, tau: flo
         raise ValueError(f"partners must be one of {PARTNERS}, got {partners!r}")
     if label_rule not in LABEL_RULES:
         raise ValueError(f"label_rule must be one of {LABEL_RULES}, got {label_rule!r}")
-    if not isinstance(kappa, numbers.Real) or kappa < 1:
-        raise ValueError(f"kappa must be a number >= 1, got {kappa!r}")
-    if not isinstance(tau, numbers.Real) or not 0 <= tau <= 1:
+    if isinstance(kappa, bool) or not isinstance(kappa, numbers.Real) or not 1 <= kappa < float("inf"):
+        raise ValueError(f"kappa must be a finite number >= 1, got {kappa!r}")
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real) or not 0 <= tau <= 1:
         raise ValueError(f"tau must be in [0, 1], got {tau!r}")
     if class_counts is None:
         return None
     counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
-    if counts.ndim != 1 or len(counts) == 0 or bool((counts < 0).any()):
+    if counts.ndim != 1 or len(counts) == 0 or not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
         raise ValueError(f"class_counts must be non-negative per-class counts, got {list(class_counts)!r}")
     return counts.clamp_min(1.0)      # a class with no training sample counts as 1 (no division by 0)
