@@ -193,15 +193,15 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
 
 def _names_already_at(out: str, num_classes: int | None, top: int) -> list[str] | None:
     """The class names of an index already at ``out`` (``streamaug shards`` writes a folder's
-    class names), kept when re-indexing unless they cannot fit the classes found; else None."""
+    class names), kept when re-indexing if there are exactly as many as classes now; else None."""
     if not os.path.isfile(out):
         return None
     try:
         names = ShardIndex.load(out).class_names
     except Exception:                                # unreadable: written anew, as without one
         return None
-    if not names or len(names) <= top or (num_classes is not None and len(names) != num_classes):
-        return None
+    if not names or len(names) != (num_classes if num_classes is not None else top + 1):
+        return None                                  # other classes now: the names no longer fit
     if all(n == str(i) for i, n in enumerate(names)):
         return None
     return list(names)

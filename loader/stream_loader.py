@@ -388,6 +388,12 @@ class StreamLoader:
         state["_dataloader"], state["_marker"] = None, None
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        # the workers read each pass's (epoch, resume point) from this shared tensor; a copy
+        # arrives private, and the copy's own workers would never see a new epoch
+        self._stream.control = self._stream.control.clone().share_memory_()
+
     def __enter__(self) -> "StreamLoader":
         return self
 

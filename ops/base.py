@@ -127,11 +127,15 @@ class Op:
 class GeometricOp(Op):
     kind = "geometric"
 
-    def matrices(self, params: Params, height: int, width: int) -> np.ndarray:
+    def matrix_array(self, params: Params, height: int, width: int) -> np.ndarray:
         """Forward 3×3 matrices, ``(N, 3, 3)`` float64 numpy (see ``affine_matrix``),
         the identity where ``apply`` is False."""
         m = np.asarray(self._matrices(params, height, width), dtype=np.float64)
         return np.where(np.asarray(params["apply"], dtype=bool).reshape(-1, 1, 1), m, np.eye(3))
+
+    def matrices(self, params: Params, height: int, width: int) -> torch.Tensor:
+        """:meth:`matrix_array` as a float64 CPU tensor (the type it always had; the backends use the numpy form)."""
+        return torch.from_numpy(self.matrix_array(params, height, width))
 
     def _matrices(self, params: Params, height: int, width: int) -> np.ndarray:
         raise NotImplementedError

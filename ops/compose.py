@@ -90,10 +90,14 @@ class Compose:
     def generate_parameters(self, n: int, height: int, width: int) -> list[Params]:
         return [op.generate_parameters(n, height, width) for op in self.ops]
 
-    def fused_matrix(self, indices: list[int], params: list[Params], height: int, width: int) -> np.ndarray:
+    def fused_array(self, indices: list[int], params: list[Params], height: int, width: int) -> np.ndarray:
         """Forward (source → destination) 3×3 matrices of the ops ``indices``, applied in order:
-        ``(N, 3, 3)`` float64 numpy, computed on the host (see ``affine_matrix``)."""
-        return fuse_affine([self.ops[i].matrices(params[i], height, width) for i in indices])
+        ``(N, 3, 3)`` float64 numpy, computed on the host (see ``affine_matrix``); what the backends use."""
+        return fuse_affine([self.ops[i].matrix_array(params[i], height, width) for i in indices])
+
+    def fused_matrix(self, indices: list[int], params: list[Params], height: int, width: int) -> torch.Tensor:
+        """:meth:`fused_array` as a float64 CPU tensor (the type it always had; the backends use the numpy form)."""
+        return torch.from_numpy(self.fused_array(indices, params, height, width))
 
     def __call__(self, images: torch.Tensor, params: list[Params] | None = None) -> torch.Tensor:
         check_images(images)

@@ -108,7 +108,9 @@ class Encoder(NeighbourSpace):
         return out.float()
 
     def __repr__(self) -> str:
-        return f"Encoder({getattr(self.fn, '__name__', type(self.fn).__name__)})"
+        from .sampling_strategy import strategy_name     # stable across processes, and tells encoders apart
+
+        return f"Encoder({strategy_name(self.fn)})"
 
 
 NAMED = {"thumbnail": Thumbnail, "projection": RandomProjection}

@@ -1,12 +1,12 @@
 """Class balancing without an index: targets estimated from the counts seen so far.
 
-Mid-epoch only ratio strategies (strings but ``"minority"``, floats) act, once
-``ONLINE_MIN_SEEN`` real samples are in, and only up to ``ONLINE_FRACTION`` of the estimate
-(targets keep growing as counts do), less ``ONLINE_NOISE_SIGMAS`` times the counts'
-sampling noise, so a class that only looks short part-way (nearly as large as the majority)
-is not given rows the epoch's end would not; dict and callable strategies are absolute, and
-``"minority"`` names a class only the whole epoch decides, so they wait for the epoch's
-last batch, which takes whatever is still due. The epoch's totals then
+Mid-epoch only ratio strategies (strings, floats) act, once ``ONLINE_MIN_SEEN`` real
+samples are in, and only up to ``ONLINE_FRACTION`` of the estimate (targets keep growing as
+counts do), less ``ONLINE_NOISE_SIGMAS`` times the counts' sampling noise, so a class that
+only looks short part-way (nearly as large as the majority) is not given rows the epoch's end
+would not; ``"minority"`` acts once its class is settled beyond that noise
+(:func:`clear_minority`). Dict and callable strategies are absolute, so they wait for the
+epoch's last batch, which takes whatever is still due. The epoch's totals then
 equal imbalanced-learn's ``fit_resample`` on the epoch's labels, unless a mid-epoch
 estimate overshot: that excess cannot be taken back and is reported.
 """
@@ -21,16 +21,26 @@ ONLINE_FRACTION = 0.8
 ONLINE_NOISE_SIGMAS = 3.0
 
 
+def clear_minority(seen: np.ndarray) -> bool:
+    """Whether the smallest class seen is the smallest beyond the counts' sampling noise
+    (``ONLINE_NOISE_SIGMAS`` standard deviations of the gap to the next smallest). Until then
+    ``"minority"`` waits: part-way, a class that only looked smallest got its rows (112 against
+    a target of 12), and waiting for the end put every row in the last batch."""
+    present = np.sort(seen[seen > 0])
+    a, b = int(present[0]), int(present[1])
+    return b - a > ONLINE_NOISE_SIGMAS * np.sqrt(a + b)
+
+
 def online_due(strategy, seen: np.ndarray, made: np.ndarray, last: bool) -> tuple[list[int], dict[int, int]]:
     """Classes of the synthetic rows due now (``made`` is updated in place) and, at the
     epoch's end, any class made beyond its final target ``{class: excess}``."""
-    # 'minority' names one class, which only the whole epoch's counts decide (part-way, a class
-    # that merely looks smallest got its rows: 112 against a target of 12)
-    ratio = isinstance(strategy, (str, float)) and strategy != "minority"
+    ratio = isinstance(strategy, (str, float))
     if not last and (not ratio or seen.sum() < ONLINE_MIN_SEEN):
         return [], {}
     if np.count_nonzero(seen) < 2:
         return [], {}
+    if strategy == "minority" and not last and not clear_minority(seen):
+        return [], {}           # which class is the minority is not settled yet (see clear_minority)
     targets = synthetic_targets(strategy, seen.tolist())
     classes, overshoot = [], {}
     top = int(seen.max())

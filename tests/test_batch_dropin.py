@@ -438,9 +438,10 @@ def test_a_loader_whose_workers_run_pickles_and_deep_copies(shards):
     next(iter(loader))                              # the workers are running now
     assert loader._dataloader is not None           # noqa: SLF001
     for copied in (pickle.loads(pickle.dumps(loader)), copy.deepcopy(loader)):
-        copied.set_epoch(3)
-        loader.set_epoch(3)
-        assert [fingerprint(b) for b in copied] == [fingerprint(b) for b in loader]
+        for epoch in (3, 4):                            # its workers must see each new epoch
+            copied.set_epoch(epoch)
+            loader.set_epoch(epoch)
+            assert [fingerprint(b) for b in copied] == [fingerprint(b) for b in loader]
         copied.close()
     loader.close()
 

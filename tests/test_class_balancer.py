@@ -114,7 +114,10 @@ def test_the_state_fingerprint_reads_the_same_in_another_process_and_holds_every
     import sys
 
     text = repr(ClassBalancer(half_majority, feature_fn=np.negative))
-    assert "0x" not in text and "test_class_balancer.half_majority" in text
+    assert "0x" not in text and "test_class_balancer.half_majority#" in text
+    assert repr(ClassBalancer(lambda y: {2: 150})) != repr(ClassBalancer(lambda y: {2: 400}))   # two lambdas differ
+    import functools
+    assert repr(ClassBalancer(functools.partial(dict, {2: 150}))) != repr(ClassBalancer(functools.partial(dict, {2: 400})))
     code = ("import sys; sys.path.insert(0, %r); import test_class_balancer as t; "
             "from streamaug.samplers import ClassBalancer; import numpy as np; "
             "print(repr(ClassBalancer(t.half_majority, feature_fn=np.negative)))") % str(__import__("pathlib").Path(__file__).parent)

@@ -247,6 +247,12 @@ def test_reindexing_keeps_the_class_names_streamaug_shards_wrote(tmp_path):
     again = build_index(written.urls, progress=False)
     assert again.class_names == ["bird", "cat", "dog"] and again.class_counts == written.class_counts
     assert build_index(written.urls, num_classes=5, progress=False).class_names == [str(i) for i in range(5)]
+    two = write_shards((np.zeros((4, 6, 6, 3), np.uint8), np.array([0, 1, 0, 1])), str(tmp_path / "two"),
+                       maxcount=4, progress=False)
+    import shutil
+    shutil.copy(tmp_path / "out" / "index.json", tmp_path / "two" / "index.json")   # 3 named classes there
+    again = build_index(two.urls, progress=False)
+    assert again.num_classes == 2 and again.class_names == ["0", "1"]                # not the old 3 names
 
 
 def test_writing_over_an_earlier_write_warns_of_its_leftover_shards(tmp_path):

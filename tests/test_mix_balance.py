@@ -140,7 +140,7 @@ def test_default_partners_draws_are_unchanged():
     ({"partners": "nearest"}, "partners must be one of"),
     ({"label_rule": "remix"}, "label_rule='remix' needs class_counts="),
     ({"label_rule": "other"}, "label_rule must be one of"),
-    ({"kappa": 0.5, "label_rule": "remix", "class_counts": [1, 2]}, "kappa must be a number >= 1, got 0.5"),
+    ({"kappa": 0.5, "label_rule": "remix", "class_counts": [1, 2]}, "kappa must be a finite number >= 1, got 0.5"),
     ({"tau": 1.5, "label_rule": "remix", "class_counts": [1, 2]}, r"tau must be in \[0, 1\], got 1.5"),
     ({"label_rule": "remix", "class_counts": [5, -1]}, r"class_counts must be non-negative per-class counts, got \[5, -1\]"),
 ])

@@ -185,3 +185,15 @@ def test_an_axis_of_one_pixel_moves_and_fills_with_zeros(backend, device):
     assert y.flatten().tolist() == [0] * 7
     y, _ = run(Rotate(), row, backend, params=[fixed(Rotate, 1, degrees=90)])
     assert y.flatten().tolist() == [0, 0, 0, 120, 0, 0, 0]
+
+
+def test_public_matrix_methods_still_return_torch_tensors():
+    op = Rotate(30, seed=0)
+    params = op.generate_parameters(4, 8, 8)
+    m = op.matrices(params, 8, 8)
+    assert isinstance(m, torch.Tensor) and m.dtype == torch.float64 and m.shape == (4, 3, 3)
+    assert torch.allclose(torch.linalg.inv(m) @ m, torch.eye(3, dtype=torch.float64).expand(4, 3, 3))
+    from streamaug.ops import fuse_affine
+    assert isinstance(fuse_affine([m, m]), torch.Tensor)
+    aug = Compose([Flip(), Rotate(5)], seed=0)
+    assert isinstance(aug.fused_matrix([0, 1], aug.generate_parameters(2, 8, 8), 8, 8), torch.Tensor)

@@ -198,3 +198,15 @@ def test_classes_nearly_as_large_as_the_majority_get_no_rows_the_epoch_end_would
     assert counts == imblearn_counts(labels, "auto")
     assert "online_overshoot" not in loader.stats.skipped
     assert sum(per_batch[:-1]) > 0.5 * sum(per_batch)
+
+
+def test_a_clear_minority_is_balanced_part_way_not_all_in_the_last_batch(shards):
+    urls, labels = shards                     # 70% / 20% / 10%: the minority is settled early
+    loader = StreamLoader(urls, batch_size=64, index=False, num_classes=3, seed=2,
+                          balance=ClassBalancer("minority"))
+    counts, per_batch = collections.Counter(), []
+    for b in loader:
+        counts.update(b.hard_labels[~b.is_padding].tolist())
+        per_batch.append(int(b.is_synthetic.sum()))
+    assert counts == imblearn_counts(labels, "minority")
+    assert sum(per_batch[:-1]) > 0.5 * sum(per_batch)

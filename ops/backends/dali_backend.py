@@ -80,7 +80,7 @@ class DaliRunner:
             pipe.feed_input("images", hwc if device_id is not None else hwc.numpy())
             for s, (kind, indices) in enumerate(compose.stages):
                 if kind == "warp":
-                    pipe.feed_input(f"m{s}", dali_matrices(compose.fused_matrix(indices, params, h, w)))
+                    pipe.feed_input(f"m{s}", dali_matrices(compose.fused_array(indices, params, h, w)))
                     continue
                 op = compose.ops[indices[0]]
                 for name, values in op.dali_arguments(params[indices[0]]).items():

@@ -90,7 +90,7 @@ def run_kornia(compose, images: torch.Tensor, params) -> torch.Tensor:
     last = len(compose.stages) - 1
     for pos, (kind, indices) in enumerate(compose.stages):
         if kind == "warp":
-            x = warp_rows(x, compose.fused_matrix(indices, params, h, w))
+            x = warp_rows(x, compose.fused_array(indices, params, h, w))
         else:
             x = compose.ops[indices[0]].apply_torch(x, params[indices[0]])
             if pos != last:               # every intensity op's output is a valid image (as on DALI)

@@ -106,7 +106,7 @@ class OpenCVRunner:
                 returned = pos == last or (pos == last - 1 and x.dtype == torch.uint8
                                            and self.uint8_noise(compose.ops[compose.stages[last][1][0]]))
                 with contextlib.nullcontext() if returned else private_outputs():
-                    x, owned = warp_rows(x, compose.fused_matrix(indices, params, h, w)), True
+                    x, owned = warp_rows(x, compose.fused_array(indices, params, h, w)), True
                 continue
             op, p = compose.ops[indices[0]], params[indices[0]]
             if x.dtype == torch.uint8 and pos == last and self.uint8_noise(op):

@@ -16,6 +16,7 @@ Every function also takes torch tensors of parameters (as ops draw them).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def _values(v) -> np.ndarray:
@@ -65,12 +66,13 @@ def scaling(sx, sy) -> np.ndarray:
     return _rows(len(sx), a=sx, e=sy)
 
 
-def fuse_affine(matrices: list) -> np.ndarray:
-    """Ops applied in list order → one forward matrix: ``M_k @ ... @ M_1``."""
+def fuse_affine(matrices: list):
+    """Ops applied in list order → one forward matrix: ``M_k @ ... @ M_1``; a float64 tensor
+    if any input is a torch tensor (as it always did), else a numpy array."""
     out = np.asarray(matrices[0], dtype=np.float64)
     for m in matrices[1:]:
         out = np.asarray(m, dtype=np.float64) @ out
-    return out
+    return torch.from_numpy(out) if any(isinstance(m, torch.Tensor) for m in matrices) else out
 
 
 def affine_inverse(m: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ class Flip(GeometricOp):
     """Mirror rows with probability ``p``: ``horizontal`` swaps left and right
     (``x.flip(-1)``), ``vertical`` swaps top and bottom (``x.flip(-2)``).
 
-    >>> import numpy as np
+    >>> import torch
     >>> x = torch.arange(6, dtype=torch.uint8).view(1, 1, 2, 3)
     >>> Compose([Flip(p=1.0)], seed=0)(x).tolist()   # doctest: +SKIP
     [[[[2, 1, 0], [5, 4, 3]]]]
