@@ -29,6 +29,15 @@ def imblearn_counts(labels, strategy):
     return collections.Counter(ImbSMOTE(sampling_strategy=strategy).fit_resample(X, labels)[1].tolist())
 
 
+def class_counts_and_synthetic(loader) -> tuple[collections.Counter, list[int]]:
+    """One pass: real + synthetic rows per class (padding left out), and synthetic rows per batch."""
+    counts, per_batch = collections.Counter(), []
+    for b in loader:
+        counts.update(b.hard_labels[~b.is_padding].tolist())
+        per_batch.append(int(b.is_synthetic.sum()))
+    return counts, per_batch
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_every_sample_once_without_an_index(shards, workers):
     urls, labels = shards
@@ -53,10 +62,7 @@ def test_online_balancing_meets_imblearn_counts_at_epoch_end(shards, strategy, w
     urls, labels = shards
     loader = StreamLoader(urls, batch_size=64, num_workers=workers, index=False, num_classes=3, seed=2,
                           balance=ClassBalancer(strategy))
-    counts, per_batch = collections.Counter(), []
-    for b in loader:
-        counts.update(b.hard_labels[~b.is_padding].tolist())
-        per_batch.append(int(b.is_synthetic.sum()))
+    counts, per_batch = class_counts_and_synthetic(loader)
     assert counts == imblearn_counts(labels, strategy)
     assert "online_overshoot" not in loader.stats.skipped
     if isinstance(strategy, str):      # ratio strategies act mid-epoch, not only at the end
@@ -191,10 +197,7 @@ def test_classes_nearly_as_large_as_the_majority_get_no_rows_the_epoch_end_would
     urls = write_shards((images, labels), str(tmp_path), maxcount=100, progress=False, shuffle_seed=None).urls
     loader = StreamLoader(urls, batch_size=64, index=False, num_classes=10, num_workers=workers, seed=2,
                           balance=ClassBalancer("auto"))
-    counts, per_batch = collections.Counter(), []
-    for b in loader:
-        counts.update(b.hard_labels[~b.is_padding].tolist())
-        per_batch.append(int(b.is_synthetic.sum()))
+    counts, per_batch = class_counts_and_synthetic(loader)
     assert counts == imblearn_counts(labels, "auto")
     assert "online_overshoot" not in loader.stats.skipped
     assert sum(per_batch[:-1]) > 0.5 * sum(per_batch)
@@ -204,9 +207,6 @@ def test_a_clear_minority_is_balanced_part_way_not_all_in_the_last_batch(shards)
     urls, labels = shards                     # 70% / 20% / 10%: the minority is settled early
     loader = StreamLoader(urls, batch_size=64, index=False, num_classes=3, seed=2,
                           balance=ClassBalancer("minority"))
-    counts, per_batch = collections.Counter(), []
-    for b in loader:
-        counts.update(b.hard_labels[~b.is_padding].tolist())
-        per_batch.append(int(b.is_synthetic.sum()))
+    counts, per_batch = class_counts_and_synthetic(loader)
     assert counts == imblearn_counts(labels, "minority")
     assert sum(per_batch[:-1]) > 0.5 * sum(per_batch)
