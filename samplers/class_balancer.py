@@ -53,7 +53,8 @@ from streamaug.core.transfer import to_device
 
 from .class_reservoir import ClassReservoir
 from .online_counts import online_due
-from .sampling_strategy import check_strategy_form, strategy_name, synthetic_targets
+from .sampling_strategy import check_strategy_form, synthetic_targets
+from .stable_name import stable_name
 from .slot_schedule import interleaved_slots, max_rank_slots, rank_slots, stratified_choice
 from .random_oversampler import RandomOversampler
 from .synthesizer import Synthesizer, as_dtype
@@ -157,7 +158,7 @@ class ClassBalancer:
     def fit_online(self, num_classes: int, world_size: int = 1, rank: int = 0) -> "ClassBalancer":
         """No index: estimate class counts from the stream (see ``_online_classes``)."""
         if world_size > 1 and (isinstance(self.sampling_strategy, dict) or callable(self.sampling_strategy)):
-            raise ValueError(f"sampling_strategy={strategy_name(self.sampling_strategy)} sets counts for the "
+            raise ValueError(f"sampling_strategy={stable_name(self.sampling_strategy)} sets counts for the "
                              f"whole dataset, but without an index each of the {world_size} ranks balances only "
                              "the stream it reads; write an index (streamaug index) or use a ratio strategy "
                              "such as 'auto'")
@@ -417,8 +418,8 @@ class ClassBalancer:
     def __repr__(self) -> str:
         """Every setting that changes the batches (the loader state's fingerprint holds it, so a
         state is refused by a balancer configured otherwise), each written the same in any process."""
-        feature = None if self.feature_fn is None else strategy_name(self.feature_fn)
-        return (f"ClassBalancer(sampling_strategy={strategy_name(self.sampling_strategy)}, "
+        feature = None if self.feature_fn is None else stable_name(self.feature_fn)
+        return (f"ClassBalancer(sampling_strategy={stable_name(self.sampling_strategy)}, "
                 f"synthesizer={self.synthesizer!r}, random_state={self.seed!r}, "
                 f"reservoir_size={self.reservoir_size!r}, feature_fn={feature}, "
                 f"shuffle_within_batch={self.shuffle_within_batch!r}, stratified={self.stratified!r})")

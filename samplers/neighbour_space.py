@@ -108,9 +108,9 @@ class Encoder(NeighbourSpace):
         return out.float()
 
     def __repr__(self) -> str:
-        from .sampling_strategy import strategy_name     # stable across processes, and tells encoders apart
+        from .stable_name import stable_name     # stable across processes, and tells encoders apart
 
-        return f"Encoder({strategy_name(self.fn)})"
+        return f"Encoder({stable_name(self.fn)})"
 
 
 NAMED = {"thumbnail": Thumbnail, "projection": RandomProjection}

@@ -7,12 +7,8 @@ final counts, a callable) and every error is therefore imbalanced-learn's.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import math
 import numbers
-import re
-import types
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,46 +36,6 @@ def check_strategy_form(sampling_strategy) -> None:
     elif not callable(s):
         raise ValueError(f"sampling_strategy must be one of {PRESETS}, a float in (0, 1], a dict "
                          f"{{class: count}} or a callable, got {s!r}")
-
-
-def strategy_name(sampling_strategy) -> str:
-    """A text for ``sampling_strategy`` that is the same in the process that resumes and differs
-    between strategies: part of the loader state's fingerprint. A function is named by module and
-    name plus a digest of its code, constants, defaults and closure (two lambdas differ); a
-    ``functools.partial`` by its function and arguments; anything else by its repr (and its
-    attributes), with memory addresses left out."""
-    s = sampling_strategy
-    if isinstance(s, (str, dict)) or not callable(s):
-        return repr(s)
-    return f"<callable {_stable(s)}>"
-
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _plain(obj) -> str:
-    return _ADDRESS.sub("", repr(obj))
-
-
-def _code_text(code) -> str:
-    consts = [_code_text(c) if isinstance(c, types.CodeType) else _plain(c) for c in code.co_consts]
-    return f"{code.co_code.hex()}|{consts}|{code.co_names}"
-
-
-def _stable(fn) -> str:
-    if isinstance(fn, functools.partial):
-        return f"partial({_stable(fn.func)}, {_plain(fn.args)}, {_plain(fn.keywords)})"
-    if isinstance(fn, types.MethodType):
-        return f"{_stable(fn.__func__)} of {_plain(fn.__self__)}"
-    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
-    code = getattr(fn, "__code__", None)
-    if code is not None:
-        cells = [c.cell_contents for c in (fn.__closure__ or ()) if c.cell_contents is not fn]
-        text = f"{_code_text(code)}|{_plain(fn.__defaults__)}|{_plain(fn.__kwdefaults__)}|{_plain(cells)}"
-        return f"{name}#{hashlib.blake2b(text.encode(), digest_size=6).hexdigest()}"
-    attrs = _plain(sorted(vars(fn).items(), key=lambda kv: kv[0])) if hasattr(fn, "__dict__") else ""
-    digest = hashlib.blake2b(f"{_plain(fn)}|{attrs}".encode(), digest_size=6).hexdigest()
-    return f"{type(fn).__module__}.{type(fn).__qualname__}#{digest}"
 
 
 def synthetic_targets(sampling_strategy, class_counts: Sequence[int]) -> dict[int, int]:
