@@ -21,11 +21,16 @@ How an epoch is laid out
    reads an ``IterableDataset``'s workers. Every rank has the same ``T``.
 4. A balancer may reserve synthetic slots: batch ``j`` then carries
    ``synthetic[j]`` made-up samples and ``B - synthetic[j]`` real ones.
-5. Each worker reads a contiguous run of the rank's real samples, enough for
-   its batches, so shards are streamed, not seeked.
+5. Shuffled, each worker reads a contiguous run of the rank's real samples, enough
+   for its batches, so shards are streamed, not seeked. Without shuffling, batch
+   ``j`` holds the rank's samples in order (``DataLoader(shuffle=False)``'s order,
+   for any number of workers): each worker reads the runs of its own batches and
+   passes over the other workers' samples undecoded, in the same pass over a shard.
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -99,17 +104,35 @@ def shard_order(index: ShardIndex, seed: int, epoch: int, shuffle: bool) -> list
 
 def _segments(index: ShardIndex, order: list[int], ranges: list[tuple[int, int, bool]]) -> list[Segment]:
     """Global-order position ranges ``(lo, hi, padding)`` → shard segments."""
+    shards = [index.shards[i] for i in order]
+    ends = np.cumsum([s.count for s in shards]).tolist()
     out: list[Segment] = []
     for lo, hi, padding in ranges:
-        offset = 0
-        for i in order:
-            s = index.shards[i]
+        i = bisect.bisect_left(ends, lo)            # the first shard that ends at or after lo
+        while i < len(shards):
+            s = shards[i]
+            offset = ends[i] - s.count
+            if offset > hi:
+                break
             a, b = max(lo, offset), min(hi, offset + s.count)
             if a < b:
                 out.append(Segment(s.url, a - offset, b - offset, s.count, padding, s.class_counts))
             elif s.count == 0 and not padding and (lo <= offset < hi or offset == hi == index.total):
                 out.append(Segment(s.url, 0, 0, 0, False, s.class_counts))   # read to check it is empty
-            offset += s.count
+            i += 1
+    return out
+
+
+def _merged(pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Increasing position ranges with the adjacent ones joined (empty ones dropped)."""
+    out: list[tuple[int, int]] = []
+    for a, b in pieces:
+        if a >= b:
+            continue
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
     return out
 
 
@@ -170,12 +193,20 @@ def plan_epoch(index: ShardIndex, *, seed: int, epoch: int, batch_size: int, wor
     synthetic = [cum[0]] + [cum[j] - cum[j - 1] for j in range(1, num_batches)]
     real_sizes = [o - s for o, s in zip(out_sizes, synthetic)]
 
+    # rank positions of each batch's real rows: shuffled, a worker reads one contiguous run for all
+    # its batches (streamed); in dataset order (no shuffle), the runs of its own batches
+    firsts = [0, *itertools.accumulate(real_sizes)]
     workers, cursor = [], 0
     for w in range(k):
         ids = tuple(range(w, num_batches, k))
         sizes = tuple(real_sizes[j] for j in ids)
         n = sum(sizes)
-        ranges, padded = _rank_ranges(total, rank_start, rank_real, cursor, cursor + n)
+        pieces = [(firsts[j], firsts[j + 1]) for j in ids] if not shuffle else [(cursor, cursor + n)]
+        ranges, padded = [], 0
+        for p0, p1 in _merged(pieces):
+            more, extra = _rank_ranges(total, rank_start, rank_real, p0, p1)
+            ranges += more
+            padded += extra
         workers.append(WorkerPlan(w, ids, sizes, tuple(_segments(index, order, ranges)), padded))
         cursor += n
     return EpochPlan(epoch, rank, world_size, k, batch_size, num_batches, tuple(synthetic),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .decode_limits import DecodeLimits
 from .epoch_plan import Segment
@@ -45,73 +45,106 @@ def _key_of(sample) -> str | None:
 
 def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None = None,
                  label_of: Callable[[dict], int | None] | None = None, keep_places: bool = False) -> Iterator:
-    """Yield raw samples ``seg.start..seg.stop`` of one shard (dicts of bytes).
+    """Yield raw samples ``seg.start..seg.stop`` of one shard (dicts of bytes); see :func:`read_run`."""
+    return read_run((seg,), handle, limits, label_of, keep_places)
+
+
+def shard_runs(segments: Iterable[Segment]) -> Iterator[list[Segment]]:
+    """Consecutive segments of one indexed shard, each starting at or after the last one's
+    stop, grouped to be read in one pass (a worker reading its batches in dataset order has
+    one segment per batch in each shard)."""
+    run: list[Segment] = []
+    for seg in segments:
+        if run and seg.url == run[-1].url and seg.shard_count == run[-1].shard_count > 0 \
+                and seg.start >= run[-1].stop:
+            run.append(seg)
+            continue
+        if run:
+            yield run
+        run = [seg]
+    if run:
+        yield run
+
+
+def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits | None = None,
+             label_of: Callable[[dict], int | None] | None = None, keep_places: bool = False) -> Iterator:
+    """Yield the raw samples of ``run``, segments of one shard in increasing, disjoint order
+    (:func:`shard_runs`), in one pass over the shard; samples outside them are passed over.
 
     The reader of a shard's last planned segment has read the whole shard (tar is
     sequential), so with ``label_of`` it checks the index's per-class counts too.
 
     With ``keep_places`` (an index's planned segments), a sample the reader drops (a refused
     member, a repeated key) and the samples a missing, corrupt or short shard did not hold
-    are :data:`~.errors.LOST` in their places, so the segment yields exactly ``seg.size``
-    items and every later sample keeps its planned position.
+    are :data:`~.errors.LOST` in their places, so the run yields exactly its segments' sizes
+    and every later sample keeps its planned position.
 
     An error about a sample is handled (raised or counted) only by the reader whose segment
-    holds the sample: a reader passes over the samples before its segment, and samples no
+    holds the sample: a reader passes over the samples outside its segments, and samples no
     segment plans (``drop_last``) are never used. A wrap-around ``padding`` segment re-reads
-    samples another reader reads: under ``"skip"`` it counts nothing."""
+    samples another reader reads: under ``"skip"`` what it loses is not counted."""
     limits = limits or DecodeLimits()
-    pos, key = 0, None
-    known = seg.shard_count != UNKNOWN
-    counts_here = handle.on_error == "raise" or not seg.padding
-    check_classes = label_of is not None and seg.class_counts is not None and not seg.padding \
-        and seg.stop == seg.shard_count and known
+    url, count, final = run[0].url, run[0].shard_count, run[-1]
+    pos, key, r = 0, None, 0                 # r: the segment that holds or follows ``pos``
+    known = count != UNKNOWN
+    raising = handle.on_error == "raise"
+    check_classes = label_of is not None and final.class_counts is not None and not final.padding \
+        and final.stop == count and known
     found: Counter = Counter()
 
+    def counted(seg: Segment) -> bool:
+        return raising or not seg.padding
+
+    def left(only_counted: bool) -> int:             # places of the run not read yet
+        return sum(max(0, s.stop - max(pos, s.start)) for s in run[r:] if counted(s) or not only_counted)
+
     def owned(err: StreamError) -> None:          # about the sample at ``pos``
-        if counts_here and (not known or seg.start <= pos < seg.stop):
+        seg = run[r]
+        if counted(seg) and (not known or seg.start <= pos < seg.stop):
             handle(err)
 
     def report(err: StreamError) -> None:          # an error about this reader's own part
-        if counts_here:
+        if any(counted(s) for s in run[r:]):
             handle(err)
 
     def lost_places() -> Iterator:
         if keep_places and known:
-            yield from itertools.repeat(LOST, max(0, seg.stop - max(pos, seg.start)))
+            yield from itertools.repeat(LOST, left(False))
 
     try:
-        stream = open_shard(seg.url, limits.read_timeout)
+        stream = open_shard(url, limits.read_timeout)
     except FileNotFoundError:
-        report(StreamError("missing_shard", "shard does not exist", shard=seg.url, value=seg.url, lost=seg.size))
+        report(StreamError("missing_shard", "shard does not exist", shard=url, value=url, lost=left(True)))
         yield from lost_places()
         return
     except Exception as e:
-        report(StreamError("unreadable_shard", f"shard cannot be opened: {e}", shard=seg.url,
-                           value=seg.url, lost=seg.size))
+        report(StreamError("unreadable_shard", f"shard cannot be opened: {e}", shard=url, value=url,
+                           lost=left(True)))
         yield from lost_places()
         return
     try:
-        samples = shard_samples(seg.url, stream, limits, owned, keep_places=keep_places and known)
-        if seg.shard_count == 0:                    # listed as empty: read it to make sure
+        samples = shard_samples(url, stream, limits, owned, keep_places=keep_places and known)
+        if count == 0:                              # listed as empty: read it to make sure
             if (extra := next(samples, None)) is not None:
                 report(StreamError("index_mismatch", "index says the shard holds 0 samples; they are ignored",
-                                   shard=seg.url, key=_key_of(extra), value=1 + sum(1 for _ in samples)))
+                                   shard=url, key=_key_of(extra), value=1 + sum(1 for _ in samples)))
             return
         for sample in samples:
             key = _key_of(sample) or key
             if check_classes:
                 found[None if sample is LOST else label_of(sample)] += 1    # a lost one: counts unknown
+            seg = run[r]
             in_range = pos >= seg.start
             pos += 1
-            last = pos == seg.stop
-            if last and seg.stop == seg.shard_count and known and (extra := next(samples, None)) is not None:
+            last = pos == final.stop
+            if last and final.stop == count and known and (extra := next(samples, None)) is not None:
                 # Raised (or counted) before the last planned sample is handed on; the
                 # extras are not in the plan, so under "skip" they are counted and ignored.
                 extras = 1 + sum(1 for _ in samples)
                 report(StreamError("index_mismatch", f"shard holds {extras} more samples than the index count "
-                                   f"{seg.shard_count}; extras are ignored", shard=seg.url,
+                                   f"{count}; extras are ignored", shard=url,
                                    key=_key_of(extra), value=pos + extras, lost=extras))
-            if last and check_classes and None not in found and (err := _class_count_error(seg, found)):
+            if last and check_classes and None not in found and (err := _class_count_error(final, found)):
                 report(err)
             if in_range:
                 if seg.padding and sample is not LOST:
@@ -119,18 +152,20 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
                 yield sample
             if last:
                 return
+            if pos == seg.stop:
+                r += 1
     except StreamError as e:
         if e.shard is None:
-            e = e.at_shard(seg.url)
+            e = e.at_shard(url)
         if known:                               # an index says how much is lost
-            e.lost = max(0, seg.stop - max(pos, seg.start))
+            e.lost = left(True)
         report(e)
         yield from lost_places()
         return
     except Exception as e:
         report(StreamError("corrupt_shard", f"tar stream is corrupt or truncated after {pos} samples: "
-                           f"{type(e).__name__}: {str(e).split(' @ ')[0]}", shard=seg.url, key=key,
-                           value=pos, lost=max(0, seg.stop - max(pos, seg.start))))
+                           f"{type(e).__name__}: {str(e).split(' @ ')[0]}", shard=url, key=key,
+                           value=pos, lost=left(True)))
         yield from lost_places()
         return
     finally:
@@ -140,14 +175,14 @@ def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None
                 close()
             except Exception:  # a pipe: closed early reports SIGPIPE; the data we used was complete
                 pass
-    if pos < seg.stop and known:
-        report(StreamError("index_mismatch", f"index says the shard holds {seg.shard_count} samples, "
-                           f"the stream ended after {pos}", shard=seg.url, key=key, value=pos,
-                           lost=seg.stop - max(pos, seg.start)))
+    if pos < final.stop and known:
+        report(StreamError("index_mismatch", f"index says the shard holds {count} samples, "
+                           f"the stream ended after {pos}", shard=url, key=key, value=pos,
+                           lost=left(True)))
         yield from lost_places()
 
 
 def read_segments(segments: Iterable[Segment], handle: ErrorHandler, limits: DecodeLimits | None = None,
                   label_of: Callable[[dict], int | None] | None = None, keep_places: bool = False) -> Iterator:
-    for seg in segments:
-        yield from read_segment(seg, handle, limits, label_of, keep_places)
+    for run in shard_runs(segments):
+        yield from read_run(run, handle, limits, label_of, keep_places)

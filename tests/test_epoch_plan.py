@@ -1,10 +1,14 @@
 """Rank × worker splits: disjoint, complete, equal length; padding is flagged and counted."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import webdataset as wds
 
-from shard_factory import good_members, write_custom
+from shard_factory import good_members, npy_bytes, write_custom
 from streamaug.loader import StreamLoader, plan_epoch
+from streamaug.cli import main as cli_main
+from streamaug.loader.tar_reader import shard_runs
 
 
 def stream(index, world, rank, workers, batch_size, **kw):
@@ -94,3 +98,60 @@ def test_plan_rejects_bad_arguments(npy_shards, kwargs, message):
     index, _, _ = npy_shards
     with pytest.raises(ValueError, match=message):
         plan_epoch(index, seed=0, epoch=0, **kwargs)
+
+
+def shardwriter_corpus(n: int = 40, maxcount: int = 9) -> str:
+    """``n`` samples written by webdataset's ShardWriter into the working directory, indexed
+    by the CLI; returns the brace pattern (a relative path)."""
+    with wds.ShardWriter("part-%04d.tar", maxcount=maxcount, verbose=0) as sink:
+        for i in range(n):
+            sink.write({"__key__": f"img{i:05d}", "npy": npy_bytes(np.full((4, 4, 3), i, np.uint8)),
+                        "cls": str(i % 3).encode()})
+    pattern = f"part-{{0000..{(n - 1) // maxcount:04d}}}.tar"
+    assert cli_main(["index", pattern, "--quiet"]) == 0
+    return pattern
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+@pytest.mark.parametrize("batch_size", [4, 7])
+def test_without_shuffling_batches_come_in_dataset_order(tmp_path, monkeypatch, workers, batch_size):
+    """``shuffle=False`` is DataLoader's order for any number of workers: batch ``j`` holds samples
+    ``j*B ..``, so predictions line up with the dataset. Before, each worker read a contiguous part
+    and batches alternated between the parts (img00000-03, then img00020-23 with 2 workers)."""
+    monkeypatch.chdir(tmp_path)
+    pattern = shardwriter_corpus()
+    with StreamLoader(pattern, batch_size, False, num_workers=workers) as loader:
+        batches = [(b.keys, b[0][:, 0, 0, 0].tolist()) for b in loader]
+    want = [f"img{i:05d}" for i in range(40)]
+    assert [k for keys, _ in batches for k in keys] == want
+    assert [v for _, values in batches for v in values] == list(range(40)), "each key's own image"
+    assert [len(keys) for keys, _ in batches] == [batch_size] * (40 // batch_size) + [40 % batch_size] * (40 % batch_size > 0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_without_shuffling_ranks_hold_consecutive_slices_in_order(tmp_path, monkeypatch, workers):
+    monkeypatch.chdir(tmp_path)
+    pattern = shardwriter_corpus(n=41)
+    keys = []
+    for rank in range(2):
+        with StreamLoader(pattern, 4, False, num_workers=workers, world_size=2, rank=rank) as loader:
+            keys.append([k for b in loader for k, p in zip(b.keys, b.is_padding.tolist()) if not p])
+    assert keys[0] == [f"img{i:05d}" for i in range(21)]
+    assert keys[1] == [f"img{i:05d}" for i in range(21, 41)]      # its 21st row is a flagged repeat
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_each_worker_reads_each_shard_in_one_pass(npy_shards, shuffle):
+    """In dataset order a worker has one segment per batch in a shard: they are read in one pass
+    (re-opening the shard per batch would read it from the start each time)."""
+    index, _, _ = npy_shards
+    plan = plan_epoch(index, seed=3, epoch=1, batch_size=3, num_workers=3, shuffle=shuffle)
+    for wp in plan.workers:
+        runs = list(shard_runs(wp.segments))
+        assert len(runs) == len({seg.url for seg in wp.segments}), "one pass per shard"
+        planned = [(seg.url, p) for seg in wp.segments for p in range(seg.start, seg.stop)]
+        assert len(planned) == wp.real_total == sum(seg.size for run in runs for seg in run)
+    rows = [r for wp in plan.workers for r in ((seg.url, p) for seg in wp.segments for p in range(seg.start, seg.stop))]
+    assert sorted(rows) == sorted(set(rows)) and len(rows) == index.total, "every sample once"
+    if not shuffle:
+        assert len(plan.workers[0].segments) > len(index.shards), "the batches interleave"

@@ -46,13 +46,19 @@ LOST_KEYS = {"duplicate_key": ["s_00002"], "member_too_large": ["s_00002"], "sho
              "missing_shard": [f"s_{i:05d}" for i in range(100, 104)]}
 
 
+# shuffle=0: dataset order (a worker reads its batches' runs, passing over the others');
+# shuffle=1: shard order shuffled without a buffer (a worker reads one contiguous run)
+LAYOUTS = pytest.mark.parametrize("shuffle", [0, 1], ids=["dataset-order", "contiguous"])
+
+
+@LAYOUTS
 @pytest.mark.parametrize("kind", sorted(LOST_KEYS))
 @pytest.mark.parametrize("workers", [0, 2])
-def test_reader_losses_keep_their_places(tmp_path, kind, workers):
+def test_reader_losses_keep_their_places(tmp_path, kind, workers, shuffle):
     """Row for row, the batches equal those of the same shards with nothing lost, except that each
     lost sample's row is padding."""
     def rows(index):
-        with StreamLoader(index.urls, batch_size=4, num_workers=workers, shuffle=0, on_error="skip", device="cpu",
+        with StreamLoader(index.urls, batch_size=4, num_workers=workers, shuffle=shuffle, on_error="skip", device="cpu",
                           index=index, max_member_bytes=2048) as loader:
             out = [(k, bool(p)) for b in loader for k, p in zip(b.keys, b.is_padding.tolist())]
             return out, dict(loader.stats.skipped)
@@ -75,16 +81,18 @@ def one_shard_losing_one(tmp: str, kind: str):
     return write_custom(tmp, {"a.tar": members}, {"a.tar": [10, 10]})
 
 
+@LAYOUTS
 @pytest.mark.parametrize("kind", ["member_too_large", "duplicate_key"])
 @pytest.mark.parametrize("workers,world_size", [(0, 1), (2, 1), (3, 1), (0, 2), (2, 3)])
-def test_one_loss_is_counted_once_however_many_readers_pass_it(tmp_path, kind, workers, world_size):
+def test_one_loss_is_counted_once_however_many_readers_pass_it(tmp_path, kind, workers, world_size, shuffle):
     """Before, every reader of a later part of the shard counted it again on its way there, and the
     shard's short count was counted once more as ``index_mismatch``."""
     index = one_shard_losing_one(str(tmp_path), kind)
     total: dict = {}
     for rank in range(world_size):
-        with StreamLoader(index.urls, batch_size=2, num_workers=workers, shuffle=0, on_error="skip", device="cpu",
-                          index=index, max_member_bytes=2048, world_size=world_size, rank=rank) as loader:
+        with StreamLoader(index.urls, batch_size=2, num_workers=workers, shuffle=shuffle, on_error="skip",
+                          device="cpu", index=index, max_member_bytes=2048, world_size=world_size,
+                          rank=rank) as loader:
             list(loader)
             for reason, n in loader.stats.skipped.items():
                 total[reason] = total.get(reason, 0) + n

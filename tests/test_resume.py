@@ -9,8 +9,8 @@ from loader_states import state_after
 from streamaug.loader import StreamLoader
 
 
-def make(index, workers):
-    return StreamLoader(index.urls, batch_size=7, num_workers=workers, seed=11, shuffle=20)
+def make(index, workers, shuffle=20):
+    return StreamLoader(index.urls, batch_size=7, num_workers=workers, seed=11, shuffle=shuffle)
 
 
 def flat(batches):
@@ -22,22 +22,23 @@ def same(a, b):
                                     for (ka, xa, ya), (kb, xb, yb) in zip(a, b))
 
 
+@pytest.mark.parametrize("shuffle", [20, 0], ids=["buffer", "dataset-order"])
 @pytest.mark.parametrize("workers", [0, 2, 3])
 @pytest.mark.parametrize("stop_at", ["start", "middle", "middle_odd", "end"])
-def test_resume_gives_identical_remaining_batches(npy_shards, workers, stop_at):
+def test_resume_gives_identical_remaining_batches(npy_shards, workers, stop_at, shuffle):
     index, _, _ = npy_shards
-    reference = make(index, workers)
+    reference = make(index, workers, shuffle)
     epoch0 = flat(reference)
     epoch1 = flat(reference)
     cut = {"start": 0, "middle": 6, "middle_odd": 7, "end": len(epoch0)}[stop_at]
 
-    first = make(index, workers)
+    first = make(index, workers, shuffle)
     it = iter(first)
     seen = flat(next(it) for _ in range(cut))
     state = first.state_dict()
     del it, first
 
-    resumed = make(index, workers)
+    resumed = make(index, workers, shuffle)
     resumed.load_state_dict(state)
     rest = flat(resumed)
     if stop_at == "end":            # a finished epoch resumes into the next one
@@ -46,7 +47,7 @@ def test_resume_gives_identical_remaining_batches(npy_shards, workers, stop_at):
         assert same(seen + rest, epoch0)
     if stop_at == "end":            # the last batch handed on moved the position to the next epoch
         assert (state["epoch"], state["batches_done"]) == (1, 0)
-        older = make(index, workers)    # states saved as (epoch, all its batches) before 0.2 say the same
+        older = make(index, workers, shuffle)    # states saved as (epoch, all its batches) before 0.2 say the same
         older.load_state_dict(dict(state, epoch=0, batches_done=cut))
         assert same(flat(older), epoch1)
     else:
