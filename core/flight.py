@@ -109,6 +109,33 @@ class BatchInFlight:
         self.is_synthetic = torch.cat([self.is_synthetic, torch.tensor(synthetic, dtype=torch.bool)])
         self.is_padding = torch.cat([self.is_padding, torch.tensor(padding, dtype=torch.bool)])
 
+    def split(self, n: int) -> tuple["BatchInFlight", "BatchInFlight"]:
+        """The first ``n`` rows and the rest, as two batches (same ``batch_id``; counts stay on the first)."""
+        def part(sl: slice, stats: dict) -> BatchInFlight:
+            return BatchInFlight(self.images[sl], self.labels[sl], self.keys[sl], self.urls[sl], self.is_padding[sl],
+                                 self.batch_id, stats, is_synthetic=self.is_synthetic[sl],
+                                 provenance=self.provenance[sl], stages_done=self.stages_done,
+                                 targets=None if self.targets is None else self.targets[sl])
+        return part(slice(0, n), self.stats), part(slice(n, None), {})
+
+    @classmethod
+    def joined(cls, parts: list["BatchInFlight"], batch_id: int) -> "BatchInFlight":
+        """The rows of ``parts`` in order, as batch ``batch_id`` (decoded parts, whose counts the
+        loader has taken already: a part's ``stats`` must be empty)."""
+        if len(parts) == 1:
+            only = parts[0]
+            only.batch_id, only.last, only.slot_offset = batch_id, None, None
+            return only
+        if any(p.encoded is not None or p.stats for p in parts) or len({p.stages_done for p in parts}) > 1:
+            raise ValueError("only decoded batches whose counts were taken and whose stages are alike can be joined")
+        targets = None if parts[0].targets is None else torch.cat([p.targets for p in parts])
+        return cls(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                   [k for p in parts for k in p.keys], [u for p in parts for u in p.urls],
+                   torch.cat([p.is_padding for p in parts]), batch_id, {},
+                   is_synthetic=torch.cat([p.is_synthetic for p in parts]),
+                   provenance=[v for p in parts for v in p.provenance], stages_done=parts[0].stages_done,
+                   targets=targets)
+
     def permute(self, perm: np.ndarray) -> None:
         """Reorder every row field by ``perm``."""
         host = torch.from_numpy(np.asarray(perm, dtype=np.int64))

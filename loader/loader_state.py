@@ -11,6 +11,12 @@ carries a *fingerprint* of both, and :func:`check_fingerprint` refuses a state
 from a loader that would read it differently, naming each field that differs.
 Formats follow torchdata's ``StatefulDataLoader``: ``load_state_dict({})`` is a
 no-op, and a state taken after an epoch's last batch resumes at the next epoch.
+
+Without an index, a balancer in the main process has state of its own (the counts
+it has seen, its reservoirs), and the balanced rows are cut again into batches
+(``open_pass``), so a cut depends on every batch before it. Part-way through an
+epoch the state then holds the balancer's state and the counts *at the epoch's
+start* (``replays_epoch``), and the resumed pass replays the epoch from there.
 """
 from __future__ import annotations
 
@@ -70,6 +76,11 @@ def save_state(loader) -> dict:
     if loader.balance is not None:
         sd["balance"] = loader.balance.state_dict()   # {} with an index: the position is enough
         sd["balance_filled"] = bool(getattr(loader.balance, "_filled", False))   # its skips are in "stats"
+    if loader._rebatches and pos.batches_done > 0:   # noqa: SLF001 - part-way: replay from the epoch's start
+        start = loader._epoch_start                 # noqa: SLF001
+        if start is None or start[0] != pos.epoch:
+            raise RuntimeError(f"no record of epoch {pos.epoch}'s start to resume from (this is a bug)")
+        sd["balance"], sd["stats"], sd["replays_epoch"] = start[1], start[2], True
     return sd
 
 
@@ -78,6 +89,12 @@ def restore_state(loader, sd: dict) -> None:
     Counts in ``stats`` are restored only on the rank that saved them."""
     check_format(sd)
     check_fingerprint(sd["fingerprint"], fingerprint(loader))
+    replays = bool(sd.get("replays_epoch", False))
+    if loader._rebatches and sd["batches_done"] > 0 and not replays:     # noqa: SLF001
+        raise ValueError("this state was saved part-way through an epoch without an index by an earlier "
+                         "streamaug, whose balanced batches were cut differently; it can resume only at an "
+                         "epoch's start (a state saved after an epoch's last batch)")
+    loader._epoch_start = (sd["epoch"], sd.get("balance", {}), sd["stats"]) if replays else None   # noqa: SLF001
     if loader.balance is not None:
         loader.balance.load_state_dict(sd.get("balance", {}))
     loader.position.restore(sd["epoch"], sd["batches_done"], sd["explicit_epoch"])

@@ -1,10 +1,21 @@
 """A pass without an index: nothing is planned, so a resume replays the epoch's prefix
-and the last batch is known only when the input ends."""
+and the last batch is known only when the input ends.
+
+With a balancer (in this process), how many synthetic rows a batch gets is known only
+once the batch is read, and the epoch's last batch takes whatever is still due. The
+balanced rows are therefore cut again into batches of exactly ``batch_size``
+(:func:`rebatched`), so no batch is larger than asked for. A resume then replays the
+epoch from its start through the balancer, restored to its state at that start
+(``loader_state``): the cut depends on every batch before it.
+"""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from streamaug.core.flight import BatchInFlight
+
+from .batch import Batch
+from .plugin_stage import count_rows, finish_batch, seed_plugins
 
 
 def drop_batches(batches: Iterator[BatchInFlight], n: int) -> Iterator[BatchInFlight]:
@@ -24,3 +35,51 @@ def mark_last(batches: Iterator[BatchInFlight]) -> Iterator[BatchInFlight]:
     if pending is not None:
         pending.last = True
         yield pending
+
+
+def rebatched(parts: Iterator[BatchInFlight], batch_size: int, drop_last: bool) -> Iterator[BatchInFlight]:
+    """The rows of ``parts``, in order, cut into batches of exactly ``batch_size`` numbered
+    0, 1, ...; the last is shorter, or dropped with ``drop_last``."""
+    pending: list[BatchInFlight] = []
+    held, made = 0, 0
+    for part in parts:
+        if not len(part):
+            continue
+        pending.append(part)
+        held += len(part)
+        while held >= batch_size:
+            head, tail = BatchInFlight.joined(pending, made).split(batch_size)
+            yield head
+            made += 1
+            pending, held = ([tail] if len(tail) else []), len(tail)
+    if pending and not drop_last:
+        yield BatchInFlight.joined(pending, made)
+
+
+def balanced_parts(loader, batches: Iterator[BatchInFlight], epoch: int,
+                   check: Callable[[], None]) -> Iterator[BatchInFlight]:
+    """Each batch read, its counts taken, balanced (the balancer reseeded by the batch's own number)."""
+    for batch in batches:
+        check()
+        loader.stats.merge(batch.stats)
+        batch.stats = {}
+        with loader._stage_threads:                                     # noqa: SLF001
+            seed_plugins(loader, epoch, batch.batch_id, ("balance",))
+            balanced = loader.balance(batch, None)
+        yield balanced
+
+
+def balanced_open_pass(loader, batches: Iterator[BatchInFlight], epoch: int, start: int,
+                       check: Callable[[], None]) -> Iterator[tuple[Batch, bool]]:
+    """``(batch, is the epoch's last)`` from batch ``start`` on: the batches read (marked
+    ``last``) balanced and cut to ``batch_size`` rows, augmented and mixed per cut batch.
+    Batches before ``start`` (a resume replays the epoch) are counted, not augmented."""
+    pieces = rebatched(balanced_parts(loader, batches, epoch, check), loader.batch_size, loader.drop_last)
+    for piece in mark_last(pieces):
+        if piece.batch_id < start:
+            count_rows(loader, piece)
+            continue
+        with loader._stage_threads:                                     # noqa: SLF001
+            seed_plugins(loader, epoch, piece.batch_id, ("augment", "mixup"))
+            out = finish_batch(loader, piece)
+        yield out, bool(piece.last)

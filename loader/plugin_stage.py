@@ -16,18 +16,33 @@ from .batch import Batch
 from .epoch_plan import EpochPlan
 
 
+def seed_plugins(loader, epoch: int, batch_id: int, names=("balance", "augment", "mixup")) -> None:
+    """Reseed ``loader``'s plug-ins ``names`` for batch ``batch_id`` of ``epoch``."""
+    for name, base in loader._plugin_seeds.items():          # noqa: SLF001
+        if name in names:
+            getattr(loader, name).manual_seed(derive_seed(base, "batch", epoch, loader.rank, batch_id))
+
+
 def apply_plugins(loader, batch: BatchInFlight, plan: EpochPlan | None, epoch: int) -> Batch:
     """``loader``: the :class:`~streamaug.loader.StreamLoader` whose stages, seeds, stats
     and output format apply."""
-    for name, base in loader._plugin_seeds.items():          # noqa: SLF001
-        if not batch.stages_done:
-            getattr(loader, name).manual_seed(derive_seed(base, "batch", epoch, loader.rank, batch.batch_id))
+    if not batch.stages_done:
+        seed_plugins(loader, epoch, batch.batch_id)
     if loader.balance is not None and not batch.stages_done:
         batch = loader.balance(batch, None if plan is None else plan.synthetic[batch.batch_id])
+    return finish_batch(loader, batch)
+
+
+def count_rows(loader, batch: BatchInFlight) -> None:
     stats = loader.stats
     stats.real += int(batch.real.sum())
     stats.padded += int(batch.is_padding.sum())
     stats.synthetic += int(batch.is_synthetic.sum())
+
+
+def finish_batch(loader, batch: BatchInFlight) -> Batch:
+    """Count a balanced batch's rows, then augment, mix and format it."""
+    count_rows(loader, batch)
     labels = to_device(batch.labels, loader.device)
     if batch.stages_done:
         images = batch.images
@@ -44,4 +59,3 @@ def apply_plugins(loader, batch: BatchInFlight, plan: EpochPlan | None, epoch: i
                  is_synthetic=to_device(batch.is_synthetic, loader.device),
                  is_padding=to_device(batch.is_padding, loader.device), provenance=batch.provenance,
                  batch_id=batch.batch_id)
-

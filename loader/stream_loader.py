@@ -34,6 +34,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import Augmenter, Balancer, BindContext, Mixer
 from streamaug.core.seeding import derive_seed
 from streamaug.core.threads import IntraOpThreads, main_process_threads
@@ -48,7 +49,7 @@ from .dataloader_arguments import SHUFFLE_BUFFER, check_shuffle, read_worker_opt
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
 from .errors import LoaderStats, check_policy
 from .loader_state import restore_state, save_state
-from .open_pass import drop_batches, mark_last
+from .open_pass import balanced_open_pass, drop_batches, mark_last
 from .output_format import OutputFormat
 from .pass_position import PassPosition
 from .plugin_stage import apply_plugins
@@ -201,6 +202,7 @@ class StreamLoader:
         self._dataloader = None
         self.position = PassPosition()    # epoch, batches done, the current pass (see pass_position)
         self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
+        self._epoch_start = None          # no index, with a balancer: (epoch, balancer state, stats) at its start
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
         self.output.check_channels(channels)
 
@@ -329,28 +331,28 @@ class StreamLoader:
                                      "the shape most of the dataset's first 64 good samples share")
         offsets = None if plan is None or self.balance is None else \
             [0, *itertools.accumulate(plan.synthetic)]
+        rebatch = self._rebatches
         batches = worker_batches(self, serial, hold_last=plan is None)
-        if plan is None:                  # no index: resume replays the prefix (not sent to the device)
+        if plan is None and not rebatch:  # no index: resume replays the prefix (not sent to the device)
             batches = drop_batches(batches, start)
         batches = device_feed(batches, self.device, self._pin)
         if self.device_decoder is not None:
             batches = decode_ahead(batches, self.device_decoder, self.on_error)
         if plan is None:                  # know which batch is last
             batches = mark_last(batches)
+        if rebatch:                       # what a resume replays from (see open_pass and loader_state)
+            if start == 0:
+                self._epoch_start = (epoch, self.balance.state_dict(), self.stats.as_dict())
+            made = balanced_open_pass(self, batches, epoch, start, lambda: position.check_current(serial))
+        else:
+            made = self._finished(batches, plan, epoch, offsets, lambda: position.check_current(serial))
         if self._marker is not None:      # a pass superseded before it ended
             self._marker.close()
         marker = self._marker = pass_marker()   # accelerate's gradient accumulation: where the pass ends
         ended = False                     # the epoch's last batch was handed on
         try:
-            for batch in batches:
-                position.check_current(serial)
-                self.stats.merge(batch.stats)
-                if offsets is not None:
-                    batch.slot_offset = offsets[batch.batch_id]
-                with self._stage_threads:
-                    out = apply_plugins(self, batch, plan, epoch)
+            for out, last in made:
                 position.batches_done += 1
-                last = batch.last if plan is None else position.batches_done == plan.num_batches
                 if marker is not None:
                     marker.at_batch(last)
                 if last:
@@ -366,6 +368,23 @@ class StreamLoader:
             current = position.is_current(serial)      # (left part-way, it stays open: see new_iter)
             if not self.read_options.persistent and current:
                 self.close()              # DataLoader(persistent_workers=False): the workers end with the pass
+
+    def _finished(self, batches: Iterator[BatchInFlight], plan: EpochPlan | None, epoch: int,
+                  offsets: list[int] | None, check) -> Iterator[tuple[Batch, bool]]:
+        """``(batch, is the epoch's last)``: each batch read, through the plug-in stages."""
+        for batch in batches:
+            check()
+            self.stats.merge(batch.stats)
+            if offsets is not None:
+                batch.slot_offset = offsets[batch.batch_id]
+            with self._stage_threads:
+                out = apply_plugins(self, batch, plan, epoch)
+            yield out, bool(batch.last) if plan is None else self.position.batches_done + 1 == plan.num_batches
+
+    @property
+    def _rebatches(self) -> bool:
+        """No index and a balancer in this process: balanced rows are cut again to ``batch_size``."""
+        return self.index is None and self.balance is not None and not self.stages_in_workers
 
     def scan_rows(self, wanted):
         """Samples in index order whose label satisfies ``wanted`` (see ``ShardRowSource.scan``)."""

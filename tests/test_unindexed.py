@@ -210,3 +210,70 @@ def test_a_clear_minority_is_balanced_part_way_not_all_in_the_last_batch(shards)
     counts, per_batch = class_counts_and_synthetic(loader)
     assert counts == imblearn_counts(labels, "minority")
     assert sum(per_batch[:-1]) > 0.5 * sum(per_batch)
+
+
+def balanced_loader(urls, workers, **kw):
+    return StreamLoader(urls, batch_size=64, num_workers=workers, index=False, num_classes=3, seed=4,
+                        balance=ClassBalancer("auto"), **kw)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_balanced_batches_without_an_index_hold_batch_size_rows(shards, workers):
+    """Before, each batch held 64 real rows plus its synthetic ones (about 130 here), and the last one
+    everything still due (over 2,000 rows on 5000/300/50): a GPU sized for batch_size ran out."""
+    urls, labels = shards
+    loader = balanced_loader(urls, workers)
+    sizes, counts, keys = [], collections.Counter(), []
+    for b in loader:
+        sizes.append(len(b.keys))
+        counts.update(b.hard_labels[~b.is_padding].tolist())
+        keys += [k for k, s in zip(b.keys, b.is_synthetic.tolist()) if not s]
+    total = sum(imblearn_counts(labels, "auto").values())
+    assert sizes == [64] * (total // 64) + [total % 64] * (total % 64 > 0)
+    assert counts == imblearn_counts(labels, "auto") and sorted(keys) == sorted(set(keys))
+    assert len(keys) == len(labels), "every real sample once"
+    dropped = [len(b.keys) for b in balanced_loader(urls, workers, drop_last=True)]
+    assert dropped and set(dropped) == {64}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("stop_at", ["start", "middle", "in_the_last_batches", "end"])
+def test_resume_without_an_index_replays_the_epoch_to_the_same_batches_and_counts(shards, workers, stop_at):
+    """The cut into batches depends on every batch before it, so a resume replays the epoch from its
+    start, the balancer restored to its state there; counts are not counted twice."""
+    urls, _ = shards
+
+    def rows(batches):
+        return [(tuple(b.keys), b[0].clone(), b.is_synthetic.clone()) for b in batches]
+    whole = balanced_loader(urls, workers)
+    full = rows(whole)
+    full_stats = whole.stats.as_dict()                  # after one epoch
+    after = rows(whole)                                 # the next
+    cut = {"start": 0, "middle": 9, "in_the_last_batches": len(full) - 2, "end": len(full)}[stop_at]
+    first = balanced_loader(urls, workers)
+    it = iter(first)
+    head = rows(next(it) for _ in range(cut))
+    state = first.state_dict()
+    del it, first
+    resumed = balanced_loader(urls, workers)
+    resumed.load_state_dict(state)
+    tail = rows(resumed)
+    want = after if stop_at == "end" else full[cut:]
+    assert len(tail) == len(want)
+    assert all(a[0] == b[0] and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(tail, want))
+    assert all(a[0] == b[0] for a, b in zip(head, full))
+    if stop_at != "end":
+        assert resumed.stats.as_dict() == full_stats, "the replayed prefix is counted once"
+    if stop_at == "middle":
+        assert state["replays_epoch"] and state["stats"]["real"] == 0, "the state holds the epoch's start"
+
+
+def test_a_part_way_state_from_before_the_replay_is_refused(shards):
+    urls, _ = shards
+    first = balanced_loader(urls, 0)
+    it = iter(first)
+    next(it)
+    state = first.state_dict()
+    del state["replays_epoch"]
+    with pytest.raises(ValueError, match="earlier streamaug"):
+        balanced_loader(urls, 0).load_state_dict(state)
