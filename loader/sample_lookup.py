@@ -34,8 +34,7 @@ class ShardRowSource:
         info = self.index.shard(url)
         return Segment(url, 0, info.count, info.count, class_counts=info.class_counts)
 
-    def _labelled(self, urls: Iterable[str], on_error: str) -> Iterator[tuple[str, dict, int]]:
-        handle = ErrorHandler(on_error, LoaderStats())
+    def _labelled(self, urls: Iterable[str], handle: ErrorHandler) -> Iterator[tuple[str, dict, int]]:
         for url in urls:
             for raw in read_segment(self._segment(url), handle, self.decoder.limits):
                 try:
@@ -47,13 +46,13 @@ class ShardRowSource:
 
     def labels(self, wanted: Callable[[int], bool]) -> Iterator[tuple[str, str, int]]:
         """``(url, key, label)`` in index order for labels satisfying ``wanted``; no image is decoded."""
-        for url, raw, label in self._labelled(self.urls, "skip"):
+        for url, raw, label in self._labelled(self.urls, ErrorHandler("skip", LoaderStats())):
             if wanted(label):
                 yield url, raw["__key__"], label
 
-    def _rows(self, urls: Iterable[str], keep: Callable[[str, str, int], bool], on_error: str) -> Iterator[Row]:
-        handle = ErrorHandler(on_error, LoaderStats())
-        for url, raw, label in self._labelled(urls, on_error):
+    def _rows(self, urls: Iterable[str], keep: Callable[[str, str, int], bool],
+              handle: ErrorHandler) -> Iterator[Row]:
+        for url, raw, label in self._labelled(urls, handle):
             if not keep(url, raw["__key__"], label):
                 continue
             try:
@@ -65,7 +64,7 @@ class ShardRowSource:
 
     def scan(self, wanted: Callable[[int], bool]) -> Iterator[Row]:
         """Samples in index order whose label satisfies ``wanted(label)``; bad samples are passed over."""
-        return self._rows(self.urls, lambda url, key, label: wanted(label), "skip")
+        return self._rows(self.urls, lambda url, key, label: wanted(label), ErrorHandler("skip", LoaderStats()))
 
     def fetch(self, pairs: list[tuple[str, str]], transform=None,
               missing: str = "raise") -> dict[tuple[str, str], torch.Tensor]:
@@ -74,11 +73,15 @@ class ShardRowSource:
         wanted: dict[str, set[str]] = {}
         for url, key in pairs:
             wanted.setdefault(url, set()).add(key)
+        # read past a bad sample or a cut shard either way: what matters is whether the keys are found
+        problems = LoaderStats()
         found = {(url, key): row for url, key, _, row in
-                 self._rows(wanted, lambda url, key, label: key in wanted[url], "raise" if missing == "raise" else "skip")}
+                 self._rows(wanted, lambda url, key, label: key in wanted[url], ErrorHandler("skip", problems))}
         absent = [p for p in pairs if tuple(p) not in found]
         if absent and missing == "raise":
-            raise ValueError(f"saved state names samples that are not in their shards, e.g. {absent[0]!r}")
+            seen = "; ".join(f"{reason}: {msg}" for reason, msg in problems.examples.items())
+            raise ValueError(f"saved state names {len(absent)} samples that cannot be read from their shards, "
+                             f"e.g. {absent[0]!r}" + (f" (reading them: {seen})" if seen else ""))
         if transform is not None and found:
             order = list(found)
             found = dict(zip(order, transform(torch.stack([found[p] for p in order]))))
