@@ -109,14 +109,15 @@ class BatchInFlight:
         self.is_synthetic = torch.cat([self.is_synthetic, torch.tensor(synthetic, dtype=torch.bool)])
         self.is_padding = torch.cat([self.is_padding, torch.tensor(padding, dtype=torch.bool)])
 
-    def split(self, n: int) -> tuple["BatchInFlight", "BatchInFlight"]:
-        """The first ``n`` rows and the rest, as two batches (same ``batch_id``; counts stay on the first)."""
-        def part(sl: slice, stats: dict) -> BatchInFlight:
-            return BatchInFlight(self.images[sl], self.labels[sl], self.keys[sl], self.urls[sl], self.is_padding[sl],
-                                 self.batch_id, stats, is_synthetic=self.is_synthetic[sl],
-                                 provenance=self.provenance[sl], stages_done=self.stages_done,
-                                 targets=None if self.targets is None else self.targets[sl])
-        return part(slice(0, n), self.stats), part(slice(n, None), {})
+    def rows(self, start: int, stop: int, copy: bool = False) -> "BatchInFlight":
+        """Rows ``start..stop`` as a batch (same ``batch_id``, no counts): views of this batch's
+        tensors, or copies with ``copy`` (a view keeps all of this batch's rows alive)."""
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            return t[start:stop].clone() if copy else t[start:stop]
+        return BatchInFlight(cut(self.images), cut(self.labels), self.keys[start:stop], self.urls[start:stop],
+                             cut(self.is_padding), self.batch_id, {}, is_synthetic=cut(self.is_synthetic),
+                             provenance=self.provenance[start:stop], stages_done=self.stages_done,
+                             targets=None if self.targets is None else cut(self.targets))
 
     @classmethod
     def joined(cls, parts: list["BatchInFlight"], batch_id: int) -> "BatchInFlight":

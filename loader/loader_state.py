@@ -20,9 +20,11 @@ start* (``replays_epoch``), and the resumed pass replays the epoch from there.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import warnings
 
 FORMAT = "streamaug.StreamLoader/2"
 
@@ -71,16 +73,18 @@ def check_format(sd: dict) -> None:
 def save_state(loader) -> dict:
     pos = loader.position
     sd = {"format": FORMAT, "epoch": pos.epoch, "batches_done": pos.batches_done,
-          "explicit_epoch": pos.explicit_epoch, "rank": loader.rank, "fingerprint": fingerprint(loader),
+          "explicit_epoch": pos.explicit_epoch, "epoch_ended": pos.ended, "rank": loader.rank,
+          "fingerprint": fingerprint(loader),
           "stats": loader.stats.as_dict()}
     if loader.balance is not None:
         sd["balance"] = loader.balance.state_dict()   # {} with an index: the position is enough
         sd["balance_filled"] = bool(getattr(loader.balance, "_filled", False))   # its skips are in "stats"
-    if loader._rebatches and pos.batches_done > 0:   # noqa: SLF001 - part-way: replay from the epoch's start
-        start = loader._epoch_start                 # noqa: SLF001
-        if start is None or start[0] != pos.epoch:
-            raise RuntimeError(f"no record of epoch {pos.epoch}'s start to resume from (this is a bug)")
-        sd["balance"], sd["stats"], sd["replays_epoch"] = start[1], start[2], True
+    if loader._rebatches:                            # noqa: SLF001
+        start = loader._epoch_start                 # noqa: SLF001 - a pass begun and not over: replay it
+        replays = start is not None and pos.batches_done > 0 and not pos.ended
+        if replays:
+            sd["balance"], sd["stats"] = copy.deepcopy(start)
+        sd["replays_epoch"] = replays
     return sd
 
 
@@ -90,14 +94,16 @@ def restore_state(loader, sd: dict) -> None:
     check_format(sd)
     check_fingerprint(sd["fingerprint"], fingerprint(loader))
     replays = bool(sd.get("replays_epoch", False))
-    if loader._rebatches and sd["batches_done"] > 0 and not replays:     # noqa: SLF001
-        raise ValueError("this state was saved part-way through an epoch without an index by an earlier "
-                         "streamaug, whose balanced batches were cut differently; it can resume only at an "
-                         "epoch's start (a state saved after an epoch's last batch)")
-    loader._epoch_start = (sd["epoch"], sd.get("balance", {}), sd["stats"]) if replays else None   # noqa: SLF001
+    if loader._rebatches and sd["batches_done"] > 0 and "replays_epoch" not in sd:     # noqa: SLF001
+        warnings.warn("this state was saved by an earlier streamaug, which cut balanced batches without an "
+                      "index differently; if it was saved part-way through an epoch, the resume replays the "
+                      "epoch from the balancer's saved state, and the batches after the resume point differ "
+                      "from an unbroken run's", RuntimeWarning, stacklevel=3)
+        replays = True
+    loader._epoch_start = copy.deepcopy((sd.get("balance", {}), sd["stats"])) if replays else None   # noqa: SLF001
     if loader.balance is not None:
         loader.balance.load_state_dict(sd.get("balance", {}))
-    loader.position.restore(sd["epoch"], sd["batches_done"], sd["explicit_epoch"])
+    loader.position.restore(sd["epoch"], sd["batches_done"], sd["explicit_epoch"], sd.get("epoch_ended", False))
     loader.stats.__init__()                   # in place: a bound balancer counts into this object
     restored = sd["rank"] == loader.rank
     if restored:

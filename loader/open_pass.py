@@ -39,7 +39,9 @@ def mark_last(batches: Iterator[BatchInFlight]) -> Iterator[BatchInFlight]:
 
 def rebatched(parts: Iterator[BatchInFlight], batch_size: int, drop_last: bool) -> Iterator[BatchInFlight]:
     """The rows of ``parts``, in order, cut into batches of exactly ``batch_size`` numbered
-    0, 1, ...; the last is shorter, or dropped with ``drop_last``."""
+    0, 1, ...; the last is shorter, or dropped with ``drop_last``. A batch cut from a part of
+    more than twice ``batch_size`` rows (the epoch's end) is a copy, so it does not keep the
+    whole part alive."""
     pending: list[BatchInFlight] = []
     held, made = 0, 0
     for part in parts:
@@ -47,11 +49,17 @@ def rebatched(parts: Iterator[BatchInFlight], batch_size: int, drop_last: bool) 
             continue
         pending.append(part)
         held += len(part)
-        while held >= batch_size:
-            head, tail = BatchInFlight.joined(pending, made).split(batch_size)
-            yield head
+        if held < batch_size:
+            continue
+        whole = BatchInFlight.joined(pending, made)
+        full, large = held // batch_size, held > 2 * batch_size
+        for i in range(full):
+            piece = whole.rows(i * batch_size, (i + 1) * batch_size, copy=large)
+            piece.batch_id = made
             made += 1
-            pending, held = ([tail] if len(tail) else []), len(tail)
+            yield piece
+        rest = whole.rows(full * batch_size, held, copy=True) if held % batch_size else None
+        pending, held = ([rest] if rest is not None else []), held % batch_size
     if pending and not drop_last:
         yield BatchInFlight.joined(pending, made)
 

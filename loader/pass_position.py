@@ -28,15 +28,17 @@ class PassPosition:
         self.resume_pending = False       # load_state_dict set the position; the next pass starts there
         self.serial = 0                   # the current pass's number (see check_current)
         self.open_pass: int | None = None  # an iter() pass begun and not at its end (left or running)
+        self.ended = False                # set_epoch's epoch handed on its last batch (its length is now known)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.batches_done, self.resume_pending = 0, False
+            self.batches_done, self.resume_pending, self.ended = 0, False, False
         self.epoch, self.explicit_epoch = int(epoch), True
 
-    def restore(self, epoch: int, batches_done: int, explicit_epoch: bool) -> None:
+    def restore(self, epoch: int, batches_done: int, explicit_epoch: bool, ended: bool = False) -> None:
         """A saved position; the next pass resumes there."""
         self.epoch, self.batches_done, self.explicit_epoch = epoch, batches_done, explicit_epoch
+        self.ended = ended
         self.resume_pending = True
 
     def new_iter(self) -> None:
@@ -48,13 +50,17 @@ class PassPosition:
     def begin(self, start: int | None, num_batches: Callable[[int], int | None],
               open_until_end: bool) -> tuple[int, int] | None:
         """Start a pass at batch ``start`` (``None``: 0, or the resume point) of the current epoch,
-        whose length ``num_batches(epoch)`` gives (``None``: unknown). Returns ``(start, serial)``,
-        or ``None`` when nothing is left (``set_epoch``'s epoch was resumed after its end).
-        ``open_until_end``: the pass counts as open (see :meth:`new_iter`) until it ends."""
+        whose length ``num_batches(epoch)`` gives (``None``: unknown, unless the epoch was handed
+        on to its end). Returns ``(start, serial)``, or ``None`` when nothing is left (``set_epoch``'s
+        epoch was resumed after its end). ``open_until_end``: the pass counts as open (see
+        :meth:`new_iter`) until it ends."""
         if start is None:
             start = self.batches_done if self.resume_pending else 0
         self.resume_pending = False
         total = num_batches(self.epoch)
+        if total is None and self.ended:
+            total = self.batches_done
+        self.ended = False
         if total is not None and start >= total:       # a state taken after the epoch's last batch
             if self.explicit_epoch:       # set_epoch's epoch is over: nothing is left of it
                 self.batches_done = start
@@ -83,10 +89,12 @@ class PassPosition:
         epoch; after ``set_epoch`` (whose caller chooses the next epoch) it says this one is over."""
         if self.open_pass == serial:
             self.open_pass = None
-        if not self.explicit_epoch:
+        if self.explicit_epoch:
+            self.ended = True
+        else:
             self.advance()
 
     def advance(self) -> None:
-        self.batches_done = 0
+        self.batches_done, self.ended = 0, False
         if not self.explicit_epoch:
             self.epoch += 1

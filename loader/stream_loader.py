@@ -202,7 +202,7 @@ class StreamLoader:
         self._dataloader = None
         self.position = PassPosition()    # epoch, batches done, the current pass (see pass_position)
         self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
-        self._epoch_start = None          # no index, with a balancer: (epoch, balancer state, stats) at its start
+        self._epoch_start = None          # no index, with a balancer: (balancer state, stats) as the pass began
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
         self.output.check_channels(channels)
 
@@ -262,7 +262,8 @@ class StreamLoader:
             if self.stages_in_workers else None
         if self.index is None:
             self._stream = WorkerStream(self._settings, urls=self.urls, batch_size=self.batch_size,
-                                        world_size=ws, rank=rk, stages=stages, drop_last=self.drop_last)
+                                        world_size=ws, rank=rk, stages=stages,
+                                        drop_last=self.drop_last and not self._rebatches)   # (else the re-cut drops)
         else:
             synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
             spec = PlanSpec(self.index, self.seed, self.batch_size, ws, rk, self.read_workers, self.drop_last,
@@ -342,7 +343,7 @@ class StreamLoader:
             batches = mark_last(batches)
         if rebatch:                       # what a resume replays from (see open_pass and loader_state)
             if start == 0:
-                self._epoch_start = (epoch, self.balance.state_dict(), self.stats.as_dict())
+                self._epoch_start = (self.balance.state_dict(), self.stats.as_dict())
             made = balanced_open_pass(self, batches, epoch, start, lambda: position.check_current(serial))
         else:
             made = self._finished(batches, plan, epoch, offsets, lambda: position.check_current(serial))
@@ -358,6 +359,7 @@ class StreamLoader:
                 if last:
                     position.end_epoch(serial)
                     ended = True
+                    self._epoch_start = None      # over: a state now holds the balancer as it is
                 yield out
             if not ended:                 # no batch at all
                 position.end_epoch(serial)

@@ -97,6 +97,29 @@ def test_lightning_epoch_number_reaches_the_loader_through_sampler_set_epoch(dig
     assert [r["keys"] for r in model.seen if r["stage"] == "train"] == [list(b.keys) for b in twin]
 
 
+def test_an_index_free_balanced_loader_checkpoints_each_epoch_and_resumes(digits, tmp_path, monkeypatch):
+    """Without an index, Lightning fetches a pass's first batch before it calls ``set_epoch``; the
+    end-of-epoch checkpoint then asked the loader for a state it had no record of (RuntimeError
+    at e09ce05). Batches hold ``BATCH`` rows, the epoch's last one at most."""
+    from digits_shards import BATCH
+    monkeypatch.chdir(tmp_path)
+
+    def fit(epochs: int, resume: str | None = None) -> tuple[TinyDigits, object]:
+        train, _ = make_loaders(*digits, index=False, num_classes=10, channels=1)
+        saver = L.pytorch.callbacks.ModelCheckpoint(dirpath=f"ckpt{epochs}", save_on_train_epoch_end=True)
+        model = TinyDigits()
+        L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, callbacks=[saver], logger=False,
+                  enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                  deterministic=True).fit(model, train, ckpt_path=resume)
+        return model, saver
+    first, saver = fit(1)
+    resumed, _ = fit(2, saver.best_model_path)
+    for model in (first, resumed):
+        sizes = [len(r["keys"]) for r in model.seen if r["stage"] == "train"]
+        assert sizes and all(n == BATCH for n in sizes[:-1]) and 0 < sizes[-1] <= BATCH, sizes
+    assert {r["epoch"] for r in resumed.seen} == {1}
+
+
 # ------------------------------------------------------------------ (b) DDP, 2 processes
 def run_job(digits, out, tag, *extra):
     cmd = [sys.executable, os.path.join(SCRIPTS, "lightning_job.py"), "--train", digits[0], "--val", digits[1],

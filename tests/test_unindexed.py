@@ -268,12 +268,107 @@ def test_resume_without_an_index_replays_the_epoch_to_the_same_batches_and_count
         assert state["replays_epoch"] and state["stats"]["real"] == 0, "the state holds the epoch's start"
 
 
-def test_a_part_way_state_from_before_the_replay_is_refused(shards):
+def test_a_part_way_state_from_before_the_replay_warns_and_resumes(shards):
     urls, _ = shards
     first = balanced_loader(urls, 0)
     it = iter(first)
     next(it)
     state = first.state_dict()
     del state["replays_epoch"]
-    with pytest.raises(ValueError, match="earlier streamaug"):
-        balanced_loader(urls, 0).load_state_dict(state)
+    resumed = balanced_loader(urls, 0)
+    with pytest.warns(RuntimeWarning, match="earlier streamaug"):
+        resumed.load_state_dict(state)
+    assert all(len(b.keys) <= 64 for b in resumed)
+
+
+@pytest.mark.parametrize("resume_with_set_epoch", [True, False])
+def test_a_state_after_set_epochs_last_batch_resumes_the_next_epoch_exactly(shards, resume_with_set_epoch):
+    """The manual loop: ``set_epoch(e)``, a full pass, save. That state is the epoch's end, not a point
+    part-way: it holds the balancer as it is (at e09ce05 it held the epoch's start, so the next epoch
+    drew from the wrong reservoir and the counts went back to 0)."""
+    urls, _ = shards
+
+    def rows(loader):
+        return [(tuple(b.keys), b[0].clone()) for b in loader]
+    whole = balanced_loader(urls, 0)
+    whole.set_epoch(0)
+    rows(whole)
+    stats0 = whole.stats.as_dict()
+    whole.set_epoch(1)
+    want = rows(whole)
+    first = balanced_loader(urls, 0)
+    first.set_epoch(0)
+    rows(first)
+    state = first.state_dict()
+    assert state["epoch_ended"] and not state["replays_epoch"] and state["stats"] == stats0
+    resumed = balanced_loader(urls, 0)
+    resumed.load_state_dict(state)
+    assert resumed.stats.as_dict() == stats0
+    if not resume_with_set_epoch:
+        assert rows(resumed) == [], "nothing is left of set_epoch's epoch (as with an index)"
+    resumed.set_epoch(1)
+    got = rows(resumed)
+    assert len(got) == len(want) and all(a[0] == b[0] and torch.equal(a[1], b[1]) for a, b in zip(got, want))
+    assert resumed.stats.as_dict() == whole.stats.as_dict()
+
+
+def test_set_epoch_after_a_pass_began_still_gives_a_state(shards):
+    """Lightning's order without an index: ``iter()``, one batch fetched ahead, then ``set_epoch``."""
+    urls, _ = shards
+    loader = balanced_loader(urls, 0)
+    it = iter(loader)
+    next(it)
+    loader.set_epoch(1)
+    next(it)
+    state = loader.state_dict()
+    assert (state["epoch"], state["batches_done"], state["replays_epoch"]) == (1, 1, True)
+    resumed = balanced_loader(urls, 0)
+    resumed.load_state_dict(state)
+    assert all(len(b.keys) <= 64 for b in resumed)
+
+
+def test_a_saved_state_is_a_copy(shards):
+    urls, _ = shards
+    loader = balanced_loader(urls, 0)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    state["stats"]["real"] = 10 ** 6
+    state["balance"]["seen_epoch"][0] = 10 ** 6
+    again = loader.state_dict()
+    assert again["stats"]["real"] == 0 and again["balance"]["seen_epoch"][0] != 10 ** 6
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_drop_last_without_an_index_drops_only_the_recut_partial_batch(shards, workers):
+    """The reading workers keep their partial batches; only the re-cut's last one is dropped (at
+    e09ce05 both were, and 144 rows went)."""
+    urls, labels = shards
+    kept = [b for b in balanced_loader(urls, workers, drop_last=True)]
+    real = [k for b in kept for k, s in zip(b.keys, b.is_synthetic.tolist()) if not s]
+    total = sum(imblearn_counts(labels, "auto").values())
+    assert [len(b.keys) for b in kept] == [64] * (total // 64)
+    assert len(real) == len(set(real)) >= len(labels) - 63
+
+
+def test_a_state_restores_its_reservoirs_past_a_cut_shard(shards, tmp_path):
+    """Restoring the reservoirs reads their samples back by key; a shard cut short after them (read
+    under on_error="skip") made the restore raise the shard's StreamError."""
+    urls, labels = shards
+    cut = tmp_path / "cut.tar"
+    data = open(urls[0], "rb").read()
+    cut.write_bytes(data[:len(data) // 2])
+    files = [str(cut)] + list(urls[1:])
+
+    def make():
+        return StreamLoader(files, batch_size=64, index=False, num_classes=3, seed=4, on_error="skip",
+                            balance=ClassBalancer("auto"))
+    whole = make()
+    list(whole)
+    want = [tuple(b.keys) for b in whole]
+    first = make()
+    list(first)
+    assert first.stats.skipped["truncated_shard"] == 1
+    resumed = make()
+    resumed.load_state_dict(first.state_dict())
+    assert [tuple(b.keys) for b in resumed] == want
