@@ -8,6 +8,7 @@ import pytest
 import torch
 from imblearn.over_sampling import SMOTE as ImbSMOTE
 
+from loader_states import state_after
 from streamaug.loader import StreamLoader, write_shards
 from streamaug.samplers import ClassBalancer
 
@@ -270,10 +271,7 @@ def test_resume_without_an_index_replays_the_epoch_to_the_same_batches_and_count
 
 def test_a_part_way_state_from_before_the_replay_warns_and_resumes(shards):
     urls, _ = shards
-    first = balanced_loader(urls, 0)
-    it = iter(first)
-    next(it)
-    state = first.state_dict()
+    state = state_after(lambda: balanced_loader(urls, 0), 1)
     del state["replays_epoch"]
     resumed = balanced_loader(urls, 0)
     with pytest.warns(RuntimeWarning, match="earlier streamaug"):
