@@ -43,6 +43,25 @@ def _key_of(sample) -> str | None:
     return None if sample is LOST else sample["__key__"]
 
 
+def _extras_error(samples: Iterator, url: str, count: int) -> StreamError | None:
+    """The error for the samples a shard holds past its index's ``count`` (read to the end),
+    or None. A shard cut inside those extras is reported here too: the extras are not in
+    the plan, and the planned samples before them were read whole."""
+    first, extras = None, 0
+    try:
+        for extra in samples:
+            first, extras = first or _key_of(extra), extras + 1
+    except Exception as e:
+        met = e.detail if isinstance(e, StreamError) else f"{type(e).__name__}: {str(e).split(' @ ')[0]}"
+        return StreamError("index_mismatch", f"shard holds more samples than the index count {count} and is "
+                           f"cut inside them ({met}); extras are ignored", shard=url,
+                           key=first or getattr(e, "key", None), value=count + extras + 1, lost=extras + 1)
+    if not extras:
+        return None
+    return StreamError("index_mismatch", f"shard holds {extras} more samples than the index count {count}; "
+                       "extras are ignored", shard=url, key=first, value=count + extras, lost=extras)
+
+
 def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None = None,
                  label_of: Callable[[dict], int | None] | None = None, keep_places: bool = False) -> Iterator:
     """Yield raw samples ``seg.start..seg.stop`` of one shard (dicts of bytes); see :func:`read_run`."""
@@ -137,13 +156,10 @@ def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits 
             in_range = pos >= seg.start
             pos += 1
             last = pos == final.stop
-            if last and final.stop == count and known and (extra := next(samples, None)) is not None:
+            if last and final.stop == count and known and (err := _extras_error(samples, url, count)):
                 # Raised (or counted) before the last planned sample is handed on; the
                 # extras are not in the plan, so under "skip" they are counted and ignored.
-                extras = 1 + sum(1 for _ in samples)
-                report(StreamError("index_mismatch", f"shard holds {extras} more samples than the index count "
-                                   f"{count}; extras are ignored", shard=url,
-                                   key=_key_of(extra), value=pos + extras, lost=extras))
+                report(err)
             if last and check_classes and None not in found and (err := _class_count_error(final, found)):
                 report(err)
             if in_range:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from loader_states import state_after
 from shard_factory import good_members, write_custom
-from streamaug.loader import StreamLoader
+from streamaug.loader import StreamError, StreamLoader
 
 
 def planned(i: int) -> str:
@@ -267,3 +267,30 @@ def test_a_cut_inside_the_next_samples_first_member_keeps_the_sample_before(tmp_
         real = [k for b in loader for k, p in zip(b.keys, b.is_padding.tolist()) if not p]
     assert real == [planned(i) for i in range(5)]
     assert loader.stats.skipped == {"truncated_shard": 3 if index else 1}
+
+
+@LAYOUTS
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_cut_inside_a_sample_past_the_index_count_keeps_every_planned_sample(tmp_path, workers, shuffle):
+    """Shard a holds its 8 indexed samples whole, then one more cut inside its data: the extra is
+    one counted ``index_mismatch`` and every planned sample keeps its place (the shard's last one
+    was dropped uncounted and every later one moved up a place, red team)."""
+    import tarfile
+
+    built = write_custom(str(tmp_path), {"a.tar": good_members(8) + good_members(1, start=900),
+                                         "b.tar": good_members(8, start=8)}, {"a.tar": [4, 4], "b.tar": [4, 4]})
+    path = tmp_path / "a.tar"
+    with tarfile.open(path) as tar:
+        extra = next(m for m in tar.getmembers() if m.name == "s_00900.npy")
+    path.write_bytes(path.read_bytes()[:extra.offset_data + 20])
+    with StreamLoader(built.urls, batch_size=2, shuffle=shuffle, num_workers=workers, index=built,
+                      on_error="skip", device="cpu", persistent_workers=False) as loader:
+        rows = [(k, p) for b in loader for k, p in zip(b.keys, b.is_padding.tolist())]
+    if shuffle == 0:
+        assert rows == [(planned(i), False) for i in range(16)]
+    else:
+        assert sorted(rows) == [(planned(i), False) for i in range(16)]
+    assert loader.stats.skipped == {"index_mismatch": 1}
+    with pytest.raises(StreamError, match="more samples than the index count 8 and is cut inside them") as info:
+        list(StreamLoader(built.urls, batch_size=2, shuffle=0, index=built, device="cpu"))
+    assert (info.value.shard, info.value.key) == (str(path), "s_00900.npy")     # the member the cut is in
