@@ -2,8 +2,8 @@
 and the last batch is known only when the input ends.
 
 With a balancer (in this process), how many synthetic rows a batch gets is known only
-once the batch is read, and the epoch's last batch takes whatever is still due. The
-balanced rows are therefore cut again into batches of exactly ``batch_size``
+once the batch is read, and the epoch's last batch takes whatever is still due (the
+balancer makes what is due ``batch_size`` rows at a time, never as one tensor). The balanced rows are therefore cut again into batches of exactly ``batch_size``
 (:func:`rebatched`), so no batch is larger than asked for. A resume then replays the
 epoch from its start through the balancer, restored to its state at that start
 (``loader_state``): the cut depends on every batch before it.
@@ -66,15 +66,25 @@ def rebatched(parts: Iterator[BatchInFlight], batch_size: int, drop_last: bool) 
 
 def balanced_parts(loader, batches: Iterator[BatchInFlight], epoch: int,
                    check: Callable[[], None]) -> Iterator[BatchInFlight]:
-    """Each batch read, its counts taken, balanced (the balancer reseeded by the batch's own number)."""
+    """Each batch read, its counts taken, balanced (the balancer reseeded by the batch's own
+    number), then the synthetic rows it held back, ``batch_size`` rows a part: what is due
+    can be many batches' worth (the epoch's end; any batch under a large imbalance)."""
+    size = loader.batch_size
     for batch in batches:
         check()
         loader.stats.merge(batch.stats)
         batch.stats = {}
         with loader._stage_threads:                                     # noqa: SLF001
             seed_plugins(loader, epoch, batch.batch_id, ("balance",))
-            balanced = loader.balance(batch, None)
+            balanced = loader.balance(batch, None, max_rows=size)
         yield balanced
+        parts = loader.balance.held_back_parts(balanced, size)
+        while True:
+            with loader._stage_threads:                                 # noqa: SLF001
+                part = next(parts, None)
+            if part is None:
+                break
+            yield part
 
 
 def balanced_open_pass(loader, batches: Iterator[BatchInFlight], epoch: int, start: int,

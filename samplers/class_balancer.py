@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -247,6 +248,7 @@ class ClassBalancer:
         self._budget = np.bincount(self._slots, minlength=len(self.class_counts_))
         self._seen_epoch = np.zeros(len(self.class_counts_), dtype=np.int64)
         self._made_epoch = np.zeros(len(self.class_counts_), dtype=np.int64)
+        self._held_back = np.zeros(0, dtype=np.int64)
 
     def _online_classes(self, real_labels: torch.Tensor, last: bool) -> list[int]:
         """Without an index: see ``online_counts.online_due``."""
@@ -272,11 +274,19 @@ class ClassBalancer:
         self._slots[self._cursor:self._cursor + count] = chosen
 
     # ------------------------------------------------------------------ stream
-    def __call__(self, batch: BatchInFlight, n_synthetic: int | None = None) -> BatchInFlight:
+    def __call__(self, batch: BatchInFlight, n_synthetic: int | None = None, *,
+                 max_rows: int | None = None) -> BatchInFlight:
         """Balance one batch: ``n_synthetic`` planned slots starting at ``batch.slot_offset``
         (indexed mode; without an offset, where the previous batch's ended), or, without an
-        index, as many as the counts seen so far call for (``batch.last`` flushes the epoch)."""
+        index, as many as the counts seen so far call for (``batch.last`` flushes the epoch).
+
+        Without an index, with ``max_rows``, the batch grows to at most ``max_rows`` rows and
+        the rest of its synthetic rows is held back for :meth:`held_back_parts`: what is due
+        can be many batches' worth of rows (the epoch's end; any batch under a large
+        imbalance), never made as one tensor."""
         self._check_fitted()
+        if max_rows is not None and max_rows < 1:
+            raise ValueError(f"max_rows must be a positive number of rows, got {max_rows!r}")
         if batch.batch_id == 0:
             self._start_epoch()
         if not self.online_:
@@ -287,9 +297,19 @@ class ClassBalancer:
             if not 0 <= n_synthetic <= len(self._slots) - self._cursor:
                 raise ValueError(f"batch asks for {n_synthetic} synthetic samples, {len(self._slots) - self._cursor} "
                                  "slots are left this epoch")
-        return self._balance(batch, n_synthetic)
+        return self._balance(batch, n_synthetic, max_rows)
 
-    def _balance(self, batch: BatchInFlight, n_synthetic: int | None) -> BatchInFlight:
+    def held_back_parts(self, like: BatchInFlight, max_rows: int) -> Iterator[BatchInFlight]:
+        """The synthetic rows a ``max_rows`` call held back, made ``max_rows`` at a time as
+        batches like ``like`` (its dtype and device), each shuffled within itself with
+        ``shuffle_within_batch``. Take them before the next batch is balanced."""
+        held, self._held_back = self._held_back, np.zeros(0, dtype=np.int64)
+        for start in range(0, len(held), max_rows):
+            part = like.rows(0, 0, copy=True)
+            self._synthesize_into(part, held[start:start + max_rows])
+            yield part
+
+    def _balance(self, batch: BatchInFlight, n_synthetic: int | None, max_rows: int | None) -> BatchInFlight:
         rows = self.feature_fn(batch.images) if self.feature_fn is not None else batch.images
         keep = batch.real.nonzero().squeeze(1)                # host indices
         batch.images = rows
@@ -297,15 +317,27 @@ class ClassBalancer:
             self.reservoir_.add(rows[to_device(keep, rows.device)], batch.labels[keep],
                                 [batch.keys[i] for i in keep.tolist()], [batch.urls[i] for i in keep.tolist()],
                                 self.rng)
-            classes = self._online_classes(batch.labels[keep], bool(batch.last))
-            if classes:
-                unfilled = [i for i, c in enumerate(classes) if not self.reservoir_.size[c]]
-                self._synthesize(batch, np.asarray(classes), unfilled)
+            classes = np.asarray(self._online_classes(batch.labels[keep], bool(batch.last)), dtype=np.int64)
+            if max_rows is not None and len(batch) + len(classes) > max_rows:
+                if self.shuffle_within_batch:       # each held-back part mixes the classes due
+                    classes = self.rng.permutation(classes)
+                now = max(0, max_rows - len(batch))
+                classes, self._held_back = classes[:now], classes[now:]
+            self._synthesize_into(batch, classes, permute=False)
         elif n_synthetic:
             self._append_synthetic(batch, n_synthetic)
         if self.shuffle_within_batch and len(batch) > 1:
             batch.permute(self.rng.permutation(len(batch)))
         return batch
+
+    def _synthesize_into(self, batch: BatchInFlight, classes: np.ndarray, permute: bool = True) -> None:
+        """Append a synthetic row of each class in ``classes`` (``permute``: then shuffle the
+        batch's rows with ``shuffle_within_batch``)."""
+        if len(classes):
+            unfilled = [i for i, c in enumerate(classes.tolist()) if not self.reservoir_.size[c]]
+            self._synthesize(batch, classes, unfilled)
+        if permute and self.shuffle_within_batch and len(batch) > 1:
+            batch.permute(self.rng.permutation(len(batch)))
 
     def _append_synthetic(self, batch: BatchInFlight, count: int) -> None:
         if self.stratified:     # classes are chosen per batch from its real rows
@@ -410,6 +442,7 @@ class ClassBalancer:
         if "reservoir" in state:
             self._seen_epoch = np.asarray(state["seen_epoch"], dtype=np.int64)
             self._made_epoch = np.asarray(state["made_epoch"], dtype=np.int64)
+            self._held_back = np.zeros(0, dtype=np.int64)
             self.reservoir_.load_state_dict(state["reservoir"], lambda pairs: self._rows.fetch(pairs, self.feature_fn))
         if "budget" in state:
             self._budget = np.asarray(state["budget"], dtype=np.int64)

@@ -238,6 +238,29 @@ def test_balanced_batches_without_an_index_hold_batch_size_rows(shards, workers)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+def test_synthetic_rows_are_made_batch_size_rows_at_a_time(shards, workers, monkeypatch):
+    """The balancer made everything due at once: each batch read grew to ~3x batch_size here (~11x
+    on a 1000-class long tail), and the epoch's end to 1,410 rows for batch_size 64 on 5000/300/50
+    (red team), each one tensor. Every part it hands to the re-cut now holds at most batch_size
+    rows, and the epoch's totals are still imbalanced-learn's."""
+    from streamaug.loader import open_pass
+    recut, parts = open_pass.rebatched, []
+
+    def watched(balanced, batch_size, drop_last):
+        def each():
+            for part in balanced:
+                parts.append(len(part))
+                yield part
+        return recut(each(), batch_size, drop_last)
+    monkeypatch.setattr(open_pass, "rebatched", watched)
+    urls, labels = shards
+    counts, per_batch = class_counts_and_synthetic(balanced_loader(urls, workers))
+    assert counts == imblearn_counts(labels, "auto")
+    assert sum(per_batch) == sum(counts.values()) - len(labels)
+    assert max(parts) <= 64 and len(parts) > len(urls), parts
+
+
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("stop_at", ["start", "middle", "in_the_last_batches", "end"])
 def test_resume_without_an_index_replays_the_epoch_to_the_same_batches_and_counts(shards, workers, stop_at):
     """The cut into batches depends on every batch before it, so a resume replays the epoch from its
