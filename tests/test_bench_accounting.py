@@ -151,3 +151,16 @@ def test_host_overhead_bench_counts_and_times_every_stage(tmp_path, capsys):
     assert "| bench Compose (flip, rotate, shear, noise) |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         host_overhead.main(["--batch", "0"])
+
+
+def test_raise_position_counts_the_batches_before_the_error(tmp_path):
+    """The README's read-ahead figures: each layout raises, and no batch at or after the one that
+    holds the bad sample comes first (with an index, in dataset order, that batch is 10)."""
+    from streamaug.benchmarks import raise_position
+
+    rows = raise_position.main(["--workers", "0", "2", "--json", str(tmp_path / "r.json")])
+    assert [(r["index"], r["workers"]) for r in rows] == [(True, 0), (True, 2), (False, 0), (False, 2)]
+    assert all(r["raised"] and 0 <= r["batches_before_error"] <= r["bad_sample_batch"] for r in rows)
+    assert [r["bad_sample_batch"] for r in rows if r["index"]] == [10, 10]
+    with pytest.raises(SystemExit):
+        raise_position.main(["--workers", "-1"])
