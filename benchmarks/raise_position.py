@@ -7,9 +7,9 @@ Two shards of 64 ``.npy`` samples each, indexed; sample 41 does not decode. With
 each layout (with and without an index; 0, 2 and 3 reading workers) it counts the batches a
 pass hands on before the ``StreamError``, and the batch that holds the bad sample's place
 in the same pass under ``on_error="skip"`` (without an index, the workers' batches
-interleave, so that is not 10). DataLoader would hand on exactly the batches before it.
-The loader reads ahead of the loop (reading workers, the look-ahead that finds the epoch's
-last batch), so the error comes when the sample is read, sooner.
+interleave, so that is not 10). DataLoader hands on exactly the batches before it. The loader
+reads ahead of the loop (a worker holds its last batch for trailing counts; a look-ahead
+finds the epoch's last batch), and each such stage hands on what it holds before the error.
 """
 from __future__ import annotations
 

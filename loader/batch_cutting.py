@@ -154,12 +154,17 @@ def batch_stage(samples: Iterator, sizes_planned: tuple[int, ...] | None, batch_
 
     held: BatchInFlight | None = None
     for size, batch_id in zip(plan, batch_ids):
-        if open_ended:
-            rows = _open_rows(samples, size, sizes, handle)
-            if not rows:
-                break
-        else:               # a planned batch may have no real row: the balancer fills it
-            rows = _planned_rows(samples, size, sizes, handle, borrowed) if size else []
+        try:
+            if open_ended:
+                rows = _open_rows(samples, size, sizes, handle)
+                if not rows:
+                    break
+            else:           # a planned batch may have no real row: the balancer fills it
+                rows = _planned_rows(samples, size, sizes, handle, borrowed) if size else []
+        except Exception:
+            if held is not None:    # the batch before the error comes first, as DataLoader's would
+                yield held
+            raise
         if held is not None:
             yield held
         held = collate_rows(rows, batch_id, stats.take(), sizes.shape)

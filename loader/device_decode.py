@@ -58,9 +58,19 @@ def decode_ahead(batches: Iterator[BatchInFlight], decoder: "DaliImageDecoder",
     while the caller works on batch ``i``; else each batch is decoded before it is handed on.
     What the decode skipped is counted on the batch (``batch.stats``), so the loader's counts
     reach ``stats`` with the batch that had them."""
+    batches = iter(batches)
     pending: DecodeTicket | None = None         # started, not collected (at most one: see start)
     try:
-        for batch in batches:
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception:       # the batch before the error comes first, as DataLoader's would
+                if pending is not None:
+                    ticket, pending = pending, None
+                    yield _finished(decoder, ticket, on_error)
+                raise
+            if batch is None:
+                break
             done = None
             if pending is not None:
                 ticket, pending = pending, None

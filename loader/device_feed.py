@@ -18,9 +18,17 @@ def device_feed(batches: Iterator[BatchInFlight], device: torch.device, pin: boo
     if device.type != "cuda":
         yield from batches
         return
-    side = torch.cuda.Stream(device=device)
+    batches, side = iter(batches), torch.cuda.Stream(device=device)
     pending = None
-    for batch in batches:
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception:           # the batch before the error comes first, as DataLoader's would
+            if pending is not None:
+                yield pending
+            raise
+        if batch is None:
+            break
         if pin and not batch.images.is_pinned():          # no worker process pinned it
             batch.pin_memory()
         with torch.cuda.stream(side):

@@ -26,9 +26,19 @@ def drop_batches(batches: Iterator[BatchInFlight], n: int) -> Iterator[BatchInFl
 
 
 def mark_last(batches: Iterator[BatchInFlight]) -> Iterator[BatchInFlight]:
-    """Mark each batch ``last`` or not, one batch of look-ahead."""
+    """Mark each batch ``last`` or not, one batch of look-ahead (an error reading the next
+    comes after the batch before it, as DataLoader's would)."""
+    batches = iter(batches)
     pending = next(batches, None)
-    for batch in batches:
+    while pending is not None:
+        try:
+            batch = next(batches, None)
+        except Exception:
+            pending.last = False
+            yield pending
+            raise
+        if batch is None:
+            break
         pending.last = False
         yield pending
         pending = batch

@@ -70,7 +70,16 @@ def worker_batches(loader, serial: int, hold_last: bool) -> Iterator[BatchInFlig
     come after the last batch ride on it too."""
     carried: dict = {}
     held = None
-    for item in _worker_items(loader, serial):
+    items = _worker_items(loader, serial)
+    while True:
+        try:
+            item = next(items, None)
+        except Exception:
+            if held is not None:        # the batch before the error comes first, as DataLoader's would
+                yield held
+            raise
+        if item is None:
+            break
         if isinstance(item, WorkerCounts):
             add_counts(carried, item.counts)
             continue

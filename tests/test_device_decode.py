@@ -207,6 +207,43 @@ def test_decode_ahead_starts_the_next_batch_before_handing_on_this_one():
                        ("yield", 4)]
 
 
+def test_an_error_reading_the_next_batch_comes_after_the_batch_decoding_ahead():
+    """Batch 1's decode was started when reading batch 2 raised: batch 1 is finished and handed on,
+    then the error (it was cancelled and lost, the error one batch early)."""
+    from streamaug.core.flight import BatchInFlight
+    from streamaug.loader.device_decode import decode_ahead
+
+    def batches():
+        for i in range(2):
+            b = BatchInFlight(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64),
+                              [f"k{i}"], ["u"], torch.zeros(1, dtype=torch.bool), i)
+            b.encoded = [b"x"]
+            yield b
+        raise StreamError("undecodable_image", "bad", shard="u", key="k2")
+    dec, out = RecordingDecoder(), []
+    with pytest.raises(StreamError, match="k2"):
+        for b in decode_ahead(batches(), dec, "raise"):
+            out.append(b.batch_id)
+    assert out == [0, 1] and ("cancel", 1) not in dec.log, dec.log
+
+
+@pytest.mark.cuda
+def test_an_error_reading_the_next_batch_comes_after_the_batch_being_copied():
+    from streamaug.core.flight import BatchInFlight
+    from streamaug.loader.device_feed import device_feed
+
+    def batches():
+        for i in range(2):
+            yield BatchInFlight(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64),
+                                [f"k{i}"], ["u"], torch.zeros(1, dtype=torch.bool), i)
+        raise StreamError("undecodable_image", "bad", shard="u", key="k2")
+    out = []
+    with pytest.raises(StreamError, match="k2"):
+        for b in device_feed(batches(), torch.device("cuda"), pin=True):
+            out.append((b.batch_id, b.images.device.type))
+    assert out == [(0, "cuda"), (1, "cuda")]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_decoding_ahead_is_the_default_on_cuda_only(device):
     from streamaug.loader.device_decode import DaliImageDecoder

@@ -207,3 +207,27 @@ def test_writer_rejects_bad_sources(tmp_path):
         make_shards(str(tmp_path), n=4, fmt="gif")
     with pytest.raises(ValueError, match="is not a directory"):
         write_shards(str(tmp_path / "missing"), str(tmp_path))
+
+
+@pytest.mark.parametrize("index", [True, False], ids=["index", "no-index"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_under_raise_every_batch_before_the_bad_samples_comes_first(tmp_path, index, workers):
+    """As DataLoader raises at the batch that failed, after all before it: the loader reads ahead
+    (a worker holds its last batch for trailing counts, the look-ahead for the epoch's last), and
+    the error came 1-4 batches early. The batches before it equal a skipping pass's, row for row."""
+    from streamaug.benchmarks.raise_position import BAD, write_corpus
+
+    built = write_corpus(str(tmp_path))
+    kw = dict(index=built) if index else dict(index=False, num_classes=2)
+
+    def loader(**more):
+        return StreamLoader(built.urls, batch_size=4, shuffle=False, num_workers=workers, device="cpu", **kw, **more)
+    with loader(on_error="skip") as skipping:
+        skipped = [list(b.keys) for b in skipping]
+    bad_batch = next(j for j, keys in enumerate(skipped) if f"s_{BAD - 1:05d}" in keys)
+    handed_on = []
+    with pytest.raises(StreamError, match=f"s_{BAD:05d}"):
+        with loader() as raising:
+            for b in raising:
+                handed_on.append(list(b.keys))
+    assert handed_on == skipped[:bad_batch] and bad_batch >= 10
