@@ -95,6 +95,11 @@ class Balancer(SeededStage, Protocol):
     it cannot, or ``None``), ``prepare()`` (called before the workers start) and
     ``count_into(stats)`` (the worker's own :class:`StatsSink`). A balancer without
     them stays in the main process.
+
+    Optional, without an index: ``held_back_parts(like, max_rows)``. A balancer that has it
+    is called with ``max_rows=`` (the batch size), grows a batch to at most that many rows,
+    and hands the rest of what is due as parts of at most ``max_rows`` rows; one without it
+    appends everything due to the batch it is given.
     """
 
     def bind(self, context: BindContext) -> None: ...

@@ -79,15 +79,17 @@ def balanced_parts(loader, batches: Iterator[BatchInFlight], epoch: int,
     """Each batch read, its counts taken, balanced (the balancer reseeded by the batch's own
     number), then the synthetic rows it held back, ``batch_size`` rows a part: what is due
     can be many batches' worth (the epoch's end; any batch under a large imbalance)."""
-    size = loader.batch_size
+    size, parted = loader.batch_size, hasattr(loader.balance, "held_back_parts")   # (optional: core.plugin)
     for batch in batches:
         check()
         loader.stats.merge(batch.stats)
         batch.stats = {}
         with loader._stage_threads:                                     # noqa: SLF001
             seed_plugins(loader, epoch, batch.batch_id, ("balance",))
-            balanced = loader.balance(batch, None, max_rows=size)
+            balanced = loader.balance(batch, None, max_rows=size) if parted else loader.balance(batch, None)
         yield balanced
+        if not parted:
+            continue
         parts = loader.balance.held_back_parts(balanced, size)
         while True:
             with loader._stage_threads:                                 # noqa: SLF001

@@ -163,7 +163,10 @@ class ClassBalancer:
                              f"whole dataset, but without an index each of the {world_size} ranks balances only "
                              "the stream it reads; write an index (streamaug index) or use a ratio strategy "
                              "such as 'auto'")
-        self.fit([1] * num_classes, world_size, rank)      # validates the strategy's form on dummy counts
+        # validates the strategy's form on dummy counts (skewed for a ratio, which imbalanced-learn
+        # refuses where the counts already meet it, as [1, 1] does)
+        ratio = isinstance(self.sampling_strategy, numbers.Real) and not isinstance(self.sampling_strategy, bool)
+        self.fit([1 << 20 if ratio and c == 0 else 1 for c in range(num_classes)], world_size, rank)
         self.online_, self.targets_ = True, {}
         self.class_counts_ = [0] * num_classes
         return self

@@ -12,6 +12,8 @@ estimate overshot: that excess cannot be taken back and is reported.
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .sampling_strategy import synthetic_targets
@@ -19,6 +21,17 @@ from .sampling_strategy import synthetic_targets
 ONLINE_MIN_SEEN = 256
 ONLINE_FRACTION = 0.8
 ONLINE_NOISE_SIGMAS = 3.0
+
+
+def _targets(strategy, seen: np.ndarray) -> dict[int, int]:
+    """imbalanced-learn's targets for the counts seen. A float ratio the counts already meet
+    is nothing due, not imbalanced-learn's error (it would remove samples): part-way the
+    counts are estimates, and at the epoch's end the epoch has been streamed."""
+    if isinstance(strategy, numbers.Real) and not isinstance(strategy, bool) and np.count_nonzero(seen) == 2:
+        present = np.sort(seen[seen > 0])
+        if present[0] >= strategy * present[1]:
+            return {}
+    return synthetic_targets(strategy, seen.tolist())
 
 
 def clear_minority(seen: np.ndarray) -> bool:
@@ -41,7 +54,7 @@ def online_due(strategy, seen: np.ndarray, made: np.ndarray, last: bool) -> tupl
         return [], {}
     if strategy == "minority" and not last and not clear_minority(seen):
         return [], {}           # which class is the minority is not settled yet (see clear_minority)
-    targets = synthetic_targets(strategy, seen.tolist())
+    targets = _targets(strategy, seen)
     classes, overshoot = [], {}
     top = int(seen.max())
     for c in range(len(seen)):

@@ -175,8 +175,10 @@ class Synthesizer:
 
     def pool_neighbours(self, reservoir: ClassReservoir, c: int, m: int, rows: np.ndarray | None) -> np.ndarray:
         """(len(rows), m) indices into ``reservoir.pool()`` of the m nearest points of any class
-        to class ``c``'s members ``rows`` (all for ``None``), each member itself excluded."""
-        if reservoir.fixed:
+        to class ``c``'s members ``rows`` (all for ``None``), each member itself excluded.
+        A table of all members is kept until the reservoir changes, fed from the stream too:
+        the calls between two writes (a batch's parts) share it."""
+        if reservoir.fixed or rows is None:
             table = self._tables.lookup(("pool", c, m), reservoir.pool_version(),
                                         lambda: pool_search(reservoir, c, m, None))
             return table if rows is None else table[rows]

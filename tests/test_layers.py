@@ -144,6 +144,18 @@ def test_a_balancer_sees_only_its_bind_context(shards):
     assert loader.stats.synthetic == len(batches)
 
 
+def test_a_protocol_only_balancer_runs_without_an_index(shards):
+    """``held_back_parts`` is optional: a balancer with only ``__call__`` got ``max_rows=`` and
+    failed on the first index-free batch (red team). Its rows are cut to batch_size as ever."""
+    index, _, _ = shards
+    loader = StreamLoader(index.urls, batch_size=8, balance=CountingBalancer(), index=False,
+                          num_classes=index.num_classes, shuffle=False)
+    sizes = [len(b.keys) for b in loader]
+    batches_read = -(-index.total // 8)
+    assert sum(sizes) == index.total + batches_read and set(sizes[:-1]) == {8}
+    assert loader.stats.synthetic == batches_read
+
+
 def test_class_balancer_has_fitted_attributes_only_after_fitting():
     balancer = ClassBalancer("auto")
     assert not hasattr(balancer, "targets_")

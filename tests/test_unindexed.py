@@ -260,6 +260,47 @@ def test_synthetic_rows_are_made_batch_size_rows_at_a_time(shards, workers, monk
     assert max(parts) <= 64 and len(parts) > len(urls), parts
 
 
+@pytest.mark.parametrize("sizes,made", [((500, 40), 210), ((500, 300), 0)], ids=["short", "already-met"])
+def test_a_float_ratio_without_an_index_balances_two_classes(tmp_path, sizes, made):
+    """``ClassBalancer(0.5)`` without an index was refused when the loader was built (its form was
+    checked on counts [1, 1], which already meet any ratio: imbalanced-learn's "would remove
+    samples"), and a ratio the counts already met mid-epoch would have raised the same."""
+    rng = np.random.default_rng(1)
+    labels = rng.permutation(np.repeat([0, 1], sizes))
+    index = write_shards((rng.integers(0, 256, (len(labels), 4, 4, 3), dtype=np.uint8), labels),
+                         str(tmp_path), maxcount=100, progress=False)
+    loader = StreamLoader(index.urls, batch_size=32, index=False, num_classes=2, seed=2,
+                          balance=ClassBalancer(0.5))
+    counts, per_batch = class_counts_and_synthetic(loader)
+    assert sum(per_batch) == made and counts == collections.Counter({0: sizes[0], 1: sizes[1] + made})
+    if made:
+        assert counts == imblearn_counts(labels, 0.5)
+
+
+@pytest.mark.parametrize("synthesizer", ["ADASYN", "BorderlineSMOTE"])
+def test_a_batchs_parts_share_one_neighbour_search_per_class(shards, monkeypatch, synthesizer):
+    """ADASYN and Borderline-SMOTE search every member's neighbours over all classes: a stream-fed
+    reservoir searched again for each part of a batch (epochs 2-2.8x slower, red team). Between two
+    writes to the reservoirs the search is kept: no class is searched twice at one version."""
+    import streamaug.samplers as samplers
+    from streamaug.samplers import synthesizer as synthesis
+
+    searches = []
+    search = synthesis.pool_search
+
+    def counted(reservoir, c, m, rows):
+        if rows is None:
+            searches.append((c, m, reservoir.pool_version()))
+        return search(reservoir, c, m, rows)
+    monkeypatch.setattr(synthesis, "pool_search", counted)
+    urls, labels = shards
+    loader = StreamLoader(urls, batch_size=16, index=False, num_classes=3, seed=4,
+                          balance=ClassBalancer("auto", getattr(samplers, synthesizer)()))
+    counts, _ = class_counts_and_synthetic(loader)
+    assert counts == imblearn_counts(labels, "auto")
+    assert searches and len(set(searches)) == len(searches), len(searches) - len(set(searches))
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("stop_at", ["start", "middle", "in_the_last_batches", "end"])
 def test_resume_without_an_index_replays_the_epoch_to_the_same_batches_and_counts(shards, workers, stop_at):
