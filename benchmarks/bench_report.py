@@ -120,6 +120,9 @@ def write_report(results: list[dict], out: str, quick: bool = False, complete: b
     ``"complete": false`` in the JSON and a line saying so atop the table."""
     os.makedirs(out, exist_ok=True)
     table = markdown(results)
+    if quick:
+        table = ("**Quick run (--quick): tiny sizes that check the harness runs end to end. The ratios below "
+                 "are not measurements.**\n\n" + table)
     if not complete:
         table = "**Incomplete run: the cells below are those finished so far.**\n\n" + table
     with open(os.path.join(out, "bench.md"), "w") as f:

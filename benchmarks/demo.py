@@ -94,29 +94,36 @@ def train(data: DemoData, arm: str, seed: int, args, device, progress) -> dict:
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="streamaug demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="streamaug demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=None, help="shards folder (with index.json) or image folder (one subfolder per "
                    "class, any image size, grayscale or colour); default: scikit-learn digits")
     p.add_argument("--arms", default="default", help="comma-separated arms, 'default' or 'all'; arms: "
                    + ", ".join(f"{k} ({a.label})" for k, a in ARMS.items()))
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=300, help="training steps per arm and seed")
+    p.add_argument("--seeds", type=int, default=3, help="runs per arm, each with its own seed")
     p.add_argument("--backend", default=None, choices=["kornia", "dali"], help="default: dali on a GPU, else kornia")
-    p.add_argument("--out", default="demo-out")
+    p.add_argument("--out", default="demo-out", help="folder for shards, results JSON and pictures")
     p.add_argument("--strategy", default="auto", help="sampling_strategy (imbalanced-learn's); e.g. auto, all")
-    p.add_argument("--mixup-alpha", type=float, default=0.2)
-    p.add_argument("--minority-classes", type=int, default=4, help="classes cut to --minority-fraction")
-    p.add_argument("--minority-fraction", type=float, default=0.08)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--width", type=int, default=24)
-    p.add_argument("--lr", type=float, default=4e-3)
-    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--mixup-alpha", type=float, default=0.2, help="MixUp's Beta(alpha, alpha)")
+    p.add_argument("--minority-classes", type=int, default=None,
+                   help="classes of the training split cut to --minority-fraction of the largest (default: 4 of "
+                        "the bundled digits, 0 with --data: its own imbalance is kept); the classes scored as "
+                        "minority are those under half the largest class's count, or else the smallest")
+    p.add_argument("--minority-fraction", type=float, default=0.08,
+                   help="what a cut class keeps, as a fraction of the largest class")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per batch, real and synthetic")
+    p.add_argument("--workers", type=int, default=0, help="the loader's num_workers")
+    p.add_argument("--width", type=int, default=24, help="channels of the small CNN's first layer")
+    p.add_argument("--lr", type=float, default=4e-3, help="AdamW's peak learning rate (one-cycle schedule)")
+    p.add_argument("--eval-every", type=int, default=25, help="steps between test evaluations (the curves)")
     p.add_argument("--no-pictures", action="store_true", help="skip preview.png and curves.png")
     args = p.parse_args(argv)
-    for name in ("steps", "seeds", "batch_size", "width", "eval_every", "minority_classes"):
+    for name in ("steps", "seeds", "batch_size", "width", "eval_every"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.minority_classes is not None and args.minority_classes < 0:
+        p.error(f"--minority-classes must be >= 0, got {args.minority_classes}")
     if not 0 < args.minority_fraction <= 1:
         p.error(f"--minority-fraction must be in (0, 1], got {args.minority_fraction}")
     try:

@@ -1,7 +1,9 @@
-"""Data for ``streamaug demo``: a real dataset, split, made imbalanced, written as shards."""
+"""Data for ``streamaug demo``: a real dataset, split, made imbalanced (unless it is already),
+written as shards."""
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,12 +49,13 @@ def load_any(data: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str, 
         return images, labels, [str(i) for i in range(10)], "scikit-learn digits (8x8, upsampled to 32x32)", ""
     if not os.path.isdir(data):
         raise ValueError(f"--data must be a folder of shards (with {INDEX_NAME}) or an image folder, got {data!r}")
-    if not os.path.exists(os.path.join(data, INDEX_NAME)):
-        import tempfile
+    if os.path.exists(os.path.join(data, INDEX_NAME)):
+        return _read_shards(ShardIndex.load(os.path.join(data, INDEX_NAME)), data)
+    with tempfile.TemporaryDirectory(prefix="streamaug-demo-") as shards:     # read into memory, then gone
+        return _read_shards(write_shards(data, shards, progress=False), data)
 
-        index = write_shards(data, tempfile.mkdtemp(prefix="streamaug-demo-"), progress=False)
-    else:
-        index = ShardIndex.load(os.path.join(data, INDEX_NAME))
+
+def _read_shards(index: ShardIndex, source: str) -> tuple[np.ndarray, np.ndarray, list[str], str, str]:
     resize = None if index.image_shape else RESIZE
     note = "" if resize is None else (
         f"images were resized to {RESIZE[0]}x{RESIZE[1]}: their sizes differ, and a batch (and the CNN's "
@@ -65,13 +68,23 @@ def load_any(data: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str, 
     images = np.concatenate(xs)
     if index.image_shape is None and (images == images[..., :1]).all():
         images = images[..., :1]          # the loader made 3 equal channels of grayscale images: keep 1
-    return images, np.concatenate(ys), index.class_names, data, note
+    return images, np.concatenate(ys), index.class_names, source, note
 
 
-def prepare(out: str, data: str | None = None, minority_fraction: float = 0.08, n_minority: int = 4,
+def minority_of(counts: list[int]) -> list[int]:
+    """The classes the demo scores as minority: those with under half the largest class's
+    training samples, or the smallest one when none has."""
+    small = [c for c, n in enumerate(counts) if n < 0.5 * max(counts)]
+    return small or [int(np.argmin(counts))]
+
+
+def prepare(out: str, data: str | None = None, minority_fraction: float = 0.08, n_minority: int | None = None,
             test_per_class: int | None = None, seed: int = 0) -> DemoData:
     """Split stratified 70/30, cut ``n_minority`` classes of the training part to
-    ``minority_fraction`` of the largest, balance the test part, write training shards."""
+    ``minority_fraction`` of the largest (default: 4 of the bundled digits; none of ``data``,
+    whose own imbalance is kept), balance the test part, write training shards."""
+    if n_minority is None:
+        n_minority = 4 if data is None else 0
     images, labels, names, source, note = load_any(data)
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
@@ -84,9 +97,11 @@ def prepare(out: str, data: str | None = None, minority_fraction: float = 0.08, 
     per_test = test_per_class or min(len(t) for t in test_idx)
     test = np.concatenate([t[:per_test] for t in test_idx])
     largest = max(len(t) for t in train_idx)
-    minority = sorted(rng.choice(classes, size=min(n_minority, len(classes) - 1), replace=False).tolist())
+    shrunk = sorted(rng.choice(classes, size=min(n_minority, len(classes) - 1), replace=False).tolist()) \
+        if n_minority else []
     keep = max(2, int(round(minority_fraction * largest)))
-    train = np.concatenate([t[:keep] if c in minority else t for c, t in zip(classes, train_idx)])
+    train = np.concatenate([t[:keep] if c in shrunk else t for c, t in zip(classes, train_idx)])
+    minority = [int(classes[i]) for i in minority_of([int((labels[train] == c).sum()) for c in classes])]
     index = write_shards((images[train], labels[train]), os.path.join(out, "shards"), maxcount=200,
                          class_names=names, num_classes=len(names), progress=False, shuffle_seed=seed)
     return DemoData(index, images[test], labels[test], names, minority, source, images[train], labels[train], note)

@@ -54,30 +54,24 @@ def _shards(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    import os
     import time
 
     from streamaug.loader import ShardIndexError, StreamError, build_index
-    from streamaug.loader.index_builder import summary
+    from streamaug.loader.errors import LoaderStats
+    from streamaug.loader.index_builder import SKIPPABLE_IMAGE_ERRORS, bad_images_line, summary
 
-    for url in args.urls:
-        if os.path.isdir(url):
-            print(f"streamaug index: {url!r} is a folder; pass its shards, e.g. '{url.rstrip('/')}/train-"
-                  "{000000..000009}.tar' (quoted) or an unquoted glob the shell expands", file=sys.stderr)
-            return 1
-        if any(c in url for c in "*?[") and not os.path.exists(url) and "://" not in url and not url.startswith("pipe:"):
-            print(f"streamaug index: {url!r} does not exist: globs are expanded by the shell, so leave them "
-                  "unquoted; streamaug itself expands brace patterns such as 'train-{000000..000009}.tar'",
-                  file=sys.stderr)
-            return 1
-    start = time.perf_counter()
+    start, stats = time.perf_counter(), LoaderStats()
     try:
         index = build_index(args.urls, args.out, label_key=args.label_key, num_classes=args.num_classes,
-                            workers=args.workers, progress=not args.quiet)
+                            workers=args.workers, progress=not args.quiet, on_error=args.on_error, stats=stats)
     except (StreamError, ShardIndexError, ValueError) as e:
-        print(f"streamaug index: {e}", file=sys.stderr)
+        hint = "; --on-error skip indexes past images the loader refuses" \
+            if isinstance(e, StreamError) and e.reason in SKIPPABLE_IMAGE_ERRORS else ""
+        print(f"streamaug index: {e}{hint}", file=sys.stderr)
         return 1
     print(summary(index, time.perf_counter() - start))
+    if stats.skipped:
+        print(f"streamaug index: {bad_images_line(stats)}", file=sys.stderr)
     return 0
 
 
@@ -113,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(default: the first of cls, label, json:label, txt a sample has)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the largest label + 1")
     p.add_argument("--workers", type=int, default=None, help="shards read at once (default: CPUs, at most 8)")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="skip: index past images the loader refuses (format, header, pixel limit): counted, "
+                        "their samples indexed with their labels; the loader raises or skips them by its on_error")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_index)
     args = parser.parse_args(argv)

@@ -15,9 +15,22 @@ batch agree before DALI sees it), and DALI's decoded output is checked again.
 """
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 
 from .errors import ErrorHandler, StreamError
+
+
+def check_resize(resize) -> tuple[int, int] | None:
+    """``resize=`` as ``(H, W)``: an int is a square side, as torchvision's ``Resize(32)`` reads
+    it for a square image; anything else is refused naming it."""
+    if resize is None:
+        return None
+    sides = (resize, resize) if isinstance(resize, numbers.Integral) else resize
+    if isinstance(sides, (tuple, list)) and len(sides) == 2 and \
+            all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in sides):
+        return int(sides[0]), int(sides[1])
+    raise ValueError(f"resize must be (height, width) or one side for a square, in positive ints; got {resize!r}")
 
 
 class ImageSizeRule:

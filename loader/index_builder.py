@@ -9,12 +9,18 @@ are never decoded: their shape comes from the header alone (PIL opens lazily,
 ``.npy`` headers are parsed by numpy's own reader). A shard that cannot be indexed
 honestly is refused with a :class:`StreamError` naming the shard, the key and the
 value: a sample without image or label, an image or label field that differs from
-the rest of the corpus, a label that is not a non-negative integer.
+the rest of the corpus, a label that is not a non-negative integer. An image whose
+header does not parse, whose bytes are not its format, or that is over the pixel limit
+is refused too, unless
+``on_error="skip"``: the sample is still counted with its label (the loader meets it
+as a sample and raises or skips it by its own ``on_error``), its shape is left out,
+and it is counted in ``stats`` (or a warning says how many, with the first).
 """
 from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -25,7 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .decode_limits import DecodeLimits, check_image
-from .errors import ErrorHandler, LoaderStats, StreamError
+from .errors import ErrorHandler, LoaderStats, StreamError, check_policy
 from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, find_label_key, read_label
 from .index_lookup import default_index_path
 from .shard_index import INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo
@@ -44,6 +50,8 @@ class ShardScan:
     sizes: set = field(default_factory=set)          # (H, W), at most 2 kept: 2 means "varies"
     channels: set = field(default_factory=set)
     first_key: str | None = None
+    bad_images: Counter = field(default_factory=Counter)   # on_error="skip": reason -> samples, shape unread
+    bad_examples: dict = field(default_factory=dict)         # reason -> first message
 
 
 def image_header_shape(data: bytes, ext: str) -> tuple[int, int, int]:
@@ -61,7 +69,8 @@ def image_header_shape(data: bytes, ext: str) -> tuple[int, int, int]:
         return (height, width, 1 if img.mode == "L" else 3)
 
 
-def scan_shard(url: str, label_key: str | None = None, limits: DecodeLimits | None = None) -> ShardScan:
+def scan_shard(url: str, label_key: str | None = None, limits: DecodeLimits | None = None,
+               on_error: str = "raise") -> ShardScan:
     """Count the samples and labels of one shard; :class:`StreamError` on anything inconsistent.
 
     The shard is read by the loader's own reader (:func:`.tar_reader.read_segment`), so the
@@ -70,12 +79,12 @@ def scan_shard(url: str, label_key: str | None = None, limits: DecodeLimits | No
     scan = ShardScan(url)
     limits = limits or DecodeLimits()
     for raw in read_segment(whole_shard(url), ErrorHandler("raise", LoaderStats()), limits):
-        _scan_sample(scan, raw, label_key, url, raw["__key__"], limits)
+        _scan_sample(scan, raw, label_key, url, raw["__key__"], limits, on_error == "skip")
     return scan
 
 
 def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, key: str,
-                 limits: DecodeLimits) -> None:
+                 limits: DecodeLimits, skip_images: bool = False) -> None:
     fields = sorted(k for k in raw if not k.startswith("__"))
     exts = [e for e in IMAGE_EXTS if e in raw]
     if not exts:
@@ -105,19 +114,34 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
     if label < 0:
         raise StreamError("bad_label", "label is negative", shard=url, key=key, value=label)
     ext = exts[0]
-    check_image(raw[ext], ext, limits, url, key)          # format by magic bytes, pixels from the header
     try:
-        h, w, c = image_header_shape(raw[ext], ext)
-    except Exception as e:
-        raise StreamError("undecodable_image", f".{ext} image header does not parse: {type(e).__name__}: {e}",
-                          shard=url, key=key, value=f"{len(raw[ext])} bytes") from None
-    if len(scan.sizes) < 2:
-        scan.sizes.add((h, w))
-    scan.channels.add(c)
+        shape = _header_shape(raw[ext], ext, limits, url, key)
+    except StreamError as e:
+        if not skip_images or e.reason not in SKIPPABLE_IMAGE_ERRORS:
+            raise
+        scan.bad_images[e.reason] += 1
+        scan.bad_examples.setdefault(e.reason, str(e))
+        shape = None
+    if shape is not None:
+        if len(scan.sizes) < 2:
+            scan.sizes.add(shape[:2])
+        scan.channels.add(shape[2])
     scan.image_ext, scan.label_key = ext, chosen
     scan.first_key = scan.first_key or key
     scan.labels[label] += 1
     scan.count += 1
+
+
+SKIPPABLE_IMAGE_ERRORS = ("format_mismatch", "undecodable_image", "image_too_large")
+
+
+def _header_shape(data: bytes, ext: str, limits: DecodeLimits, url: str, key: str) -> tuple[int, int, int]:
+    check_image(data, ext, limits, url, key)              # format by magic bytes, pixels from the header
+    try:
+        return image_header_shape(data, ext)
+    except Exception as e:
+        raise StreamError("undecodable_image", f".{ext} image header does not parse: {type(e).__name__}: {e}",
+                          shard=url, key=key, value=f"{len(data)} bytes") from None
 
 
 def _executor(workers: int, urls: list[str]) -> Executor:
@@ -128,15 +152,19 @@ def _executor(workers: int, urls: list[str]) -> Executor:
 
 def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key: str | None = None,
                 num_classes: int | None = None, class_names: list[str] | None = None,
-                workers: int | None = None, progress: bool = True) -> ShardIndex:
+                workers: int | None = None, progress: bool = True, on_error: str = "raise",
+                stats: LoaderStats | None = None) -> ShardIndex:
     """Index existing shards and write ``index.json`` (default: beside the first shard).
 
     ``label_key`` is ``"cls"``, ``"label"``, ``"txt"`` or ``"json:FIELD"``; by default each
     sample's first of those, which must be the same field throughout. ``num_classes``
     defaults to the largest label + 1. ``workers`` shards are read at once (default: CPUs,
-    at most 8). Returns the index, with the URLs as given.
+    at most 8). Returns the index, with the URLs as given. ``on_error="skip"`` indexes past
+    images the loader refuses (see the module's docstring), counting them by reason in
+    ``stats``, or, without ``stats``, warning.
     """
     label_key = check_label_key(label_key)
+    on_error = check_policy(on_error)
     shard_urls = expand_urls(urls)
     out = out or default_index_path(shard_urls, writing=True)
     if out is None or out.startswith(("http://", "https://")):
@@ -149,17 +177,41 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
     try:
         if workers == 1:
             for u in shard_urls:
-                scans[u] = scan_shard(u, label_key)
+                scans[u] = scan_shard(u, label_key, on_error=on_error)
                 bar.update(1)
         else:
             with _executor(workers, shard_urls) as pool:
-                futures = {pool.submit(scan_shard, u, label_key): u for u in shard_urls}
+                futures = {pool.submit(scan_shard, u, label_key, None, on_error): u for u in shard_urls}
                 for f in as_completed(futures):
                     scans[futures[f]] = f.result()
                     bar.update(1)
     finally:
         bar.close()
-    return _write(out, [scans[u] for u in shard_urls], num_classes, class_names)
+    ordered = [scans[u] for u in shard_urls]
+    _count_bad_images(ordered, stats)
+    return _write(out, ordered, num_classes, class_names)
+
+
+def _count_bad_images(scans: list[ShardScan], stats: LoaderStats | None) -> None:
+    """The images indexed past (``on_error="skip"``) into ``stats``, or a warning."""
+    found = LoaderStats()
+    for scan in scans:
+        for reason, n in scan.bad_images.items():
+            found.count_skip(reason, n, scan.bad_examples[reason])
+    if not found.skipped:
+        return
+    if stats is not None:
+        stats.merge(found.as_dict())
+    else:
+        warnings.warn(f"{bad_images_line(found)}; the loader raises or skips them by its on_error",
+                      RuntimeWarning, stacklevel=3)
+
+
+def bad_images_line(stats: LoaderStats) -> str:
+    """One line on the images an index was built past: how many, by reason, and the first."""
+    first = next(iter(stats.examples.values()))
+    return (f"indexed past {sum(stats.skipped.values())} images the loader refuses {dict(stats.skipped)} "
+            f"(their samples are counted with their labels); first: {first}")
 
 
 def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_names: list[str] | None) -> ShardIndex:

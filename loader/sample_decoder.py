@@ -70,8 +70,8 @@ class SampleDecoder:
             raise StreamError("bad_label", f"label in {label_key!r} is not an integer class: {e}", shard=url,
                               key=key, value=bytes(raw[label_key.split(":")[0]][:40])) from None
         if not 0 <= label < self.num_classes:
-            raise StreamError("label_out_of_range", f"label is outside the index's classes [0, {self.num_classes})",
-                              shard=url, key=key, value=label)
+            raise StreamError("label_out_of_range", f"label is outside the classes [0, {self.num_classes}) "
+                              "of the index (or of num_classes=)", shard=url, key=key, value=label)
         return label
 
     def label_or_none(self, raw: dict) -> int | None:

@@ -14,6 +14,7 @@ to its index entry by the shard's file name (:func:`command_shard_name`).
 """
 from __future__ import annotations
 
+import glob
 import os
 import posixpath
 import shlex
@@ -29,14 +30,38 @@ class UnsafeIndexEntry(ValueError):
     """An index entry that names something an index may not (a command, another scheme, a path outside)."""
 
 
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+GLOB_CHARS = frozenset("*?[")
+
+
 def expand_urls(urls: str | Sequence[str]) -> list[str]:
-    """Brace patterns (``train-{000000..000009}.tar``) and ``::``-separated lists → URLs."""
+    """Brace patterns (``train-{000000..000009}.tar``) and ``::``-separated lists → URLs; a
+    local glob pattern (``shards/*.tar``) → the files it matches, and a local folder → the
+    shards in it, each sorted by name."""
     if isinstance(urls, (str, os.PathLike)):
         urls = [urls]
     out = [u for pattern in urls for part in os.fspath(pattern).split("::") for u in braceexpand.braceexpand(part)]
     if not out or not all(out):
         raise ValueError(f"no shard URLs given (got {urls!r})")
-    return out
+    return [path for url in out for path in _local_files(url)]
+
+
+def _local_files(url: str) -> list[str]:
+    """A local folder's shards, or a glob pattern's files (a path that exists is itself)."""
+    if url_scheme(url) or os.path.isfile(os.path.expanduser(url)):
+        return [url]
+    path = os.path.expanduser(url)
+    if os.path.isdir(path):
+        found = sorted(os.path.join(url, f) for f in os.listdir(path) if f.endswith(SHARD_SUFFIXES))
+        if not found:
+            raise ValueError(f"folder {url!r} holds no shards (no {'/'.join(SHARD_SUFFIXES)} file in it)")
+        return found
+    if GLOB_CHARS & set(url):
+        found = sorted(glob.glob(path))
+        if not found:
+            raise ValueError(f"no file matches the pattern {url!r} (relative to {os.getcwd()!r})")
+        return found
+    return [url]
 
 
 def url_scheme(url: str) -> str:

@@ -48,6 +48,7 @@ from .accelerate_pass import pass_marker
 from .dataloader_arguments import SHUFFLE_BUFFER, check_shuffle, read_worker_options
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
 from .errors import LoaderStats, check_policy
+from .image_size import check_resize
 from .loader_state import restore_state, save_state
 from .open_pass import balanced_open_pass, drop_batches, mark_last
 from .output_format import OutputFormat
@@ -76,7 +77,7 @@ class StreamLoader:
 
     Args:
         urls: shard URLs: paths, brace patterns, ``pipe:`` commands or http(s).
-        batch_size: samples per batch (real + synthetic).
+        batch_size: samples per batch (real + synthetic); 1 by default, as DataLoader's.
         shuffle: shuffle-buffer size in samples (0/1 disables; shard order is
             shuffled per epoch whenever ``shuffle`` is truthy). DataLoader's ``True``
             means a buffer of 1000, ``False`` none.
@@ -89,7 +90,7 @@ class StreamLoader:
             beside the first shard, and without one, stream unindexed after one warning
             naming the ``streamaug index`` command that writes it; ``False``: no index.
         on_error: ``"raise"`` or ``"skip"``; skipped samples are counted in ``stats``.
-        resize: ``(H, W)`` to resize every image; without it sizes must agree.
+        resize: ``(H, W)`` (or one int, a square) to resize every image; without it sizes must agree.
         decode: ``"cpu"`` decodes in the workers; ``"dali"`` ships encoded jpg/png bytes and
             decodes each batch with DALI where it lives (nvJPEG on a GPU).
         balance, augment, mixup: plug-in stages (see the module docs).
@@ -123,11 +124,11 @@ class StreamLoader:
     processes are ``read_workers`` (the ``num_workers=`` argument).
     """
 
-    def __init__(self, urls: str | Sequence[str], batch_size: int, shuffle: int | bool = SHUFFLE_BUFFER, *,
+    def __init__(self, urls: str | Sequence[str], batch_size: int = 1, shuffle: int | bool = SHUFFLE_BUFFER, *,
                  num_workers: int = 0, seed: int = 0, drop_last: bool = False,
                  device: str | torch.device | None = None, pin_memory: bool | None = None,
                  index: str | ShardIndex | None = None, on_error: str = "raise",
-                 resize: tuple[int, int] | None = None, balance=None, augment=None, mixup=None,
+                 resize: tuple[int, int] | int | None = None, balance=None, augment=None, mixup=None,
                  world_size: int | None = None, rank: int | None = None, prefetch_factor: int = 2,
                  decode: str = "cpu", num_classes: int | None = None, label_key: str | None = None,
                  channels: int | None = None, dtype: torch.dtype = torch.uint8, normalize=None,
@@ -160,6 +161,7 @@ class StreamLoader:
         self.decode = decode
         if decode not in ("cpu", "dali"):
             raise ValueError(f"decode must be 'cpu' (in the workers) or 'dali' (where the batch lives), got {decode!r}")
+        resize = check_resize(resize)
         shape = self.index.image_shape if self.index is not None else None
         channels = channels or (shape[2] if shape else 3)
         self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali",

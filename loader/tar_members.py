@@ -256,16 +256,19 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
     except StreamError as e:
         raise e if e.shard else e.at_shard(url) from None
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise _truncated(url, f"after member {name!r}: {type(e).__name__}: {e}", name, count) from None
+        raise _truncated(url, f"at or after member {name!r}, with {count} members read whole: "
+                         f"{type(e).__name__}: {e}", name, count) from None
     except Exception as e:                            # zlib/gzip errors surface as assorted types
-        raise StreamError("corrupt_shard", f"tar stream is corrupt or truncated after member {name!r}: "
-                          f"{type(e).__name__}: {e}", shard=url, key=name, value=count) from None
+        raise StreamError("corrupt_shard", f"tar stream is corrupt or truncated at or after member {name!r}, "
+                          f"with {count} members read whole: {type(e).__name__}: {e}", shard=url, key=name,
+                          value=count) from None
     end_seen = reader.end_seen if reader is not None else getattr(tar, "end_seen", None)
     if end_seen != "marker":
         if count == 0 and end_seen and "invalid" in end_seen:
             raise StreamError("corrupt_shard", f"tar stream is corrupt or truncated: {end_seen}",
                               shard=url, value=0)
-        raise _truncated(url, end_seen or "the stream ended with no end-of-archive marker", name, count)
+        raise _truncated(url, f"{end_seen or 'the stream ended with no end-of-archive marker'}, with {count} "
+                         "members read whole", name, count)
     stream.drain()                                    # a pipe's exit status is checked after its output
 
 

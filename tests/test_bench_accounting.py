@@ -164,3 +164,15 @@ def test_raise_position_counts_the_batches_before_the_error(tmp_path):
     assert [r["bad_sample_batch"] for r in rows if r["index"]] == [10, 10]
     with pytest.raises(SystemExit):
         raise_position.main(["--workers", "-1"])
+
+
+def test_a_quick_bench_report_says_its_ratios_are_not_measurements(tmp_path, capsys):
+    """--quick printed its target ratios (19.01x vs DALI-only, SMOTE cost -39%) like results, and
+    only bench.json said quick (newcomer run)."""
+    from streamaug.benchmarks.bench_report import write_report
+
+    write_report([], str(tmp_path / "quick"), quick=True)
+    assert "**Quick run (--quick)" in capsys.readouterr().out
+    assert (tmp_path / "quick" / "bench.md").read_text().startswith("**Quick run (--quick)")
+    write_report([], str(tmp_path / "full"))
+    assert "Quick run" not in (tmp_path / "full" / "bench.md").read_text()

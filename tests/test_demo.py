@@ -60,6 +60,44 @@ def test_demo_on_a_folder_of_grayscale_images_of_mixed_sizes(tmp_path, monkeypat
     assert ShardIndex.load("out/shards/index.json").image_shape == (64, 64, 1), "grayscale stays one channel"
 
 
+def test_demo_keeps_the_imbalance_of_the_users_own_data(tmp_path, monkeypatch):
+    """Shards whose classes 1 and 5 are small: the demo cut 4 random classes further (0, 3, 5, 9),
+    scored those as the minority and left class 1 out (newcomer run). Now --data is used as it is
+    and the small classes are the minority; a cut is asked for with --minority-classes."""
+    from streamaug.benchmarks.demo_data import minority_of, prepare
+    from streamaug.loader import write_shards
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    sizes = [60, 8, 60, 60, 60, 8, 60, 60, 60, 60]
+    labels = np.repeat(np.arange(10), sizes)
+    write_shards((rng.integers(0, 256, (len(labels), 8, 8, 1), dtype=np.uint8), labels), "mine", progress=False)
+    data = prepare("out", "mine")
+    assert data.minority == [1, 5]
+    assert data.index.class_counts == [round(0.7 * n) for n in sizes], "nothing cut"
+    cut = prepare("out2", "mine", n_minority=2, minority_fraction=0.1)
+    small = [c for c, n in enumerate(cut.index.class_counts) if n < 10]
+    assert cut.minority == small and len(small) >= 2
+    assert minority_of([50, 40, 30]) == [2], "none under half the largest: the smallest"
+
+
+def test_demo_on_an_image_folder_leaves_no_temporary_shards(tmp_path, monkeypatch):
+    import tempfile
+
+    from streamaug.benchmarks.demo_data import load_any
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    for c in ("a", "b"):
+        (tmp_path / "pics" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((6, 6, 3), i * 40, np.uint8)).save(tmp_path / "pics" / c / f"{i}.png")
+    images, labels, names, _, _ = load_any("pics")
+    assert images.shape == (6, 6, 6, 3) and sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1] and names == ["a", "b"]
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
 def test_preview_command_on_user_shards(tmp_path, npy_shards, capsys):
     index, _, _ = npy_shards
     path = tmp_path / "grid.png"
@@ -74,6 +112,9 @@ def test_demo_rejects_bad_options(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["demo", "--steps", "0", "--out", str(tmp_path)])
     assert "--steps must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["demo", "--minority-classes", "-1", "--out", str(tmp_path)])
+    assert "--minority-classes must be >= 0, got -1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--data must be a folder"):
         cli(["demo", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)])
     with pytest.raises(SystemExit):

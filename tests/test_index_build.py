@@ -231,9 +231,29 @@ def test_cli_shards_and_index_explain_what_to_pass(tmp_path, monkeypatch, capsys
     assert "streamaug shards: source 'nonexist' is not a directory" in capsys.readouterr().err
     os.mkdir("d")
     assert cli_main(["index", "d/", "--quiet"]) == 1
-    assert "is a folder; pass its shards" in capsys.readouterr().err
+    assert "folder 'd/' holds no shards (no .tar/.tar.gz/.tgz file in it)" in capsys.readouterr().err
     assert cli_main(["index", "wds/*.tar", "--quiet"]) == 1
-    assert "globs are expanded by the shell" in capsys.readouterr().err
+    assert f"no file matches the pattern 'wds/*.tar' (relative to {str(tmp_path)!r})" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given", ["wds", "wds/", "wds/*.tar", "./wds/train-00000?.tar"])
+def test_a_folder_or_a_glob_pattern_names_its_shards_in_order(tmp_path, monkeypatch, capsys, given):
+    """A newcomer passed "wds/*.tar" and got "index does not list shard 'wds/*.tar'", and a folder
+    "Is a directory" (the demo and preview take folders). Both now name the shards, sorted."""
+    from streamaug.loader import expand_urls
+
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("wds")
+    with wds.ShardWriter("wds/train-%06d.tar", maxcount=5, verbose=0) as sink:
+        for i in range(12):
+            sink.write({"__key__": f"k{i:03d}", "npy": np.full((4, 4, 3), i, np.uint8), "cls": i % 2})
+    open("wds/notes.txt", "w").close()
+    shards = [f"train-{i:06d}.tar" for i in range(3)]
+    assert [os.path.basename(u) for u in expand_urls(given)] == shards
+    assert cli_main(["index", given, "--quiet"]) == 0
+    capsys.readouterr()
+    with StreamLoader(given, batch_size=4, shuffle=False) as loader:
+        assert [k for b in loader for k in b.keys] == [f"k{i:03d}" for i in range(12)]
 
 
 def test_reindexing_keeps_the_class_names_streamaug_shards_wrote(tmp_path):
@@ -263,3 +283,36 @@ def test_writing_over_an_earlier_write_warns_of_its_leftover_shards(tmp_path):
         index = write_shards((rng.integers(0, 256, (10, 8, 8, 3), np.uint8), rng.integers(0, 3, 10)),
                              str(tmp_path), maxcount=10, progress=False)
     assert index.total == 10
+
+
+def test_index_on_error_skip_indexes_past_an_image_that_does_not_parse(tmp_path, monkeypatch, capsys):
+    """One cut JPEG aborted the whole index (newcomer run). Under --on-error skip the sample is
+    indexed with its label, counted and named; the loader then meets it by its own on_error."""
+    monkeypatch.chdir(tmp_path)
+
+    def jpg(i: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), i * 20, np.uint8)).save(buf, format="JPEG")
+        return buf.getvalue()
+    members = []
+    for i in range(6):
+        data = jpg(i)[:12] if i == 2 else b"GIF89a not a jpeg" if i == 4 else jpg(i)
+        members += [(f"s{i}.jpg", data), (f"s{i}.cls", str(i % 2).encode())]
+    write_tar("x.tar", members)
+    assert cli_main(["index", "x.tar", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "'s2'" in err and "--on-error skip indexes past images the loader refuses" in err
+    assert cli_main(["index", "x.tar", "--quiet", "--on-error", "skip"]) == 0
+    out, err = capsys.readouterr()
+    assert "indexed 1 shards, 6 samples, 2 classes [3, 3], .jpg images 8x8x3" in out
+    assert "indexed past 2 images the loader refuses" in err and "'x.tar', key 's2'" in err
+    with pytest.warns(RuntimeWarning, match="indexed past 2 images the loader refuses"):
+        build_index("x.tar", progress=False, on_error="skip")
+    with StreamLoader("x.tar", batch_size=6, shuffle=False, on_error="skip") as loader:
+        batch = next(iter(loader))
+    assert [k for k, p in zip(batch.keys, batch.is_padding.tolist()) if not p] == ["s0", "s1", "s3", "s5"]
+    assert sum(loader.stats.skipped.values()) == 2
+    with pytest.raises(StreamError, match="'s2'"):
+        list(StreamLoader("x.tar", batch_size=6, shuffle=False))
+    with pytest.raises(ValueError, match="on_error"):
+        build_index("x.tar", progress=False, on_error="ignore")

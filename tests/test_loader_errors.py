@@ -30,7 +30,7 @@ BAD_SAMPLES = {
     "bad_label": ([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8))), ("bad.cls", b"cat")],
                   "not an integer", "cat"),
     "label_out_of_range": ([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8))), ("bad.cls", b"7")],
-                           "outside the index's classes", "7"),
+                           "outside the classes [0, 2) of the index (or of num_classes=)", "7"),
     "image_size": ([("bad.npy", npy_bytes(np.zeros((9, 8, 3), np.uint8))), ("bad.cls", b"0")],
                    "differs", "(9, 8, 3)"),
 }
@@ -189,6 +189,9 @@ def test_pickles_in_shards_are_never_loaded(tmp_path):
     ({"batch_size": 4, "shuffle": -5}, "shuffle must be True, False or a shuffle-buffer size .an int >= 0., got -5"),
     ({"batch_size": 4, "rank": 2, "world_size": 2}, r"rank must be in \[0, world_size=2\), got 2"),
     ({"batch_size": 4, "resize": (0, 4)}, "resize must be"),
+    ({"resize": True}, r"resize must be \(height, width\) or one side for a square, in positive ints; got True"),
+    ({"resize": (4, 4, 3)}, r"got \(4, 4, 3\)"),
+    ({"resize": "32"}, "got '32'"),
 ])
 def test_bad_loader_arguments(npy_shards, kwargs, message):
     index, _, _ = npy_shards
@@ -231,3 +234,15 @@ def test_under_raise_every_batch_before_the_bad_samples_comes_first(tmp_path, in
             for b in raising:
                 handed_on.append(list(b.keys))
     assert handed_on == skipped[:bad_batch] and bad_batch >= 10
+
+
+def test_resize_takes_one_side_and_batch_size_defaults_to_one_as_in_dataloader(npy_shards):
+    """``resize=32`` raised TypeError (len() of an int), and ``batch_size`` had no default (newcomer
+    run): an int is a square, as torchvision reads it for a square image; batch_size=1 as DataLoader's."""
+    index, _, _ = npy_shards
+    with StreamLoader(index.urls, resize=5, shuffle=False) as loader:
+        images, labels = next(iter(loader))
+    assert tuple(images.shape) == (1, 3, 5, 5) and tuple(labels.shape) == (1,)
+    assert loader.batch_size == 1 and len(loader) == index.total
+    with StreamLoader(index.urls, 4, resize=[6, 7]) as loader:
+        assert tuple(next(iter(loader))[0].shape) == (4, 3, 6, 7)
