@@ -97,6 +97,26 @@ def test_lightning_epoch_number_reaches_the_loader_through_sampler_set_epoch(dig
     assert [r["keys"] for r in model.seen if r["stage"] == "train"] == [list(b.keys) for b in twin]
 
 
+def test_an_index_free_loader_that_ran_before_fit_follows_lightnings_epochs_after_set_epoch_0(
+        digits, tmp_path, monkeypatch):
+    """The README's advice: Lightning fetches an index-free loader's first batch before its
+    ``set_epoch``, so after a pass of its own the loader is told ``set_epoch(0)`` before ``fit()``;
+    then each Lightning epoch is the loader's epoch of that number."""
+    monkeypatch.chdir(tmp_path)
+    kw = dict(index=False, num_classes=10, channels=1)
+    train, _ = make_loaders(*digits, **kw)
+    for _ in train:
+        pass
+    train.set_epoch(0)
+    model = TinyDigits()
+    trainer_for(1, 2, num_sanity_val_steps=0, limit_val_batches=0).fit(model, train)
+    twin, _ = make_loaders(*digits, **kw)
+    for epoch in range(2):
+        twin.set_epoch(epoch)
+        seen = [r["keys"] for r in model.seen if r["stage"] == "train" and r["epoch"] == epoch]
+        assert seen == [list(b.keys) for b in twin], f"epoch {epoch}"
+
+
 def test_an_index_free_balanced_loader_checkpoints_each_epoch_and_resumes(digits, tmp_path, monkeypatch):
     """Without an index, Lightning fetches a pass's first batch before it calls ``set_epoch``; the
     end-of-epoch checkpoint then asked the loader for a state it had no record of (RuntimeError
