@@ -434,3 +434,14 @@ def test_a_state_restores_its_reservoirs_past_a_cut_shard(shards, tmp_path):
     resumed = make()
     resumed.load_state_dict(first.state_dict())
     assert [tuple(b.keys) for b in resumed] == want
+
+
+@pytest.mark.parametrize("max_rows", [0, -3])
+def test_max_rows_must_be_positive(max_rows):
+    from streamaug.core.flight import BatchInFlight
+
+    balancer = ClassBalancer("auto").fit_online(3)
+    batch = BatchInFlight(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1]), ["a", "b"], ["u", "u"],
+                          torch.zeros(2, dtype=torch.bool), 0)
+    with pytest.raises(ValueError, match=f"max_rows must be a positive number of rows, got {max_rows}"):
+        balancer(batch, None, max_rows=max_rows)
