@@ -9,6 +9,12 @@ the last batch sets ``end_of_dataloader``, ``end()`` unregisters it). ``prepare(
 this the last partial accumulation window of every pass was never stepped and its gradient
 leaked into the next pass.
 
+``gather_for_metrics`` reads ``remainder`` at the last batch: the rows it gathers there are
+cut to the first ``remainder``, the real ones, where accelerate's own loaders put the padding
+that evens out the ranks. The epoch plan puts a StreamLoader's padding there too when it can
+(``EpochPlan.gathered_real``: in dataset order, without a balancer), so the same evaluation
+loop counts every sample once.
+
 :func:`pass_marker` does what ``begin()`` does, for one pass, when accelerate is imported
 and an ``Accelerator`` (so a ``GradientState``) exists; nothing otherwise. The registration
 ends with the pass: its iterator exhausted, closed or dropped, or a newer pass begun (a
@@ -27,9 +33,11 @@ import warnings
 class PassMarker:
     """What ``GradientState`` reads from its active loader: ``end_of_dataloader``, ``remainder``."""
 
-    def __init__(self, state):
+    def __init__(self, state, remainder: int = -1):
         self.end_of_dataloader = False
-        self.remainder = -1                 # unknown: padded rows are flagged in Batch.is_padding
+        # gather_for_metrics keeps the first ``remainder`` rows it gathers from the last batches
+        # (> 0); 0: none padded; -1: unknown (padded rows are flagged in Batch.is_padding)
+        self.remainder = remainder
         self._state = state
 
     def at_batch(self, last: bool) -> None:
@@ -44,8 +52,9 @@ class PassMarker:
 _warned = False
 
 
-def pass_marker() -> PassMarker | None:
-    """Register a pass with accelerate's ``GradientState``, if there is one; ``None`` otherwise."""
+def pass_marker(remainder: int = -1) -> PassMarker | None:
+    """Register a pass with accelerate's ``GradientState``, if there is one; ``None`` otherwise.
+    ``remainder`` is the pass's ``EpochPlan.gathered_real``."""
     global _warned
     module = sys.modules.get("accelerate.state")
     gradient_state = getattr(module, "GradientState", None)
@@ -58,6 +67,6 @@ def pass_marker() -> PassMarker | None:
             warnings.warn("this accelerate version's GradientState has no _add_dataloader: gradient accumulation "
                           "will not step at the end of a StreamLoader pass", RuntimeWarning, stacklevel=3)
         return None
-    marker = PassMarker(state)
+    marker = PassMarker(state, remainder)
     state._add_dataloader(marker)           # noqa: SLF001
     return marker

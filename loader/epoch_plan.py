@@ -10,10 +10,16 @@ How an epoch is laid out
 ------------------------
 1. Shard order is shuffled with a seed derived from ``(seed, epoch)``; the
    concatenated shards form one global sample order.
-2. Each rank takes a contiguous slice of ``ceil(N / W)`` samples (``floor``
-   with ``drop_last``). A rank whose slice runs past the end, or whose share of
-   synthetic samples is one short of the largest, is padded by wrapping round
-   the global order (flagged ``is_padding``, counted as ``padded``).
+2. Each rank yields ``ceil(N / W)`` samples (``floor`` with ``drop_last``) and
+   reads a contiguous slice of the global order. A rank whose slice is short of
+   that, or whose share of synthetic samples is one short of the largest, is
+   padded by wrapping round the global order (flagged ``is_padding``, counted
+   as ``padded``). Without a balancer the slices are cut so that padding falls
+   only in the ranks' last batches, after their real rows, and in rank order:
+   every rank's earlier batches are whole and real, and the last batches,
+   gathered rank after rank, hold the real rows first (``EpochPlan.gathered_real``
+   of them). That is where accelerate's ``gather_for_metrics`` trims the
+   duplicates of its own loaders (see ``accelerate_pass``).
    Slices are at sample granularity, so fewer shards than ranks × workers is
    fine: a shard is then read by several consumers, each skipping to its part.
 3. The rank's output batches are numbered ``0..T-1``; batch ``j`` belongs to
@@ -80,6 +86,10 @@ class EpochPlan:
     synthetic: tuple[int, ...]       # synthetic samples per batch (zeros without a balancer)
     workers: tuple[WorkerPlan, ...]
     shard_order: tuple[str, ...]
+    # real rows among the ranks' last batches gathered in rank order, which come before any
+    # padding there (every earlier batch is real): 0 when nothing is padded, -1 when padding
+    # may sit elsewhere (a shuffle buffer mixes it in, or a balancer's short share)
+    gathered_real: int = -1
 
     def worker_batches_before(self, worker: int, batches_done: int) -> int:
         """How many of ``worker``'s batches are among the first ``batches_done`` of the rank."""
@@ -88,6 +98,27 @@ class EpochPlan:
 
 def rank_share(total: int, world_size: int, drop_last: bool) -> int:
     return total // world_size if drop_last else math.ceil(total / world_size)
+
+
+def rank_slice(total: int, world_size: int, rank: int, batch_size: int, drop_last: bool,
+               balanced: bool) -> tuple[int, int, int]:
+    """``(start, real, tail)``: ``rank``'s slice is global positions ``[start, start + real)``;
+    ``tail`` is how many real rows the ranks' last batches hold together (-1 if not planned).
+
+    Each rank yields ``rank_share`` samples. Plain slices of that size put all the padding on
+    the last ranks, where it can fill whole batches before their last (10 samples, 4 ranks,
+    batches of 2: the last rank reads 1 and pads 2, one of them in its first batch). Without
+    a balancer, every rank's batches before its last are filled first, and the remaining real
+    samples go to the last batches in rank order, so padding sits only at the end of the last
+    batches, as accelerate's own loaders place it. With ``drop_last`` nothing is padded."""
+    share = rank_share(total, world_size, drop_last)
+    if drop_last or balanced:
+        start = rank * share
+        return start, max(0, min(share, total - start)), -1
+    head = (math.ceil(share / batch_size) - 1) * batch_size     # the rows of each rank's earlier batches
+    last = share - head                                         # each rank's last batch (1..batch_size rows)
+    tail = total - world_size * head                            # real rows left for the last batches: >= 1
+    return rank * head + min(rank * last, tail), head + min(last, max(0, tail - rank * last)), tail
 
 
 def shard_permutation(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
@@ -175,8 +206,7 @@ def plan_epoch(index: ShardIndex, *, seed: int, epoch: int, batch_size: int, wor
     order = shard_order(index, seed, epoch, shuffle)
     total = index.total
     share = rank_share(total, world_size, drop_last)
-    rank_start = rank * share
-    rank_real = max(0, min(share, total - rank_start))
+    rank_start, rank_real, tail = rank_slice(total, world_size, rank, batch_size, drop_last, synthetic_max > 0)
     total_out = share + synthetic_max
     num_batches = total_out // batch_size if drop_last else math.ceil(total_out / batch_size)
     if num_batches == 0:
@@ -209,8 +239,10 @@ def plan_epoch(index: ShardIndex, *, seed: int, epoch: int, batch_size: int, wor
             padded += extra
         workers.append(WorkerPlan(w, ids, sizes, tuple(_segments(index, order, ranges)), padded))
         cursor += n
+    may_pad = synthetic_max > 0 or world_size * share > total    # (a balancer's shares may differ by one)
+    gathered_real = 0 if not may_pad else -1 if shuffle or tail < 0 else tail
     return EpochPlan(epoch, rank, world_size, k, batch_size, num_batches, tuple(synthetic),
-                     tuple(workers), tuple(index.shards[i].url for i in order))
+                     tuple(workers), tuple(index.shards[i].url for i in order), gathered_real)
 
 
 @dataclass(frozen=True)

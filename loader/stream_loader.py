@@ -351,7 +351,8 @@ class StreamLoader:
             made = self._finished(batches, plan, epoch, offsets, lambda: position.check_current(serial))
         if self._marker is not None:      # a pass superseded before it ended
             self._marker.close()
-        marker = self._marker = pass_marker()   # accelerate's gradient accumulation: where the pass ends
+        # accelerate's gradient accumulation and gather_for_metrics: where the pass ends, what is padding
+        marker = self._marker = pass_marker(-1 if plan is None else plan.gathered_real)
         ended = False                     # the epoch's last batch was handed on
         try:
             for out, last in made:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("accelerate")
@@ -156,3 +157,34 @@ def test_gradient_accumulation_steps_at_the_end_of_every_pass(tmp_path):
     # skipping 4 batches shifts the windows (accelerate counts its steps), but the last batch still steps
     assert synced["skip_first_batches"] == [(e, s) for e in range(2) for s in (7, 11, 12)]
     assert not any(result[name]["grad_left"] for name in result), "a gradient left over after the last step"
+
+
+def test_gather_for_metrics_counts_every_sample_once_over_three_ranks(tmp_path):
+    """accelerate's evaluation loop, unchanged, over a StreamLoader: 19 samples on 3 ranks are
+    padded to 7 each, and ``gather_for_metrics`` must drop the 2 repeats as it does for its own
+    DataLoader. Before, it kept them (``remainder`` was -1), and in batches of 2 the last rank's
+    first repeat sat in its third batch, before the cut accelerate makes at the end."""
+    import webdataset as wds
+
+    from shard_factory import npy_bytes
+    from streamaug.cli import main as cli_main
+
+    total = 19
+    with wds.ShardWriter(str(tmp_path / "part-%04d.tar"), maxcount=6, verbose=0) as sink:
+        for i in range(total):
+            sink.write({"__key__": f"img{i:05d}", "npy": npy_bytes(np.full((4, 4, 3), i, np.uint8)),
+                        "cls": str(i % 3).encode()})
+    assert cli_main(["index", str(tmp_path / "part-{0000..0003}.tar"), "--quiet"]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=3", f"--master_port={free_port()}",
+           os.path.join(SCRIPTS, "accelerate_eval.py"), str(total)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join([SCRIPTS, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=str(tmp_path), env=env)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    with open(tmp_path / "gathered.json") as f:
+        result = json.load(f)
+    assert set(result) == {"1/0", "2/0", "3/2", "4/1", "7/2"}
+    for case, got in result.items():
+        assert sorted(got["dataloader"]) == list(range(total)), f"the reference, {case}"
+        assert got["padded"] == 2, f"7 samples on each of 3 ranks: 2 repeats, {case}"
+        assert sorted(got["streamaug"]) == list(range(total)), case

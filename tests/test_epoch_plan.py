@@ -155,3 +155,63 @@ def test_each_worker_reads_each_shard_in_one_pass(npy_shards, shuffle):
     assert sorted(rows) == sorted(set(rows)) and len(rows) == index.total, "every sample once"
     if not shuffle:
         assert len(plan.workers[0].segments) > len(index.shards), "the batches interleave"
+
+
+def rank_rows(plan) -> list[list[tuple[int, bool]]]:
+    """The rank's batches as ``(global position, is padding)`` rows, read off an unshuffled plan:
+    each worker's segments fill its batches in order."""
+    starts = {}
+    for i, url in enumerate(plan.shard_order):
+        starts[url] = sum(int(u.split("-")[1].split(".")[0]) for u in plan.shard_order[:i])
+    batches = [None] * plan.num_batches
+    for wp in plan.workers:
+        rows = [(starts[s.url] + p, s.padding) for s in wp.segments for p in range(s.start, s.stop)]
+        for j, size in zip(wp.batch_ids, wp.real_sizes):
+            batches[j], rows = rows[:size], rows[size:]
+        assert rows == []
+    return batches
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_padding_is_only_at_the_end_of_the_gathered_last_batches(workers):
+    """accelerate's ``gather_for_metrics`` cuts the rows gathered from the ranks' last batches
+    (rank after rank) to the first ``remainder``. Every sample must come once before that cut and
+    only padding after it. Before, the last rank's short slice was padded from where it ended: 10
+    samples over 4 ranks in batches of 2 put a repeat in rank 3's first batch, which no cut at
+    the end can remove."""
+    from streamaug.loader.shard_index import ShardIndex, ShardInfo
+
+    for total in range(1, 31):
+        sizes = [total // 3, total - total // 3 - total // 4, total // 4]
+        index = ShardIndex([ShardInfo(f"s{i}-{n}.tar", n, (n,)) for i, n in enumerate(sizes)], num_classes=1)
+        for world in range(1, 6):
+            for batch_size in (1, 2, 3, 7):
+                plans = [plan_epoch(index, seed=0, epoch=0, batch_size=batch_size, world_size=world, rank=r,
+                                    num_workers=workers, shuffle=False) for r in range(world)]
+                gathered, counted = [], []
+                for plan in plans:
+                    batches = rank_rows(plan)
+                    assert not any(pad for b in batches[:-1] for _, pad in b), (total, world, batch_size)
+                    gathered += batches[-1]
+                    counted += [g for b in batches[:-1] for g, _ in b]
+                cut = plans[0].gathered_real
+                assert {p.gathered_real for p in plans} == {cut}
+                assert len({len(rank_rows(p)[-1]) for p in plans}) == 1, "the ranks' last batches gather as one tensor"
+                if cut == 0:
+                    cut = len(gathered)
+                assert [pad for _, pad in gathered] == [False] * cut + [True] * (len(gathered) - cut), \
+                    (total, world, batch_size, gathered)
+                assert sorted(counted + [g for g, _ in gathered[:cut]]) == list(range(total))
+
+
+def test_gathered_real_is_unknown_where_padding_may_sit_elsewhere(npy_shards):
+    """100 samples over 3 ranks in batches of 8: slices of 34, 34 and 32, whose last batches of 2
+    gather 6 rows, 4 of them real. Shuffled, the buffer mixes the padding in; a balancer's shares
+    may differ by one: unknown (-1). Nothing padded: 0."""
+    index, _, _ = npy_shards
+    kw = dict(seed=0, epoch=0, batch_size=8, rank=0)
+    assert plan_epoch(index, shuffle=False, world_size=3, **kw).gathered_real == 4
+    assert plan_epoch(index, shuffle=True, world_size=3, **kw).gathered_real == -1
+    assert plan_epoch(index, shuffle=False, world_size=3, synthetic_per_rank=5, **kw).gathered_real == -1
+    assert plan_epoch(index, shuffle=True, world_size=4, **kw).gathered_real == 0
+    assert plan_epoch(index, shuffle=False, world_size=3, drop_last=True, **kw).gathered_real == 0
