@@ -25,7 +25,7 @@ import torch
 from streamaug.core.seeding import derive_seed
 from streamaug.core.transfer import to_device
 
-from .base import GeometricOp, IntensityOp, Params, check_images
+from .base import GeometricOp, IntensityOp, Op, Params, check_images
 from .geometric.affine_matrix import fuse_affine
 
 BACKENDS = ("kornia", "dali", "opencv")
@@ -68,8 +68,23 @@ class Compose:
         self.last_params: list[Params] | None = None
         self._runner = None
         self.dali_threads = dali_threads
-        if seed is not None:                # unseeded: each op keeps its own stream (distinct per op type)
+        if seed is not None:
             self.manual_seed(seed)
+        else:                               # unseeded: each op keeps its own stream (see _part_shared_streams)
+            self._part_shared_streams()
+
+    def _part_shared_streams(self) -> None:
+        """Unseeded ops of one type start on one stream (``Op``): ``Compose([Rotate(10), Rotate(10)])``
+        would turn every image by twice the same angle. A later op whose generator is in the state
+        of an earlier, different op's gets a stream of its own position; the others, and an op
+        listed twice, are left where they are (wrapping an op does not rewind it)."""
+        seen: dict[str, Op] = {}
+        for i, op in enumerate(self.ops):
+            state = repr(op.rng.bit_generator.state)
+            if op.seed is None and seen.get(state, op) is not op:
+                op.manual_seed(derive_seed(0, "compose", i))
+                state = repr(op.rng.bit_generator.state)
+            seen.setdefault(state, op)
 
     @staticmethod
     def _stages(ops) -> list[tuple[str, list[int]]]:

@@ -250,3 +250,17 @@ def test_a_compose_leaves_the_streams_of_the_ops_it_wraps_alone():
 def test_more_non_finite_and_bool_arguments_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_unseeded_ops_of_one_type_in_a_compose_draw_apart():
+    """Used on its own (outside a loader, which seeds every op), a Compose of two fresh, unseeded
+    ops of one type drew the same parameters for both: every image was turned by twice one angle."""
+    aug = Compose([Rotate(30), Rotate(30), Flip(p=0.5), Flip(p=0.5)])
+    first, second, flip_a, flip_b = aug.generate_parameters(64, 8, 8)
+    assert not torch.equal(first["degrees"], second["degrees"])
+    assert not torch.equal(flip_a["apply"], flip_b["apply"])
+    one = Rotate(30)                                       # one op listed twice keeps its one stream
+    twice = Compose([one, one])
+    assert twice.ops[0].state_dict() == Rotate(30).state_dict()
+    a, b = twice.generate_parameters(8, 8, 8)
+    assert not torch.equal(a["degrees"], b["degrees"])
