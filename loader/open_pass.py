@@ -49,12 +49,22 @@ def mark_last(batches: Iterator[BatchInFlight]) -> Iterator[BatchInFlight]:
 
 def rebatched(parts: Iterator[BatchInFlight], batch_size: int, drop_last: bool) -> Iterator[BatchInFlight]:
     """The rows of ``parts``, in order, cut into batches of exactly ``batch_size`` numbered
-    0, 1, ...; the last is shorter, or dropped with ``drop_last``. A batch cut from a part of
+    0, 1, ...; the last is shorter, or dropped with ``drop_last``; so is what is held when reading
+    the next part fails, before the error. A batch cut from a part of
     more than twice ``batch_size`` rows (the epoch's end) is a copy, so it does not keep the
     whole part alive."""
     pending: list[BatchInFlight] = []
     held, made = 0, 0
-    for part in parts:
+    parts = iter(parts)
+    while True:
+        try:
+            part = next(parts, None)
+        except Exception:               # (on_error="raise") the rows before the error come first, as a
+            if pending and not drop_last:   # DataLoader hands on every batch before the one that failed
+                yield BatchInFlight.joined(pending, made)
+            raise
+        if part is None:
+            break
         if not len(part):
             continue
         pending.append(part)

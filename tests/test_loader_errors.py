@@ -246,3 +246,39 @@ def test_resize_takes_one_side_and_batch_size_defaults_to_one_as_in_dataloader(n
     assert loader.batch_size == 1 and len(loader) == index.total
     with StreamLoader(index.urls, 4, resize=[6, 7]) as loader:
         assert tuple(next(iter(loader))[0].shape) == (4, 3, 6, 7)
+
+
+def test_under_raise_an_index_free_balanced_pass_hands_on_the_rows_it_held(tmp_path):
+    """Without an index and with a balancer, balanced rows are cut again into batches of exactly
+    ``batch_size``; rows left over from a short read batch (a worker's shard ended) were held for
+    the next batch, and lost when reading it failed. Now they come, as a short batch, before the
+    error: the rows handed on are the skipping pass's, up to the failed read batch."""
+    from shard_factory import write_tar
+    from streamaug.samplers import ClassBalancer
+
+    bad = 78                   # worker 0 reads shards 0 and 2 in batches of 4: its batch 78..81 fails
+    urls = []
+    for s in range(3):         # 30 samples each: worker 1's shard ends in a read batch of 2
+        members = []
+        for i in range(30 * s, 30 * s + 30):
+            image = b"not an npy" if i == bad else npy_bytes(np.full((8, 8, 3), i, np.uint8))
+            members += [(f"s_{i:05d}.npy", image), (f"s_{i:05d}.cls", str(int(i % 5 == 0)).encode())]
+        urls.append(str(tmp_path / f"{s}.tar"))
+        write_tar(urls[-1], members)
+
+    def rows(**more):
+        out = []
+        with StreamLoader(urls, batch_size=4, shuffle=False, num_workers=2, device="cpu", index=False,
+                          num_classes=2, balance=ClassBalancer(), seed=1, **more) as loader:
+            try:
+                for b in loader:
+                    out += list(b.keys)
+            except StreamError as e:
+                assert f"s_{bad:05d}" in str(e)
+                return out, True
+        return out, False
+    skipped, failed = rows(on_error="skip")
+    assert not failed
+    cut = min(skipped.index(f"s_{i:05d}") for i in (bad + 1, bad + 2, bad + 3))
+    handed_on, failed = rows()
+    assert failed and handed_on == skipped[:cut] and cut % 4 != 0
