@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Subcommands that live in other modules (imported only when used), and the packages they need
@@ -24,6 +25,22 @@ def _missing(packages: tuple[str, ...]) -> list[str]:
         except ImportError:
             missing.append(name)
     return missing
+
+
+def _class_names(given: str | None) -> list[str] | None:
+    """``--class-names``: a comma-separated list, or an index.json (or its folder) to take them from."""
+    if given is None:
+        return None
+    if os.path.exists(given):
+        from streamaug.loader import ShardIndex
+
+        path = os.path.join(given, "index.json") if os.path.isdir(given) else given
+        return list(ShardIndex.load(path).class_names)
+    names = [n.strip() for n in given.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"--class-names must be distinct, non-empty names separated by commas, or an index.json "
+                         f"(value: {given!r})")
+    return names
 
 
 def _shards(args: argparse.Namespace) -> int:
@@ -44,8 +61,9 @@ def _shards(args: argparse.Namespace) -> int:
                                      f"'labels' (N ints); it holds {sorted(z.files)}")
                 source = (z["images"], z["labels"])
         index = write_shards(source, args.out, prefix=args.prefix, image_format=args.format,
-                             maxcount=args.maxcount, maxsize=args.maxsize, shuffle_seed=args.seed)
-    except (ValueError, OSError) as e:
+                             maxcount=args.maxcount, maxsize=args.maxsize, shuffle_seed=args.seed,
+                             class_names=_class_names(args.class_names))
+    except (ValueError, OSError) as e:           # (ShardIndexError is a ValueError)
         print(f"streamaug shards: {e}", file=sys.stderr)
         return 1
     print(f"wrote {len(index.shards)} shards, {index.total} samples, class counts {index.class_counts} "
@@ -98,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--maxcount", type=int, default=1000)
     p.add_argument("--maxsize", type=float, default=3e8)
     p.add_argument("--seed", type=int, default=0, help="write order shuffle seed")
+    p.add_argument("--class-names", default=None,
+                   help="an image folder's classes in label order: names separated by commas, or an index.json "
+                        "(or its folder) to take them from, e.g. the training shards' so a validation folder "
+                        "keeps their ids (default: the subfolders, sorted)")
     p.set_defaults(run=_shards)
     p = sub.add_parser("index", help="write index.json for existing WebDataset shards (one pass, no image decoding)")
     p.add_argument("urls", nargs="+", help="shards: paths, brace patterns ('train-{000000..000099}.tar'), "

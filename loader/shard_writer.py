@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import warnings
 
 from typing import Union
 
@@ -52,17 +53,54 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray) -> None:
     if len(labels) and labels.min() < 0:
         raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
 
-def _folder_items(root: str) -> tuple[list[tuple[str, int]], list[str]]:
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    if not classes:
+def _folder_items(root: str, class_names: list[str] | None) -> tuple[list[tuple[str, int]], list[str], list[str]]:
+    """``(path, label)`` per image, the class names, and what was passed over (hidden entries,
+    files that are not images).
+
+    Classes are the subfolders, sorted, or ``class_names`` when given: a subfolder is then
+    labelled by its name's place in that list (a validation folder missing a class keeps the
+    training ids), and a subfolder not in it is refused. Hidden folders and files (``.*``:
+    ``.ipynb_checkpoints``, macOS ``._x.jpg``) are passed over and reported, not made a class.
+    A class folder with no image is refused unless ``class_names`` names it (an empty class
+    shifts every later label, as ``ImageFolder`` refuses it). Other files than images
+    (``FOLDER_EXTS``) are passed over and reported too."""
+    passed_over: list[str] = []
+    folders = []
+    for e in sorted(os.scandir(root), key=lambda e: e.name):
+        if e.is_dir():
+            (passed_over if e.name.startswith(".") else folders).append(e.name)
+    if class_names is None:
+        classes = folders
+    else:
+        classes = list(class_names)
+        unknown = [f for f in folders if f not in classes]
+        if unknown:
+            raise ValueError(f"image folder {root!r} has class folder(s) {unknown[:5]} that class_names does not "
+                             f"list (value: {classes[:10]}{' ...' if len(classes) > 10 else ''})")
+    if not folders:
         raise ValueError(f"image folder {root!r} has no class subfolders (expected root/<class>/<image>)")
     items = []
-    for c, name in enumerate(classes):
-        for dirpath, _, files in os.walk(os.path.join(root, name)):
-            items += [(os.path.join(dirpath, f), c) for f in sorted(files) if f.lower().endswith(FOLDER_EXTS)]
+    for name in folders:
+        found = 0
+        for dirpath, dirnames, files in os.walk(os.path.join(root, name)):
+            passed_over += [os.path.relpath(os.path.join(dirpath, d), root) for d in dirnames if d.startswith(".")]
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(files):
+                if not f.lower().endswith(FOLDER_EXTS):
+                    if not f.startswith("."):
+                        passed_over.append(os.path.relpath(os.path.join(dirpath, f), root))
+                    continue
+                if f.startswith("."):
+                    passed_over.append(os.path.relpath(os.path.join(dirpath, f), root))
+                    continue
+                items.append((os.path.join(dirpath, f), classes.index(name)))
+                found += 1
+        if not found and class_names is None:
+            raise ValueError(f"image folder {root!r}: class folder {name!r} holds no images ({', '.join(FOLDER_EXTS)}); "
+                             f"remove it, or pass class_names to keep an empty class")
     if not items:
-        raise ValueError(f"image folder {root!r} has class folders {classes[:5]} but no images ({FOLDER_EXTS})")
-    return items, classes
+        raise ValueError(f"image folder {root!r} has class folders {folders[:5]} but no images ({FOLDER_EXTS})")
+    return items, classes, passed_over
 
 def _folder_image(path: str, ext: str, jpeg_quality: int) -> tuple[bytes, tuple[int, int, int]]:
     """The bytes to store and the (H, W, C) shape. Same-format files pass through unchanged."""
@@ -84,7 +122,9 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
                  progress: bool = True) -> ShardIndex:
     """Write ``prefix-%06d.tar`` shards and ``index.json`` into ``out_dir``.
 
-    ``source`` is an ImageFolder-style directory (one subfolder per class), an
+    ``source`` is an ImageFolder-style directory (one subfolder per class, sorted by name, or
+    labelled by their place in ``class_names`` when given, so a validation folder keeps the
+    training shards' ids: ``class_names=ShardIndex.load(train).class_names``), an
     ``(images, labels)`` pair of a uint8 ``(N, H, W, C)`` (grayscale: ``(N, H, W)``) array and integer labels
     (the string ``"digits"`` is deprecated). Samples are written in a seeded random order
     (``shuffle_seed=None`` keeps the source order) so shards mix classes.
@@ -96,8 +136,6 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         raise ValueError(f"maxcount must be >= 1, got {maxcount}")
     folder: list[tuple[str, int]] | None = None
     if isinstance(source, str) and source == "digits":
-        import warnings
-
         warnings.warn("write_shards('digits') is deprecated: pass the arrays, "
                       "streamaug.benchmarks.demo_data.load_digits_32()", DeprecationWarning, stacklevel=2)
         from streamaug.benchmarks.demo_data import load_digits_32
@@ -106,8 +144,13 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
     elif isinstance(source, (str, os.PathLike)):
         if not os.path.isdir(source):
             raise ValueError(f"source {str(source)!r} is not a directory, an (images, labels) pair or 'digits'")
-        folder, names = _folder_items(str(source))
-        class_names = class_names or names
+        names = None if class_names is None else list(class_names)
+        folder, class_names, passed_over = _folder_items(str(source), names)
+        if passed_over:
+            warnings.warn(f"image folder {str(source)!r}: passed over {len(passed_over)} entries, hidden (.*) or "
+                          f"not {'/'.join(FOLDER_EXTS)} images "
+                          f"({', '.join(passed_over[:3])}{', ...' if len(passed_over) > 3 else ''})",
+                          RuntimeWarning, stacklevel=2)
         labels = np.array([c for _, c in folder], np.int64)
         images = None
     elif isinstance(source, tuple) and len(source) == 2:
@@ -149,8 +192,6 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
     index.save(os.path.join(out_dir, INDEX_NAME))
     stale = sorted(earlier - {os.path.basename(u) for u in counts})
     if stale:
-        import warnings
-
         warnings.warn(f"{out_dir!r} still holds {len(stale)} {prefix}-*.tar shard(s) from an earlier write that "
                       f"the new index.json does not list ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); "
                       f"remove them, or a brace pattern over them will be refused", RuntimeWarning, stacklevel=2)

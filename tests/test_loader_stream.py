@@ -143,6 +143,56 @@ def test_image_folder_source(tmp_path):
     assert x.shape == (8, 3, 12, 10) and sorted(y.tolist()) == [0] * 3 + [1] * 5
 
 
+def image_folder(root, classes: dict[str, int], value_of=None) -> None:
+    """``root/<class>/<i>.png``: 4×4 images whose pixels are ``value_of(class)`` (the class's place)."""
+    from PIL import Image
+
+    for c, n in classes.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        value = (value_of or list(classes).index)(c)
+        for i in range(n):
+            Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_image_folder_labels_by_class_names_and_refuses_what_would_shift_them(tmp_path):
+    """Newcomer findings: ``class_names=`` only renamed the sorted subfolders, so a validation
+    folder missing a class had its later classes moved down one id; a hidden
+    ``.ipynb_checkpoints`` folder became an empty class 0 and shifted every label."""
+    from streamaug.cli import main as cli_main
+
+    names = ["bird", "cat", "dog"]
+    image_folder(tmp_path / "train", {"bird": 2, "cat": 3, "dog": 4}, names.index)
+    train = write_shards(str(tmp_path / "train"), str(tmp_path / "train_shards"), progress=False)
+    image_folder(tmp_path / "val", {"cat": 3, "dog": 1}, names.index)           # no bird
+    val = write_shards(str(tmp_path / "val"), str(tmp_path / "val_shards"), class_names=train.class_names,
+                       progress=False)
+    assert val.class_names == names and val.class_counts == [0, 3, 1]
+    with StreamLoader(val.urls, batch_size=4, shuffle=False) as loader:
+        x, y = next(iter(loader))
+    assert x[:, 0, 0, 0].tolist() == y.tolist(), "each image's label is its class's id in the training shards"
+    assert cli_main(["shards", str(tmp_path / "val"), str(tmp_path / "cli_val"), "--class-names",
+                     str(tmp_path / "train_shards")]) == 0
+    assert ShardIndex.load(str(tmp_path / "cli_val" / "index.json")).class_counts == [0, 3, 1]
+    assert cli_main(["shards", str(tmp_path / "val"), str(tmp_path / "cli_val2"), "--class-names", "x,cat,dog"]) == 0
+    assert ShardIndex.load(str(tmp_path / "cli_val2" / "index.json")).class_counts == [0, 3, 1]
+    with pytest.raises(ValueError, match=r"class folder\(s\) \['dog'\] that class_names does not list"):
+        write_shards(str(tmp_path / "val"), str(tmp_path / "bad"), class_names=["bird", "cat"], progress=False)
+
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "train" / "cat" / "._0.png").write_bytes(b"AppleDouble")
+    (tmp_path / "train" / "dog" / "notes.txt").write_text("x")
+    with pytest.warns(RuntimeWarning, match=r"passed over 3 entries.*ipynb_checkpoints"):
+        again = write_shards(str(tmp_path / "train"), str(tmp_path / "again"), progress=False)
+    assert again.class_names == names and again.class_counts == [2, 3, 4]
+    (tmp_path / "train" / "emu").mkdir()
+    with pytest.raises(ValueError, match="class folder 'emu' holds no images"):
+        write_shards(str(tmp_path / "train"), str(tmp_path / "again2"), progress=False)
+    with pytest.warns(RuntimeWarning, match="passed over 3 entries"):
+        kept = write_shards(str(tmp_path / "train"), str(tmp_path / "again3"), class_names=[*names, "emu"],
+                            progress=False)
+    assert kept.class_counts == [2, 3, 4, 0]
+
+
 def test_digits_source_and_resize(tmp_path):
     index = write_shards(load_digits_32(), str(tmp_path), maxcount=600, progress=False)
     assert index.total == 1797 and index.image_shape == (32, 32, 1) and index.num_classes == 10
