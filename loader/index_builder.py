@@ -50,6 +50,7 @@ class ShardScan:
     sizes: set = field(default_factory=set)          # (H, W), at most 2 kept: 2 means "varies"
     channels: set = field(default_factory=set)
     first_key: str | None = None
+    top_key: str | None = None                       # the first sample with the largest label
     bad_images: Counter = field(default_factory=Counter)   # on_error="skip": reason -> samples, shape unread
     bad_examples: dict = field(default_factory=dict)         # reason -> first message
 
@@ -128,6 +129,8 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
         scan.channels.add(shape[2])
     scan.image_ext, scan.label_key = ext, chosen
     scan.first_key = scan.first_key or key
+    if label > max(scan.labels, default=-1):
+        scan.top_key = key
     scan.labels[label] += 1
     scan.count += 1
 
@@ -231,7 +234,8 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
     nc = num_classes or (len(class_names) if class_names else top + 1)
     if top >= nc:
         bad = next(s for s in filled if max(s.labels) == top)
-        raise StreamError("label_out_of_range", f"label is outside num_classes={nc}", shard=bad.url, value=top)
+        raise StreamError("label_out_of_range", f"label is outside num_classes={nc}", shard=bad.url,
+                          key=bad.top_key, value=top)
     sizes = set().union(*(s.sizes for s in filled))
     channels = set().union(*(s.channels for s in filled))
     shape = (*next(iter(sizes)), channels.pop() if len(channels) == 1 else 3) if len(sizes) == 1 else None

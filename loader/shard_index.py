@@ -108,6 +108,32 @@ class ShardIndex:
         return ShardIndex(chosen, self.num_classes, self.class_names, self.image_ext, self.image_shape,
                           self.source, self.label_key)
 
+    def with_num_classes(self, num_classes: int) -> "ShardIndex":
+        """The index over ``num_classes`` classes, as a loader's ``num_classes=`` asks: counts
+        padded with zeros (classes these shards lack, e.g. a validation split), or cut where no
+        shard holds those labels. A shard that does is refused by name (the index counted a
+        label the user says cannot be: a typo in a label, or the wrong ``num_classes``)."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        if num_classes == self.num_classes:
+            return self
+        for s in self.shards:
+            over = [(c, n) for c, n in enumerate(s.class_counts) if c >= num_classes and n]
+            if over:
+                c, n = over[-1]
+                raise ShardIndexError(
+                    f"shard {s.url!r} holds {n} sample(s) labelled {c}, outside num_classes={num_classes} "
+                    f"(value: {c}; index {self.source!r} lists {self.num_classes} classes): "
+                    f"`streamaug index SHARDS --num-classes {num_classes}` names the sample's key")
+
+        def fit(counts):
+            return tuple(counts[:num_classes]) + (0,) * (num_classes - len(counts))
+        names = list(self.class_names)
+        if names:
+            names = (names + [str(c) for c in range(len(names), num_classes)])[:num_classes]
+        return ShardIndex([ShardInfo(s.url, s.count, fit(s.class_counts)) for s in self.shards], num_classes, names,
+                          self.image_ext, self.image_shape, self.source, self.label_key)
+
     # ------------------------------------------------------------------ io
     def to_json(self, base: str | None = None) -> dict:
         """The index as a document. With ``base`` (the folder the file goes in) shard URLs

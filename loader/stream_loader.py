@@ -97,6 +97,10 @@ class StreamLoader:
         world_size, rank: override ``torch.distributed``'s (otherwise read when a pass starts).
         dtype, normalize, channels_last: output format, applied last as one fused step
             (see :class:`~streamaug.loader.output_format.OutputFormat`); default uint8 NCHW.
+        num_classes: the number of classes (labels ``0..num_classes-1``). Without an index,
+            needed for ``balance``/``mixup``; with one, it replaces the index's: classes the
+            shards lack are added with no samples (a validation split that misses one), and a
+            shard the index counts a larger label in is refused by name.
         label_key: the label field: ``"cls"``, ``"label"``, ``"txt"`` or ``"json:FIELD"``;
             default: the index's, else the first of those a sample has.
         channels: channels of every image (1, 3 or 4), converting grayscale/RGB/RGBA as needed;
@@ -148,6 +152,8 @@ class StreamLoader:
         self.index = find_index(self.urls, index, urls, (balance is not None or mixup is not None) and not num_classes)
         if self.index is None and (balance is not None or mixup is not None) and not num_classes:
             raise ValueError("index=False with balance= or mixup= needs num_classes=")
+        if self.index is not None and num_classes is not None:     # (a class the shards lack; a label they must not hold)
+            self.index = self.index.with_num_classes(num_classes)
         self.num_classes = self.index.num_classes if self.index is not None else num_classes
         self.batch_size, self.read_workers, self.seed = batch_size, num_workers, int(seed)
         self.shuffle, self.drop_last = check_shuffle(shuffle), drop_last

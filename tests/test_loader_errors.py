@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from shard_factory import good_members, make_shards, npy_bytes, write_custom
-from streamaug.loader import ShardIndex, ShardIndexError, StreamError, StreamLoader
+from streamaug.loader import ShardIndex, ShardIndexError, StreamError, StreamLoader, write_shards
+from streamaug.ops import MixUp
 
 GOOD = good_members(6)  # keys s_00000..s_00005, labels alternate 0/1
 
@@ -200,7 +201,6 @@ def test_bad_loader_arguments(npy_shards, kwargs, message):
 
 
 def test_writer_rejects_bad_sources(tmp_path):
-    from streamaug.loader import write_shards
 
     with pytest.raises(ValueError, match="uint8 array of shape"):
         write_shards((np.zeros((2, 4, 4, 3), np.float32), np.zeros(2, int)), str(tmp_path))
@@ -282,3 +282,27 @@ def test_under_raise_an_index_free_balanced_pass_hands_on_the_rows_it_held(tmp_p
     cut = min(skipped.index(f"s_{i:05d}") for i in (bad + 1, bad + 2, bad + 3))
     handed_on, failed = rows()
     assert failed and handed_on == skipped[:cut] and cut % 4 != 0
+
+
+def test_num_classes_with_an_index_is_kept_and_checked_against_it(tmp_path, capsys):
+    """Newcomer finding: with an index, ``num_classes=`` was ignored, so a label typo (10 among
+    classes 0-9) widened every target to 11 classes and the balancer oversampled that one sample
+    to a full class. Now a shard holding a label past ``num_classes`` is refused by name, the
+    index command names its key, and a larger ``num_classes`` adds empty classes."""
+    from streamaug.cli import main as cli_main
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(200) % 10
+    labels[77] = 10
+    images = rng.integers(0, 255, (200, 4, 4, 3), np.uint8)
+    index = write_shards((images, labels), str(tmp_path / "s"), maxcount=50, shuffle_seed=None, progress=False)
+    with pytest.raises(ShardIndexError, match=r"shard '.*train-000001.tar' holds 1 sample\(s\) labelled 10, "
+                                              r"outside num_classes=10 \(value: 10"):
+        StreamLoader(index.urls, 8, num_classes=10)
+    assert cli_main(["index", str(tmp_path / "s"), "--num-classes", "10", "--quiet"]) == 1
+    assert "key 'train_00000077'" in capsys.readouterr().err
+    with StreamLoader(index.urls, 8, num_classes=12, mixup=MixUp(1.0)) as wider:
+        assert wider.num_classes == 12 and wider.index.class_counts[10:] == [1, 0]
+        assert next(iter(wider)).targets.shape == (8, 12)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 0"):
+        StreamLoader(index.urls, 8, num_classes=0)
