@@ -45,7 +45,8 @@ class ShardScan:
     url: str
     count: int = 0
     labels: Counter = field(default_factory=Counter)
-    image_ext: str | None = None
+    image_ext: str | None = None                     # the shard's image type; None if its samples mix types
+    image_exts: set = field(default_factory=set)
     label_key: str | None = None
     sizes: set = field(default_factory=set)          # (H, W), at most 2 kept: 2 means "varies"
     channels: set = field(default_factory=set)
@@ -89,12 +90,13 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
     fields = sorted(k for k in raw if not k.startswith("__"))
     exts = [e for e in IMAGE_EXTS if e in raw]
     if not exts:
-        raise StreamError("no_image", f"sample has no image field (one of {IMAGE_EXTS})", shard=url, key=key,
+        raise StreamError("no_image", f"sample has no image field (one of {IMAGE_EXTS}). If its image file is in "
+                          "the tar but not next to its label, the tar was not written in name order: a sample's "
+                          "files must be adjacent (tar --sort=name, or webdataset's ShardWriter)", shard=url, key=key,
                           value=fields)
-    if len(exts) > 1 or (scan.image_ext is not None and exts[0] != scan.image_ext):
-        raise StreamError("mixed_image_ext", f"image fields differ: sample {scan.first_key!r} has "
-                          f".{scan.image_ext or exts[0]}, this one {['.' + e for e in exts]}", shard=url,
-                          key=key, value=fields)
+    if len(exts) > 1:                               # (samples of different image types are fine)
+        raise StreamError("mixed_image_ext", f"sample has {len(exts)} image fields ({', '.join(exts)}): which "
+                          "is the image is ambiguous", shard=url, key=key, value=fields)
     chosen = label_key or find_label_key(raw)
     if chosen is None or chosen.split(":")[0] not in raw:
         wanted = repr(chosen) if chosen else f"any of {LABEL_KEYS}"
@@ -127,7 +129,8 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
         if len(scan.sizes) < 2:
             scan.sizes.add(shape[:2])
         scan.channels.add(shape[2])
-    scan.image_ext, scan.label_key = ext, chosen
+    scan.image_exts.add(ext)
+    scan.image_ext, scan.label_key = (ext if len(scan.image_exts) == 1 else None), chosen
     scan.first_key = scan.first_key or key
     if label > max(scan.labels, default=-1):
         scan.top_key = key
@@ -221,14 +224,14 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
     filled = [s for s in scans if s.count]
     if not filled:
         raise ShardIndexError(f"no samples in {len(scans)} shard(s), e.g. {scans[0].url!r}: nothing to index")
-    for field_name in ("image_ext", "label_key"):
-        seen = {getattr(s, field_name) for s in filled}
-        if len(seen) > 1:
-            a = filled[0]
-            b = next(s for s in filled if getattr(s, field_name) != getattr(a, field_name))
-            raise StreamError(f"mixed_{field_name}", f"shards disagree on {field_name}: "
-                              f"{getattr(a, field_name)!r} in {a.url!r}, {getattr(b, field_name)!r} here",
-                              shard=b.url, key=b.first_key, value=sorted(seen))
+    labels_in = {s.label_key for s in filled}
+    if len(labels_in) > 1:
+        a = filled[0]
+        b = next(s for s in filled if s.label_key != a.label_key)
+        raise StreamError("mixed_label_key", f"shards disagree on label_key: {a.label_key!r} in {a.url!r}, "
+                          f"{b.label_key!r} here; choose one with --label-key", shard=b.url, key=b.first_key,
+                          value=sorted(labels_in))
+    image_exts = set().union(*(s.image_exts for s in filled))
     top = max(max(s.labels) for s in filled)
     class_names = class_names or _names_already_at(out, num_classes, top)
     nc = num_classes or (len(class_names) if class_names else top + 1)
@@ -241,7 +244,8 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
     shape = (*next(iter(sizes)), channels.pop() if len(channels) == 1 else 3) if len(sizes) == 1 else None
     first = filled[0]
     index = ShardIndex([ShardInfo(s.url, s.count, tuple(s.labels.get(c, 0) for c in range(nc))) for s in scans],
-                       nc, list(class_names) if class_names else [str(c) for c in range(nc)], first.image_ext,
+                       nc, list(class_names) if class_names else [str(c) for c in range(nc)],
+                       image_exts.pop() if len(image_exts) == 1 else None,
                        shape, out, None if first.label_key == "cls" else first.label_key)
     index.save(out)
     return index
@@ -266,5 +270,5 @@ def _names_already_at(out: str, num_classes: int | None, top: int) -> list[str] 
 def summary(index: ShardIndex, seconds: float) -> str:
     shape = "x".join(map(str, index.image_shape)) if index.image_shape else "varies"
     return (f"indexed {len(index.shards)} shards, {index.total} samples, {index.num_classes} classes "
-            f"{index.class_counts}, .{index.image_ext} images {shape}, labels from "
+            f"{index.class_counts}, {'.' + index.image_ext if index.image_ext else 'mixed'} images {shape}, labels from "
             f"{index.label_key or 'cls'!r} in {seconds:.1f} s -> {index.source}")

@@ -61,8 +61,11 @@ class SampleDecoder:
         label_key = self.label_key or find_label_key(raw)
         if label_key is None or label_key.split(":")[0] not in raw:
             fields = sorted(k for k in raw if not k.startswith("__"))
-            what = (f"no {label_key!r} label" if label_key else
-                    f"no .cls label (nor any of {LABEL_KEYS[1:]}; choose the field with label_key=)")
+            there = [k for k in ("cls", "label", "txt", "json") if k in raw]
+            what = (f"no {label_key!r} label" + (f"; label_key= may name what it has: {', '.join(there)}"
+                                                  f"{' (json:FIELD for a field of .json)' if 'json' in there else ''}"
+                                                  if there else "")
+                    if label_key else f"no .cls label (nor any of {LABEL_KEYS[1:]}; choose the field with label_key=)")
             raise StreamError("no_label", f"sample has {what}", shard=url, key=key, value=fields)
         try:
             label = read_label(raw, label_key)

@@ -74,6 +74,8 @@ def test_label_key_is_chosen_by_argument(tmp_path):
     assert y.tolist() == LABELS
     with pytest.raises(ValueError, match="label_key must be one of"):
         StreamLoader(url, batch_size=8, label_key="yaml")
+    with pytest.raises(StreamError, match=r"no 'cls' label; label_key= may name what it has: txt, json \(json:FIELD for a field of .json\)"):
+        list(StreamLoader(url, batch_size=8, shuffle=0, index=False, label_key="cls"))     # says what is there
 
 
 def test_bad_json_label_names_shard_key_and_value(tmp_path):
