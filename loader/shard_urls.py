@@ -47,21 +47,27 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
 
 
 def _local_files(url: str) -> list[str]:
-    """A local folder's shards, or a glob pattern's files (a path that exists is itself)."""
-    if url_scheme(url) or os.path.isfile(os.path.expanduser(url)):
+    """A local folder's shards, or a glob pattern's files (a path that exists is itself), with
+    ``~`` expanded. A folder's shards are its ``SHARD_SUFFIXES`` entries that are not folders
+    and not hidden (macOS's ``._x.tar`` beside ``x.tar``), as a shell's ``*`` would give."""
+    if url_scheme(url):
         return [url]
     path = os.path.expanduser(url)
+    if os.path.isfile(path):
+        return [path]
     if os.path.isdir(path):
-        found = sorted(os.path.join(url, f) for f in os.listdir(path) if f.endswith(SHARD_SUFFIXES))
+        found = sorted(os.path.join(path, f) for f in os.listdir(path)
+                       if f.endswith(SHARD_SUFFIXES) and not f.startswith(".")
+                       and not os.path.isdir(os.path.join(path, f)))
         if not found:
             raise ValueError(f"folder {url!r} holds no shards (no {'/'.join(SHARD_SUFFIXES)} file in it)")
         return found
     if GLOB_CHARS & set(url):
-        found = sorted(glob.glob(path))
+        found = sorted(f for f in glob.glob(path) if not os.path.isdir(f))     # (glob passes hidden names over)
         if not found:
             raise ValueError(f"no file matches the pattern {url!r} (relative to {os.getcwd()!r})")
         return found
-    return [url]
+    return [path]
 
 
 def url_scheme(url: str) -> str:

@@ -245,18 +245,25 @@ def test_cli_shards_and_index_explain_what_to_pass(tmp_path, monkeypatch, capsys
     assert f"no file matches the pattern 'wds/*.tar' (relative to {str(tmp_path)!r})" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("given", ["wds", "wds/", "wds/*.tar", "./wds/train-00000?.tar"])
+@pytest.mark.parametrize("given", ["wds", "wds/", "wds/*.tar", "./wds/train-00000?.tar", "~/wds",
+                                   "~/wds/train-{000000..000002}.tar"])
 def test_a_folder_or_a_glob_pattern_names_its_shards_in_order(tmp_path, monkeypatch, capsys, given):
     """A newcomer passed "wds/*.tar" and got "index does not list shard 'wds/*.tar'", and a folder
-    "Is a directory" (the demo and preview take folders). Both now name the shards, sorted."""
+    "Is a directory" (the demo and preview take folders). Both now name the shards, sorted. A
+    folder passes over hidden files (macOS's ``._x.tar``) and folders named like shards, as a
+    shell's ``*`` does; ``~`` is expanded in every form (red team: "shard does not exist")."""
     from streamaug.loader import expand_urls
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
     os.mkdir("wds")
     with wds.ShardWriter("wds/train-%06d.tar", maxcount=5, verbose=0) as sink:
         for i in range(12):
             sink.write({"__key__": f"k{i:03d}", "npy": np.full((4, 4, 3), i, np.uint8), "cls": i % 2})
     open("wds/notes.txt", "w").close()
+    with open("wds/._train-000000.tar", "wb") as f:
+        f.write(b"AppleDouble junk")
+    os.mkdir("wds/sub.tar")
     shards = [f"train-{i:06d}.tar" for i in range(3)]
     assert [os.path.basename(u) for u in expand_urls(given)] == shards
     assert cli_main(["index", given, "--quiet"]) == 0
