@@ -269,7 +269,32 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
                               shard=url, value=0)
         raise _truncated(url, f"{end_seen or 'the stream ended with no end-of-archive marker'}, with {count} "
                          "members read whole", name, count)
+    _check_after_marker(url, reader.read if reader is not None else tar.fileobj.read, count)
     stream.drain()                                    # a pipe's exit status is checked after its output
+
+
+def _check_after_marker(url: str, read, count: int, limit: int = 1 << 20) -> None:
+    """What follows the end-of-archive marker must be zeros (tar pads its last record). A second
+    archive joined on (``cat a.tar b.tar``, ``pipe:cat dir/*.tar``) would otherwise go unread, as
+    tarfile and webdataset leave it, and its samples be lost silently. Checked up to ``limit``
+    bytes past the marker."""
+    seen = 0
+    while seen < limit:
+        try:
+            chunk = read(min(1 << 16, limit - seen))
+        except StreamError:               # (a command's exit status)
+            raise
+        except Exception:                 # (zeros after a gzip stream are no gzip member): the archive
+            return                        # itself was whole, and nothing past it reads as a tar
+        if not chunk:
+            return
+        if chunk.count(0) != len(chunk):
+            at = seen + next(i for i, b in enumerate(chunk) if b)
+            raise StreamError("trailing_data", f"data follows the end-of-archive marker ({at} bytes after it; "
+                              f"{count} members read whole before it): a second tar joined on with cat is not "
+                              "read. Give each tar as its own shard, or join them with tar --concatenate",
+                              shard=url, value=at)
+        seen += len(chunk)
 
 
 def ignored_name(name: str) -> bool:
@@ -336,8 +361,10 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
             current[ext] = data
     except StreamError as e:
         broke_in = base_plus_ext(e.key)[0] if isinstance(e.key, str) else None
-        if current is not None and not spoiled and broke_in is not None and broke_in != current["__key__"]:
-            yield current                  # the next sample's header was read whole: this one is complete
+        complete = e.reason == "trailing_data" or (broke_in is not None and broke_in != current["__key__"]) \
+            if current is not None else False
+        if current is not None and not spoiled and complete:
+            yield current                  # the next sample's header was read whole, or the archive ended cleanly
         raise
     flush()
     if current is not None and (keep_places or not spoiled):

@@ -242,3 +242,36 @@ def test_truly_empty_shard_listed_with_count_zero_is_fine(tmp_path):
     index = write_custom(".", {"a.tar": good_members(4), "z.tar": []}, {"a.tar": [2, 2], "z.tar": [0, 0]})
     loader = stream(index.urls, index=index)
     assert keys_of(loader) == expected(4) and loader.stats.skipped == {}
+
+
+@pytest.mark.parametrize("long_name", [False, True], ids=["ustar-reader", "tarfile"])
+def test_a_second_tar_joined_on_with_cat_is_an_error_not_a_silent_loss(long_name):
+    """``cat a.tar b.tar`` (or ``pipe:cat dir/*.tar``) ends with the first archive's end marker:
+    tarfile and webdataset stop there, and the second archive's samples were lost with no word
+    (red team). Now what follows the marker must be zeros: otherwise a ``trailing_data`` error
+    naming the shard, after every sample of the first archive; under skip, counted. With a GNU
+    long name (GNU ``L`` header) the first archive is read by tarfile, past the fast reader."""
+    from streamaug.loader import build_index
+
+    for n in (0, 1):
+        members = []
+        for i in range(5):
+            key = ("x" * 120 if long_name and i == 2 else "") + f"s{n}_{i}"
+            members += [(f"{key}.npy", npy_bytes(np.full((4, 4, 3), i, np.uint8))), (f"{key}.cls", str(i % 2).encode())]
+        with tarfile.open(f"p{n}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with open("merged.tar", "wb") as f:
+        f.write(open("p0.tar", "rb").read() + open("p1.tar", "rb").read())
+    for url in ("merged.tar", "pipe:cat p0.tar p1.tar"):
+        with pytest.raises(StreamError, match="data follows the end-of-archive marker") as info:
+            list(stream(url, batch_size=1))
+        assert (info.value.reason, info.value.shard) == ("trailing_data", url)
+        loader = stream(url, on_error="skip")
+        keys = [k for b in loader for k in b.keys]
+        assert len(keys) == 5 and loader.stats.skipped == {"trailing_data": 1}, url
+    with pytest.raises(StreamError, match="tar --concatenate"):
+        build_index("merged.tar", progress=False)
+    assert len([k for b in stream("p0.tar") for k in b.keys]) == 5       # zero padding after the marker is fine
