@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -138,7 +139,11 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.backend = args.backend or ("dali" if device.type == "cuda" else "kornia")
     t0 = time.perf_counter()
-    data = prepare(args.out, args.data, minority_fraction=args.minority_fraction, n_minority=args.minority_classes)
+    try:
+        data = prepare(args.out, args.data, minority_fraction=args.minority_fraction, n_minority=args.minority_classes)
+    except ValueError as e:                      # (StreamError and ShardIndexError are ValueErrors)
+        print(f"streamaug demo: {e}", file=sys.stderr)
+        return 2
     counts = data.index.class_counts
     print(f"data: {data.source}; training counts per class {counts} (minority classes {data.minority}); "
           f"balanced test split: {len(data.test_labels)} samples; device {device}, backend {args.backend}")

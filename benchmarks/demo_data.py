@@ -11,6 +11,7 @@ from PIL import Image
 
 from streamaug.loader import ShardIndex, StreamLoader, write_shards
 from streamaug.loader.shard_index import INDEX_NAME
+from streamaug.loader.shard_urls import SHARD_SUFFIXES
 
 
 def load_digits_32(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +52,9 @@ def load_any(data: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str, 
         raise ValueError(f"--data must be a folder of shards (with {INDEX_NAME}) or an image folder, got {data!r}")
     if os.path.exists(os.path.join(data, INDEX_NAME)):
         return _read_shards(ShardIndex.load(os.path.join(data, INDEX_NAME)), data)
+    if any(f.endswith(SHARD_SUFFIXES) for f in os.listdir(data)):
+        raise ValueError(f"--data folder {data!r} holds shards but no {INDEX_NAME}: write one with "
+                         f"`streamaug index {data}` (the demo needs each class's count)")
     with tempfile.TemporaryDirectory(prefix="streamaug-demo-") as shards:     # read into memory, then gone
         return _read_shards(write_shards(data, shards, progress=False), data)
 
@@ -87,11 +91,15 @@ def prepare(out: str, data: str | None = None, minority_fraction: float = 0.08, 
         n_minority = 4 if data is None else 0
     images, labels, names, source, note = load_any(data)
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
+    classes, sizes = np.unique(labels, return_counts=True)
+    if sizes.min() < 2:
+        few = [f"{names[c]!r} ({n})" for c, n in zip(classes, sizes) if n < 2]
+        raise ValueError(f"{source}: class {', '.join(few)} has fewer than 2 samples; the demo needs one to train "
+                         "on and one to test each class on")
     train_idx, test_idx = [], []
     for c in classes:
         idx = rng.permutation(np.flatnonzero(labels == c))
-        cut = int(round(0.7 * len(idx)))
+        cut = min(len(idx) - 1, max(1, int(round(0.7 * len(idx)))))     # at least one on each side
         train_idx.append(idx[:cut])
         test_idx.append(idx[cut:])
     per_test = test_per_class or min(len(t) for t in test_idx)

@@ -98,6 +98,33 @@ def test_demo_on_an_image_folder_leaves_no_temporary_shards(tmp_path, monkeypatc
     assert list((tmp_path / "scratch").iterdir()) == []
 
 
+def test_demo_says_what_is_wrong_with_data_it_cannot_use(tmp_path, monkeypatch, capsys):
+    """Red team: a kept class of one image left the balanced test split empty (a torch.cat
+    traceback), and a folder of shards without index.json was called an image folder with no
+    class subfolders. Both now end with one line that says what to do."""
+    import shutil
+
+    from streamaug.loader import write_shards
+
+    monkeypatch.chdir(tmp_path)
+    for c, n in (("a", 6), ("b", 4), ("c", 1)):
+        (tmp_path / "pics" / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((6, 6, 3), i * 40, np.uint8)).save(tmp_path / "pics" / c / f"{i}.png")
+    assert cli(["demo", "--data", "pics", "--arms", "plain", "--steps", "1", "--seeds", "1", "--no-pictures",
+                "--out", "out"]) == 2
+    assert "class 'c' (1) has fewer than 2 samples" in capsys.readouterr().err
+    write_shards(str(tmp_path / "pics"), "shards", progress=False)
+    (tmp_path / "shards" / "index.json").unlink()
+    assert cli(["demo", "--data", "shards", "--arms", "plain", "--steps", "1", "--seeds", "1", "--no-pictures",
+                "--out", "out"]) == 2
+    assert "holds shards but no index.json: write one with `streamaug index shards`" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "pics" / "c")
+    from streamaug.benchmarks.demo_data import prepare
+    data = prepare("out", "pics")                  # 6 and 4 images: 4 + 3 to train, a balanced 1 + 1 to test
+    assert data.index.class_counts == [4, 3] and sorted(data.test_labels.tolist()) == [0, 1]
+
+
 def test_preview_command_on_user_shards(tmp_path, npy_shards, capsys):
     index, _, _ = npy_shards
     path = tmp_path / "grid.png"
@@ -115,8 +142,8 @@ def test_demo_rejects_bad_options(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["demo", "--minority-classes", "-1", "--out", str(tmp_path)])
     assert "--minority-classes must be >= 0, got -1" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="--data must be a folder"):
-        cli(["demo", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    assert cli(["demo", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert "streamaug demo: --data must be a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli(["demo", "--arms", "plain,smote2", "--out", str(tmp_path)])
     assert "--arms must be 'all', 'default' or names from" in capsys.readouterr().err
