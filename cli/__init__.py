@@ -75,13 +75,17 @@ def _index(args: argparse.Namespace) -> int:
     import time
 
     from streamaug.loader import ShardIndexError, StreamError, build_index
+    from streamaug.loader.decode_limits import DecodeLimits
     from streamaug.loader.errors import LoaderStats
     from streamaug.loader.index_builder import SKIPPABLE_IMAGE_ERRORS, bad_images_line, summary
 
     start, stats = time.perf_counter(), LoaderStats()
     try:
+        given = {name: getattr(args, name) for name in ("max_image_pixels", "max_member_bytes")
+                 if getattr(args, name) is not None}
         index = build_index(args.urls, args.out, label_key=args.label_key, num_classes=args.num_classes,
-                            workers=args.workers, progress=not args.quiet, on_error=args.on_error, stats=stats)
+                            workers=args.workers, progress=not args.quiet, on_error=args.on_error, stats=stats,
+                            limits=DecodeLimits(**given))
     except (StreamError, ShardIndexError, ValueError) as e:
         hint = "; --on-error skip indexes past images the loader refuses" \
             if isinstance(e, StreamError) and e.reason in SKIPPABLE_IMAGE_ERRORS else ""
@@ -132,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="skip: index past images the loader refuses (format, header, pixel limit): counted, "
                         "their samples indexed with their labels; the loader raises or skips them by its on_error")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="largest image (width x height) read, as StreamLoader(max_image_pixels=) (default 36M)")
+    p.add_argument("--max-member-bytes", type=int, default=None,
+                   help="largest tar member read, as StreamLoader(max_member_bytes=) (default 256 MiB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_index)
     args = parser.parse_args(argv)

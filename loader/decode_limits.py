@@ -115,5 +115,6 @@ def check_image(data: bytes, ext: str, limits: DecodeLimits, url: str | None,
     if pixels > limits.max_image_pixels:
         raise StreamError("image_too_large", f"image is {shape[1]} x {shape[0]} = {pixels} pixels, over "
                           f"max_image_pixels={limits.max_image_pixels} (raise it with StreamLoader("
-                          "max_image_pixels=...))", shard=url, key=key, value=shape)
+                          "max_image_pixels=...), or streamaug index --max-image-pixels)", shard=url, key=key,
+                          value=shape)
     return shape

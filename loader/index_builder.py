@@ -159,7 +159,7 @@ def _executor(workers: int, urls: list[str]) -> Executor:
 def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key: str | None = None,
                 num_classes: int | None = None, class_names: list[str] | None = None,
                 workers: int | None = None, progress: bool = True, on_error: str = "raise",
-                stats: LoaderStats | None = None) -> ShardIndex:
+                stats: LoaderStats | None = None, limits: DecodeLimits | None = None) -> ShardIndex:
     """Index existing shards and write ``index.json`` (default: beside the first shard).
 
     ``label_key`` is ``"cls"``, ``"label"``, ``"txt"`` or ``"json:FIELD"``; by default each
@@ -167,7 +167,8 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
     defaults to the largest label + 1. ``workers`` shards are read at once (default: CPUs,
     at most 8). Returns the index, with the URLs as given. ``on_error="skip"`` indexes past
     images the loader refuses (see the module's docstring), counting them by reason in
-    ``stats``, or, without ``stats``, warning.
+    ``stats``, or, without ``stats``, warning. ``limits``: the member size, pixel and read-time
+    limits, as the loader's (``StreamLoader(max_image_pixels=...)``) for shards of large images.
     """
     label_key = check_label_key(label_key)
     on_error = check_policy(on_error)
@@ -183,11 +184,11 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
     try:
         if workers == 1:
             for u in shard_urls:
-                scans[u] = scan_shard(u, label_key, on_error=on_error)
+                scans[u] = scan_shard(u, label_key, limits, on_error=on_error)
                 bar.update(1)
         else:
             with _executor(workers, shard_urls) as pool:
-                futures = {pool.submit(scan_shard, u, label_key, None, on_error): u for u in shard_urls}
+                futures = {pool.submit(scan_shard, u, label_key, limits, on_error): u for u in shard_urls}
                 for f in as_completed(futures):
                     scans[futures[f]] = f.result()
                     bar.update(1)

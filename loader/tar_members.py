@@ -238,7 +238,8 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
             if info.size > limits.max_member_bytes or info.issparse():
                 kind = "sparse member" if info.issparse() else "member"
                 handle(StreamError("member_too_large", f"tar {kind} is {info.size} bytes, over max_member_bytes="
-                                   f"{limits.max_member_bytes} (raise it with StreamLoader(max_member_bytes=...))"
+                                   f"{limits.max_member_bytes} (raise it with StreamLoader(max_member_bytes=...), or "
+                                   "streamaug index --max-member-bytes)"
                                    if info.size > limits.max_member_bytes else "tar sparse members are not read",
                                    shard=url, key=name, value=info.size))
                 yield name, None

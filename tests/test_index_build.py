@@ -332,3 +332,25 @@ def test_index_on_error_skip_indexes_past_an_image_that_does_not_parse(tmp_path,
         list(StreamLoader("x.tar", batch_size=6, shuffle=False))
     with pytest.raises(ValueError, match="on_error"):
         build_index("x.tar", progress=False, on_error="ignore")
+
+
+def test_index_takes_the_loaders_image_and_member_limits(tmp_path, capsys):
+    """Red team: an image over the pixel limit could be indexed only by skipping it, since
+    neither build_index nor `streamaug index` took the limit the loader takes; the index then
+    had no shape, and the loader read the grayscale images as 3 channels."""
+    from streamaug.loader.decode_limits import DecodeLimits
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(buf, format="PNG")
+    write_tar(str(tmp_path / "big.tar"), [("k0.png", buf.getvalue()), ("k0.cls", b"0")])
+    url = str(tmp_path / "big.tar")
+    with pytest.raises(StreamError, match="over max_image_pixels=5000.*streamaug index --max-image-pixels"):
+        build_index(url, progress=False, limits=DecodeLimits(max_image_pixels=5000))
+    assert cli_main(["index", url, "--quiet", "--max-image-pixels", "5000"]) == 1
+    assert "over max_image_pixels=5000" in capsys.readouterr().err
+    assert cli_main(["index", url, "--quiet", "--max-image-pixels", "10000", "--max-member-bytes", "100000"]) == 0
+    capsys.readouterr()
+    assert cli_main(["index", url, "--quiet", "--max-member-bytes", "10"]) == 1
+    assert "over max_member_bytes=10 " in capsys.readouterr().err
+    with StreamLoader(url, 1, max_image_pixels=10000) as loader:
+        assert next(iter(loader)).images.shape == (1, 1, 100, 100)
