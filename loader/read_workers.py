@@ -18,6 +18,7 @@ import gc
 import os
 import signal
 import time
+import weakref
 from collections.abc import Iterator
 
 from torch.utils.data import DataLoader
@@ -48,9 +49,9 @@ def stop_workers(loader: DataLoader, grace: float = 0.5) -> None:
         return
     workers = list(getattr(it, "_workers", []))
     it._workers_done_event.set()                       # noqa: SLF001 - torch has no public stop
-    for q, status in zip(it._index_queues, it._workers_status):
-        if status:
-            q.put(None)                                # a waiting worker exits at once
+    for q, w in zip(it._index_queues, workers):
+        if w.is_alive():                               # (idle persistent workers too, whose status is False
+            q.put(None)                                # after a full pass): a waiting worker exits at once
     deadline = time.monotonic() + grace
     for w in workers:
         w.join(max(0.0, deadline - time.monotonic()))
@@ -114,6 +115,9 @@ def _worker_items(loader, serial: int):
         loader._dataloader = DataLoader(loader._stream, batch_size=None, num_workers=loader.read_workers,
                                         pin_memory=loader._pin, prefetch_factor=loader._prefetch,
                                         persistent_workers=True, **loader.read_options.dataloader_arguments())
+        # freed without close(): stop them as close() does. torch's own shutdown joins each worker
+        # for 5 s, and after a pass that failed (StreamError) the workers took all of it: 10 s for 2
+        loader._stop_workers = weakref.finalize(loader, stop_workers, loader._dataloader)
     with OpenCVPoolStopped():            # the workers start (fork) here, the first time
         items = iter(loader._dataloader)
     while True:

@@ -208,6 +208,7 @@ class StreamLoader:
         self._settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)
         self._topology = None
         self._dataloader = None
+        self._stop_workers = None         # stops the reading workers when the loader is freed (read_workers)
         self.position = PassPosition()    # epoch, batches done, the current pass (see pass_position)
         self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
         self._epoch_start = None          # no index, with a balancer: (balancer state, stats) as the pass began
@@ -408,14 +409,17 @@ class StreamLoader:
     def close(self) -> None:
         """Stop the persistent DataLoader workers now (they also stop when the loader is freed)."""
         dl, self._dataloader = self._dataloader, None
-        if dl is not None:
+        stop, self._stop_workers = self._stop_workers, None
+        if stop is not None:
+            stop()                        # (a weakref.finalize of stop_workers(dl): runs once, then detached)
+        elif dl is not None:
             stop_workers(dl)
 
     def __getstate__(self) -> dict:
         """A pickle or deep copy (Lightning's ``ddp_spawn``) leaves out the running reading
         workers and the current pass's registration: the copy starts its own when it iterates."""
         state = dict(self.__dict__)
-        state["_dataloader"], state["_marker"] = None, None
+        state["_dataloader"], state["_marker"], state["_stop_workers"] = None, None, None
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -193,3 +193,24 @@ def test_default_timeout_is_generous_and_settable():
     loader = stream(["a.tar"])
     assert loader.decoder.limits.read_timeout == 600
     assert stream(["a.tar"], read_timeout=5).decoder.limits.read_timeout == 5
+
+
+def test_a_loader_freed_after_an_error_stops_its_workers_promptly_and_is_collected():
+    """Red team: after a StreamError, a loader dropped without close() (no ``with``) blocked the
+    main process for 5 s per reading worker, torch's own shutdown waiting them out; now it stops
+    them as close() does. The finalizer must not keep the loader alive."""
+    import gc
+    import weakref
+
+    write_tar("bad.tar", good_members(20) + [("s_00020.npy", b"not an npy"), ("s_00020.cls", b"0")]
+              + good_members(20, 21))
+    loader = stream(["bad.tar", "a.tar", "a.tar"], num_workers=3)
+    with pytest.raises(StreamError, match="s_00020"):
+        keys_of(loader)
+    processes = list(loader._dataloader._iterator._workers)     # noqa: SLF001
+    freed = weakref.ref(loader)
+    start = time.monotonic()
+    del loader
+    gc.collect()
+    assert time.monotonic() - start < 3, "torch's shutdown waited 5 s for each of 3 workers"
+    assert freed() is None and not any(p.is_alive() for p in processes)
