@@ -28,6 +28,7 @@ accelerate scripts do) still shards by rank.
 from __future__ import annotations
 
 import itertools
+import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -142,10 +143,11 @@ class StreamLoader:
                  augment_in_workers: bool | None = None, persistent_workers: bool | None = None,
                  multiprocessing_context=None, timeout: float = 0, worker_init_fn=None, in_order: bool = True,
                  **dataloader_only):
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(num_workers, int) or num_workers < 0:
+        if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        batch_size, num_workers = int(batch_size), int(num_workers)     # (numpy ints too, as DataLoader takes)
         self.read_options = read_worker_options(persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
         self.urls = expand_urls(urls)

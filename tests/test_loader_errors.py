@@ -183,8 +183,17 @@ def test_pickles_in_shards_are_never_loaded(tmp_path):
     assert loader.stats.skipped == {"no_image": 1, "undecodable_image": 1}
 
 
+def test_numpy_ints_are_taken_as_dataloader_takes_them(npy_shards):
+    index, _, _ = npy_shards
+    with StreamLoader(index.urls, np.int64(8), num_workers=np.int32(0)) as loader:
+        assert loader.batch_size == 8 and type(loader.batch_size) is int and len(next(iter(loader)).keys) == 8
+
+
 @pytest.mark.parametrize("kwargs,message", [
     ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
+    ({"batch_size": True}, "batch_size must be a positive int, got True"),
+    ({"batch_size": 4.0}, "batch_size must be a positive int, got 4.0"),
+    ({"batch_size": 4, "num_workers": False}, "num_workers must be an int >= 0, got False"),
     ({"batch_size": 4, "num_workers": -1}, "num_workers must be an int >= 0, got -1"),
     ({"batch_size": 4, "on_error": "ignore"}, "on_error must be one of .* got 'ignore'"),
     ({"batch_size": 4, "shuffle": -5}, "shuffle must be True, False or a shuffle-buffer size .an int >= 0., got -5"),
