@@ -22,8 +22,9 @@ from .errors import ErrorHandler, StreamError
 
 
 def check_resize(resize) -> tuple[int, int] | None:
-    """``resize=`` as ``(H, W)``: an int is a square side, as torchvision's ``Resize(32)`` reads
-    it for a square image; anything else is refused naming it."""
+    """``resize=`` as ``(H, W)``: an int is a square side, whatever the image's shape (torchvision's
+    ``Resize(32)`` keeps a non-square image's aspect ratio instead; a batch needs one size);
+    anything else is refused naming it."""
     if resize is None:
         return None
     sides = (resize, resize) if isinstance(resize, numbers.Integral) else resize
