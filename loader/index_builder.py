@@ -35,7 +35,7 @@ from .errors import ErrorHandler, LoaderStats, StreamError, check_policy
 from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, find_label_key, read_label
 from .index_lookup import default_index_path
 from .shard_index import INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo
-from .shard_urls import expand_urls
+from .shard_urls import expand_urls, is_local, local_path, shard_key
 from .tar_reader import read_segment, whole_shard
 
 
@@ -178,6 +178,7 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
         raise ValueError(f"give out= (a local path for index.json): shards {shard_urls[0]!r} have no local folder")
     if os.path.isdir(out):
         out = os.path.join(out, INDEX_NAME)
+    _check_not_dropping(out, shard_urls)
     workers = max(1, min(workers or min(8, os.cpu_count() or 1), len(shard_urls)))
     scans: dict[str, ShardScan] = {}
     bar = tqdm(total=len(shard_urls), desc="indexing shards", unit="shard", disable=not progress)
@@ -212,6 +213,24 @@ def _count_bad_images(scans: list[ShardScan], stats: LoaderStats | None) -> None
     else:
         warnings.warn(f"{bad_images_line(found)}; the loader raises or skips them by its on_error",
                       RuntimeWarning, stacklevel=3)
+
+
+def _check_not_dropping(out: str, shard_urls: list[str]) -> None:
+    """Refuse to replace an index that lists other shards still on disk: indexing the val shard
+    of a folder that also holds train shards replaced the train index, and the train loader then
+    found none of its shards listed (newcomer run)."""
+    try:
+        old = ShardIndex.load(out)
+    except Exception:                                  # none, or unreadable: written anew
+        return
+    keys = {shard_key(u) for u in shard_urls}
+    kept = [s.url for s in old.shards if is_local(s.url) and shard_key(s.url) not in keys
+            and os.path.exists(local_path(s.url))]
+    if kept:
+        names = ", ".join(os.path.basename(u) for u in kept[:3]) + (", ..." if len(kept) > 3 else "")
+        raise ShardIndexError(f"{out!r} already lists {len(kept)} other shard(s) still there ({names}), which this "
+                              f"index would drop: index all the shards together, or write this index elsewhere "
+                              f"(--out, or out=) and give the loader index=; remove the old index to drop them")
 
 
 def bad_images_line(stats: LoaderStats) -> str:

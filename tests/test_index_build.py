@@ -113,10 +113,12 @@ def test_images_are_not_decoded(tmp_path, monkeypatch):
 
     def no_decoding(*a, **k):
         raise AssertionError("image pixels were decoded")
+    Image.init()              # (importing PIL's plugins builds a Palm palette image; run alone, that came here)
     monkeypatch.setattr(Image.Image, "load", no_decoding)
     monkeypatch.setattr(np, "load", no_decoding)
     assert build_index(str(tmp_path / "part-0000.tar"), workers=1, progress=False).image_shape == (12, 10, 3)
-    assert build_index(str(tmp_path / "n.tar"), workers=1, progress=False).image_shape == (9, 9, 3)
+    assert build_index(str(tmp_path / "n.tar"), str(tmp_path / "n.json"), workers=1, progress=False).image_shape \
+        == (9, 9, 3)
 
 
 def good(i, ext="npy"):
@@ -354,3 +356,30 @@ def test_index_takes_the_loaders_image_and_member_limits(tmp_path, capsys):
     assert "over max_member_bytes=10 " in capsys.readouterr().err
     with StreamLoader(url, 1, max_image_pixels=10000) as loader:
         assert next(iter(loader)).images.shape == (1, 1, 100, 100)
+
+
+def test_indexing_one_split_does_not_replace_the_index_of_another_in_the_same_folder(tmp_path, monkeypatch, capsys):
+    """Newcomer finding: train and val shards in one folder (img2dataset's layout); indexing the
+    val shard replaced the train index beside it without a word, and the train loader then found
+    none of its 6 shards listed. Now that is refused, naming the shards it would drop."""
+    monkeypatch.chdir(tmp_path)
+    os.mkdir("c")
+    with wds.ShardWriter("c/train-%06d.tar", maxcount=4, verbose=0) as sink:
+        for i in range(8):
+            sink.write({"__key__": f"t{i:03d}", "npy": np.full((4, 4, 3), i, np.uint8), "cls": i % 2})
+    with wds.ShardWriter("c/val-%06d.tar", maxcount=4, verbose=0) as sink:
+        for i in range(3):
+            sink.write({"__key__": f"v{i:03d}", "npy": np.full((4, 4, 3), i, np.uint8), "cls": i % 2})
+    assert cli_main(["index", "c/train-*.tar", "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli_main(["index", "c/val-000000.tar", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "already lists 2 other shard(s) still there (train-000000.tar, train-000001.tar)" in err and "--out" in err
+    assert cli_main(["index", "c/val-000000.tar", "--out", "c/val.json", "--quiet"]) == 0
+    with StreamLoader("c/train-*.tar", 4, False) as train, StreamLoader("c/val-*.tar", 4, False, index="c/val.json") as val:
+        assert len(train) == 2 and len(val) == 1
+    with pytest.raises(ShardIndexError, match=r"it lists 2: train-000000.tar, train-000001.tar\). Index these shards"):
+        StreamLoader("c/val-*.tar", 4, False)
+    for name in ("c/train-000000.tar", "c/train-000001.tar"):
+        os.remove(name)                                   # gone: re-indexing in place drops nothing still there
+    assert cli_main(["index", "c/val-000000.tar", "--quiet"]) == 0
