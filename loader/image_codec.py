@@ -145,7 +145,8 @@ def read_label(raw: dict, label_key: str) -> int:
         raise ValueError(f".json does not parse: {e}") from None
     for part in label_key[5:].split("."):
         if not isinstance(value, dict) or part not in value:
-            raise ValueError(f".json has no field {label_key[5:]!r}")
+            there = f"; its fields there: {', '.join(sorted(map(str, value))[:10])}" if isinstance(value, dict) else ""
+            raise ValueError(f".json has no field {label_key[5:]!r}{there}")
         value = value[part]
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"field {label_key[5:]!r} is {value!r}")

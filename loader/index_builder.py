@@ -100,18 +100,19 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
     chosen = label_key or find_label_key(raw)
     if chosen is None or chosen.split(":")[0] not in raw:
         wanted = repr(chosen) if chosen else f"any of {LABEL_KEYS}"
-        raise StreamError("no_label", f"sample has no label field ({wanted}; choose it with --label-key). If "
-                          "its label file is in the tar but not next to its image, the tar was not written in "
-                          "name order: a sample's files must be adjacent (tar --sort=name, or webdataset's "
-                          "ShardWriter)", shard=url, key=key, value=fields)
+        raise StreamError("no_label", f"sample has no label field ({wanted}; choose it with --label-key or "
+                          "label_key=). If its label file is in the tar but not next to its image, the tar was "
+                          "not written in name order: a sample's files must be adjacent (tar --sort=name, or "
+                          "webdataset's ShardWriter)", shard=url, key=key, value=fields)
     if scan.label_key is not None and chosen != scan.label_key:
         raise StreamError("mixed_label_key", f"label fields differ: sample {scan.first_key!r} has "
-                          f"{scan.label_key!r}, this one {chosen!r}; choose one with --label-key", shard=url,
-                          key=key, value=fields)
+                          f"{scan.label_key!r}, this one {chosen!r}; choose one with --label-key or label_key=",
+                          shard=url, key=key, value=fields)
     try:
         label = read_label(raw, chosen)
     except ValueError as e:
-        hint = "" if label_key else "; if another field holds the class, choose it with --label-key (e.g. json:FIELD)"
+        hint = "" if label_key else \
+            "; if another field holds the class, choose it with --label-key or label_key= (e.g. json:FIELD)"
         raise StreamError("bad_label", f"label in {chosen!r} is not an integer class: {e}{hint}", shard=url,
                           key=key, value=bytes(raw[chosen.split(':')[0]][:40])) from None
     if label < 0:
@@ -249,8 +250,8 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
         a = filled[0]
         b = next(s for s in filled if s.label_key != a.label_key)
         raise StreamError("mixed_label_key", f"shards disagree on label_key: {a.label_key!r} in {a.url!r}, "
-                          f"{b.label_key!r} here; choose one with --label-key", shard=b.url, key=b.first_key,
-                          value=sorted(labels_in))
+                          f"{b.label_key!r} here; choose one with --label-key or label_key=", shard=b.url,
+                          key=b.first_key, value=sorted(labels_in))
     image_exts = set().union(*(s.image_exts for s in filled))
     top = max(max(s.labels) for s in filled)
     class_names = class_names or _names_already_at(out, num_classes, top)
@@ -290,5 +291,6 @@ def _names_already_at(out: str, num_classes: int | None, top: int) -> list[str] 
 def summary(index: ShardIndex, seconds: float) -> str:
     shape = "x".join(map(str, index.image_shape)) if index.image_shape else "varies"
     return (f"indexed {len(index.shards)} shards, {index.total} samples, {index.num_classes} classes "
-            f"{index.class_counts}, {'.' + index.image_ext if index.image_ext else 'mixed'} images {shape}, labels from "
+            f"{index.class_counts}, {'.' + index.image_ext if index.image_ext else 'mixed'} images {shape}, "
+            f"labels from "
             f"{index.label_key or 'cls'!r} in {seconds:.1f} s -> {index.source}")

@@ -3,7 +3,8 @@ and the last batch is known only when the input ends.
 
 With a balancer (in this process), how many synthetic rows a batch gets is known only
 once the batch is read, and the epoch's last batch takes whatever is still due (the
-balancer makes what is due ``batch_size`` rows at a time, never as one tensor). The balanced rows are therefore cut again into batches of exactly ``batch_size``
+balancer makes what is due ``batch_size`` rows at a time, never as one tensor). The
+balanced rows are therefore cut again into batches of exactly ``batch_size``
 (:func:`rebatched`), so no batch is larger than asked for. A resume then replays the
 epoch from its start through the balancer, restored to its state at that start
 (``loader_state``): the cut depends on every batch before it.

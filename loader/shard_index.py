@@ -103,10 +103,12 @@ class ShardIndex:
             else:
                 chosen.append(info)
         if missing:
-            listed = ", ".join(os.path.basename(s.url) for s in self.shards[:3]) + (", ..." if len(self.shards) > 3 else "")
+            listed = ", ".join(os.path.basename(s.url) for s in self.shards[:3]) + \
+                (", ..." if len(self.shards) > 3 else "")
             raise ShardIndexError(f"index {self.source!r} does not list shard {missing[0]!r} "
-                                  f"({len(missing)} of {len(urls)} URLs missing; it lists {len(self.shards)}: {listed}). "
-                                  f"Index these shards (streamaug index), or give the loader their index with index=")
+                                  f"({len(missing)} of {len(urls)} URLs missing; it lists {len(self.shards)}: "
+                                  f"{listed}). Index these shards (streamaug index), or give the loader their "
+                                  f"index with index=")
         return ShardIndex(chosen, self.num_classes, self.class_names, self.image_ext, self.image_shape,
                           self.source, self.label_key)
 

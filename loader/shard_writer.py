@@ -96,8 +96,8 @@ def _folder_items(root: str, class_names: list[str] | None) -> tuple[list[tuple[
                 items.append((os.path.join(dirpath, f), classes.index(name)))
                 found += 1
         if not found and class_names is None:
-            raise ValueError(f"image folder {root!r}: class folder {name!r} holds no images ({', '.join(FOLDER_EXTS)}); "
-                             f"remove it, or pass class_names to keep an empty class")
+            raise ValueError(f"image folder {root!r}: class folder {name!r} holds no images "
+                             f"({', '.join(FOLDER_EXTS)}); remove it, or pass class_names to keep an empty class")
     if not items:
         raise ValueError(f"image folder {root!r} has class folders {folders[:5]} but no images ({FOLDER_EXTS})")
     return items, classes, passed_over

@@ -154,7 +154,7 @@ class StreamLoader:
         self.index = find_index(self.urls, index, urls, (balance is not None or mixup is not None) and not num_classes)
         if self.index is None and (balance is not None or mixup is not None) and not num_classes:
             raise ValueError("index=False with balance= or mixup= needs num_classes=")
-        if self.index is not None and num_classes is not None:     # (a class the shards lack; a label they must not hold)
+        if self.index is not None and num_classes is not None:     # classes the shards lack; labels they must not hold
             self.index = self.index.with_num_classes(num_classes)
         self.num_classes = self.index.num_classes if self.index is not None else num_classes
         self.batch_size, self.read_workers, self.seed = batch_size, num_workers, int(seed)

@@ -28,6 +28,10 @@ def whole_shard(url: str) -> Segment:
     return Segment(url, 0, 1 << 62, UNKNOWN)
 
 
+# what every index_mismatch says to do
+REINDEX = " (the shard changed after it was indexed? run streamaug index over the shards again)"
+
+
 def _class_count_error(seg: Segment, found: Counter) -> StreamError | None:
     claimed = list(seg.class_counts)
     held = [found.get(c, 0) for c in range(len(claimed))]
@@ -35,7 +39,7 @@ def _class_count_error(seg: Segment, found: Counter) -> StreamError | None:
         return None
     diff = {c: (claimed[c], held[c]) for c in range(len(claimed)) if claimed[c] != held[c]}
     return StreamError("index_mismatch", f"index's per-class counts {claimed} differ from the shard's {held} "
-                       f"(class: (index, shard) {diff}); balancing targets built on them would be wrong",
+                       f"(class: (index, shard) {diff}); balancing targets built on them would be wrong{REINDEX}",
                        shard=seg.url, value=held, lost=sum(max(0, h - c) for c, h in zip(claimed, held)))
 
 
@@ -54,12 +58,13 @@ def _extras_error(samples: Iterator, url: str, count: int) -> StreamError | None
     except Exception as e:
         met = e.detail if isinstance(e, StreamError) else f"{type(e).__name__}: {str(e).split(' @ ')[0]}"
         return StreamError("index_mismatch", f"shard holds more samples than the index count {count} and is "
-                           f"cut inside them ({met}); extras are ignored", shard=url,
-                           key=first or getattr(e, "key", None), value=count + extras + 1, lost=extras + 1)
+                           f"cut inside them ({met}); under on_error='skip' the extras are passed over{REINDEX}",
+                           shard=url, key=first or getattr(e, "key", None), value=count + extras + 1, lost=extras + 1)
     if not extras:
         return None
     return StreamError("index_mismatch", f"shard holds {extras} more samples than the index count {count}; "
-                       "extras are ignored", shard=url, key=first, value=count + extras, lost=extras)
+                       f"under on_error='skip' the extras are passed over{REINDEX}", shard=url, key=first,
+                       value=count + extras, lost=extras)
 
 
 def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None = None,
@@ -145,7 +150,7 @@ def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits 
         samples = shard_samples(url, stream, limits, owned, keep_places=keep_places and known)
         if count == 0:                              # listed as empty: read it to make sure
             if (extra := next(samples, None)) is not None:
-                report(StreamError("index_mismatch", "index says the shard holds 0 samples; they are ignored",
+                report(StreamError("index_mismatch", f"index says the shard holds 0 samples; they are ignored{REINDEX}",
                                    shard=url, key=_key_of(extra), value=1 + sum(1 for _ in samples)))
             return
         for sample in samples:
@@ -193,7 +198,7 @@ def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits 
                 pass
     if pos < final.stop and known:
         report(StreamError("index_mismatch", f"index says the shard holds {count} samples, "
-                           f"the stream ended after {pos}", shard=url, key=key, value=pos,
+                           f"the stream ended after {pos}{REINDEX}", shard=url, key=key, value=pos,
                            lost=left(True)))
         yield from lost_places()
 

@@ -80,7 +80,7 @@ def test_label_key_is_chosen_by_argument(tmp_path):
 
 def test_bad_json_label_names_shard_key_and_value(tmp_path):
     url, _ = corpus(tmp_path, "png", "json:label")
-    with pytest.raises(StreamError, match="no field 'y'") as info:
+    with pytest.raises(StreamError, match="no field 'y'; its fields there: label") as info:
         list(StreamLoader(url, batch_size=8, shuffle=0, index=False, label_key="json:y"))
     assert (info.value.reason, info.value.key, info.value.shard) == ("bad_label", "s000", url)
 

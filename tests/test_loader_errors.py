@@ -129,6 +129,7 @@ def test_index_disagrees_with_shard(tmp_path, claimed, found):
     with pytest.raises(StreamError, match=found) as info:
         list(StreamLoader(index.urls, batch_size=4, shuffle=0))
     assert info.value.reason == "index_mismatch" and info.value.shard == index.urls[0]
+    assert "changed after it was indexed? run streamaug index over the shards again" in str(info.value)
     loader = StreamLoader(index.urls, batch_size=4, shuffle=0, on_error="skip")
     keys = [k for b in loader for k in b.keys]
     if sum(claimed) > 6:   # short shard: the missing tail is counted and padded
