@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ def draw(rows: list[list], path: str, title: str = "") -> tuple[int, int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="streamaug preview", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="folder with shards and index.json")
+    p.add_argument("--data", required=True, help="folder with shards and index.json, or the index.json itself")
     p.add_argument("--out", default="preview.png")
     p.add_argument("--strategy", default="auto")
     p.add_argument("--backend", default="kornia", choices=["kornia", "dali"])
@@ -102,7 +103,11 @@ def main(argv=None) -> int:
     if not os.path.splitext(args.out)[1]:
         args.out += ".png"                  # what matplotlib writes for a name without an extension
     path = args.data if args.data.endswith(".json") else os.path.join(args.data, INDEX_NAME)
-    index = ShardIndex.load(path)
+    try:
+        index = ShardIndex.load(path)
+    except ValueError as e:                  # (ShardIndexError): one line, as the other commands print
+        print(f"streamaug preview: {e}", file=sys.stderr)
+        return 2
     rows = collect(index, default_augment(args.backend, args.flip), args.strategy, args.seed)
     w, h = draw(rows, args.out, "rows: real | augmented | SMOTE (seed, synthetic, neighbour) | mixup")
     print(f"wrote {args.out} ({w}x{h})")

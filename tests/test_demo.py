@@ -125,6 +125,13 @@ def test_demo_says_what_is_wrong_with_data_it_cannot_use(tmp_path, monkeypatch, 
     assert data.index.class_counts == [4, 3] and sorted(data.test_labels.tolist()) == [0, 1]
 
 
+def test_preview_of_a_folder_without_an_index_says_so_in_one_line(tmp_path, capsys):
+    (tmp_path / "s").mkdir()
+    assert cli(["preview", "--data", str(tmp_path / "s"), "--out", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamaug preview: index ") and "does not exist" in err and "Traceback" not in err
+
+
 def test_preview_command_on_user_shards(tmp_path, npy_shards, capsys):
     index, _, _ = npy_shards
     path = tmp_path / "grid.png"
