@@ -56,6 +56,11 @@ def collate_rows(rows: list[dict], batch_id: int, stats: dict, shape: tuple[int,
     fills entirely) images are ``(0, C, H, W)`` when the shape is known."""
     empty = (0, shape[2], shape[0], shape[1]) if shape else (0,)
     encoded = None
+    if rows and len({r["image"] is None for r in rows}) > 1:
+        npy = next(r for r in rows if r["image"] is not None)
+        raise StreamError("mixed_decode", 'decode="dali" decodes jpg/png/webp where the batch lives, and this batch '
+                          'also holds .npy images, which are decoded in the workers: use decode="cpu" for a corpus '
+                          "that mixes them", shard=npy["__url__"], key=npy["__key__"], value="npy")
     if rows and rows[0]["image"] is None:
         images, encoded = torch.empty(empty, dtype=torch.uint8), [r["encoded"] for r in rows]
     elif rows:                          # HWC rows copied straight into the NCHW batch

@@ -88,7 +88,8 @@ class EpochPlan:
     shard_order: tuple[str, ...]
     # real rows among the ranks' last batches gathered in rank order, which come before any
     # padding there (every earlier batch is real): 0 when nothing is padded, -1 when padding
-    # may sit elsewhere (a shuffle buffer mixes it in, or a balancer's short share)
+    # may sit elsewhere (a shuffle buffer mixes it in, or a balancer's short share; the loader sends
+    # accelerate -1 with any balancer, which shuffles each batch's rows)
     gathered_real: int = -1
 
     def worker_batches_before(self, worker: int, batches_done: int) -> int:

@@ -174,7 +174,7 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
     label_key = check_label_key(label_key)
     on_error = check_policy(on_error)
     shard_urls = expand_urls(urls)
-    out = out or default_index_path(shard_urls, writing=True)
+    out = os.path.expanduser(out) if out else default_index_path(shard_urls, writing=True)
     if out is None or out.startswith(("http://", "https://")):
         raise ValueError(f"give out= (a local path for index.json): shards {shard_urls[0]!r} have no local folder")
     if os.path.isdir(out):

@@ -21,6 +21,7 @@ is not ``.cls``. Files are read with limits checked before anything is allocated
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shlex
 import urllib.error
@@ -117,8 +118,9 @@ class ShardIndex:
         padded with zeros (classes these shards lack, e.g. a validation split), or cut where no
         shard holds those labels. A shard that does is refused by name (the index counted a
         label the user says cannot be: a typo in a label, or the wrong ``num_classes``)."""
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        num_classes = int(num_classes)
         if num_classes == self.num_classes:
             return self
         for s in self.shards:
@@ -183,8 +185,7 @@ class ShardIndex:
                 with urllib.request.urlopen(path, timeout=timeout) as r:
                     data = r.read(max_bytes + 1)
             else:
-                if scheme == "file":
-                    path = local_path(path)
+                path = local_path(path) if scheme == "file" else os.path.expanduser(path)
                 size = os.path.getsize(path)
                 if size > max_bytes:
                     raise IndexTooLarge(path, size, max_bytes)

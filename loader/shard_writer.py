@@ -134,6 +134,10 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         raise ValueError(f"image_format must be one of {IMAGE_EXTS}, got {image_format!r}")
     if maxcount < 1:
         raise ValueError(f"maxcount must be >= 1, got {maxcount}")
+    if class_names is not None:
+        class_names = list(class_names)
+        if not all(isinstance(n, str) and n for n in class_names) or len(set(class_names)) != len(class_names):
+            raise ValueError(f"class_names must be distinct, non-empty strings, got {class_names!r}")
     folder: list[tuple[str, int]] | None = None
     if isinstance(source, str) and source == "digits":
         warnings.warn("write_shards('digits') is deprecated: pass the arrays, "

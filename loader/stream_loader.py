@@ -148,6 +148,10 @@ class StreamLoader:
         if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         batch_size, num_workers = int(batch_size), int(num_workers)     # (numpy ints too, as DataLoader takes)
+        if num_classes is not None:
+            if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+                raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+            num_classes = int(num_classes)
         self.read_options = read_worker_options(persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
         self.urls = expand_urls(urls)
@@ -361,7 +365,8 @@ class StreamLoader:
         if self._marker is not None:      # a pass superseded before it ended
             self._marker.close()
         # accelerate's gradient accumulation and gather_for_metrics: where the pass ends, what is padding
-        marker = self._marker = pass_marker(-1 if plan is None else plan.gathered_real)
+        # (-1 with a balancer: it shuffles each batch's rows, padding among them, whatever it adds)
+        marker = self._marker = pass_marker(-1 if plan is None or self.balance is not None else plan.gathered_real)
         ended = False                     # the epoch's last batch was handed on
         try:
             for out, last in made:

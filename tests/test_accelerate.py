@@ -188,3 +188,24 @@ def test_gather_for_metrics_counts_every_sample_once_over_three_ranks(tmp_path):
         assert sorted(got["dataloader"]) == list(range(total)), f"the reference, {case}"
         assert got["padded"] == 2, f"7 samples on each of 3 ranks: 2 repeats, {case}"
         assert sorted(got["streamaug"]) == list(range(total)), case
+
+
+def test_a_balanced_pass_tells_accelerate_its_padding_is_anywhere(tmp_path):
+    """Red team: a ClassBalancer that adds no row (classes already even) still shuffles each batch,
+    padding rows included, so cutting the gathered last batches after the real count dropped a
+    real sample and kept a repeat. With a balancer the remainder is -1 (keep every row)."""
+    from accelerate import Accelerator
+
+    from streamaug.loader import StreamLoader, write_shards
+    from streamaug.samplers import ClassBalancer
+
+    rng = np.random.default_rng(0)
+    index = write_shards((rng.integers(0, 255, (21, 4, 4, 3), np.uint8), np.arange(21) % 3), str(tmp_path),
+                         maxcount=8, progress=False)
+    accelerator = Accelerator(cpu=True)
+    seen = {}
+    for name, balance in (("plain", None), ("balanced", ClassBalancer(random_state=3))):
+        loader = StreamLoader(index.urls, 2, False, world_size=4, rank=2, balance=balance)
+        assert loader.balance is None or loader.balance.synthetic_counts() == (0, 0)
+        seen[name] = [accelerator.gradient_state.remainder for _ in loader]
+    assert seen["plain"][-1] == 5 and seen["balanced"] == [-1] * len(seen["balanced"])

@@ -159,6 +159,10 @@ def test_samples_and_shards_of_different_image_types_are_indexed_and_read(tmp_pa
     with StreamLoader(index.urls, 5, False, resize=4) as loader:
         batch = next(iter(loader))
     assert batch.keys == [f"k{i:03d}" for i in range(5)] and batch.targets.tolist() == [0, 1, 0, 1, 0]
+    pytest.importorskip("nvidia.dali")
+    with pytest.raises(StreamError, match='holds .npy images.*use decode="cpu"') as info:   # (red team: KeyError)
+        list(StreamLoader(index.urls, 5, False, resize=4, decode="dali", device="cpu"))
+    assert (info.value.reason, info.value.key) == ("mixed_decode", "k000")
 
 
 def test_parallel_and_serial_agree_and_workers_run_at_once(tmp_path, monkeypatch):

@@ -316,3 +316,24 @@ def test_num_classes_with_an_index_is_kept_and_checked_against_it(tmp_path, caps
         assert next(iter(wider)).targets.shape == (8, 12)
     with pytest.raises(ValueError, match="num_classes must be an int >= 1, got 0"):
         StreamLoader(index.urls, 8, num_classes=0)
+
+
+def test_red_team_argument_edges_of_num_classes_class_names_and_home(tmp_path, monkeypatch):
+    """numpy ints are classes counts with an index as without one (bools are not); duplicate
+    class names are refused by the API as by the CLI; ~ is expanded in index= and out=."""
+    from streamaug.loader import build_index
+
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 255, (12, 4, 4, 3), np.uint8), np.arange(12) % 3)
+    with pytest.raises(ValueError, match=r"class_names must be distinct, non-empty strings, got \['a', 'b', 'a'\]"):
+        write_shards(arrays, str(tmp_path / "dup"), class_names=["a", "b", "a"], progress=False)
+    index = write_shards(arrays, str(tmp_path / "s"), maxcount=6, progress=False)
+    assert StreamLoader(index.urls, 4, num_classes=np.int64(5)).num_classes == 5
+    assert StreamLoader(index.urls, 4, index=False, num_classes=np.int64(5)).num_classes == 5
+    for wrong in (True, 0, 2.0):
+        with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
+            StreamLoader(index.urls, 4, index=False, num_classes=wrong)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert build_index("~/s/train-*.tar", out="~/s/other.json", progress=False).total == 12
+    with StreamLoader("~/s", 4, False, index="~/s/other.json") as loader:
+        assert len(loader) == 3
