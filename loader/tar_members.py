@@ -41,7 +41,7 @@ from webdataset.tariterators import base_plus_ext
 
 from .decode_limits import DecodeLimits
 from .errors import LOST, ErrorHandler, StreamError
-from .ustar_reader import HAND_OVER, Prefixed, UstarReader
+from .ustar_reader import BLOCK, HAND_OVER, Prefixed, UstarReader
 
 MAX_META_BYTES = 1 << 20        # pax / GNU long-name header data
 GZIP_MAGIC = b"\x1f\x8b"
@@ -275,11 +275,12 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
 
 
 def _check_after_marker(url: str, read, count: int, limit: int = 1 << 20) -> None:
-    """What follows the end-of-archive marker must be zeros (tar pads its last record). A second
-    archive joined on (``cat a.tar b.tar``, ``pipe:cat dir/*.tar``) would otherwise go unread, as
-    tarfile and webdataset leave it, and its samples be lost silently. Checked up to ``limit``
-    bytes past the marker."""
-    seen = 0
+    """What follows the end-of-archive marker is tar's zero padding. A second archive joined on
+    (``cat a.tar b.tar``, ``pipe:cat dir/*.tar``) would go unread, as tarfile and webdataset leave
+    it, and its samples be lost silently: a tar header past the marker is an error. Other bytes
+    there are passed over, as tar and tarfile pass them. Checked up to ``limit`` bytes past it
+    (``read`` starts at a block boundary: the marker, or the block after it)."""
+    held, seen = b"", 0
     while seen < limit:
         try:
             chunk = read(min(1 << 16, limit - seen))
@@ -289,13 +290,20 @@ def _check_after_marker(url: str, read, count: int, limit: int = 1 << 20) -> Non
             return                        # itself was whole, and nothing past it reads as a tar
         if not chunk:
             return
-        if chunk.count(0) != len(chunk):
-            at = seen + next(i for i, b in enumerate(chunk) if b)
-            raise StreamError("trailing_data", f"data follows the end-of-archive marker ({at} bytes after it; "
-                              f"{count} members read whole before it): a second tar joined on with cat is not "
-                              "read. Give each tar as its own shard, or join them with tar --concatenate",
-                              shard=url, value=at)
-        seen += len(chunk)
+        held, seen = held + chunk, seen + len(chunk)
+        if held.count(0) == len(held):
+            held = held[len(held) - len(held) % BLOCK:]          # whole zero blocks: passed
+            continue
+        at = next(i for i, b in enumerate(held) if b) // BLOCK * BLOCK
+        if len(held) < at + BLOCK and seen < limit:
+            continue                                             # the block is not all here yet
+        try:
+            tarfile.TarInfo.frombuf(held[at:at + BLOCK], "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            return                                               # not a tar header: passed over
+        raise StreamError("trailing_data", f"a tar header follows the end-of-archive marker ({count} members read "
+                          "whole before it): a second tar joined on with cat is not read. Give each tar as its "
+                          "own shard, or join them with tar --concatenate", shard=url, value=seen - len(held) + at)
 
 
 def ignored_name(name: str) -> bool:

@@ -266,7 +266,7 @@ def test_a_second_tar_joined_on_with_cat_is_an_error_not_a_silent_loss(long_name
     with open("merged.tar", "wb") as f:
         f.write(open("p0.tar", "rb").read() + open("p1.tar", "rb").read())
     for url in ("merged.tar", "pipe:cat p0.tar p1.tar"):
-        with pytest.raises(StreamError, match="data follows the end-of-archive marker") as info:
+        with pytest.raises(StreamError, match="a tar header follows the end-of-archive marker") as info:
             list(stream(url, batch_size=1))
         assert (info.value.reason, info.value.shard) == ("trailing_data", url)
         loader = stream(url, on_error="skip")
@@ -275,3 +275,6 @@ def test_a_second_tar_joined_on_with_cat_is_an_error_not_a_silent_loss(long_name
     with pytest.raises(StreamError, match="tar --concatenate"):
         build_index("merged.tar", progress=False)
     assert len([k for b in stream("p0.tar") for k in b.keys]) == 5       # zero padding after the marker is fine
+    with open("junk.tar", "wb") as f:           # bytes that are no tar header: passed over, as tar passes them
+        f.write(open("p0.tar", "rb").read() + b"not a header" + bytes(500) + b"x" * 3000)
+    assert len([k for b in stream("junk.tar") for k in b.keys]) == 5
