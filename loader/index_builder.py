@@ -34,8 +34,9 @@ from .decode_limits import DecodeLimits, check_image
 from .errors import ErrorHandler, LoaderStats, StreamError, check_policy
 from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, find_label_key, read_label
 from .index_lookup import default_index_path
-from .shard_index import INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo
-from .shard_urls import expand_urls, is_local, local_path, shard_key
+from .shard_index import (INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo, check_class_names,
+                          check_num_classes, other_shards_listed)
+from .shard_urls import command_shard_name, expand_urls, is_local, shard_key
 from .tar_reader import read_segment, whole_shard
 
 
@@ -173,6 +174,7 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
     """
     label_key = check_label_key(label_key)
     on_error = check_policy(on_error)
+    num_classes, class_names = check_num_classes(num_classes), check_class_names(class_names)
     shard_urls = expand_urls(urls)
     out = os.path.expanduser(out) if out else default_index_path(shard_urls, writing=True)
     if out is None or out.startswith(("http://", "https://")):
@@ -219,17 +221,13 @@ def _count_bad_images(scans: list[ShardScan], stats: LoaderStats | None) -> None
 def _check_not_dropping(out: str, shard_urls: list[str]) -> None:
     """Refuse to replace an index that lists other shards still on disk: indexing the val shard
     of a folder that also holds train shards replaced the train index, and the train loader then
-    found none of its shards listed (newcomer run)."""
-    try:
-        old = ShardIndex.load(out)
-    except Exception:                                  # none, or unreadable: written anew
-        return
-    keys = {shard_key(u) for u in shard_urls}
-    kept = [s.url for s in old.shards if is_local(s.url) and shard_key(s.url) not in keys
-            and os.path.exists(local_path(s.url))]
+    found none of its shards listed (newcomer run). A command URL is the shard its file names."""
+    keys = {shard_key(u) for u in shard_urls if is_local(u)}
+    names = {command_shard_name(u) for u in shard_urls if not is_local(u)}
+    kept = other_shards_listed(out, lambda u: shard_key(u) in keys or os.path.basename(u) in names)
     if kept:
-        names = ", ".join(os.path.basename(u) for u in kept[:3]) + (", ..." if len(kept) > 3 else "")
-        raise ShardIndexError(f"{out!r} already lists {len(kept)} other shard(s) still there ({names}), which this "
+        shown = ", ".join(os.path.basename(u) for u in kept[:3]) + (", ..." if len(kept) > 3 else "")
+        raise ShardIndexError(f"{out!r} already lists {len(kept)} other shard(s) still there ({shown}), which this "
                               f"index would drop: index all the shards together, or write this index elsewhere "
                               f"(--out, or out=) and give the loader index=; remove the old index to drop them")
 

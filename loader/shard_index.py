@@ -42,6 +42,36 @@ class ShardIndexError(ValueError):
     """An index file that is missing, malformed, or disagrees with its shards."""
 
 
+def check_num_classes(num_classes) -> int | None:
+    """``num_classes=`` as an int (numpy ints too), ``None`` kept; a bool or anything under 1 refused."""
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    return int(num_classes)
+
+
+def check_class_names(class_names) -> list[str] | None:
+    """``class_names=`` as a list of distinct, non-empty strings (``None`` kept)."""
+    if class_names is None:
+        return None
+    names = [str(n) if isinstance(n, str) else n for n in class_names]
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"class_names must be distinct, non-empty strings, got {list(class_names)!r}")
+    return names
+
+
+def other_shards_listed(path: str, ours) -> list[str]:
+    """Shards the index at ``path`` lists that are still on disk and that ``ours(url)`` does not
+    claim: what writing a new index there would drop (a train index, when a val split is
+    indexed or written into its folder). ``[]`` when there is no readable index."""
+    try:
+        old = ShardIndex.load(path)
+    except Exception:                                  # none, or unreadable: written anew
+        return []
+    return [s.url for s in old.shards if is_local(s.url) and not ours(s.url) and os.path.exists(local_path(s.url))]
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     url: str
@@ -118,9 +148,7 @@ class ShardIndex:
         padded with zeros (classes these shards lack, e.g. a validation split), or cut where no
         shard holds those labels. A shard that does is refused by name (the index counted a
         label the user says cannot be: a typo in a label, or the wrong ``num_classes``)."""
-        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-        num_classes = int(num_classes)
+        num_classes = check_num_classes(num_classes)
         if num_classes == self.num_classes:
             return self
         for s in self.shards:
@@ -243,6 +271,8 @@ class ShardIndex:
             raise bad("'class_names' must be a list of strings", names)
         if len(names) != nc:
             raise bad(f"'class_names' must have num_classes={nc} entries", names)
+        if len({str(n) for n in names}) != nc:
+            raise bad("'class_names' must be distinct", names)
         shape = doc.get("image_shape")
         if shape is not None and (not isinstance(shape, list) or len(shape) != 3
                                   or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0

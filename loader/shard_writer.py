@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 import warnings
 
@@ -19,7 +20,8 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from .image_codec import IMAGE_EXTS, decode_image, encode_image
-from .shard_index import INDEX_NAME, ShardIndex, ShardInfo
+from .shard_index import (INDEX_NAME, ShardIndex, ShardInfo, check_class_names, check_num_classes,
+                          other_shards_listed)
 
 FOLDER_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".npy")
 ArraySource = tuple[np.ndarray, np.ndarray]
@@ -134,10 +136,14 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         raise ValueError(f"image_format must be one of {IMAGE_EXTS}, got {image_format!r}")
     if maxcount < 1:
         raise ValueError(f"maxcount must be >= 1, got {maxcount}")
-    if class_names is not None:
-        class_names = list(class_names)
-        if not all(isinstance(n, str) and n for n in class_names) or len(set(class_names)) != len(class_names):
-            raise ValueError(f"class_names must be distinct, non-empty strings, got {class_names!r}")
+    class_names, num_classes = check_class_names(class_names), check_num_classes(num_classes)
+    out_dir = os.path.expanduser(os.fspath(out_dir))
+    kept = other_shards_listed(os.path.join(out_dir, INDEX_NAME),
+                               lambda u: _written_name(prefix, os.path.basename(u)))
+    if kept:
+        raise ValueError(f"{os.path.join(out_dir, INDEX_NAME)!r} lists {len(kept)} shard(s) of another split still "
+                         f"there ({', '.join(os.path.basename(u) for u in kept[:3])}), which this write would drop "
+                         f"from it: write each split into a folder of its own")
     folder: list[tuple[str, int]] | None = None
     if isinstance(source, str) and source == "digits":
         warnings.warn("write_shards('digits') is deprecated: pass the arrays, "
@@ -204,8 +210,10 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
 
 def _shards_in(out_dir: str, prefix: str) -> list[str]:
     """``{prefix}-NNNNNN.tar`` files already in ``out_dir``."""
-    import re
+    return [e.name for e in os.scandir(out_dir) if e.is_file() and _written_name(prefix, e.name)]
 
-    name = re.compile(re.escape(prefix) + r"-\d{6}\.tar")
-    return [e.name for e in os.scandir(out_dir) if e.is_file() and name.fullmatch(e.name)]
+
+def _written_name(prefix: str, name: str) -> bool:
+    """Whether ``name`` is a shard file name ``write_shards`` gives with ``prefix``."""
+    return re.fullmatch(re.escape(prefix) + r"-\d{6}\.tar", name) is not None
 

@@ -59,7 +59,7 @@ from .read_workers import stop_workers, worker_batches
 from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
-from .shard_index import ShardIndex
+from .shard_index import ShardIndex, check_num_classes
 from .shard_urls import expand_urls
 from .worker_stages import WorkerStages, worker_side
 from .worker_stream import StreamSettings, WorkerStream
@@ -148,10 +148,7 @@ class StreamLoader:
         if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         batch_size, num_workers = int(batch_size), int(num_workers)     # (numpy ints too, as DataLoader takes)
-        if num_classes is not None:
-            if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-                raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-            num_classes = int(num_classes)
+        num_classes = check_num_classes(num_classes)
         self.read_options = read_worker_options(persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
         self.urls = expand_urls(urls)

@@ -277,33 +277,35 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
 def _check_after_marker(url: str, read, count: int, limit: int = 1 << 20) -> None:
     """What follows the end-of-archive marker is tar's zero padding. A second archive joined on
     (``cat a.tar b.tar``, ``pipe:cat dir/*.tar``) would go unread, as tarfile and webdataset leave
-    it, and its samples be lost silently: a tar header past the marker is an error. Other bytes
+    it, and its samples be lost silently: a tar header (or a gzip stream) past the marker is an
+    error. Other bytes
     there are passed over, as tar and tarfile pass them. Checked up to ``limit`` bytes past it
     (``read`` starts at a block boundary: the marker, or the block after it)."""
-    held, seen = b"", 0
-    while seen < limit:
+    held, seen, ended = b"", 0, False
+    while not ended:
         try:
-            chunk = read(min(1 << 16, limit - seen))
+            chunk = read(min(1 << 16, limit - seen)) if seen < limit else b""
         except StreamError:               # (a command's exit status)
             raise
         except Exception:                 # (zeros after a gzip stream are no gzip member): the archive
             return                        # itself was whole, and nothing past it reads as a tar
-        if not chunk:
-            return
+        ended = not chunk
         held, seen = held + chunk, seen + len(chunk)
         if held.count(0) == len(held):
             held = held[len(held) - len(held) % BLOCK:]          # whole zero blocks: passed
             continue
         at = next(i for i, b in enumerate(held) if b) // BLOCK * BLOCK
-        if len(held) < at + BLOCK and seen < limit:
+        if len(held) < at + BLOCK and not ended:
             continue                                             # the block is not all here yet
-        try:
-            tarfile.TarInfo.frombuf(held[at:at + BLOCK], "utf-8", "surrogateescape")
-        except tarfile.HeaderError:
-            return                                               # not a tar header: passed over
-        raise StreamError("trailing_data", f"a tar header follows the end-of-archive marker ({count} members read "
-                          "whole before it): a second tar joined on with cat is not read. Give each tar as its "
-                          "own shard, or join them with tar --concatenate", shard=url, value=seen - len(held) + at)
+        if held[at:at + 2] != GZIP_MAGIC:                        # (a .tar.gz joined on to a plain tar)
+            try:
+                tarfile.TarInfo.frombuf(held[at:at + BLOCK], "utf-8", "surrogateescape")
+            except tarfile.HeaderError:
+                return                                           # not a tar header: passed over
+        raise StreamError("trailing_data", f"a second archive (a tar header or a gzip stream) follows the end-of-"
+                          f"archive marker ({count} members read whole before it): a tar joined on with cat is not "
+                          "read. Give each tar as its own shard, or join them with tar --concatenate", shard=url,
+                          value=seen - len(held) + at)
 
 
 def ignored_name(name: str) -> bool:

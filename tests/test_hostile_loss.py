@@ -5,6 +5,7 @@ duplicated or mislabelled here.
 """
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 
@@ -265,8 +266,10 @@ def test_a_second_tar_joined_on_with_cat_is_an_error_not_a_silent_loss(long_name
                 tar.addfile(info, io.BytesIO(data))
     with open("merged.tar", "wb") as f:
         f.write(open("p0.tar", "rb").read() + open("p1.tar", "rb").read())
-    for url in ("merged.tar", "pipe:cat p0.tar p1.tar"):
-        with pytest.raises(StreamError, match="a tar header follows the end-of-archive marker") as info:
+    with open("merged_gz.tar", "wb") as f:                # a .tar.gz joined on to a plain tar (red team)
+        f.write(open("p0.tar", "rb").read() + gzip.compress(open("p1.tar", "rb").read()))
+    for url in ("merged.tar", "pipe:cat p0.tar p1.tar", "merged_gz.tar"):
+        with pytest.raises(StreamError, match="a second archive .* follows the end-of-archive marker") as info:
             list(stream(url, batch_size=1))
         assert (info.value.reason, info.value.shard) == ("trailing_data", url)
         loader = stream(url, on_error="skip")

@@ -380,10 +380,42 @@ def test_indexing_one_split_does_not_replace_the_index_of_another_in_the_same_fo
     err = capsys.readouterr().err
     assert "already lists 2 other shard(s) still there (train-000000.tar, train-000001.tar)" in err and "--out" in err
     assert cli_main(["index", "c/val-000000.tar", "--out", "c/val.json", "--quiet"]) == 0
-    with StreamLoader("c/train-*.tar", 4, False) as train, StreamLoader("c/val-*.tar", 4, False, index="c/val.json") as val:
+    with StreamLoader("c/train-*.tar", 4, False) as train, \
+            StreamLoader("c/val-*.tar", 4, False, index="c/val.json") as val:
         assert len(train) == 2 and len(val) == 1
     with pytest.raises(ShardIndexError, match=r"it lists 2: train-000000.tar, train-000001.tar\). Index these shards"):
         StreamLoader("c/val-*.tar", 4, False)
     for name in ("c/train-000000.tar", "c/train-000001.tar"):
         os.remove(name)                                   # gone: re-indexing in place drops nothing still there
     assert cli_main(["index", "c/val-000000.tar", "--quiet"]) == 0
+
+
+def test_the_not_dropping_check_knows_command_urls_and_covers_write_shards(tmp_path, monkeypatch, capsys):
+    """Red team on the check above: re-indexing the same ``pipe:`` shards in place was refused
+    (a command URL is stored by its file name), and ``streamaug shards --prefix val`` into the
+    train folder still replaced the train index. numpy ints, duplicate class names and ``~`` are
+    taken or refused by the writers as by the loader."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 255, (12, 4, 4, 3), np.uint8), np.arange(12) % 3)
+    index = write_shards(arrays, "p", maxcount=6, progress=False)
+    pipes = [f"pipe:cat {u}" for u in index.urls]
+    for _ in range(2):                                   # the same command URLs, indexed twice in place
+        assert build_index(pipes, out="p/index.json", progress=False).total == 12
+    with pytest.raises(ValueError, match=r"lists 2 shard\(s\) of another split still there \(train-000000.tar, "
+                                         r"train-000001.tar\).*a folder of its own"):
+        write_shards(arrays, "p", prefix="val", progress=False)
+    assert cli_main(["shards", "digits", "p", "--prefix", "val"]) == 1
+    assert "of another split" in capsys.readouterr().err
+    assert write_shards(arrays, "p", maxcount=6, progress=False).total == 12       # the same split again
+    assert write_shards(arrays, "q", num_classes=np.int64(4), progress=False).num_classes == 4
+    assert build_index("q", num_classes=np.int64(5), progress=False).num_classes == 5
+    for bad in (dict(num_classes=True), dict(class_names=["x", "x", "y"])):
+        with pytest.raises(ValueError, match="num_classes must be an int|class_names must be distinct"):
+            build_index("q", progress=False, **bad)
+        with pytest.raises(ValueError, match="num_classes must be an int|class_names must be distinct"):
+            write_shards(arrays, "r", progress=False, **bad)
+    assert not os.path.exists("r")                       # refused before anything is written
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    write_shards(arrays, "~/s", progress=False)
+    assert os.path.exists(tmp_path / "home" / "s" / "index.json") and not os.path.exists("~")
