@@ -46,8 +46,7 @@ class ShardScan:
     url: str
     count: int = 0
     labels: Counter = field(default_factory=Counter)
-    image_ext: str | None = None                     # the shard's image type; None if its samples mix types
-    image_exts: set = field(default_factory=set)
+    image_exts: set = field(default_factory=set)      # the image types its samples use
     label_key: str | None = None
     sizes: set = field(default_factory=set)          # (H, W), at most 2 kept: 2 means "varies"
     channels: set = field(default_factory=set)
@@ -132,7 +131,7 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
             scan.sizes.add(shape[:2])
         scan.channels.add(shape[2])
     scan.image_exts.add(ext)
-    scan.image_ext, scan.label_key = (ext if len(scan.image_exts) == 1 else None), chosen
+    scan.label_key = chosen
     scan.first_key = scan.first_key or key
     if label > max(scan.labels, default=-1):
         scan.top_key = key

@@ -356,6 +356,8 @@ def test_index_takes_the_loaders_image_and_member_limits(tmp_path, capsys):
     assert "over max_image_pixels=5000" in capsys.readouterr().err
     assert cli_main(["index", url, "--quiet", "--max-image-pixels", "10000", "--max-member-bytes", "100000"]) == 0
     capsys.readouterr()
+    assert cli_main(["index", url, "--quiet", "--max-image-pixels", "0"]) == 1
+    assert "max_image_pixels must be a positive int, got 0" in capsys.readouterr().err
     assert cli_main(["index", url, "--quiet", "--max-member-bytes", "10"]) == 1
     assert "over max_member_bytes=10 " in capsys.readouterr().err
     with StreamLoader(url, 1, max_image_pixels=10000) as loader:

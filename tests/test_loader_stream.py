@@ -154,7 +154,7 @@ def image_folder(root, classes: dict[str, int], value_of=None) -> None:
             Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(root / c / f"{i}.png")
 
 
-def test_image_folder_labels_by_class_names_and_refuses_what_would_shift_them(tmp_path):
+def test_image_folder_labels_by_class_names_and_refuses_what_would_shift_them(tmp_path, capsys):
     """Newcomer findings: ``class_names=`` only renamed the sorted subfolders, so a validation
     folder missing a class had its later classes moved down one id; a hidden
     ``.ipynb_checkpoints`` folder became an empty class 0 and shifted every label."""
@@ -175,6 +175,8 @@ def test_image_folder_labels_by_class_names_and_refuses_what_would_shift_them(tm
     assert ShardIndex.load(str(tmp_path / "cli_val" / "index.json")).class_counts == [0, 3, 1]
     assert cli_main(["shards", str(tmp_path / "val"), str(tmp_path / "cli_val2"), "--class-names", "x,cat,dog"]) == 0
     assert ShardIndex.load(str(tmp_path / "cli_val2" / "index.json")).class_counts == [0, 3, 1]
+    assert cli_main(["shards", str(tmp_path / "val"), str(tmp_path / "cli_val3"), "--class-names", "cat,,cat"]) == 1
+    assert "class_names must be distinct, non-empty strings, got ['cat', '', 'cat']" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"class folder\(s\) \['dog'\] that class_names does not list"):
         write_shards(str(tmp_path / "val"), str(tmp_path / "bad"), class_names=["bird", "cat"], progress=False)
 
