@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
+from .atomic_file import replaced_atomically
 from .shard_urls import (UnsafeIndexEntry, command_shard_name, index_entry_url, is_local, local_path,
                          resolve_index_entry, shard_key, url_scheme)
 
@@ -191,10 +192,8 @@ class ShardIndex:
 
     def save(self, path: str) -> None:
         doc = self.to_json(os.path.dirname(os.path.abspath(path)))
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
+        with replaced_atomically(path) as f:            # whole or not at all, whoever else writes it
             json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str, *, max_bytes: int = MAX_INDEX_BYTES, max_classes: int = MAX_NUM_CLASSES,

@@ -1,0 +1,55 @@
+"""Files that appear whole or not at all: written under a hidden name of their own, then
+renamed onto the real name (``os.replace``, atomic on one file system).
+
+Several processes may write the same shards and index at once: every rank of a
+``torchrun`` job that runs ``write_shards(..., "shards")`` before it reads, say. With a
+shared temporary name (``index.json.tmp``) one rank renamed another's file away and
+failed; with shards opened in place a rank could read a shard that another was
+truncating and rewriting. Each writer's partial file is its own here, so every rename
+puts a complete file in place, and a reader sees an old complete file or a new one.
+
+>>> import os, tempfile
+>>> path = os.path.join(tempfile.mkdtemp(), "index.json")
+>>> with replaced_atomically(path) as f:
+...     _ = f.write("{}")
+>>> os.listdir(os.path.dirname(path)), open(path).read()
+(['index.json'], '{}')
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from typing import IO
+
+
+def partial_path(path: str) -> str:
+    """A hidden sibling of ``path`` that no other writer uses: ``.NAME.PID.RANDOM.partial``.
+
+    Hidden, so folder listings that pass over hidden entries (shard URL expansion, image
+    folders) never take a partial file for a real one."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+
+
+def open_partial(path: str, mode: str = "wb") -> tuple[IO, str]:
+    """``(file, partial path)``: a new partial file for ``path``, created with the mode a plain
+    ``open`` would give (the umask applies)."""
+    partial = partial_path(path)
+    return open(partial, mode.replace("w", "x")), partial
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: str, mode: str = "w") -> Iterator[IO]:
+    """Write ``path`` through a partial file that replaces it on success; on an error the
+    partial file is removed and ``path`` is left as it was."""
+    f, partial = open_partial(path, mode)
+    try:
+        with f:
+            yield f
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    os.replace(partial, path)
