@@ -2,7 +2,7 @@
 
 >>> loader = StreamLoader("shards/train-{000000..000009}.tar", batch_size=256,
 ...                       num_workers=2, seed=0, device="cuda")     # doctest: +SKIP
->>> for epoch in range(3):
+>>> for epoch in range(3):                  # doctest: +SKIP
 ...     loader.set_epoch(epoch)
 ...     for images, labels in loader:      # uint8 NCHW on the device, int64 labels
 ...         ...
