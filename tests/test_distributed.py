@@ -4,25 +4,18 @@ from __future__ import annotations
 import collections
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from shard_factory import good_members, make_shards, write_custom
+from torchrun_job import run_torchrun
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 180
 
 
 def torchrun(*args, nproc=2, check=True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "streamaug.benchmarks.train", *map(str, args)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return proc
+    return run_torchrun(["-m", "streamaug.benchmarks.train", *args], nproc=nproc, timeout=TIMEOUT, check=check)
 
 
 def read_trace(prefix, rank):

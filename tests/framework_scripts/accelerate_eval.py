@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from streamaug.benchmarks.train import exit_now
 from streamaug.loader import StreamLoader
 
 CASES = [(1, 0), (2, 0), (3, 2), (4, 1), (7, 2)]        # (batch_size, reading workers)
@@ -48,6 +49,7 @@ def main() -> None:
             json.dump(result, f)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    exit_now(0)                      # no interpreter finalization for gloo's threads to abort in
 
 
 if __name__ == "__main__":

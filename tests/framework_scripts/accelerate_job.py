@@ -19,6 +19,8 @@ from accelerate.utils import send_to_device
 
 from digits_shards import job_arguments, make_loaders, record
 
+from streamaug.benchmarks.train import exit_now
+
 EPOCHS = 2
 
 
@@ -87,6 +89,7 @@ def main() -> None:
             f.write(json.dumps(row) + "\n")
     accelerator.wait_for_everyone()  # no rank tears gloo down while the other still uses it
     accelerator.end_training()       # accelerate's recipe: destroys the process group before exit
+    exit_now(0)                      # no interpreter finalization for gloo's threads to abort in
 
 
 if __name__ == "__main__":

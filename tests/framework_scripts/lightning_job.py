@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from digits_shards import job_arguments, make_loaders, record
 
+from streamaug.benchmarks.train import exit_now
+
 class TinyDigits(L.LightningModule):
     """A tiny CNN on 8×8 digits; it logs what it is fed into ``self.seen``."""
 
@@ -81,6 +83,9 @@ def main() -> None:
     with open(os.path.join(args.out, f"{args.tag}-rank{trainer.global_rank}.jsonl"), "w") as f:
         for row in model.seen:
             f.write(json.dumps(row) + "\n")
+    if torch.distributed.is_initialized():             # (Lightning destroys the group at exit)
+        torch.distributed.barrier()
+        exit_now(0)                      # no interpreter finalization for gloo's threads to abort in
 
 
 if __name__ == "__main__":
