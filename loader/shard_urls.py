@@ -43,7 +43,22 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
     out = [u for pattern in urls for part in os.fspath(pattern).split("::") for u in braceexpand.braceexpand(part)]
     if not out or not all(out):
         raise ValueError(f"no shard URLs given (got {urls!r})")
-    return [path for url in out for path in _local_files(url)]
+    found = [path for url in out for path in _local_files(url)]
+    _refuse_repeats(found)
+    return found
+
+
+def _refuse_repeats(urls: list[str]) -> None:
+    """A shard named twice (overlapping patterns, ``a.tar`` and ``./a.tar``, a symlink to it)
+    would be read twice per epoch, every sample counted twice: refused, naming both forms."""
+    first: dict[str, str] = {}
+    for url in urls:
+        key = shard_key(url)
+        if key in first:
+            same = f"as {first[key]!r} and {url!r}" if first[key] != url else f"as {url!r}"
+            raise ValueError(f"shard {key!r} is named twice ({same}) in the URLs given: each shard is read "
+                             f"once per epoch, so list it once (to weight classes, use balance=)")
+        first[key] = url
 
 
 def _local_files(url: str) -> list[str]:

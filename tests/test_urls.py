@@ -5,6 +5,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import shutil
 import threading
 
@@ -54,6 +55,22 @@ def test_mixed_absolute_and_relative_list(corpus):
     loader = StreamLoader(urls, batch_size=8, num_workers=2)
     assert len(loader) == 5 and keys_of(loader) == ALL
     assert len(StreamLoader(urls[1:3], batch_size=8)) == 3, "a subset uses its own shards' counts"
+
+
+@pytest.mark.parametrize("urls, again", [
+    ("shards/train-{000000..000003}.tar::shards/train-000002.tar", "shards/train-000002.tar"),   # overlapping patterns
+    (["shards/train-000000.tar", "./shards/train-000000.tar"], "./shards/train-000000.tar"),
+    (["shards", "shards/train-000003.tar"], "shards/train-000003.tar"),                          # a folder and a file in it
+    (["shards/train-000001.tar", "linked/train-000001.tar"], "linked/train-000001.tar"),          # a symlink to it
+])
+def test_a_shard_named_twice_is_refused_not_read_twice(corpus, urls, again):
+    """Before, each form was read: every sample of that shard came twice per epoch, silently."""
+    from streamaug.loader import build_index
+
+    os.symlink(corpus / "shards", corpus / "linked")
+    for build in (lambda: StreamLoader(urls, batch_size=8), lambda: build_index(urls, progress=False)):
+        with pytest.raises(ValueError, match=rf"is named twice \(.*{re.escape(again)}"):
+            build()
 
 
 def test_symlinked_folder(corpus):
