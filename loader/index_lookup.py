@@ -3,6 +3,7 @@ restricted to the shards asked for; and what happens when there is none."""
 from __future__ import annotations
 
 import os
+import shlex
 import warnings
 
 from .shard_index import INDEX_NAME, MissingIndex, ShardIndex, ShardIndexError, ShardInfo
@@ -25,18 +26,23 @@ def default_index_path(urls: list[str], writing: bool = False) -> str | None:
 
 
 def find_index(urls: list[str], index, given: str | list[str] | None = None,
-               needs_counts: bool = False) -> "ShardIndex | None":
+               needs_counts: bool = False, label_key: str | None = None,
+               num_classes: int | None = None) -> "ShardIndex | None":
     """The loader's index for ``urls``: ``index`` (a ``ShardIndex``, a path/URL, ``False`` for none)
     or, by default, ``index.json`` beside the first shard, restricted to ``urls``.
 
     With the default and no index there, the shards stream unindexed (as webdataset
     does) after one warning naming the ``streamaug index`` command that writes one,
     unless ``needs_counts`` (a balancer or mixup without ``num_classes=``): then that
-    is an error naming the same command. ``given`` is the caller's pattern, for the
-    command."""
+    is an error naming the same command. ``given`` is the caller's pattern, and
+    ``label_key``/``num_classes`` the loader's, for the command."""
     if index is False:
         return None
     command = f"streamaug index {pattern_text(given if given is not None else urls)}"
+    if label_key is not None:
+        command += f" --label-key {shlex.quote(label_key)}"
+    if num_classes is not None:
+        command += f" --num-classes {num_classes}"
     if isinstance(index, ShardIndex):
         full = index
     elif index is not None:

@@ -152,7 +152,8 @@ class StreamLoader:
         self.read_options = read_worker_options(persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
         self.urls = expand_urls(urls)
-        self.index = find_index(self.urls, index, urls, (balance is not None or mixup is not None) and not num_classes)
+        self.index = find_index(self.urls, index, urls, (balance is not None or mixup is not None) and not num_classes,
+                                label_key, num_classes)
         if self.index is None and (balance is not None or mixup is not None) and not num_classes:
             raise ValueError("index=False with balance= or mixup= needs num_classes=")
         if self.index is not None and num_classes is not None:     # classes the shards lack; labels they must not hold

@@ -5,6 +5,7 @@ import collections
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import warnings
@@ -206,6 +207,28 @@ def test_no_index_warns_once_with_the_exact_command_that_fixes_it(tmp_path, monk
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(StreamLoader(pattern, batch_size=8)) == 4
+
+
+def test_the_no_index_warning_carries_the_loaders_label_key_and_num_classes(tmp_path, monkeypatch):
+    """Before, the command named only the shards: for labels in ``json:y`` it failed (no label
+    field it knows), and it dropped a ``num_classes`` wider than the labels present."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("data")
+    with wds.ShardWriter("data/part-%04d.tar", maxcount=10, verbose=0) as sink:
+        for i in range(25):
+            sink.write({"__key__": f"img{i:05d}", "jpeg": jpeg(i), "json": json.dumps({"y": i % 3}).encode()})
+    pattern = "data/part-{0000..0002}.tar"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        StreamLoader(pattern, batch_size=8, label_key="json:y", num_classes=4)
+    command, = [str(w.message).split("`")[1] for w in caught if "no index" in str(w.message)]
+    assert command == f"streamaug index '{pattern}' --label-key json:y --num-classes 4"
+    subprocess.run([STREAMAUG, *shlex.split(command)[1:], "--quiet"], check=True, capture_output=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader = StreamLoader(pattern, batch_size=8, label_key="json:y", num_classes=4)
+    assert len(loader) == 4 and loader.index.class_counts == [9, 8, 8, 0]
+    assert sorted(y for b in loader for y in b.hard_labels.tolist()) == sorted(i % 3 for i in range(25))
 
 
 def test_no_message_suggests_streamaug_shards_for_existing_shards():
