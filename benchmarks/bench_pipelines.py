@@ -56,10 +56,18 @@ class MixedBatches:
             yield self.mix(images, labels, num_classes=self.num_classes)
 
 
+def peer_ext(index: ShardIndex) -> str:
+    """The one image field the peer pipelines read: the bench data's ``npy`` or ``jpg``."""
+    if index.image_ext not in ("npy", "jpg"):
+        raise ValueError(f"index {index.source!r}: the peer pipelines read .npy or .jpg shards of one image type, "
+                         f"not {index.image_ext or 'a mix of types'!r} (streamaug bench generates its own data)")
+    return index.image_ext
+
+
 def _webdataset(index: ShardIndex, sample_transform=None):
     import webdataset as wds
 
-    ext = "npy" if index.image_ext == "npy" else "jpg"
+    ext = peer_ext(index)
     decode = "rgb8" if ext == "jpg" else None
     ds = wds.WebDataset(index.urls, shardshuffle=False, nodesplitter=wds.split_by_node, empty_check=False)
     ds = ds.shuffle(1000, rng=__import__("random").Random(0))
@@ -108,7 +116,7 @@ def dali_only(index: ShardIndex, batch: int, workers: int, device):
 
     @pipeline_def(batch_size=batch, num_threads=max(1, workers), device_id=device.index or 0 if gpu else None, seed=0)
     def pipe():
-        ext = "npy" if index.image_ext == "npy" else "jpg"
+        ext = peer_ext(index)
         raw, label = fn.readers.webdataset(paths=index.urls, ext=[ext, "cls"], random_shuffle=True,
                                            initial_fill=1000, name="reader", missing_component_behavior="error")
         if ext == "jpg":

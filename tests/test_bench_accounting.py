@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from streamaug.benchmarks.machine_info import source_commit
@@ -176,3 +177,17 @@ def test_a_quick_bench_report_says_its_ratios_are_not_measurements(tmp_path, cap
     assert (tmp_path / "quick" / "bench.md").read_text().startswith("**Quick run (--quick)")
     write_report([], str(tmp_path / "full"))
     assert "Quick run" not in (tmp_path / "full" / "bench.md").read_text()
+
+
+def test_the_peer_pipelines_refuse_shards_they_cannot_read(tmp_path):
+    """Before, any index that was not npy was read as jpg: png shards, or a mix of types,
+    failed inside webdataset or DALI with a missing-field error."""
+    from streamaug.benchmarks.bench_pipelines import peer_ext
+    from streamaug.loader import write_shards
+
+    images, labels = np.zeros((4, 8, 8, 3), np.uint8), np.arange(4) % 2
+    for fmt in ("npy", "jpg"):
+        assert peer_ext(write_shards((images, labels), str(tmp_path / fmt), image_format=fmt, progress=False)) == fmt
+    index = write_shards((images, labels), str(tmp_path / "png"), image_format="png", progress=False)
+    with pytest.raises(ValueError, match=r"read \.npy or \.jpg shards of one image type, not 'png'"):
+        peer_ext(index)
