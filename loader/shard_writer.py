@@ -62,14 +62,18 @@ class UstarShardWriter(wds.ShardWriter):
             f.close()
             os.replace(partial, self.fname)
             self.tarstream = self._partial = None
+            if callable(self.post):                   # ShardWriter's post= hook, as it calls it
+                self.post(self.fname)
 
     def __exit__(self, exc_type, *rest):
         if exc_type is not None and self._partial is not None:
             f, partial = self._partial                 # the shard cut short by the error
-            self.tarstream.close()
-            f.close()
-            os.unlink(partial)
-            self.tarstream = self._partial = None
+            try:
+                self.tarstream.close()
+                f.close()
+            finally:
+                os.unlink(partial)
+                self.tarstream = self._partial = None
         self.close()
 
 
