@@ -48,6 +48,16 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
     return found
 
 
+def refuse_missing_local(urls: list[str]) -> None:
+    """Refuse local shards that do not exist, naming them and the working directory a relative
+    path is taken from (a mistyped path, or a script run from another folder)."""
+    missing = [u for u in urls if is_local(u) and not os.path.exists(local_path(u))]
+    if missing:
+        more = f" and {len(missing) - 1} more of the {len(urls)} shards" if len(missing) > 1 else ""
+        raise FileNotFoundError(f"shard {missing[0]!r}{more}: no such file or folder (relative paths are taken "
+                                f"from the working directory {os.getcwd()!r})")
+
+
 def _refuse_repeats(urls: list[str]) -> None:
     """A shard named twice (overlapping patterns, ``a.tar`` and ``./a.tar``, a symlink to it)
     would be read twice per epoch, every sample counted twice: refused, naming both forms."""

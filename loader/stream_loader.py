@@ -60,7 +60,7 @@ from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
 from .shard_index import ShardIndex, check_num_classes
-from .shard_urls import expand_urls
+from .shard_urls import expand_urls, refuse_missing_local
 from .worker_stages import WorkerStages, worker_side
 from .worker_stream import StreamSettings, WorkerStream
 
@@ -151,7 +151,10 @@ class StreamLoader:
         num_classes = check_num_classes(num_classes)
         self.read_options = read_worker_options(persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
+        limits = DecodeLimits(max_member_bytes, max_image_pixels, read_timeout)     # (checks them)
         self.urls = expand_urls(urls)
+        if check_policy(on_error) == "raise":
+            refuse_missing_local(self.urls)   # now, not at the first batch after an index warning
         self.index = find_index(self.urls, index, urls, (balance is not None or mixup is not None) and not num_classes,
                                 label_key, num_classes)
         if self.index is None and (balance is not None or mixup is not None) and not num_classes:
@@ -176,7 +179,7 @@ class StreamLoader:
         channels = channels or (shape[2] if shape else 3)
         self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali",
                                      label_key=label_key or (self.index.label_key if self.index else None),
-                                     channels=channels, limits=DecodeLimits(max_member_bytes, max_image_pixels, read_timeout))
+                                     channels=channels, limits=limits)
         self.device_decoder = None
         if decode == "dali":
             from .device_decode import DaliImageDecoder

@@ -204,7 +204,8 @@ def test_a_loader_freed_after_an_error_stops_its_workers_promptly_and_is_collect
 
     write_tar("bad.tar", good_members(20) + [("s_00020.npy", b"not an npy"), ("s_00020.cls", b"0")]
               + good_members(20, 21))
-    loader = stream(["bad.tar", "a.tar", "a.tar"], num_workers=3)
+    shutil.copy("a.tar", "b.tar")
+    loader = stream(["bad.tar", "a.tar", "b.tar"], num_workers=3)
     with pytest.raises(StreamError, match="s_00020"):
         keys_of(loader)
     processes = list(loader._dataloader._iterator._workers)     # noqa: SLF001

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -103,10 +105,14 @@ def test_garbage_tar(tmp_path):
 def test_missing_shard(tmp_path):
     index = write_custom(str(tmp_path), {"a.tar": good_members(3), "b.tar": good_members(3, 3)},
                          {"a.tar": [2, 1], "b.tar": [1, 2]})
-    os.remove(index.urls[0])
+    loader = StreamLoader(index.urls, batch_size=3, shuffle=0)
+    os.remove(index.urls[0])                    # gone after the loader was made (a mount lost, say)
     with pytest.raises(StreamError, match="does not exist") as info:
-        list(StreamLoader(index.urls, batch_size=3, shuffle=0))
+        list(loader)
     assert info.value.shard == index.urls[0] and info.value.value == index.urls[0]
+    with pytest.raises(FileNotFoundError, match=f"shard {re.escape(repr(index.urls[0]))}: no such file or folder "
+                                                 r"\(relative paths are taken from the working directory"):
+        StreamLoader(index.urls, batch_size=3, shuffle=0)       # gone before: refused at once
     loader = StreamLoader(index.urls, batch_size=3, shuffle=0, on_error="skip")
     assert sum(len(b[1]) for b in loader) == 6 and loader.stats.skipped == {"missing_shard": 3}
 
@@ -114,7 +120,7 @@ def test_missing_shard(tmp_path):
 def test_shard_not_in_index(npy_shards, tmp_path):
     index, _, _ = npy_shards
     with pytest.raises(ShardIndexError, match="does not list shard .*nope.tar"):
-        StreamLoader(index.urls + [str(tmp_path / "nope.tar")], batch_size=4, index=index)
+        StreamLoader(index.urls + [shutil.copy(index.urls[0], tmp_path / "nope.tar")], batch_size=4, index=index)
 
 
 @pytest.mark.parametrize("urls", [[], "", [""]])

@@ -114,7 +114,21 @@ def test_index_saved_elsewhere_writes_relative_entries(corpus):
         index.save("elsewhere/index.json")
 
 
+@pytest.mark.parametrize("urls", ["shards/trian", "shards/train-{000000..000005}.tar", "../shards"])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_a_shard_path_that_does_not_exist_is_refused_at_once_naming_the_working_directory(corpus, urls, balanced):
+    """Newcomer: a mistyped folder, or a script run from another folder, was accepted with a
+    warning about a missing index (or, balanced, an error asking to index it), and failed at
+    the first batch."""
+    from streamaug.samplers import ClassBalancer
+
+    with pytest.raises(FileNotFoundError, match=rf"no such file or folder \(relative paths are taken from the "
+                                                rf"working directory {re.escape(repr(str(corpus)))}\)"):
+        StreamLoader(urls, batch_size=4, balance=ClassBalancer() if balanced else None)
+
+
 def test_shard_not_listed_names_it(corpus):
+    shutil.copy("shards/train-000001.tar", "shards/nope.tar")
     with pytest.raises(ShardIndexError, match="does not list shard 'shards/nope.tar'"):
         StreamLoader(["shards/train-000000.tar", "shards/nope.tar"], batch_size=4, index="shards/index.json")
 
