@@ -18,13 +18,13 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 
 import torch
 import torch.distributed as dist
 
 from streamaug.benchmarks.small_cnn import ResNet18Like, SmallCNN
+from streamaug.core.process_exit import exit_now
 from streamaug.loader import ShardIndex, StreamLoader
 from streamaug.loader.shard_index import INDEX_NAME
 from streamaug.ops import MixUp
@@ -51,8 +51,11 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def setup() -> tuple[int, int, torch.device]:
-    if "RANK" in os.environ and not dist.is_initialized():
+def setup() -> tuple[int, int, torch.device, bool]:
+    """``(rank, world size, device, whether this call started the process group)``: under
+    torchrun it starts one unless the caller already has."""
+    started = "RANK" in os.environ and not dist.is_initialized()
+    if started:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -60,15 +63,15 @@ def setup() -> tuple[int, int, torch.device]:
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+        return rank, world, torch.device("cuda", local), started
+    return rank, world, torch.device("cpu"), started
 
 
 def main(argv=None) -> int:
     args = parse(argv)
     if not (args.index or os.path.isdir(args.data)):
         raise SystemExit(f"--data {args.data!r} is not a folder of shards; for a URL pattern pass --index")
-    rank, world, device = setup()
+    rank, world, device, started_group = setup()
     index = ShardIndex.load(args.index or os.path.join(args.data, INDEX_NAME))
     urls = index.urls if os.path.isdir(args.data) else args.data
     kw = {}
@@ -139,29 +142,11 @@ def main(argv=None) -> int:
     if rank == 0:
         print(json.dumps(summary))
     loader.close()
-    if dist.is_initialized():
+    if started_group:                                     # a caller's group is the caller's to end
         dist.barrier()                                    # no rank tears gloo down mid-collective
         dist.destroy_process_group()
-        exit_now(0)
     return 0
 
 
-def exit_now(code: int) -> None:
-    """Exit without finalizing the interpreter: a distributed job's last step.
-
-    torch's gloo worker threads may free a finished collective's tensors after the main
-    thread has moved on; when that lands in interpreter finalization the thread cannot take
-    the GIL and the rank aborts ("terminate called without an active exception", exit -6).
-    It happened once in CI on this job (rank 1, after its last all_gather) and in 4 of 39
-    five-process runs of the README's accelerate example here; the core dump shows
-    ``ProcessGroupGloo::runLoop`` destroying an ``AsyncAllgatherWork`` in ``take_gil``
-    during ``Py_FinalizeEx``. ``destroy_process_group`` does not stop those threads (DDP's
-    hooks still hold the group), so after it the job flushes its output and ends the
-    process directly. (torch's own fix, pytorch/pytorch#179291, was abandoned.)"""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_now(main())      # no interpreter shutdown for gloo's threads to abort in (see core/process_exit)

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from shard_factory import good_members, make_shards, write_custom
-from torchrun_job import run_torchrun
+from torchrun_job import free_port, run_torchrun
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 180
@@ -95,3 +95,26 @@ def test_train_job_names_a_bad_data_argument(tmp_path):
 
     with pytest.raises(SystemExit, match="is not a folder of shards; for a URL pattern pass --index"):
         main(["--data", str(tmp_path / "missing-{000..003}.tar")])
+
+
+def test_the_train_job_called_in_process_returns_and_leaves_the_callers_group(shards, tmp_path):
+    """Red team: once the job ended the process itself (os._exit after its last step), a caller
+    that ran ``main()`` under its own process group lost everything after the call, and a pytest
+    run exited 0 without running the tests after it. It also destroyed the caller's group."""
+    import subprocess
+    import sys
+
+    folder = shards[2]
+    script = f"""
+import os, torch.distributed as dist
+from streamaug.benchmarks.train import main
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str({free_port()}))
+dist.init_process_group("gloo", rank=0, world_size=1)
+code = main(["--data", {folder!r}, "--batch-size", "16", "--workers", "0"])
+print("returned", code, "group kept", dist.is_initialized(), flush=True)
+dist.destroy_process_group()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "returned 0 group kept True" in done.stdout, done.stdout[-2000:]

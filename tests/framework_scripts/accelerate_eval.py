@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from streamaug.benchmarks.train import exit_now
+from streamaug.core.process_exit import exit_now
 from streamaug.loader import StreamLoader
 
 CASES = [(1, 0), (2, 0), (3, 2), (4, 1), (7, 2)]        # (batch_size, reading workers)

@@ -19,7 +19,7 @@ from accelerate.utils import send_to_device
 
 from digits_shards import job_arguments, make_loaders, record
 
-from streamaug.benchmarks.train import exit_now
+from streamaug.core.process_exit import exit_now
 
 EPOCHS = 2
 

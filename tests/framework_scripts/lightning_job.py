@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from digits_shards import job_arguments, make_loaders, record
 
-from streamaug.benchmarks.train import exit_now
+from streamaug.core.process_exit import exit_now
 
 class TinyDigits(L.LightningModule):
     """A tiny CNN on 8×8 digits; it logs what it is fed into ``self.seen``."""
@@ -83,7 +83,7 @@ def main() -> None:
     with open(os.path.join(args.out, f"{args.tag}-rank{trainer.global_rank}.jsonl"), "w") as f:
         for row in model.seen:
             f.write(json.dumps(row) + "\n")
-    if torch.distributed.is_initialized():             # (Lightning destroys the group at exit)
+    if torch.distributed.is_initialized():             # (Lightning's atexit would destroy it: skipped)
         torch.distributed.barrier()
         exit_now(0)                      # no interpreter finalization for gloo's threads to abort in
 
