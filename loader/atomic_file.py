@@ -20,17 +20,34 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from typing import IO
 
 
 def partial_path(path: str) -> str:
-    """A hidden sibling of ``path`` that no other writer uses: ``.NAME.PID.RANDOM.partial``.
+    """A hidden sibling of ``path`` (of the file it links to, if a symlink) that no other
+    writer uses: ``.NAME.PID.RANDOM.partial``.
 
     Hidden, so folder listings that pass over hidden entries (shard URL expansion, image
     folders) never take a partial file for a real one."""
-    folder, name = os.path.split(path)
+    folder, name = os.path.split(os.path.realpath(path))
     return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+
+
+def put_in_place(partial: str, path: str) -> None:
+    """Rename ``partial`` onto ``path``, or onto the file it links to (a symlinked shard stays a
+    link, and its target gets the new content), keeping the permission bits of a file it
+    replaces. If that fails, the partial file is removed."""
+    target = os.path.realpath(path)
+    try:
+        if os.path.exists(target):
+            os.chmod(partial, stat.S_IMODE(os.stat(target).st_mode))
+        os.replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 def open_partial(path: str, mode: str = "wb") -> tuple[IO, str]:
@@ -52,4 +69,4 @@ def replaced_atomically(path: str, mode: str = "w") -> Iterator[IO]:
         with contextlib.suppress(OSError):
             os.unlink(partial)
         raise
-    os.replace(partial, path)
+    put_in_place(partial, path)

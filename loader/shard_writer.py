@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tarfile
@@ -19,7 +20,7 @@ import numpy as np
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from .atomic_file import open_partial
+from .atomic_file import open_partial, put_in_place
 from .image_codec import IMAGE_EXTS, decode_image, encode_image
 from .shard_index import (INDEX_NAME, ShardIndex, ShardInfo, check_class_names, check_num_classes,
                           other_shards_listed)
@@ -43,6 +44,8 @@ class UstarShardWriter(wds.ShardWriter):
     """
 
     def __init__(self, pattern: str, **kw):
+        if "opener" in kw:
+            raise TypeError("UstarShardWriter opens each shard's partial file itself; it takes no opener=")
         self._partial: tuple | None = None            # (file, partial path) of the shard being written
         super().__init__(pattern, opener=self._open_partial, **kw)
 
@@ -55,25 +58,42 @@ class UstarShardWriter(wds.ShardWriter):
         self.tarstream.tarstream.format = tarfile.USTAR_FORMAT
 
     def finish(self):
-        """Complete the shard being written and rename it onto its name."""
+        """Complete the shard being written and rename it onto its name. If that fails, the
+        partial file is left for ``__exit__`` to remove."""
         if self.tarstream is not None:
             self.tarstream.close()                     # the end-of-archive blocks
             f, partial = self._partial
             f.close()
-            os.replace(partial, self.fname)
             self.tarstream = self._partial = None
+            put_in_place(partial, self.fname)         # (removes it, if that fails)
             if callable(self.post):                   # ShardWriter's post= hook, as it calls it
                 self.post(self.fname)
 
-    def __exit__(self, exc_type, *rest):
-        if exc_type is not None and self._partial is not None:
-            f, partial = self._partial                 # the shard cut short by the error
-            try:
+    def _discard(self) -> None:
+        """Remove the partial file of the shard being written (an error cut it short)."""
+        if self._partial is None:
+            return
+        f, partial = self._partial
+        try:
+            if self.tarstream is not None:
                 self.tarstream.close()
-                f.close()
-            finally:
+            f.close()
+        except OSError:
+            pass                                       # (a full disk, say: the error being raised says so)
+        finally:
+            self.tarstream = self._partial = None
+            with contextlib.suppress(OSError):
                 os.unlink(partial)
-                self.tarstream = self._partial = None
+
+    def __exit__(self, exc_type, *rest):
+        try:
+            if exc_type is None:
+                self.close()                           # the last shard, completed and put in place
+                return
+        except BaseException:
+            self._discard()
+            raise
+        self._discard()
         self.close()
 
 

@@ -1,11 +1,14 @@
-"""Shards and index.json written by several processes at once, as every rank of a torchrun
-job does when its script runs ``write_shards`` before reading (the README's accelerate
-example did, and failed under 3 processes: ``FileNotFoundError: 'shards/index.json.tmp'``).
+"""Shards and index.json appear whole or not at all: written by several processes at once, as
+every rank of a torchrun job does when its script runs ``write_shards`` before reading (the
+README's accelerate example did, and failed under 3 processes: ``FileNotFoundError:
+'shards/index.json.tmp'``), and when a write fails part-way.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -79,3 +82,59 @@ def test_a_write_that_fails_leaves_no_cut_short_shard_and_no_partial_file(tmp_pa
         write_shards(str(folder), str(out), maxcount=3, shuffle_seed=None, progress=False)
     # shards 0 and 1 were complete before the error; shard 2 held one sample when it came
     assert sorted(os.listdir(out)) == ["train-000000.tar", "train-000001.tar"]
+
+
+FULL_DISK = """
+import os, resource, signal, sys
+import numpy as np
+from streamaug.loader import write_shards
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)            # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+try:
+    write_shards((np.zeros((200, 32, 32, 3), np.uint8), np.arange(200) % 2), sys.argv[1], maxcount=50,
+                 progress=False)
+except OSError as e:
+    print("refused:", e.strerror)
+print(sorted(os.listdir(sys.argv[1])))
+"""
+
+
+def test_a_full_disk_leaves_no_partial_file(tmp_path):
+    """Red team: the end-of-archive blocks failed again on the full disk, the partial file
+    (100,000 bytes) stayed, hidden, and that second error replaced the first."""
+    out = tmp_path / "shards"
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["refused: File too large", "[]"], done.stdout
+
+
+def test_rewriting_keeps_a_symlinked_shard_a_link_and_a_shards_mode(tmp_path):
+    """Red team: the rename replaced a symlinked shard by a file (its target in the shared store
+    kept the old content) and reset a shard's permission bits."""
+    images, labels = arrays()
+    out, store = tmp_path / "shards", tmp_path / "store"
+    write_shards((images, labels), str(out), maxcount=100, progress=False)
+    store.mkdir()
+    os.replace(out / "train-000000.tar", store / "train-000000.tar")
+    os.symlink(store / "train-000000.tar", out / "train-000000.tar")
+    os.chmod(out / "train-000001.tar", 0o600)
+    write_shards((images[::-1].copy(), labels[::-1].copy()), str(out), maxcount=100, progress=False)
+    assert os.path.islink(out / "train-000000.tar")
+    assert oct(os.stat(out / "train-000001.tar").st_mode & 0o777) == "0o600"
+    assert sorted(os.listdir(store)) == ["train-000000.tar"] and sorted(os.listdir(out)) == \
+        ["index.json", "train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    loader = StreamLoader(str(out), batch_size=N, shuffle=False)
+    assert sorted(loader.index.class_counts) == [N // 4] * 4 and len(next(iter(loader)).keys) == N
+
+
+def test_the_shard_writer_calls_post_after_each_shard_is_in_place(tmp_path):
+    from streamaug.loader.shard_writer import UstarShardWriter
+
+    seen = []
+    with UstarShardWriter(str(tmp_path / "s-%02d.tar"), maxcount=10, post=lambda f: seen.append(
+            (os.path.basename(f), os.path.exists(f)))) as sink:
+        for i in range(25):
+            sink.write({"__key__": f"k{i:03d}", "cls": b"0"})
+    assert seen == [("s-00.tar", True), ("s-01.tar", True), ("s-02.tar", True)]
+    with pytest.raises(TypeError, match="takes no opener="):
+        UstarShardWriter(str(tmp_path / "t-%02d.tar"), opener=open)

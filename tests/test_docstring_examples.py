@@ -1,5 +1,6 @@
-"""The ``>>>`` examples in the library's docstrings run and print what they show (those
-marked ``# doctest: +SKIP`` need shards or a GPU that a docstring cannot make)."""
+"""The ``>>>`` examples in the library's docstrings run and print what they show. Those marked
+``# doctest: +SKIP`` need what a docstring cannot make (shards, a GPU, a running loader, a
+process to end); each is listed in SKIPPED, so a new one is a decision, not a way out."""
 from __future__ import annotations
 
 import doctest
@@ -25,10 +26,21 @@ def modules() -> list[str]:
 MODULES = modules()
 
 
-def test_the_examples_are_found():
-    examples = sum(len(t.examples) for name in MODULES
-                   for t in doctest.DocTestFinder().find(importlib.import_module(name)))
-    assert examples >= 25, examples
+SKIPPED = {"streamaug.loader.index_builder": 1, "streamaug.loader.stream_loader": 2,
+           "streamaug.samplers.class_balancer": 2, "streamaug.core.threads": 1,
+           "streamaug.core.process_exit": 1, "streamaug.benchmarks.busy_workers": 1}
+
+
+def test_the_examples_are_found_and_only_the_listed_ones_skipped():
+    found, skipped = {}, {}
+    for name in MODULES:
+        for test in doctest.DocTestFinder().find(importlib.import_module(name)):
+            found[name] = found.get(name, 0) + len(test.examples)
+            n = sum(bool(e.options.get(doctest.SKIP)) for e in test.examples)
+            if n:
+                skipped[name] = skipped.get(name, 0) + n
+    assert skipped == SKIPPED
+    assert len(found) >= 12 and sum(found.values()) >= 40, found
 
 
 @pytest.mark.parametrize("name", MODULES)
