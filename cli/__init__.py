@@ -111,8 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("source", help="image folder (one subfolder per class), an .npz with arrays 'images' "
                    "(N, H, W[, C] uint8) and 'labels', or 'digits'")
     p.add_argument("out", help="output folder")
-    p.add_argument("--prefix", default="train")
-    p.add_argument("--format", default="npy", choices=["npy", "png", "jpg"])
+    p.add_argument("--prefix", default="train",
+                   help="shard names PREFIX-000000.tar ...; give each split its own folder, and its own "
+                        "prefix (--prefix val) so its shards are told apart (default: train)")
+    p.add_argument("--format", default="npy", choices=["npy", "png", "jpg", "webp"],
+                   help="how images are stored: npy (raw, fastest to read; default), or encoded png, jpg, webp "
+                        "(a file already in that format is stored as it is)")
     p.add_argument("--maxcount", type=int, default=1000)
     p.add_argument("--maxsize", type=float, default=3e8)
     p.add_argument("--seed", type=int, default=0, help="write order shuffle seed")

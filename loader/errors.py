@@ -30,6 +30,9 @@ class _Lost:
 LOST = _Lost()
 
 
+SKIP_HINT = "; on_error='skip' skips such samples and counts them in loader.stats"
+
+
 class StreamError(ValueError):
     """A bad shard or sample. ``reason`` is a short stable tag used for counting."""
 
@@ -56,6 +59,14 @@ class StreamError(ValueError):
         """This error, its message naming ``shard`` (for one raised where the shard was not known)."""
         detail = getattr(self, "detail", self.args[0])
         return StreamError(self.reason, detail, shard=shard, key=self.key, value=self.value, lost=self.lost)
+
+    def with_skip_hint(self) -> "StreamError":
+        """This error, its message ending with how to skip and count such samples instead."""
+        if self.args[0].endswith(SKIP_HINT):
+            return self
+        err = _rebuild(self.reason, self.args[0] + SKIP_HINT, self.shard, self.key, self.value, self.lost)
+        err.detail = getattr(self, "detail", self.args[0])
+        return err
 
     def __reduce__(self):  # survives the trip back from DataLoader workers
         return (_rebuild, (self.reason, self.args[0], self.shard, self.key, self.value, self.lost))
@@ -100,7 +111,7 @@ class ErrorHandler:
 
     def __call__(self, err: StreamError) -> None:
         if self.on_error == "raise":
-            raise err
+            raise err.with_skip_hint()
         self.stats.count_skip(err.reason, err.lost, example=str(err))
 
     def for_repeat(self) -> "ErrorHandler":

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import tarfile
@@ -18,6 +19,7 @@ from typing import Union
 
 import numpy as np
 import webdataset as wds
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .atomic_file import open_partial, put_in_place
@@ -25,7 +27,7 @@ from .image_codec import IMAGE_EXTS, decode_image, encode_image
 from .shard_index import (INDEX_NAME, ShardIndex, ShardInfo, check_class_names, check_num_classes,
                           other_shards_listed)
 
-FOLDER_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".npy")
+FOLDER_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".npy")
 ArraySource = tuple[np.ndarray, np.ndarray]
 Source = Union[str, ArraySource]
 
@@ -154,7 +156,8 @@ def _folder_items(root: str, class_names: list[str] | None) -> tuple[list[tuple[
                 found += 1
         if not found and class_names is None:
             raise ValueError(f"image folder {root!r}: class folder {name!r} holds no images "
-                             f"({', '.join(FOLDER_EXTS)}); remove it, or pass class_names to keep an empty class")
+                             f"({', '.join(FOLDER_EXTS)}); remove it, or list the classes to keep an empty one "
+                             f"(class_names=, streamaug shards --class-names)")
     if not items:
         raise ValueError(f"image folder {root!r} has class folders {folders[:5]} but no images ({FOLDER_EXTS})")
     return items, classes, passed_over
@@ -166,9 +169,14 @@ def _folder_image(path: str, ext: str, jpeg_quality: int) -> tuple[bytes, tuple[
     with open(path, "rb") as f:
         data = f.read()
     try:
-        arr = decode_image(data, "npy" if src_ext == "npy" else src_ext)
+        if src_ext == "bmp":                     # a folder's own files: BMP too (never read from shards)
+            with Image.open(io.BytesIO(data), formats=["BMP"]) as img:
+                arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+            arr = arr[..., None] if arr.ndim == 2 else arr
+        else:
+            arr = decode_image(data, "jpg" if src_ext == "jpeg" else src_ext)
     except Exception as e:
-        raise ValueError(f"image file {path!r} does not decode: {e}") from None
+        raise ValueError(f"image file {path!r} ({len(data):,} bytes) does not decode: {e}") from None
     if src_ext == ext or (src_ext in ("jpg", "jpeg") and ext in ("jpg", "jpeg")):
         return data, arr.shape
     return encode_image(arr, ext, jpeg_quality), arr.shape

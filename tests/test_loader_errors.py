@@ -50,6 +50,7 @@ def test_bad_sample_raises_naming_shard_key_value(tmp_path, reason):
     assert err.reason == reason and err.key == "bad" and err.shard == index.urls[0]
     text = str(err)
     assert message in text and "'bad'" in text and index.urls[0] in text and value in text
+    assert text.endswith("; on_error='skip' skips such samples and counts them in loader.stats"), text
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -96,8 +97,9 @@ def test_garbage_tar(tmp_path):
                          {"a.tar": [2, 1], "b.tar": [1, 2]})
     open(index.urls[1], "wb").write(b"this is not a tar file" * 100)
     with pytest.raises(StreamError, match="corrupt or truncated") as info:
-        list(StreamLoader(index.urls, batch_size=3, shuffle=0))
+        list(StreamLoader(index.urls, batch_size=3, shuffle=0, num_workers=2))
     assert info.value.shard == index.urls[1] and info.value.reason == "corrupt_shard"
+    assert str(info.value).count("on_error='skip'") == 1, "once, through the worker and back"
     loader = StreamLoader(index.urls, batch_size=3, shuffle=0, on_error="skip")
     assert sum(len(b[1]) for b in loader) == 6 and loader.stats.skipped == {"corrupt_shard": 3}
 

@@ -143,6 +143,22 @@ def test_image_folder_source(tmp_path):
     assert x.shape == (8, 3, 12, 10) and sorted(y.tolist()) == [0] * 3 + [1] * 5
 
 
+@pytest.mark.parametrize("fmt", ["npy", "webp"])
+def test_an_image_folder_of_webp_and_bmp_files_is_written(tmp_path, fmt):
+    """Newcomer: .webp files (a format the shards take) were passed over, and a class folder
+    of them was refused as holding no images."""
+    from PIL import Image
+
+    for c, ext in (("a", "webp"), ("a", "png"), ("b", "webp"), ("c", "bmp")):
+        (tmp_path / "imgs" / c).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((6, 6, 3), ord(c), np.uint8)).save(tmp_path / "imgs" / c / f"x.{ext}",
+                                                                    **({"lossless": True} if ext == "webp" else {}))
+    index = write_shards(str(tmp_path / "imgs"), str(tmp_path / "out"), image_format=fmt, progress=False)
+    assert index.class_counts == [2, 1, 1] and index.image_ext == fmt
+    x, y = next(iter(StreamLoader(index.urls, batch_size=4, shuffle=False)))
+    assert sorted(zip(y.tolist(), x[:, 0, 0, 0].tolist())) == [(0, 97), (0, 97), (1, 98), (2, 99)]
+
+
 def image_folder(root, classes: dict[str, int], value_of=None) -> None:
     """``root/<class>/<i>.png``: 4×4 images whose pixels are ``value_of(class)`` (the class's place)."""
     from PIL import Image
