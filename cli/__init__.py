@@ -80,7 +80,7 @@ def _index(args: argparse.Namespace) -> int:
         given = {name: getattr(args, name) for name in ("max_image_pixels", "max_member_bytes")
                  if getattr(args, name) is not None}
         index = build_index(args.urls, args.out, label_key=args.label_key, num_classes=args.num_classes,
-                            workers=args.workers, progress=not args.quiet, on_error=args.on_error, stats=stats,
+                            class_names=_class_names(args.class_names), workers=args.workers, progress=not args.quiet, on_error=args.on_error, stats=stats,
                             limits=DecodeLimits(**given))
     except (StreamError, ShardIndexError, ValueError) as e:
         hint = "; --on-error skip indexes past images the loader refuses" \
@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-key", default=None, help="label field: cls, label, txt or json:FIELD "
                    "(default: the first of cls, label, json:label, txt a sample has)")
     p.add_argument("--num-classes", type=int, default=None, help="default: the largest label + 1")
+    p.add_argument("--class-names", default=None,
+                   help="the class names in id order, comma-separated (or an index.json, or its folder, to take "
+                        "them from); labels written as names (json {\"label\": \"cat\"}, a .txt 'cat') are "
+                        "read as those ids")
     p.add_argument("--workers", type=int, default=None, help="shards read at once (default: CPUs, at most 8)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="skip: index past images the loader refuses (format, header, pixel limit): counted, "

@@ -102,13 +102,21 @@ def decode_image(data: bytes, ext: str) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def decode_label(data: bytes) -> int:
-    """``.cls`` bytes → int. Raises ``ValueError`` naming the text on anything else."""
-    text = bytes(data[:MAX_LABEL_BYTES]).decode("ascii", errors="replace").strip()
+def decode_label(data: bytes, class_ids: dict[str, int] | None = None) -> int:
+    """``.cls`` bytes → int: an integer, or a class name ``class_ids`` maps to its id (labels
+    written as names, ``circle``). Raises ``ValueError`` naming the text on anything else."""
+    text = bytes(data[:MAX_LABEL_BYTES]).decode("utf-8", errors="replace").strip()
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"label is not an integer: {text[:40]!r}") from None
+        pass
+    if class_ids:
+        if text in class_ids:
+            return class_ids[text]
+        names = list(class_ids)
+        raise ValueError(f"label {text[:40]!r} is neither an integer nor one of the {len(names)} class names "
+                         f"({', '.join(map(repr, names[:8]))}{', ...' if len(names) > 8 else ''})")
+    raise ValueError(f"label is not an integer: {text[:40]!r}")
 
 
 def check_label_key(label_key: str | None) -> str | None:
@@ -132,10 +140,11 @@ def find_label_key(raw: dict) -> str | None:
     return None
 
 
-def read_label(raw: dict, label_key: str) -> int:
-    """The integer label in ``raw[label_key]`` (text) or in a field of ``raw["json"]``."""
+def read_label(raw: dict, label_key: str, class_ids: dict[str, int] | None = None) -> int:
+    """The integer label in ``raw[label_key]`` (text) or in a field of ``raw["json"]``; a class
+    name where ``class_ids`` maps it (see :func:`decode_label`)."""
     if not label_key.startswith("json:"):
-        return decode_label(raw[label_key])
+        return decode_label(raw[label_key], class_ids)
     data = raw["json"]
     if len(data) > MAX_LABEL_BYTES:
         raise ValueError(f".json is {len(data)} bytes, over the {MAX_LABEL_BYTES} read for a label")
@@ -150,7 +159,7 @@ def read_label(raw: dict, label_key: str) -> int:
         value = value[part]
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"field {label_key[5:]!r} is {value!r}")
-    return value if isinstance(value, int) else decode_label(value.encode())
+    return value if isinstance(value, int) else decode_label(value.encode(), class_ids)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

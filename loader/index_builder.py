@@ -72,7 +72,7 @@ def image_header_shape(data: bytes, ext: str) -> tuple[int, int, int]:
 
 
 def scan_shard(url: str, label_key: str | None = None, limits: DecodeLimits | None = None,
-               on_error: str = "raise") -> ShardScan:
+               on_error: str = "raise", class_ids: dict[str, int] | None = None) -> ShardScan:
     """Count the samples and labels of one shard; :class:`StreamError` on anything inconsistent.
 
     The shard is read by the loader's own reader (:func:`.tar_reader.read_segment`), so the
@@ -81,12 +81,12 @@ def scan_shard(url: str, label_key: str | None = None, limits: DecodeLimits | No
     scan = ShardScan(url)
     limits = limits or DecodeLimits()
     for raw in read_segment(whole_shard(url), ErrorHandler("raise", LoaderStats()), limits):
-        _scan_sample(scan, raw, label_key, url, raw["__key__"], limits, on_error == "skip")
+        _scan_sample(scan, raw, label_key, url, raw["__key__"], limits, on_error == "skip", class_ids)
     return scan
 
 
 def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, key: str,
-                 limits: DecodeLimits, skip_images: bool = False) -> None:
+                 limits: DecodeLimits, skip_images: bool = False, class_ids: dict[str, int] | None = None) -> None:
     fields = sorted(k for k in raw if not k.startswith("__"))
     exts = [e for e in IMAGE_EXTS if e in raw]
     if not exts:
@@ -109,10 +109,12 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
                           f"{scan.label_key!r}, this one {chosen!r}; choose one with --label-key or label_key=",
                           shard=url, key=key, value=fields)
     try:
-        label = read_label(raw, chosen)
+        label = read_label(raw, chosen, class_ids)
     except ValueError as e:
-        hint = "" if label_key else \
-            "; if another field holds the class, choose it with --label-key or label_key= (e.g. json:FIELD)"
+        hint = "" if class_ids else "; if labels are class names, list them in id order with --class-names " \
+            "(or class_names=), e.g. --class-names cat,dog"
+        if not label_key:
+            hint += "; if another field holds the class, choose it with --label-key or label_key= (e.g. json:FIELD)"
         raise StreamError("bad_label", f"label in {chosen!r} is not an integer class: {e}{hint}", shard=url,
                           key=key, value=bytes(raw[chosen.split(':')[0]][:40])) from None
     if label < 0:
@@ -181,17 +183,18 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
     if os.path.isdir(out):
         out = os.path.join(out, INDEX_NAME)
     _check_not_dropping(out, shard_urls)
+    class_ids = {name: i for i, name in enumerate(class_names)} if class_names else None   # labels as names
     workers = max(1, min(workers or min(8, os.cpu_count() or 1), len(shard_urls)))
     scans: dict[str, ShardScan] = {}
     bar = tqdm(total=len(shard_urls), desc="indexing shards", unit="shard", disable=not progress)
     try:
         if workers == 1:
             for u in shard_urls:
-                scans[u] = scan_shard(u, label_key, limits, on_error=on_error)
+                scans[u] = scan_shard(u, label_key, limits, on_error=on_error, class_ids=class_ids)
                 bar.update(1)
         else:
             with _executor(workers, shard_urls) as pool:
-                futures = {pool.submit(scan_shard, u, label_key, limits, on_error): u for u in shard_urls}
+                futures = {pool.submit(scan_shard, u, label_key, limits, on_error, class_ids): u for u in shard_urls}
                 for f in as_completed(futures):
                     scans[futures[f]] = f.result()
                     bar.update(1)

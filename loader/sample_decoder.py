@@ -25,12 +25,14 @@ class SampleDecoder:
     def __init__(self, num_classes: int, resize: tuple[int, int] | None = None,
                  expect_shape: tuple[int, int, int] | None = None, defer_encoded: bool = False,
                  label_key: str | None = None, channels: int | None = None,
-                 limits: DecodeLimits | None = None, check_each: bool = False):
+                 limits: DecodeLimits | None = None, check_each: bool = False,
+                 class_ids: dict[str, int] | None = None):
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
             raise ValueError(f"resize must be (height, width) with positive sizes, got {resize!r}")
         if channels is not None and channels not in (1, 3, 4):
             raise ValueError(f"channels must be 1, 3 or 4, got {channels!r}")
         self.label_key = check_label_key(label_key)
+        self.class_ids = class_ids              # class name -> id, for labels written as names
         self.channels = channels
         self.num_classes = num_classes
         self.resize = tuple(resize) if resize is not None else None
@@ -51,7 +53,7 @@ class SampleDecoder:
         """The same decoder, but one that always decodes and checks each image's size against
         the same rule (for rows read outside the stream)."""
         other = SampleDecoder(self.num_classes, self.resize, self.expect_shape, label_key=self.label_key,
-                              channels=self.channels, limits=self.limits, check_each=True)
+                              channels=self.channels, limits=self.limits, check_each=True, class_ids=self.class_ids)
         other.sizes = self.sizes
         return other
 
@@ -68,7 +70,7 @@ class SampleDecoder:
                     if label_key else f"no .cls label (nor any of {LABEL_KEYS[1:]}; choose the field with label_key=)")
             raise StreamError("no_label", f"sample has {what}", shard=url, key=key, value=fields)
         try:
-            label = read_label(raw, label_key)
+            label = read_label(raw, label_key, self.class_ids)
         except ValueError as e:
             raise StreamError("bad_label", f"label in {label_key!r} is not an integer class: {e}", shard=url,
                               key=key, value=bytes(raw[label_key.split(":")[0]][:40])) from None

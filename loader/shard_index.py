@@ -106,6 +106,11 @@ class ShardIndex:
     def urls(self) -> list[str]:
         return [s.url for s in self.shards]
 
+    @property
+    def class_ids(self) -> dict[str, int]:
+        """Class name → id, for labels written as names (``{"label": "circle"}``)."""
+        return {name: i for i, name in enumerate(self.class_names)}
+
     def shard(self, url: str) -> ShardInfo:
         for s in self.shards:
             if s.url == url:

@@ -179,7 +179,8 @@ class StreamLoader:
         channels = channels or (shape[2] if shape else 3)
         self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali",
                                      label_key=label_key or (self.index.label_key if self.index else None),
-                                     channels=channels, limits=limits)
+                                     channels=channels, limits=limits,
+                                     class_ids=self.index.class_ids if self.index is not None else None)
         self.device_decoder = None
         if decode == "dali":
             from .device_decode import DaliImageDecoder

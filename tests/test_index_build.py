@@ -18,7 +18,7 @@ from PIL import Image
 
 from shard_factory import npy_bytes, write_tar
 from streamaug.cli import main as cli_main
-from streamaug.loader import ShardIndexError, StreamError, StreamLoader, build_index, write_shards
+from streamaug.loader import ShardIndex, ShardIndexError, StreamError, StreamLoader, build_index, write_shards
 from streamaug.loader import index_builder
 from streamaug.samplers import SMOTE, ClassBalancer
 
@@ -229,6 +229,33 @@ def test_the_no_index_warning_carries_the_loaders_label_key_and_num_classes(tmp_
         loader = StreamLoader(pattern, batch_size=8, label_key="json:y", num_classes=4)
     assert len(loader) == 4 and loader.index.class_counts == [9, 8, 8, 0]
     assert sorted(y for b in loader for y in b.hard_labels.tolist()) == sorted(i % 3 for i in range(25))
+
+
+@pytest.mark.parametrize("field", ["json", "txt"])
+def test_labels_written_as_class_names_are_read_as_the_ids_class_names_gives(tmp_path, monkeypatch, capsys, field):
+    """Newcomer: ShardWriter shards labelled ``{"label": "circle"}`` (or a .txt ``circle``) could not
+    be indexed, and the error pointed at another field. Now ``--class-names`` maps the names, the
+    index keeps them, and the loader (workers too) reads each name as its id."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("data")
+    names = ["circle", "square", "triangle"]
+    labels = [0] * 12 + [1] * 6 + [2] * 3
+    with wds.ShardWriter("data/part-%04d.tar", maxcount=8, verbose=0) as sink:
+        for i, y in enumerate(labels):
+            label = json.dumps({"label": names[y]}).encode() if field == "json" else names[y].encode()
+            sink.write({"__key__": f"img{i:05d}", "jpeg": jpeg(i), field: label})
+    pattern = "data/part-{0000..0002}.tar"
+    assert cli_main(["index", pattern, "--quiet"]) == 1
+    assert "list them in id order with --class-names" in capsys.readouterr().err
+    assert cli_main(["index", pattern, "--quiet", "--class-names", "circle,square"]) == 1
+    assert "'triangle' is neither an integer nor one of the 2 class names ('circle', 'square')" in \
+        capsys.readouterr().err
+    assert cli_main(["index", pattern, "--quiet", "--class-names", ",".join(names)]) == 0
+    index = ShardIndex.load("data/index.json")
+    assert index.class_names == names and index.class_counts == [12, 6, 3]
+    loader = StreamLoader(pattern, batch_size=7, shuffle=False, num_workers=2, balance=ClassBalancer())
+    got = [y for b in loader for y, pad in zip(b.hard_labels.tolist(), b.is_padding.tolist()) if not pad]
+    assert sorted(got) == [0] * 12 + [1] * 12 + [2] * 12
 
 
 def test_no_message_suggests_streamaug_shards_for_existing_shards():
