@@ -58,7 +58,7 @@ def _shards(args: argparse.Namespace) -> int:
                 source = (z["images"], z["labels"])
         index = write_shards(source, args.out, prefix=args.prefix, image_format=args.format,
                              maxcount=args.maxcount, maxsize=args.maxsize, shuffle_seed=args.seed,
-                             class_names=_class_names(args.class_names))
+                             class_names=_class_names(args.class_names), on_error=args.on_error)
     except (ValueError, OSError) as e:           # (ShardIndexError is a ValueError)
         print(f"streamaug shards: {e}", file=sys.stderr)
         return 1
@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="an image folder's classes in label order: names separated by commas, or an index.json "
                         "(or its folder) to take them from, e.g. the training shards' so a validation folder "
                         "keeps their ids (default: the subfolders, sorted)")
+    p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                   help="skip: pass over image files that do not decode, named in one warning (default: stop "
+                        "at the first, naming it)")
     p.set_defaults(run=_shards)
     p = sub.add_parser("index", help="write index.json for existing WebDataset shards (one pass, no image decoding)")
     p.add_argument("urls", nargs="+", help="shards: paths, brace patterns ('train-{000000..000099}.tar'), "

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .atomic_file import open_partial, put_in_place
+from .errors import check_policy
 from .image_codec import IMAGE_EXTS, decode_image, encode_image
 from .shard_index import (INDEX_NAME, ShardIndex, ShardInfo, check_class_names, check_num_classes,
                           other_shards_listed)
@@ -184,7 +185,7 @@ def _folder_image(path: str, ext: str, jpeg_quality: int) -> tuple[bytes, tuple[
 def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_format: str = "npy",
                  maxcount: int = 1000, maxsize: float = 3e8, class_names: list[str] | None = None,
                  num_classes: int | None = None, shuffle_seed: int | None = 0, jpeg_quality: int = 95,
-                 progress: bool = True) -> ShardIndex:
+                 progress: bool = True, on_error: str = "raise") -> ShardIndex:
     """Write ``prefix-%06d.tar`` shards and ``index.json`` into ``out_dir``.
 
     ``source`` is an ImageFolder-style directory (one subfolder per class, sorted by name, or
@@ -193,12 +194,16 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
     ``(images, labels)`` pair of a uint8 ``(N, H, W, C)`` (grayscale: ``(N, H, W)``) array and integer labels
     (the string ``"digits"`` is deprecated). Samples are written in a seeded random order
     (``shuffle_seed=None`` keeps the source order) so shards mix classes.
-    Each sample is ``{key}.{image_format}`` plus ``{key}.cls``.
+    Each sample is ``{key}.{image_format}`` plus ``{key}.cls``; a folder's keys end with the
+    file's path (``train_00000033_square_img_007``), so an error naming a key names the file.
+    ``on_error="skip"`` passes over folder images that do not decode, with one warning naming
+    them, instead of stopping at the first.
     """
     if image_format not in IMAGE_EXTS:
         raise ValueError(f"image_format must be one of {IMAGE_EXTS}, got {image_format!r}")
     if maxcount < 1:
         raise ValueError(f"maxcount must be >= 1, got {maxcount}")
+    skip = check_policy(on_error) == "skip"
     class_names, num_classes = check_class_names(class_names), check_num_classes(num_classes)
     out_dir = os.path.expanduser(os.fspath(out_dir))
     kept = other_shards_listed(os.path.join(out_dir, INDEX_NAME),
@@ -249,16 +254,33 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
     earlier = set(_shards_in(out_dir, prefix))
     counts: dict[str, list[int]] = {}
     shapes: set[tuple[int, ...]] = set()
+    undecodable: list[str] = []
     with UstarShardWriter(pattern, maxcount=maxcount, maxsize=maxsize, verbose=0) as sink:
         for i in tqdm(order, desc=f"writing {prefix} shards", unit="img", disable=not progress):
-            label = int(labels[i])
+            label, key = int(labels[i]), f"{prefix}_{int(i):08d}"
             if folder is not None:
-                data, shape = _folder_image(folder[i][0], image_format, jpeg_quality)
+                try:
+                    data, shape = _folder_image(folder[i][0], image_format, jpeg_quality)
+                except ValueError as e:
+                    if not skip:
+                        raise ValueError(f"{e}; on_error='skip' (streamaug shards --on-error skip) passes over "
+                                         f"images that do not decode") from None
+                    undecodable.append(os.path.relpath(folder[i][0], str(source)))
+                    continue
+                room = 98 - len(key) - len(image_format)   # a USTAR name holds 100 bytes
+                key += "_" + _path_part(folder[i][0], str(source))[-room:] if room > 0 else ""
             else:
                 data, shape = encode_image(images[i], image_format, jpeg_quality), images[i].shape
             shapes.add(tuple(shape))
-            sink.write({"__key__": f"{prefix}_{int(i):08d}", image_format: data, "cls": str(label).encode()})
+            sink.write({"__key__": key, image_format: data, "cls": str(label).encode()})
             counts.setdefault(sink.fname, [0] * nc)[label] += 1
+    if undecodable:
+        undecodable.sort()
+        warnings.warn(f"image folder {str(source)!r}: passed over {len(undecodable)} image(s) that do not decode "
+                      f"({', '.join(undecodable[:3])}{', ...' if len(undecodable) > 3 else ''})",
+                      RuntimeWarning, stacklevel=2)
+    if not counts:
+        raise ValueError(f"image folder {str(source)!r}: no image decodes")
     index = ShardIndex([ShardInfo(url, sum(cc), tuple(cc)) for url, cc in counts.items()], nc, class_names,
                        image_format, next(iter(shapes)) if len(shapes) == 1 else None,
                        os.path.join(out_dir, INDEX_NAME))
@@ -269,6 +291,12 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
                       f"the new index.json does not list ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); "
                       f"remove them, or a brace pattern over them will be refused", RuntimeWarning, stacklevel=2)
     return index
+
+
+def _path_part(path: str, root: str) -> str:
+    """The end of an image file's path under ``root``, as a key may hold it (no dots: a key ends
+    at its first one), at most 60 characters: ``cat/img.001.png`` → ``cat_img_001``."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.splitext(os.path.relpath(path, root))[0])[-60:]
 
 
 def _shards_in(out_dir: str, prefix: str) -> list[str]:

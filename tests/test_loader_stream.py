@@ -159,6 +159,30 @@ def test_an_image_folder_of_webp_and_bmp_files_is_written(tmp_path, fmt):
     assert sorted(zip(y.tolist(), x[:, 0, 0, 0].tolist())) == [(0, 97), (0, 97), (1, 98), (2, 99)]
 
 
+def test_an_image_folder_with_bad_files_names_them_and_skips_them_when_asked(tmp_path, capsys):
+    """Newcomer: each bad file stopped ``streamaug shards`` in turn (no way to pass over them), a
+    0-byte file was named without its size, and keys (train_00000033) did not lead back to files."""
+    from PIL import Image
+
+    from streamaug.cli import main as cli_main
+
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(tmp_path / "imgs" / c / f"img.{i}.png")
+    (tmp_path / "imgs" / "cat" / "empty.png").write_bytes(b"")
+    (tmp_path / "imgs" / "dog" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(ValueError, match=r"empty.png' \(0 bytes\) does not decode: .*on_error='skip'"):
+        write_shards(str(tmp_path / "imgs"), str(tmp_path / "a"), shuffle_seed=None, progress=False)
+    with pytest.warns(RuntimeWarning, match=r"passed over 2 image\(s\) that do not decode \(cat/empty.png, dog/cut.png\)"):
+        index = write_shards(str(tmp_path / "imgs"), str(tmp_path / "b"), progress=False, on_error="skip")
+    assert index.class_counts == [3, 3]
+    keys = sorted(k for b in StreamLoader(index.urls, batch_size=6) for k in b.keys)
+    assert [k.split("_", 2)[2] for k in keys] == [f"{c}_img_{i}" for c in ("cat", "dog") for i in range(3)]
+    assert cli_main(["shards", str(tmp_path / "imgs"), str(tmp_path / "c"), "--on-error", "skip"]) == 0
+    assert "wrote 1 shards, 6 samples, class counts [3, 3]" in capsys.readouterr().out
+
+
 def image_folder(root, classes: dict[str, int], value_of=None) -> None:
     """``root/<class>/<i>.png``: 4×4 images whose pixels are ``value_of(class)`` (the class's place)."""
     from PIL import Image
