@@ -31,11 +31,10 @@ def _class_names(given: str | None) -> list[str] | None:
     """``--class-names``: a comma-separated list, or an index.json (or its folder) to take them from."""
     if given is None:
         return None
-    if os.path.exists(given):
+    if given.endswith(".json") or os.path.isdir(given):   # (a folder's missing index.json is named)
         from streamaug.loader import ShardIndex
 
-        path = os.path.join(given, "index.json") if os.path.isdir(given) else given
-        return list(ShardIndex.load(path).class_names)
+        return list(ShardIndex.load(os.path.join(given, "index.json") if os.path.isdir(given) else given).class_names)
     return [n.strip() for n in given.split(",")]          # (write_shards refuses empty and repeated names)
 
 
@@ -80,7 +79,8 @@ def _index(args: argparse.Namespace) -> int:
         given = {name: getattr(args, name) for name in ("max_image_pixels", "max_member_bytes")
                  if getattr(args, name) is not None}
         index = build_index(args.urls, args.out, label_key=args.label_key, num_classes=args.num_classes,
-                            class_names=_class_names(args.class_names), workers=args.workers, progress=not args.quiet, on_error=args.on_error, stats=stats,
+                            class_names=_class_names(args.class_names), label_names=args.label_names,
+                            workers=args.workers, progress=not args.quiet, on_error=args.on_error, stats=stats,
                             limits=DecodeLimits(**given))
     except (StreamError, ShardIndexError, ValueError) as e:
         hint = "; --on-error skip indexes past images the loader refuses" \
@@ -137,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=None, help="default: the largest label + 1")
     p.add_argument("--class-names", default=None,
                    help="the class names in id order, comma-separated (or an index.json, or its folder, to take "
-                        "them from); labels written as names (json {\"label\": \"cat\"}, a .txt 'cat') are "
-                        "read as those ids")
+                        "them from)")
+    p.add_argument("--label-names", action="store_true",
+                   help="labels are written as class names (json {\"label\": \"cat\"}, a .txt 'cat'): each is "
+                        "read as its place in --class-names, by name only")
     p.add_argument("--workers", type=int, default=None, help="shards read at once (default: CPUs, at most 8)")
     p.add_argument("--on-error", default="raise", choices=["raise", "skip"],
                    help="skip: index past images the loader refuses (format, header, pixel limit): counted, "

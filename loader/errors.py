@@ -105,20 +105,21 @@ def check_policy(on_error: str) -> str:
 class ErrorHandler:
     """Applies a policy: raises, or counts the error in ``stats`` and returns."""
 
-    def __init__(self, on_error: str, stats: "LoaderStats"):
+    def __init__(self, on_error: str, stats: "LoaderStats", skip_hint: bool = True):
         self.on_error = check_policy(on_error)
         self.stats = stats
+        self.skip_hint = skip_hint      # the error says on_error='skip' would skip it (a loader's errors)
 
     def __call__(self, err: StreamError) -> None:
         if self.on_error == "raise":
-            raise err.with_skip_hint()
+            raise err.with_skip_hint() if self.skip_hint else err
         self.stats.count_skip(err.reason, err.lost, example=str(err))
 
     def for_repeat(self) -> "ErrorHandler":
         """The handler for a sample read again as padding (a wrap-around re-read, a repeat filling
         a lost place): it raises as this one does, but counts nothing, since where the sample is
         read as itself its errors are counted."""
-        return ErrorHandler(self.on_error, LoaderStats())
+        return ErrorHandler(self.on_error, LoaderStats(), self.skip_hint)
 
 
 class LoaderStats:

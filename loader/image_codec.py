@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 from PIL import Image
@@ -102,21 +103,24 @@ def decode_image(data: bytes, ext: str) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+INTEGER = re.compile(r"-?[0-9]+")
+
+
 def decode_label(data: bytes, class_ids: dict[str, int] | None = None) -> int:
-    """``.cls`` bytes → int: an integer, or a class name ``class_ids`` maps to its id (labels
-    written as names, ``circle``). Raises ``ValueError`` naming the text on anything else."""
-    text = bytes(data[:MAX_LABEL_BYTES]).decode("utf-8", errors="replace").strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    if class_ids:
+    """``.cls`` bytes → int. With ``class_ids`` (labels written as class names) the text is a
+    name, read as its id, and only that: a name ``"1"`` means its own class, never id 1.
+    Raises ``ValueError`` naming the text on anything else."""
+    if class_ids is not None:
+        text = bytes(data[:MAX_LABEL_BYTES]).decode("utf-8", errors="replace").strip()
         if text in class_ids:
             return class_ids[text]
         names = list(class_ids)
-        raise ValueError(f"label {text[:40]!r} is neither an integer nor one of the {len(names)} class names "
-                         f"({', '.join(map(repr, names[:8]))}{', ...' if len(names) > 8 else ''})")
-    raise ValueError(f"label is not an integer: {text[:40]!r}")
+        raise ValueError(f"label {text[:40]!r} is not one of the {len(names)} class names the labels are written "
+                         f"as ({', '.join(map(repr, names[:8]))}{', ...' if len(names) > 8 else ''})")
+    text = bytes(data[:MAX_LABEL_BYTES]).decode("ascii", errors="replace").strip()
+    if not INTEGER.fullmatch(text):                  # (int() would take "1_0" and other digits too)
+        raise ValueError(f"label is not an integer: {text[:40]!r}")
+    return int(text)
 
 
 def check_label_key(label_key: str | None) -> str | None:
@@ -159,7 +163,9 @@ def read_label(raw: dict, label_key: str, class_ids: dict[str, int] | None = Non
         value = value[part]
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"field {label_key[5:]!r} is {value!r}")
-    return value if isinstance(value, int) else decode_label(value.encode(), class_ids)
+    if class_ids is not None or isinstance(value, str):
+        return decode_label(str(value).encode(), class_ids)
+    return value
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -36,7 +36,7 @@ from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, find_label_key
 from .index_lookup import default_index_path
 from .shard_index import (INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo, check_class_names,
                           check_num_classes, other_shards_listed)
-from .shard_urls import command_shard_name, expand_urls, is_local, shard_key
+from .shard_urls import command_shard_name, expand_urls, is_local, named_twice, shard_key
 from .tar_reader import read_segment, whole_shard
 
 
@@ -80,7 +80,7 @@ def scan_shard(url: str, label_key: str | None = None, limits: DecodeLimits | No
     magic bytes, the end-of-archive marker, a ``pipe:`` command's exit status, read timeouts."""
     scan = ShardScan(url)
     limits = limits or DecodeLimits()
-    for raw in read_segment(whole_shard(url), ErrorHandler("raise", LoaderStats()), limits):
+    for raw in read_segment(whole_shard(url), ErrorHandler("raise", LoaderStats(), skip_hint=False), limits):
         _scan_sample(scan, raw, label_key, url, raw["__key__"], limits, on_error == "skip", class_ids)
     return scan
 
@@ -111,8 +111,8 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
     try:
         label = read_label(raw, chosen, class_ids)
     except ValueError as e:
-        hint = "" if class_ids else "; if labels are class names, list them in id order with --class-names " \
-            "(or class_names=), e.g. --class-names cat,dog"
+        hint = "" if class_ids is not None else "; if labels are written as class names, pass --label-names " \
+            "with the names in id order, --class-names cat,dog (label_names=True, class_names=)"
         if not label_key:
             hint += "; if another field holds the class, choose it with --label-key or label_key= (e.g. json:FIELD)"
         raise StreamError("bad_label", f"label in {chosen!r} is not an integer class: {e}{hint}", shard=url,
@@ -160,14 +160,16 @@ def _executor(workers: int, urls: list[str]) -> Executor:
 
 
 def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key: str | None = None,
-                num_classes: int | None = None, class_names: list[str] | None = None,
+                num_classes: int | None = None, class_names: list[str] | None = None, label_names: bool = False,
                 workers: int | None = None, progress: bool = True, on_error: str = "raise",
                 stats: LoaderStats | None = None, limits: DecodeLimits | None = None) -> ShardIndex:
     """Index existing shards and write ``index.json`` (default: beside the first shard).
 
     ``label_key`` is ``"cls"``, ``"label"``, ``"txt"`` or ``"json:FIELD"``; by default each
     sample's first of those, which must be the same field throughout. ``num_classes``
-    defaults to the largest label + 1. ``workers`` shards are read at once (default: CPUs,
+    defaults to the largest label + 1. ``class_names`` names the classes in id order; with
+    ``label_names=True`` the labels are written as those names (``{"label": "cat"}``) and are
+    read as their place in it, by name only (re-indexing such shards keeps both). ``workers`` shards are read at once (default: CPUs,
     at most 8). Returns the index, with the URLs as given. ``on_error="skip"`` indexes past
     images the loader refuses (see the module's docstring), counting them by reason in
     ``stats``, or, without ``stats``, warning. ``limits``: the member size, pixel and read-time
@@ -175,15 +177,29 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
     """
     label_key = check_label_key(label_key)
     on_error = check_policy(on_error)
+    if not isinstance(label_names, bool):
+        raise ValueError(f"label_names must be True or False, got {label_names!r}")
     num_classes, class_names = check_num_classes(num_classes), check_class_names(class_names)
     shard_urls = expand_urls(urls)
+    twice = named_twice(shard_urls)
+    if twice:
+        raise ValueError(f"{twice}: an index lists each shard once")
     out = os.path.expanduser(out) if out else default_index_path(shard_urls, writing=True)
     if out is None or out.startswith(("http://", "https://")):
         raise ValueError(f"give out= (a local path for index.json): shards {shard_urls[0]!r} have no local folder")
     if os.path.isdir(out):
         out = os.path.join(out, INDEX_NAME)
     _check_not_dropping(out, shard_urls)
-    class_ids = {name: i for i, name in enumerate(class_names)} if class_names else None   # labels as names
+    if not class_names and not label_names:           # re-indexing shards labelled by name: as before
+        earlier = _earlier_index(out)
+        if earlier is not None and earlier.label_names:
+            class_names, label_names = list(earlier.class_names), True
+    if label_names and not class_names:
+        raise ValueError("label_names (labels written as class names) needs class_names: the names in id order")
+    if class_names and num_classes is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}: give one name "
+                         f"per class, or only one of the two (value: {list(class_names)[:10]})")
+    class_ids = {name: i for i, name in enumerate(class_names)} if label_names else None
     workers = max(1, min(workers or min(8, os.cpu_count() or 1), len(shard_urls)))
     scans: dict[str, ShardScan] = {}
     bar = tqdm(total=len(shard_urls), desc="indexing shards", unit="shard", disable=not progress)
@@ -202,7 +218,7 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
         bar.close()
     ordered = [scans[u] for u in shard_urls]
     _count_bad_images(ordered, stats)
-    return _write(out, ordered, num_classes, class_names)
+    return _write(out, ordered, num_classes, class_names, label_names)
 
 
 def _count_bad_images(scans: list[ShardScan], stats: LoaderStats | None) -> None:
@@ -241,7 +257,8 @@ def bad_images_line(stats: LoaderStats) -> str:
             f"(their samples are counted with their labels); first: {first}")
 
 
-def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_names: list[str] | None) -> ShardIndex:
+def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_names: list[str] | None,
+           label_names: bool = False) -> ShardIndex:
     filled = [s for s in scans if s.count]
     if not filled:
         raise ShardIndexError(f"no samples in {len(scans)} shard(s), e.g. {scans[0].url!r}: nothing to index")
@@ -267,20 +284,26 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
     index = ShardIndex([ShardInfo(s.url, s.count, tuple(s.labels.get(c, 0) for c in range(nc))) for s in scans],
                        nc, list(class_names) if class_names else [str(c) for c in range(nc)],
                        image_exts.pop() if len(image_exts) == 1 else None,
-                       shape, out, None if first.label_key == "cls" else first.label_key)
+                       shape, out, None if first.label_key == "cls" else first.label_key, label_names)
     index.save(out)
     return index
+
+
+def _earlier_index(out: str) -> ShardIndex | None:
+    """The index already at ``out``, if one is there and loads."""
+    if not os.path.isfile(out):
+        return None
+    try:
+        return ShardIndex.load(out)
+    except Exception:                                # unreadable: written anew, as without one
+        return None
 
 
 def _names_already_at(out: str, num_classes: int | None, top: int) -> list[str] | None:
     """The class names of an index already at ``out`` (``streamaug shards`` writes a folder's
     class names), kept when re-indexing if there are exactly as many as classes now; else None."""
-    if not os.path.isfile(out):
-        return None
-    try:
-        names = ShardIndex.load(out).class_names
-    except Exception:                                # unreadable: written anew, as without one
-        return None
+    earlier = _earlier_index(out)
+    names = earlier.class_names if earlier is not None else None
     if not names or len(names) != (num_classes if num_classes is not None else top + 1):
         return None                                  # other classes now: the names no longer fit
     if all(n == str(i) for i, n in enumerate(names)):

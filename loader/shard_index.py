@@ -14,7 +14,8 @@ Layout (``index.json``)::
 Shard URLs in an index *file* are relative paths under the index's folder or
 http(s) URLs, nothing else (see :mod:`.shard_urls`): an index never names a
 command. ``label_key`` (optional) records which field holds the label when it
-is not ``.cls``. Files are read with limits checked before anything is allocated:
+is not ``.cls``; ``label_names: true`` (optional) that labels are written as class
+names, read as their place in ``class_names``. Files are read with limits checked before anything is allocated:
 ``MAX_INDEX_BYTES`` and ``MAX_NUM_CLASSES`` (raise them with ``ShardIndex.load``'s
 ``max_bytes=``/``max_classes=``).
 """
@@ -89,6 +90,7 @@ class ShardIndex:
     image_shape: tuple[int, int, int] | None = None
     source: str = "<memory>"
     label_key: str | None = None
+    label_names: bool = False       # labels are written as class names, read as their place in class_names
 
     @property
     def total(self) -> int:
@@ -107,9 +109,9 @@ class ShardIndex:
         return [s.url for s in self.shards]
 
     @property
-    def class_ids(self) -> dict[str, int]:
-        """Class name → id, for labels written as names (``{"label": "circle"}``)."""
-        return {name: i for i, name in enumerate(self.class_names)}
+    def class_ids(self) -> dict[str, int] | None:
+        """Class name → id where labels are written as names (``{"label": "circle"}``), else None."""
+        return {name: i for i, name in enumerate(self.class_names)} if self.label_names else None
 
     def shard(self, url: str) -> ShardInfo:
         for s in self.shards:
@@ -147,7 +149,7 @@ class ShardIndex:
                                   f"{listed}). Index these shards (streamaug index), or give the loader their "
                                   f"index with index=")
         return ShardIndex(chosen, self.num_classes, self.class_names, self.image_ext, self.image_shape,
-                          self.source, self.label_key)
+                          self.source, self.label_key, self.label_names)
 
     def with_num_classes(self, num_classes: int) -> "ShardIndex":
         """The index over ``num_classes`` classes, as a loader's ``num_classes=`` asks: counts
@@ -172,7 +174,7 @@ class ShardIndex:
         if names:
             names = (names + [str(c) for c in range(len(names), num_classes)])[:num_classes]
         return ShardIndex([ShardInfo(s.url, s.count, fit(s.class_counts)) for s in self.shards], num_classes, names,
-                          self.image_ext, self.image_shape, self.source, self.label_key)
+                          self.image_ext, self.image_shape, self.source, self.label_key, self.label_names)
 
     # ------------------------------------------------------------------ io
     def to_json(self, base: str | None = None) -> dict:
@@ -193,6 +195,8 @@ class ShardIndex:
                           for s in self.shards]}
         if self.label_key is not None:
             doc["label_key"] = self.label_key
+        if self.label_names:
+            doc["label_names"] = True
         return doc
 
     def save(self, path: str) -> None:
@@ -287,6 +291,9 @@ class ShardIndex:
             raise bad("'image_ext' must be null or a string", ext)
         if label_key is not None and not isinstance(label_key, str):
             raise bad("'label_key' must be null or a string such as 'cls' or 'json:label'", label_key)
+        label_names = doc.get("label_names", False)
+        if not isinstance(label_names, bool):
+            raise bad("'label_names' must be true or false", label_names)
         raw = doc.get("shards")
         if not isinstance(raw, list) or not raw:
             raise bad("'shards' must be a non-empty list", raw)
@@ -314,7 +321,8 @@ class ShardIndex:
                 raise bad(f"shards[{i}] repeats a URL", url)
             seen.add(url)
             shards.append(ShardInfo(url, count, tuple(cc)))
-        return cls(shards, nc, [str(n) for n in names], ext, tuple(shape) if shape else None, source, label_key)
+        return cls(shards, nc, [str(n) for n in names], ext, tuple(shape) if shape else None, source, label_key,
+                   label_names)
 
 
 class MissingIndex(ShardIndexError):

@@ -43,9 +43,7 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
     out = [u for pattern in urls for part in os.fspath(pattern).split("::") for u in braceexpand.braceexpand(part)]
     if not out or not all(out):
         raise ValueError(f"no shard URLs given (got {urls!r})")
-    found = [path for url in out for path in _local_files(url)]
-    _refuse_repeats(found)
-    return found
+    return [path for url in out for path in _local_files(url)]
 
 
 def refuse_missing_local(urls: list[str]) -> None:
@@ -58,17 +56,17 @@ def refuse_missing_local(urls: list[str]) -> None:
                                 f"from the working directory {os.getcwd()!r})")
 
 
-def _refuse_repeats(urls: list[str]) -> None:
-    """A shard named twice (overlapping patterns, ``a.tar`` and ``./a.tar``, a symlink to it)
-    would be read twice per epoch, every sample counted twice: refused, naming both forms."""
+def named_twice(urls: list[str]) -> str | None:
+    """What to say of a shard named twice (overlapping patterns, ``a.tar`` and ``./a.tar``, a
+    symlink to it): a loader reads it twice per epoch, every sample counted twice; None if none is."""
     first: dict[str, str] = {}
     for url in urls:
         key = shard_key(url)
         if key in first:
             same = f"as {first[key]!r} and {url!r}" if first[key] != url else f"as {url!r}"
-            raise ValueError(f"shard {key!r} is named twice ({same}) in the URLs given: each shard is read "
-                             f"once per epoch, so list it once (to weight classes, use balance=)")
+            return f"shard {key!r} is named twice ({same}) in the URLs given"
         first[key] = url
+    return None
 
 
 def _local_files(url: str) -> list[str]:

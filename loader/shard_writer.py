@@ -203,6 +203,9 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         raise ValueError(f"image_format must be one of {IMAGE_EXTS}, got {image_format!r}")
     if maxcount < 1:
         raise ValueError(f"maxcount must be >= 1, got {maxcount}")
+    if not isinstance(prefix, str) or not re.fullmatch(r"[\w-]+", prefix) or len(prefix.encode()) > 60:
+        raise ValueError(f"prefix must be letters, digits, '_' or '-', at most 60 bytes (a dot would end the "
+                         f"sample keys that start with it; a tar name holds 100 bytes), got {prefix!r}")
     skip = check_policy(on_error) == "skip"
     class_names, num_classes = check_class_names(class_names), check_num_classes(num_classes)
     out_dir = os.path.expanduser(os.fspath(out_dir))
@@ -261,26 +264,29 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
             if folder is not None:
                 try:
                     data, shape = _folder_image(folder[i][0], image_format, jpeg_quality)
-                except ValueError as e:
+                except (ValueError, OSError) as e:      # (OSError: unreadable, a dangling link)
                     if not skip:
                         raise ValueError(f"{e}; on_error='skip' (streamaug shards --on-error skip) passes over "
                                          f"images that do not decode") from None
                     undecodable.append(os.path.relpath(folder[i][0], str(source)))
                     continue
-                room = 98 - len(key) - len(image_format)   # a USTAR name holds 100 bytes
+                room = 98 - len(key.encode()) - len(image_format)   # a USTAR name holds 100 bytes
                 key += "_" + _path_part(folder[i][0], str(source))[-room:] if room > 0 else ""
             else:
                 data, shape = encode_image(images[i], image_format, jpeg_quality), images[i].shape
             shapes.add(tuple(shape))
             sink.write({"__key__": key, image_format: data, "cls": str(label).encode()})
             counts.setdefault(sink.fname, [0] * nc)[label] += 1
+        if not counts:                         # (inside: the empty shard is discarded, none replaced)
+            raise ValueError(f"image folder {str(source)!r}: no image decodes ({len(undecodable)} passed over)")
     if undecodable:
         undecodable.sort()
+        emptied = [class_names[c] for c in sorted(set(labels.tolist()))
+                   if not any(cc[c] for cc in counts.values())]
         warnings.warn(f"image folder {str(source)!r}: passed over {len(undecodable)} image(s) that do not decode "
-                      f"({', '.join(undecodable[:3])}{', ...' if len(undecodable) > 3 else ''})",
+                      f"({', '.join(undecodable[:3])}{', ...' if len(undecodable) > 3 else ''})"
+                      + (f"; class(es) {emptied} have no image left" if emptied else ""),
                       RuntimeWarning, stacklevel=2)
-    if not counts:
-        raise ValueError(f"image folder {str(source)!r}: no image decodes")
     index = ShardIndex([ShardInfo(url, sum(cc), tuple(cc)) for url, cc in counts.items()], nc, class_names,
                        image_format, next(iter(shapes)) if len(shapes) == 1 else None,
                        os.path.join(out_dir, INDEX_NAME))

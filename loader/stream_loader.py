@@ -60,7 +60,7 @@ from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
 from .shard_index import ShardIndex, check_num_classes
-from .shard_urls import expand_urls, refuse_missing_local
+from .shard_urls import expand_urls, named_twice, refuse_missing_local
 from .worker_stages import WorkerStages, worker_side
 from .worker_stream import StreamSettings, WorkerStream
 
@@ -153,6 +153,10 @@ class StreamLoader:
                                                 worker_init_fn, in_order, **dataloader_only)
         limits = DecodeLimits(max_member_bytes, max_image_pixels, read_timeout)     # (checks them)
         self.urls = expand_urls(urls)
+        twice = named_twice(self.urls)
+        if twice:                             # (on purpose, to weight a source; by mistake, overlapping patterns)
+            warnings.warn(f"{twice}: it is read twice per epoch, each of its samples counted twice. To weight "
+                          f"classes, use balance=", UserWarning, stacklevel=2)
         if check_policy(on_error) == "raise":
             refuse_missing_local(self.urls)   # now, not at the first batch after an index warning
         self.index = find_index(self.urls, index, urls, (balance is not None or mixup is not None) and not num_classes,
@@ -180,7 +184,7 @@ class StreamLoader:
         self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali",
                                      label_key=label_key or (self.index.label_key if self.index else None),
                                      channels=channels, limits=limits,
-                                     class_ids=self.index.class_ids if self.index is not None else None)
+                                     class_ids=self.index.class_ids if self.index is not None else None)   # names
         self.device_decoder = None
         if decode == "dali":
             from .device_decode import DaliImageDecoder

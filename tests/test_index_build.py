@@ -231,31 +231,56 @@ def test_the_no_index_warning_carries_the_loaders_label_key_and_num_classes(tmp_
     assert sorted(y for b in loader for y in b.hard_labels.tolist()) == sorted(i % 3 for i in range(25))
 
 
-@pytest.mark.parametrize("field", ["json", "txt"])
-def test_labels_written_as_class_names_are_read_as_the_ids_class_names_gives(tmp_path, monkeypatch, capsys, field):
-    """Newcomer: ShardWriter shards labelled ``{"label": "circle"}`` (or a .txt ``circle``) could not
-    be indexed, and the error pointed at another field. Now ``--class-names`` maps the names, the
-    index keeps them, and the loader (workers too) reads each name as its id."""
-    monkeypatch.chdir(tmp_path)
-    os.makedirs("data")
-    names = ["circle", "square", "triangle"]
-    labels = [0] * 12 + [1] * 6 + [2] * 3
+def name_labelled_shards(names, labels, field="json"):
+    os.makedirs("data", exist_ok=True)
     with wds.ShardWriter("data/part-%04d.tar", maxcount=8, verbose=0) as sink:
         for i, y in enumerate(labels):
             label = json.dumps({"label": names[y]}).encode() if field == "json" else names[y].encode()
             sink.write({"__key__": f"img{i:05d}", "jpeg": jpeg(i), field: label})
-    pattern = "data/part-{0000..0002}.tar"
+    return f"data/part-{{0000..{(len(labels) - 1) // 8:04d}}}.tar"
+
+
+@pytest.mark.parametrize("field", ["json", "txt"])
+def test_labels_written_as_class_names_are_read_as_their_ids(tmp_path, monkeypatch, capsys, field):
+    """Newcomer: ShardWriter shards labelled ``{"label": "circle"}`` (or a .txt ``circle``) could not
+    be indexed, and the error pointed at another field. Now ``--label-names --class-names`` maps
+    the names, the index keeps them, and the loader (workers too) reads each name as its id;
+    re-indexing keeps both."""
+    monkeypatch.chdir(tmp_path)
+    names = ["circle", "square", "triangle"]
+    pattern = name_labelled_shards(names, [0] * 12 + [1] * 6 + [2] * 3, field)
     assert cli_main(["index", pattern, "--quiet"]) == 1
-    assert "list them in id order with --class-names" in capsys.readouterr().err
-    assert cli_main(["index", pattern, "--quiet", "--class-names", "circle,square"]) == 1
-    assert "'triangle' is neither an integer nor one of the 2 class names ('circle', 'square')" in \
+    assert "pass --label-names with the names in id order" in capsys.readouterr().err
+    assert cli_main(["index", pattern, "--quiet", "--label-names", "--class-names", "circle,square"]) == 1
+    assert "'triangle' is not one of the 2 class names the labels are written as ('circle', 'square')" in \
         capsys.readouterr().err
-    assert cli_main(["index", pattern, "--quiet", "--class-names", ",".join(names)]) == 0
+    assert cli_main(["index", pattern, "--quiet", "--label-names", "--class-names", ",".join(names)]) == 0
+    assert cli_main(["index", pattern, "--quiet"]) == 0                    # re-indexing keeps the names
     index = ShardIndex.load("data/index.json")
-    assert index.class_names == names and index.class_counts == [12, 6, 3]
+    assert index.class_names == names and index.label_names and index.class_counts == [12, 6, 3]
     loader = StreamLoader(pattern, batch_size=7, shuffle=False, num_workers=2, balance=ClassBalancer())
     got = [y for b in loader for y, pad in zip(b.hard_labels.tolist(), b.is_padding.tolist()) if not pad]
     assert sorted(got) == [0] * 12 + [1] * 12 + [2] * 12
+
+
+def test_names_that_look_like_integers_are_names_and_integer_labels_stay_integers(tmp_path, monkeypatch, capsys):
+    """Red team B: with names tried after int(), names ["1", "2", "3"] (1-based classes) read "1"
+    as id 1, silently. Names are read by name only; and an index that only names the classes
+    of integer labels (streamaug shards writes such) still reads the integers as ids."""
+    monkeypatch.chdir(tmp_path)
+    pattern = name_labelled_shards(["1", "2", "3"], [0] * 5 + [1] * 3 + [2] * 2, "txt")
+    assert cli_main(["index", pattern, "--quiet", "--label-names", "--class-names", "1,2,3"]) == 0
+    assert ShardIndex.load("data/index.json").class_counts == [5, 3, 2]
+    images = np.zeros((12, 4, 4, 3), np.uint8)
+    folder = write_shards((images, np.arange(12) % 11), "ints", class_names=[str(c) for c in [1, 10, *range(2, 10), 11]],
+                          progress=False)
+    assert not folder.label_names and folder.class_ids is None
+    got = sorted(y for b in StreamLoader(folder.urls, batch_size=12) for y in b.hard_labels.tolist())
+    assert got == sorted((np.arange(12) % 11).tolist())
+    assert cli_main(["index", pattern, "--quiet", "--class-names", "a,b", "--num-classes", "3", "--out", "x.json"]) == 1
+    assert "class_names has 2 names but num_classes=3" in capsys.readouterr().err
+    assert cli_main(["index", "data/part-9999.tar", "--quiet", "--out", "y.json"]) == 1
+    assert "on_error='skip'" not in capsys.readouterr().err       # (the loader's remedy, not the indexer's)
 
 
 def test_no_message_suggests_streamaug_shards_for_existing_shards():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -181,6 +182,54 @@ def test_an_image_folder_with_bad_files_names_them_and_skips_them_when_asked(tmp
     assert [k.split("_", 2)[2] for k in keys] == [f"{c}_img_{i}" for c in ("cat", "dog") for i in range(3)]
     assert cli_main(["shards", str(tmp_path / "imgs"), str(tmp_path / "c"), "--on-error", "skip"]) == 0
     assert "wrote 1 shards, 6 samples, class counts [3, 3]" in capsys.readouterr().out
+
+
+def test_skipping_every_image_replaces_no_shard_and_skipping_empties_are_said(tmp_path):
+    """Red team B: when every image failed under skip, an empty tar was renamed over the good
+    shard of an earlier write (its index still counted 6); a dangling link still stopped the
+    write; a class left with no image passed without a word."""
+    from PIL import Image
+
+    src, out = tmp_path / "imgs", tmp_path / "out"
+    for c in ("a", "b", "c"):
+        (src / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(src / c / f"{i}.png")
+    write_shards(str(src), str(out), image_format="png", progress=False)
+    before = (out / "train-000000.tar").read_bytes()
+    (src / "a" / "gone.png").symlink_to(src / "nowhere.png")
+    for f in (src / "c").iterdir():
+        f.write_bytes(b"not a png")
+    with pytest.warns(RuntimeWarning, match=r"passed over 3 image\(s\).*class\(es\) \['c'\] have no image left"):
+        index = write_shards(str(src), str(tmp_path / "out2"), image_format="png", progress=False, on_error="skip")
+    assert index.class_counts == [2, 2, 0]
+    for f in (*(src / "a").iterdir(), *(src / "b").iterdir()):
+        f.unlink() if f.is_symlink() else f.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"no image decodes \(6 passed over\)"):
+        write_shards(str(src), str(out), image_format="png", progress=False, on_error="skip")
+    assert (out / "train-000000.tar").read_bytes() == before and sorted(os.listdir(out)) == [
+        "index.json", "train-000000.tar"]
+
+
+@pytest.mark.parametrize("prefix, ok", [("train.v2", False), ("猫" * 10, True), ("x" * 61, False), ("val", True)])
+def test_a_prefix_is_one_a_key_can_start(tmp_path, prefix, ok):
+    """Red team B: a dot in the prefix ended every key there (webdataset read the shard as one
+    sample); a long or non-ASCII prefix with a long file name failed with a bare 'name is too long'."""
+    from PIL import Image
+
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(
+        tmp_path / "imgs" / "cat" / ("IMG_20230101_123456_a_rather_long_descriptive_file_name_0" + ".png"))
+    (tmp_path / "imgs" / "dog").mkdir()
+    Image.fromarray(np.ones((4, 4, 3), np.uint8)).save(tmp_path / "imgs" / "dog" / "d.png")
+    if not ok:
+        with pytest.raises(ValueError, match="prefix must be letters, digits"):
+            write_shards(str(tmp_path / "imgs"), str(tmp_path / "out"), prefix=prefix, progress=False)
+        return
+    index = write_shards(str(tmp_path / "imgs"), str(tmp_path / "out"), prefix=prefix, image_format="png",
+                         progress=False)
+    keys = [k for b in StreamLoader(index.urls, batch_size=2) for k in b.keys]
+    assert len(keys) == 2 and all(k.startswith(prefix) for k in keys)
 
 
 def image_folder(root, classes: dict[str, int], value_of=None) -> None:

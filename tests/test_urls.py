@@ -63,14 +63,18 @@ def test_mixed_absolute_and_relative_list(corpus):
     (["shards", "shards/train-000003.tar"], "shards/train-000003.tar"),                          # a folder and a file in it
     (["shards/train-000001.tar", "linked/train-000001.tar"], "linked/train-000001.tar"),          # a symlink to it
 ])
-def test_a_shard_named_twice_is_refused_not_read_twice(corpus, urls, again):
-    """Before, each form was read: every sample of that shard came twice per epoch, silently."""
+def test_a_shard_named_twice_is_said_and_refused_by_the_indexer(corpus, urls, again):
+    """Before, each form was read: every sample of that shard came twice per epoch, silently. A
+    loader now warns, naming both forms (repeating a shard can be meant: red team B), and an
+    index, which lists each shard once, refuses it."""
     from streamaug.loader import build_index
 
     os.symlink(corpus / "shards", corpus / "linked")
-    for build in (lambda: StreamLoader(urls, batch_size=8), lambda: build_index(urls, progress=False)):
-        with pytest.raises(ValueError, match=rf"is named twice \(.*{re.escape(again)}"):
-            build()
+    with pytest.warns(UserWarning, match=rf"is named twice \(.*{re.escape(again)}.*read twice per epoch"):
+        loader = StreamLoader(urls, batch_size=8, index=False, num_classes=3)
+    assert len([k for b in loader for k in b.keys]) == len(set(k for b in loader for k in b.keys)) + 10
+    with pytest.raises(ValueError, match=rf"is named twice \(.*{re.escape(again)}.*an index lists each shard once"):
+        build_index(urls, progress=False)
 
 
 def test_symlinked_folder(corpus):
