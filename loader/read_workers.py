@@ -11,10 +11,17 @@ joins each worker for up to 5 s, so a worker stuck in a stalled read (a ``pipe:`
 with a long ``read_timeout``, say, after a Ctrl-C) makes ``close()`` slow. Here the
 workers are told to finish, given ``grace`` seconds in all, and the rest are stopped
 with SIGTERM (killing their commands) before torch's shutdown tidies the queues.
+
+Fork (``os.fork()`` in the training loop, a fork-started ``multiprocessing`` child): the
+child's copy of a loader forgets the parent's workers (:func:`_forget_parent_workers`), so
+neither freeing that copy, its ``close()``, torch's shutdown nor the child's exit
+(``multiprocessing`` terminates the daemon processes it knows of) stops the parent's
+workers; torch's own DataLoader loses its workers when such a child exits.
 """
 from __future__ import annotations
 
 import gc
+import multiprocessing.process
 import os
 import signal
 import time
@@ -40,6 +47,31 @@ def init_worker(worker_id: int) -> None:
 def _on_sigterm(signum, frame) -> None:
     kill_live_commands()
     os._exit(0)
+
+
+_WITH_WORKERS: weakref.WeakSet = weakref.WeakSet()   # StreamLoaders whose reading workers this process started
+
+
+def _forget_parent_workers() -> None:
+    """After a fork, in the child: every loader's running workers are the parent's. Its copy
+    of torch's iterator is marked stopped (its ``__del__`` then leaves them alone), they are
+    dropped from ``multiprocessing``'s children (whose exit hook would terminate them), and
+    the loader's copy starts workers of its own if the child iterates it."""
+    for loader in list(_WITH_WORKERS):
+        stop, loader._stop_workers = loader._stop_workers, None
+        if stop is not None:
+            stop.detach()
+        dl, loader._dataloader = loader._dataloader, None
+        it = getattr(dl, "_iterator", None)
+        if it is None:
+            continue
+        it._shutdown = True                                    # noqa: SLF001
+        for w in getattr(it, "_workers", []):
+            multiprocessing.process._children.discard(w)       # noqa: SLF001
+    _WITH_WORKERS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_workers)
 
 
 def stop_workers(loader: DataLoader, grace: float = 0.5) -> None:
@@ -118,6 +150,7 @@ def _worker_items(loader, serial: int):
         # freed without close(): stop them as close() does. torch's own shutdown joins each worker
         # for 5 s, and after a pass that failed (StreamError) the workers took all of it: 10 s for 2
         loader._stop_workers = weakref.finalize(loader, stop_workers, loader._dataloader)
+        _WITH_WORKERS.add(loader)
     with OpenCVPoolStopped():            # the workers start (fork) here, the first time
         items = iter(loader._dataloader)
     while True:

@@ -25,6 +25,7 @@ shuffles samples when ``shuffle > 1``.
 from __future__ import annotations
 
 import itertools
+import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -100,9 +101,12 @@ class WorkerStream(IterableDataset):
         self.stages = stages             # balance/augment/mixup run here (see worker_stages), or None
         self.drop_last = drop_last       # open (no index): each worker drops its last partial batch
         self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self._control_pid = os.getpid()  # a forked child's copy takes its own before it sets a position
         self._plans: dict[int, EpochPlan] = {}
 
     def set_position(self, epoch: int, resume_batches: int) -> None:
+        if os.getpid() != self._control_pid:       # the parent's workers read the inherited one
+            self.control, self._control_pid = self.control.clone().share_memory_(), os.getpid()
         self.control[0], self.control[1] = epoch, resume_batches
 
     def plan(self, epoch: int) -> EpochPlan | None:
