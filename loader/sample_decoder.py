@@ -72,7 +72,11 @@ class SampleDecoder:
         try:
             label = read_label(raw, label_key, self.class_ids)
         except ValueError as e:
-            raise StreamError("bad_label", f"label in {label_key!r} is not an integer class: {e}", shard=url,
+            hint = "" if self.class_ids is not None else (
+                "; labels written as class names are read through an index that lists the names: streamaug "
+                "index SHARDS --label-names --class-names NAMES (in id order, e.g. cat,dog), then "
+                "StreamLoader(..., index=that index.json)")
+            raise StreamError("bad_label", f"label in {label_key!r} is not an integer class: {e}{hint}", shard=url,
                               key=key, value=bytes(raw[label_key.split(":")[0]][:40])) from None
         if not 0 <= label < self.num_classes:
             raise StreamError("label_out_of_range", f"label is outside the classes [0, {self.num_classes}) "

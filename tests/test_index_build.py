@@ -243,12 +243,17 @@ def name_labelled_shards(names, labels, field="json"):
 @pytest.mark.parametrize("field", ["json", "txt"])
 def test_labels_written_as_class_names_are_read_as_their_ids(tmp_path, monkeypatch, capsys, field):
     """Newcomer: ShardWriter shards labelled ``{"label": "circle"}`` (or a .txt ``circle``) could not
-    be indexed, and the error pointed at another field. Now ``--label-names --class-names`` maps
+    be indexed, and the error pointed at another field; an index-free loader's error did not
+    say how names are read. Now ``--label-names --class-names`` maps
     the names, the index keeps them, and the loader (workers too) reads each name as its id;
     re-indexing keeps both."""
     monkeypatch.chdir(tmp_path)
     names = ["circle", "square", "triangle"]
     pattern = name_labelled_shards(names, [0] * 12 + [1] * 6 + [2] * 3, field)
+    with pytest.raises(StreamError, match=r"key 'img00000'.*read through an index that lists the names: streamaug "
+                       r"index SHARDS --label-names --class-names NAMES"):
+        next(iter(StreamLoader(pattern, batch_size=4, shuffle=False, index=False,
+                               label_key="json:label" if field == "json" else None)))
     assert cli_main(["index", pattern, "--quiet"]) == 1
     assert "pass --label-names with the names in id order" in capsys.readouterr().err
     assert cli_main(["index", pattern, "--quiet", "--label-names", "--class-names", "circle,square"]) == 1
