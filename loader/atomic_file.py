@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 
@@ -33,6 +34,35 @@ def partial_path(path: str) -> str:
     folders) never take a partial file for a real one."""
     folder, name = os.path.split(os.path.realpath(path))
     return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+
+
+PARTIAL_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{8}\.partial")
+
+
+def stopped_partials(folder: str, of: Callable[[str], bool]) -> list[tuple[str, int]]:
+    """``(name, bytes)`` of the partial files in ``folder``, for real names ``of`` accepts,
+    whose writer is not running on this machine: left by a writer that was killed (a
+    ``SIGKILL``, a lost node), since any other exit removes them. A writer on another
+    machine sharing the folder cannot be seen, so its partial files count as stopped."""
+    out = []
+    for entry in os.scandir(folder):
+        m = PARTIAL_NAME.fullmatch(entry.name)
+        if m and of(m["name"]) and not _running(int(m["pid"])):
+            with contextlib.suppress(OSError):            # (renamed or removed meanwhile)
+                out.append((entry.name, entry.stat().st_size))
+    return sorted(out)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)                            # (signal 0: only whether it exists)
+    except PermissionError:                        # another user's process
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
 
 
 def put_in_place(partial: str, path: str) -> None:

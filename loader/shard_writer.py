@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import tarfile
@@ -19,16 +18,15 @@ from typing import Union
 
 import numpy as np
 import webdataset as wds
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .atomic_file import open_partial, put_in_place
+from .atomic_file import open_partial, put_in_place, stopped_partials
 from .errors import check_policy
-from .image_codec import IMAGE_EXTS, decode_image, encode_image
+from .image_codec import IMAGE_EXTS, encode_image
+from .image_folder import FOLDER_EXTS, folder_image, folder_items, path_part
 from .shard_index import (INDEX_NAME, ShardIndex, ShardInfo, check_class_names, check_num_classes,
                           other_shards_listed)
 
-FOLDER_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".npy")
 ArraySource = tuple[np.ndarray, np.ndarray]
 Source = Union[str, ArraySource]
 
@@ -113,75 +111,6 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray) -> None:
     if len(labels) and labels.min() < 0:
         raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
 
-def _folder_items(root: str, class_names: list[str] | None) -> tuple[list[tuple[str, int]], list[str], list[str]]:
-    """``(path, label)`` per image, the class names, and what was passed over (hidden entries,
-    files that are not images).
-
-    Classes are the subfolders, sorted, or ``class_names`` when given: a subfolder is then
-    labelled by its name's place in that list (a validation folder missing a class keeps the
-    training ids), and a subfolder not in it is refused. Hidden folders and files (``.*``:
-    ``.ipynb_checkpoints``, macOS ``._x.jpg``) are passed over and reported, not made a class.
-    A class folder with no image is refused unless ``class_names`` names it (an empty class
-    shifts every later label, as ``ImageFolder`` refuses it). Other files than images
-    (``FOLDER_EXTS``) are passed over and reported too."""
-    passed_over: list[str] = []
-    folders = []
-    for e in sorted(os.scandir(root), key=lambda e: e.name):
-        if e.is_dir():
-            (passed_over if e.name.startswith(".") else folders).append(e.name)
-    if class_names is None:
-        classes = folders
-    else:
-        classes = list(class_names)
-        unknown = [f for f in folders if f not in classes]
-        if unknown:
-            raise ValueError(f"image folder {root!r} has class folder(s) {unknown[:5]} that class_names does not "
-                             f"list (value: {classes[:10]}{' ...' if len(classes) > 10 else ''})")
-    if not folders:
-        raise ValueError(f"image folder {root!r} has no class subfolders (expected root/<class>/<image>)")
-    items = []
-    for name in folders:
-        found = 0
-        for dirpath, dirnames, files in os.walk(os.path.join(root, name)):
-            passed_over += [os.path.relpath(os.path.join(dirpath, d), root) for d in dirnames if d.startswith(".")]
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for f in sorted(files):
-                if not f.lower().endswith(FOLDER_EXTS):
-                    if not f.startswith("."):
-                        passed_over.append(os.path.relpath(os.path.join(dirpath, f), root))
-                    continue
-                if f.startswith("."):
-                    passed_over.append(os.path.relpath(os.path.join(dirpath, f), root))
-                    continue
-                items.append((os.path.join(dirpath, f), classes.index(name)))
-                found += 1
-        if not found and class_names is None:
-            raise ValueError(f"image folder {root!r}: class folder {name!r} holds no images "
-                             f"({', '.join(FOLDER_EXTS)}); remove it, or list the classes to keep an empty one "
-                             f"(class_names=, streamaug shards --class-names)")
-    if not items:
-        raise ValueError(f"image folder {root!r} has class folders {folders[:5]} but no images ({FOLDER_EXTS})")
-    return items, classes, passed_over
-
-def _folder_image(path: str, ext: str, jpeg_quality: int) -> tuple[bytes, tuple[int, int, int]]:
-    """The bytes to store and the (H, W, C) shape. Same-format files pass through unchanged."""
-
-    src_ext = os.path.splitext(path)[1].lower().lstrip(".")
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        if src_ext == "bmp":                     # a folder's own files: BMP too (never read from shards)
-            with Image.open(io.BytesIO(data), formats=["BMP"]) as img:
-                arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
-            arr = arr[..., None] if arr.ndim == 2 else arr
-        else:
-            arr = decode_image(data, "jpg" if src_ext == "jpeg" else src_ext)
-    except Exception as e:
-        raise ValueError(f"image file {path!r} ({len(data):,} bytes) does not decode: {e}") from None
-    if src_ext == ext or (src_ext in ("jpg", "jpeg") and ext in ("jpg", "jpeg")):
-        return data, arr.shape
-    return encode_image(arr, ext, jpeg_quality), arr.shape
-
 def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_format: str = "npy",
                  maxcount: int = 1000, maxsize: float = 3e8, class_names: list[str] | None = None,
                  num_classes: int | None = None, shuffle_seed: int | None = 0, jpeg_quality: int = 95,
@@ -226,7 +155,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         if not os.path.isdir(source):
             raise ValueError(f"source {str(source)!r} is not a directory, an (images, labels) pair or 'digits'")
         names = None if class_names is None else list(class_names)
-        folder, class_names, passed_over = _folder_items(str(source), names)
+        folder, class_names, passed_over = folder_items(str(source), names)
         if passed_over:
             warnings.warn(f"image folder {str(source)!r}: passed over {len(passed_over)} entries, hidden (.*) or "
                           f"not {'/'.join(FOLDER_EXTS)} images "
@@ -263,7 +192,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
             label, key = int(labels[i]), f"{prefix}_{int(i):08d}"
             if folder is not None:
                 try:
-                    data, shape = _folder_image(folder[i][0], image_format, jpeg_quality)
+                    data, shape = folder_image(folder[i][0], image_format, jpeg_quality)
                 except (ValueError, OSError) as e:      # (OSError: unreadable, a dangling link)
                     if not skip:
                         raise ValueError(f"{e}; on_error='skip' (streamaug shards --on-error skip) passes over "
@@ -271,7 +200,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
                     undecodable.append(os.path.relpath(folder[i][0], str(source)))
                     continue
                 room = 98 - len(key.encode()) - len(image_format)   # a USTAR name holds 100 bytes
-                key += "_" + _path_part(folder[i][0], str(source))[-room:] if room > 0 else ""
+                key += "_" + path_part(folder[i][0], str(source))[-room:] if room > 0 else ""
             else:
                 data, shape = encode_image(images[i], image_format, jpeg_quality), images[i].shape
             shapes.add(tuple(shape))
@@ -296,13 +225,19 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         warnings.warn(f"{out_dir!r} still holds {len(stale)} {prefix}-*.tar shard(s) from an earlier write that "
                       f"the new index.json does not list ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}); "
                       f"remove them, or a brace pattern over them will be refused", RuntimeWarning, stacklevel=2)
+    _warn_of_stopped_writes(out_dir, prefix)
     return index
 
 
-def _path_part(path: str, root: str) -> str:
-    """The end of an image file's path under ``root``, as a key may hold it (no dots: a key ends
-    at its first one), at most 60 characters: ``cat/img.001.png`` → ``cat_img_001``."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.splitext(os.path.relpath(path, root))[0])[-60:]
+def _warn_of_stopped_writes(out_dir: str, prefix: str) -> None:
+    """Name the partial files a killed write left in ``out_dir`` (hidden, so nothing else shows them)."""
+    left = stopped_partials(out_dir, lambda name: _written_name(prefix, name) or name == INDEX_NAME)
+    if left:
+        size = sum(n for _, n in left) / 1e6
+        warnings.warn(f"{out_dir!r} holds {len(left)} hidden partial file(s) ({size:.1f} MB) left by a write of "
+                      f"{prefix}-*.tar shards that was killed before it finished ({', '.join(n for n, _ in left[:3])}"
+                      f"{', ...' if len(left) > 3 else ''}); nothing reads them: remove them",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _shards_in(out_dir: str, prefix: str) -> list[str]:

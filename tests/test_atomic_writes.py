@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -138,3 +140,48 @@ def test_the_shard_writer_calls_post_after_each_shard_is_in_place(tmp_path):
     assert seen == [("s-00.tar", True), ("s-01.tar", True), ("s-02.tar", True)]
     with pytest.raises(TypeError, match="takes no opener="):
         UstarShardWriter(str(tmp_path / "t-%02d.tar"), opener=open)
+
+
+KILLED_WRITER = """
+import time, numpy as np
+import streamaug.loader.shard_writer as sw
+from streamaug.loader import write_shards
+encode = sw.encode_image
+sw.encode_image = lambda *a: (time.sleep(0.005), encode(*a))[1]     # slow enough to be killed mid-shard
+rng = np.random.default_rng(0)
+write_shards((rng.integers(0, 255, (4000, 6, 6, 3), np.uint8), np.arange(4000) % 4), "out", maxcount=1000,
+             progress=False)
+"""
+
+
+def test_partial_files_of_a_killed_write_are_named_by_the_next_write(tmp_path):
+    """A SIGKILLed writer leaves its hidden partial file (nothing else can remove it): the next
+    write into the folder names it, with its size, and a partial file whose writer still runs
+    (another rank writing the same shards) is not named."""
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER], cwd=tmp_path)
+    out = tmp_path / "out"
+    try:
+        for _ in range(600):                          # (up to 60 s for its imports and first samples)
+            if out.is_dir() and any(f.endswith(".partial") for f in os.listdir(out)):
+                break
+            assert writer.poll() is None, "the writer ended before it could be killed"
+            time.sleep(0.1)
+        else:
+            pytest.fail("no partial file appeared")
+    finally:
+        writer.kill()
+        writer.wait()
+    left = sorted(f for f in os.listdir(out) if f.endswith(".partial"))
+    assert len(left) == 1 and left[0].startswith(f".train-000000.tar.{writer.pid}.")
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / f".train-000001.tar.{running.pid}.0123abcd.partial").write_bytes(b"x")
+        (out / ".other-000000.tar.999999999.0123abcd.partial").write_bytes(b"x")   # another prefix's
+        with pytest.warns(RuntimeWarning, match=r"holds 1 hidden partial file\(s\) \(\d+\.\d MB\) left by a write "
+                          r"of train-\*\.tar shards that was killed before it finished \(" + re.escape(left[0])
+                          + r"\); nothing reads them: remove them"):
+            index = write_shards(arrays(), str(out), maxcount=100, progress=False)
+    finally:
+        running.kill()
+        running.wait()
+    assert sum(s.count for s in index.shards) == N and (out / left[0]).exists()   # named, never removed
