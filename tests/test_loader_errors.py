@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from shard_factory import good_members, make_shards, npy_bytes, write_custom
-from streamaug.loader import ShardIndex, ShardIndexError, StreamError, StreamLoader, write_shards
+from streamaug.loader import ShardIndex, ShardIndexError, StreamError, StreamLoader, build_index, write_shards
 from streamaug.ops import MixUp
 
 GOOD = good_members(6)  # keys s_00000..s_00005, labels alternate 0/1
@@ -228,6 +228,11 @@ def test_writer_rejects_bad_sources(tmp_path):
         make_shards(str(tmp_path), n=4, fmt="gif")
     with pytest.raises(ValueError, match="is not a directory"):
         write_shards(str(tmp_path / "missing"), str(tmp_path))
+    with pytest.raises(ValueError, match="on_error must be one of .* got 'bogus'"):
+        write_shards((np.zeros((2, 4, 4, 3), np.uint8), np.zeros(2, int)), str(tmp_path), on_error="bogus")
+    with pytest.raises(ValueError, match="label_names must be True or False, got 'yes'"):
+        build_index(str(tmp_path / "x.tar"), label_names="yes")
+    assert os.listdir(tmp_path) == []                     # refused before anything was written
 
 
 @pytest.mark.parametrize("index", [True, False], ids=["index", "no-index"])
