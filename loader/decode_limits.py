@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from .errors import StreamError
+from .image_codec import decoded_channels, npy_image_shape
 
 MAX_MEMBER_BYTES = 256 << 20       # one tar member (an image, a label) read into memory
 MAX_IMAGE_PIXELS = 36_000_000      # width x height of one image (6000 x 6000), about 108 MB as RGB
@@ -87,17 +88,12 @@ def check_format(data: bytes, ext: str, url: str | None, key: str | None) -> str
 def header_size(data: bytes, fmt: str) -> tuple[int, int, int]:
     """``(height, width, channels)`` from the header only; pixels are not decoded."""
     if fmt == "NPY":
-        from .image_codec import npy_header
-
-        shape, _ = npy_header(data)
-        if len(shape) not in (2, 3):
-            raise ValueError(f"npy image must be (H, W) or (H, W, C), got shape {shape}")
-        return shape[0], shape[1], shape[2] if len(shape) == 3 else 1
+        return npy_image_shape(data)
     Image.init()
     factory = Image.OPEN[fmt][0]           # the plugin itself: Image.open would add its own, lower, bomb check
     with factory(io.BytesIO(data), None) as img:
         width, height = img.size
-        channels = 1 if img.mode in ("L", "1", "I", "F", "I;16") else 3
+        channels = decoded_channels(img.mode)
     return height, width, channels
 
 
@@ -108,7 +104,7 @@ def check_image(data: bytes, ext: str, limits: DecodeLimits, url: str | None,
     try:
         shape = header_size(data, fmt)
     except Exception as e:
-        raise StreamError("undecodable_image", f".{ext} image does not decode (its header does not parse): "
+        raise StreamError("undecodable_image", f".{ext} image is refused from its header: "
                           f"{type(e).__name__}: {e}",
                           shard=url, key=key, value=f"{len(data)} bytes") from None
     pixels = shape[0] * shape[1]

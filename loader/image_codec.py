@@ -68,6 +68,17 @@ def _npy_layout(data: bytes) -> tuple[tuple[int, ...], np.dtype, bool, int]:
     return shape, dtype, fortran, end
 
 
+def npy_image_shape(data: bytes) -> tuple[int, int, int]:
+    """``(H, W, C)`` of an ``.npy`` image from its header alone; ``ValueError`` unless it is a
+    uint8 ``(H, W)`` or ``(H, W, C)`` array (what the loader decodes)."""
+    shape, dtype = npy_header(data)
+    if dtype != np.uint8:
+        raise ValueError(f"npy image must be uint8, got dtype {dtype}")
+    if len(shape) not in (2, 3):
+        raise ValueError(f"npy image must be (H, W) or (H, W, C), got shape {shape}")
+    return shape[0], shape[1], shape[2] if len(shape) == 3 else 1
+
+
 def load_npy(data: bytes) -> np.ndarray:
     """``np.load(..., allow_pickle=False)`` with the header parse cached.
 
@@ -88,18 +99,32 @@ def decode_image(data: bytes, ext: str) -> np.ndarray:
     ``KeyError`` for an extension that names no decoded format. Pillow tries only the
     format ``ext`` names, so TIFF/BMP/EPS bytes never reach their decoders."""
     if ext == "npy":
+        npy_image_shape(data)
         arr = load_npy(data)
-        if arr.dtype != np.uint8:
-            raise ValueError(f"npy image must be uint8, got dtype {arr.dtype}")
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        if arr.ndim != 3:
-            raise ValueError(f"npy image must be (H, W) or (H, W, C), got shape {arr.shape}")
-        return arr
+        return arr[..., None] if arr.ndim == 2 else arr
     with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[ext]]) as img:
-        if img.mode not in ("L", "RGB"):
-            img = img.convert("RGB")
+        return pil_pixels(img)
+
+
+def decoded_channels(mode: str) -> int:
+    """The channels :func:`decode_image` gives an image of PIL ``mode``: 1 for gray (``L``,
+    bilevel ``1``, ``LA``, 16-bit ``I;16``/``I``), 3 for anything else."""
+    return 1 if mode in ("L", "1", "LA", "La") or mode.startswith("I") else 3
+
+
+def pil_pixels(img: Image.Image) -> np.ndarray:
+    """``(H, W, C)`` uint8 of an open PIL image, with C as :func:`decoded_channels` says: alpha
+    dropped, a palette expanded, and 16-bit gray reduced to 8 bits as ``round(v / 257)``,
+    which is what DALI's decoder gives (converting ``I;16`` to ``L`` would clip every value
+    over 255 to white). 16-bit colour PNGs PIL itself reduces to their high byte, within 1 of DALI."""
+    mode = img.mode
+    if mode.startswith("I"):
+        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        arr = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    elif mode in ("L", "RGB"):
         arr = np.asarray(img)
+    else:
+        arr = np.asarray(img.convert("L" if decoded_channels(mode) == 1 else "RGB"))
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -186,7 +211,4 @@ def decode_image_at_least(data: bytes, ext: str, size: tuple[int, int] | None) -
     with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
         if img.format == "JPEG":
             img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (size[1], size[0]))
-        if img.mode not in ("L", "RGB"):
-            img = img.convert("RGB")
-        arr = np.asarray(img)
-    return arr[..., None] if arr.ndim == 2 else arr
+        return pil_pixels(img)

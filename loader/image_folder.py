@@ -21,10 +21,9 @@ import io
 import os
 import re
 
-import numpy as np
 from PIL import Image
 
-from .image_codec import decode_image, encode_image
+from .image_codec import decode_image, encode_image, pil_pixels
 
 FOLDER_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".npy")
 
@@ -88,8 +87,7 @@ def folder_image(path: str, ext: str, jpeg_quality: int) -> tuple[bytes, tuple[i
     try:
         if src_ext == "bmp":                     # a folder's own files: BMP too (never read from shards)
             with Image.open(io.BytesIO(data), formats=["BMP"]) as img:
-                arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
-            arr = arr[..., None] if arr.ndim == 2 else arr
+                arr = pil_pixels(img)
         else:
             arr = decode_image(data, "jpg" if src_ext == "jpeg" else src_ext)
     except Exception as e:

@@ -9,16 +9,15 @@ are never decoded: their shape comes from the header alone (PIL opens lazily,
 ``.npy`` headers are parsed by numpy's own reader). A shard that cannot be indexed
 honestly is refused with a :class:`StreamError` naming the shard, the key and the
 value: a sample without image or label, an image or label field that differs from
-the rest of the corpus, a label that is not a non-negative integer. An image whose
-header does not parse, whose bytes are not its format, or that is over the pixel limit
-is refused too, unless
+the rest of the corpus, a label that is not a non-negative integer. An image the loader
+refuses from its header (it does not parse, the bytes are not its format, it is over the
+pixel limit, an ``.npy`` that is not a uint8 image) is refused too, unless
 ``on_error="skip"``: the sample is still counted with its label (the loader meets it
 as a sample and raises or skips it by its own ``on_error``), its shape is left out,
 and it is counted in ``stats`` (or a warning says how many, with the first).
 """
 from __future__ import annotations
 
-import io
 import os
 import warnings
 from collections import Counter
@@ -26,8 +25,6 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .decode_limits import DecodeLimits, check_image
@@ -54,21 +51,6 @@ class ShardScan:
     top_key: str | None = None                       # the first sample with the largest label
     bad_images: Counter = field(default_factory=Counter)   # on_error="skip": reason -> samples, shape unread
     bad_examples: dict = field(default_factory=dict)         # reason -> first message
-
-
-def image_header_shape(data: bytes, ext: str) -> tuple[int, int, int]:
-    """(H, W, C) from the header alone, C as the loader decodes it (gray 1, anything else 3)."""
-    if ext == "npy":
-        stream = io.BytesIO(data)
-        version = np.lib.format.read_magic(stream)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(stream)
-        if dtype.hasobject or len(shape) not in (2, 3):
-            raise ValueError(f"npy image must be (H, W) or (H, W, C) of numbers, got shape {shape} dtype {dtype}")
-        return (shape[0], shape[1], shape[2] if len(shape) == 3 else 1)
-    with Image.open(io.BytesIO(data)) as img:          # lazy: reads the header, decodes nothing
-        width, height = img.size
-        return (height, width, 1 if img.mode == "L" else 3)
 
 
 def scan_shard(url: str, label_key: str | None = None, limits: DecodeLimits | None = None,
@@ -121,7 +103,7 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
         raise StreamError("bad_label", "label is negative", shard=url, key=key, value=label)
     ext = exts[0]
     try:
-        shape = _header_shape(raw[ext], ext, limits, url, key)
+        shape = check_image(raw[ext], ext, limits, url, key)     # (H, W, C as the loader decodes it)
     except StreamError as e:
         if not skip_images or e.reason not in SKIPPABLE_IMAGE_ERRORS:
             raise
@@ -142,15 +124,6 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
 
 
 SKIPPABLE_IMAGE_ERRORS = ("format_mismatch", "undecodable_image", "image_too_large")
-
-
-def _header_shape(data: bytes, ext: str, limits: DecodeLimits, url: str, key: str) -> tuple[int, int, int]:
-    check_image(data, ext, limits, url, key)              # format by magic bytes, pixels from the header
-    try:
-        return image_header_shape(data, ext)
-    except Exception as e:
-        raise StreamError("undecodable_image", f".{ext} image header does not parse: {type(e).__name__}: {e}",
-                          shard=url, key=key, value=f"{len(data)} bytes") from None
 
 
 def _executor(workers: int, urls: list[str]) -> Executor:

@@ -128,3 +128,64 @@ def test_unknown_fields_are_ignored_without_decoding(tmp_path, monkeypatch):
     x, y = next(iter(StreamLoader(url, batch_size=8, shuffle=0, num_workers=2)))
     assert y.tolist() == LABELS and np.array_equal(x.permute(0, 2, 3, 1).numpy(), np.stack(images))
     assert not marker.exists()
+
+
+def png_of(mode: str, rng) -> tuple[bytes, np.ndarray]:
+    """PNG bytes of a PIL ``mode`` (or 16-bit colour, which PIL cannot write: OpenCV) and the
+    (H, W, C) uint8 pixels the loader should give for it."""
+    import cv2
+
+    if mode == "RGB;16":
+        wide = rng.integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+        data = cv2.imencode(".png", wide[..., ::-1])[1].tobytes()          # (OpenCV writes BGR)
+        return data, (wide >> 8).astype(np.uint8)                          # PIL keeps the high byte
+    if mode == "I;16":
+        wide = rng.integers(0, 65536, (6, 5), dtype=np.uint16)
+        wide[0, :3] = [0, 300, 65535]
+        img, want = Image.fromarray(wide), np.round(wide / 257).astype(np.uint8)[..., None]
+    elif mode == "1":
+        bits = rng.integers(0, 2, (6, 5)).astype(bool)
+        img, want = Image.fromarray(bits), (bits * 255).astype(np.uint8)[..., None]
+    else:                                                                  # LA: the gray, alpha dropped
+        pixels = rng.integers(0, 256, (6, 5, 2), np.uint8)
+        img, want = Image.fromarray(pixels, "LA"), pixels[..., :1]
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue(), want
+
+
+@pytest.mark.parametrize("mode", ["I;16", "1", "LA", "RGB;16"])
+def test_16_bit_bilevel_and_gray_alpha_pngs_decode_as_dali_does(tmp_path, mode):
+    """Newcomer: 16-bit gray PNGs (medical, scientific data) came out 99.7% white (PIL's
+    ``convert`` clips every value over 255), while ``decode="dali"`` scaled them; and bilevel
+    PNGs became 3 channels, so the index recorded no image shape. 16-bit gray is now reduced
+    as DALI reduces it, ``round(v / 257)``, and gray modes are 1 channel in the index and the batch."""
+    rng = np.random.default_rng(1)
+    pairs = [png_of(mode, rng) for _ in LABELS]
+    os.makedirs(tmp_path / "s")
+    with wds.TarWriter(str(tmp_path / "s" / "c.tar")) as sink:
+        for i, ((data, _), y) in enumerate(zip(pairs, LABELS)):
+            sink.write({"__key__": f"s{i:03d}", "png": data, "cls": str(y).encode()})
+    channels = 3 if mode == "RGB;16" else 1
+    index = build_index(str(tmp_path / "s" / "c.tar"), progress=False)
+    assert index.image_shape == (6, 5, channels)
+    want = np.stack([w for _, w in pairs])
+    x, _ = next(iter(StreamLoader(index.urls, batch_size=8, shuffle=0)))
+    assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), want)
+    d, _ = next(iter(StreamLoader(index.urls, batch_size=8, shuffle=0, decode="dali")))
+    assert d.shape == x.shape
+    assert (d.int() - x.int()).abs().max() <= (1 if mode == "RGB;16" else 0)     # DALI rounds, PIL truncates
+
+
+def test_an_npy_image_the_loader_refuses_is_refused_by_the_index(tmp_path):
+    """Newcomer: float32 .npy images indexed fine and the loader then refused every one."""
+    images = [np.zeros((6, 5, 3), np.float32)] * len(LABELS)
+    os.makedirs(tmp_path / "f")
+    with wds.TarWriter(str(tmp_path / "f" / "c.tar")) as sink:
+        for i, (img, y) in enumerate(zip(images, LABELS)):
+            buf = io.BytesIO()
+            np.save(buf, img)
+            sink.write({"__key__": f"s{i:03d}", "npy": buf.getvalue(), "cls": str(y).encode()})
+    with pytest.raises(StreamError, match="npy image must be uint8, got dtype float32") as info:
+        build_index(str(tmp_path / "f" / "c.tar"), progress=False)
+    assert info.value.key == "s000" and info.value.shard.endswith("c.tar")
