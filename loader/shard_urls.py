@@ -40,6 +40,12 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
     shards in it, each sorted by name."""
     if isinstance(urls, (str, os.PathLike)):
         urls = [urls]
+    wrong = next((u for u in (urls if isinstance(urls, Sequence) else [urls])
+                  if not isinstance(u, (str, os.PathLike))), None)
+    if wrong is not None:                  # (a Dataset passed as DataLoader takes one, say)
+        raise TypeError(f"urls must be WebDataset tar shards: a path, URL, brace or glob pattern or folder, or a "
+                        f"list of them; got {type(wrong).__name__}. A Dataset or arrays are written to shards "
+                        f"first: streamaug.loader.write_shards((images, labels), 'shards/') or streamaug shards")
     out = [u for pattern in urls for part in os.fspath(pattern).split("::") for u in braceexpand.braceexpand(part)]
     if not out or not all(out):
         raise ValueError(f"no shard URLs given (got {urls!r})")
@@ -193,5 +199,5 @@ def resolve_index_entry(entry: str, index_source: str) -> str:
 
 def pattern_text(urls: str | Sequence[str]) -> str:
     """The caller's URLs as one shell-quoted argument for ``streamaug index``."""
-    text = urls if isinstance(urls, str) else "::".join(os.fspath(u) for u in urls)
+    text = urls if isinstance(urls, (str, os.PathLike)) else "::".join(os.fspath(u) for u in urls)
     return shlex.quote(os.fspath(text))

@@ -17,6 +17,7 @@ import warnings
 from typing import Union
 
 import numpy as np
+import torch
 import webdataset as wds
 from tqdm.auto import tqdm
 
@@ -103,6 +104,11 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray) -> None:
         raise ValueError("images must be a uint8 array of shape (N, H, W, C), got "
                          f"{getattr(images, 'dtype', type(images).__name__)} "
                          f"{getattr(images, 'shape', '')}")
+    if images.shape[3] not in (1, 3, 4):
+        nchw = images.shape[1] in (1, 3, 4)
+        raise ValueError(f"images must be (N, H, W, C) with C 1, 3 or 4, got shape {images.shape}"
+                         + (": that is (N, C, H, W), as torch holds images; pass images.transpose(0, 2, 3, 1)"
+                            if nchw else ""))
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(f"labels must be 1-D with len(images)={len(images)} entries, got shape {labels.shape}")
@@ -120,7 +126,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
     ``source`` is an ImageFolder-style directory (one subfolder per class, sorted by name, or
     labelled by their place in ``class_names`` when given, so a validation folder keeps the
     training shards' ids: ``class_names=ShardIndex.load(train).class_names``), an
-    ``(images, labels)`` pair of a uint8 ``(N, H, W, C)`` (grayscale: ``(N, H, W)``) array and integer labels
+    ``(images, labels)`` pair of a uint8 ``(N, H, W, C)`` (grayscale: ``(N, H, W)``) array or tensor and integer labels
     (the string ``"digits"`` is deprecated). Samples are written in a seeded random order
     (``shuffle_seed=None`` keeps the source order) so shards mix classes.
     Each sample is ``{key}.{image_format}`` plus ``{key}.cls``; a folder's keys end with the
@@ -164,7 +170,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         labels = np.array([c for _, c in folder], np.int64)
         images = None
     elif isinstance(source, tuple) and len(source) == 2:
-        images, labels = source
+        images, labels = (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for v in source)
         if isinstance(images, np.ndarray) and images.ndim == 3 and images.dtype == np.uint8:
             images = images[..., None]          # (N, H, W) grayscale: one channel
         _check_arrays(images, labels)

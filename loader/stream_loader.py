@@ -171,6 +171,9 @@ class StreamLoader:
         self.on_error = check_policy(on_error)
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}, but this torch ({torch.__version__}) sees no CUDA device; pass "
+                             f"device='cpu', or leave device= out (CUDA when there is one, else the CPU)")
         self._pin = self.device.type == "cuda" if pin_memory is None else pin_memory
         self._world_override, self._rank_override = world_size, rank
         self._prefetch = prefetch_factor

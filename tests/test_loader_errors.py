@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from shard_factory import good_members, make_shards, npy_bytes, write_custom
 from streamaug.loader import ShardIndex, ShardIndexError, StreamError, StreamLoader, build_index, write_shards
@@ -218,10 +219,22 @@ def test_bad_loader_arguments(npy_shards, kwargs, message):
         StreamLoader(index.urls, **kwargs)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_refused_at_construction(npy_shards):
+    """Newcomer: it failed at the first batch with torch's 'torch.cuda.Stream requires CUDA support'."""
+    index, _, _ = npy_shards
+    with pytest.raises(ValueError, match=r"device='cuda:0', but this torch \(.*\) sees no CUDA device; pass "
+                       r"device='cpu', or leave device= out"):
+        StreamLoader(index.urls, batch_size=4, device="cuda:0")
+
+
 def test_writer_rejects_bad_sources(tmp_path):
 
     with pytest.raises(ValueError, match="uint8 array of shape"):
         write_shards((np.zeros((2, 4, 4, 3), np.float32), np.zeros(2, int)), str(tmp_path))
+    with pytest.raises(ValueError, match=r"got shape \(2, 3, 32, 32\): that is \(N, C, H, W\), as torch holds "
+                       r"images; pass images.transpose\(0, 2, 3, 1\)"):      # (newcomer: it was written as C=32)
+        write_shards((np.zeros((2, 3, 32, 32), np.uint8), np.zeros(2, int)), str(tmp_path))
     with pytest.raises(ValueError, match="labels must be 1-D with len"):
         write_shards((np.zeros((2, 4, 4, 3), np.uint8), np.zeros(3, int)), str(tmp_path))
     with pytest.raises(ValueError, match="image_format must be one of"):
@@ -233,6 +246,9 @@ def test_writer_rejects_bad_sources(tmp_path):
     with pytest.raises(ValueError, match="label_names must be True or False, got 'yes'"):
         build_index(str(tmp_path / "x.tar"), label_names="yes")
     assert os.listdir(tmp_path) == []                     # refused before anything was written
+    index = write_shards((torch.zeros(2, 4, 4, 3, dtype=torch.uint8), torch.tensor([0, 1])), str(tmp_path / "t"),
+                         progress=False)                  # torch tensors are taken as their arrays
+    assert index.class_counts == [1, 1] and index.image_shape == (4, 4, 3)
 
 
 @pytest.mark.parametrize("index", [True, False], ids=["index", "no-index"])

@@ -77,6 +77,24 @@ def test_a_shard_named_twice_is_said_and_refused_by_the_indexer(corpus, urls, ag
         build_index(urls, progress=False)
 
 
+def test_a_path_object_is_a_url_and_a_dataset_is_refused_with_what_to_do(corpus):
+    """Newcomer: ``StreamLoader(Path("shards"))`` failed ('PosixPath' object is not iterable), and
+    a Dataset passed as DataLoader takes one failed inside os.fspath, naming neither."""
+    import torch
+    import webdataset as wds
+    from pathlib import Path
+
+    assert keys_of(StreamLoader(Path("shards"), batch_size=8)) == ALL
+    assert keys_of(StreamLoader([Path("shards/train-000000.tar"), "shards/train-00000{1..3}.tar"],
+                                batch_size=8)) == ALL
+    for wrong, name in [(torch.utils.data.TensorDataset(torch.zeros(3)), "TensorDataset"),
+                        (wds.WebDataset("shards/train-000000.tar", shardshuffle=False), "WebDataset"),
+                        (["shards", 3], "int")]:
+        with pytest.raises(TypeError, match=rf"urls must be WebDataset tar shards: .* got {name}\. A Dataset or "
+                           r"arrays are written to shards first: streamaug.loader.write_shards"):
+            StreamLoader(wrong, batch_size=8)
+
+
 def test_symlinked_folder(corpus):
     os.symlink(corpus / "shards", corpus / "linked")
     loader = StreamLoader("linked/train-{000000..000003}.tar", batch_size=8)
