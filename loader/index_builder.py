@@ -33,7 +33,8 @@ from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, find_label_key
 from .index_lookup import default_index_path
 from .shard_index import (INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo, check_class_names,
                           check_num_classes, other_shards_listed)
-from .shard_urls import command_shard_name, expand_urls, is_local, named_twice, shard_key
+from .shard_urls import (UnsafeIndexEntry, command_shard_name, expand_urls, index_entry_url, is_local, named_twice,
+                         shard_key)
 from .tar_reader import read_segment, whole_shard
 
 
@@ -162,6 +163,11 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
         raise ValueError(f"give out= (a local path for index.json): shards {shard_urls[0]!r} have no local folder")
     if os.path.isdir(out):
         out = os.path.join(out, INDEX_NAME)
+    for url in shard_urls:                              # before the pass, not after it
+        try:
+            index_entry_url(url, os.path.dirname(os.path.abspath(out)))
+        except UnsafeIndexEntry as e:
+            raise ShardIndexError(f"index {out!r}: {e}") from None
     _check_not_dropping(out, shard_urls)
     if not class_names and not label_names:           # re-indexing shards labelled by name: as before
         earlier = _earlier_index(out)

@@ -231,7 +231,9 @@ class ShardIndex:
             raise ShardIndexError(str(e)) from None
         except (FileNotFoundError, NotADirectoryError):
             raise MissingIndex(f"index {path!r} does not exist; build it from the shards with "
-                               f"`streamaug index SHARDS --out {shlex.quote(path)}`, or pass index=") from None
+                               f"`streamaug index SHARDS --out {shlex.quote(path)}` (an index lists the shards under "
+                               f"its own folder), or pass index= the index.json that lists them (index=False: none)"
+                               ) from None
         except urllib.error.HTTPError as e:
             err = MissingIndex if e.code == 404 else ShardIndexError
             raise err(f"index {path!r} cannot be fetched: HTTP {e.code} {e.reason}") from None

@@ -134,6 +134,15 @@ def test_index_saved_elsewhere_writes_relative_entries(corpus):
     os.makedirs("elsewhere")
     with pytest.raises(ShardIndexError, match="outside the index's folder"):
         index.save("elsewhere/index.json")
+    from streamaug.loader import build_index, index_builder
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the shards were read before the refusal")
+
+    with pytest.MonkeyPatch.context() as mp:              # newcomer: refused after the whole pass
+        mp.setattr(index_builder, "scan_shard", no_pass)
+        with pytest.raises(ShardIndexError, match="outside the index's folder"):
+            build_index("shards/train-{000000..000003}.tar", out="elsewhere/index.json", workers=1, progress=False)
 
 
 @pytest.mark.parametrize("urls", ["shards/trian", "shards/train-{000000..000005}.tar", "../shards"])
