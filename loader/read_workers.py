@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Iterator
 
 from torch.utils.data import DataLoader
+from torch.utils.data._utils.signal_handling import _remove_worker_pids
 
 from streamaug.core.flight import BatchInFlight
 from streamaug.core.process_exit import exit_now
@@ -60,7 +61,8 @@ def _end_without_finalizing() -> None:
 
 def _on_sigterm(signum, frame) -> None:
     kill_live_commands()
-    os._exit(0)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)    # then die of it: a worker that exited 0 looks, to
+    os.kill(os.getpid(), signal.SIGTERM)             # torch, like one still starting (5 s, or a hang)
 
 
 _WITH_WORKERS: weakref.WeakSet = weakref.WeakSet()   # StreamLoaders whose reading workers this process started
@@ -101,6 +103,9 @@ def stop_workers(loader: DataLoader, grace: float = 0.5) -> None:
     deadline = time.monotonic() + grace
     for w in workers:
         w.join(max(0.0, deadline - time.monotonic()))
+    if getattr(it, "_worker_pids_set", False):         # (torch's SIGCHLD check would take the SIGTERM
+        _remove_worker_pids(id(it))                    # below for a failure, as it does a kill from outside)
+        it._worker_pids_set = False                    # noqa: SLF001
     for w in workers:
         if w.is_alive():
             w.terminate()                              # a stuck read: SIGTERM kills its commands too

@@ -215,3 +215,27 @@ def test_a_loader_freed_after_an_error_stops_its_workers_promptly_and_is_collect
     gc.collect()
     assert time.monotonic() - start < 3, "torch's shutdown waited 5 s for each of 3 workers"
     assert freed() is None and not any(p.is_alive() for p in processes)
+
+
+@pytest.mark.parametrize("killed", [1, 2])
+def test_a_worker_ended_by_sigterm_fails_the_pass_at_once(killed):
+    """Red team: a reading worker sent SIGTERM (a job scheduler, an OOM handler, a parent's
+    exit) exited with code 0, which torch cannot tell from a worker still starting: the pass
+    failed 5 s later, and once in 13 runs hung. It now dies of the signal, and torch's check
+    names it at once."""
+    import signal
+
+    for name in "abcd":                                        # (more than the workers prefetch)
+        write_tar(f"{name}2.tar", good_members(400))
+    loader = stream([f"{n}2.tar" for n in "abcd"], num_workers=2)
+    it = iter(loader)
+    next(it)
+    for worker in loader._dataloader._iterator._workers[:killed]:      # noqa: SLF001
+        os.kill(worker.pid, signal.SIGTERM)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid.*\) (is killed by signal: Terminated|"
+                                           r"exited unexpectedly)"):
+        for _ in it:
+            pass
+    assert time.monotonic() - start < 3
+    loader.close()
