@@ -13,7 +13,10 @@ DataLoader semantics, as ``StreamLoader`` keeps them:
   shuffle), while ``batches_done`` keeps where it was left, so a state taken in between
   resumes there (torchdata's ``StatefulDataLoader`` does the same).
 * One pass runs at a time: each pass gets a serial number, and a pass that is no longer
-  the newest raises (:meth:`PassPosition.check_current`) instead of sharing the workers.
+  the newest raises (:meth:`PassPosition.check_current`) instead of sharing the workers. A
+  pass starts at its first ``next()``, not at ``iter()``, so an iterator made and never
+  used changes nothing. A pass running when ``close()`` stops the workers raises too,
+  rather than end short as if its epoch were over.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ class PassPosition:
         self.serial = 0                   # the current pass's number (see check_current)
         self.open_pass: int | None = None  # an iter() pass begun and not at its end (left or running)
         self.ended = False                # set_epoch's epoch handed on its last batch (its length is now known)
+        self.closed_pass: int | None = None   # the pass close() stopped while it ran (see check_current)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -76,7 +80,17 @@ class PassPosition:
     def is_current(self, serial: int) -> bool:
         return serial == self.serial
 
+    def close_current(self) -> None:
+        """``close()``: the running pass (if any) raises at its next batch instead of ending as if
+        its epoch were over; ``batches_done`` keeps where it stopped, so a state resumes there."""
+        self.closed_pass = self.serial
+
     def check_current(self, serial: int) -> None:
+        if serial == self.closed_pass:
+            raise RuntimeError(
+                "this pass over the StreamLoader was stopped: loader.close() was called (or its with block "
+                "was left) while the pass ran, and its reading workers are gone. Start a new pass with "
+                "iter(loader); state_dict() still holds where this one stopped.")
         if serial != self.serial:
             raise RuntimeError(
                 "this pass over the StreamLoader was superseded: iter(loader) was called again while it ran. "

@@ -167,7 +167,9 @@ class StreamLoader:
             self.index = self.index.with_num_classes(num_classes)
         self.num_classes = self.index.num_classes if self.index is not None else num_classes
         self.batch_size, self.read_workers, self.seed = batch_size, num_workers, int(seed)
-        self.shuffle, self.drop_last = check_shuffle(shuffle), drop_last
+        if drop_last not in (True, False):
+            raise ValueError(f"drop_last must be True or False, got {drop_last!r}")
+        self.shuffle, self.drop_last = check_shuffle(shuffle), bool(drop_last)
         self.on_error = check_policy(on_error)
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
@@ -176,7 +178,12 @@ class StreamLoader:
                              f"device='cpu', or leave device= out (CUDA when there is one, else the CPU)")
         self._pin = self.device.type == "cuda" if pin_memory is None else pin_memory
         self._world_override, self._rank_override = world_size, rank
-        self._prefetch = prefetch_factor
+        if prefetch_factor is None:           # (DataLoader's default: 2 with workers)
+            prefetch_factor = 2
+        if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, numbers.Integral) or prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be an integer >= 1 (batches each worker reads ahead), "
+                             f"got {prefetch_factor!r}")
+        self._prefetch = int(prefetch_factor)
         self.output = OutputFormat(dtype, normalize, channels_last)
         self.decode = decode
         if decode not in ("cpu", "dali"):
@@ -333,8 +340,13 @@ class StreamLoader:
         chose the epoch); ``state_dict()`` still holds where it was left, as torchdata's
         ``StatefulDataLoader`` does, so a job that stops there resumes there. A pass still open
         (its iterator alive, part-way) counts as left."""
+        return self._new_pass()
+
+    def _new_pass(self) -> Iterator[Batch]:
+        # (a generator: the pass begins at the first next(), so an iterator made and never used,
+        # as torch's are harmless, leaves the running pass and the position as they were)
         self.position.new_iter()
-        return self.iter_from(None, left_ends_epoch=True)
+        yield from self.iter_from(None, left_ends_epoch=True)
 
     def iter_from(self, start: int | None, *, left_ends_epoch: bool = False) -> Iterator[Batch]:
         """The current epoch's batches from batch ``start`` (``None``: 0, or the resume point
@@ -423,7 +435,9 @@ class StreamLoader:
         return self._rows.fetch(pairs, transform)
 
     def close(self) -> None:
-        """Stop the persistent DataLoader workers now (they also stop when the loader is freed)."""
+        """Stop the persistent DataLoader workers now (they also stop when the loader is freed).
+        A pass still running raises at its next batch; the next ``iter()`` starts new workers."""
+        self.position.close_current()
         dl, self._dataloader = self._dataloader, None
         stop, self._stop_workers = self._stop_workers, None
         if stop is not None:

@@ -421,6 +421,49 @@ def test_a_second_pass_started_mid_pass_stops_the_first_with_a_clear_error(shard
         assert loader.stats.real == 3 * N + BATCH, "the first pass counted its one batch, then nothing"
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_iterator_made_and_never_used_changes_nothing(shards, workers):
+    """Red team: ``iter()`` started the next epoch at once, so an unused second iterator moved
+    the running pass's epoch: its state said epoch 1 at batch 5 after 10 batches of epoch 0,
+    and the resume gave other batches. A pass now begins at its first ``next()``, as torch's."""
+    index = shards[0]
+    with stream(index, num_workers=workers) as loader:
+        first = iter(loader)
+        got = [next(first).keys for _ in range(2)]
+        unused = iter(loader)                               # noqa: F841 - the point of the test
+        got += [next(first).keys for _ in range(2)]
+        state = loader.state_dict()
+        assert (state["epoch"], state["batches_done"]) == (0, 4)
+        rest = [b.keys for b in first]
+    reference = [b.keys for b in stream(index, num_workers=workers)]
+    assert got + rest == reference
+    resumed = stream(index, num_workers=workers)
+    resumed.load_state_dict(state)
+    assert [b.keys for b in resumed] == reference[4:]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_close_during_a_pass_stops_it_with_an_error_not_a_short_epoch(shards, workers):
+    """Red team: close() mid-pass (or leaving the with block with an iterator alive) ended the
+    pass quietly after 10 of 250 batches and recorded the epoch as done, so a resume passed
+    over the rest. The pass now raises at its next batch, and the state holds where it stopped."""
+    index = shards[0]
+    loader = stream(index, num_workers=workers)
+    seen = 0
+    with pytest.raises(RuntimeError, match=r"this pass over the StreamLoader was stopped: loader.close\(\) was called"):
+        for seen, _ in enumerate(loader, 1):
+            if seen == 2:
+                loader.close()
+    assert seen == 2
+    state = loader.state_dict()
+    assert (state["epoch"], state["batches_done"]) == (0, 2)
+    reference = [b.keys for b in stream(index, num_workers=workers)]
+    resumed = stream(index, num_workers=workers)
+    resumed.load_state_dict(state)
+    assert [b.keys for b in resumed] == reference[2:]
+    assert len([b.keys for b in loader]) == len(reference)          # a new pass starts its own workers
+
+
 def test_len_dataset_is_the_sample_count_scripts_divide_by(shards):
     """pytorch/examples' ``test()``: ``loss_sum / len(loader.dataset)``, ``correct / len(loader.dataset)``."""
     index = shards[0]

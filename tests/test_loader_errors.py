@@ -212,6 +212,9 @@ def test_numpy_ints_are_taken_as_dataloader_takes_them(npy_shards):
     ({"resize": True}, r"resize must be \(height, width\) or one side for a square, in positive ints; got True"),
     ({"resize": (4, 4, 3)}, r"got \(4, 4, 3\)"),
     ({"resize": "32"}, "got '32'"),
+    ({"prefetch_factor": -1, "num_workers": 2}, r"prefetch_factor must be an integer >= 1 .* got -1"),  # (red team:
+    ({"drop_last": "no"}, "drop_last must be True or False, got 'no'"),                                # at iter(),
+    ({"drop_last": None}, "drop_last must be True or False, got None"),                                # or taken)
 ])
 def test_bad_loader_arguments(npy_shards, kwargs, message):
     index, _, _ = npy_shards
