@@ -104,7 +104,7 @@ def check_image(data: bytes, ext: str, limits: DecodeLimits, url: str | None,
     try:
         shape = header_size(data, fmt)
     except Exception as e:
-        raise StreamError("undecodable_image", f".{ext} image is refused from its header: "
+        raise StreamError("undecodable_image", f".{ext} image does not decode (refused from its header): "
                           f"{type(e).__name__}: {e}",
                           shard=url, key=key, value=f"{len(data)} bytes") from None
     pixels = shape[0] * shape[1]

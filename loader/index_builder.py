@@ -153,6 +153,8 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
     on_error = check_policy(on_error)
     if not isinstance(label_names, bool):
         raise ValueError(f"label_names must be True or False, got {label_names!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be an int >= 1 (shards read at once), got {workers!r}")
     num_classes, class_names = check_num_classes(num_classes), check_class_names(class_names)
     shard_urls = expand_urls(urls)
     twice = named_twice(shard_urls)
@@ -254,7 +256,8 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
     nc = num_classes or (len(class_names) if class_names else top + 1)
     if top >= nc:
         bad = next(s for s in filled if max(s.labels) == top)
-        raise StreamError("label_out_of_range", f"label is outside num_classes={nc}", shard=bad.url,
+        source = f"num_classes={nc}" if num_classes else f"the {nc} class names given"   # (names kept: as many)
+        raise StreamError("label_out_of_range", f"label is outside {source} (ids 0..{nc - 1})", shard=bad.url,
                           key=bad.top_key, value=top)
     sizes = set().union(*(s.sizes for s in filled))
     channels = set().union(*(s.channels for s in filled))

@@ -93,10 +93,15 @@ class SampleDecoder:
 
     def __call__(self, raw: dict) -> dict:
         key, url = raw.get("__key__"), raw.get("__url__")
-        ext = next((e for e in IMAGE_EXTS if e in raw), None)
-        if ext is None:
-            raise StreamError("no_image", f"sample has no image field (one of {IMAGE_EXTS})",
-                              shard=url, key=key, value=sorted(k for k in raw if not k.startswith("__")))
+        exts = [e for e in IMAGE_EXTS if e in raw]
+        if len(exts) != 1:               # (as streamaug index refuses both)
+            fields = sorted(k for k in raw if not k.startswith("__"))
+            if not exts:
+                raise StreamError("no_image", f"sample has no image field (one of {IMAGE_EXTS})", shard=url,
+                                  key=key, value=fields)
+            raise StreamError("mixed_image_ext", f"sample has {len(exts)} image fields ({', '.join(exts)}): which "
+                              "is the image is ambiguous", shard=url, key=key, value=fields)
+        ext = exts[0]
         label = self.label_of(raw)
         stored = check_image(raw[ext], ext, self.limits, url, key)     # format and pixels, from the header
         if self.defer_encoded and ext != "npy":

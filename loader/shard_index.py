@@ -250,7 +250,8 @@ class ShardIndex:
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ShardIndexError(f"index {path!r} is not valid JSON: {e}") from None
+            raise ShardIndexError(f"index {path!r} is not valid JSON: {e}; if it was cut short or edited, write it "
+                                  f"again from the shards: streamaug index SHARDS --out {shlex.quote(path)}") from None
         except RecursionError:
             raise ShardIndexError(f"index {path!r} is nested too deeply to be an index") from None
         return cls.from_json(doc, source=path, max_classes=max_classes)

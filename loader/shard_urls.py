@@ -89,7 +89,9 @@ def _local_files(url: str) -> list[str]:
                        if f.endswith(SHARD_SUFFIXES) and not f.startswith(".")
                        and not os.path.isdir(os.path.join(path, f)))
         if not found:
-            raise ValueError(f"folder {url!r} holds no shards (no {'/'.join(SHARD_SUFFIXES)} file in it)")
+            raise ValueError(f"folder {url!r} holds no shards (no {'/'.join(SHARD_SUFFIXES)} file in it); an image "
+                             f"folder (one subfolder per class) is written to shards first: streamaug shards "
+                             f"{url} OUT (write_shards)")
         return found
     if GLOB_CHARS & set(url):
         found = sorted(f for f in glob.glob(path) if not os.path.isdir(f))     # (glob passes hidden names over)

@@ -110,6 +110,8 @@ def test_index_size_limit(dataset):
     ("count=True", r"shards\[0\]\.count must be an int >= 0 \(shard 'train-000000.tar'\) \(value: True\)"),
     ("url=None", r"shards\[0\]\.url must be a non-empty string \(value: None\)"),
     ("nested", "nested too deeply"),
+    (b'{"format": "streamaug-index", "shards": [', r"is not valid JSON: .*; if it was cut short or edited, write it "
+                                                  r"again from the shards: streamaug index SHARDS --out ds/index.json"),
 ])
 def test_broken_index_messages_name_file_field_and_value(dataset, text, message):
     path = dataset / "index.json"

@@ -326,7 +326,10 @@ def test_cli_shards_and_index_explain_what_to_pass(tmp_path, monkeypatch, capsys
     assert "streamaug shards: source 'nonexist' is not a directory" in capsys.readouterr().err
     os.mkdir("d")
     assert cli_main(["index", "d/", "--quiet"]) == 1
-    assert "folder 'd/' holds no shards (no .tar/.tar.gz/.tgz file in it)" in capsys.readouterr().err
+    assert "folder 'd/' holds no shards (no .tar/.tar.gz/.tgz file in it); an image folder (one subfolder per " \
+        "class) is written to shards first: streamaug shards d/ OUT" in capsys.readouterr().err     # (newcomer)
+    assert cli_main(["index", "d/", "--quiet", "--workers", "-2"]) == 1
+    assert "workers must be an int >= 1 (shards read at once), got -2" in capsys.readouterr().err
     assert cli_main(["index", "wds/*.tar", "--quiet"]) == 1
     assert f"no file matches the pattern 'wds/*.tar' (relative to {str(tmp_path)!r})" in capsys.readouterr().err
 

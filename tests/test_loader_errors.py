@@ -37,6 +37,8 @@ BAD_SAMPLES = {
                            "outside the classes [0, 2) of the index (or of num_classes=)", "7"),
     "image_size": ([("bad.npy", npy_bytes(np.zeros((9, 8, 3), np.uint8))), ("bad.cls", b"0")],
                    "differs", "(9, 8, 3)"),
+    "mixed_image_ext": ([("bad.cls", b"0"), ("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8))),   # (newcomer:
+                         ("bad.png", b"\x89PNG")], "2 image fields (npy, png)", "['cls', 'npy', 'png']"),  # indexless read it)
 }
 
 
@@ -343,6 +345,10 @@ def test_num_classes_with_an_index_is_kept_and_checked_against_it(tmp_path, caps
         StreamLoader(index.urls, 8, num_classes=10)
     assert cli_main(["index", str(tmp_path / "s"), "--num-classes", "10", "--quiet"]) == 1
     assert "key 'train_00000077'" in capsys.readouterr().err
+    names = ",".join(f"c{i}" for i in range(10))      # newcomer: it said num_classes=10, which was not given
+    assert cli_main(["index", str(tmp_path / "s"), "--class-names", names, "--quiet", "--out",
+                     str(tmp_path / "s" / "n.json")]) == 1
+    assert "label is outside the 10 class names given (ids 0..9)" in capsys.readouterr().err
     with StreamLoader(index.urls, 8, num_classes=12, mixup=MixUp(1.0)) as wider:
         assert wider.num_classes == 12 and wider.index.class_counts[10:] == [1, 0]
         assert next(iter(wider)).targets.shape == (8, 12)
