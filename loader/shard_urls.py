@@ -64,14 +64,25 @@ def refuse_missing_local(urls: list[str]) -> None:
 
 def named_twice(urls: list[str]) -> str | None:
     """What to say of a shard named twice (overlapping patterns, ``a.tar`` and ``./a.tar``, a
-    symlink to it): a loader reads it twice per epoch, every sample counted twice; None if none is."""
+    symlink or a hard link to it): a loader reads it twice per epoch, every sample counted
+    twice; None if none is."""
     first: dict[str, str] = {}
+    files: dict[tuple[int, int], str] = {}
     for url in urls:
         key = shard_key(url)
         if key in first:
             same = f"as {first[key]!r} and {url!r}" if first[key] != url else f"as {url!r}"
             return f"shard {key!r} is named twice ({same}) in the URLs given"
         first[key] = url
+        try:
+            st = os.stat(key) if is_local(url) else None
+        except OSError:                   # (missing: refused or skipped elsewhere)
+            st = None
+        if st is not None:
+            if (st.st_dev, st.st_ino) in files:
+                return (f"shards {files[st.st_dev, st.st_ino]!r} and {url!r} are one file (hard links to it) in the "
+                        f"URLs given")
+            files[st.st_dev, st.st_ino] = url
     return None
 
 

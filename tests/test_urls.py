@@ -77,6 +77,19 @@ def test_a_shard_named_twice_is_said_and_refused_by_the_indexer(corpus, urls, ag
         build_index(urls, progress=False)
 
 
+def test_a_hard_link_to_a_shard_is_said_as_one_named_twice(corpus):
+    from streamaug.loader import build_index
+
+    os.makedirs("snapshot")
+    os.link("shards/train-000001.tar", "snapshot/train-000001.tar")       # (cp -al keeps such snapshots)
+    urls = ["shards/train-{000000..000003}.tar", "snapshot/train-000001.tar"]
+    with pytest.warns(UserWarning, match=r"shards 'shards/train-000001.tar' and 'snapshot/train-000001.tar' are one "
+                                         r"file \(hard links to it\) in the URLs given: it is read twice per epoch"):
+        StreamLoader(urls, batch_size=8, index=False, num_classes=3)
+    with pytest.raises(ValueError, match=r"are one file \(hard links to it\) .*: an index lists each shard once"):
+        build_index(urls, progress=False)
+
+
 def test_a_path_object_is_a_url_and_a_dataset_is_refused_with_what_to_do(corpus):
     """Newcomer: ``StreamLoader(Path("shards"))`` failed ('PosixPath' object is not iterable), and
     a Dataset passed as DataLoader takes one failed inside os.fspath, naming neither."""
