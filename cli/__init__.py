@@ -9,6 +9,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 # Subcommands that live in other modules (imported only when used), and the packages they need
 # beyond the required ones.
@@ -152,4 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_index)
     args = parser.parse_args(argv)
-    return args.run(args)
+    shown = warnings.formatwarning                       # a user's terminal gets the message, not our source line
+    warnings.formatwarning = lambda message, *rest, **kw: f"streamaug {args.command}: warning: {message}\n"
+    try:
+        return args.run(args)
+    finally:
+        warnings.formatwarning = shown

@@ -317,6 +317,20 @@ def test_a_tar_not_written_in_name_order_is_refused_with_the_fix(tmp_path, monke
         build_index("apart.tar", progress=False)
 
 
+def test_cli_warnings_read_as_the_commands_not_as_python_source(tmp_path):
+    """Newcomer: a warning printed as '/.../cli/__init__.py:58: RuntimeWarning: ...' and the source line."""
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / "imf" / name)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "imf" / name / "x.png")
+    (tmp_path / "imf" / "a" / "notes.txt").write_text("x")
+    done = subprocess.run([sys.executable, "-c", "import sys; from streamaug.cli import main; "
+                           "sys.exit(main(['shards', 'imf', 'out']))"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "streamaug shards: warning: image folder 'imf': passed over 1 entries" in done.stderr
+    assert "RuntimeWarning" not in done.stderr and "__init__.py" not in done.stderr
+
+
 def test_cli_shards_and_index_explain_what_to_pass(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     np.savez("xy.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=np.zeros(4, int))
