@@ -114,6 +114,11 @@ def stop_workers(loader: DataLoader, grace: float = 0.5) -> None:
     it._shutdown_workers()                             # noqa: SLF001 - queues and threads
 
 
+def _all_alive(dl: DataLoader) -> bool:
+    it = getattr(dl, "_iterator", None)
+    return it is None or getattr(it, "_shutdown", False) or all(w.is_alive() for w in getattr(it, "_workers", []))
+
+
 def worker_batches(loader, serial: int, hold_last: bool) -> Iterator[BatchInFlight]:
     """``loader``'s batches for its pass ``serial``, from its reading workers (or this process).
     Counts a worker shipped without a batch ride on the next batch, so a resume that passes
@@ -156,6 +161,8 @@ def _worker_items(loader, serial: int):
     if loader.read_workers == 0:
         yield from loader._stream                                            # noqa: SLF001
         return
+    if loader._dataloader is not None and not _all_alive(loader._dataloader):
+        loader.stop_reading_workers()    # one died (the OOM killer, a SIGKILL): this pass starts new ones
     if loader._dataloader is None:       # workers persist across epochs (see WorkerStream)
         if loader.stages_in_workers and loader.balance is not None:
             with loader._stage_threads:  # the thread count the main process would build them with

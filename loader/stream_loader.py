@@ -407,7 +407,7 @@ class StreamLoader:
                 marker.close()
             current = position.is_current(serial)      # (left part-way, it stays open: see new_iter)
             if not self.read_options.persistent and current:
-                self.close()              # DataLoader(persistent_workers=False): the workers end with the pass
+                self.stop_reading_workers()   # DataLoader(persistent_workers=False): the workers end with the pass
 
     def _finished(self, batches: Iterator[BatchInFlight], plan: EpochPlan | None, epoch: int,
                   offsets: list[int] | None, check) -> Iterator[tuple[Batch, bool]]:
@@ -438,6 +438,10 @@ class StreamLoader:
         """Stop the persistent DataLoader workers now (they also stop when the loader is freed).
         A pass still running raises at its next batch; the next ``iter()`` starts new workers."""
         self.position.close_current()
+        self.stop_reading_workers()
+
+    def stop_reading_workers(self) -> None:
+        """Stop the reading workers, leaving the passes alone (the next pass starts new ones)."""
         dl, self._dataloader = self._dataloader, None
         stop, self._stop_workers = self._stop_workers, None
         if stop is not None:

@@ -239,3 +239,25 @@ def test_a_worker_ended_by_sigterm_fails_the_pass_at_once(killed):
             pass
     assert time.monotonic() - start < 3
     loader.close()
+
+
+def test_the_pass_after_a_worker_was_killed_starts_new_workers():
+    """Red team: after a reading worker was SIGKILLed (as the OOM killer does), every later pass
+    waited 5 s and failed naming the dead worker, since workers persist. The pass that lost it
+    fails; the next starts new workers and is whole."""
+    import signal
+
+    for name in "abcd":
+        write_tar(f"{name}2.tar", good_members(400))
+    loader = stream([f"{n}2.tar" for n in "abcd"], num_workers=2)
+    it = iter(loader)
+    next(it)
+    os.kill(loader._dataloader._iterator._workers[0].pid, signal.SIGKILL)      # noqa: SLF001
+    with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid.*\) (is killed by signal: Killed|exited "
+                                           r"unexpectedly)"):
+        for _ in it:
+            pass
+    start = time.monotonic()
+    assert len(keys_of(loader)) == 1600
+    assert time.monotonic() - start < 20
+    loader.close()
