@@ -21,10 +21,12 @@ workers; torch's own DataLoader loses its workers when such a child exits.
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import multiprocessing.process
 import os
 import signal
+import sys
 import time
 import weakref
 from collections.abc import Iterator
@@ -45,18 +47,26 @@ def init_worker(worker_id: int) -> None:
     gc.freeze()
     limit_worker_threads()
     signal.signal(signal.SIGTERM, _on_sigterm)
-    atexit.register(_end_without_finalizing)     # (the last handler to run: a user's run before it)
+    if getattr(multiprocessing.current_process(), "_start_method", None) == "spawn":
+        sys.exit = functools.partial(_exit_without_finalizing, sys.exit)
 
 
-def _end_without_finalizing() -> None:
-    """A spawn-started worker ends with ``sys.exit``, so interpreter shutdown runs while its
-    queue's feeder thread may still be pickling a batch that will never be read (torch
-    stops waiting for it); that thread cannot take the GIL back from a torch call there, and
-    the worker aborted ("terminate called without an active exception", killed by SIGABRT,
-    in 3 of 4 spawn runs that stopped workers mid-pass). Ending here, after the atexit
-    handlers, skips that shutdown, as fork- and forkserver-started workers always do."""
+def _exit_without_finalizing(exit_, code=None) -> None:
+    """``sys.exit`` in a spawn-started worker. Its last call, multiprocessing's
+    ``sys.exit(exitcode)`` after the worker's run, is ended here: the atexit handlers run (all
+    of them, newest first, as shutdown would), then ``os._exit(exitcode)``. Interpreter
+    shutdown would run while the worker's queue feeder thread may still be pickling a batch
+    nobody will read (torch stops waiting for it); that thread cannot take the GIL back from a
+    torch call there, and the worker aborted ("terminate called without an active exception",
+    killed by SIGABRT: 3 of 4 spawn runs that stopped workers mid-pass). Fork- and
+    forkserver-started workers end with ``os._exit`` already. Any other ``sys.exit`` is the usual one."""
+    if sys._getframe(1).f_globals.get("__name__") != "multiprocessing.spawn":      # noqa: SLF001
+        exit_(code)
+    atexit._run_exitfuncs()                            # noqa: SLF001
     kill_live_commands()
-    exit_now(0)
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+    exit_now(1 if code is not None and not isinstance(code, int) else code or 0)
 
 
 def _on_sigterm(signum, frame) -> None:

@@ -114,8 +114,10 @@ def test_workers_started_by_spawn_or_forkserver_give_the_batches_fork_gives(npy_
 
 
 SPAWN_STOPPED_MID_PASS = """
-import sys
+import atexit, os, sys
 from streamaug.loader import StreamLoader
+if __name__ != "__main__":                  # each spawned worker imports this as __mp_main__
+    atexit.register(lambda: open(os.path.join("marks", str(os.getpid())), "w").close())
 if __name__ == "__main__":
     loader = StreamLoader(sys.argv[1], batch_size=16, num_workers=2, multiprocessing_context="spawn",
                           persistent_workers=False, shuffle=False)
@@ -142,11 +144,32 @@ def test_spawned_workers_stopped_mid_pass_do_not_abort(tmp_path):
     write_shards((rng.integers(0, 256, (200, 64, 64, 3), np.uint8), np.arange(200) % 4), str(tmp_path / "s"),
                  maxcount=50, progress=False)
     (tmp_path / "job.py").write_text(SPAWN_STOPPED_MID_PASS)
-    for _ in range(3):
+    (tmp_path / "marks").mkdir()
+    for run in range(1, 4):
         done = subprocess.run([sys.executable, "job.py", "s"], cwd=tmp_path, capture_output=True, text=True,
                               timeout=180)
         assert done.returncode == 0 and done.stdout.split() == ["200", "16", "done"], done.stderr[-2000:]
         assert "terminate called" not in done.stderr and "Aborted" not in done.stderr, done.stderr[-2000:]
+        assert len(os.listdir(tmp_path / "marks")) == 4 * run, "every worker ran its atexit handlers (2 passes x 2)"
+
+
+def _exit_3(worker_id):
+    import sys
+
+    sys.exit(3)
+
+
+@pytest.mark.slow
+def test_a_spawned_worker_keeps_its_exit_code(npy_shards):
+    """Red team 2: ending spawned workers with os._exit(0) hid a worker's own exit code (and torch,
+    seeing 0, took 5 s to notice it had gone)."""
+    index, _, _ = npy_shards
+    loader = StreamLoader(index.urls, batch_size=10, num_workers=1, multiprocessing_context="spawn",
+                          worker_init_fn=_exit_3)
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        next(iter(loader))
+    assert [w.exitcode for w in loader._dataloader._iterator._workers] == [3]        # noqa: SLF001
+    loader.close()
 
 
 @pytest.mark.parametrize("persistent", [None, True, False])
