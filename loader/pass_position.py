@@ -33,6 +33,7 @@ class PassPosition:
         self.open_pass: int | None = None  # an iter() pass begun and not at its end (left or running)
         self.ended = False                # set_epoch's epoch handed on its last batch (its length is now known)
         self.closed_pass: int | None = None   # the pass close() stopped while it ran (see check_current)
+        self.ended_pass: int | None = None    # the pass that handed on its epoch's last batch
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -83,13 +84,14 @@ class PassPosition:
     def close_current(self) -> None:
         """``close()``: the running pass (if any) raises at its next batch instead of ending as if
         its epoch were over; ``batches_done`` keeps where it stopped, so a state resumes there."""
-        self.closed_pass = self.serial
+        if self.ended_pass != self.serial:        # (closed at its last batch, the pass is whole)
+            self.closed_pass = self.serial
 
     def check_current(self, serial: int) -> None:
         if serial == self.closed_pass:
             raise RuntimeError(
                 "this pass over the StreamLoader was stopped: loader.close() was called (or its with block "
-                "was left) while the pass ran, and its reading workers are gone. Start a new pass with "
+                "was left) while the pass ran, which stops its reading workers. Start a new pass with "
                 "iter(loader); state_dict() still holds where this one stopped.")
         if serial != self.serial:
             raise RuntimeError(
@@ -103,6 +105,7 @@ class PassPosition:
         epoch; after ``set_epoch`` (whose caller chooses the next epoch) it says this one is over."""
         if self.open_pass == serial:
             self.open_pass = None
+        self.ended_pass = serial
         if self.explicit_epoch:
             self.ended = True
         else:

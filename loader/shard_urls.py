@@ -18,10 +18,11 @@ import glob
 import os
 import posixpath
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 import braceexpand
+from torch.utils.data import Dataset
 
 INDEX_SCHEMES = ("http", "https")        # the only schemes an index file may name
 
@@ -40,7 +41,9 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
     shards in it, each sorted by name."""
     if isinstance(urls, (str, os.PathLike)):
         urls = [urls]
-    wrong = next((u for u in (urls if isinstance(urls, Sequence) else [urls])
+    elif isinstance(urls, Iterable) and not isinstance(urls, (Dataset, Mapping)):
+        urls = list(urls)                  # a generator, Path.glob(), map(), a numpy array of names
+    wrong = next((u for u in (urls if isinstance(urls, list) else [urls])
                   if not isinstance(u, (str, os.PathLike))), None)
     if wrong is not None:                  # (a Dataset passed as DataLoader takes one, say)
         raise TypeError(f"urls must be WebDataset tar shards: a path, URL, brace or glob pattern or folder, or a "

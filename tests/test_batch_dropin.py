@@ -462,6 +462,11 @@ def test_close_during_a_pass_stops_it_with_an_error_not_a_short_epoch(shards, wo
     resumed.load_state_dict(state)
     assert [b.keys for b in resumed] == reference[2:]
     assert len([b.keys for b in loader]) == len(reference)          # a new pass starts its own workers
+    closing = stream(index, num_workers=workers)
+    for seen, _ in enumerate(closing, 1):
+        if seen == len(reference):
+            closing.close()          # (red team 2: at the last batch the pass is whole: no error)
+    assert seen == len(reference) and closing.state_dict()["epoch"] == 1
 
 
 def test_len_dataset_is_the_sample_count_scripts_divide_by(shards):
