@@ -152,6 +152,8 @@ class StreamLoader:
         self.read_options = read_worker_options(persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
         limits = DecodeLimits(max_member_bytes, max_image_pixels, read_timeout)     # (checks them)
+        if isinstance(urls, Iterator):        # (a generator, Path.glob(): read once, named again in messages)
+            urls = list(urls)
         self.urls = expand_urls(urls)
         twice = named_twice(self.urls)
         if twice:                             # (on purpose, to weight a source; by mistake, overlapping patterns)

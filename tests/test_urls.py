@@ -103,6 +103,9 @@ def test_a_path_object_is_a_url_and_a_dataset_is_refused_with_what_to_do(corpus)
     for given in [Path("shards").glob("*.tar"), map(str, sorted(Path("shards").glob("*.tar"))),   # (red team 2:
                   np.array(sorted(str(p) for p in Path("shards").glob("*.tar")))]:               # refused for a while)
         assert keys_of(StreamLoader(given, batch_size=8)) == ALL
+    os.remove("shards/index.json")
+    with pytest.warns(UserWarning, match=r"streamaug index (shards/train-00000[0-3]\.tar(::)?){4}`"):
+        StreamLoader(Path("shards").glob("train-*.tar"), batch_size=8)        # (a generator, named in the hint)
     for wrong, name in [(torch.utils.data.TensorDataset(torch.zeros(3)), "TensorDataset"),
                         (wds.WebDataset("shards/train-000000.tar", shardshuffle=False), "WebDataset"),
                         (["shards", 3], "int")]:
