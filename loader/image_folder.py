@@ -78,6 +78,7 @@ def folder_items(root: str, class_names: list[str] | None) -> tuple[list[tuple[s
         raise ValueError(f"image folder {root!r} has class folders {folders[:5]} but no images ({FOLDER_EXTS})")
     return items, classes, passed_over
 
+
 def folder_image(path: str, ext: str, jpeg_quality: int) -> tuple[bytes, tuple[int, int, int]]:
     """The bytes to store and the (H, W, C) shape. Same-format files pass through unchanged."""
 
