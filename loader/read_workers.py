@@ -25,6 +25,7 @@ import functools
 import gc
 import multiprocessing.process
 import os
+import queue
 import signal
 import sys
 import time
@@ -122,6 +123,40 @@ def stop_workers(loader: DataLoader, grace: float = 0.5) -> None:
     for w in workers:
         w.join(1.0)
     it._shutdown_workers()                             # noqa: SLF001 - queues and threads
+    _wake_waiter(it)
+
+
+class WorkersStopped(RuntimeError):
+    """Raised in a thread that waited in ``next()`` while another stopped the workers."""
+
+
+class _StopNotice:
+    """What :func:`_wake_waiter` sends: taking it from the queue raises :class:`WorkersStopped`
+    (torch unpacks each item it takes as ``idx, data``)."""
+
+    def __iter__(self):
+        raise WorkersStopped("the reading workers were stopped while this pass waited for a batch")
+
+
+def _wake_waiter(it) -> None:
+    """A ``next()`` waiting on ``it`` in another thread (or under the signal handler that
+    stopped it) raises now: torch's wait has no end when no worker is left to fail (it polls
+    its queue every 5 s for ever), so ``close()`` from a watchdog thread or a SIGTERM handler
+    hung the training loop."""
+    q = getattr(it, "_data_queue", None)
+    if isinstance(q, queue.Queue):                     # pin_memory: the pin thread's queue
+        if q.mutex.acquire(timeout=0.5):               # (not held for ever: this may run in a signal
+            try:                                       # handler that interrupted a get() holding it)
+                q.queue.append(_StopNotice())
+                q.not_empty.notify()
+            finally:
+                q.mutex.release()
+    elif q is not None:                                # the workers' result queue
+        try:
+            q.put(_StopNotice())
+        except (OSError, ValueError):                  # closed: nobody waits on it
+            return
+        q.cancel_join_thread()                         # (an unread queue never holds up the exit)
 
 
 def _all_alive(dl: DataLoader) -> bool:
@@ -191,7 +226,11 @@ def _worker_items(loader, serial: int):
         items = iter(loader._dataloader)
     while True:
         loader.position.check_current(serial)    # before taking a batch: it may be a newer pass's
-        item = next(items, None)
+        try:
+            item = next(items, None)
+        except Exception:
+            loader.position.check_current(serial)    # close() from another thread or a signal handler
+            raise
         if item is None:
             return
         if isinstance(item, WorkerFailure):   # the worker's StreamError itself, not DataLoader's RuntimeError

@@ -143,6 +143,67 @@ def test_close_is_prompt_while_a_worker_is_stuck_in_a_read_and_kills_its_command
     assert processes_running(marker) == [], "the stopped worker's command is killed with it"
 
 
+
+def test_close_from_another_thread_ends_a_next_that_waits_for_a_batch():
+    urls = ["pipe:sleep 4; cat a.tar", "a.tar"]
+    loader = stream(urls, num_workers=2)
+    it = iter(loader)
+    got: list = []
+
+    def wait():
+        try:
+            got.append(next(it))
+        except Exception as e:                 # noqa: BLE001 - the outcome is the assertion
+            got.append(e)
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    time.sleep(1.5)                             # (the workers started and wait on the commands)
+    start = time.monotonic()
+    loader.close()
+    waiter.join(10)
+    assert not waiter.is_alive(), "next() waited on for ever: torch polls its queue for workers that are gone"
+    assert time.monotonic() - start < 5
+    assert isinstance(got[0], RuntimeError) and "loader.close() was called" in str(got[0]), got
+    assert sorted(keys_of(loader)) == sorted(EXPECTED * 2)      # (and it still works)
+
+
+
+def test_the_stop_notice_reaches_a_pinned_loaders_queue_too():
+    # with pin_memory (a CUDA device) torch waits on its pin thread's queue.Queue instead
+    import queue
+    import types
+
+    from streamaug.loader.read_workers import WorkersStopped, _wake_waiter
+    q: queue.Queue = queue.Queue()
+    _wake_waiter(types.SimpleNamespace(_data_queue=q))
+    with pytest.raises(WorkersStopped):
+        idx, data = q.get(timeout=1)            # as torch's _next_data unpacks what it takes
+
+SIGNAL_CLOSE = """
+import signal, sys, time
+from streamaug.loader import StreamLoader
+loader = StreamLoader(["pipe:sleep 20; cat a.tar", "a.tar"], index=False, shuffle=0, num_classes=2,
+                      device="cpu", batch_size=4, num_workers=2)
+signal.signal(signal.SIGTERM, lambda *a: loader.close())     # a job's graceful-stop handler
+signal.setitimer(signal.ITIMER_REAL, 1.5)
+signal.signal(signal.SIGALRM, lambda *a: signal.raise_signal(signal.SIGTERM))
+start = time.monotonic()
+try:
+    next(iter(loader))
+except RuntimeError as e:
+    print("raised after", round(time.monotonic() - start, 1), e)
+"""
+
+
+def test_close_from_a_signal_handler_ends_the_main_threads_wait():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", SIGNAL_CLOSE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loader.close() was called" in done.stdout, (done.stdout, done.stderr[-2000:])
+    assert float(done.stdout.split()[2]) < 6, done.stdout
+
+
 @pytest.fixture
 def silent_server():
     """An http server that accepts connections and never answers."""
