@@ -43,10 +43,29 @@ def data_fingerprint(index, urls: list[str]) -> str:
             f"#{_digest([[os.path.basename(s.url), s.count, list(s.class_counts)] for s in index.shards])}")
 
 
+def plugin_details(loader) -> str:
+    """What the augment and mixup reprs leave out and their batches depend on: the stage's
+    seed, each op's own seed, a mix op's class count and class counts (a digest)."""
+    details = {}
+    for name in ("augment", "mixup"):
+        stage = getattr(loader, name)
+        if stage is not None:
+            counts = getattr(stage, "class_counts", None)
+            details[name] = {"seed": getattr(stage, "seed", None),
+                             "op_seeds": [getattr(op, "seed", None) for op in getattr(stage, "ops", ())],
+                             "num_classes": getattr(stage, "num_classes", None),
+                             "class_counts": None if counts is None else [float(c) for c in counts]}
+    return f"#{_digest(details)}"
+
+
+# fields a state saved before they existed lacks; such a state is not refused for them
+ADDED_LATER = ("plugin_details",)
+
+
 def fingerprint(loader) -> dict:
     """Everything a position depends on (not the rank: a state resumes any rank)."""
     plug = {name: repr(getattr(loader, name)) for name in ("balance", "augment", "mixup")}
-    return {"shards": data_fingerprint(loader.index, loader.urls), "seed": loader.seed,
+    return {"plugin_details": plugin_details(loader), "shards": data_fingerprint(loader.index, loader.urls), "seed": loader.seed,
             "batch_size": loader.batch_size, "read_workers": loader.read_workers, "shuffle": loader.shuffle,
             "drop_last": loader.drop_last, "world_size": loader.world_size,
             "resize": list(loader.decoder.resize) if loader.decoder.resize else None,
@@ -56,7 +75,8 @@ def fingerprint(loader) -> dict:
 def check_fingerprint(saved: dict, current: dict) -> None:
     shown = {"read_workers": "num_workers"}        # the constructor's name for it
     diffs = [f"{shown.get(k, k)}: saved {saved.get(k)!r}, this loader {current.get(k)!r}"
-             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+             for k in sorted(set(saved) | set(current))
+             if saved.get(k) != current.get(k) and not (k in ADDED_LATER and k not in saved)]
     if diffs:
         raise ValueError("this state was saved by a loader configured differently, and its position would not "
                          "mean the same batches here: " + "; ".join(diffs))

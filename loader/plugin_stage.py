@@ -16,6 +16,21 @@ from .batch import Batch
 from .epoch_plan import EpochPlan
 
 
+def check_plugin_kind(name: str, stage, num_classes: int | None) -> None:
+    """A streamaug op given to the wrong stage, or a mix op whose class count is not the
+    loader's, fails when the loader is built, not at the first batch."""
+    kind = getattr(stage, "kind", None)
+    if name == "augment" and kind == "mix":
+        raise TypeError(f"augment={stage!r} is a mix op: pass it as the loader's mixup= (augment= takes a Compose)")
+    if name == "mixup" and (kind in ("geometric", "intensity") or type(stage).__name__ == "Compose"):
+        raise TypeError(f"mixup={stage!r} is not a mix op: pass it as the loader's augment= (mixup= takes "
+                        "MixUp or CutMix)")
+    own = getattr(stage, "num_classes", None) if name == "mixup" else None
+    if own is not None and num_classes is not None and own != num_classes:
+        raise ValueError(f"mixup={stage!r} has num_classes={own}, the loader {num_classes} (its targets are "
+                         "one column per class): leave the op's num_classes out, or give the loader the same")
+
+
 def seed_plugins(loader, epoch: int, batch_id: int, names=("balance", "augment", "mixup")) -> None:
     """Reseed ``loader``'s plug-ins ``names`` for batch ``batch_id`` of ``epoch``."""
     for name, base in loader._plugin_seeds.items():          # noqa: SLF001

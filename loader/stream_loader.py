@@ -54,7 +54,7 @@ from .loader_state import restore_state, save_state
 from .open_pass import balanced_open_pass, drop_batches, mark_last
 from .output_format import OutputFormat
 from .pass_position import PassPosition
-from .plugin_stage import apply_plugins
+from .plugin_stage import apply_plugins, check_plugin_kind
 from .read_workers import stop_workers, worker_batches
 from .sample_decoder import SampleDecoder
 from .sample_lookup import ShardRowSource
@@ -215,6 +215,7 @@ class StreamLoader:
                 raise TypeError(f"{name}= must meet streamaug.core.plugin.{protocol.__name__} (seed, manual_seed, "
                                 f"state_dict, load_state_dict, __call__{', bind, synthetic_counts' if name == 'balance' else ''}), "
                                 f"got {type(stage).__name__}")
+            check_plugin_kind(name, stage, self.num_classes)
             # the base seed is the same on every rank; per batch it is mixed with (epoch, rank, batch)
             self._plugin_seeds[name] = stage.seed if stage.seed is not None else derive_seed(self.seed, name)
         if augment_in_workers is not None:

@@ -17,6 +17,7 @@ operators saturate; the others clip the same way), so the backends agree on chai
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,7 +40,8 @@ def checked_params(op, params: Params, n: int) -> Params:
             raise ValueError(f"{type(op).__name__} params[{name!r}] has {rows[0]} rows, the batch {n}")
     if "apply" not in params:
         raise ValueError(f"{type(op).__name__} params need 'apply' (a bool per row)")
-    return {**params, "apply": torch.as_tensor(np.asarray(params["apply"], dtype=bool))}
+    tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in params.items()}
+    return {**tensors, "apply": torch.as_tensor(np.asarray(params["apply"], dtype=bool))}
 
 
 class Compose:
@@ -51,13 +53,18 @@ class Compose:
             pipeline, on the GPU when the images are there, else on the CPU) or
             ``"opencv"`` (CPU tensors: uint8 warps by ``cv2.warpAffine``, then the
             intensity ops in torch).
-        seed: seeds every op that has no seed of its own; ``None`` lets the loader seed it.
+        seed: seeds every op that has no seed of its own; ``None`` lets the loader seed it. In
+            a loader every op is reseeded per batch (:meth:`manual_seed`); an op's own seed is
+            mixed into its stream there, so its draws depend on (its seed, epoch, rank, batch),
+            never on which worker ran the batch.
         dali_threads: CPU threads for the DALI pipeline.
     """
 
     def __init__(self, ops: Sequence, backend: str = "kornia", seed: int | None = None, dali_threads: int = 2):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if isinstance(dali_threads, bool) or not isinstance(dali_threads, numbers.Integral) or dali_threads < 1:
+            raise ValueError(f"dali_threads must be an int >= 1, got {dali_threads!r}")
         ops = list(ops)
         for op in ops:
             if not isinstance(op, (GeometricOp, IntensityOp)):
@@ -67,9 +74,9 @@ class Compose:
         self.stages = self._stages(ops)
         self.last_params: list[Params] | None = None
         self._runner = None
-        self.dali_threads = dali_threads
+        self.dali_threads = int(dali_threads)
         if seed is not None:
-            self.manual_seed(seed)
+            self._seed_ops(seed, own_too=False)
         else:                               # unseeded: each op keeps its own stream (see _part_shared_streams)
             self._part_shared_streams()
 
@@ -98,9 +105,16 @@ class Compose:
         return stages
 
     def manual_seed(self, seed: int) -> None:
+        """Reseed every op from ``seed`` (the loader does, per batch); an op with a seed of its
+        own gets a stream of both, so ops seeded alike still differ from batch to batch."""
+        self._seed_ops(seed, own_too=True)
+
+    def _seed_ops(self, seed: int, own_too: bool) -> None:
         for i, op in enumerate(self.ops):
             if op.seed is None:
                 op.manual_seed(derive_seed(seed, "compose", i))
+            elif own_too:
+                op.manual_seed(derive_seed(seed, "compose", i, "op seed", op.seed))
 
     def generate_parameters(self, n: int, height: int, width: int) -> list[Params]:
         return [op.generate_parameters(n, height, width) for op in self.ops]

@@ -58,3 +58,55 @@ def test_resume_with_augmentation_is_bit_identical(npy_shards, workers, cut):
     assert len(head) + len(tail) == len(expected)
     for (x, t, k), (y, s, j) in zip(head + tail, expected):
         assert k == j and torch.equal(x, y) and torch.equal(t, s)
+
+
+def seeded_ops(index, workers=0, op_seed=7, compose_seed=None, mix_seed=None, **kw):
+    aug = Compose([Rotate(30, seed=op_seed), GaussianNoise(0.05)], seed=compose_seed)
+    return StreamLoader(index.urls, batch_size=9, seed=0, num_workers=workers, shuffle=0,
+                        augment=aug, mixup=MixUp(0.4, seed=mix_seed), **kw)
+
+
+def same(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) and torch.equal(s, t) for (x, s, _), (y, t, _) in zip(a, b))
+
+
+def test_an_op_with_its_own_seed_is_reseeded_per_batch_too(npy_shards):
+    """Its draws depend on (its seed, epoch, rank, batch), not on the worker that ran the
+    batch (its generator used to run on in each worker's copy), and it resumes exactly."""
+    index, _, _ = npy_shards
+    main = collect(seeded_ops(index))
+    assert same(collect(seeded_ops(index, workers=2)), main)
+    assert same(collect(seeded_ops(index, workers=2, stages_in_workers=False)), main)
+    first = seeded_ops(index)
+    it = iter(first)
+    [next(it) for _ in range(3)]
+    resumed = seeded_ops(index)
+    resumed.load_state_dict(first.state_dict())
+    assert same(collect(resumed), main[3:])
+    assert not same(collect(seeded_ops(index, op_seed=8)), main), "the op's own seed counts"
+    assert not torch.equal(main[0][0], main[1][0])
+
+
+@pytest.mark.parametrize("change", [dict(op_seed=8), dict(compose_seed=5), dict(mix_seed=5)])
+def test_a_state_is_refused_by_plugins_seeded_otherwise(npy_shards, change):
+    index, _, _ = npy_shards
+    first = seeded_ops(index)
+    it = iter(first)
+    next(it)
+    with pytest.raises(ValueError, match="plugin_details: saved '#"):
+        seeded_ops(index, **change).load_state_dict(first.state_dict())
+    seeded_ops(index).load_state_dict(first.state_dict())
+    old = first.state_dict()                    # a state saved before the field existed still loads
+    del old["fingerprint"]["plugin_details"]
+    seeded_ops(index, **change).load_state_dict(old)
+
+
+def test_ops_given_to_the_wrong_stage_fail_when_the_loader_is_built(npy_shards):
+    index, _, _ = npy_shards
+    with pytest.raises(TypeError, match=r"augment=MixUp\(alpha=0.2, p=1.0\) is a mix op: pass it as the loader's mixup="):
+        StreamLoader(index.urls, augment=MixUp(0.2))
+    with pytest.raises(TypeError, match=r"mixup=Compose\(.*is not a mix op: pass it as the loader's augment="):
+        StreamLoader(index.urls, mixup=Compose([Flip()]))
+    with pytest.raises(ValueError, match=r"has num_classes=10, the loader 4"):
+        StreamLoader(index.urls, mixup=MixUp(0.2, num_classes=10))
+    StreamLoader(index.urls, mixup=MixUp(0.2, num_classes=4))

@@ -148,6 +148,13 @@ def test_input_is_never_modified(name, backend, device, dtype):
     (lambda: MixUp(alpha=float("inf")), "alpha must be a finite number > 0, got inf"),
     (lambda: Rotate(30, p=True), "p must be in"),
     (lambda: Rotate(True), "degrees must be a number or a"),
+    (lambda: MixUp(0.2, num_classes=0), r"num_classes must be an int >= 1 \(or None: the loader passes its own\), got 0"),
+    (lambda: MixUp(0.2, num_classes=2.5), "num_classes must be an int >= 1"),
+    (lambda: MixUp(0.2, num_classes="10"), "num_classes must be an int >= 1"),
+    (lambda: MixUp(0.2, num_classes=True), "num_classes must be an int >= 1"),
+    (lambda: Compose([Rotate(5)], dali_threads=0), "dali_threads must be an int >= 1, got 0"),
+    (lambda: Compose([Rotate(5)], dali_threads="2"), "dali_threads must be an int >= 1, got '2'"),
+    (lambda: Compose([Rotate(5)], dali_threads=2.5), "dali_threads must be an int >= 1"),
 ])
 def test_non_finite_and_bool_arguments_are_refused_naming_them(make, message):
     with pytest.raises(ValueError, match=message):
@@ -264,3 +271,20 @@ def test_unseeded_ops_of_one_type_in_a_compose_draw_apart():
     assert twice.ops[0].state_dict() == Rotate(30).state_dict()
     a, b = twice.generate_parameters(8, 8, 8)
     assert not torch.equal(a["degrees"], b["degrees"])
+
+
+def test_a_mix_ops_class_count_is_not_overridden_silently():
+    x, labels = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    assert MixUp(0.4, num_classes=6, seed=0)(x, labels)[1].shape == (4, 6)
+    assert MixUp(0.4, seed=0)(x, labels, num_classes=5)[1].shape == (4, 5)
+    assert MixUp(0.4, num_classes=5, seed=0)(x, labels, num_classes=5)[1].shape == (4, 5)
+    with pytest.raises(ValueError, match=r"MixUp\(num_classes=10\) was called with num_classes=4"):
+        MixUp(0.4, num_classes=10, seed=0)(x, labels, num_classes=4)
+
+
+def test_parameters_given_as_numpy_arrays_replay_too():
+    x = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8)
+    aug = Compose([Flip(p=0.5), Rotate(30), GaussianNoise(0.05), RandomErasing(p=1.0)], seed=0)
+    y = aug(x)
+    as_numpy = [{k: v.numpy() for k, v in p.items()} for p in aug.last_params]
+    assert torch.equal(aug(x, params=as_numpy), y)

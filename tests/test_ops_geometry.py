@@ -197,3 +197,27 @@ def test_public_matrix_methods_still_return_torch_tensors():
     assert isinstance(fuse_affine([m, m]), torch.Tensor)
     aug = Compose([Flip(), Rotate(5)], seed=0)
     assert isinstance(aug.fused_matrix([0, 1], aug.generate_parameters(2, 8, 8), 8, 8), torch.Tensor)
+
+
+@pytest.mark.parametrize("backend,device", GRID)
+@pytest.mark.parametrize("size", [32, 57])
+def test_a_resized_crop_of_a_constant_image_stays_constant_to_its_edges(backend, device, size):
+    """A box at the image's edge used to sample half a pixel outside it and blend in the zero
+    fill (a rim down to 0.7 of the value); torchvision's crop-and-resize has none."""
+    x = torch.full((400, 3, size, size), 200, dtype=torch.uint8, device=device)
+    y, _ = run(RandomResizedCrop(), x, backend)
+    assert int(y.min()) == int(y.max()) == 200
+    corner = [{"apply": torch.ones(1, dtype=torch.bool), "box": torch.tensor([[0.0, 0.0, 8.0, 8.0]], dtype=torch.float64)}]
+    y, _ = run(RandomResizedCrop(), x[:1], backend, params=corner)
+    assert int(y.min()) == 200
+
+
+def test_the_crop_moves_in_by_under_half_a_pixel_and_only_at_the_edge():
+    op = RandomResizedCrop()
+    inner = {"apply": torch.ones(1, dtype=torch.bool), "box": torch.tensor([[4.0, 4.0, 8.0, 8.0]], dtype=torch.float64)}
+    edge = {"apply": torch.ones(1, dtype=torch.bool), "box": torch.tensor([[0.0, 24.0, 8.0, 8.0]], dtype=torch.float64)}
+    # the output's centre pixel, mapped back into the source
+    src_inner = np.linalg.solve(op.matrix_array(inner, 32, 32)[0], [15.5, 15.5, 1.0])
+    assert np.allclose(src_inner[:2], [7.5, 7.5])             # the box's centre: unmoved
+    src_edge = np.linalg.solve(op.matrix_array(edge, 32, 32)[0], [15.5, 15.5, 1.0])
+    assert np.allclose(src_edge[:2], [3.5 + 0.375, 27.5 - 0.375])   # (1 − 8/32)/2 in from each edge

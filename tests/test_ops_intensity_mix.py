@@ -71,6 +71,13 @@ def test_erasing_fills_exactly_the_box(backend, device):
         assert int((y[row] == 0).sum()) == 3 * h * w
 
 
+@pytest.mark.parametrize("backend,device", GRID)
+def test_erasing_a_box_of_no_area_erases_nothing(backend, device):
+    x = images(device=device) | 1
+    y = Compose([RandomErasing(scale=(0, 0), p=1.0)], backend=backend, seed=3)(x)
+    assert torch.equal(y, x)                                    # (it used to erase one pixel per row)
+
+
 # ---------------------------------------------------------------- MixUp / CutMix
 def mix(op, n=64, num_classes=5, device="cpu", dtype=torch.float32):
     x = images(n=n, dtype=dtype, device=device, h=16, w=16)

@@ -47,7 +47,16 @@ class RandomResizedCrop(GeometricOp):
 
     def _matrices(self, params: Params, height: int, width: int) -> np.ndarray:
         x0, y0, w, h = np.asarray(params["box"], dtype=np.float64).reshape(-1, 4).T
+        # A box at the image's edge is moved in by under half a pixel, (1 − w/W)/2, so the output's
+        # edge pixels sample inside the image: otherwise they blend with the zero fill beyond it
+        # (a dark rim where torchvision's crop-and-resize, which clamps there, has none).
+        x0, y0 = _inside(x0, w, width), _inside(y0, h, height)
         # Edges map to edges: source edge coordinate u = x + 0.5 → (u - x0)·W/w.
         sx, sy = width / w, height / h
         half = np.full_like(sx, -0.5)
         return translation(half, half) @ scaling(sx, sy) @ translation(0.5 - x0, 0.5 - y0)
+
+
+def _inside(start: np.ndarray, extent: np.ndarray, size: int) -> np.ndarray:
+    margin = 0.5 * (1.0 - extent / size)
+    return np.clip(start, np.minimum(margin, 0.5 * (size - extent)), np.maximum(size - extent - margin, 0.5 * (size - extent)))

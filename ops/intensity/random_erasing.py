@@ -30,8 +30,9 @@ class RandomErasing(IntensityOp):
     def _draw(self, n: int, height: int, width: int) -> Params:
         area = self.rng.uniform(*self.scale, n) * height * width
         aspect = np.exp(self.rng.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), n))
-        h = np.clip(np.round(np.sqrt(area / aspect)), 1, height).astype(np.int64)
-        w = np.clip(np.round(np.sqrt(area * aspect)), 1, width).astype(np.int64)
+        # (a box that rounds to no row or column erases nothing, as torchvision's: scale=(0, 0) is a no-op)
+        h = np.clip(np.round(np.sqrt(area / aspect)), 0, height).astype(np.int64)
+        w = np.clip(np.round(np.sqrt(area * aspect)), 0, width).astype(np.int64)
         y = (self.rng.random(n) * (height - h + 1)).astype(np.int64)
         x = (self.rng.random(n) * (width - w + 1)).astype(np.int64)
         return {"box": torch.from_numpy(np.stack([y, x, h, w], -1))}     # top, left, height, width

@@ -50,7 +50,10 @@ class MixOp(Op):
         if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < float("inf"):
             raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
         self.alpha = float(alpha)
-        self.num_classes = num_classes
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+                                        or num_classes < 1):
+            raise ValueError(f"num_classes must be an int >= 1 (or None: the loader passes its own), got {num_classes!r}")
+        self.num_classes = None if num_classes is None else int(num_classes)
         counts = check_balance_options(partners, label_rule, kappa, tau, class_counts)
         if label_rule == "remix" and counts is None:
             raise ValueError("label_rule='remix' needs class_counts= (the training count of each class, "
@@ -98,6 +101,9 @@ class MixOp(Op):
         check_images(images)
         if labels.shape[0] != images.shape[0]:
             raise ValueError(f"labels have {labels.shape[0]} rows but images have {images.shape[0]}")
+        if num_classes is not None and self.num_classes is not None and num_classes != self.num_classes:
+            raise ValueError(f"{type(self).__name__}(num_classes={self.num_classes}) was called with num_classes="
+                             f"{num_classes} (a StreamLoader passes its own num_classes): give one of them, or the same")
         targets = to_device(one_hot(labels, num_classes or self.num_classes), images.device)
         n, _, h, w = images.shape
         if params is None:
