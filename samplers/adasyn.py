@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .neighbour_tables import pool_labels
+from .neighbour_tables import other_class_share
 from .synthesizer import Synthesizer, positive_int
 
 
@@ -12,7 +12,8 @@ class ADASYN(Synthesizer):
     ``n_neighbors`` nearest (all classes, in the reservoirs): harder samples seed
     more. Partners are same-class k nearest, ``u ~ U[0, 1)``. When no sample of the
     class has an other-class neighbour, seeds are uniform (imbalanced-learn raises
-    there; the stream must still meet its target)."""
+    there; the stream must still meet its target). A class held as a subset counts for
+    the samples it stands for (see ``neighbour_tables.other_class_share``)."""
 
     uses_all_classes = True        # looks at other classes' samples: the reservoir fills every class
 
@@ -22,7 +23,7 @@ class ADASYN(Synthesizer):
 
     def weights(self, reservoir, c: int, flat) -> np.ndarray:
         m = min(self.n_neighbors, int(reservoir.size.sum()) - 1)
-        ratio = (pool_labels(reservoir)[self.pool_neighbours(reservoir, c, m, None)] != c).mean(1)
+        ratio = other_class_share(reservoir, c, self.pool_neighbours(reservoir, c, m, None))
         total = ratio.sum()
         return ratio / total if total > 0 else np.full(len(ratio), 1.0 / len(ratio))
 

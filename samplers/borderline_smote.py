@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .neighbour_tables import pool_labels
+from .neighbour_tables import other_class_share, pool_labels
 from .synthesizer import Choice, Synthesizer, positive_int
 
 
 class BorderlineSMOTE(Synthesizer):
     """SMOTE seeded only from *danger* samples: those whose ``m_neighbors`` nearest
     points (all classes, in the reservoirs) are at least half, but not all, from
-    other classes (imbalanced-learn's rule).
+    other classes (imbalanced-learn's rule). A class held as a subset counts for the
+    samples it stands for (see ``neighbour_tables.other_class_share``).
 
     * ``kind="borderline-1"``: partner among the k nearest same-class points.
     * ``kind="borderline-2"``: partner among the k nearest points of any class;
@@ -34,8 +35,8 @@ class BorderlineSMOTE(Synthesizer):
     def danger(self, reservoir, c: int, flat) -> np.ndarray:
         """Class-local indices of danger samples."""
         m = min(self.m_neighbors, int(reservoir.size.sum()) - 1)
-        other = (pool_labels(reservoir)[self.pool_neighbours(reservoir, c, m, None)] != c).sum(1)
-        return np.flatnonzero((other >= m / 2) & (other < m))
+        share = other_class_share(reservoir, c, self.pool_neighbours(reservoir, c, m, None))
+        return np.flatnonzero((share >= 0.5) & (share < 1.0 - 1e-9))
 
     def prepare(self, reservoir, classes: list[int]) -> None:
         """Also the danger and (borderline-2) any-class neighbour tables, for a fixed reservoir."""

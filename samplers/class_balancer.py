@@ -41,6 +41,7 @@ How it works
 from __future__ import annotations
 
 import numbers
+import os
 import warnings
 from collections.abc import Iterator
 
@@ -56,7 +57,7 @@ from .class_reservoir import ClassReservoir
 from .online_counts import online_due
 from .sampling_strategy import check_strategy_form, synthetic_targets
 from .stable_name import stable_name
-from .slot_schedule import interleaved_slots, max_rank_slots, rank_slots, stratified_choice
+from .slot_schedule import max_rank_slots, rank_slots, stratified_choice
 from .random_oversampler import RandomOversampler
 from .synthesizer import Synthesizer, as_dtype
 
@@ -150,7 +151,7 @@ class ClassBalancer:
         self.online_ = False
         self.class_counts_ = list(class_counts)
         self.world_size_, self.rank_ = world_size, rank
-        self._global_slots = interleaved_slots(self.targets_)
+        self._total_slots = sum(self.targets_.values())
         self.reservoir_ = ClassReservoir(len(class_counts), self.reservoir_size)
         self._filled = False
         self._start_epoch()
@@ -181,8 +182,8 @@ class ClassBalancer:
         self._check_fitted()
         if self.online_:
             return 0, 0
-        return len(rank_slots(self._global_slots, self.world_size_, self.rank_)), \
-            max_rank_slots(len(self._global_slots), self.world_size_)
+        return len(rank_slots(self.targets_, self.world_size_, self.rank_)), \
+            max_rank_slots(self._total_slots, self.world_size_)
 
     def __getattr__(self, name: str):
         # Deprecated names of the fitted attributes (they exist only after fitting).
@@ -198,7 +199,7 @@ class ClassBalancer:
         A label-only pass over the shards (no image is decoded) lists each needed
         class's samples; a class with at most ``reservoir_size`` keeps all of them,
         a larger one the ``reservoir_size`` with the smallest hash of
-        ``(seed, shard, key)`` (a seeded uniform subset); then only those are read and
+        ``(seed, shard file name, key)`` (a seeded uniform subset); then only those are read and
         decoded. The reservoir is a pure function of the data and the seed, so the
         balancer's state is its position alone (see :meth:`state_dict`). Needed
         classes: those synthesized, or every class for synthesizers that look at
@@ -217,7 +218,10 @@ class ClassBalancer:
         chosen = {}
         for c, pairs in listed.items():
             if len(pairs) > self.reservoir_size:
-                rank = sorted(range(len(pairs)), key=lambda i: derive_seed(self._fill_seed, "reservoir", *pairs[i]))
+                # (the shard's file name, not its path: a dataset that moved, or is mounted elsewhere
+                # on another node, keeps its reservoirs, as the state's fingerprint assumes)
+                rank = sorted(range(len(pairs)), key=lambda i: derive_seed(self._fill_seed, "reservoir",
+                                                                           os.path.basename(pairs[i][0]), pairs[i][1]))
                 pairs = [pairs[i] for i in sorted(rank[:self.reservoir_size])]
             chosen[c] = pairs
         rows = self._rows.fetch([p for pairs in chosen.values() for p in pairs], self.feature_fn,
@@ -230,8 +234,8 @@ class ClassBalancer:
                 self._fill_skips.append(skip)
                 if not self._fill_counted:
                     self._count_skip(*skip)
-            if have:
-                self.reservoir_.fill(c, torch.stack([rows[p] for p in have]), have)
+            if have:              # (a subset stands for the whole class: see other_class_share)
+                self.reservoir_.fill(c, torch.stack([rows[p] for p in have]), have, represents=len(listed[c]))
         self.reservoir_.fixed = True      # nothing is added later: neighbour tables are built once
 
     def restore_fill_counts(self, counted: bool, stats) -> None:
@@ -246,7 +250,7 @@ class ClassBalancer:
             self._fill_counted = counted
 
     def _start_epoch(self) -> None:
-        self._slots = rank_slots(self._global_slots, self.world_size_, self.rank_).copy()
+        self._slots = rank_slots(self.targets_, self.world_size_, self.rank_)
         self._cursor = 0
         self._budget = np.bincount(self._slots, minlength=len(self.class_counts_))
         self._seen_epoch = np.zeros(len(self.class_counts_), dtype=np.int64)

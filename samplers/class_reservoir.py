@@ -74,15 +74,17 @@ class ClassReservoir:
             picked = to_device(torch.tensor(list(slot_rows.values()), dtype=torch.int64), rows.device)
             self._write(c, list(slot_rows), rows[picked])
 
-    def fill(self, c: int, rows: torch.Tensor, entries: list[tuple[str, str]]) -> None:
-        """Set class ``c``'s members to ``rows`` (at most ``capacity``), named by ``entries``."""
+    def fill(self, c: int, rows: torch.Tensor, entries: list[tuple[str, str]], represents: int | None = None) -> None:
+        """Set class ``c``'s members to ``rows`` (at most ``capacity``), named by ``entries``,
+        a subset of ``represents`` samples (``seen``; the rows alone when not given)."""
         if len(rows) > self.capacity or len(rows) != len(entries):
             raise ValueError(f"fill needs as many entries as rows, at most {self.capacity}; "
                              f"got {len(rows)} rows and {len(entries)} entries")
         self._members.difference_update(self.entries[c])
         self.entries[c] = [tuple(e) for e in entries]
         self._members.update(self.entries[c])
-        self.size[c] = self.seen[c] = len(rows)
+        self.size[c] = len(rows)
+        self.seen[c] = len(rows) if represents is None else max(int(represents), len(rows))
         self.version[c] = next(_VERSIONS)
         self._float.pop(c, None)
         self._dist.pop(c, None)

@@ -2,9 +2,13 @@
 
 The global budget ``{class: n_new}`` becomes one sequence in which each class's
 slots sit at evenly spaced fractional positions ``(i + 0.5) / n_new``, so any
-stretch of the stream carries close to the target class mix. Rank ``r`` of
-``W`` takes every ``W``-th slot, so per-class totals over ranks are exact and
-rank totals differ by at most one.
+stretch of the stream carries close to the target class mix. Each class's slots
+are split over the ``W`` ranks (``n // W`` each, the remainders dealt in turn,
+class after class), and each rank interleaves its own share: per-class totals
+over ranks are exact, rank totals differ by at most one, and every rank carries
+every class in proportion. (Rank ``r`` used to take every ``W``-th slot of the
+global sequence; where that sequence repeats with period ``W`` (two minority
+classes with equal targets and two ranks) each rank got one class's slots only.)
 """
 from __future__ import annotations
 
@@ -22,8 +26,19 @@ def interleaved_slots(targets: dict[int, int]) -> np.ndarray:
     return classes[np.lexsort((classes, position))]
 
 
-def rank_slots(slots: np.ndarray, world_size: int, rank: int) -> np.ndarray:
-    return slots[rank::world_size]
+def rank_targets(targets: dict[int, int], world_size: int, rank: int) -> dict[int, int]:
+    """This rank's share ``{class: n}`` of the global budget ``targets``."""
+    share, dealt = {}, 0
+    for c, n in sorted(targets.items()):
+        whole, rest = divmod(n, world_size)
+        share[c] = whole + int((rank - dealt) % world_size < rest)   # rest slots go to ranks dealt, dealt+1, ...
+        dealt += rest
+    return share
+
+
+def rank_slots(targets: dict[int, int], world_size: int, rank: int) -> np.ndarray:
+    """Class ids of this rank's synthetic slots, evenly interleaved."""
+    return interleaved_slots(rank_targets(targets, world_size, rank))
 
 
 def max_rank_slots(total: int, world_size: int) -> int:

@@ -382,6 +382,48 @@ def test_ranks_split_targets_exactly_with_equal_lengths(data):
     assert lengths[0] == lengths[1] == lengths[2]
 
 
+
+@pytest.mark.parametrize("targets,world_size", [({1: 180, 2: 180}, 2), ({1: 160, 2: 157, 3: 163}, 3),
+                                                ({1: 5, 2: 1, 3: 0, 4: 7}, 4), ({1: 3}, 5)])
+def test_each_rank_carries_every_class_in_proportion(targets, world_size):
+    """Per class, ranks get n // W or one more; rank totals are those of a slot-by-slot deal.
+    (Taking every W-th slot of the interleaved sequence gave rank 0 all 180 of class 1 and
+    rank 1 all 180 of class 2: the sequence [1, 2, 1, 2, ...] repeats with period W.)"""
+    from streamaug.samplers.slot_schedule import rank_slots
+    per_rank = [np.bincount(rank_slots(targets, world_size, r), minlength=5) for r in range(world_size)]
+    total = sum(targets.values())
+    for r, counts in enumerate(per_rank):
+        assert counts.sum() == -(-(total - r) // world_size), "rank totals as before (the epoch plan's)"
+        for c, n in targets.items():
+            assert n // world_size <= counts[c] <= -(-n // world_size), (r, c, counts)
+    assert (sum(per_rank)[list(targets)] == list(targets.values())).all()
+
+
+def test_two_ranks_each_synthesize_both_minority_classes(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (240, 4, 4, 3), dtype=np.uint8)
+    labels = np.repeat([0, 1, 2], [200, 20, 20])
+    index = write_shards((images, labels), str(tmp_path), maxcount=40, progress=False)
+    for rank in range(2):
+        loader = StreamLoader(index.urls, batch_size=16, world_size=2, rank=rank, balance=ClassBalancer())
+        made = collections.Counter()
+        for b in loader:
+            made.update(b.hard_labels[b.is_synthetic & ~b.is_padding].tolist())
+        assert made == {1: 90, 2: 90}, (rank, made)
+
+
+def test_a_moved_dataset_keeps_its_reservoirs(tmp_path):
+    """A class larger than reservoir_size keeps a seeded subset; it depends on the shards'
+    file names and keys, not their folder (as the state's fingerprint assumes)."""
+    import shutil
+    index, _, _ = imbalanced(tmp_path / "a", n=400, size=4)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    keys = []
+    for folder in ("a", "b"):
+        balancer = ClassBalancer(synthesizer=SMOTE(), reservoir_size=16)
+        next(iter(StreamLoader(str(tmp_path / folder), batch_size=32, balance=balancer)))
+        keys.append({c: sorted(k for _, k in balancer.reservoir_.entries[c]) for c in range(4)})
+    assert keys[0] == keys[1] and sum(len(k) for k in keys[0].values()) == 48
+
 def test_loader_with_balancer_and_workers_is_freed_promptly(data):
     """Regression: a loader↔balancer reference cycle left persistent workers to the cyclic GC,
     whose shutdown then waited out torch's 5 s join timeout per worker."""
@@ -483,3 +525,39 @@ def test_a_sample_the_reservoir_cannot_read_is_counted_once_across_a_resume(tmp_
         rewound.load_state_dict(before)
         list(rewound)
         assert dict(rewound.stats.skipped) == counts
+
+
+def test_a_member_of_a_subsampled_class_counts_for_the_samples_it_stands_for():
+    from types import SimpleNamespace
+
+    from streamaug.samplers.neighbour_tables import other_class_share
+    # class 0 holds 2 of its 8 samples (each stands for 4), class 1 holds all 3 of its 3
+    reservoir = SimpleNamespace(num_classes=2, size=np.array([2, 3]), seen=np.array([8, 3]))
+    # pool rows: 0, 1 are class 0; 2, 3, 4 class 1. m = 4 nearest, nearest first:
+    neighbours = np.array([[3, 0, 1, 4],      # one of its class, then a class-0 member: 1 + 3 of 4 counted
+                           [0, 3, 4, 1],      # a class-0 member first: it stands for all 4
+                           [3, 4, 2, 0]])     # its own class only: 3 of 4, then 1 of the class-0 member
+    assert other_class_share(reservoir, 1, neighbours).tolist() == [0.75, 1.0, 0.25]
+    whole = SimpleNamespace(num_classes=2, size=np.array([2, 3]), seen=np.array([2, 3]))
+    assert other_class_share(whole, 1, neighbours).tolist() == [0.5, 0.5, 0.25]    # plain counts
+
+
+def test_borderline_danger_stays_near_imblearns_when_the_majority_is_subsampled(tmp_path):
+    """A majority of 3,000 kept at 512: counting members alone found 30 danger samples
+    against imbalanced-learn's 71, 17 of them in common (red team, s32)."""
+    from imblearn.over_sampling import BorderlineSMOTE as ImbBorderline
+    rng = np.random.default_rng(0)
+    v = np.r_[rng.normal(100, 20, 3000), rng.normal(140, 10, 150)].clip(0, 255)
+    images = (v[:, None, None, None] + rng.normal(0, 0.5, (len(v), 4, 4, 3))).round().clip(0, 255).astype(np.uint8)
+    labels = np.r_[np.zeros(3000, int), np.ones(150, int)]
+    write_shards((images, labels), str(tmp_path), maxcount=500, progress=False)
+    loader = StreamLoader(str(tmp_path), batch_size=64, shuffle=False,
+                          balance=ClassBalancer("auto", BorderlineSMOTE(k_neighbors=5, m_neighbors=10)))
+    next(iter(loader))
+    res = loader.balance.reservoir_
+    assert res.size.tolist() == [512, 150]
+    ours = {index_of_key(res.entries[1][i][1]) for i in loader.balance.synthesizer.danger(res, 1, None)}
+    ref = ImbBorderline(k_neighbors=5, m_neighbors=10, random_state=0)
+    ref.fit_resample(images.reshape(len(images), -1).astype(np.float64), labels)
+    theirs = set(ref.in_danger_indices[1].tolist())
+    assert len(ours & theirs) >= 0.6 * len(theirs) and len(ours) <= 1.5 * len(theirs), (len(ours), len(theirs))
