@@ -77,7 +77,8 @@ class StreamLoader:
     """Stream ``(images, labels)`` batches from WebDataset shards. See the module docs.
 
     Args:
-        urls: shard URLs: paths, brace patterns, ``pipe:`` commands or http(s).
+        urls: shard URLs: paths, brace patterns, ``pipe:`` commands or http(s), or the
+            ``ShardIndex`` ``write_shards`` returns (its shards, with it as ``index``).
         batch_size: samples per batch (real + synthetic); 1 by default, as DataLoader's.
         shuffle: shuffle-buffer size in samples (0/1 disables; shard order is
             shuffled per epoch whenever ``shuffle`` is truthy). DataLoader's ``True``
@@ -152,6 +153,8 @@ class StreamLoader:
         self.read_options = read_worker_options(persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
         limits = DecodeLimits(max_member_bytes, max_image_pixels, read_timeout)     # (checks them)
+        if isinstance(urls, ShardIndex):      # what write_shards returns: its shards, and it as the index
+            urls, index = urls.urls, urls if index is None else index
         if isinstance(urls, Iterator):        # (a generator, Path.glob(): read once, named again in messages)
             urls = list(urls)
         self.urls = expand_urls(urls)

@@ -114,6 +114,18 @@ def test_a_path_object_is_a_url_and_a_dataset_is_refused_with_what_to_do(corpus)
             StreamLoader(wrong, batch_size=8)
 
 
+def test_what_write_shards_returns_is_a_loaders_urls_and_index(corpus):
+    """The refusal above says to write shards with write_shards, which returns a ShardIndex;
+    passing that on was refused too (red team, s32)."""
+    images = np.random.default_rng(1).integers(0, 256, (30, 4, 4, 3), np.uint8)
+    index = write_shards((images, np.arange(30) % 3), "more/", maxcount=10, progress=False)
+    loader = StreamLoader(index, batch_size=8)
+    assert loader.index is index and loader.urls == index.urls
+    assert sorted(k for b in loader for k in b.keys) == sorted(k for b in StreamLoader("more", batch_size=8)
+                                                               for k in b.keys)
+    assert StreamLoader(index, batch_size=8, index=False).index is None
+
+
 def test_symlinked_folder(corpus):
     os.symlink(corpus / "shards", corpus / "linked")
     loader = StreamLoader("linked/train-{000000..000003}.tar", batch_size=8)
