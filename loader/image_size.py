@@ -5,7 +5,9 @@ one). When an index has none, the dataset's first 64 good samples (in index orde
 it before the first pass, so every worker, rank and resume point checks the same shape;
 without an index, the **first batch** sets it. Either way it is the shape most of those
 images share (the earliest such image breaks a tie), so one odd image at the start
-cannot make the good ones look wrong. Any other shape is a :class:`StreamError`
+cannot make the good ones look wrong; when fewer than half of them share one shape, the
+loader refuses (:class:`ImageSizesVary`, naming ``resize=``) rather than skip or fail most
+of the dataset one image at a time. Any other shape is a :class:`StreamError`
 ``"image_size"`` naming the shard, key and shape, raised or counted and replaced
 by the loader's policy; batches never silently mix sizes.
 
@@ -34,6 +36,10 @@ def check_resize(resize) -> tuple[int, int] | None:
     raise ValueError(f"resize must be (height, width) or one side for a square, in positive ints; got {resize!r}")
 
 
+class ImageSizesVary(ValueError):
+    """Most images would not have the adopted shape: a ``resize=`` is needed, not skips."""
+
+
 class ImageSizeRule:
     def __init__(self, expected: tuple[int, int, int] | None = None, resize: tuple[int, int] | None = None):
         if expected is not None and resize is not None:
@@ -56,7 +62,15 @@ class ImageSizeRule:
                 self._source = source
             counts = Counter(tuple(s) for s in shapes)
             top = max(counts.values())
-            self._first = next(tuple(s) for s in shapes if counts[tuple(s)] == top)
+            first = next(tuple(s) for s in shapes if counts[tuple(s)] == top)
+            if len(shapes) >= 3 and 2 * top < len(shapes):
+                raise ImageSizesVary(
+                    f"image sizes vary and no resize= makes them agree: of the {len(shapes)} images read to "
+                    f"set the batches' shape, the most common shape {first} has {top}, and {len(counts)} "
+                    f"shapes occur; every image of another shape would be an error (or, with "
+                    f"on_error='skip', skipped). Pass resize=(H, W) (or one side, a square), e.g. "
+                    f"resize={first[0]}, to resize them all")
+            self._first = first
         return self.shape
 
     def error(self, shape: tuple[int, ...], url: str | None, key: str | None) -> StreamError:

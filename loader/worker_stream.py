@@ -40,6 +40,7 @@ from streamaug.core.seeding import derive_seed
 from .epoch_plan import EpochPlan, PlanSpec, Segment, shard_permutation
 from .batch_cutting import batch_stage, decode_stage
 from .errors import LOST, ErrorHandler, LoaderStats, StreamError, WorkerCounts, WorkerFailure
+from .image_size import ImageSizesVary
 from .sample_decoder import SampleDecoder
 from .tar_reader import read_segments, whole_shard
 from .worker_stages import WorkerStages
@@ -145,7 +146,7 @@ class WorkerStream(IterableDataset):
         try:
             for job in self.jobs(epoch, resume, worker, k):
                 yield from self._run(job, epoch)
-        except StreamError as e:
+        except (StreamError, ImageSizesVary) as e:
             if info is None:
                 raise
             yield WorkerFailure(e)        # re-raised as itself in the main process

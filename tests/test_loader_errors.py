@@ -81,6 +81,34 @@ def test_mixed_sizes_without_index_shape_name_the_sample(tmp_path):
     assert x.shape == (4, 3, 6, 6), "resize= makes mixed sizes fine"
 
 
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("use_index", [True, False])
+def test_images_of_many_sizes_without_resize_are_refused_not_skipped_one_by_one(tmp_path, workers, use_index):
+    """Newcomer s32: on_error='skip' over photos of many sizes kept the first size and
+    skipped the rest (47 of 48 rows were padding copies of one image), with no warning."""
+    rng = np.random.default_rng(0)
+    members = []
+    for i in range(12):
+        h, w = 5 + i, 6 + i
+        members += [(f"s_{i:05d}.npy", npy_bytes(rng.integers(0, 256, (h, w, 3), np.uint8))), (f"s_{i:05d}.cls", b"%d" % (i % 2))]
+    index = one_shard(tmp_path, members, [6, 6], image_shape=None)
+    kw = dict(num_workers=workers, shuffle=0, on_error="skip")
+    kw.update(dict(index=index) if use_index else dict(index=False, num_classes=2))
+    from streamaug.loader.image_size import ImageSizesVary
+    with pytest.raises(ImageSizesVary, match=r"image sizes vary and no resize= makes them agree: of the (8|12) images "
+                       r"read to set the batches' shape, the most common shape \(5, 6, 3\) has 1, .* resize=5, "):
+        list(StreamLoader(index.urls, batch_size=8, **kw))
+    assert sum(len(b[1]) for b in StreamLoader(index.urls, batch_size=8, resize=8, **kw)) == 12
+    # a few odd ones among many of one size: skipped and counted, as before
+    odd = GOOD + [("odd.npy", npy_bytes(np.zeros((5, 5, 3), np.uint8))), ("odd.cls", b"0")]
+    os.mkdir(tmp_path / "odd")
+    index = one_shard(tmp_path / "odd", odd, [4, 3], image_shape=None)
+    kw.update(dict(index=index) if use_index else dict(index=False, num_classes=2))
+    loader = StreamLoader(index.urls, batch_size=8, **kw)
+    rows = sum(len(b[1]) for b in loader)          # (with an index, the lost row is padded)
+    assert rows == (7 if use_index else 6) and loader.stats.skipped == {"image_size": 1}
+
 def test_truncated_tar(tmp_path):
     index = one_shard(tmp_path, good_members(6), [3, 3])
     path = index.urls[0]
