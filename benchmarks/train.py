@@ -44,11 +44,21 @@ def parse(argv=None):
     p.add_argument("--augment", action="store_true", help="the default augmentation + mixup")
     p.add_argument("--model", default="small", choices=["small", "resnet18"])
     p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--ckpt", default=None, help="checkpoint prefix; rank r writes PREFIX-rank{r}.pt")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--ckpt", default=None, help="checkpoint prefix; rank r writes PREFIX-rank{r}.pt at the end of "
+                   "each epoch (and see --ckpt-every); its folder is made")
+    p.add_argument("--ckpt-every", type=int, default=0, help="also checkpoint every this many steps (0: epoch ends only)")
+    p.add_argument("--resume", action="store_true", help="continue from --ckpt's checkpoint when there is one")
     p.add_argument("--stop-after", type=int, default=None, help="save and exit hard after this many steps")
     p.add_argument("--trace", default=None, help="JSON-lines per-batch trace prefix; rank r writes PREFIX-rank{r}.jsonl")
     return p.parse_args(argv)
+
+
+def save_checkpoint(path: str, model, opt, loader, step: int) -> None:
+    """Written beside ``path`` and renamed into place: a job killed mid-save keeps the last one."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "loader": loader.state_dict(), "step": step},
+               path + ".partial")
+    os.replace(path + ".partial", path)
 
 
 def setup() -> tuple[int, int, torch.device, bool]:
@@ -98,6 +108,8 @@ def main(argv=None) -> int:
         opt.load_state_dict(state["opt"])
         loader.load_state_dict(state["loader"])
         step = state["step"]
+    if args.trace:
+        os.makedirs(os.path.dirname(args.trace) or ".", exist_ok=True)
     log = open(f"{args.trace}-rank{rank}.jsonl", "a") if args.trace else None
     class_mix = torch.zeros(index.num_classes, dtype=torch.float64, device=device)
     seen, start = 0, time.perf_counter()
@@ -118,13 +130,16 @@ def main(argv=None) -> int:
                                       "synthetic": batch.is_synthetic.tolist(), "pixels": digest,
                                       "loss": loss.item()}) + "\n")
                 log.flush()
+            if ckpt and args.ckpt_every and step % args.ckpt_every == 0:
+                save_checkpoint(ckpt, model, opt, loader, step)
             if args.stop_after is not None and step == args.stop_after:
                 if ckpt:
-                    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                                "loader": loader.state_dict(), "step": step}, ckpt)
+                    save_checkpoint(ckpt, model, opt, loader, step)
                 if log:
                     log.close()
                 os._exit(0)                               # like a kill: no cleanup, no barrier
+        if ckpt:                                          # the epoch is over: a restart begins the next
+            save_checkpoint(ckpt, model, opt, loader, step)
     elapsed = time.perf_counter() - start
     rate = torch.tensor([seen / max(elapsed, 1e-9)], device=device, dtype=torch.float64)
     if dist.is_initialized():

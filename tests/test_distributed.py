@@ -58,14 +58,16 @@ def test_killed_mid_epoch_and_resumed_matches_uninterrupted(shards, tmp_path):
     _, _, folder = shards
     common = ["--data", folder, "--epochs", 2, "--batch-size", 16, "--workers", 2, "--balance", "--augment"]
     torchrun(*common, "--trace", tmp_path / "ref")
-    torchrun(*common, "--trace", tmp_path / "run", "--ckpt", tmp_path / "ckpt", "--stop-after", 9)
-    assert os.path.exists(tmp_path / "ckpt-rank0.pt") and os.path.exists(tmp_path / "ckpt-rank1.pt")
-    assert read_trace(tmp_path / "run", 0)[1] is None, "the first run really stopped early"
-    torchrun(*common, "--trace", tmp_path / "run", "--ckpt", tmp_path / "ckpt", "--resume")
+    # (folders that do not exist yet, as in the README's command: newcomer s32 found them not made)
+    run, ckpt = tmp_path / "logs" / "run", tmp_path / "ckpt" / "run"
+    torchrun(*common, "--trace", run, "--ckpt", ckpt, "--stop-after", 9)
+    assert os.path.exists(f"{ckpt}-rank0.pt") and os.path.exists(f"{ckpt}-rank1.pt")
+    assert read_trace(run, 0)[1] is None, "the first run really stopped early"
+    torchrun(*common, "--trace", run, "--ckpt", ckpt, "--resume")
     for rank in range(2):
-        ref, run = read_trace(tmp_path / "ref", rank)[0], read_trace(tmp_path / "run", rank)[0]
-        assert len(ref) == len(run) > 9
-        assert [(b["keys"], b["pixels"]) for b in run] == [(b["keys"], b["pixels"]) for b in ref]
+        ref, run_rows = read_trace(tmp_path / "ref", rank)[0], read_trace(run, rank)[0]
+        assert len(ref) == len(run_rows) > 9
+        assert [(b["keys"], b["pixels"]) for b in run_rows] == [(b["keys"], b["pixels"]) for b in ref]
 
 
 def test_balancer_meets_global_targets_across_ranks(shards, tmp_path):
@@ -88,6 +90,23 @@ def test_balancer_meets_global_targets_across_ranks(shards, tmp_path):
     assert lengths[0] == lengths[1]
     summary = read_trace(tmp_path / "t", 0)[1]
     assert summary["global_class_mix"] == [counts[c] for c in range(4)]
+
+
+def test_the_train_job_checkpoints_each_epoch_and_a_restart_continues_with_the_next(shards, tmp_path):
+    """Newcomer s32: the README's --ckpt wrote nothing unless --stop-after was given, so
+    "add --resume to continue" had nothing to continue from."""
+    from streamaug.benchmarks.train import main
+
+    folder = shards[2]
+    common = ["--data", folder, "--batch-size", "32", "--workers", "0", "--augment"]
+    assert main([*common, "--epochs", "2", "--trace", str(tmp_path / "ref")]) == 0
+    ckpt = tmp_path / "new" / "run"
+    assert main([*common, "--epochs", "1", "--ckpt", str(ckpt), "--ckpt-every", "3"]) == 0
+    assert os.path.exists(f"{ckpt}-rank0.pt") and not os.path.exists(f"{ckpt}-rank0.pt.partial")
+    assert main([*common, "--epochs", "2", "--ckpt", str(ckpt), "--resume", "--trace", str(tmp_path / "run")]) == 0
+    ref, run = read_trace(tmp_path / "ref", 0)[0], read_trace(tmp_path / "run", 0)[0]
+    assert len(ref) == 14 and len(run) == 7           # (epoch 1 only: the checkpoint was at epoch 0's end)
+    assert [(b["keys"], b["pixels"], b["step"]) for b in run] == [(b["keys"], b["pixels"], b["step"]) for b in ref[7:]]
 
 
 def test_train_job_names_a_bad_data_argument(tmp_path):
