@@ -146,8 +146,8 @@ class ShardIndex:
                 (", ..." if len(self.shards) > 3 else "")
             raise ShardIndexError(f"index {self.source!r} does not list shard {missing[0]!r} "
                                   f"({len(missing)} of {len(urls)} URLs missing; it lists {len(self.shards)}: "
-                                  f"{listed}). Index these shards (streamaug index), or give the loader their "
-                                  f"index with index=")
+                                  f"{listed}). {_older_than_index(missing, self.source) or 'Index these shards'} "
+                                  f"(streamaug index), or give the loader their index with index=")
         return ShardIndex(chosen, self.num_classes, self.class_names, self.image_ext, self.image_shape,
                           self.source, self.label_key, self.label_names)
 
@@ -341,3 +341,17 @@ class IndexTooLarge(Exception):
 def _shown(value) -> str:
     text = repr(value)
     return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _older_than_index(missing: list[str], source: str | None) -> str:
+    """A hint when every unlisted shard is a local file older than the index: most likely left
+    over from an earlier, larger write into the same folder, which re-indexing would add back."""
+    try:
+        made = os.path.getmtime(source)
+        if not all(is_local(u) and os.path.getmtime(local_path(u)) < made for u in missing):
+            return ""
+    except (OSError, TypeError):
+        return ""
+    return (f"The unlisted shard(s) are older than the index: if they are left over from an earlier write "
+            f"into this folder, remove them (re-indexing would add their samples back). If they belong here, "
+            f"index them")

@@ -156,6 +156,26 @@ def test_shard_not_in_index(npy_shards, tmp_path):
         StreamLoader(index.urls + [shutil.copy(index.urls[0], tmp_path / "nope.tar")], batch_size=4, index=index)
 
 
+
+def test_shards_left_by_an_earlier_write_are_named_as_such(tmp_path, monkeypatch):
+    """Newcomer s32: 100 samples written over 300 in one folder left 4 old shards; the loader's
+    hint (index them) put the 200 old samples back into the dataset."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    write_shards((rng.integers(0, 256, (90, 4, 4, 3), np.uint8), rng.integers(0, 3, 90)), "d/", maxcount=30,
+                 progress=False)
+    os.utime("d/train-000002.tar", (1e9, 1e9))        # (older than any index written now)
+    with pytest.warns(RuntimeWarning, match="still holds 1 train-.*tar shard"):
+        write_shards((rng.integers(0, 256, (60, 4, 4, 3), np.uint8), rng.integers(0, 3, 60)), "d/", maxcount=30,
+                     progress=False)
+    with pytest.raises(ShardIndexError, match=r"does not list shard 'd/train-000002.tar' .* The unlisted shard\(s\) "
+                       r"are older than the index: if they are left over from an earlier write into this folder, "
+                       r"remove them \(re-indexing would add their samples back\)\. If they belong here, index them"):
+        StreamLoader("d/")
+    os.utime("d/train-000002.tar")                     # newer than the index: no such guess
+    with pytest.raises(ShardIndexError, match=r"\)\. Index these shards \(streamaug index\)"):
+        StreamLoader("d/")
+
 @pytest.mark.parametrize("urls", [[], "", [""]])
 def test_empty_url_list(urls):
     with pytest.raises(ValueError, match="no shard URLs"):
