@@ -127,8 +127,13 @@ class DaliImageDecoder:
         def build():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             images = fn.decoders.image(encoded, device="mixed" if device_id is not None else "cpu",
-                                       output_type=types.RGB if self.channels == 3 else types.GRAY,
-                                       jpeg_fancy_upsampling=True)
+                                       output_type=types.RGB, jpeg_fancy_upsampling=True)
+            if self.channels == 1:
+                # PIL's luma of the RGB decode, in its fixed point, as the workers convert (sample_decoder):
+                # DALI's GRAY output is the JPEG's own Y plane, up to 21 levels from it on colour photos
+                rgb = fn.cast(images, dtype=types.INT32)
+                luma = rgb[:, :, 0:1] * 19595 + rgb[:, :, 1:2] * 38470 + rgb[:, :, 2:3] * 7471 + 32768
+                images = fn.cast(luma >> 16, dtype=types.UINT8)
             if self.resize is not None:
                 images = fn.resize(images, resize_y=self.resize[0], resize_x=self.resize[1])
             return fn.transpose(images, perm=[2, 0, 1])      # CHW here, on DALI's threads

@@ -35,6 +35,23 @@ def test_same_batches_as_worker_decode(tmp_path, fmt, device):
         assert (a[0].int() - b[0].int()).abs().max() <= (0 if device == "cpu" else 2)   # nvJPEG may round differently
 
 
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_channel_from_colour_photos_is_the_workers_luma(tmp_path, device):
+    """Newcomer s32: channels=1 on colour JPEGs differed from the CPU decode by up to 21 levels
+    (DALI's GRAY output is the JPEG's Y plane; the workers take PIL's luma of the RGB decode)."""
+    from sklearn.datasets import load_sample_images
+    photos = load_sample_images().images
+    members = []
+    for i in range(12):
+        crop = photos[i % 2][i * 20:i * 20 + 48, i * 30:i * 30 + 64]
+        members += [(f"s_{i:05d}.jpg", encode_image(np.ascontiguousarray(crop), "jpg")), (f"s_{i:05d}.cls", b"%d" % (i % 2))]
+    index = write_custom(str(tmp_path), {"a.tar": members}, {"a.tar": [6, 6]}, image_shape=(48, 64, 3))
+    kw = dict(batch_size=6, shuffle=0, device=device, channels=1)
+    for a, b in zip(StreamLoader(index.urls, **kw), StreamLoader(index.urls, decode="dali", **kw)):
+        assert a[0].shape == b[0].shape == (6, 1, 48, 64)
+        assert (a[0].int() - b[0].int()).abs().max() <= (0 if device == "cpu" else 2)
+
 def test_grayscale_and_resize(tmp_path):
     index = write_custom(str(tmp_path), {"a.tar": jpg_members(4, channels=1) + jpg_members(2, (20, 9), 4, 1)},
                          {"a.tar": [3, 3]}, image_shape=None)
