@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import re
 import shlex
 import urllib.error
 import urllib.request
@@ -146,7 +147,7 @@ class ShardIndex:
                 (", ..." if len(self.shards) > 3 else "")
             raise ShardIndexError(f"index {self.source!r} does not list shard {missing[0]!r} "
                                   f"({len(missing)} of {len(urls)} URLs missing; it lists {len(self.shards)}: "
-                                  f"{listed}). {_older_than_index(missing, self.source) or 'Index these shards'} "
+                                  f"{listed}). {_older_than_index(missing, self.source, [i.url for i in self.shards]) or 'Index these shards'} "
                                   f"(streamaug index), or give the loader their index with index=")
         return ShardIndex(chosen, self.num_classes, self.class_names, self.image_ext, self.image_shape,
                           self.source, self.label_key, self.label_names)
@@ -343,12 +344,20 @@ def _shown(value) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def _older_than_index(missing: list[str], source: str | None) -> str:
-    """A hint when every unlisted shard is a local file older than the index: most likely left
-    over from an earlier, larger write into the same folder, which re-indexing would add back."""
+def _series(url: str) -> str:
+    """``train`` of ``.../train-000003.tar``: the writer's prefix (the name less its number)."""
+    return re.sub(r"[-_]?[0-9]+\.(tar|tar\.gz|tgz)$", "", os.path.basename(url))
+
+
+def _older_than_index(missing: list[str], source: str | None, listed: list[str]) -> str:
+    """A hint when every unlisted shard is a local file older than the index and of a series it
+    lists (``train-000005.tar`` beside an index of ``train-000000..1``): most likely left over from
+    an earlier, larger write into the same folder, which re-indexing would add back."""
+    series = {_series(u) for u in listed}
     try:
         made = os.path.getmtime(source)
-        if not all(is_local(u) and os.path.getmtime(local_path(u)) < made for u in missing):
+        if not all(is_local(u) and _series(u) in series and os.path.getmtime(local_path(u)) < made
+                   for u in missing):
             return ""
     except (OSError, TypeError):
         return ""

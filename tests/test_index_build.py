@@ -231,6 +231,30 @@ def test_the_no_index_warning_carries_the_loaders_label_key_and_num_classes(tmp_
     assert sorted(y for b in loader for y in b.hard_labels.tolist()) == sorted(i % 3 for i in range(25))
 
 
+
+def test_a_label_key_other_than_the_one_the_index_counted_is_refused_when_the_loader_is_built(tmp_path, monkeypatch):
+    """Newcomer s32: the index counted .cls, the loader read json:label; it failed near the
+    epoch's end with a hint to re-index (which rebuilt the same .cls index), and with
+    on_error='skip' the balancer balanced the wrong counts."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("data")
+    with wds.ShardWriter("data/part-%04d.tar", maxcount=10, verbose=0) as sink:
+        for i in range(30):
+            sink.write({"__key__": f"img{i:05d}", "jpeg": jpeg(i), "cls": str(i % 3).encode(),
+                        "json": json.dumps({"label": 0 if i < 20 else 1 + i % 2}).encode()})
+    pattern = "data/part-{0000..0002}.tar"
+    subprocess.run([STREAMAUG, "index", pattern, "--quiet"], check=True, capture_output=True)
+    assert StreamLoader(pattern, label_key="cls").index.class_counts == [10, 10, 10]
+    with pytest.raises(ValueError, match=r"label_key='json:label', but the index .*index.json' counted classes from "
+                       r"'cls': .* Index the shards with --label-key json:label \(a file of its own: --out\)"):
+        StreamLoader(pattern, batch_size=8, label_key="json:label")
+    subprocess.run([STREAMAUG, "index", pattern, "--label-key", "json:label", "--out", "data/by_json.json",
+                    "--quiet"], check=True, capture_output=True)
+    loader = StreamLoader(pattern, batch_size=8, label_key="json:label", index="data/by_json.json")
+    assert loader.index.class_counts == [20, 5, 5]
+    with pytest.raises(ValueError, match=r"label_key='cls', but the index .*by_json.json' counted classes from 'json:label'"):
+        StreamLoader(pattern, label_key="cls", index="data/by_json.json")
+
 def name_labelled_shards(names, labels, field="json"):
     os.makedirs("data", exist_ok=True)
     with wds.ShardWriter("data/part-%04d.tar", maxcount=8, verbose=0) as sink:
