@@ -23,6 +23,7 @@ import re
 
 from PIL import Image
 
+from .decode_limits import sniff_format
 from .image_codec import decode_image, encode_image, pil_pixels
 
 FOLDER_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".npy")
@@ -79,12 +80,17 @@ def folder_items(root: str, class_names: list[str] | None) -> tuple[list[tuple[s
     return items, classes, passed_over
 
 
+_EXT_OF_CONTENT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
+
+
 def folder_image(path: str, ext: str, jpeg_quality: int) -> tuple[bytes, tuple[int, int, int]]:
     """The bytes to store and the (H, W, C) shape. Same-format files pass through unchanged."""
 
     src_ext = os.path.splitext(path)[1].lower().lstrip(".")
     with open(path, "rb") as f:
         data = f.read()
+    # a JPEG saved as .png (scraped data is full of them) is read as what it is, as PIL and torchvision read it
+    src_ext = _EXT_OF_CONTENT.get(sniff_format(data), src_ext)
     try:
         if src_ext == "bmp":                     # a folder's own files: BMP too (never read from shards)
             with Image.open(io.BytesIO(data), formats=["BMP"]) as img:
@@ -92,7 +98,9 @@ def folder_image(path: str, ext: str, jpeg_quality: int) -> tuple[bytes, tuple[i
         else:
             arr = decode_image(data, "jpg" if src_ext == "jpeg" else src_ext)
     except Exception as e:
-        raise ValueError(f"image file {path!r} ({len(data):,} bytes) does not decode: {e}") from None
+        why = f"its first bytes {data[:8]!r} are no image format streamaug reads (PNG, JPEG, WebP, BMP)" \
+            if "cannot identify image file" in str(e) else str(e)        # (PIL's names a BytesIO at an address)
+        raise ValueError(f"image file {path!r} ({len(data):,} bytes) does not decode: {why}") from None
     if src_ext == ext or (src_ext in ("jpg", "jpeg") and ext in ("jpg", "jpeg")):
         return data, arr.shape
     return encode_image(arr, ext, jpeg_quality), arr.shape

@@ -160,6 +160,25 @@ def test_an_image_folder_of_webp_and_bmp_files_is_written(tmp_path, fmt):
     assert sorted(zip(y.tolist(), x[:, 0, 0, 0].tolist())) == [(0, 97), (0, 97), (1, 98), (2, 99)]
 
 
+@pytest.mark.parametrize("fmt", ["npy", "png", "jpg"])
+def test_an_image_folders_files_are_read_as_what_they_hold_whatever_their_extension(tmp_path, fmt):
+    """Newcomer s32: a JPEG saved as .png was refused as not decoding ("cannot identify image
+    file <_io.BytesIO object at 0x...>"); PIL and torchvision's ImageFolder read it."""
+    from PIL import Image
+
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    pixels = np.full((8, 8, 3), 120, np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "imgs" / "a" / "jpeg.png", format="JPEG", quality=100)
+    Image.fromarray(pixels).save(tmp_path / "imgs" / "a" / "png.jpg", format="PNG")
+    (tmp_path / "imgs" / "a" / "text.png").write_bytes(b"hello, not an image")
+    with pytest.raises(ValueError, match=r"text.png' \(19 bytes\) does not decode: its first bytes b'hello, n' are "
+                       r"no image format streamaug reads"):
+        write_shards(str(tmp_path / "imgs"), str(tmp_path / "x"), progress=False)
+    (tmp_path / "imgs" / "a" / "text.png").unlink()
+    index = write_shards(str(tmp_path / "imgs"), str(tmp_path / "out"), image_format=fmt, progress=False)
+    x, _ = next(iter(StreamLoader(index.urls, batch_size=2, shuffle=False)))
+    assert (x.int() - 120).abs().max() <= 2
+
 def test_an_image_folder_with_bad_files_names_them_and_skips_them_when_asked(tmp_path, capsys):
     """Newcomer: each bad file stopped ``streamaug shards`` in turn (no way to pass over them), a
     0-byte file was named without its size, and keys (train_00000033) did not lead back to files."""
