@@ -18,6 +18,8 @@ from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, decode_image_a
 from .image_size import ImageSizeRule
 
 
+ANY_CLASS = (1 << 31) - 1       # num_classes with no index and none given: any label >= 0
+
 class SampleDecoder:
     """Picklable decode step. ``resize=(H, W)`` resizes every image (bilinear);
     without it, every image must have ``expect_shape`` when given."""
@@ -79,8 +81,9 @@ class SampleDecoder:
             raise StreamError("bad_label", f"label in {label_key!r} is not an integer class: {e}{hint}", shard=url,
                               key=key, value=bytes(raw[label_key.split(":")[0]][:40])) from None
         if not 0 <= label < self.num_classes:
-            raise StreamError("label_out_of_range", f"label is outside the classes [0, {self.num_classes}) "
-                              "of the index (or of num_classes=)", shard=url, key=key, value=label)
+            what = "label is negative: classes are 0, 1, 2, ..." if self.num_classes == ANY_CLASS else \
+                f"label is outside the classes [0, {self.num_classes}) of the index (or of num_classes=)"
+            raise StreamError("label_out_of_range", what, shard=url, key=key, value=label)
         return label
 
     def label_or_none(self, raw: dict) -> int | None:

@@ -99,7 +99,7 @@ class UstarShardWriter(wds.ShardWriter):
         self.close()
 
 
-def _check_arrays(images: np.ndarray, labels: np.ndarray) -> None:
+def _check_arrays(images: np.ndarray, labels: np.ndarray, was_tensor: bool = False) -> None:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError("images must be a uint8 array of shape (N, H, W, C), got "
                          f"{getattr(images, 'dtype', type(images).__name__)} "
@@ -107,8 +107,8 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray) -> None:
     if images.shape[3] not in (1, 3, 4):
         nchw = images.shape[1] in (1, 3, 4)
         raise ValueError(f"images must be (N, H, W, C) with C 1, 3 or 4, got shape {images.shape}"
-                         + (": that is (N, C, H, W), as torch holds images; pass images.transpose(0, 2, 3, 1)"
-                            if nchw else ""))
+                         + (": that is (N, C, H, W), as torch holds images; pass images."
+                            + ("permute" if was_tensor else "transpose") + "(0, 2, 3, 1)" if nchw else ""))
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(f"labels must be 1-D with len(images)={len(images)} entries, got shape {labels.shape}")
@@ -170,10 +170,11 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         labels = np.array([c for _, c in folder], np.int64)
         images = None
     elif isinstance(source, tuple) and len(source) == 2:
+        was_tensor = isinstance(source[0], torch.Tensor)
         images, labels = (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for v in source)
         if isinstance(images, np.ndarray) and images.ndim == 3 and images.dtype == np.uint8:
             images = images[..., None]          # (N, H, W) grayscale: one channel
-        _check_arrays(images, labels)
+        _check_arrays(images, labels, was_tensor)
         labels = np.asarray(labels).astype(np.int64)
     else:
         raise ValueError(f"source must be a folder path, an (images, labels) pair or 'digits', got {type(source).__name__}")

@@ -56,7 +56,7 @@ from .output_format import OutputFormat
 from .pass_position import PassPosition
 from .plugin_stage import apply_plugins, check_plugin_kind
 from .read_workers import stop_workers, worker_batches
-from .sample_decoder import SampleDecoder
+from .sample_decoder import ANY_CLASS, SampleDecoder
 from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
 from .shard_index import ShardIndex, check_num_classes
@@ -201,7 +201,7 @@ class StreamLoader:
         resize = check_resize(resize)
         shape = self.index.image_shape if self.index is not None else None
         channels = channels or (shape[2] if shape else 3)
-        self.decoder = SampleDecoder(self.num_classes or (1 << 31) - 1, resize, shape, defer_encoded=decode == "dali",
+        self.decoder = SampleDecoder(self.num_classes or ANY_CLASS, resize, shape, defer_encoded=decode == "dali",
                                      label_key=label_key or (self.index.label_key if self.index else None),
                                      channels=channels, limits=limits,
                                      class_ids=self.index.class_ids if self.index is not None else None)   # names

@@ -176,6 +176,14 @@ def test_shards_left_by_an_earlier_write_are_named_as_such(tmp_path, monkeypatch
     with pytest.raises(ShardIndexError, match=r"\)\. Index these shards \(streamaug index\)"):
         StreamLoader("d/")
 
+
+def test_a_negative_label_without_an_index_or_num_classes_is_said_plainly(tmp_path):
+    """Newcomer s32: it said 'outside the classes [0, 2147483647) of the index', with no index."""
+    index = one_shard(tmp_path, members_with([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8))),
+                                              ("bad.cls", b"-1")]), [4, 3])
+    with pytest.raises(StreamError, match=r"key 'bad': label is negative: classes are 0, 1, 2, \.\.\. \(value: -1\)"):
+        list(StreamLoader(index.urls, batch_size=4, index=False, shuffle=0))
+
 @pytest.mark.parametrize("urls", [[], "", [""]])
 def test_empty_url_list(urls):
     with pytest.raises(ValueError, match="no shard URLs"):
@@ -288,6 +296,9 @@ def test_writer_rejects_bad_sources(tmp_path):
     with pytest.raises(ValueError, match=r"got shape \(2, 3, 32, 32\): that is \(N, C, H, W\), as torch holds "
                        r"images; pass images.transpose\(0, 2, 3, 1\)"):      # (newcomer: it was written as C=32)
         write_shards((np.zeros((2, 3, 32, 32), np.uint8), np.zeros(2, int)), str(tmp_path))
+    with pytest.raises(ValueError, match=r"as torch holds images; pass images.permute\(0, 2, 3, 1\)"):   # (a tensor has
+        write_shards((torch.zeros((2, 3, 32, 32), dtype=torch.uint8), torch.zeros(2, dtype=torch.int64)),   # no
+                     str(tmp_path))                                                         # 4-argument transpose)
     with pytest.raises(ValueError, match="labels must be 1-D with len"):
         write_shards((np.zeros((2, 4, 4, 3), np.uint8), np.zeros(3, int)), str(tmp_path))
     with pytest.raises(ValueError, match="image_format must be one of"):
