@@ -46,6 +46,11 @@ class OutputFormat:
             mean, std = _per_channel("mean", normalize[0]), _per_channel("std", normalize[1])
             if any(s <= 0 for s in std):
                 raise ValueError(f"normalize std must be > 0, got {std}")
+            if max(mean) > 1 or max(std) > 1:     # (0-255 values: the output would be about -1 everywhere)
+                raise ValueError(f"normalize mean and std are on the [0, 1] scale (torchvision's), got mean {mean}, "
+                                 f"std {std}; for 0-255 values pass them divided by 255, e.g. "
+                                 f"(({', '.join(f'{m / 255:.4g}' for m in mean)},), "
+                                 f"({', '.join(f'{v / 255:.4g}' for v in std)},))")
             normalize = (mean, std)
         if not isinstance(channels_last, bool):
             raise ValueError(f"channels_last must be a bool, got {channels_last!r}")

@@ -135,7 +135,7 @@ class StreamLoader:
                  device: str | torch.device | None = None, pin_memory: bool | None = None,
                  index: str | ShardIndex | None = None, on_error: str = "raise",
                  resize: tuple[int, int] | int | None = None, balance=None, augment=None, mixup=None,
-                 world_size: int | None = None, rank: int | None = None, prefetch_factor: int = 2,
+                 world_size: int | None = None, rank: int | None = None, prefetch_factor: int | None = None,
                  decode: str = "cpu", num_classes: int | None = None, label_key: str | None = None,
                  channels: int | None = None, dtype: torch.dtype = torch.uint8, normalize=None,
                  channels_last: bool = False,
@@ -188,6 +188,9 @@ class StreamLoader:
                              f"device='cpu', or leave device= out (CUDA when there is one, else the CPU)")
         self._pin = self.device.type == "cuda" if pin_memory is None else pin_memory
         self._world_override, self._rank_override = world_size, rank
+        if prefetch_factor is not None and num_workers == 0:     # (DataLoader's own check and message)
+            raise ValueError("prefetch_factor option could only be specified in multiprocessing. let num_workers > 0 "
+                             "to enable it.")
         if prefetch_factor is None:           # (DataLoader's default: 2 with workers)
             prefetch_factor = 2
         if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, numbers.Integral) or prefetch_factor < 1:

@@ -273,6 +273,10 @@ def test_numpy_ints_are_taken_as_dataloader_takes_them(npy_shards):
     ({"prefetch_factor": -1, "num_workers": 2}, r"prefetch_factor must be an integer >= 1 .* got -1"),  # (red team:
     ({"drop_last": "no"}, "drop_last must be True or False, got 'no'"),                                # at iter(),
     ({"drop_last": None}, "drop_last must be True or False, got None"),                                # or taken)
+    ({"prefetch_factor": 4}, "prefetch_factor option could only be specified in multiprocessing"),   # (DataLoader's)
+    ({"dtype": torch.float32, "normalize": ((127.5,), (127.5,))},          # (newcomer s32: about -1 everywhere)
+     r"normalize mean and std are on the \[0, 1\] scale \(torchvision's\), got mean \(127.5,\), std \(127.5,\); for "
+     r"0-255 values pass them divided by 255, e.g. \(\(0.5,\), \(0.5,\)\)"),
 ])
 def test_bad_loader_arguments(npy_shards, kwargs, message):
     index, _, _ = npy_shards
