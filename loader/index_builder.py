@@ -31,7 +31,7 @@ from .decode_limits import DecodeLimits, check_image
 from .errors import ErrorHandler, LoaderStats, StreamError, check_policy
 from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, find_label_key, read_label
 from .index_lookup import default_index_path
-from .shard_index import (INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo, check_class_names,
+from .shard_index import (INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo, check_class_names, recorded_shape,
                           check_num_classes, other_shards_listed)
 from .shard_urls import (UnsafeIndexEntry, command_shard_name, expand_urls, index_entry_url, is_local, named_twice,
                          shard_key)
@@ -252,16 +252,15 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
                           key=b.first_key, value=sorted(labels_in))
     image_exts = set().union(*(s.image_exts for s in filled))
     top = max(max(s.labels) for s in filled)
-    class_names = class_names or _names_already_at(out, num_classes, top)
+    class_names = class_names or _names_already_at(out, num_classes, top) or \
+        _names_beside_shards([s.url for s in scans], out, num_classes, top)
     nc = num_classes or (len(class_names) if class_names else top + 1)
     if top >= nc:
         bad = next(s for s in filled if max(s.labels) == top)
         source = f"num_classes={nc}" if num_classes else f"the {nc} class names given"   # (names kept: as many)
         raise StreamError("label_out_of_range", f"label is outside {source} (ids 0..{nc - 1})", shard=bad.url,
                           key=bad.top_key, value=top)
-    sizes = set().union(*(s.sizes for s in filled))
-    channels = set().union(*(s.channels for s in filled))
-    shape = (*next(iter(sizes)), channels.pop() if len(channels) == 1 else 3) if len(sizes) == 1 else None
+    shape = recorded_shape([(*size, c) for s in filled for size in s.sizes for c in s.channels])
     first = filled[0]
     index = ShardIndex([ShardInfo(s.url, s.count, tuple(s.labels.get(c, 0) for c in range(nc))) for s in scans],
                        nc, list(class_names) if class_names else [str(c) for c in range(nc)],
@@ -291,6 +290,18 @@ def _names_already_at(out: str, num_classes: int | None, top: int) -> list[str] 
     if all(n == str(i) for i, n in enumerate(names)):
         return None
     return list(names)
+
+
+def _names_beside_shards(urls: list[str], out: str, num_classes: int | None, top: int) -> list[str] | None:
+    """Indexing into another file (``--out val.json``): the class names of the index.json beside
+    the shards, when it lists some of these very shards (``streamaug shards`` wrote it)."""
+    beside = default_index_path(urls)
+    if beside is None or not is_local(beside) or os.path.abspath(beside) == os.path.abspath(out):
+        return None
+    earlier = _earlier_index(beside)
+    if earlier is None or not {os.path.basename(s.url) for s in earlier.shards} & {os.path.basename(u) for u in urls}:
+        return None
+    return _names_already_at(beside, num_classes, top)
 
 
 def summary(index: ShardIndex, seconds: float) -> str:

@@ -344,6 +344,16 @@ def _shown(value) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
+
+def recorded_shape(shapes) -> tuple[int, int, int] | None:
+    """The ``image_shape`` an index records for images of ``shapes`` (``(H, W, C)`` each): their
+    size when they all share one, with their channel count when they share one, else 3 (what
+    the loader converts mixed gray and colour to); ``None`` when sizes vary."""
+    sizes, channels = {tuple(s[:2]) for s in shapes}, {s[2] for s in shapes}
+    if len(sizes) != 1:
+        return None
+    return (*next(iter(sizes)), channels.pop() if len(channels) == 1 else 3)
+
 def _series(url: str) -> str:
     """``train`` of ``.../train-000003.tar``: the writer's prefix (the name less its number)."""
     return re.sub(r"[-_]?[0-9]+\.(tar|tar\.gz|tgz)$", "", os.path.basename(url))
@@ -361,6 +371,6 @@ def _older_than_index(missing: list[str], source: str | None, listed: list[str])
             return ""
     except (OSError, TypeError):
         return ""
-    return (f"The unlisted shard(s) are older than the index: if they are left over from an earlier write "
-            f"into this folder, remove them (re-indexing would add their samples back). If they belong here, "
-            f"index them")
+    return ("The unlisted shard(s) are older than the index: if they are left over from an earlier write "
+            "into this folder, remove them (re-indexing would add their samples back). If they belong here, "
+            "index them")

@@ -25,7 +25,7 @@ from .atomic_file import open_partial, put_in_place, stopped_partials
 from .errors import check_policy
 from .image_codec import IMAGE_EXTS, encode_image
 from .image_folder import FOLDER_EXTS, folder_image, folder_items, path_part
-from .shard_index import (INDEX_NAME, ShardIndex, ShardInfo, check_class_names, check_num_classes,
+from .shard_index import (INDEX_NAME, ShardIndex, ShardInfo, check_class_names, check_num_classes, recorded_shape,
                           other_shards_listed)
 
 ArraySource = tuple[np.ndarray, np.ndarray]
@@ -224,7 +224,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
                       + (f"; class(es) {emptied} have no image left" if emptied else ""),
                       RuntimeWarning, stacklevel=2)
     index = ShardIndex([ShardInfo(url, sum(cc), tuple(cc)) for url, cc in counts.items()], nc, class_names,
-                       image_format, next(iter(shapes)) if len(shapes) == 1 else None,
+                       image_format, recorded_shape(shapes),
                        os.path.join(out_dir, INDEX_NAME))
     index.save(os.path.join(out_dir, INDEX_NAME))
     stale = sorted(earlier - {os.path.basename(u) for u in counts})

@@ -542,3 +542,23 @@ def test_the_not_dropping_check_knows_command_urls_and_covers_write_shards(tmp_p
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     write_shards(arrays, "~/s", progress=False)
     assert os.path.exists(tmp_path / "home" / "s" / "index.json") and not os.path.exists("~")
+
+
+
+def test_indexing_into_another_file_keeps_the_names_and_the_shape_streamaug_shards_wrote(tmp_path, monkeypatch):
+    """Newcomer s32: `streamaug index ts/ --out ts/other.json` (one index file per split, as the
+    README says) named the classes '0', '1'; and a folder of gray and colour PNGs of one size
+    was recorded with no shape by `streamaug shards`, with (H, W, 3) by `streamaug index`."""
+    monkeypatch.chdir(tmp_path)
+    for c in ("cat", "dog"):
+        os.makedirs(f"imgs/{c}")
+        for i in range(3):
+            Image.fromarray(np.full((6, 5) + ((3,) if i else ()), i, np.uint8)).save(f"imgs/{c}/{i}.png")
+    written = write_shards("imgs", "ts", progress=False)
+    assert written.class_names == ["cat", "dog"] and written.image_shape == (6, 5, 3)
+    subprocess.run([STREAMAUG, "index", "ts/", "--out", "ts/other.json", "--quiet"], check=True, capture_output=True)
+    other = ShardIndex.load("ts/other.json")
+    assert other.class_names == ["cat", "dog"] and other.image_shape == (6, 5, 3)
+    os.remove("ts/index.json")                          # (nothing left to take the names from)
+    subprocess.run([STREAMAUG, "index", "ts/", "--out", "ts/third.json", "--quiet"], check=True, capture_output=True)
+    assert ShardIndex.load("ts/third.json").class_names == ["0", "1"]
