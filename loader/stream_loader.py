@@ -49,6 +49,7 @@ from .accelerate_pass import pass_marker
 from .dataloader_arguments import SHUFFLE_BUFFER, check_shuffle, read_worker_options
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
 from .errors import LoaderStats, check_policy
+from .image_codec import check_label_key
 from .image_size import check_resize
 from .loader_state import restore_state, save_state
 from .open_pass import balanced_open_pass, drop_batches, mark_last
@@ -149,7 +150,7 @@ class StreamLoader:
         if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         batch_size, num_workers = int(batch_size), int(num_workers)     # (numpy ints too, as DataLoader takes)
-        num_classes = check_num_classes(num_classes)
+        num_classes, label_key = check_num_classes(num_classes), check_label_key(label_key)
         self.read_options = read_worker_options(persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
         limits = DecodeLimits(max_member_bytes, max_image_pixels, read_timeout)     # (checks them)
