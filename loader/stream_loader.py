@@ -27,7 +27,6 @@ accelerate scripts do) still shards by rank.
 """
 from __future__ import annotations
 
-import itertools
 import numbers
 import warnings
 from collections.abc import Iterator, Sequence
@@ -35,28 +34,24 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import Augmenter, Balancer, BindContext, Mixer
 from streamaug.core.seeding import derive_seed
 from streamaug.core.threads import IntraOpThreads, main_process_threads
 
 from .batch import Batch
 from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, DecodeLimits
-from .device_decode import decode_ahead
-from .device_feed import device_feed
 from .epoch_plan import EpochPlan, PlanSpec
-from .accelerate_pass import pass_marker
 from .dataloader_arguments import SHUFFLE_BUFFER, check_shuffle, read_worker_options
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
 from .errors import LoaderStats, check_policy
 from .image_codec import check_label_key
 from .image_size import check_resize
+from .loader_pass import run_pass
 from .loader_state import restore_state, save_state
-from .open_pass import balanced_open_pass, drop_batches, mark_last
 from .output_format import OutputFormat
 from .pass_position import PassPosition
-from .plugin_stage import apply_plugins, check_plugin_kind
-from .read_workers import stop_workers, worker_batches
+from .plugin_stage import check_plugin_kind
+from .read_workers import stop_workers
 from .sample_decoder import ANY_CLASS, SampleDecoder
 from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
@@ -368,73 +363,7 @@ class StreamLoader:
         after ``load_state_dict``). Batches before ``start`` are passed over undecoded. The epoch
         advances as its last batch is handed on; with ``left_ends_epoch``, a pass left before it
         makes the next ``iter()`` start the next epoch."""
-        self._ensure_topology()
-        position = self.position
-        begun = position.begin(start, lambda e: None if self.index is None else self.plan(e).num_batches,
-                               open_until_end=left_ends_epoch)
-        if begun is None:
-            return
-        start, serial = begun
-        plan, epoch = self.plan(), position.epoch
-        if plan is not None and self.decoder.sizes.shape is None:
-            # no image shape in the index: the dataset's first samples set it, the same for every
-            # worker, rank and resume point (before the workers start, so they inherit it)
-            self.decoder.sizes.adopt(self._stream.first_shapes(),
-                                     "the shape most of the dataset's first 64 good samples share")
-        offsets = None if plan is None or self.balance is None else \
-            [0, *itertools.accumulate(plan.synthetic)]
-        rebatch = self._rebatches
-        batches = worker_batches(self, serial, hold_last=plan is None)
-        if plan is None and not rebatch:  # no index: resume replays the prefix (not sent to the device)
-            batches = drop_batches(batches, start)
-        batches = device_feed(batches, self.device, self._pin)
-        if self.device_decoder is not None:
-            batches = decode_ahead(batches, self.device_decoder, self.on_error)
-        if plan is None:                  # know which batch is last
-            batches = mark_last(batches)
-        if rebatch:                       # what a resume replays from (see open_pass and loader_state)
-            if start == 0:
-                self._epoch_start = (self.balance.state_dict(), self.stats.as_dict())
-            made = balanced_open_pass(self, batches, epoch, start, lambda: position.check_current(serial))
-        else:
-            made = self._finished(batches, plan, epoch, offsets, lambda: position.check_current(serial))
-        if self._marker is not None:      # a pass superseded before it ended
-            self._marker.close()
-        # accelerate's gradient accumulation and gather_for_metrics: where the pass ends, what is padding
-        # (-1 with a balancer: it shuffles each batch's rows, padding among them, whatever it adds)
-        marker = self._marker = pass_marker(-1 if plan is None or self.balance is not None else plan.gathered_real)
-        ended = False                     # the epoch's last batch was handed on
-        try:
-            for out, last in made:
-                position.batches_done += 1
-                if marker is not None:
-                    marker.at_batch(last)
-                if last:
-                    position.end_epoch(serial)
-                    ended = True
-                    self._epoch_start = None      # over: a state now holds the balancer as it is
-                yield out
-            if not ended:                 # no batch at all
-                position.end_epoch(serial)
-                ended = True
-        finally:
-            if marker is not None:
-                marker.close()
-            current = position.is_current(serial)      # (left part-way, it stays open: see new_iter)
-            if not self.read_options.persistent and current:
-                self.stop_reading_workers()   # DataLoader(persistent_workers=False): the workers end with the pass
-
-    def _finished(self, batches: Iterator[BatchInFlight], plan: EpochPlan | None, epoch: int,
-                  offsets: list[int] | None, check) -> Iterator[tuple[Batch, bool]]:
-        """``(batch, is the epoch's last)``: each batch read, through the plug-in stages."""
-        for batch in batches:
-            check()
-            self.stats.merge(batch.stats)
-            if offsets is not None:
-                batch.slot_offset = offsets[batch.batch_id]
-            with self._stage_threads:
-                out = apply_plugins(self, batch, plan, epoch)
-            yield out, bool(batch.last) if plan is None else self.position.batches_done + 1 == plan.num_batches
+        yield from run_pass(self, start, left_ends_epoch)
 
     @property
     def _rebatches(self) -> bool:

@@ -22,7 +22,7 @@ from imblearn.over_sampling import SMOTE as ImbSMOTE
 
 from op_cases import OPS, images
 from shard_factory import make_shards
-from streamaug.loader import StreamLoader, stream_loader
+from streamaug.loader import StreamLoader, loader_pass
 from streamaug.ops import Compose, Flip, GaussianNoise, MixUp, Rotate, Shear
 from streamaug.samplers import SMOTE, ClassBalancer
 
@@ -63,11 +63,11 @@ def test_op_on_device_equals_cpu(name, backend, device):
 def watch_plugin_stage(monkeypatch, around) -> None:
     """Route every batch's plug-in stages (``plugin_stage.apply_plugins``, as the loader
     calls it) through ``around(run)``, where ``run()`` runs them and returns the batch."""
-    original = stream_loader.apply_plugins
+    original = loader_pass.apply_plugins
 
     def watched(loader, batch, plan, epoch):
         return around(lambda: original(loader, batch, plan, epoch))
-    monkeypatch.setattr(stream_loader, "apply_plugins", watched)
+    monkeypatch.setattr(loader_pass, "apply_plugins", watched)
 
 
 def _host_waits_in_plugins(loader: StreamLoader, monkeypatch, skip: int = 2) -> tuple[list[float], float, list[str]]:

@@ -1,0 +1,97 @@
+"""One pass over a :class:`~streamaug.loader.StreamLoader`: the stages a batch goes through
+from the reading workers to the caller, and the pass's bookkeeping.
+
+worker batches → (no index: drop the replayed prefix) → device → (``decode="dali"``: decode,
+one batch ahead on CUDA) → (no index: mark the last batch) → the plug-in stages (or, no index
+with a balancer in this process, the balanced re-cut of ``open_pass``) → the caller. As each
+batch is handed on, the position advances; at the epoch's last batch the epoch ends, and a
+pass left part-way stays open (see ``pass_position``). ``persistent_workers=False`` stops the
+reading workers when the pass ends.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+from streamaug.core.flight import BatchInFlight
+
+from .accelerate_pass import pass_marker
+from .batch import Batch
+from .device_decode import decode_ahead
+from .device_feed import device_feed
+from .epoch_plan import EpochPlan
+from .open_pass import balanced_open_pass, drop_batches, mark_last
+from .plugin_stage import apply_plugins
+from .read_workers import worker_batches
+
+
+def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch]:
+    """``loader``'s current epoch from batch ``start`` (see ``StreamLoader.iter_from``)."""
+    loader._ensure_topology()
+    position = loader.position
+    begun = position.begin(start, lambda e: None if loader.index is None else loader.plan(e).num_batches,
+                           open_until_end=left_ends_epoch)
+    if begun is None:
+        return
+    start, serial = begun
+    plan, epoch = loader.plan(), position.epoch
+    if plan is not None and loader.decoder.sizes.shape is None:
+        # no image shape in the index: the dataset's first samples set it, the same for every
+        # worker, rank and resume point (before the workers start, so they inherit it)
+        loader.decoder.sizes.adopt(loader._stream.first_shapes(),
+                                   "the shape most of the dataset's first 64 good samples share")
+    offsets = None if plan is None or loader.balance is None else \
+        [0, *itertools.accumulate(plan.synthetic)]
+    rebatch = loader._rebatches
+    batches = worker_batches(loader, serial, hold_last=plan is None)
+    if plan is None and not rebatch:  # no index: resume replays the prefix (not sent to the device)
+        batches = drop_batches(batches, start)
+    batches = device_feed(batches, loader.device, loader._pin)
+    if loader.device_decoder is not None:
+        batches = decode_ahead(batches, loader.device_decoder, loader.on_error)
+    if plan is None:                  # know which batch is last
+        batches = mark_last(batches)
+    if rebatch:                       # what a resume replays from (see open_pass and loader_state)
+        if start == 0:
+            loader._epoch_start = (loader.balance.state_dict(), loader.stats.as_dict())
+        made = balanced_open_pass(loader, batches, epoch, start, lambda: position.check_current(serial))
+    else:
+        made = finished_batches(loader, batches, plan, epoch, offsets, lambda: position.check_current(serial))
+    if loader._marker is not None:    # a pass superseded before it ended
+        loader._marker.close()
+    # accelerate's gradient accumulation and gather_for_metrics: where the pass ends, what is padding
+    # (-1 with a balancer: it shuffles each batch's rows, padding among them, whatever it adds)
+    marker = loader._marker = pass_marker(-1 if plan is None or loader.balance is not None else plan.gathered_real)
+    ended = False                     # the epoch's last batch was handed on
+    try:
+        for out, last in made:
+            position.batches_done += 1
+            if marker is not None:
+                marker.at_batch(last)
+            if last:
+                position.end_epoch(serial)
+                ended = True
+                loader._epoch_start = None    # over: a state now holds the balancer as it is
+            yield out
+        if not ended:                 # no batch at all
+            position.end_epoch(serial)
+            ended = True
+    finally:
+        if marker is not None:
+            marker.close()
+        current = position.is_current(serial)      # (left part-way, it stays open: see new_iter)
+        if not loader.read_options.persistent and current:
+            loader.stop_reading_workers()     # DataLoader(persistent_workers=False): the workers end with the pass
+
+
+def finished_batches(loader, batches: Iterator[BatchInFlight], plan: EpochPlan | None, epoch: int,
+                     offsets: list[int] | None, check) -> Iterator[tuple[Batch, bool]]:
+    """``(batch, is the epoch's last)``: each batch read, through the plug-in stages."""
+    for batch in batches:
+        check()
+        loader.stats.merge(batch.stats)
+        if offsets is not None:
+            batch.slot_offset = offsets[batch.batch_id]
+        with loader._stage_threads:
+            out = apply_plugins(loader, batch, plan, epoch)
+        yield out, bool(batch.last) if plan is None else loader.position.batches_done + 1 == plan.num_batches
