@@ -46,6 +46,31 @@ REFUSED = {      # given anything but DataLoader's default (None; "" for pin_mem
 }
 
 
+def check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)                     # (numpy ints too, as DataLoader takes)
+
+
+def check_num_workers(num_workers) -> int:
+    if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    return int(num_workers)
+
+
+def check_prefetch(prefetch_factor, num_workers: int) -> int:
+    """Batches each reading worker reads ahead: DataLoader's default 2, and its refusal without workers."""
+    if prefetch_factor is not None and num_workers == 0:     # (DataLoader's own check and message)
+        raise ValueError("prefetch_factor option could only be specified in multiprocessing. let num_workers > 0 "
+                         "to enable it.")
+    if prefetch_factor is None:
+        return 2
+    if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, numbers.Integral) or prefetch_factor < 1:
+        raise ValueError(f"prefetch_factor must be an integer >= 1 (batches each worker reads ahead), "
+                         f"got {prefetch_factor!r}")
+    return int(prefetch_factor)
+
+
 def check_shuffle(shuffle) -> int:
     """DataLoader's bool (or ``None``) or a buffer size → the buffer size."""
     if shuffle is None or isinstance(shuffle, bool):

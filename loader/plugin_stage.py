@@ -9,11 +9,33 @@ counts and the output format are left.
 from __future__ import annotations
 
 from streamaug.core.flight import BatchInFlight
+from streamaug.core.plugin import Augmenter, Balancer, Mixer
 from streamaug.core.seeding import derive_seed
 from streamaug.core.transfer import to_device
 
 from .batch import Batch
 from .epoch_plan import EpochPlan
+
+
+PLUGINS = {"balance": Balancer, "augment": Augmenter, "mixup": Mixer}
+
+
+def plugin_seeds(stages: dict, seed: int, num_classes: int | None) -> dict[str, int]:
+    """Each given stage checked against its protocol (and its kind), and its base seed: its own,
+    else derived from the loader's; the same on every rank (per batch it is mixed with
+    ``(epoch, rank, batch)``)."""
+    seeds = {}
+    for name, protocol in PLUGINS.items():
+        stage = stages.get(name)
+        if stage is None:
+            continue
+        if not isinstance(stage, protocol):
+            raise TypeError(f"{name}= must meet streamaug.core.plugin.{protocol.__name__} (seed, manual_seed, "
+                            f"state_dict, load_state_dict, __call__{', bind, synthetic_counts' if name == 'balance' else ''}), "
+                            f"got {type(stage).__name__}")
+        check_plugin_kind(name, stage, num_classes)
+        seeds[name] = stage.seed if stage.seed is not None else derive_seed(seed, name)
+    return seeds
 
 
 def check_plugin_kind(name: str, stage, num_classes: int | None) -> None:

@@ -27,22 +27,22 @@ accelerate scripts do) still shards by rank.
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
-from streamaug.core.plugin import Augmenter, Balancer, BindContext, Mixer
-from streamaug.core.seeding import derive_seed
+from streamaug.core.plugin import BindContext
 from streamaug.core.threads import IntraOpThreads, main_process_threads
 
 from .batch import Batch
 from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, DecodeLimits
 from .epoch_plan import EpochPlan, PlanSpec
-from .dataloader_arguments import SHUFFLE_BUFFER, check_shuffle, read_worker_options
+from .dataloader_arguments import (SHUFFLE_BUFFER, check_batch_size, check_num_workers, check_prefetch,
+                                   check_shuffle, read_worker_options)
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
+from .device_feed import delivery_device
 from .errors import LoaderStats, check_policy
 from .image_codec import check_label_key
 from .image_size import check_resize
@@ -50,17 +50,16 @@ from .loader_pass import run_pass
 from .loader_state import restore_state, save_state
 from .output_format import OutputFormat
 from .pass_position import PassPosition
-from .plugin_stage import check_plugin_kind
+from .plugin_stage import plugin_seeds
 from .read_workers import stop_workers
 from .sample_decoder import ANY_CLASS, SampleDecoder
 from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
 from .shard_index import ShardIndex, check_num_classes
 from .shard_urls import expand_urls, named_twice, refuse_missing_local
-from .worker_stages import WorkerStages, worker_side
+from .worker_stages import WorkerStages, stages_in_workers_argument, worker_side
 from .worker_stream import StreamSettings, WorkerStream
 
-PLUGINS = {"balance": Balancer, "augment": Augmenter, "mixup": Mixer}
 
 
 def _distributed() -> tuple[int, int]:
@@ -140,11 +139,7 @@ class StreamLoader:
                  augment_in_workers: bool | None = None, persistent_workers: bool | None = None,
                  multiprocessing_context=None, timeout: float = 0, worker_init_fn=None, in_order: bool = True,
                  **dataloader_only):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-        batch_size, num_workers = int(batch_size), int(num_workers)     # (numpy ints too, as DataLoader takes)
+        batch_size, num_workers = check_batch_size(batch_size), check_num_workers(num_workers)
         num_classes, label_key = check_num_classes(num_classes), check_label_key(label_key)
         self.read_options = read_worker_options(persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
@@ -177,22 +172,10 @@ class StreamLoader:
             raise ValueError(f"drop_last must be True or False, got {drop_last!r}")
         self.shuffle, self.drop_last = check_shuffle(shuffle), bool(drop_last)
         self.on_error = check_policy(on_error)
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}, but this torch ({torch.__version__}) sees no CUDA device; pass "
-                             f"device='cpu', or leave device= out (CUDA when there is one, else the CPU)")
+        self.device = delivery_device(device)
         self._pin = self.device.type == "cuda" if pin_memory is None else pin_memory
         self._world_override, self._rank_override = world_size, rank
-        if prefetch_factor is not None and num_workers == 0:     # (DataLoader's own check and message)
-            raise ValueError("prefetch_factor option could only be specified in multiprocessing. let num_workers > 0 "
-                             "to enable it.")
-        if prefetch_factor is None:           # (DataLoader's default: 2 with workers)
-            prefetch_factor = 2
-        if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, numbers.Integral) or prefetch_factor < 1:
-            raise ValueError(f"prefetch_factor must be an integer >= 1 (batches each worker reads ahead), "
-                             f"got {prefetch_factor!r}")
-        self._prefetch = int(prefetch_factor)
+        self._prefetch = check_prefetch(prefetch_factor, num_workers)
         self.output = OutputFormat(dtype, normalize, channels_last)
         self.decode = decode
         if decode not in ("cpu", "dali"):
@@ -213,28 +196,9 @@ class StreamLoader:
         self._stage_threads = IntraOpThreads(main_process_threads(num_workers))   # see core/threads.py
         self.balance, self.augment, self.mixup = balance, augment, mixup
         self._rows = ShardRowSource(self.urls, self.index, self.decoder, self.device)
-        self._plugin_seeds = {}
-        for name, protocol in PLUGINS.items():
-            stage = getattr(self, name)
-            if stage is None:
-                continue
-            if not isinstance(stage, protocol):
-                raise TypeError(f"{name}= must meet streamaug.core.plugin.{protocol.__name__} (seed, manual_seed, "
-                                f"state_dict, load_state_dict, __call__{', bind, synthetic_counts' if name == 'balance' else ''}), "
-                                f"got {type(stage).__name__}")
-            check_plugin_kind(name, stage, self.num_classes)
-            # the base seed is the same on every rank; per batch it is mixed with (epoch, rank, batch)
-            self._plugin_seeds[name] = stage.seed if stage.seed is not None else derive_seed(self.seed, name)
-        if augment_in_workers is not None:
-            if augment_in_workers not in (True, False):
-                raise ValueError(f"augment_in_workers (deprecated: stages_in_workers) must be None, True or False, "
-                                 f"got {augment_in_workers!r}")
-            warnings.warn("StreamLoader(augment_in_workers=) is deprecated; use stages_in_workers= (it also "
-                          "covers balance=)", DeprecationWarning, stacklevel=2)
-            if stages_in_workers is not None and stages_in_workers != augment_in_workers:
-                raise ValueError(f"stages_in_workers={stages_in_workers!r} and its deprecated name "
-                                 f"augment_in_workers={augment_in_workers!r} disagree")
-            stages_in_workers = augment_in_workers
+        self._plugin_seeds = plugin_seeds({"balance": balance, "augment": augment, "mixup": mixup}, self.seed,
+                                          self.num_classes)
+        stages_in_workers = stages_in_workers_argument(stages_in_workers, augment_in_workers)
         self.stages_in_workers = worker_side(stages_in_workers, self.device, num_workers, decode,
                                              balance, augment, mixup, indexed=self.index is not None)
         self._settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -52,6 +53,21 @@ from .errors import LoaderStats, add_counts
 
 STAGES = ("balance", "augment", "mixup")        # the order they run in, here and in the main process
 WORKER_BALANCER = ("worker_blocker", "prepare", "count_into")   # what a balancer needs to run in the workers
+
+
+def stages_in_workers_argument(stages_in_workers: bool | None, augment_in_workers: bool | None) -> bool | None:
+    """``stages_in_workers=``, or its deprecated name ``augment_in_workers=`` (with a warning)."""
+    if augment_in_workers is None:
+        return stages_in_workers
+    if augment_in_workers not in (True, False):
+        raise ValueError(f"augment_in_workers (deprecated: stages_in_workers) must be None, True or False, "
+                         f"got {augment_in_workers!r}")
+    warnings.warn("StreamLoader(augment_in_workers=) is deprecated; use stages_in_workers= (it also "
+                  "covers balance=)", DeprecationWarning, stacklevel=3)
+    if stages_in_workers is not None and stages_in_workers != augment_in_workers:
+        raise ValueError(f"stages_in_workers={stages_in_workers!r} and its deprecated name "
+                         f"augment_in_workers={augment_in_workers!r} disagree")
+    return augment_in_workers
 
 
 def worker_side(requested: bool | None, device: torch.device, read_workers: int, decode: str,
