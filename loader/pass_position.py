@@ -34,6 +34,7 @@ class PassPosition:
         self.ended = False                # set_epoch's epoch handed on its last batch (its length is now known)
         self.closed_pass: int | None = None   # the pass close() stopped while it ran (see check_current)
         self.ended_pass: int | None = None    # the pass that handed on its epoch's last batch
+        self.forked_pass: int | None = None   # in a forked child: the parent's pass then (its workers are the parent's)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -88,6 +89,11 @@ class PassPosition:
             self.closed_pass = self.serial
 
     def check_current(self, serial: int) -> None:
+        if serial == self.forked_pass:
+            raise RuntimeError(
+                "this pass over the StreamLoader was started before os.fork() (or a fork-started "
+                "multiprocessing child), by the parent process, whose reading workers serve it there. In "
+                "this process, start a pass of its own with iter(loader); it starts workers of its own.")
         if serial == self.closed_pass:
             raise RuntimeError(
                 "this pass over the StreamLoader was stopped: loader.close() was called (or its with block "

@@ -85,6 +85,7 @@ def _forget_parent_workers() -> None:
     dropped from ``multiprocessing``'s children (whose exit hook would terminate them), and
     the loader's copy starts workers of its own if the child iterates it."""
     for loader in list(_WITH_WORKERS):
+        loader.position.forked_pass = loader.position.serial     # (continuing it here raises, saying so)
         stop, loader._stop_workers = loader._stop_workers, None
         if stop is not None:
             stop.detach()
