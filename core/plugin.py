@@ -84,6 +84,7 @@ class BindContext:
     stats: StatsSink
     augmented: bool                      # an augment= stage follows the balancer
     seed: int = 0                        # the balancer's base seed, the same on every rank
+    class_names: list[str] | None = None  # the index's, for messages (None: ids only)
 
 
 @runtime_checkable

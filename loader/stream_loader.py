@@ -262,7 +262,8 @@ class StreamLoader:
                 class_counts=self.index.class_counts if self.index is not None else None,
                 num_classes=self.num_classes, world_size=ws, rank=rk, device=self.device,
                 rows=self._rows, stats=self.stats, augmented=self.augment is not None,
-                seed=self._plugin_seeds["balance"]))
+                seed=self._plugin_seeds["balance"],
+                class_names=self.index.class_names if self.index is not None else None))
         stages = WorkerStages(self.balance, self.augment, self.mixup, self._plugin_seeds, rk, self.num_classes) \
             if self.stages_in_workers else None
         if self.index is None:

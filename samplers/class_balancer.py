@@ -59,7 +59,7 @@ from .sampling_strategy import check_strategy_form, synthetic_targets
 from .stable_name import stable_name
 from .slot_schedule import max_rank_slots, rank_slots, stratified_choice
 from .random_oversampler import RandomOversampler
-from .synthesizer import Synthesizer, as_dtype
+from .synthesizer import Synthesizer, as_dtype, class_label
 
 _UNSET = object()
 
@@ -139,11 +139,15 @@ class ClassBalancer:
         if self.feature_fn is not None and context.augmented:
             raise ValueError("feature_fn makes the balancer emit features, so augment= must be None")
         self._rows, self._stats = context.rows, context.stats
+        self.synthesizer.class_names = getattr(context, "class_names", None)    # (its messages name classes)
         self._fill_seed = self.seed if self.seed is not None else context.seed
         if context.class_counts is None:
             self.fit_online(context.num_classes, context.world_size, context.rank)
         else:
             self.fit(context.class_counts, context.world_size, context.rank)
+
+    def _class(self, c: int) -> str:
+        return class_label(c, getattr(self.synthesizer, "class_names", None))
 
     def fit(self, class_counts: list[int], world_size: int = 1, rank: int = 0) -> "ClassBalancer":
         """Validate ``sampling_strategy`` against the counts and plan the slots (template method)."""
@@ -230,7 +234,7 @@ class ClassBalancer:
             have = [p for p in pairs if p in rows]
             if len(have) < len(pairs):
                 skip = ("reservoir_unreadable", len(pairs) - len(have),
-                        f"class {c}: {len(pairs) - len(have)} listed samples could not be read")
+                        f"{self._class(c)}: {len(pairs) - len(have)} listed samples could not be read")
                 self._fill_skips.append(skip)
                 if not self._fill_counted:
                     self._count_skip(*skip)
@@ -262,7 +266,7 @@ class ClassBalancer:
         self._seen_epoch += np.bincount(real_labels.numpy(), minlength=len(self._seen_epoch))
         classes, overshoot = online_due(self.sampling_strategy, self._seen_epoch, self._made_epoch, last)
         for c, n in overshoot.items():
-            self._count_skip("online_overshoot", n, f"class {c}: {n} more made mid-epoch than its target")
+            self._count_skip("online_overshoot", n, f"{self._class(c)}: {n} more made mid-epoch than its target")
         return classes
 
     @property

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from .class_reservoir import ClassReservoir
-from .synthesizer import Synthesizer, Synthetic, as_dtype, take
+from .synthesizer import Synthesizer, Synthetic, as_dtype, class_label, take
 
 
 class RandomOversampler(Synthesizer):
@@ -22,7 +22,7 @@ class RandomOversampler(Synthesizer):
                    dtype: torch.dtype = torch.float32) -> Synthetic:
         members = reservoir.members(c)
         if len(members) == 0:
-            raise ValueError(f"class {c} has no samples in the reservoir yet; nothing to repeat")
+            raise ValueError(f"{class_label(c, self.class_names)} has no samples in the reservoir yet; nothing to repeat")
         rows, entries = take(members, reservoir.entries[c], rng.integers(0, len(members), count))
         return Synthetic(as_dtype(rows, dtype), entries, [None] * count, np.zeros(count))
 

@@ -104,10 +104,16 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+
+def class_label(c: int, names: list[str] | None) -> str:
+    """``class 3`` or, with the index's names (and not just the id again), ``class 3 ('dog')``."""
+    return f"class {c} ({names[c]!r})" if names and c < len(names) and names[c] != str(c) else f"class {c}"
+
 class Synthesizer:
     """Base: ``choose`` seeds and partners for class ``c``; ``synthesize`` interpolates."""
 
     uses_all_classes = False       # True: choose() reads other classes' samples (reservoir.pool())
+    class_names: list[str] | None = None   # set when bound to a loader with an index (for messages)
 
     def __init__(self, k_neighbors: int = 5, neighbour_space=None):
         self.k_neighbors = positive_int("k_neighbors", k_neighbors)
@@ -119,7 +125,7 @@ class Synthesizer:
     def effective_k(self, n: int, c: int) -> int:
         if n <= self.k_neighbors and ("k", c) not in self._warned:
             self._warned.add(("k", c))
-            warnings.warn(f"class {c} has {n} samples in the reservoir, fewer than k_neighbors+1="
+            warnings.warn(f"{class_label(c, self.class_names)} has {n} samples in the reservoir, fewer than k_neighbors+1="
                           f"{self.k_neighbors + 1}; using k={n - 1}"
                           + (" (the single sample is repeated)" if n == 1 else ""), RuntimeWarning, stacklevel=3)
         return min(self.k_neighbors, n - 1)
@@ -147,7 +153,8 @@ class Synthesizer:
         members = reservoir.members(c)
         n = len(members)
         if n == 0:
-            raise ValueError(f"class {c} has no samples in the reservoir yet; nothing to synthesize from")
+            raise ValueError(f"{class_label(c, self.class_names)} has no samples in the reservoir yet; nothing to "
+                             "synthesize from")
         # rows are taken from the stored (uint8) members and made float a few at a time (interpolate):
         # no float copy of the class (in pixel space, the distance table keeps its own, when it fits)
         flat = members.flatten(1)

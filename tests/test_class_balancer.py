@@ -257,6 +257,10 @@ def test_few_samples_lower_k_with_a_warning_and_one_sample_repeats(tmp_path):
     assert counts == collections.Counter({0: 30, 1: 30, 2: 30})
     lone = [p for b in batches for p, lab in zip(b.provenance, b.hard_labels.tolist()) if p and lab == 2]
     assert lone and all(p["neighbour"] is None for p in lone)
+    named = write_shards((images, labels), str(tmp_path / "named"), maxcount=50, progress=False, shuffle_seed=None,
+                         class_names=["cat", "dog", "eel"])
+    with pytest.warns(RuntimeWarning, match=r"class 1 \('dog'\) has 3 samples in the reservoir, fewer than"):
+        epoch_counts(StreamLoader(named.urls, batch_size=8, balance=ClassBalancer(synthesizer=SMOTE(k_neighbors=5))))
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["streamed", "fixed"])
