@@ -128,7 +128,7 @@ def pil_pixels(img: Image.Image) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-INTEGER = re.compile(r"-?[0-9]+")
+INTEGER = re.compile(r"[-+]?[0-9]+")
 
 
 def decode_label(data: bytes, class_ids: dict[str, int] | None = None) -> int:
@@ -144,8 +144,12 @@ def decode_label(data: bytes, class_ids: dict[str, int] | None = None) -> int:
                          f"as ({', '.join(map(repr, names[:8]))}{', ...' if len(names) > 8 else ''})")
     text = bytes(data[:MAX_LABEL_BYTES]).decode("ascii", errors="replace").strip()
     if not INTEGER.fullmatch(text):                  # (int() would take "1_0" and other digits too)
-        raise ValueError(f"label is not an integer: {text[:40]!r}")
+        raise LabelIsText(f"label is not an integer: {text[:40]!r}")
     return int(text)
+
+
+class LabelIsText(ValueError):
+    """A label field holding words, not an integer: perhaps class names (see the loader's hint)."""
 
 
 def check_label_key(label_key: str | None) -> str | None:
@@ -186,8 +190,10 @@ def read_label(raw: dict, label_key: str, class_ids: dict[str, int] | None = Non
             there = f"; its fields there: {', '.join(sorted(map(str, value))[:10])}" if isinstance(value, dict) else ""
             raise ValueError(f".json has no field {label_key[5:]!r}{there}")
         value = value[part]
+    if isinstance(value, float) and value.is_integer() and class_ids is None:
+        value = int(value)                           # (3.0: JSON written from a float column)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"field {label_key[5:]!r} is {value!r}")
+        raise ValueError(f"field {label_key[5:]!r} is {value!r}, not an integer class")
     if class_ids is not None or isinstance(value, str):
         return decode_label(str(value).encode(), class_ids)
     return value

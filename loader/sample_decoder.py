@@ -13,7 +13,7 @@ import numpy as np
 
 from .decode_limits import DecodeLimits, check_image
 from .errors import StreamError
-from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, decode_image_at_least, find_label_key, \
+from .image_codec import IMAGE_EXTS, LABEL_KEYS, LabelIsText, check_label_key, decode_image_at_least, find_label_key, \
     read_label, resize_image
 from .image_size import ImageSizeRule
 
@@ -45,6 +45,7 @@ class SampleDecoder:
         self.defer_encoded = defer_encoded      # png/jpg bytes go on undecoded (decode="dali")
         self.limits = limits or DecodeLimits()
         self.check_each = check_each            # rows read one by one; the stream checks sizes per batch
+        self._detected: str | None = None       # no label_key: the field the first labelled sample had
 
     @property
     def output_shape(self) -> tuple[int, int, int] | None:
@@ -62,11 +63,14 @@ class SampleDecoder:
     def label_of(self, raw: dict) -> int:
         """The sample's label, checked against the classes; :class:`StreamError` naming shard and key."""
         key, url = raw.get("__key__"), raw.get("__url__")
-        label_key = self.label_key or find_label_key(raw)
-        if label_key is None or label_key.split(":")[0] not in raw:
+        label_key = self.label_key or self._detected or find_label_key(raw)
+        if self.label_key is None and self._detected is None:
+            self._detected = label_key          # (then every sample's: a sample without it is refused, as
+        if label_key is None or label_key.split(":")[0] not in raw:    # the index refuses mixed fields)
             fields = sorted(k for k in raw if not k.startswith("__"))
             there = [k for k in ("cls", "label", "txt", "json") if k in raw]
-            what = (f"no {label_key!r} label" + (f"; label_key= may name what it has: {', '.join(there)}"
+            first = " (the label field of the first labelled sample read)" if label_key == self._detected else ""
+            what = (f"no {label_key!r} label{first}" + (f"; label_key= may name what it has: {', '.join(there)}"
                                                   f"{' (json:FIELD for a field of .json)' if 'json' in there else ''}"
                                                   if there else "")
                     if label_key else f"no .cls label (nor any of {LABEL_KEYS[1:]}; choose the field with label_key=)")
@@ -74,7 +78,7 @@ class SampleDecoder:
         try:
             label = read_label(raw, label_key, self.class_ids)
         except ValueError as e:
-            hint = "" if self.class_ids is not None else (
+            hint = "" if self.class_ids is not None or not isinstance(e, LabelIsText) else (
                 "; labels written as class names are read through an index that lists the names: streamaug "
                 "index SHARDS --label-names --class-names NAMES (in id order, e.g. cat,dog), then "
                 "StreamLoader(..., index=that index.json)")

@@ -184,7 +184,7 @@ class StreamLoader:
         shape = self.index.image_shape if self.index is not None else None
         channels = channels or (shape[2] if shape else 3)
         self.decoder = SampleDecoder(self.num_classes or ANY_CLASS, resize, shape, defer_encoded=decode == "dali",
-                                     label_key=label_key or (self.index.label_key if self.index else None),
+                                     label_key=label_key or ((self.index.label_key or "cls") if self.index else None),
                                      channels=channels, limits=limits,
                                      class_ids=self.index.class_ids if self.index is not None else None)   # names
         self.device_decoder = None

@@ -78,6 +78,47 @@ def test_label_key_is_chosen_by_argument(tmp_path):
         list(StreamLoader(url, batch_size=8, shuffle=0, index=False, label_key="cls"))     # says what is there
 
 
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_sample_missing_the_label_field_is_not_read_from_another_field(tmp_path, workers):
+    """Newcomer s32: without an index, a sample that lost its .cls took its label from its .txt
+    caption or its .json (webdataset's to_tuple raises; streamaug index refuses the mix)."""
+    rng = np.random.default_rng(0)
+    with wds.TarWriter(str(tmp_path / "c.tar")) as sink:
+        for i, y in enumerate(LABELS):
+            sample = {"__key__": f"s{i:03d}", "png": image_bytes(rng.integers(0, 256, (6, 5, 3), np.uint8), "png"),
+                      "txt": b"1", "json": json.dumps({"label": 1}).encode()}
+            if i != 3:
+                sample["cls"] = str(y).encode()
+            sink.write(sample)
+    url = str(tmp_path / "c.tar")
+    with pytest.raises(StreamError, match=r"key 's003': sample has no 'cls' label \(the label field of the first "
+                       r"labelled sample read\); label_key= may name what it has: txt, json"):
+        list(StreamLoader(url, batch_size=4, shuffle=0, index=False, num_workers=workers))
+    loader = StreamLoader(url, batch_size=4, shuffle=0, index=False, num_workers=workers, on_error="skip")
+    assert sorted(y for b in loader for y in b[1].tolist()) == sorted(LABELS[:3] + LABELS[4:])
+    assert loader.stats.skipped == {"no_label": 1}
+
+
+def test_whole_number_json_floats_are_labels_and_words_alone_get_the_class_names_hint(tmp_path):
+    from streamaug.loader.image_codec import decode_label, read_label
+    assert read_label({"json": b'{"label": 3.0}'}, "json:label") == 3
+    with pytest.raises(ValueError, match=r"field 'label' is 1.5, not an integer class"):
+        read_label({"json": b'{"label": 1.5}'}, "json:label")
+    assert decode_label(b"+3") == 3                     # (as int() reads it, and webdataset with it)
+    with pytest.raises(ValueError, match="label is not an integer: '1_0'"):
+        decode_label(b"1_0")
+    for name, value in (("float", b'{"label": 1.5}'), ("word", b'{"label": "dog"}')):
+        with wds.TarWriter(str(tmp_path / f"{name}.tar")) as sink:
+            sink.write({"__key__": "x", "png": image_bytes(np.zeros((6, 5, 3), np.uint8), "png"), "json": value})
+    errors = {}
+    for name in ("float", "word"):
+        with pytest.raises(StreamError) as info:
+            next(iter(StreamLoader(str(tmp_path / f"{name}.tar"), batch_size=1, index=False, label_key="json:label")))
+        errors[name] = str(info.value)
+    assert "field 'label' is 1.5, not an integer class" in errors["float"] and "class names" not in errors["float"]
+    assert "label is not an integer: 'dog'; labels written as class names are read through an index" in errors["word"]
+
 def test_bad_json_label_names_shard_key_and_value(tmp_path):
     url, _ = corpus(tmp_path, "png", "json:label")
     with pytest.raises(StreamError, match="no field 'y'; its fields there: label") as info:

@@ -28,7 +28,7 @@ def one_shard(tmp_path, members, counts, **kw):
 
 BAD_SAMPLES = {
     # reason: (extra members, claimed class counts incl. the bad sample, expected message, value)
-    "no_label": ([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8)))], "no .cls label", "['npy']"),
+    "no_label": ([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8)))], "no 'cls' label", "['npy']"),
     "no_image": ([("bad.cls", b"0")], "no image field", "['cls']"),
     "undecodable_image": ([("bad.jpg", b"\xff\xd8 not a jpeg"), ("bad.cls", b"0")], "does not decode", "bytes"),
     "bad_label": ([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8))), ("bad.cls", b"cat")],
