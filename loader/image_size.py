@@ -63,7 +63,7 @@ class ImageSizeRule:
             counts = Counter(tuple(s) for s in shapes)
             top = max(counts.values())
             first = next(tuple(s) for s in shapes if counts[tuple(s)] == top)
-            if len(shapes) >= 3 and 2 * top < len(shapes):
+            if len(shapes) >= 8 and 2 * top < len(shapes):   # (of a few, a few odd ones first can be all)
                 raise ImageSizesVary(
                     f"image sizes vary and no resize= makes them agree: of the {len(shapes)} images read to "
                     f"set the batches' shape, the most common shape {first} has {top}, and {len(counts)} "

@@ -252,8 +252,9 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
                           key=b.first_key, value=sorted(labels_in))
     image_exts = set().union(*(s.image_exts for s in filled))
     top = max(max(s.labels) for s in filled)
-    class_names = class_names or _names_already_at(out, num_classes, top) or \
-        _names_beside_shards([s.url for s in scans], out, num_classes, top)
+    field = filled[0].label_key
+    class_names = class_names or _names_already_at(out, num_classes, top, field) or \
+        _names_beside_shards([s.url for s in scans], out, num_classes, top, field)
     nc = num_classes or (len(class_names) if class_names else top + 1)
     if top >= nc:
         bad = next(s for s in filled if max(s.labels) == top)
@@ -280,11 +281,14 @@ def _earlier_index(out: str) -> ShardIndex | None:
         return None
 
 
-def _names_already_at(out: str, num_classes: int | None, top: int) -> list[str] | None:
+def _names_already_at(out: str, num_classes: int | None, top: int, field: str | None) -> list[str] | None:
     """The class names of an index already at ``out`` (``streamaug shards`` writes a folder's
-    class names), kept when re-indexing if there are exactly as many as classes now; else None."""
+    class names), kept when re-indexing the same label field if there are exactly as many as
+    classes now; else None."""
     earlier = _earlier_index(out)
-    names = earlier.class_names if earlier is not None else None
+    if earlier is None or (earlier.label_key or "cls") != (field or "cls"):
+        return None                                  # (another field: another taxonomy)
+    names = earlier.class_names
     if not names or len(names) != (num_classes if num_classes is not None else top + 1):
         return None                                  # other classes now: the names no longer fit
     if all(n == str(i) for i, n in enumerate(names)):
@@ -292,7 +296,8 @@ def _names_already_at(out: str, num_classes: int | None, top: int) -> list[str] 
     return list(names)
 
 
-def _names_beside_shards(urls: list[str], out: str, num_classes: int | None, top: int) -> list[str] | None:
+def _names_beside_shards(urls: list[str], out: str, num_classes: int | None, top: int,
+                         field: str | None) -> list[str] | None:
     """Indexing into another file (``--out val.json``): the class names of the index.json beside
     the shards, when it lists some of these very shards (``streamaug shards`` wrote it)."""
     beside = default_index_path(urls)
@@ -301,7 +306,7 @@ def _names_beside_shards(urls: list[str], out: str, num_classes: int | None, top
     earlier = _earlier_index(beside)
     if earlier is None or not {os.path.basename(s.url) for s in earlier.shards} & {os.path.basename(u) for u in urls}:
         return None
-    return _names_already_at(beside, num_classes, top)
+    return _names_already_at(beside, num_classes, top, field)
 
 
 def summary(index: ShardIndex, seconds: float) -> str:

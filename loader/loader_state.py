@@ -63,9 +63,11 @@ ADDED_LATER = ("plugin_details",)
 
 
 def fingerprint(loader) -> dict:
-    """Everything a position depends on (not the rank: a state resumes any rank)."""
+    """Everything a position depends on (not the rank: a state resumes any rank). The plug-in
+    details are those the loader was built with (a plug-in's ``manual_seed`` may set its
+    ``seed`` to each batch's)."""
     plug = {name: repr(getattr(loader, name)) for name in ("balance", "augment", "mixup")}
-    return {"plugin_details": plugin_details(loader), "shards": data_fingerprint(loader.index, loader.urls), "seed": loader.seed,
+    return {"plugin_details": getattr(loader, "plugin_details", None) or plugin_details(loader), "shards": data_fingerprint(loader.index, loader.urls), "seed": loader.seed,
             "batch_size": loader.batch_size, "read_workers": loader.read_workers, "shuffle": loader.shuffle,
             "drop_last": loader.drop_last, "world_size": loader.world_size,
             "resize": list(loader.decoder.resize) if loader.decoder.resize else None,

@@ -31,6 +31,7 @@ import sys
 import time
 import weakref
 from collections.abc import Iterator
+from multiprocessing.reduction import ForkingPickler
 
 from torch.utils.data import DataLoader
 from torch.utils.data._utils.signal_handling import _remove_worker_pids
@@ -141,9 +142,16 @@ class _StopNotice:
 
 def _wake_waiter(it) -> None:
     """A ``next()`` waiting on ``it`` in another thread (or under the signal handler that
-    stopped it) raises now: torch's wait has no end when no worker is left to fail (it polls
-    its queue every 5 s for ever), so ``close()`` from a watchdog thread or a SIGTERM handler
-    hung the training loop."""
+    stopped it) raises: torch's wait has no end when no worker is left to fail (it polls its
+    queue every 5 s for ever), so ``close()`` from a watchdog thread or a SIGTERM handler hung
+    the training loop.
+
+    At once, in the usual case: a notice is written straight into the workers' result pipe,
+    under the queue's write lock, when the pipe is empty (so the write cannot block, and a
+    waiter is what it wakes). Not through ``Queue.put``: its feeder thread waits for that lock
+    for ever when a worker stopped mid-send holds it, and one such thread (and two fds) was
+    left per ``close()``. Within 5 s otherwise (the lock held by a stopped worker): the workers
+    are marked live again, so torch's next check finds them gone and raises."""
     q = getattr(it, "_data_queue", None)
     if isinstance(q, queue.Queue):                     # pin_memory: the pin thread's queue
         if q.mutex.acquire(timeout=0.5):               # (not held for ever: this may run in a signal
@@ -152,12 +160,22 @@ def _wake_waiter(it) -> None:
                 q.not_empty.notify()
             finally:
                 q.mutex.release()
-    elif q is not None:                                # the workers' result queue
-        try:
-            q.put(_StopNotice())
-        except (OSError, ValueError):                  # closed: nobody waits on it
-            return
-        q.cancel_join_thread()                         # (an unread queue never holds up the exit)
+        return
+    if q is None:
+        return
+    it._workers_status = [True] * len(getattr(it, "_workers", []))     # noqa: SLF001 - the backstop
+    lock = getattr(q, "_wlock", None)
+    try:
+        if q._reader.poll(0) or lock is None or not lock.acquire(True, 0.5):    # noqa: SLF001
+            return                                     # (something to read: a waiter returns by itself)
+    except OSError:                                    # closed: nobody waits on it
+        return
+    try:
+        q._writer.send_bytes(ForkingPickler.dumps(_StopNotice()))                 # noqa: SLF001
+    except OSError:
+        pass
+    finally:
+        lock.release()
 
 
 def _all_alive(dl: DataLoader) -> bool:

@@ -47,7 +47,7 @@ from .errors import LoaderStats, check_policy
 from .image_codec import check_label_key
 from .image_size import check_resize
 from .loader_pass import run_pass
-from .loader_state import restore_state, save_state
+from .loader_state import plugin_details, restore_state, save_state
 from .output_format import OutputFormat
 from .pass_position import PassPosition
 from .plugin_stage import plugin_seeds
@@ -198,6 +198,7 @@ class StreamLoader:
         self._rows = ShardRowSource(self.urls, self.index, self.decoder, self.device)
         self._plugin_seeds = plugin_seeds({"balance": balance, "augment": augment, "mixup": mixup}, self.seed,
                                           self.num_classes)
+        self.plugin_details = plugin_details(self)    # (for the state's fingerprint, as built)
         stages_in_workers = stages_in_workers_argument(stages_in_workers, augment_in_workers)
         self.stages_in_workers = worker_side(stages_in_workers, self.device, num_workers, decode,
                                              balance, augment, mixup, indexed=self.index is not None)

@@ -217,15 +217,21 @@ class ClassBalancer:
         else:
             needed = {c for c, n in self.targets_.items() if n and counts[c]}
         listed: dict[int, list[tuple[str, str]]] = {c: [] for c in needed}
+        names: dict[str, str] = {}         # shard url -> its file name, numbered where two share one
         for url, key, label in self._rows.labels(lambda c: c in needed):
             listed[label].append((url, key))
+            if url not in names:
+                base = os.path.basename(url)
+                same = sum(n.split("#")[0] == base for n in names.values())
+                names[url] = base if not same else f"{base}#{same}"
         chosen = {}
         for c, pairs in listed.items():
             if len(pairs) > self.reservoir_size:
                 # (the shard's file name, not its path: a dataset that moved, or is mounted elsewhere
-                # on another node, keeps its reservoirs, as the state's fingerprint assumes)
+                # on another node, keeps its reservoirs, as the state's fingerprint assumes; two
+                # shards of one name in two folders are told apart by their order)
                 rank = sorted(range(len(pairs)), key=lambda i: derive_seed(self._fill_seed, "reservoir",
-                                                                           os.path.basename(pairs[i][0]), pairs[i][1]))
+                                                                           names[pairs[i][0]], pairs[i][1]))
                 pairs = [pairs[i] for i in sorted(rank[:self.reservoir_size])]
             chosen[c] = pairs
         rows = self._rows.fetch([p for pairs in chosen.values() for p in pairs], self.feature_fn,
@@ -264,6 +270,7 @@ class ClassBalancer:
     def _online_classes(self, real_labels: torch.Tensor, last: bool) -> list[int]:
         """Without an index: see ``online_counts.online_due``."""
         self._seen_epoch += np.bincount(real_labels.numpy(), minlength=len(self._seen_epoch))
+        np.maximum(self.reservoir_.represents, self._seen_epoch, out=self.reservoir_.represents)
         classes, overshoot = online_due(self.sampling_strategy, self._seen_epoch, self._made_epoch, last)
         for c, n in overshoot.items():
             self._count_skip("online_overshoot", n, f"{self._class(c)}: {n} more made mid-epoch than its target")

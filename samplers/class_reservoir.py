@@ -34,6 +34,9 @@ class ClassReservoir:
         self.storage: dict[int, torch.Tensor] = {}
         self.size = np.zeros(num_classes, dtype=np.int64)
         self.seen = np.zeros(num_classes, dtype=np.int64)
+        # how many samples each class's members stand for (other_class_share): the class's count
+        # when filled from an index, the most of it one epoch streamed by when fed from the stream
+        self.represents = np.zeros(num_classes, dtype=np.int64)
         self.entries: dict[int, list[tuple[str, str]]] = {c: [] for c in range(num_classes)}
         self._members: set[tuple[str, str]] = set()
         self._dist: dict[int, torch.Tensor] = {}
@@ -76,15 +79,15 @@ class ClassReservoir:
 
     def fill(self, c: int, rows: torch.Tensor, entries: list[tuple[str, str]], represents: int | None = None) -> None:
         """Set class ``c``'s members to ``rows`` (at most ``capacity``), named by ``entries``,
-        a subset of ``represents`` samples (``seen``; the rows alone when not given)."""
+        a subset of ``represents`` samples (the rows alone when not given)."""
         if len(rows) > self.capacity or len(rows) != len(entries):
             raise ValueError(f"fill needs as many entries as rows, at most {self.capacity}; "
                              f"got {len(rows)} rows and {len(entries)} entries")
         self._members.difference_update(self.entries[c])
         self.entries[c] = [tuple(e) for e in entries]
         self._members.update(self.entries[c])
-        self.size[c] = len(rows)
-        self.seen[c] = len(rows) if represents is None else max(int(represents), len(rows))
+        self.size[c] = self.seen[c] = len(rows)
+        self.represents[c] = len(rows) if represents is None else max(int(represents), len(rows))
         self.version[c] = next(_VERSIONS)
         self._float.pop(c, None)
         self._dist.pop(c, None)
@@ -171,12 +174,14 @@ class ClassReservoir:
         return sum(t.numel() * t.element_size() for d in (self.storage, self._float, self._dist) for t in d.values())
 
     def state_dict(self) -> dict:
-        return {"seen": self.seen.tolist(), "entries": {c: list(e) for c, e in self.entries.items() if e}}
+        return {"seen": self.seen.tolist(), "represents": self.represents.tolist(),
+                "entries": {c: list(e) for c, e in self.entries.items() if e}}
 
     def load_state_dict(self, state: dict, fetch) -> None:
         """Restore membership from keys; ``fetch(pairs) -> {(url, key): row tensor}`` reads the pixels."""
         self.__init__(self.num_classes, self.capacity)
         self.seen[:] = state["seen"]
+        self.represents[:] = state.get("represents", state["seen"])     # (a state from before it was kept)
         entries = {int(c): [tuple(p) for p in e] for c, e in state["entries"].items()}
         rows = fetch([p for e in entries.values() for p in e])
         for c, pairs in entries.items():

@@ -74,8 +74,9 @@ def other_class_share(reservoir, c: int, neighbours: np.ndarray) -> np.ndarray:
     """For each row of ``neighbours`` (class ``c``'s members' m nearest pool rows, nearest
     first), the share of its m nearest *samples* that are of other classes. A class the
     reservoir holds a subset of stands for more samples than it holds: each member counts
-    ``seen / size`` (1 for a class held whole), and the nearest members are taken until they
-    stand for m samples. Counting members alone, a majority class cut to ``reservoir_size``
+    ``represents / size`` (1 for a class held whole), and the nearest members are taken until they
+    stand for m samples (``reservoir.represents``: the class's count from an index, else the most
+    of it one epoch of the stream held). Counting members alone, a majority class cut to ``reservoir_size``
     thinned every neighbourhood, and Borderline-SMOTE's danger set and ADASYN's weights
     drifted from imbalanced-learn's (30 danger samples against its 71, 17 in common, for a
     majority of 3,000 kept at 512)."""
@@ -83,7 +84,7 @@ def other_class_share(reservoir, c: int, neighbours: np.ndarray) -> np.ndarray:
     if m == 0:
         return np.zeros(len(neighbours))
     held = np.maximum(reservoir.size, 1)
-    stands_for = np.repeat(np.maximum(reservoir.seen, reservoir.size) / held, reservoir.size)[neighbours]
+    stands_for = np.repeat(np.maximum(reservoir.represents, reservoir.size) / held, reservoir.size)[neighbours]
     before = np.cumsum(stands_for, axis=1) - stands_for
     counted = np.clip(m - before, 0.0, stands_for)       # each counts until m samples are stood for
     other = pool_labels(reservoir)[neighbours] != c

@@ -536,13 +536,13 @@ def test_a_member_of_a_subsampled_class_counts_for_the_samples_it_stands_for():
 
     from streamaug.samplers.neighbour_tables import other_class_share
     # class 0 holds 2 of its 8 samples (each stands for 4), class 1 holds all 3 of its 3
-    reservoir = SimpleNamespace(num_classes=2, size=np.array([2, 3]), seen=np.array([8, 3]))
+    reservoir = SimpleNamespace(num_classes=2, size=np.array([2, 3]), represents=np.array([8, 3]))
     # pool rows: 0, 1 are class 0; 2, 3, 4 class 1. m = 4 nearest, nearest first:
     neighbours = np.array([[3, 0, 1, 4],      # one of its class, then a class-0 member: 1 + 3 of 4 counted
                            [0, 3, 4, 1],      # a class-0 member first: it stands for all 4
                            [3, 4, 2, 0]])     # its own class only: 3 of 4, then 1 of the class-0 member
     assert other_class_share(reservoir, 1, neighbours).tolist() == [0.75, 1.0, 0.25]
-    whole = SimpleNamespace(num_classes=2, size=np.array([2, 3]), seen=np.array([2, 3]))
+    whole = SimpleNamespace(num_classes=2, size=np.array([2, 3]), represents=np.array([2, 3]))
     assert other_class_share(whole, 1, neighbours).tolist() == [0.5, 0.5, 0.25]    # plain counts
 
 
@@ -565,3 +565,40 @@ def test_borderline_danger_stays_near_imblearns_when_the_majority_is_subsampled(
     ref.fit_resample(images.reshape(len(images), -1).astype(np.float64), labels)
     theirs = set(ref.in_danger_indices[1].tolist())
     assert len(ours & theirs) >= 0.6 * len(theirs) and len(ours) <= 1.5 * len(theirs), (len(ours), len(theirs))
+
+
+
+def test_a_streamed_reservoirs_members_stand_for_one_epochs_count_not_a_growing_one(tmp_path):
+    """Red team s32: without an index, `seen` counts a sample again each epoch it comes back
+    after eviction, and the weight of a majority member grew epoch by epoch (6 → 32)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], [300, 60, 40])
+    write_shards((rng.integers(0, 256, (400, 4, 4, 3), np.uint8), labels), str(tmp_path), maxcount=100,
+                 progress=False)
+    balancer = ClassBalancer("auto", BorderlineSMOTE(k_neighbors=3), reservoir_size=64)
+    loader = StreamLoader(str(tmp_path), batch_size=32, index=False, num_classes=3, balance=balancer)
+    represented = []
+    for _ in range(3):
+        list(loader)
+        represented.append(balancer.reservoir_.represents.tolist())
+    assert represented == [[300, 60, 40]] * 3, represented
+    assert balancer.reservoir_.seen[0] > 300            # (what the weight used to follow)
+
+
+def test_two_shards_of_one_name_in_two_folders_are_subsampled_independently(tmp_path):
+    """Red team s32: hashing (file name, key) alone tied sample k of a/ and of b/, so the
+    reservoir's subset always held them in pairs."""
+    from streamaug.loader import build_index
+    rng = np.random.default_rng(0)
+    for sub in ("a", "b"):
+        write_shards((rng.integers(0, 256, (220, 4, 4, 3), np.uint8), np.repeat([0, 1], [200, 20])),
+                     str(tmp_path / sub), maxcount=1000, progress=False)
+        (tmp_path / sub / "index.json").unlink()
+    urls = [str(tmp_path / "a" / "train-000000.tar"), str(tmp_path / "b" / "train-000000.tar")]
+    build_index(urls, out=str(tmp_path / "index.json"), progress=False)
+    balancer = ClassBalancer("auto", SMOTE(), reservoir_size=10)
+    next(iter(StreamLoader(urls, index=str(tmp_path / "index.json"), batch_size=16, balance=balancer)))
+    kept = balancer.reservoir_.entries[1]
+    from_a = sorted(k for u, k in kept if "/a/" in u)
+    from_b = sorted(k for u, k in kept if "/b/" in u)
+    assert len(kept) == 10 and from_a != from_b

@@ -562,3 +562,19 @@ def test_indexing_into_another_file_keeps_the_names_and_the_shape_streamaug_shar
     os.remove("ts/index.json")                          # (nothing left to take the names from)
     subprocess.run([STREAMAUG, "index", "ts/", "--out", "ts/third.json", "--quiet"], check=True, capture_output=True)
     assert ShardIndex.load("ts/third.json").class_names == ["0", "1"]
+
+
+
+def test_names_are_kept_only_for_the_label_field_they_name(tmp_path, monkeypatch):
+    """Red team s32: indexing another label field (as the loader's label_key refusal advises)
+    took the names of the cls classes for another taxonomy."""
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("data")
+    with wds.ShardWriter("data/part-%04d.tar", maxcount=10, verbose=0) as sink:
+        for i in range(12):
+            sink.write({"__key__": f"img{i:05d}", "jpeg": jpeg(i), "cls": str(i % 3).encode(),
+                        "json": json.dumps({"shape": (i // 4) % 3}).encode()})
+    build_index("data/", class_names=["cat", "dog", "truck"], progress=False)
+    assert build_index("data/", out="data/again.json", progress=False).class_names == ["cat", "dog", "truck"]
+    shape = build_index("data/", out="data/shape.json", label_key="json:shape", progress=False)
+    assert shape.class_names == ["0", "1", "2"] and shape.label_key == "json:shape"

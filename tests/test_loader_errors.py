@@ -100,6 +100,13 @@ def test_images_of_many_sizes_without_resize_are_refused_not_skipped_one_by_one(
                        r"read to set the batches' shape, the most common shape \(5, 6, 3\) has 1, .* resize=5, "):
         list(StreamLoader(index.urls, batch_size=8, **kw))
     assert sum(len(b[1]) for b in StreamLoader(index.urls, batch_size=8, resize=8, **kw)) == 12
+    # three odd ones first in a batch of 3 (red team s32): too few to judge, the rule is as before
+    few = [(f"o_{i}.npy", npy_bytes(np.zeros((5 + i, 5, 3), np.uint8))) for i in range(3)]
+    few = [m for i, (name, data) in enumerate(few) for m in ((name, data), (f"o_{i}.cls", b"0"))] + GOOD
+    os.mkdir(tmp_path / "few")
+    index = one_shard(tmp_path / "few", few, [6, 3], image_shape=None)
+    kw.update(dict(index=index) if use_index else dict(index=False, num_classes=2))
+    assert sum(len(b[1]) for b in StreamLoader(index.urls, batch_size=3, **kw)) > 0
     # a few odd ones among many of one size: skipped and counted, as before
     odd = GOOD + [("odd.npy", npy_bytes(np.zeros((5, 5, 3), np.uint8))), ("odd.cls", b"0")]
     os.mkdir(tmp_path / "odd")

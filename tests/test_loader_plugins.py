@@ -110,3 +110,38 @@ def test_ops_given_to_the_wrong_stage_fail_when_the_loader_is_built(npy_shards):
     with pytest.raises(ValueError, match=r"has num_classes=10, the loader 4"):
         StreamLoader(index.urls, mixup=MixUp(0.2, num_classes=10))
     StreamLoader(index.urls, mixup=MixUp(0.2, num_classes=4))
+
+
+class SeedKeepingAugment:
+    """A user's augment= that stores each seed it is given, as torch's habit is."""
+
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def manual_seed(self, seed):
+        self.seed = seed
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def __call__(self, images):
+        return images
+
+    def __repr__(self):
+        return "SeedKeepingAugment()"
+
+
+def test_a_plugin_that_stores_each_batchs_seed_still_resumes(npy_shards):
+    """Red team s32: the fingerprint read the plug-in's seed when the state was saved, which
+    such a plug-in had set to the last batch's: every resume was refused."""
+    index, _, _ = npy_shards
+    first = StreamLoader(index.urls, batch_size=9, augment=SeedKeepingAugment())
+    it = iter(first)
+    next(it), next(it)
+    StreamLoader(index.urls, batch_size=9, augment=SeedKeepingAugment()).load_state_dict(first.state_dict())
+    with pytest.raises(ValueError, match="plugin_details"):
+        StreamLoader(index.urls, batch_size=9, augment=SeedKeepingAugment(seed=5)).load_state_dict(first.state_dict())

@@ -282,9 +282,12 @@ def test_a_mix_ops_class_count_is_not_overridden_silently():
         MixUp(0.4, num_classes=10, seed=0)(x, labels, num_classes=4)
 
 
-def test_parameters_given_as_numpy_arrays_replay_too():
+def test_parameters_given_as_numpy_arrays_or_lists_replay_too():
     x = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8)
     aug = Compose([Flip(p=0.5), Rotate(30), GaussianNoise(0.05), RandomErasing(p=1.0)], seed=0)
     y = aug(x)
     as_numpy = [{k: v.numpy() for k, v in p.items()} for p in aug.last_params]
     assert torch.equal(aug(x, params=as_numpy), y)
+    import json
+    as_json = json.loads(json.dumps([{k: v.tolist() for k, v in p.items()} for p in aug.last_params]))
+    assert torch.equal(aug(x, params=as_json), y)
