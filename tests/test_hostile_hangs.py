@@ -179,6 +179,36 @@ def test_the_stop_notice_reaches_a_pinned_loaders_queue_too():
     with pytest.raises(WorkersStopped):
         idx, data = q.get(timeout=1)            # as torch's _next_data unpacks what it takes
 
+
+def test_close_mid_pass_leaves_no_thread_or_descriptor_behind():
+    """Red team s32: the first stop notice went through Queue.put, whose feeder thread waited
+    for ever on a lock a stopped worker held: one thread and two fds per close() (and, with a
+    waiter, a hang)."""
+    import gc
+
+    def feeders():
+        return sum(t.name == "QueueFeederThread" for t in threading.enumerate())
+
+    loader = stream(["a.tar"], num_workers=2)
+    for _ in range(3):                        # (warm: torch's own first-use threads and fds)
+        it = iter(loader)
+        next(it)
+        loader.close()
+        del it
+    gc.collect()
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(12):
+        it = iter(loader)
+        next(it)
+        loader.close()
+        del it
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while feeders() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert feeders() == 0
+    assert len(os.listdir("/proc/self/fd")) <= fds + 1
+
 SIGNAL_CLOSE = """
 import signal, sys, time
 from streamaug.loader import StreamLoader
