@@ -114,6 +114,8 @@ class ErrorHandler:
         if self.on_error == "raise":
             raise err.with_skip_hint() if self.skip_hint else err
         self.stats.count_skip(err.reason, err.lost, example=str(err))
+        if getattr(err, "kept", 0):             # (read and handed on all the same: not skipped)
+            self.stats.kept[err.reason] += err.kept
 
     def for_repeat(self) -> "ErrorHandler":
         """The handler for a sample read again as padding (a wrap-around re-read, a repeat filling
@@ -125,14 +127,16 @@ class ErrorHandler:
 class LoaderStats:
     """Counters the user can read as ``loader.stats``.
 
-    ``skipped`` counts dropped samples by reason; ``padded`` counts samples
-    repeated to keep every rank and batch at its planned size; ``synthetic``
-    counts samples the balancer made; ``examples`` keeps the first message
-    seen per skip reason.
+    ``skipped`` counts dropped samples by reason; ``kept`` counts samples handed on
+    although something was wrong (``index_mismatch``: a shard's classes are not the
+    ones its index counted); ``padded`` counts samples repeated to keep every rank and
+    batch at its planned size; ``synthetic`` counts samples the balancer made;
+    ``examples`` keeps the first message seen per reason.
     """
 
     def __init__(self):
         self.skipped: Counter[str] = Counter()
+        self.kept: Counter[str] = Counter()
         self.padded = 0
         self.synthetic = 0
         self.real = 0
@@ -147,12 +151,14 @@ class LoaderStats:
     def merge(self, other: dict) -> None:
         for reason, n in other.get("skipped", {}).items():
             self.skipped[reason] += n
+        for reason, n in other.get("kept", {}).items():
+            self.kept[reason] += n
         self.padded += other.get("padded", 0)
         for reason, msg in other.get("examples", {}).items():
             self.examples.setdefault(reason, msg)
 
     def as_dict(self) -> dict:
-        return {"skipped": dict(self.skipped), "padded": self.padded, "synthetic": self.synthetic,
+        return {"skipped": dict(self.skipped), "kept": dict(self.kept), "padded": self.padded, "synthetic": self.synthetic,
                 "real": self.real, "examples": dict(self.examples)}
 
     def take(self) -> dict:
@@ -169,6 +175,8 @@ def add_counts(into: dict, more: dict) -> dict:
     """Add the counts ``more`` (a :meth:`LoaderStats.take`) to those a batch carries, ``into``."""
     for reason, n in more.get("skipped", {}).items():
         into.setdefault("skipped", {})[reason] = into.get("skipped", {}).get(reason, 0) + n
+    for reason, n in more.get("kept", {}).items():
+        into.setdefault("kept", {})[reason] = into.get("kept", {}).get(reason, 0) + n
     for reason, msg in more.get("examples", {}).items():
         into.setdefault("examples", {}).setdefault(reason, msg)
     into["padded"] = into.get("padded", 0) + more.get("padded", 0)

@@ -38,9 +38,11 @@ def _class_count_error(seg: Segment, found: Counter) -> StreamError | None:
     if held == claimed and sum(found.values()) == sum(held):
         return None
     diff = {c: (claimed[c], held[c]) for c in range(len(claimed)) if claimed[c] != held[c]}
-    return StreamError("index_mismatch", f"index's per-class counts {claimed} differ from the shard's {held} "
-                       f"(class: (index, shard) {diff}); balancing targets built on them would be wrong{REINDEX}",
-                       shard=seg.url, value=held, lost=sum(max(0, h - c) for c, h in zip(claimed, held)))
+    err = StreamError("index_mismatch", f"index's per-class counts {claimed} differ from the shard's {held} "
+                      f"(class: (index, shard) {diff}); balancing targets built on them would be wrong{REINDEX}",
+                      shard=seg.url, value=held, lost=0)
+    err.kept = sum(max(0, h - c) for c, h in zip(claimed, held))    # handed on, in classes the index did not count
+    return err
 
 
 def _key_of(sample) -> str | None:

@@ -167,7 +167,7 @@ class WorkerStream(IterableDataset):
         yield from batches
         left = stats.take()                 # (only when no batch was cut: it would have carried them)
         resumed_past_all = job.sizes is not None and not job.sizes and job.skip > 0
-        if (left["skipped"] or left["padded"]) and not resumed_past_all:   # (else its last batch had them)
+        if (left["skipped"] or left["kept"] or left["padded"]) and not resumed_past_all:   # (else its last batch had them)
             yield WorkerCounts(left)
 
     def first_shapes(self, limit: int = 64) -> list[tuple[int, ...]]:
