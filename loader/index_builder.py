@@ -267,8 +267,23 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
                        nc, list(class_names) if class_names else [str(c) for c in range(nc)],
                        image_exts.pop() if len(image_exts) == 1 else None,
                        shape, out, None if first.label_key == "cls" else first.label_key, label_names)
+    if not class_names and num_classes is None:
+        _warn_of_empty_classes(index)
     index.save(out)
     return index
+
+
+def _warn_of_empty_classes(index: ShardIndex) -> None:
+    """Ids below the largest label that no sample has: often one label outside the classes
+    (a 7 among 0..3 makes 8 classes, 4..6 empty, and a balancer repeats the one 7)."""
+    counts = index.class_counts
+    empty = [c for c in range(len(counts)) if not counts[c]]
+    if empty:
+        top = len(counts) - 1
+        warnings.warn(f"class ids {empty} have no sample below the largest label {top} ({counts[top]} sample(s)): "
+                      f"if {top} is a label outside your classes, --num-classes N (num_classes=N) refuses the "
+                      f"shard that holds it; if those classes are real, --class-names or --num-classes says "
+                      f"so", RuntimeWarning, stacklevel=4)
 
 
 def _earlier_index(out: str) -> ShardIndex | None:

@@ -578,3 +578,19 @@ def test_names_are_kept_only_for_the_label_field_they_name(tmp_path, monkeypatch
     assert build_index("data/", out="data/again.json", progress=False).class_names == ["cat", "dog", "truck"]
     shape = build_index("data/", out="data/shape.json", label_key="json:shape", progress=False)
     assert shape.class_names == ["0", "1", "2"] and shape.label_key == "json:shape"
+
+
+def test_class_ids_no_sample_has_below_the_largest_label_are_warned_of(tmp_path):
+    """Newcomer 2, s32: one label 7 among 0..3 made 8 classes, 4..6 empty, and the default
+    balancer repeated the one 7 forty times an epoch; nothing said so."""
+    write_tar(str(tmp_path / "a.tar"), [m for i, y in enumerate([0, 1, 2, 3, 0, 1, 7])
+                                         for m in ((f"s{i}.npy", npy_bytes(np.zeros((4, 4, 3), np.uint8))),
+                                                   (f"s{i}.cls", str(y).encode()))])
+    with pytest.warns(RuntimeWarning, match=r"class ids \[4, 5, 6\] have no sample below the largest label 7 "
+                      r"\(1 sample\(s\)\): if 7 is a label outside your classes, --num-classes N"):
+        build_index(str(tmp_path / "a.tar"), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_index(str(tmp_path / "a.tar"), num_classes=8, progress=False)
+    with pytest.raises(StreamError, match="label is outside num_classes=4"):
+        build_index(str(tmp_path / "a.tar"), num_classes=4, progress=False)
