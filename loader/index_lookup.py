@@ -3,6 +3,7 @@ restricted to the shards asked for; and what happens when there is none."""
 from __future__ import annotations
 
 import os
+import urllib.parse
 import shlex
 import warnings
 
@@ -71,8 +72,10 @@ def find_index(urls: list[str], index, given: str | list[str] | None = None,
         position = {shard_key(s.url): i for i, s in enumerate(full.shards)}
         by_name = {os.path.basename(s.url.rstrip("/")): i for i, s in enumerate(full.shards)}
         def rank(s: ShardInfo) -> int:
-            if is_local(s.url) or url_scheme(s.url) in ("http", "https"):
+            if (is_local(s.url) or url_scheme(s.url) in ("http", "https")) and shard_key(s.url) in position:
                 return position[shard_key(s.url)]
+            if is_local(s.url) or url_scheme(s.url) in ("http", "https"):     # served, indexed as files
+                return by_name[os.path.basename(urllib.parse.urlparse(s.url).path)]
             return by_name[command_shard_name(s.url)]
         sub.shards.sort(key=rank)
     return sub

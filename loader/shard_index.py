@@ -27,6 +27,7 @@ import os
 import re
 import shlex
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
@@ -124,9 +125,9 @@ class ShardIndex:
         """The index restricted to ``urls`` (in that order); every URL must be listed.
 
         Local URLs match an entry naming the same file however they are written
-        (relative, ``./``, ``..``, symlinks, ``file://``); http(s) URLs match exactly;
-        a command (``pipe:...``) matches the one entry with its shard's file name and
-        is what gets read."""
+        (relative, ``./``, ``..``, symlinks, ``file://``); http(s) URLs match exactly, or
+        the one local entry with their file name (the indexed files, served); a command
+        (``pipe:...``) matches the one entry with its shard's file name and is what gets read."""
         by_key = {shard_key(s.url): s for s in self.shards}
         by_name: dict[str, list[ShardInfo]] = {}
         for s in self.shards:
@@ -135,6 +136,10 @@ class ShardIndex:
         for u in urls:
             if is_local(u) or url_scheme(u) in ("http", "https"):
                 info = by_key.get(shard_key(u))
+                if info is None and not is_local(u):      # served over http, indexed as local files
+                    found = [s for s in by_name.get(os.path.basename(urllib.parse.urlparse(u).path), [])
+                             if is_local(s.url)]
+                    info = ShardInfo(u, found[0].count, found[0].class_counts) if len(found) == 1 else None
             else:
                 found = by_name.get(command_shard_name(u) or "", [])
                 info = ShardInfo(u, found[0].count, found[0].class_counts) if len(found) == 1 else None

@@ -42,6 +42,9 @@ def kill_live_commands() -> None:
 
 
 CURL = ["curl", "--connect-timeout", "30", "--retry", "3", "--retry-delay", "2", "-f", "-s", "-L"]
+CURL_EXITS = {6: "the host name does not resolve (curl 6)", 7: "the server refuses connections (curl 7)",
+              22: "the server answered with an HTTP error status, e.g. 404 not found (curl 22)",
+              28: "the connection timed out (curl 28)", 56: "the connection broke off mid-download (curl 56)"}
 
 
 class CommandStream:
@@ -91,6 +94,10 @@ class CommandStream:
             raise StreamError("read_timeout", f"command closed its output but did not exit within "
                               f"{self.read_timeout:g} s", shard=self.url, value=self.read_timeout) from None
         if status != 0:
+            if not self.url.startswith("pipe:"):            # an http(s) URL, read with curl
+                why = CURL_EXITS.get(status, f"curl exited with status {status}")
+                raise StreamError("pipe_failed", f"the download failed: {why}; no shard is read from a partial "
+                                  "download", shard=self.url, value=status)
             raise StreamError("pipe_failed", f"command exited with status {status}; its output cannot be "
                               "trusted as a whole shard", shard=self.url, value=status)
 

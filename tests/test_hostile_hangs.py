@@ -269,6 +269,19 @@ def test_http_missing_shard_is_an_error(file_server):
     with pytest.raises(StreamError) as err:
         list(stream([f"{file_server}/missing.tar"]))
     assert err.value.reason == "pipe_failed" and err.value.value == 22     # curl -f: HTTP error
+    # (newcomer 2, s32: it said "command exited with status 22", for a URL with no command in it)
+    assert "the download failed: the server answered with an HTTP error status, e.g. 404 not found" in str(err.value)
+
+
+@needs_curl
+def test_shards_indexed_as_local_files_and_served_over_http_match_their_entries(file_server, tmp_path):
+    """Newcomer 2, s32: a local index refused the http URLs of its own shards (pipe:curl of the
+    same URLs was accepted)."""
+    from shard_factory import make_shards
+    index, _, _ = make_shards(str(tmp_path / "served"), n=20, maxcount=10)
+    urls = [f"{file_server}/served/{os.path.basename(u)}" for u in index.urls]
+    loader = StreamLoader(urls, batch_size=5, shuffle=0, index=index.source)
+    assert len(loader) == 4 and sum(len(b.keys) for b in loader) == 20
 
 
 @needs_curl
