@@ -151,7 +151,8 @@ def _wake_waiter(it) -> None:
     waiter is what it wakes). Not through ``Queue.put``: its feeder thread waits for that lock
     for ever when a worker stopped mid-send holds it, and one such thread (and two fds) was
     left per ``close()``. Within 5 s otherwise (the lock held by a stopped worker): the workers
-    are marked live again, so torch's next check finds them gone and raises."""
+    are marked live again, so torch's next check finds them gone and raises (a pass that had
+    handed on its epoch's last batch then ends there: see :func:`_worker_items`)."""
     q = getattr(it, "_data_queue", None)
     if isinstance(q, queue.Queue):                     # pin_memory: the pin thread's queue
         if q.mutex.acquire(timeout=0.5):               # (not held for ever: this may run in a signal
@@ -163,16 +164,19 @@ def _wake_waiter(it) -> None:
         return
     if q is None:
         return
-    it._workers_status = [True] * len(getattr(it, "_workers", []))     # noqa: SLF001 - the backstop
     lock = getattr(q, "_wlock", None)
     try:
-        if q._reader.poll(0) or lock is None or not lock.acquire(True, 0.5):    # noqa: SLF001
-            return                                     # (something to read: a waiter returns by itself)
+        if q._reader.poll(0):                          # noqa: SLF001 - something to read: a waiter
+            return                                     # returns by itself
+        if lock is None or not lock.acquire(True, 0.5):
+            it._workers_status = [True] * len(getattr(it, "_workers", []))     # noqa: SLF001 - the backstop
+            return
     except OSError:                                    # closed: nobody waits on it
         return
     try:
-        q._writer.send_bytes(ForkingPickler.dumps(_StopNotice()))                 # noqa: SLF001
-    except OSError:
+        if q._sem.acquire(False):                      # noqa: SLF001 - as put() counts it, or get()
+            q._writer.send_bytes(ForkingPickler.dumps(_StopNotice()))             # noqa: SLF001
+    except OSError:                                    # (releases the count once too often)
         pass
     finally:
         lock.release()
@@ -242,9 +246,11 @@ def _worker_items(loader, serial: int):
         loader._stop_workers = weakref.finalize(loader, stop_workers, loader._dataloader)
         _WITH_WORKERS.add(loader)
     with OpenCVPoolStopped():            # the workers start (fork) here, the first time
-        items = iter(loader._dataloader)
+        dl, items = loader._dataloader, iter(loader._dataloader)
     while True:
         loader.position.check_current(serial)    # before taking a batch: it may be a newer pass's
+        if loader._dataloader is not dl and loader.position.ended_pass == serial:
+            return                       # close() after the epoch's last batch: the pass is whole
         try:
             item = next(items, None)
         except Exception:
