@@ -147,7 +147,7 @@ def resampled_index(index: ShardIndex, n: int, folder: str) -> ShardIndex:
         total += src.count
         i += 1
     out = ShardIndex(shards, index.num_classes, index.class_names, index.image_ext, index.image_shape,
-                     os.path.join(folder, INDEX_NAME))
+                     os.path.join(folder, INDEX_NAME), index.label_key, index.label_names)
     out.save(out.source)
     return out
 

@@ -144,7 +144,10 @@ def decode_label(data: bytes, class_ids: dict[str, int] | None = None) -> int:
                          f"as ({', '.join(map(repr, names[:8]))}{', ...' if len(names) > 8 else ''})")
     text = bytes(data[:MAX_LABEL_BYTES]).decode("ascii", errors="replace").strip()
     if not INTEGER.fullmatch(text):                  # (int() would take "1_0" and other digits too)
-        raise LabelIsText(f"label is not an integer: {text[:40]!r}")
+        if not text:
+            raise ValueError("label is empty")
+        numeric = re.fullmatch(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?", text)
+        raise (ValueError if numeric else LabelIsText)(f"label is not an integer: {text[:40]!r}")
     return int(text)
 
 

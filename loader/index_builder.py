@@ -266,7 +266,7 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
     index = ShardIndex([ShardInfo(s.url, s.count, tuple(s.labels.get(c, 0) for c in range(nc))) for s in scans],
                        nc, list(class_names) if class_names else [str(c) for c in range(nc)],
                        image_exts.pop() if len(image_exts) == 1 else None,
-                       shape, out, None if first.label_key == "cls" else first.label_key, label_names)
+                       shape, out, first.label_key, label_names)
     if not class_names and num_classes is None:
         _warn_of_empty_classes(index)
     index.save(out)

@@ -63,13 +63,17 @@ class SampleDecoder:
     def label_of(self, raw: dict) -> int:
         """The sample's label, checked against the classes; :class:`StreamError` naming shard and key."""
         key, url = raw.get("__key__"), raw.get("__url__")
-        label_key = self.label_key or self._detected or find_label_key(raw)
-        if self.label_key is None and self._detected is None:
-            self._detected = label_key          # (then every sample's: a sample without it is refused, as
-        if label_key is None or label_key.split(":")[0] not in raw:    # the index refuses mixed fields)
+        label_key = self.label_key
+        if label_key is None:                   # the best label field any sample read so far had (LABEL_KEYS
+            own = find_label_key(raw)           # order); a sample without it is refused, as the index refuses
+            if own is not None and (self._detected is None or     # mixed fields (one that lost its .cls
+                                    LABEL_KEYS.index(own) < LABEL_KEYS.index(self._detected)):   # does not
+                self._detected = own            # read its .txt caption instead, once a .cls was seen)
+            label_key = self._detected
+        if label_key is None or label_key.split(":")[0] not in raw:
             fields = sorted(k for k in raw if not k.startswith("__"))
             there = [k for k in ("cls", "label", "txt", "json") if k in raw]
-            first = " (the label field of the first labelled sample read)" if label_key == self._detected else ""
+            first = " (the label field of the samples read before it)" if label_key == self._detected else ""
             what = (f"no {label_key!r} label{first}" + (f"; label_key= may name what it has: {', '.join(there)}"
                                                   f"{' (json:FIELD for a field of .json)' if 'json' in there else ''}"
                                                   if there else "")

@@ -13,8 +13,9 @@ Layout (``index.json``)::
 
 Shard URLs in an index *file* are relative paths under the index's folder or
 http(s) URLs, nothing else (see :mod:`.shard_urls`): an index never names a
-command. ``label_key`` (optional) records which field holds the label when it
-is not ``.cls``; ``label_names: true`` (optional) that labels are written as class
+command. ``label_key`` (optional) records which field holds the label (``streamaug
+index`` and ``write_shards`` always write it; absent, the loader reads ``.cls`` unless its
+own ``label_key=`` says otherwise); ``label_names: true`` (optional) that labels are written as class
 names, read as their place in ``class_names``. Files are read with limits checked before anything is allocated:
 ``MAX_INDEX_BYTES`` and ``MAX_NUM_CLASSES`` (raise them with ``ShardIndex.load``'s
 ``max_bytes=``/``max_classes=``).

@@ -225,7 +225,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
                       RuntimeWarning, stacklevel=2)
     index = ShardIndex([ShardInfo(url, sum(cc), tuple(cc)) for url, cc in counts.items()], nc, class_names,
                        image_format, recorded_shape(shapes),
-                       os.path.join(out_dir, INDEX_NAME))
+                       os.path.join(out_dir, INDEX_NAME), "cls")
     index.save(os.path.join(out_dir, INDEX_NAME))
     stale = sorted(earlier - {os.path.basename(u) for u in counts})
     if stale:

@@ -162,9 +162,10 @@ class StreamLoader:
         if self.index is not None and num_classes is not None:     # classes the shards lack; labels they must not hold
             self.index = self.index.with_num_classes(num_classes)
         self.num_classes = self.index.num_classes if self.index is not None else num_classes
-        if self.index is not None and label_key is not None and label_key != (self.index.label_key or "cls"):
+        if self.index is not None and label_key is not None and self.index.label_key not in (None, label_key):
+            # (an index that names no field, hand-written or from before they all did, is taken at its word)
             raise ValueError(f"label_key={label_key!r}, but the index {self.index.source!r} counted classes from "
-                             f"{self.index.label_key or 'cls'!r}: its per-class counts (the epoch plan, the "
+                             f"{self.index.label_key!r}: its per-class counts (the epoch plan, the "
                              f"balancer's targets) are of another field. Index the shards with --label-key "
                              f"{label_key} (a file of its own: --out), or leave label_key= out")
         self.batch_size, self.read_workers, self.seed = batch_size, num_workers, int(seed)

@@ -53,7 +53,7 @@ def test_image_and_label_fields_are_detected(tmp_path, ext, field):
     url, images = corpus(tmp_path, ext, field)
     index = build_index(url, progress=False)
     assert index.image_ext == ext and index.class_counts == [2, 3, 3] and index.image_shape == (6, 5, 3)
-    assert index.label_key == (None if field == "cls" else field)
+    assert index.label_key == field                      # (cls too: an index names the field it counted)
     x, y = next(iter(StreamLoader(url, batch_size=8, shuffle=0)))
     assert y.tolist() == LABELS and tuple(x.shape) == (8, 3, 6, 5)
     if ext in ("png", "webp", "npy"):                     # lossless: the very pixels
@@ -92,8 +92,8 @@ def test_a_sample_missing_the_label_field_is_not_read_from_another_field(tmp_pat
                 sample["cls"] = str(y).encode()
             sink.write(sample)
     url = str(tmp_path / "c.tar")
-    with pytest.raises(StreamError, match=r"key 's003': sample has no 'cls' label \(the label field of the first "
-                       r"labelled sample read\); label_key= may name what it has: txt, json"):
+    with pytest.raises(StreamError, match=r"key 's003': sample has no 'cls' label \(the label field of the samples "
+                       r"read before it\); label_key= may name what it has: txt, json"):
         list(StreamLoader(url, batch_size=4, shuffle=0, index=False, num_workers=workers))
     loader = StreamLoader(url, batch_size=4, shuffle=0, index=False, num_workers=workers, on_error="skip")
     assert sorted(y for b in loader for y in b[1].tolist()) == sorted(LABELS[:3] + LABELS[4:])
@@ -230,3 +230,31 @@ def test_an_npy_image_the_loader_refuses_is_refused_by_the_index(tmp_path):
     with pytest.raises(StreamError, match="npy image must be uint8, got dtype float32") as info:
         build_index(str(tmp_path / "f" / "c.tar"), progress=False)
     assert info.value.key == "s000" and info.value.shard.endswith("c.tar")
+
+
+def test_a_first_sample_that_lost_its_label_does_not_set_the_field_for_the_rest(tmp_path):
+    """Red team 3, s32: the first labelled sample's field was every sample's; when that one had
+    lost its .cls and kept a .txt caption, every later sample failed as bad_label."""
+    rng = np.random.default_rng(0)
+    with wds.TarWriter(str(tmp_path / "c.tar")) as sink:
+        for i, y in enumerate(LABELS):
+            sample = {"__key__": f"s{i:03d}", "png": image_bytes(rng.integers(0, 256, (6, 5, 3), np.uint8), "png"),
+                      "txt": b"a dog"}
+            if i:
+                sample["cls"] = str(y).encode()
+            sink.write(sample)
+    loader = StreamLoader(str(tmp_path / "c.tar"), batch_size=4, shuffle=0, index=False, on_error="skip")
+    assert [y for b in loader for y in b[1].tolist()] == LABELS[1:]
+    assert loader.stats.skipped == {"bad_label": 1}
+
+
+def test_numbers_that_are_not_integers_get_no_class_names_hint():
+    from streamaug.loader.image_codec import LabelIsText, decode_label
+    for text in (b"3.0", b"1e3", b"-.5"):
+        with pytest.raises(ValueError, match="label is not an integer") as info:
+            decode_label(text)
+        assert not isinstance(info.value, LabelIsText)
+    with pytest.raises(ValueError, match="label is empty"):
+        decode_label(b"  ")
+    with pytest.raises(LabelIsText):
+        decode_label(b"dog")

@@ -594,3 +594,18 @@ def test_class_ids_no_sample_has_below_the_largest_label_are_warned_of(tmp_path)
         build_index(str(tmp_path / "a.tar"), num_classes=8, progress=False)
     with pytest.raises(StreamError, match="label is outside num_classes=4"):
         build_index(str(tmp_path / "a.tar"), num_classes=4, progress=False)
+
+
+def test_an_index_that_names_no_label_field_takes_the_loaders(tmp_path):
+    """Red team 3, s32: a hand-written index (no label_key) over .label shards read .cls, and the
+    label_key='label' its error advised was refused as another field than the index's."""
+    members = [m for i in range(6) for m in ((f"s{i}.npy", npy_bytes(np.zeros((4, 4, 3), np.uint8))),
+                                             (f"s{i}.label", str(i % 2).encode()))]
+    write_tar(str(tmp_path / "a.tar"), members)
+    json.dump({"format": "streamaug-index", "version": 1, "num_classes": 2,
+               "shards": [{"url": "a.tar", "count": 6, "class_counts": [3, 3]}]}, open(tmp_path / "index.json", "w"))
+    with pytest.raises(StreamError, match="sample has no 'cls' label; label_key= may name what it has: label"):
+        list(StreamLoader(str(tmp_path / "a.tar"), batch_size=3, shuffle=0))
+    loader = StreamLoader(str(tmp_path / "a.tar"), batch_size=3, shuffle=0, label_key="label")
+    assert [y for b in loader for y in b[1].tolist()] == [0, 1, 0, 1, 0, 1]
+    assert build_index(str(tmp_path / "a.tar"), out=str(tmp_path / "built.json"), progress=False).label_key == "label"
