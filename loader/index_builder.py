@@ -280,7 +280,8 @@ def _warn_of_empty_classes(index: ShardIndex) -> None:
     empty = [c for c in range(len(counts)) if not counts[c]]
     if empty:
         top = len(counts) - 1
-        warnings.warn(f"class ids {empty} have no sample below the largest label {top} ({counts[top]} sample(s)): "
+        shown = f"{empty[:8]}"[:-1] + (f", ... ({len(empty)} in all)]" if len(empty) > 8 else "]")
+        warnings.warn(f"class ids {shown} have no sample below the largest label {top} ({counts[top]} sample(s)): "
                       f"if {top} is a label outside your classes, --num-classes N (num_classes=N) refuses the "
                       f"shard that holds it; if those classes are real, --class-names or --num-classes says "
                       f"so", RuntimeWarning, stacklevel=4)

@@ -23,8 +23,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import warnings
+
+from streamaug.core.shard_names import shard_file_name
 
 FORMAT = "streamaug.StreamLoader/2"
 
@@ -38,9 +39,9 @@ def data_fingerprint(index, urls: list[str]) -> str:
     (with an index), else the shard file names. Paths are left out, so a dataset that
     moved (another machine, another mount) still matches."""
     if index is None:
-        return f"{len(urls)} shards, no index, names #{_digest([os.path.basename(u) for u in urls])}"
+        return f"{len(urls)} shards, no index, names #{_digest([shard_file_name(u) for u in urls])}"
     return (f"{len(index.shards)} shards, {index.total} samples, names and counts "
-            f"#{_digest([[os.path.basename(s.url), s.count, list(s.class_counts)] for s in index.shards])}")
+            f"#{_digest([[shard_file_name(s.url), s.count, list(s.class_counts)] for s in index.shards])}")
 
 
 def plugin_details(loader) -> str:

@@ -133,7 +133,7 @@ class ShardIndex:
         by_name: dict[str, list[ShardInfo]] = {}
         for s in self.shards:
             by_name.setdefault(os.path.basename(s.url.rstrip("/")), []).append(s)
-        chosen, missing = [], []
+        chosen, missing, by_file = [], [], {}
         for u in urls:
             if is_local(u) or url_scheme(u) in ("http", "https"):
                 info = by_key.get(shard_key(u))
@@ -146,8 +146,15 @@ class ShardIndex:
                 info = ShardInfo(u, found[0].count, found[0].class_counts) if len(found) == 1 else None
             if info is None:
                 missing.append(u)
-            else:
-                chosen.append(info)
+                continue
+            if info.url == u and not is_local(u) and shard_key(u) not in by_key:     # matched by file name
+                entry = found[0].url
+                if entry in by_file:
+                    raise ShardIndexError(f"index {self.source!r}: shards {by_file[entry]!r} and {u!r} both match its "
+                                          f"entry {os.path.basename(entry)!r} by file name; an entry is one shard "
+                                          f"(give each split its own index)")
+                by_file[entry] = u
+            chosen.append(info)
         if missing:
             listed = ", ".join(os.path.basename(s.url) for s in self.shards[:3]) + \
                 (", ..." if len(self.shards) > 3 else "")

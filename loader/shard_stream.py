@@ -43,6 +43,7 @@ def kill_live_commands() -> None:
 
 CURL = ["curl", "--connect-timeout", "30", "--retry", "3", "--retry-delay", "2", "-f", "-s", "-L"]
 CURL_EXITS = {6: "the host name does not resolve (curl 6)", 7: "the server refuses connections (curl 7)",
+              18: "the transfer ended before the whole file came (curl 18)",
               22: "the server answered with an HTTP error status, e.g. 404 not found (curl 22)",
               28: "the connection timed out (curl 28)", 56: "the connection broke off mid-download (curl 56)"}
 
@@ -96,8 +97,8 @@ class CommandStream:
         if status != 0:
             if not self.url.startswith("pipe:"):            # an http(s) URL, read with curl
                 why = CURL_EXITS.get(status, f"curl exited with status {status}")
-                raise StreamError("pipe_failed", f"the download failed: {why}; no shard is read from a partial "
-                                  "download", shard=self.url, value=status)
+                raise StreamError("pipe_failed", f"the download failed: {why}; samples it sent whole before "
+                                  "that were read, the rest of the shard is not", shard=self.url, value=status)
             raise StreamError("pipe_failed", f"command exited with status {status}; its output cannot be "
                               "trusted as a whole shard", shard=self.url, value=status)
 

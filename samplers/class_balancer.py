@@ -41,7 +41,6 @@ How it works
 from __future__ import annotations
 
 import numbers
-import os
 import warnings
 from collections.abc import Iterator
 
@@ -51,6 +50,7 @@ import torch
 from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import BindContext
 from streamaug.core.seeding import derive_seed
+from streamaug.core.shard_names import shard_file_name
 from streamaug.core.transfer import to_device
 
 from .class_reservoir import ClassReservoir
@@ -221,7 +221,7 @@ class ClassBalancer:
         for url, key, label in self._rows.labels(lambda c: c in needed):
             listed[label].append((url, key))
             if url not in names:
-                base = os.path.basename(url)
+                base = shard_file_name(url)
                 same = sum(n.split("#")[0] == base for n in names.values())
                 names[url] = base if not same else f"{base}#{same}"
         chosen = {}

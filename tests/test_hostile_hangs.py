@@ -11,7 +11,7 @@ import time
 import pytest
 
 from shard_factory import good_members, write_tar
-from streamaug.loader import StreamError, StreamLoader
+from streamaug.loader import ShardIndexError, StreamError, StreamLoader
 from streamaug.loader.shard_stream import open_shard
 
 
@@ -289,6 +289,18 @@ def test_shards_indexed_as_local_files_and_served_over_http_match_their_entries(
     urls = [f"{file_server}/served/{os.path.basename(u)}" for u in index.urls]
     loader = StreamLoader(urls, batch_size=5, shuffle=0, index=index.source)
     assert len(loader) == 4 and sum(len(b.keys) for b in loader) == 20
+    # (red team 3: two URLs of one file name took one entry twice, the other never planned)
+    make_shards(str(tmp_path / "other"), n=20, maxcount=10)
+    with pytest.raises(ShardIndexError, match=r"both match its entry 'train-000000.tar' by file name"):
+        StreamLoader([urls[0], f"{file_server}/other/train-000000.tar"], index=index.source)
+    # a signed URL's query changes between runs: its state still resumes
+    signed = [f"{u}?sig=1" for u in urls]
+    first = StreamLoader(signed, batch_size=5, shuffle=0, index=index.source)
+    it = iter(first)
+    next(it)
+    again = StreamLoader([f"{u}?sig=2" for u in urls], batch_size=5, shuffle=0, index=index.source)
+    again.load_state_dict(first.state_dict())
+    assert sum(1 for _ in again) == 3
 
 
 @needs_curl
