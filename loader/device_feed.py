@@ -16,7 +16,9 @@ from streamaug.core.flight import BatchInFlight
 
 def delivery_device(device) -> torch.device:
     """``device=``: as given, else CUDA when there is one, else the CPU; CUDA without one is refused."""
-    chosen = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = torch.device(device)
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r}, but this torch ({torch.__version__}) sees no CUDA device; pass "
                          f"device='cpu', or leave device= out (CUDA when there is one, else the CPU)")

@@ -158,7 +158,8 @@ class LoaderStats:
             self.examples.setdefault(reason, msg)
 
     def as_dict(self) -> dict:
-        return {"skipped": dict(self.skipped), "kept": dict(self.kept), "padded": self.padded, "synthetic": self.synthetic,
+        return {"skipped": dict(self.skipped), "kept": dict(self.kept), "padded": self.padded,
+                "synthetic": self.synthetic,
                 "real": self.real, "examples": dict(self.examples)}
 
     def take(self) -> dict:

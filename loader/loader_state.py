@@ -68,7 +68,8 @@ def fingerprint(loader) -> dict:
     details are those the loader was built with (a plug-in's ``manual_seed`` may set its
     ``seed`` to each batch's)."""
     plug = {name: repr(getattr(loader, name)) for name in ("balance", "augment", "mixup")}
-    return {"plugin_details": getattr(loader, "plugin_details", None) or plugin_details(loader), "shards": data_fingerprint(loader.index, loader.urls), "seed": loader.seed,
+    details = getattr(loader, "plugin_details", None) or plugin_details(loader)
+    return {"plugin_details": details, "shards": data_fingerprint(loader.index, loader.urls), "seed": loader.seed,
             "batch_size": loader.batch_size, "read_workers": loader.read_workers, "shuffle": loader.shuffle,
             "drop_last": loader.drop_last, "world_size": loader.world_size,
             "resize": list(loader.decoder.resize) if loader.decoder.resize else None,

@@ -30,9 +30,9 @@ def plugin_seeds(stages: dict, seed: int, num_classes: int | None) -> dict[str, 
         if stage is None:
             continue
         if not isinstance(stage, protocol):
+            extra = ", bind, synthetic_counts" if name == "balance" else ""
             raise TypeError(f"{name}= must meet streamaug.core.plugin.{protocol.__name__} (seed, manual_seed, "
-                            f"state_dict, load_state_dict, __call__{', bind, synthetic_counts' if name == 'balance' else ''}), "
-                            f"got {type(stage).__name__}")
+                            f"state_dict, load_state_dict, __call__{extra}), got {type(stage).__name__}")
         check_plugin_kind(name, stage, num_classes)
         seeds[name] = stage.seed if stage.seed is not None else derive_seed(seed, name)
     return seeds

@@ -20,6 +20,7 @@ from .image_size import ImageSizeRule
 
 ANY_CLASS = (1 << 31) - 1       # num_classes with no index and none given: any label >= 0
 
+
 class SampleDecoder:
     """Picklable decode step. ``resize=(H, W)`` resizes every image (bilinear);
     without it, every image must have ``expect_shape`` when given."""
@@ -45,7 +46,7 @@ class SampleDecoder:
         self.defer_encoded = defer_encoded      # png/jpg bytes go on undecoded (decode="dali")
         self.limits = limits or DecodeLimits()
         self.check_each = check_each            # rows read one by one; the stream checks sizes per batch
-        self._detected: str | None = None       # no label_key: the field the first labelled sample had
+        self._detected: str | None = None       # no label_key: the best label field a sample read had
 
     @property
     def output_shape(self) -> tuple[int, int, int] | None:

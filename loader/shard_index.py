@@ -156,12 +156,13 @@ class ShardIndex:
                 by_file[entry] = u
             chosen.append(info)
         if missing:
+            leftover = _older_than_index(missing, self.source, [i.url for i in self.shards])
             listed = ", ".join(os.path.basename(s.url) for s in self.shards[:3]) + \
                 (", ..." if len(self.shards) > 3 else "")
             raise ShardIndexError(f"index {self.source!r} does not list shard {missing[0]!r} "
                                   f"({len(missing)} of {len(urls)} URLs missing; it lists {len(self.shards)}: "
-                                  f"{listed}). {_older_than_index(missing, self.source, [i.url for i in self.shards]) or 'Index these shards'} "
-                                  f"(streamaug index), or give the loader their index with index=")
+                                  f"{listed}). {leftover or 'Index these shards'} (streamaug index), or give the "
+                                  f"loader their index with index=")
         return ShardIndex(chosen, self.num_classes, self.class_names, self.image_ext, self.image_shape,
                           self.source, self.label_key, self.label_names)
 

@@ -167,8 +167,8 @@ class WorkerStream(IterableDataset):
         yield from batches
         left = stats.take()                 # (only when no batch was cut: it would have carried them)
         resumed_past_all = job.sizes is not None and not job.sizes and job.skip > 0
-        if (left["skipped"] or left["kept"] or left["padded"]) and not resumed_past_all:   # (else its last batch had them)
-            yield WorkerCounts(left)
+        if (left["skipped"] or left["kept"] or left["padded"]) and not resumed_past_all:
+            yield WorkerCounts(left)        # (else its last batch had them)
 
     def first_shapes(self, limit: int = 64) -> list[tuple[int, ...]]:
         """Image shapes of the dataset's first ``limit`` good samples, in index order."""
