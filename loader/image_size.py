@@ -48,7 +48,7 @@ class ImageSizeRule:
         self.resize = tuple(resize) if resize is not None else None
         self._first: tuple[int, ...] | None = None
         self._source = "the shape of most of the first batch"
-        self._tally = [0, 0]             # (images checked, of them another shape) while few were seen
+        self._tally = [0, 0]             # (rows checked, of them another shape), when adopt saw too few
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -72,6 +72,8 @@ class ImageSizeRule:
                     f"on_error='skip', skipped). Pass resize=(H, W) (or one side, a square), e.g. "
                     f"resize={first[0]}, to resize them all")
             self._first = first
+            if len(shapes) >= 8:
+                self._tally[0] = 64              # judged on enough images: no count of rows after
         return self.shape
 
     def error(self, shape: tuple[int, ...], url: str | None, key: str | None) -> StreamError:
