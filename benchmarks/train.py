@@ -79,6 +79,8 @@ def setup() -> tuple[int, int, torch.device, bool]:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.ckpt_every < 0:
+        raise SystemExit(f"--ckpt-every must be 0 (epoch ends only) or a number of steps > 0, got {args.ckpt_every}")
     if not (args.index or os.path.isdir(args.data)):
         raise SystemExit(f"--data {args.data!r} is not a folder of shards; for a URL pattern pass --index")
     rank, world, device, started_group = setup()

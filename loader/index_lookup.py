@@ -3,9 +3,10 @@ restricted to the shards asked for; and what happens when there is none."""
 from __future__ import annotations
 
 import os
-import urllib.parse
 import shlex
 import warnings
+
+from streamaug.core.shard_names import shard_file_name
 
 from .shard_index import INDEX_NAME, MissingIndex, ShardIndex, ShardIndexError, ShardInfo
 from .shard_urls import absolute_path, command_shard_name, is_local, pattern_text, shard_key, url_scheme
@@ -75,7 +76,7 @@ def find_index(urls: list[str], index, given: str | list[str] | None = None,
             if (is_local(s.url) or url_scheme(s.url) in ("http", "https")) and shard_key(s.url) in position:
                 return position[shard_key(s.url)]
             if is_local(s.url) or url_scheme(s.url) in ("http", "https"):     # served, indexed as files
-                return by_name[os.path.basename(urllib.parse.urlparse(s.url).path)]
+                return by_name[shard_file_name(s.url)]
             return by_name[command_shard_name(s.url)]
         sub.shards.sort(key=rank)
     return sub

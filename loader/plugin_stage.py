@@ -12,6 +12,7 @@ from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import Augmenter, Balancer, Mixer
 from streamaug.core.seeding import derive_seed
 from streamaug.core.transfer import to_device
+from streamaug.ops.compose import Compose
 
 from .batch import Batch
 from .epoch_plan import EpochPlan
@@ -44,7 +45,7 @@ def check_plugin_kind(name: str, stage, num_classes: int | None) -> None:
     kind = getattr(stage, "kind", None)
     if name == "augment" and kind == "mix":
         raise TypeError(f"augment={stage!r} is a mix op: pass it as the loader's mixup= (augment= takes a Compose)")
-    if name == "mixup" and (kind in ("geometric", "intensity") or type(stage).__name__ == "Compose"):
+    if name == "mixup" and (kind in ("geometric", "intensity") or isinstance(stage, Compose)):
         raise TypeError(f"mixup={stage!r} is not a mix op: pass it as the loader's augment= (mixup= takes "
                         "MixUp or CutMix)")
     own = getattr(stage, "num_classes", None) if name == "mixup" else None

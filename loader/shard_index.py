@@ -28,9 +28,10 @@ import os
 import re
 import shlex
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+
+from streamaug.core.shard_names import shard_file_name
 
 from .atomic_file import replaced_atomically
 from .shard_urls import (UnsafeIndexEntry, command_shard_name, index_entry_url, is_local, local_path,
@@ -138,7 +139,7 @@ class ShardIndex:
             if is_local(u) or url_scheme(u) in ("http", "https"):
                 info = by_key.get(shard_key(u))
                 if info is None and not is_local(u):      # served over http, indexed as local files
-                    found = [s for s in by_name.get(os.path.basename(urllib.parse.urlparse(u).path), [])
+                    found = [s for s in by_name.get(shard_file_name(u), [])
                              if is_local(s.url)]
                     info = ShardInfo(u, found[0].count, found[0].class_counts) if len(found) == 1 else None
             else:

@@ -548,24 +548,12 @@ def test_a_member_of_a_subsampled_class_counts_for_the_samples_it_stands_for():
 
 def test_borderline_danger_stays_near_imblearns_when_the_majority_is_subsampled(tmp_path):
     """A majority of 3,000 kept at 512: counting members alone found 30 danger samples
-    against imbalanced-learn's 71, 17 of them in common (red team, s32)."""
-    from imblearn.over_sampling import BorderlineSMOTE as ImbBorderline
-    rng = np.random.default_rng(0)
-    v = np.r_[rng.normal(100, 20, 3000), rng.normal(140, 10, 150)].clip(0, 255)
-    images = (v[:, None, None, None] + rng.normal(0, 0.5, (len(v), 4, 4, 3))).round().clip(0, 255).astype(np.uint8)
-    labels = np.r_[np.zeros(3000, int), np.ones(150, int)]
-    write_shards((images, labels), str(tmp_path), maxcount=500, progress=False)
-    loader = StreamLoader(str(tmp_path), batch_size=64, shuffle=False,
-                          balance=ClassBalancer("auto", BorderlineSMOTE(k_neighbors=5, m_neighbors=10)))
-    next(iter(loader))
-    res = loader.balance.reservoir_
-    assert res.size.tolist() == [512, 150]
-    ours = {index_of_key(res.entries[1][i][1]) for i in loader.balance.synthesizer.danger(res, 1, None)}
-    ref = ImbBorderline(k_neighbors=5, m_neighbors=10, random_state=0)
-    ref.fit_resample(images.reshape(len(images), -1).astype(np.float64), labels)
-    theirs = set(ref.in_danger_indices[1].tolist())
+    against imbalanced-learn's 71, 17 of them in common (red team, s32). The README's table
+    is ``python -m streamaug.benchmarks.borderline_danger``."""
+    from streamaug.benchmarks.borderline_danger import danger_sets
+    ours, theirs, kept = danger_sets(3000, str(tmp_path))
+    assert kept == 512
     assert len(ours & theirs) >= 0.6 * len(theirs) and len(ours) <= 1.5 * len(theirs), (len(ours), len(theirs))
-
 
 
 def test_a_streamed_reservoirs_members_stand_for_one_epochs_count_not_a_growing_one(tmp_path):

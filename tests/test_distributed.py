@@ -114,6 +114,8 @@ def test_train_job_names_a_bad_data_argument(tmp_path):
 
     with pytest.raises(SystemExit, match="is not a folder of shards; for a URL pattern pass --index"):
         main(["--data", str(tmp_path / "missing-{000..003}.tar")])
+    with pytest.raises(SystemExit, match=r"--ckpt-every must be 0 \(epoch ends only\) or a number of steps > 0, got -1"):
+        main(["--data", str(tmp_path), "--ckpt-every", "-1"])
 
 
 def test_the_train_job_called_in_process_returns_and_leaves_the_callers_group(shards, tmp_path):
