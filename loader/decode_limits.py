@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from .errors import StreamError
-from .image_codec import decoded_channels, npy_image_shape
+from .image_codec import decoded_channels, npy_image_shape, stored_mode
 
 MAX_MEMBER_BYTES = 256 << 20       # one tar member (an image, a label) read into memory
 MAX_IMAGE_PIXELS = 36_000_000      # width x height of one image (6000 x 6000), about 108 MB as RGB
@@ -93,7 +93,7 @@ def header_size(data: bytes, fmt: str) -> tuple[int, int, int]:
     factory = Image.OPEN[fmt][0]           # the plugin itself: Image.open would add its own, lower, bomb check
     with factory(io.BytesIO(data), None) as img:
         width, height = img.size
-        channels = decoded_channels(img.mode)
+        channels = decoded_channels(stored_mode(img))
     return height, width, channels
 
 

@@ -107,18 +107,31 @@ def decode_image(data: bytes, ext: str) -> np.ndarray:
 
 
 def decoded_channels(mode: str) -> int:
-    """The channels :func:`decode_image` gives an image of PIL ``mode``: 1 for gray (``L``,
-    bilevel ``1``, ``LA``, 16-bit ``I;16``/``I``), 3 for anything else."""
+    """The channels :func:`decode_image` gives an image of :func:`stored_mode` ``mode``: 1 for
+    gray (``L``, bilevel ``1``, ``LA``, 16-bit ``I;16``/``I``), 3 for anything else."""
     return 1 if mode in ("L", "1", "LA", "La") or mode.startswith("I") else 3
+
+
+def stored_mode(img: Image.Image) -> str:
+    """The mode an opened, not yet loaded, image is stored in. PIL opens a 16-bit gray + alpha PNG
+    as ``RGBA`` (the gray repeated, reduced to its high byte); this says ``LA`` for it, so it
+    decodes to one channel, as its 8-bit form does."""
+    tile = getattr(img, "tile", None)
+    if img.format == "PNG" and img.mode == "RGBA" and tile and str(tile[0][3]).startswith("LA;16"):
+        return "LA"
+    return img.mode
 
 
 def pil_pixels(img: Image.Image) -> np.ndarray:
     """``(H, W, C)`` uint8 of an open PIL image, with C as :func:`decoded_channels` says: alpha
     dropped, a palette expanded, and 16-bit gray reduced to 8 bits as ``round(v / 257)``,
     which is what DALI's decoder gives (converting ``I;16`` to ``L`` would clip every value
-    over 255 to white). 16-bit colour PNGs PIL itself reduces to their high byte, within 1 of DALI."""
-    mode = img.mode
-    if mode.startswith("I"):
+    over 255 to white). 16-bit colour and gray + alpha PNGs PIL itself reduces to their high byte,
+    within 1 of DALI."""
+    mode = stored_mode(img)
+    if mode == "LA" and img.mode == "RGBA":             # 16-bit gray + alpha, opened as RGBA
+        arr = np.asarray(img)[..., 0]
+    elif mode.startswith("I"):
         wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
         arr = ((wide * 255 + 32767) // 65535).astype(np.uint8)
     elif mode in ("L", "RGB"):

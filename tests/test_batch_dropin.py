@@ -430,7 +430,8 @@ def test_an_iterator_made_and_never_used_changes_nothing(shards, workers):
     with stream(index, num_workers=workers) as loader:
         first = iter(loader)
         got = [next(first).keys for _ in range(2)]
-        unused = iter(loader)                               # noqa: F841 - the point of the test
+        unused = iter(loader)
+        assert unused is not first, "a second iter() is a second pass, kept alive unused"
         got += [next(first).keys for _ in range(2)]
         state = loader.state_dict()
         assert (state["epoch"], state["batches_done"]) == (0, 4)

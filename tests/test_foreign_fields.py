@@ -171,11 +171,29 @@ def test_unknown_fields_are_ignored_without_decoding(tmp_path, monkeypatch):
     assert not marker.exists()
 
 
+def raw_png(pixels: np.ndarray, color_type: int) -> bytes:
+    """A PNG of big-endian 16-bit ``pixels`` (H, W, C), each row unfiltered: PIL cannot write
+    16-bit gray + alpha, and OpenCV writes no 2-channel PNG."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    h, w = pixels.shape[:2]
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 def png_of(mode: str, rng) -> tuple[bytes, np.ndarray]:
-    """PNG bytes of a PIL ``mode`` (or 16-bit colour, which PIL cannot write: OpenCV) and the
-    (H, W, C) uint8 pixels the loader should give for it."""
+    """PNG bytes of a PIL ``mode`` (or 16-bit colour, which PIL cannot write: OpenCV; or 16-bit
+    gray + alpha, written by hand) and the (H, W, C) uint8 pixels the loader should give for it."""
     import cv2
 
+    if mode == "LA;16":
+        wide = rng.integers(0, 65536, (6, 5, 2), dtype=np.uint16)
+        return raw_png(wide, color_type=4), (wide[..., :1] >> 8).astype(np.uint8)  # PIL keeps the high byte
     if mode == "RGB;16":
         wide = rng.integers(0, 65536, (6, 5, 3), dtype=np.uint16)
         data = cv2.imencode(".png", wide[..., ::-1])[1].tobytes()          # (OpenCV writes BGR)
@@ -195,12 +213,13 @@ def png_of(mode: str, rng) -> tuple[bytes, np.ndarray]:
     return buf.getvalue(), want
 
 
-@pytest.mark.parametrize("mode", ["I;16", "1", "LA", "RGB;16"])
+@pytest.mark.parametrize("mode", ["I;16", "1", "LA", "LA;16", "RGB;16"])
 def test_16_bit_bilevel_and_gray_alpha_pngs_decode_as_dali_does(tmp_path, mode):
     """Newcomer: 16-bit gray PNGs (medical, scientific data) came out 99.7% white (PIL's
     ``convert`` clips every value over 255), while ``decode="dali"`` scaled them; and bilevel
     PNGs became 3 channels, so the index recorded no image shape. 16-bit gray is now reduced
-    as DALI reduces it, ``round(v / 257)``, and gray modes are 1 channel in the index and the batch."""
+    as DALI reduces it, ``round(v / 257)``, and gray modes are 1 channel in the index and the
+    batch; 16-bit gray + alpha too (PIL opens it as RGBA: it was 3 channels)."""
     rng = np.random.default_rng(1)
     pairs = [png_of(mode, rng) for _ in LABELS]
     os.makedirs(tmp_path / "s")
@@ -215,7 +234,7 @@ def test_16_bit_bilevel_and_gray_alpha_pngs_decode_as_dali_does(tmp_path, mode):
     assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), want)
     d, _ = next(iter(StreamLoader(index.urls, batch_size=8, shuffle=0, decode="dali")))
     assert d.shape == x.shape
-    assert (d.int() - x.int()).abs().max() <= (1 if mode == "RGB;16" else 0)     # DALI rounds, PIL truncates
+    assert (d.int() - x.int()).abs().max() <= (1 if mode in ("RGB;16", "LA;16") else 0)  # DALI rounds, PIL truncates
 
 
 def test_an_npy_image_the_loader_refuses_is_refused_by_the_index(tmp_path):
