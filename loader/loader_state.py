@@ -60,7 +60,7 @@ def plugin_details(loader) -> str:
 
 
 # fields a state saved before they existed lacks; such a state is not refused for them
-ADDED_LATER = ("plugin_details",)
+ADDED_LATER = ("plugin_details", "jpeg_draft")
 
 
 def fingerprint(loader) -> dict:
@@ -73,7 +73,7 @@ def fingerprint(loader) -> dict:
             "batch_size": loader.batch_size, "read_workers": loader.read_workers, "shuffle": loader.shuffle,
             "drop_last": loader.drop_last, "world_size": loader.world_size,
             "resize": list(loader.decoder.resize) if loader.decoder.resize else None,
-            "decode": loader.decode, **plug}
+            "jpeg_draft": loader.decoder.jpeg_draft, "decode": loader.decode, **plug}
 
 
 def check_fingerprint(saved: dict, current: dict) -> None:

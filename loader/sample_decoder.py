@@ -15,7 +15,7 @@ from .decode_limits import DecodeLimits, check_image
 from .errors import StreamError
 from .image_codec import IMAGE_EXTS, LABEL_KEYS, LabelIsText, check_label_key, decode_image_at_least, find_label_key, \
     read_label, resize_image
-from .image_size import ImageSizeRule
+from .image_size import ImageSizeRule, check_resize
 
 
 ANY_CLASS = (1 << 31) - 1       # num_classes with no index and none given: any label >= 0
@@ -29,7 +29,7 @@ class SampleDecoder:
                  expect_shape: tuple[int, int, int] | None = None, defer_encoded: bool = False,
                  label_key: str | None = None, channels: int | None = None,
                  limits: DecodeLimits | None = None, check_each: bool = False,
-                 class_ids: dict[str, int] | None = None):
+                 class_ids: dict[str, int] | None = None, jpeg_draft: bool = True):
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
             raise ValueError(f"resize must be (height, width) with positive sizes, got {resize!r}")
         if channels is not None and channels not in (1, 3, 4):
@@ -39,6 +39,9 @@ class SampleDecoder:
         self.channels = channels
         self.num_classes = num_classes
         self.resize = tuple(resize) if resize is not None else None
+        if jpeg_draft not in (True, False):
+            raise ValueError(f"jpeg_draft must be True or False, got {jpeg_draft!r}")
+        self.jpeg_draft = bool(jpeg_draft)      # JPEGs far bigger than resize= decode at a reduced DCT scale
         if expect_shape and channels:
             expect_shape = (*expect_shape[:2], channels)
         self.expect_shape = tuple(expect_shape) if expect_shape else None
@@ -57,7 +60,8 @@ class SampleDecoder:
         """The same decoder, but one that always decodes and checks each image's size against
         the same rule (for rows read outside the stream)."""
         other = SampleDecoder(self.num_classes, self.resize, self.expect_shape, label_key=self.label_key,
-                              channels=self.channels, limits=self.limits, check_each=True, class_ids=self.class_ids)
+                              channels=self.channels, limits=self.limits, check_each=True, class_ids=self.class_ids,
+                              jpeg_draft=self.jpeg_draft)
         other.sizes = self.sizes
         return other
 
@@ -122,7 +126,7 @@ class SampleDecoder:
                     "shape": (*(self.resize or stored[:2]), channels), "encoded": bytes(raw[ext]),
                     "is_padding": bool(raw.get("__padding__", False))}
         try:
-            image = decode_image_at_least(raw[ext], ext, self.resize)
+            image = decode_image_at_least(raw[ext], ext, self.resize if self.jpeg_draft else None)
         except Exception as e:
             raise StreamError("undecodable_image", f".{ext} image does not decode: {type(e).__name__}: {e}",
                               shard=url, key=key, value=f"{len(raw[ext])} bytes") from None
@@ -137,6 +141,27 @@ class SampleDecoder:
             self.sizes.check(image.shape, url, key)
         return {"__key__": key, "__url__": url, "image": image, "label": label, "shape": image.shape,
                 "is_padding": bool(raw.get("__padding__", False))}
+
+
+def decoders_for(index, num_classes: int | None, decode: str, resize, channels: int | None,
+                 label_key: str | None, limits: DecodeLimits, device, jpeg_draft: bool = True):
+    """The loader's :class:`SampleDecoder` and, with ``decode="dali"``, its device decoder (else
+    None), from the constructor's arguments: channels default to the index's image shape's, else
+    3; the label field to ``label_key``, else the index's (``cls`` when it names none)."""
+    if decode not in ("cpu", "dali"):
+        raise ValueError(f"decode must be 'cpu' (in the workers) or 'dali' (where the batch lives), got {decode!r}")
+    resize = check_resize(resize)
+    shape = index.image_shape if index is not None else None
+    channels = channels or (shape[2] if shape else 3)
+    decoder = SampleDecoder(num_classes or ANY_CLASS, resize, shape, defer_encoded=decode == "dali",
+                            label_key=label_key or ((index.label_key or "cls") if index is not None else None),
+                            channels=channels, limits=limits, jpeg_draft=jpeg_draft,
+                            class_ids=index.class_ids if index is not None else None)     # (labels as names)
+    if decode != "dali":
+        return decoder, None
+    from .device_decode import DaliImageDecoder
+
+    return decoder, DaliImageDecoder(device, channels, resize, sizes=decoder.sizes)
 
 
 def convert_channels(image: np.ndarray, channels: int) -> np.ndarray:

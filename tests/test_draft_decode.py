@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 from sklearn.datasets import load_sample_images
@@ -63,3 +64,26 @@ def test_loader_output_stays_close_to_a_full_decode_and_resize(photos, tmp_path,
         # both are antialiased downscales; measured 34.7 and 38.8 dB on these two photos
         assert psnr(got, reference) >= 33.0
         assert np.abs(got.astype(int) - reference.astype(int)).mean() <= 3.0
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_jpeg_draft_false_gives_the_full_decode_and_resize_exactly(photos, tmp_path, monkeypatch, workers):
+    """Newcomer (left open for sessions): there was no way to turn the reduced-scale decode off,
+    so a user matching another pipeline's pixels could not. ``jpeg_draft=False`` decodes in full."""
+    monkeypatch.chdir(tmp_path)
+    with wds.TarWriter("photos-000000.tar") as sink:
+        for i in range(4):
+            sink.write({"__key__": f"p{i:03d}", "jpg": photos[i % 2], "cls": str(i % 2).encode()})
+    made = {flag: StreamLoader("photos-000000.tar", batch_size=4, index=False, num_classes=2, shuffle=0,
+                               resize=(100, 150), device="cpu", num_workers=workers, jpeg_draft=flag)
+            for flag in (True, False)}
+    full, drafted = next(iter(made[False])), next(iter(made[True]))
+    for key, row in zip(full.keys, full.images):
+        reference = resize_image(decode_image(photos[int(key[1:]) % 2], "jpg"), (100, 150))
+        assert np.array_equal(row.permute(1, 2, 0).numpy(), reference)
+    assert not torch.equal(full.images, drafted.images), "the default still drafts"
+    state = made[False].state_dict()
+    with pytest.raises(ValueError, match="jpeg_draft: saved False, this loader True"):
+        made[True].load_state_dict(state)
+    with pytest.raises(ValueError, match="jpeg_draft must be True or False, got 'no'"):
+        StreamLoader("photos-000000.tar", index=False, num_classes=2, jpeg_draft="no")
