@@ -98,8 +98,11 @@ def borrow_padding(donors: Callable[[], Iterator] | None, own: list[str], sizes:
         sizes.adopt([s["shape"] for s in found])
         found = [s for s in found if sizes.fits(s, None)]
     if not found:
+        why = "; ".join(f"{n} {reason} (first: {stats.examples.get(reason, '?')})"
+                        for reason, n in stats.skipped.most_common(3))
         raise StreamError("no_samples", f"no sample of a planned batch of shards {own} is good, and no "
-                          "shard has a good sample to pad it with", shard=own[0] if own else None, value=len(own))
+                          "shard has a good sample to pad it with" + (f". Passed over here: {why}" if why else ""),
+                          shard=own[0] if own else None, value=len(own))
     stats.examples.setdefault("no_samples", f"a planned batch of shards {own} has no good sample; it is "
                               f"padding (repeats of samples from {found[0]['__url__']!r})")
     return found

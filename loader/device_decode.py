@@ -127,7 +127,8 @@ class DaliImageDecoder:
         def build():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             images = fn.decoders.image(encoded, device="mixed" if device_id is not None else "cpu",
-                                       output_type=types.RGB, jpeg_fancy_upsampling=True)
+                                       output_type=types.RGB, jpeg_fancy_upsampling=True,
+                                       adjust_orientation=False)     # as PIL (the workers) decodes: EXIF ignored
             if self.channels == 1:
                 # PIL's luma of the RGB decode, in its fixed point, as the workers convert (sample_decoder):
                 # DALI's GRAY output is the JPEG's own Y plane, up to 21 levels from it on colour photos

@@ -6,9 +6,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 IMAGE_EXTS = ("npy", "png", "jpg", "jpeg", "webp")
 ENCODED_EXTS = ("png", "jpg", "jpeg", "webp")
@@ -16,6 +17,7 @@ _PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 LABEL_KEYS = ("cls", "label", "json:label", "txt")   # detection order when no label_key is given
 TEXT_LABEL_FIELDS = ("cls", "label", "txt")
 MAX_LABEL_BYTES = 1 << 16                            # a label field larger than this is not a label
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def encode_image(image: np.ndarray, ext: str, jpeg_quality: int = 95) -> bytes:
@@ -106,6 +108,17 @@ def decode_image(data: bytes, ext: str) -> np.ndarray:
         return pil_pixels(img)
 
 
+def warn_if_pil_fills_cut_images(stacklevel: int = 3) -> None:
+    """``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`` (set by many training scripts) makes PIL
+    decode a cut image with its missing part filled, gray or black, as if whole: no decode path
+    then sees it as bad, so ``on_error`` can neither raise nor count it. Say so once."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True: a cut image decodes with its missing part "
+                      "filled, and streamaug cannot see it as bad, count it or skip it. Set it False and pass "
+                      "on_error='skip' (--on-error skip) to pass such images over, counted in loader.stats",
+                      RuntimeWarning, stacklevel=stacklevel)
+
+
 def decoded_channels(mode: str) -> int:
     """The channels :func:`decode_image` gives an image of :func:`stored_mode` ``mode``: 1 for
     gray (``L``, bilevel ``1``, ``LA``, 16-bit ``I;16``/``I``), 3 for anything else."""
@@ -148,14 +161,17 @@ def decode_label(data: bytes, class_ids: dict[str, int] | None = None) -> int:
     """``.cls`` bytes → int. With ``class_ids`` (labels written as class names) the text is a
     name, read as its id, and only that: a name ``"1"`` means its own class, never id 1.
     Raises ``ValueError`` naming the text on anything else."""
+    data = bytes(data[:MAX_LABEL_BYTES])
+    if data.startswith(UTF8_BOM):                    # (Notepad and Excel's "UTF-8" write one)
+        data = data[len(UTF8_BOM):]
     if class_ids is not None:
-        text = bytes(data[:MAX_LABEL_BYTES]).decode("utf-8", errors="replace").strip()
+        text = data.decode("utf-8", errors="replace").strip()
         if text in class_ids:
             return class_ids[text]
         names = list(class_ids)
         raise ValueError(f"label {text[:40]!r} is not one of the {len(names)} class names the labels are written "
                          f"as ({', '.join(map(repr, names[:8]))}{', ...' if len(names) > 8 else ''})")
-    text = bytes(data[:MAX_LABEL_BYTES]).decode("ascii", errors="replace").strip()
+    text = data.decode("ascii", errors="replace").strip()
     if not INTEGER.fullmatch(text):                  # (int() would take "1_0" and other digits too)
         if not text:
             raise ValueError("label is empty")
@@ -198,9 +214,11 @@ def read_label(raw: dict, label_key: str, class_ids: dict[str, int] | None = Non
     if len(data) > MAX_LABEL_BYTES:
         raise ValueError(f".json is {len(data)} bytes, over the {MAX_LABEL_BYTES} read for a label")
     try:
-        value = json.loads(bytes(data).decode("utf-8"))
+        value = json.loads(bytes(data).decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f".json does not parse: {e}") from None
+    except RecursionError:                           # (60 KB of [[[[... is under the size limit)
+        raise ValueError(".json is nested too deeply to parse") from None
     for part in label_key[5:].split("."):
         if not isinstance(value, dict) or part not in value:
             there = f"; its fields there: {', '.join(sorted(map(str, value))[:10])}" if isinstance(value, dict) else ""

@@ -29,10 +29,11 @@ from tqdm.auto import tqdm
 
 from .decode_limits import DecodeLimits, check_image
 from .errors import ErrorHandler, LoaderStats, StreamError, check_policy
-from .image_codec import IMAGE_EXTS, LABEL_KEYS, check_label_key, find_label_key, read_label
+from .image_codec import (IMAGE_EXTS, LABEL_KEYS, LabelIsText, check_label_key, find_label_key, read_label,
+                          warn_if_pil_fills_cut_images)
 from .index_lookup import default_index_path
-from .shard_index import (INDEX_NAME, ShardIndex, ShardIndexError, ShardInfo, check_class_names, recorded_shape,
-                          check_num_classes, other_shards_listed)
+from .shard_index import (INDEX_NAME, MAX_NUM_CLASSES, ShardIndex, ShardIndexError, ShardInfo, check_class_names,
+                          check_num_classes, other_shards_listed, recorded_shape)
 from .shard_urls import (UnsafeIndexEntry, command_shard_name, expand_urls, index_entry_url, is_local, named_twice,
                          shard_key)
 from .tar_reader import read_segment, whole_shard
@@ -94,8 +95,9 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
     try:
         label = read_label(raw, chosen, class_ids)
     except ValueError as e:
-        hint = "" if class_ids is not None else "; if labels are written as class names, pass --label-names " \
-            "with the names in id order, --class-names cat,dog (label_names=True, class_names=)"
+        hint = "" if class_ids is not None or not isinstance(e, LabelIsText) else "; if labels are written as " \
+            "class names, pass --label-names with the names in id order, --class-names cat,dog (label_names=True, " \
+            "class_names=)"
         if not label_key:
             hint += "; if another field holds the class, choose it with --label-key or label_key= (e.g. json:FIELD)"
         raise StreamError("bad_label", f"label in {chosen!r} is not an integer class: {e}{hint}", shard=url,
@@ -151,6 +153,7 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
     """
     label_key = check_label_key(label_key)
     on_error = check_policy(on_error)
+    warn_if_pil_fills_cut_images()
     if not isinstance(label_names, bool):
         raise ValueError(f"label_names must be True or False, got {label_names!r}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -252,6 +255,12 @@ def _write(out: str, scans: list[ShardScan], num_classes: int | None, class_name
                           key=b.first_key, value=sorted(labels_in))
     image_exts = set().union(*(s.image_exts for s in filled))
     top = max(max(s.labels) for s in filled)
+    if top >= MAX_NUM_CLASSES and num_classes is None and not class_names:     # (before a count per class is made)
+        bad = next(s for s in filled if max(s.labels) == top)
+        raise StreamError("label_out_of_range", f"label would make {top + 1} classes, over the {MAX_NUM_CLASSES:,} "
+                          "an index may hold (MAX_NUM_CLASSES): a label that is no class id (a hash, an "
+                          "image id)? --label-key chooses another field; --num-classes N refuses labels >= N",
+                          shard=bad.url, key=bad.top_key, value=top)
     field = filled[0].label_key
     class_names = class_names or _names_already_at(out, num_classes, top, field) or \
         _names_beside_shards([s.url for s in scans], out, num_classes, top, field)
@@ -327,7 +336,10 @@ def _names_beside_shards(urls: list[str], out: str, num_classes: int | None, top
 
 def summary(index: ShardIndex, seconds: float) -> str:
     shape = "x".join(map(str, index.image_shape)) if index.image_shape else "varies"
+    counts = index.class_counts
+    shown = f"{counts}" if len(counts) <= 32 else \
+        f"{counts[:32]}"[:-1] + f", ...; {sum(1 for c in counts if not c)} with no sample]"   # (one line still)
     return (f"indexed {len(index.shards)} shards, {index.total} samples, {index.num_classes} classes "
-            f"{index.class_counts}, {'.' + index.image_ext if index.image_ext else 'mixed'} images {shape}, "
+            f"{shown}, {'.' + index.image_ext if index.image_ext else 'mixed'} images {shape}, "
             f"labels from "
             f"{index.label_key or 'cls'!r} in {seconds:.1f} s -> {index.source}")

@@ -14,7 +14,7 @@ import numpy as np
 from .decode_limits import DecodeLimits, check_image
 from .errors import StreamError
 from .image_codec import IMAGE_EXTS, LABEL_KEYS, LabelIsText, check_label_key, decode_image_at_least, find_label_key, \
-    read_label, resize_image
+    read_label, resize_image, warn_if_pil_fills_cut_images
 from .image_size import ImageSizeRule, check_resize
 
 
@@ -151,6 +151,7 @@ def decoders_for(index, num_classes: int | None, decode: str, resize, channels: 
     if decode not in ("cpu", "dali"):
         raise ValueError(f"decode must be 'cpu' (in the workers) or 'dali' (where the batch lives), got {decode!r}")
     resize = check_resize(resize)
+    warn_if_pil_fills_cut_images(stacklevel=4)
     shape = index.image_shape if index is not None else None
     channels = channels or (shape[2] if shape else 3)
     decoder = SampleDecoder(num_classes or ANY_CLASS, resize, shape, defer_encoded=decode == "dali",

@@ -41,9 +41,13 @@ from webdataset.tariterators import base_plus_ext
 from .decode_limits import DecodeLimits
 from .errors import LOST, ErrorHandler, StreamError
 from .gzip_reader import GZIP_MAGIC, GzipReader
+from .image_codec import IMAGE_EXTS, TEXT_LABEL_FIELDS
 from .ustar_reader import BLOCK, HAND_OVER, Prefixed, UstarReader
 
 MAX_META_BYTES = 1 << 20        # pax / GNU long-name header data
+# the fields a sample is read for; the data of the others (captions, metadata, other images'
+# masks...) is not held while the sample is grouped, so their count and size cost no memory
+HELD_FIELDS = frozenset(IMAGE_EXTS) | frozenset(TEXT_LABEL_FIELDS) | {"json"}
 
 
 # Why an archive ended (tarfile's header error), in the words tar_members reports.
@@ -180,7 +184,14 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
                 tar.members = []                      # stream mode keeps every TarInfo otherwise
             name = info.name
             if not info.isreg():
-                continue
+                if (info.islnk() or info.issym()) and not ignored_name(name):
+                    kind = "hard link" if info.islnk() else "symbolic link"
+                    handle(StreamError("link_member", f"tar member is a {kind} to {info.linkname!r}, not a file: "
+                                       "streamaug reads a sample's files from the shard itself (write the shard "
+                                       "with tar --hard-dereference, or -h for symbolic links)",
+                                       shard=url, key=name, value=info.linkname))
+                    yield name, None
+                continue                                  # (directories, devices, fifos: no sample's field)
             if (info.size > limits.max_member_bytes or info.issparse()) and ignored_name(name):
                 yield name, None                      # not read, and not used: nothing is lost
                 continue
@@ -318,7 +329,7 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
                 handle(StreamError("duplicate_key", f"member .{ext} appears twice in one sample; the second copy is "
                                    "dropped", shard=url, key=key, value=name))
                 continue
-            current[ext] = data
+            current[ext] = data if ext in HELD_FIELDS else None      # (named in messages; never read)
     except StreamError as e:
         broke_in = base_plus_ext(e.key)[0] if isinstance(e.key, str) else None
         complete = e.reason == "trailing_data" or (broke_in is not None and broke_in != current["__key__"]) \

@@ -38,6 +38,7 @@ HAND_OVER = object()
 
 _REGULAR = frozenset(b"0\x007")    # REGTYPE, AREGTYPE, CONTTYPE: tarfile's isreg() (sparse is handed over)
 _NO_DATA = frozenset(b"123456")    # links, devices, directory, fifo: tarfile skips no data after them
+_HARD_LINK, _SYMLINK = ord("1"), ord("2")
 _DIRECTORY = ord("5")
 _PAX = ord("x")
 _OCTAL_BYTES = b"01234567 \x00"
@@ -75,16 +76,22 @@ def _pax_text(value: bytes) -> str:
 
 class Member:
     """What tar_members asks of a ``TarInfo``."""
-    __slots__ = ("name", "size", "regular")
+    __slots__ = ("name", "size", "regular", "kind", "linkname")
 
-    def __init__(self, name: str, size: int, regular: bool):
-        self.name, self.size, self.regular = name, size, regular
+    def __init__(self, name: str, size: int, regular: bool, kind: int = 0, linkname: str = ""):
+        self.name, self.size, self.regular, self.kind, self.linkname = name, size, regular, kind, linkname
 
     def isreg(self) -> bool:
         return self.regular
 
     def issparse(self) -> bool:
         return False
+
+    def islnk(self) -> bool:
+        return self.kind == _HARD_LINK
+
+    def issym(self) -> bool:
+        return self.kind == _SYMLINK
 
 
 def parse_header(block: bytes) -> Member | int | None:
@@ -107,7 +114,7 @@ def parse_header(block: bytes) -> Member | int | None:
     prefix = _text(block[345:500])
     if prefix:
         name = f"{prefix}/{name}".rstrip("/") if directory else f"{prefix}/{name}"
-    return Member(name, size, kind in _REGULAR and not directory)
+    return Member(name, size, kind in _REGULAR and not directory, kind, _text(block[157:257]))
 
 
 def parse_pax(data: bytes) -> dict[str, bytes] | None:
@@ -232,6 +239,9 @@ def _apply_pax(member: Member, records: dict[str, bytes]) -> bool:
     path = records.get("path")
     if path is not None:
         member.name = _pax_text(path).rstrip("/")
+    linkpath = records.get("linkpath")
+    if linkpath is not None:
+        member.linkname = _pax_text(linkpath)
     return True
 
 

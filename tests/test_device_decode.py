@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from loader_states import state_after
-from shard_factory import make_shards, write_custom
+from shard_factory import make_shards, write_custom, write_tar
 from streamaug.loader import StreamError, StreamLoader
 from streamaug.loader.image_codec import encode_image
 
@@ -52,6 +52,30 @@ def test_one_channel_from_colour_photos_is_the_workers_luma(tmp_path, device):
         assert a[0].shape == b[0].shape == (6, 1, 48, 64)
         assert (a[0].int() - b[0].int()).abs().max() <= (0 if device == "cpu" else 2)
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_exif_orientation_is_ignored_as_the_workers_ignore_it(tmp_path, device):
+    """Red team s33: DALI turned JPEGs by their EXIF orientation tag (up to 255 levels from the
+    CPU decode, nothing counted) where the workers, as PIL and torchvision's loaders, ignore it."""
+    import io
+
+    from PIL import Image
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[:4, :8, 0], image[..., 1] = 255, np.arange(16)[None, :] * 16
+    members = []
+    for i, orientation in enumerate(range(1, 9)):
+        exif, buf = Image.Exif(), io.BytesIO()
+        exif[0x0112] = orientation
+        Image.fromarray(image).save(buf, format="JPEG", quality=95, subsampling=0, exif=exif.tobytes())
+        members += [(f"s_{i:05d}.jpg", buf.getvalue()), (f"s_{i:05d}.cls", b"%d" % (i % 2))]
+    index = write_custom(str(tmp_path), {"a.tar": members}, {"a.tar": [4, 4]}, image_shape=(16, 16, 3))
+    for resize in (None, (12, 12)):
+        kw = dict(batch_size=8, shuffle=0, device=device, resize=resize)
+        (cpu,), (dali,) = list(StreamLoader(index.urls, **kw)), list(StreamLoader(index.urls, decode="dali", **kw))
+        assert (cpu[0].int() - dali[0].int()).abs().max() <= (1 if resize else 0) + (2 if device == "cuda" else 0)
+        assert (cpu[0][1:].int() - cpu[0][:1].int()).abs().max() <= 1, "every orientation decodes as stored"
+
+
 def test_grayscale_and_resize(tmp_path):
     index = write_custom(str(tmp_path), {"a.tar": jpg_members(4, channels=1) + jpg_members(2, (20, 9), 4, 1)},
                          {"a.tar": [3, 3]}, image_shape=None)
@@ -72,6 +96,12 @@ def test_bad_image_is_named_or_skipped_and_replaced(tmp_path):
     (batch,) = list(loader)
     assert loader.stats.skipped == {"undecodable_image": 1} and int(batch.is_padding.sum()) == 1
     assert batch[0].shape == (6, 3, 12, 12)
+    members[6:8] = [("cut.jpg", truncated_jpg(9)), ("cut.cls", b"1")]     # its header reads: DALI refuses it
+    write_tar(index.urls[0], members)
+    loader = StreamLoader(index.urls, batch_size=6, shuffle=0, decode="dali", on_error="skip", index=False,
+                          num_classes=2)
+    (batch,) = list(loader)                  # (its batch was cut before the decode: a repeat, index or not)
+    assert loader.stats.skipped == {"undecodable_image": 1} and batch.is_padding.tolist() == [False] * 3 + [True] + [False] * 2
 
 
 def test_npy_is_still_decoded_in_workers(tmp_path):

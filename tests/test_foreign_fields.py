@@ -277,3 +277,38 @@ def test_numbers_that_are_not_integers_get_no_class_names_hint():
         decode_label(b"  ")
     with pytest.raises(LabelIsText):
         decode_label(b"dog")
+
+
+def test_a_utf8_bom_and_deep_json_are_read_or_refused_by_name(tmp_path):
+    """Red team s33: a .cls saved by Notepad (a UTF-8 BOM before "3") was refused as '\\ufffd\\ufffd\\ufffd3'
+    with the class-names hint; a 60 KB .json nested 30,000 deep (under the label size limit) raised a
+    bare RecursionError naming nothing, under on_error='skip' too, and stopped streamaug index."""
+    from streamaug.loader.image_codec import decode_label, read_label
+    assert decode_label(b"\xef\xbb\xbf3\r\n") == 3
+    assert decode_label(b"\xef\xbb\xbfcat", {"cat": 0, "dog": 1}) == 0
+    assert read_label({"json": b'\xef\xbb\xbf{"label": 2}'}, "json:label") == 2
+    deep = b'{"label": ' + b"[" * 30000 + b"]" * 30000 + b"}"
+    png = image_bytes(np.zeros((6, 5, 3), np.uint8), "png")
+    with wds.TarWriter(str(tmp_path / "c.tar")) as sink:
+        for key, label in (("a", b'{"label": 1}'), ("b", deep), ("c", b'{"label": 0}')):
+            sink.write({"__key__": key, "png": png, "json": label})
+    url = str(tmp_path / "c.tar")
+    loader = StreamLoader(url, batch_size=4, index=False, label_key="json:label", on_error="skip", num_classes=2)
+    assert [k for b in loader for k in b.keys] == ["a", "c"] and loader.stats.skipped == {"bad_label": 1}
+    for build in (lambda: list(StreamLoader(url, batch_size=4, index=False, label_key="json:label")),
+                  lambda: build_index(url, label_key="json:label", progress=False)):
+        with pytest.raises(StreamError, match="nested too deeply to parse") as info:
+            build()
+        assert info.value.key == "b" and "class names" not in str(info.value)
+
+
+def test_pil_told_to_fill_cut_images_is_named_when_the_loader_is_built(tmp_path, monkeypatch):
+    """Red team s33: with PIL's LOAD_TRUNCATED_IMAGES (set by many training scripts) cut images
+    decode half gray, and no decode path can count them: the loader and the index now say so."""
+    from PIL import ImageFile
+    url, _ = corpus(tmp_path)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.warns(RuntimeWarning, match="LOAD_TRUNCATED_IMAGES is True: a cut image decodes with its missing"):
+        StreamLoader(url, index=False, num_classes=3)
+    with pytest.warns(RuntimeWarning, match="LOAD_TRUNCATED_IMAGES"):
+        build_index(url, progress=False)

@@ -283,3 +283,77 @@ def test_a_second_tar_joined_on_with_cat_is_an_error_not_a_silent_loss(long_name
     with open("junk.tar", "wb") as f:           # bytes that are no tar header: passed over, as tar passes them
         f.write(open("p0.tar", "rb").read() + b"not a header" + bytes(500) + b"x" * 3000)
     assert len([k for b in stream("junk.tar") for k in b.keys]) == 5
+
+
+# --- links and unused fields (red team s33) ---
+
+@pytest.mark.parametrize("fast", [True, False], ids=["ustar", "tarfile"])
+def test_a_linked_member_is_a_counted_loss_not_a_silent_one(tmp_path, fast):
+    """Red team s33: GNU tar stores a second name of a hard-linked file as a link member, with no
+    data; the reader passed it over as webdataset does, so the sample vanished uncounted (or, with
+    only its image linked, was called imageless). Written by GNU tar itself; symlinks by tarfile."""
+    import os
+    import shutil
+    import subprocess
+
+    from streamaug.loader import build_index
+    from streamaug.loader.decode_limits import DecodeLimits
+    from streamaug.loader.tar_reader import open_shard
+    from streamaug.loader.tar_members import shard_samples
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in good_members(4):
+        (src / name).write_bytes(data)
+    os.remove(src / "s_00001.npy")
+    os.remove(src / "s_00001.cls")
+    os.link(src / "s_00000.npy", src / "s_00001.npy")             # s_00001: a duplicate of s_00000,
+    os.link(src / "s_00000.cls", src / "s_00001.cls")             # hard-linked, as dedup tools leave it
+    if shutil.which("tar"):
+        subprocess.run(["tar", "--sort=name", "-cf", "gnu.tar", "-C", str(src), "."], check=True)
+    with tarfile.open("sym.tar", "w") as tar:
+        for name, data in good_members(3):
+            info = tarfile.TarInfo(name)
+            if name == "s_00002.npy":
+                info.type, info.linkname = tarfile.SYMTYPE, "s_00000.npy"
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    for url, lost, target in [("gnu.tar", "./s_00001", "./s_00000.cls"), ("sym.tar", "s_00002", "s_00000.npy")]:
+        if url == "gnu.tar" and not shutil.which("tar"):
+            continue
+        with pytest.raises(StreamError, match="link") as err:
+            list(stream([url]))
+        assert err.value.reason == "link_member" and err.value.shard == url and err.value.value == target
+        assert "--hard-dereference" in str(err.value)
+        loader = stream([url], on_error="skip")
+        keys = keys_of(loader)
+        assert lost.lstrip("./") not in [k.lstrip("./") for k in keys] and len(keys) == (3 if url == "gnu.tar" else 2)
+        assert loader.stats.skipped == {"link_member": 1}
+        got = [s["__key__"] for s in shard_samples(url, open_shard(url, 60), DecodeLimits(), lambda e: None, fast=fast)]
+        assert len(got) == len(keys), "both tar readers pass it over the same way"
+        with pytest.raises(StreamError, match="link"):
+            build_index(url, out=str(tmp_path / f"{url}.json"), progress=False)
+
+
+def test_fields_no_one_reads_are_named_but_not_held(tmp_path):
+    """Red team s33: every field of a sample was held until the sample ended, so a 3.5 MB .tar.gz
+    of many large unused fields took 1 GB. Their data is now dropped as each arrives."""
+    from streamaug.loader.decode_limits import DecodeLimits
+    from streamaug.loader.tar_members import shard_samples
+    from streamaug.loader.tar_reader import open_shard
+
+    with wds.TarWriter("a.tar") as sink:
+        for i in range(3):
+            sink.write({"__key__": f"s_{i:05d}", "npy": np.full((8, 8, 3), i, np.uint8), "cls": i % 2,
+                        "mask.png": b"\0" * 100_000, "caption.txt": b"a cat", "meta.json": b"{}", "json": b"{}"})
+    (sample, *_) = shard_samples("a.tar", open_shard("a.tar", 60), DecodeLimits(), None)
+    assert sample["mask.png"] is None and sample["caption.txt"] is None and sample["meta.json"] is None
+    assert sample["cls"] == b"0" and sample["json"] == b"{}" and sample["npy"][:6] == b"\x93NUMPY"
+    assert keys_of(stream(["a.tar"])) == expected(3)
+    with wds.TarWriter("b.tar") as sink:
+        sink.write({"__key__": "s_00000", "mask.png": b"\0" * 100, "cls": 0})
+    with pytest.raises(StreamError, match="no image field") as err:
+        list(stream(["b.tar"]))
+    assert err.value.value == ["cls", "mask.png"], "a field not held is still named"

@@ -609,3 +609,24 @@ def test_an_index_that_names_no_label_field_takes_the_loaders(tmp_path):
     loader = StreamLoader(str(tmp_path / "a.tar"), batch_size=3, shuffle=0, label_key="label")
     assert [y for b in loader for y in b[1].tolist()] == [0, 1, 0, 1, 0, 1]
     assert build_index(str(tmp_path / "a.tar"), out=str(tmp_path / "built.json"), progress=False).label_key == "label"
+
+
+def test_a_label_past_the_class_limit_is_refused_before_a_count_per_class_is_made(tmp_path, capsys):
+    """Red team s33: one .cls of 10,000,000 made the index builder count 10 million classes
+    (25 s, 1.5 GB, a 199 MB index.json); 10**22 ran for minutes. The loader would refuse that
+    index anyway (MAX_NUM_CLASSES); now the builder refuses the label, naming it."""
+    from streamaug.loader.shard_index import MAX_NUM_CLASSES
+    members = [(f"s{i}.npy", npy_bytes(np.zeros((4, 4, 3), np.uint8))) for i in range(3)]
+    for big in (MAX_NUM_CLASSES, 10 ** 22):
+        write_tar(str(tmp_path / "a.tar"), [m for i, m in enumerate(members)
+                                            for m in (m, (f"s{i}.cls", str(big if i == 1 else i).encode()))])
+        with pytest.raises(StreamError, match=f"label would make {big + 1} classes, over the 100,000") as info:
+            build_index(str(tmp_path / "a.tar"), progress=False)
+        assert (info.value.key, info.value.value) == ("s1", big)
+    write_tar(str(tmp_path / "a.tar"), [m for i, m in enumerate(members)
+                                        for m in (m, (f"s{i}.cls", str(MAX_NUM_CLASSES - 1 if i == 1 else i).encode()))])
+    with pytest.warns(RuntimeWarning, match="have no sample"):
+        assert cli_main(["index", str(tmp_path / "a.tar"), "--workers", "1"]) in (0, None)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"{MAX_NUM_CLASSES} classes [1, 0, 1, 0," in line and f"; {MAX_NUM_CLASSES - 3} with no sample]" in line
+    assert len(line) < 500, "the summary is one short line, not 100,000 counts"
