@@ -115,12 +115,18 @@ def parse(argv):
                    help="what a cut class keeps, as a fraction of the largest class")
     p.add_argument("--batch-size", type=int, default=64, help="rows per batch, real and synthetic")
     p.add_argument("--workers", type=int, default=0, help="the loader's num_workers")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads for the training step (default: torch's, one per core, the "
+                        "fastest on an idle machine); 1 where other CPU-bound jobs share the cores, on which "
+                        "torch's threads stall waiting for each other")
     p.add_argument("--width", type=int, default=24, help="channels of the small CNN's first layer")
     p.add_argument("--lr", type=float, default=4e-3, help="AdamW's peak learning rate (one-cycle schedule)")
     p.add_argument("--eval-every", type=int, default=25, help="steps between test evaluations (the curves)")
     p.add_argument("--no-pictures", action="store_true", help="skip preview.png and curves.png")
     args = p.parse_args(argv)
-    for name in ("steps", "seeds", "batch_size", "width", "eval_every"):
+    if args.workers < 0:
+        p.error(f"--workers must be >= 0, got {args.workers}")
+    for name in ("steps", "seeds", "batch_size", "width", "eval_every") + (("threads",) if args.threads is not None else ()):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.minority_classes is not None and args.minority_classes < 0:
@@ -136,6 +142,16 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    caller_threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(caller_threads)          # (main() called in-process: the caller's count back)
+
+
+def run(args) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.backend = args.backend or ("dali" if device.type == "cuda" else "kornia")
     t0 = time.perf_counter()

@@ -5,6 +5,7 @@ import json
 import sys
 
 import numpy as np
+import torch
 from PIL import Image
 
 from streamaug.benchmarks import preview
@@ -14,7 +15,10 @@ from streamaug.cli import main as cli
 def test_tiny_demo_writes_table_json_and_pictures(tmp_path, capsys):
     out = tmp_path / "demo"
     arms = "plain,ros,smote,smote-thumb,bmixup,remix"
-    assert cli(["demo", "--arms", arms, "--steps", "4", "--seeds", "2", "--eval-every", "2", "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    assert cli(["demo", "--arms", arms, "--steps", "4", "--seeds", "2", "--eval-every", "2", "--out", str(out),
+                "--threads", "1"]) == 0
+    assert torch.get_num_threads() == threads, "the caller's thread count is restored"
     printed = capsys.readouterr().out
     assert "| arm | balanced accuracy | Δ vs plain | macro-F1 | minority recall |" in printed
     for row in ("| plain: plain stream |", "| ros: random oversampling + augment |", "| smote: SMOTE + augment |",
@@ -23,7 +27,7 @@ def test_tiny_demo_writes_table_json_and_pictures(tmp_path, capsys):
         assert row in printed
     assert "~ = |Δ| below the seeds' spread" in printed
     result = json.loads((out / "results.json").read_text())
-    assert list(result["summary"]) == arms.split(",") and result["table"] in printed
+    assert list(result["summary"]) == arms.split(",") and result["table"] in printed and result["torch_threads"] == 1
     for stats in result["summary"].values():
         for metric in ("balanced_accuracy", "macro_f1", "minority_recall", "train_minority_recall"):
             assert 0.0 <= stats[metric]["mean"] <= 1.0
@@ -149,6 +153,9 @@ def test_demo_rejects_bad_options(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["demo", "--minority-classes", "-1", "--out", str(tmp_path)])
     assert "--minority-classes must be >= 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["demo", "--threads", "0", "--out", str(tmp_path)])
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
     assert cli(["demo", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "streamaug demo: --data must be a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
