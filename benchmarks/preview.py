@@ -8,12 +8,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 
 import numpy as np
 import torch
 
-from streamaug.loader import ShardIndex, StreamLoader
+from streamaug.benchmarks.demo_data import RESIZE
+from streamaug.loader import ShardIndex, StreamLoader, write_shards
 from streamaug.loader.shard_index import INDEX_NAME
+from streamaug.loader.shard_urls import SHARD_SUFFIXES
 from streamaug.ops import Compose, MixUp
 from streamaug.ops.recipes import default_augment
 from streamaug.samplers import SMOTE, ClassBalancer
@@ -25,10 +28,11 @@ def _hwc(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().permute(1, 2, 0).numpy()
 
 
-def collect(index: ShardIndex, augment: Compose, strategy="auto", seed: int = 0, per_row: int = 9) -> list[list]:
-    """Rows of (HWC uint8 image, caption) cells."""
+def collect(index: ShardIndex, augment: Compose, strategy="auto", seed: int = 0, per_row: int = 9,
+            resize: tuple[int, int] | None = None) -> list[list]:
+    """Rows of (HWC uint8 image, caption) cells; ``resize`` as the loader's."""
     names = index.class_names
-    plain = StreamLoader(index.urls, batch_size=max(64, per_row), seed=seed, device="cpu", index=index)
+    plain = StreamLoader(index.urls, batch_size=max(64, per_row), seed=seed, device="cpu", index=index, resize=resize)
     x, y = next(iter(plain))
     real, labels = x[:per_row], y[:per_row]
     augment.manual_seed(seed)
@@ -36,7 +40,7 @@ def collect(index: ShardIndex, augment: Compose, strategy="auto", seed: int = 0,
     rows = [[(_hwc(im), f"real: {names[c]}") for im, c in zip(real, labels.tolist())],
             [(_hwc(im), f"aug: {names[c]}") for im, c in zip(augmented, labels.tolist())]]
 
-    balanced = StreamLoader(index.urls, batch_size=64, seed=seed, device="cpu", index=index,
+    balanced = StreamLoader(index.urls, batch_size=64, seed=seed, device="cpu", index=index, resize=resize,
                             balance=ClassBalancer(strategy, SMOTE()))
     triplets = []
     for batch in balanced:
@@ -91,24 +95,50 @@ def draw(rows: list[list], path: str, title: str = "") -> tuple[int, int]:
     return size
 
 
+def _size(text: str) -> tuple[int, int]:
+    sides = [int(v) for v in text.replace("x", ",").split(",")]
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"one side (a square) or H,W in positive ints, got {text!r}")
+    return (sides[0], sides[-1])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="streamaug preview", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="folder with shards and index.json, or the index.json itself")
+    p.add_argument("--data", required=True, help="folder with shards and index.json, the index.json itself, or an "
+                   "image folder (one subfolder per class; written to temporary shards first)")
     p.add_argument("--out", default="preview.png")
     p.add_argument("--strategy", default="auto")
     p.add_argument("--backend", default="kornia", choices=["kornia", "dali"])
     p.add_argument("--flip", action="store_true", help="include horizontal flips in the augmentation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resize", type=_size, default=None, help="resize every image to H,W (or one side, a square); "
+                   f"default: {RESIZE[0]}x{RESIZE[1]} where image sizes vary (as the demo), else none")
     args = p.parse_args(argv)
     if not os.path.splitext(args.out)[1]:
         args.out += ".png"                  # what matplotlib writes for a name without an extension
-    path = args.data if args.data.endswith(".json") else os.path.join(args.data, INDEX_NAME)
-    try:
-        index = ShardIndex.load(path)
-    except ValueError as e:                  # (ShardIndexError): one line, as the other commands print
-        print(f"streamaug preview: {e}", file=sys.stderr)
-        return 2
-    rows = collect(index, default_augment(args.backend, args.flip), args.strategy, args.seed)
+    with tempfile.TemporaryDirectory(prefix="streamaug-preview-") as scratch:
+        try:
+            index = _index_of(args.data, scratch)
+        except ValueError as e:              # (ShardIndexError, StreamError): one line, as the other commands print
+            print(f"streamaug preview: {e}", file=sys.stderr)
+            return 2
+        resize = args.resize or (None if index.image_shape else RESIZE)
+        if resize and not args.resize:
+            print(f"images were resized to {resize[0]}x{resize[1]}: their sizes differ, and a batch needs one "
+                  "size (--resize chooses another)")
+        rows = collect(index, default_augment(args.backend, args.flip), args.strategy, args.seed, resize=resize)
     w, h = draw(rows, args.out, "rows: real | augmented | SMOTE (seed, synthetic, neighbour) | mixup")
     print(f"wrote {args.out} ({w}x{h})")
     return 0
+
+
+def _index_of(data: str, scratch: str) -> ShardIndex:
+    """The index of ``--data``: an index file, a shard folder's, or that of an image folder
+    written to shards in ``scratch``."""
+    if data.endswith(".json") or not os.path.isdir(data) or os.path.exists(os.path.join(data, INDEX_NAME)):
+        return ShardIndex.load(data if data.endswith(".json") else os.path.join(data, INDEX_NAME))
+    if any(f.endswith(SHARD_SUFFIXES) for f in os.listdir(data)):
+        raise ValueError(f"--data folder {data!r} holds shards but no {INDEX_NAME}: write one with "
+                         f"`streamaug index {data}` (the preview balances by each class's count)")
+    print(f"{data!r} has no shards: reading it as an image folder (one subfolder per class)")
+    return write_shards(data, scratch, progress=False)

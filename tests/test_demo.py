@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -129,11 +133,42 @@ def test_demo_says_what_is_wrong_with_data_it_cannot_use(tmp_path, monkeypatch, 
     assert data.index.class_counts == [4, 3] and sorted(data.test_labels.tolist()) == [0, 1]
 
 
-def test_preview_of_a_folder_without_an_index_says_so_in_one_line(tmp_path, capsys):
+def test_preview_of_a_folder_without_an_index_says_so_in_one_line(tmp_path, capsys, npy_shards):
     (tmp_path / "s").mkdir()
+    for tar in npy_shards[0].urls[:2]:
+        shutil.copy(tar, tmp_path / "s")
     assert cli(["preview", "--data", str(tmp_path / "s"), "--out", str(tmp_path / "p.png")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("streamaug preview: index ") and "does not exist" in err and "Traceback" not in err
+    assert err.startswith("streamaug preview: --data folder ") and "holds shards but no index.json: write one with " \
+        "`streamaug index " in err and "Traceback" not in err
+    assert cli(["preview", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "p.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_preview_of_images_of_mixed_sizes_and_of_an_image_folder(tmp_path, monkeypatch, capsys):
+    """Newcomer s33: preview over shards of mixed-size images raised a traceback telling the user to
+    pass resize=, which preview had no option for; an image folder was told to run streamaug index."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    rng = np.random.default_rng(0)
+    for c, n in (("cat", 30), ("dog", 8)):
+        (tmp_path / "pics" / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (20 + i % 7, 24, 3), dtype=np.uint8)).save(tmp_path / "pics" / c / f"{i}.jpg")
+    assert cli(["shards", "pics", "shards", "--format", "jpg"]) in (0, None)
+    capsys.readouterr()
+    assert cli(["preview", "--data", "shards", "--out", "a.png"]) == 0
+    assert "images were resized to 64x64: their sizes differ" in capsys.readouterr().out
+    assert cli(["preview", "--data", "shards", "--out", "b.png", "--resize", "40,50"]) == 0
+    assert "resized" not in capsys.readouterr().out
+    assert cli(["preview", "--data", "pics", "--out", "c.png"]) == 0
+    assert "'pics' has no shards: reading it as an image folder" in capsys.readouterr().out
+    assert Image.open("a.png").size == Image.open("b.png").size == Image.open("c.png").size == (990, 440)
+    assert os.listdir(tmp_path / "tmp") == [], "the image folder's temporary shards are gone"
+    with pytest.raises(SystemExit):
+        cli(["preview", "--data", "shards", "--resize", "0"])
+    assert "--resize: one side (a square) or H,W in positive ints, got '0'" in capsys.readouterr().err
 
 
 def test_preview_command_on_user_shards(tmp_path, npy_shards, capsys):
