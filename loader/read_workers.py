@@ -33,6 +33,7 @@ import weakref
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
 
+import torch
 from torch.utils.data import DataLoader
 from torch.utils.data._utils.signal_handling import _remove_worker_pids
 
@@ -238,9 +239,12 @@ def _worker_items(loader, serial: int):
         # Forked workers inherit the parent's uncollected garbage; finalizing it there (e.g. a
         # dead DALI pipeline, whose threads do not exist in the child) can crash the worker.
         gc.collect()
+        # its own generator: DataLoader draws each start's worker base seed from torch's global RNG
+        # otherwise, and a user's torch.manual_seed stream then depended on num_workers
         loader._dataloader = DataLoader(loader._stream, batch_size=None, num_workers=loader.read_workers,
                                         pin_memory=loader._pin, prefetch_factor=loader._prefetch,
-                                        persistent_workers=True, **loader.read_options.dataloader_arguments())
+                                        persistent_workers=True, generator=torch.Generator().manual_seed(loader.seed),
+                                        **loader.read_options.dataloader_arguments())
         # freed without close(): stop them as close() does. torch's own shutdown joins each worker
         # for 5 s, and after a pass that failed (StreamError) the workers took all of it: 10 s for 2
         loader._stop_workers = weakref.finalize(loader, stop_workers, loader._dataloader)
