@@ -58,6 +58,24 @@ def check_num_workers(num_workers) -> int:
     return int(num_workers)
 
 
+def check_seed(seed) -> int:
+    """``seed=`` as an int (numpy ints too); ``None``, a bool or a float is refused: the one seed
+    everything derives from must be the same on every rank and in every resume, and ``1.7``
+    would quietly be the stream of ``seed=1``."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an int (the one seed shard order, shuffle and plug-ins derive from; the "
+                         f"same on every rank), got {seed!r}")
+    return int(seed)
+
+
+def check_topology(world_size, rank) -> tuple[int | None, int | None]:
+    """``world_size=``/``rank=`` overrides as ints (numpy ints too: the state is JSON), ``None`` kept."""
+    for name, value, low in (("world_size", world_size, 1), ("rank", rank, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low):
+            raise ValueError(f"{name} must be an int >= {low} (or None: torch.distributed's), got {value!r}")
+    return (None if world_size is None else int(world_size)), (None if rank is None else int(rank))
+
+
 def check_prefetch(prefetch_factor, num_workers: int) -> int:
     """Batches each reading worker reads ahead: DataLoader's default 2, and its refusal without workers."""
     if prefetch_factor is not None and num_workers == 0:     # (DataLoader's own check and message)

@@ -39,8 +39,8 @@ from streamaug.core.threads import IntraOpThreads, main_process_threads
 from .batch import Batch
 from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, DecodeLimits
 from .epoch_plan import EpochPlan, PlanSpec
-from .dataloader_arguments import (SHUFFLE_BUFFER, check_batch_size, check_num_workers, check_prefetch,
-                                   check_shuffle, read_worker_options)
+from .dataloader_arguments import (SHUFFLE_BUFFER, check_batch_size, check_num_workers, check_prefetch, check_seed,
+                                   check_shuffle, check_topology, read_worker_options)
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
 from .device_feed import delivery_device
 from .errors import LoaderStats, check_policy
@@ -170,14 +170,14 @@ class StreamLoader:
                              f"{self.index.label_key!r}: its per-class counts (the epoch plan, the "
                              f"balancer's targets) are of another field. Index the shards with --label-key "
                              f"{label_key} (a file of its own: --out), or leave label_key= out")
-        self.batch_size, self.read_workers, self.seed = batch_size, num_workers, int(seed)
+        self.batch_size, self.read_workers, self.seed = batch_size, num_workers, check_seed(seed)
         if drop_last not in (True, False):
             raise ValueError(f"drop_last must be True or False, got {drop_last!r}")
         self.shuffle, self.drop_last = check_shuffle(shuffle), bool(drop_last)
         self.on_error = check_policy(on_error)
         self.device = delivery_device(device)
         self._pin = self.device.type == "cuda" if pin_memory is None else pin_memory
-        self._world_override, self._rank_override = world_size, rank
+        self._world_override, self._rank_override = check_topology(world_size, rank)
         self._prefetch = check_prefetch(prefetch_factor, num_workers)
         self.output = OutputFormat(dtype, normalize, channels_last)
         self.decode = decode

@@ -74,11 +74,30 @@ def test_dataloader_arguments_with_no_meaning_here_are_refused_with_the_alternat
     ({"timeout": -1}, "timeout must be a number of seconds >= 0, got -1"),
     ({"worker_init_fn": 7}, "worker_init_fn must be callable, got 7"),
     ({"in_order": False}, "in_order must be True, got False"),
+    ({"seed": None}, r"seed must be an int \(the one seed .*got None"),        # newcomer s33: int() TypeError
+    ({"seed": 1.7}, "seed must be an int .* got 1.7"),                         # red team s33: was seed=1's stream
+    ({"seed": True}, "seed must be an int .* got True"),
+    ({"world_size": 0}, r"world_size must be an int >= 1 \(or None: torch.distributed's\), got 0"),
+    ({"rank": -1, "world_size": 2}, "rank must be an int >= 0"),
+    ({"rank": 1.0, "world_size": 2}, "rank must be an int >= 0"),
 ])
 def test_bad_worker_arguments_are_named(npy_shards, kw, message):
     index, _, _ = npy_shards
     with pytest.raises(ValueError, match=message):
         StreamLoader(index.urls, batch_size=10, num_workers=2, **kw)
+
+
+def test_numpy_ints_for_seed_rank_and_world_size_give_a_json_state(npy_shards):
+    """Red team s33: numpy ints for world_size/rank went into state_dict() as they were, and
+    json.dumps (and torch.load(weights_only=True)) failed on the state."""
+    import json
+
+    import numpy as np
+    index, _, _ = npy_shards
+    loader = StreamLoader(index.urls, batch_size=10, seed=np.int64(3), world_size=np.int64(2), rank=np.int32(1))
+    next(iter(loader))
+    state = json.loads(json.dumps(loader.state_dict()))
+    assert (state["rank"], state["fingerprint"]["world_size"], state["fingerprint"]["seed"]) == (1, 2, 3)
 
 
 def test_an_unknown_argument_is_still_a_type_error(npy_shards):
