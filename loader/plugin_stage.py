@@ -33,10 +33,24 @@ def plugin_seeds(stages: dict, seed: int, num_classes: int | None) -> dict[str, 
         if not isinstance(stage, protocol):
             extra = ", bind, synthetic_counts" if name == "balance" else ""
             raise TypeError(f"{name}= must meet streamaug.core.plugin.{protocol.__name__} (seed, manual_seed, "
-                            f"state_dict, load_state_dict, __call__{extra}), got {type(stage).__name__}")
+                            f"state_dict, load_state_dict, __call__{extra}), got {type(stage).__name__}"
+                            + _what_to_pass(name, stage))
         check_plugin_kind(name, stage, num_classes)
         seeds[name] = stage.seed if stage.seed is not None else derive_seed(seed, name)
     return seeds
+
+
+def _what_to_pass(name: str, stage) -> str:
+    """A hint for the usual mistakes: one op or a list of ops as ``augment=``, a transform from
+    another library (it works on one image; the stages work on whole batches on the device)."""
+    if name == "augment" and isinstance(stage, (list, tuple)):
+        return ": wrap the ops in one streamaug.ops.Compose([...])"
+    if name == "augment" and getattr(stage, "kind", None) in ("geometric", "intensity"):
+        return f": wrap the op in streamaug.ops.Compose([{type(stage).__name__}(...)])"
+    if name == "augment" and callable(stage):
+        return (": a per-image transform (torchvision, albumentations) does not run on batches; build the "
+                "augmentation from streamaug.ops (Flip, Rotate, RandomResizedCrop, BrightnessContrast, ...) in a Compose")
+    return ""
 
 
 def check_plugin_kind(name: str, stage, num_classes: int | None) -> None:

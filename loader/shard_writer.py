@@ -113,7 +113,11 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, was_tensor: bool = Fal
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(f"labels must be 1-D with len(images)={len(images)} entries, got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+        words = labels.dtype.kind in "UOS"
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}" + (
+            f" (e.g. {str(labels[0])!r}): labels written as class names are ids first, names second: "
+            "names, ids = np.unique(labels, return_inverse=True), then write_shards((images, ids), ..., "
+            "class_names=list(names))" if words and len(labels) else ""))
     if len(labels) and labels.min() < 0:
         raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
 

@@ -100,6 +100,13 @@ def test_a_wrong_plugin_is_refused_when_the_loader_is_built(shards):
         StreamLoader(index.urls, batch_size=8, augment=lambda x: x)
     with pytest.raises(TypeError, match="balance= must meet streamaug.core.plugin.Balancer .* got str"):
         StreamLoader(index.urls, batch_size=8, balance="auto")
+    # newcomer s33: one op, a list of ops and a per-image transform got the protocol's name alone
+    from streamaug.ops import Flip, Rotate
+    for given, hint in ((Flip(), r"wrap the op in streamaug.ops.Compose\(\[Flip\(...\)\]\)"),
+                        ([Flip(), Rotate(10)], r"wrap the ops in one streamaug.ops.Compose\(\[...\]\)"),
+                        (lambda image: image, "a per-image transform .* does not run on batches")):
+        with pytest.raises(TypeError, match="augment= must meet .*" + hint):
+            StreamLoader(index.urls, batch_size=8, augment=given)
 
 
 class CountingBalancer:

@@ -316,6 +316,9 @@ def test_writer_rejects_bad_sources(tmp_path):
                      str(tmp_path))                                                         # 4-argument transpose)
     with pytest.raises(ValueError, match="labels must be 1-D with len"):
         write_shards((np.zeros((2, 4, 4, 3), np.uint8), np.zeros(3, int)), str(tmp_path))
+    with pytest.raises(ValueError, match=r"got dtype <U3 \(e.g. 'cat'\): labels written as class names .* "
+                       r"np.unique\(labels, return_inverse=True\)"):                  # (newcomer s33)
+        write_shards((np.zeros((2, 4, 4, 3), np.uint8), np.array(["cat", "dog"])), str(tmp_path))
     with pytest.raises(ValueError, match="image_format must be one of"):
         make_shards(str(tmp_path), n=4, fmt="gif")
     with pytest.raises(ValueError, match="is not a directory"):
