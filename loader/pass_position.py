@@ -35,17 +35,26 @@ class PassPosition:
         self.closed_pass: int | None = None   # the pass close() stopped while it ran (see check_current)
         self.ended_pass: int | None = None    # the pass that handed on its epoch's last batch
         self.forked_pass: int | None = None   # in a forked child: the parent's pass then (its workers are the parent's)
+        self.moved_pass: int | None = None    # the pass open when load_state_dict moved the position
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.batches_done, self.resume_pending, self.ended = 0, False, False
+        if epoch != self.epoch:       # (an open pass goes on: Lightning, without an index, takes a pass's
+            self.batches_done, self.resume_pending, self.ended = 0, False, False    # first batch, then sets it)
         self.epoch, self.explicit_epoch = int(epoch), True
 
     def restore(self, epoch: int, batches_done: int, explicit_epoch: bool, ended: bool = False) -> None:
         """A saved position; the next pass resumes there."""
+        self._leave_open_pass()
         self.epoch, self.batches_done, self.explicit_epoch = epoch, batches_done, explicit_epoch
         self.ended = ended
         self.resume_pending = True
+
+    def _leave_open_pass(self) -> None:
+        """A state was loaded under an open pass: were it still running, its next batch would
+        count on the loaded position (a state then named batches it never handed on), so it
+        raises there instead (see :meth:`check_current`)."""
+        if self.open_pass is not None:
+            self.moved_pass = self.open_pass
 
     def new_iter(self) -> None:
         """An ``iter()``: a pass left part-way before it makes this one the next epoch's."""
@@ -99,6 +108,11 @@ class PassPosition:
                 "this pass over the StreamLoader was stopped: loader.close() was called (or its with block "
                 "was left) while the pass ran, which stops its reading workers. Start a new pass with "
                 "iter(loader); state_dict() still holds where this one stopped.")
+        if serial == self.moved_pass:
+            raise RuntimeError(
+                "this pass over the StreamLoader was left: load_state_dict() moved the loader's position while "
+                "the pass ran, and its next batch would have counted on the loaded position. Load a state "
+                "between passes, then start a new one with iter(loader).")
         if serial != self.serial:
             raise RuntimeError(
                 "this pass over the StreamLoader was superseded: iter(loader) was called again while it ran. "

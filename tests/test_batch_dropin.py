@@ -513,3 +513,21 @@ def test_a_refused_state_names_num_workers_as_the_constructor_does(shards):
     saved = stream(shards[0], num_workers=2).state_dict()
     with pytest.raises(ValueError, match="num_workers: saved 2, this loader 0"):
         stream(shards[0]).load_state_dict(saved)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_state_loaded_under_a_running_pass_stops_that_pass(shards, workers):
+    """Red team s33: load_state_dict() while a pass ran let the old iterator go on, each of its
+    batches counted on the loaded position: the resume point silently became batch 4, not 3
+    (and, run to its end, the old pass dropped the loaded state). It now raises at its next batch."""
+    index = shards[0]
+    reference = [b.keys for b in stream(index, num_workers=workers)]
+    with stream(index, num_workers=workers) as loader:
+        old = iter(loader)
+        [next(old) for _ in range(3)]
+        state = loader.state_dict()
+        [next(old) for _ in range(2)]
+        loader.load_state_dict(state)
+        with pytest.raises(RuntimeError, match="load_state_dict\\(\\) moved the loader's position while the pass ran"):
+            next(old)
+        assert [b.keys for b in loader] == reference[3:]
