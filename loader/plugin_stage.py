@@ -8,6 +8,8 @@ counts and the output format are left.
 """
 from __future__ import annotations
 
+import weakref
+
 from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import Augmenter, Balancer, Mixer
 from streamaug.core.seeding import derive_seed
@@ -38,6 +40,23 @@ def plugin_seeds(stages: dict, seed: int, num_classes: int | None) -> dict[str, 
         check_plugin_kind(name, stage, num_classes)
         seeds[name] = stage.seed if stage.seed is not None else derive_seed(seed, name)
     return seeds
+
+
+_BALANCER_OWNERS: dict[int, weakref.ref] = {}      # id(balancer) -> the live loader it is bound to
+
+
+def claim_balancer(balancer, loader) -> None:
+    """A balancer holds one loader's reservoirs, slots and counts; a second live loader given the
+    same object would take them over, and the first failed at its next batch with a count of slots
+    that named no cause (red team s33). Refused when the second loader is built."""
+    key = id(balancer)
+    ref = _BALANCER_OWNERS.get(key)
+    other = ref() if ref is not None else None
+    if other is not None and other is not loader and getattr(other, "balance", None) is balancer:
+        raise ValueError(f"balance={balancer!r} is already another live StreamLoader's: a balancer holds its "
+                         "loader's reservoirs and slots. Give each loader its own (build another, or "
+                         "copy.deepcopy(balancer) before either loader is built)")
+    _BALANCER_OWNERS[key] = weakref.ref(loader, lambda r, k=key: _BALANCER_OWNERS.get(k) is r and _BALANCER_OWNERS.pop(k))
 
 
 def _what_to_pass(name: str, stage) -> str:

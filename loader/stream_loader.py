@@ -49,7 +49,7 @@ from .loader_pass import run_pass
 from .loader_state import plugin_details, restore_state, save_state
 from .output_format import OutputFormat
 from .pass_position import PassPosition
-from .plugin_stage import plugin_seeds
+from .plugin_stage import claim_balancer, plugin_seeds
 from .read_workers import stop_workers
 from .sample_decoder import decoders_for
 from .sample_lookup import ShardRowSource
@@ -190,6 +190,8 @@ class StreamLoader:
         self._rows = ShardRowSource(self.urls, self.index, self.decoder, self.device)
         self._plugin_seeds = plugin_seeds({"balance": balance, "augment": augment, "mixup": mixup}, self.seed,
                                           self.num_classes)
+        if balance is not None:
+            claim_balancer(balance, self)
         self.plugin_details = plugin_details(self)    # (for the state's fingerprint, as built)
         stages_in_workers = stages_in_workers_argument(stages_in_workers, augment_in_workers)
         self.stages_in_workers = worker_side(stages_in_workers, self.device, num_workers, decode,

@@ -109,6 +109,25 @@ def test_a_wrong_plugin_is_refused_when_the_loader_is_built(shards):
             StreamLoader(index.urls, batch_size=8, augment=given)
 
 
+def test_one_balancer_for_two_live_loaders_is_refused_when_the_second_is_built(shards):
+    """Red team s33: the second loader took the balancer's slots over and the first failed at its
+    next batch, "batch asks for 8 synthetic samples, 4 slots are left", naming no cause."""
+    import copy
+    import gc
+
+    from streamaug.samplers import SMOTE, ClassBalancer
+    index, _, _ = shards
+    balancer = ClassBalancer("auto", SMOTE())
+    first = StreamLoader(index.urls, batch_size=8, balance=balancer)
+    with pytest.raises(ValueError, match="is already another live StreamLoader's: .* Give each loader its own"):
+        StreamLoader(index.urls, batch_size=8, balance=balancer)
+    own = StreamLoader(index.urls, batch_size=8, balance=copy.deepcopy(balancer))
+    assert len(list(first)) == len(list(own)) == len(first)
+    del first
+    gc.collect()
+    assert len(list(StreamLoader(index.urls, batch_size=8, balance=balancer))) == len(own), "free once the first is gone"
+
+
 class CountingBalancer:
     """A third-party balancer written against the protocol alone: one repeat per batch."""
     seed = None
