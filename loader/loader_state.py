@@ -92,6 +92,16 @@ def check_format(sd: dict) -> None:
     if sd.get("format") != FORMAT:
         found = sd.get("format", "no 'format' field (saved before streamaug 0.2?)")
         raise ValueError(f"not a {FORMAT} state: {found}; fields {sorted(sd)}")
+    for name in ("epoch", "batches_done", "rank"):    # (an edited or hand-made state: named, not a TypeError later)
+        value = sd.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"loader state field {name!r} must be an int >= 0, got {value!r}")
+    for name in ("explicit_epoch", "epoch_ended"):
+        if not isinstance(sd.get(name, False), bool):
+            raise ValueError(f"loader state field {name!r} must be true or false, got {sd.get(name)!r}")
+    for name in ("fingerprint", "stats"):
+        if not isinstance(sd.get(name), dict):
+            raise ValueError(f"loader state field {name!r} must be a dict, got {type(sd.get(name)).__name__}")
 
 
 def save_state(loader) -> dict:

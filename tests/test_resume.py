@@ -63,6 +63,20 @@ def test_state_from_a_different_setup_is_refused(npy_shards):
         other.load_state_dict(state)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("batches_done", -2, "'batches_done' must be an int >= 0, got -2"),       # red team s33: accepted, and
+    ("batches_done", 2.5, "'batches_done' must be an int >= 0, got 2.5"),     # ran out of step with it
+    ("epoch", "1", "'epoch' must be an int >= 0, got '1'"),
+    ("explicit_epoch", "no", "'explicit_epoch' must be true or false, got 'no'"),
+    ("stats", None, "'stats' must be a dict, got NoneType"),
+])
+def test_a_malformed_state_is_refused_naming_the_field(npy_shards, field, value, message):
+    index, _, _ = npy_shards
+    state = dict(make(index, 0).state_dict(), **{field: value})
+    with pytest.raises(ValueError, match=message):
+        make(index, 0).load_state_dict(state)
+
+
 def test_reader_errors_before_the_resume_point_are_not_counted_again(tmp_path):
     """A duplicate member in one shard, counted once in a whole pass; resumed after every
     batch, the passed-over prefix is not counted again (it was after batches 5 to 9)."""
