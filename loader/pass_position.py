@@ -118,7 +118,9 @@ class PassPosition:
                 "this pass over the StreamLoader was superseded: iter(loader) was called again while it ran. "
                 "A StreamLoader runs one pass at a time (its reading workers serve the newest pass), so the "
                 "older pass stops here rather than share or lose batches. Finish or drop a pass before "
-                "starting another (for one batch to look at, take next(iter(loader)) before the loop).")
+                "starting another (for one batch to look at, take next(iter(loader)) before the loop: that "
+                "look is a pass of epoch 0, left, so the loop's pass is epoch 1's unless set_epoch(0) is called "
+                "before it, as a DataLoader's next iter() is a new shuffle).")
 
     def end_epoch(self, serial: int) -> None:
         """Pass ``serial`` handed on its epoch's last batch. A state taken now resumes at the next
