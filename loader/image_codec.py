@@ -180,6 +180,16 @@ def decode_label(data: bytes, class_ids: dict[str, int] | None = None) -> int:
     return int(text)
 
 
+def folder_tar_hint(key, fields: list[str]) -> str:
+    """For a sample with an image and no other field, under a folder (``./cat/0``): most likely
+    a plain tar of an image folder, which holds no labels at all."""
+    if fields and all(f in IMAGE_EXTS for f in fields) and "/" in str(key):
+        return (". It looks like a tar of an image folder (one subfolder per class, no label files): write "
+                "shards from the folder itself, `streamaug shards FOLDER OUT` (write_shards(folder, out)), "
+                "which labels each image by its subfolder")
+    return ""
+
+
 class LabelIsText(ValueError):
     """A label field holding words, not an integer: perhaps class names (see the loader's hint)."""
 

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from .decode_limits import DecodeLimits, check_image
 from .errors import ErrorHandler, LoaderStats, StreamError, check_policy
-from .image_codec import (IMAGE_EXTS, LABEL_KEYS, LabelIsText, check_label_key, find_label_key, read_label,
-                          warn_if_pil_fills_cut_images)
+from .image_codec import (IMAGE_EXTS, LABEL_KEYS, LabelIsText, check_label_key, find_label_key, folder_tar_hint,
+                          read_label, warn_if_pil_fills_cut_images)
 from .index_lookup import default_index_path
 from .shard_index import (INDEX_NAME, MAX_NUM_CLASSES, ShardIndex, ShardIndexError, ShardInfo, check_class_names,
                           check_num_classes, other_shards_listed, recorded_shape)
@@ -85,9 +85,9 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
     if chosen is None or chosen.split(":")[0] not in raw:
         wanted = repr(chosen) if chosen else f"any of {LABEL_KEYS}"
         raise StreamError("no_label", f"sample has no label field ({wanted}; choose it with --label-key or "
-                          "label_key=). If its label file is in the tar but not next to its image, the tar was "
-                          "not written in name order: a sample's files must be adjacent (tar --sort=name, or "
-                          "webdataset's ShardWriter)", shard=url, key=key, value=fields)
+                          "label_key=)" + (folder_tar_hint(key, fields) or ". If its label file is in the tar but "
+                          "not next to its image, the tar was not written in name order: a sample's files must be "
+                          "adjacent (tar --sort=name, or webdataset's ShardWriter)"), shard=url, key=key, value=fields)
     if scan.label_key is not None and chosen != scan.label_key:
         raise StreamError("mixed_label_key", f"label fields differ: sample {scan.first_key!r} has "
                           f"{scan.label_key!r}, this one {chosen!r}; choose one with --label-key or label_key=",

@@ -14,7 +14,7 @@ import numpy as np
 from .decode_limits import DecodeLimits, check_image
 from .errors import StreamError
 from .image_codec import IMAGE_EXTS, LABEL_KEYS, LabelIsText, check_label_key, decode_image_at_least, find_label_key, \
-    read_label, resize_image, warn_if_pil_fills_cut_images
+    folder_tar_hint, read_label, resize_image, warn_if_pil_fills_cut_images
 from .image_size import ImageSizeRule, check_resize
 
 
@@ -83,7 +83,8 @@ class SampleDecoder:
                                                   f"{' (json:FIELD for a field of .json)' if 'json' in there else ''}"
                                                   if there else "")
                     if label_key else f"no .cls label (nor any of {LABEL_KEYS[1:]}; choose the field with label_key=)")
-            raise StreamError("no_label", f"sample has {what}", shard=url, key=key, value=fields)
+            raise StreamError("no_label", f"sample has {what}{folder_tar_hint(key, fields)}", shard=url, key=key,
+                              value=fields)
         try:
             label = read_label(raw, label_key, self.class_ids)
         except ValueError as e:

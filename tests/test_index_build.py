@@ -630,3 +630,31 @@ def test_a_label_past_the_class_limit_is_refused_before_a_count_per_class_is_mad
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert f"{MAX_NUM_CLASSES} classes [1, 0, 1, 0," in line and f"; {MAX_NUM_CLASSES - 3} with no sample]" in line
     assert len(line) < 500, "the summary is one short line, not 100,000 counts"
+
+
+def test_a_plain_tar_of_an_image_folder_is_told_to_write_shards_from_the_folder(tmp_path):
+    """Newcomer s33: `tar -cf` of a class-subfolder image folder got the hint that the tar was not
+    written in name order; it holds no labels at all, and `streamaug shards` is what labels it."""
+    import shutil
+    import tarfile
+
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "imgs" / c / f"{i}.jpg").write_bytes(jpeg(i))
+    with tarfile.open(tmp_path / "a.tar", "w") as tar:
+        for path in sorted((tmp_path / "imgs").rglob("*.jpg")):
+            tar.add(path, arcname="./" + str(path.relative_to(tmp_path / "imgs")))
+    for read in (lambda: build_index(str(tmp_path / "a.tar"), progress=False),
+                 lambda: next(iter(StreamLoader(str(tmp_path / "a.tar"), index=False, shuffle=0)))):
+        with pytest.raises(StreamError, match="looks like a tar of an image folder .* `streamaug shards FOLDER OUT`") \
+                as info:
+            read()
+        assert info.value.key == "./cat/0" and "name order" not in str(info.value)
+    shutil.rmtree(tmp_path / "imgs" / "dog")
+    (tmp_path / "flat").mkdir()
+    with tarfile.open(tmp_path / "b.tar", "w") as tar:           # no subfolder: no such guess
+        tar.add(tmp_path / "imgs" / "cat" / "0.jpg", arcname="0.jpg")
+    with pytest.raises(StreamError, match="name order") as info:
+        build_index(str(tmp_path / "b.tar"), progress=False)
+    assert "image folder" not in str(info.value)
