@@ -101,6 +101,9 @@ def test_opencv_backend_refuses_images_off_the_cpu():
     (lambda: Rotate(-5), "degrees must be >= 0, got -5"),
     (lambda: MixUp(alpha=0), "alpha must be a finite number > 0, got 0"),
     (lambda: Compose([Rotate(5)], backend="cv2"), "backend must be one of .* got 'cv2'"),
+    (lambda: RandomResizedCrop(224), r"got 224: RandomResizedCrop's first argument is scale=\(low, high\).*"
+                                     r"torchvision's RandomResizedCrop\(size\) is resize=size"),     # (newcomer s33)
+    (lambda: RandomResizedCrop((0.5, 2.0)), r"scale must lie in \(0, 1\], got \(0.5, 2.0\)$"),
 ])
 def test_bad_arguments_named(make, message):
     with pytest.raises(ValueError, match=message):

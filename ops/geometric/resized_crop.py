@@ -20,7 +20,12 @@ class RandomResizedCrop(GeometricOp):
         self.scale = check_range("scale", scale, low=0.0)
         self.ratio = check_range("ratio", ratio, low=1e-6)
         if self.scale[1] > 1 or self.scale[0] <= 0:
-            raise ValueError(f"scale must lie in (0, 1], got {scale!r}")
+            size_like = isinstance(scale, int) or (isinstance(scale, (tuple, list)) and all(
+                isinstance(v, int) and v > 1 for v in scale))
+            raise ValueError(f"scale must lie in (0, 1], got {scale!r}" + (
+                ": RandomResizedCrop's first argument is scale=(low, high), the crop's share of the area; the "
+                "crop is resized back to the batch's size, which the loader's resize= sets (torchvision's "
+                "RandomResizedCrop(size) is resize=size plus this op)" if size_like else ""))
 
     TRIES = 10
 
