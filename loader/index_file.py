@@ -28,7 +28,7 @@ def _shown(value) -> str:
 
 
 def load_index(path: str, *, max_bytes: int = MAX_INDEX_BYTES, max_classes: int = MAX_NUM_CLASSES,
-               timeout: float = 60) -> ShardIndex:
+               timeout: float = 60, cls: type = ShardIndex) -> ShardIndex:
     """Read and validate an index from a local path or an http(s) URL."""
     path = os.fspath(path)
     scheme = url_scheme(path)
@@ -73,10 +73,11 @@ def load_index(path: str, *, max_bytes: int = MAX_INDEX_BYTES, max_classes: int 
                               f"again from the shards: streamaug index SHARDS --out {shlex.quote(path)}") from None
     except RecursionError:
         raise ShardIndexError(f"index {path!r} is nested too deeply to be an index") from None
-    return index_from_json(doc, source=path, max_classes=max_classes)
+    return index_from_json(doc, source=path, max_classes=max_classes, cls=cls)
 
 
-def index_from_json(doc: dict, source: str = "<memory>", *, max_classes: int = MAX_NUM_CLASSES) -> ShardIndex:
+def index_from_json(doc: dict, source: str = "<memory>", *, max_classes: int = MAX_NUM_CLASSES,
+                    cls: type = ShardIndex) -> ShardIndex:
     """Validate a document. Read from a file or URL (``source``), its shard entries must be
     relative paths under the file's folder or http(s) URLs; a document built in the caller's
     own code (``source="<memory>"``) may name any URL, as ``urls=`` may."""
@@ -143,5 +144,5 @@ def index_from_json(doc: dict, source: str = "<memory>", *, max_classes: int = M
             raise bad(f"shards[{i}] repeats a URL", url)
         seen.add(url)
         shards.append(ShardInfo(url, count, tuple(cc)))
-    return ShardIndex(shards, nc, [str(n) for n in names], ext, tuple(shape) if shape else None, source, label_key,
+    return cls(shards, nc, [str(n) for n in names], ext, tuple(shape) if shape else None, source, label_key,
                label_names)

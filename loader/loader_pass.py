@@ -21,12 +21,14 @@ from .device_decode import decode_ahead
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan
 from .open_pass import balanced_open_pass, drop_batches, mark_last
-from .plugin_stage import apply_plugins
+from .plugin_stage import apply_plugins, check_balancer_owner
 from .read_workers import worker_batches
 
 
 def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch]:
     """``loader``'s current epoch from batch ``start`` (see ``StreamLoader.iter_from``)."""
+    if loader.balance is not None:
+        check_balancer_owner(loader)
     loader._ensure_topology()
     position = loader.position
     begun = position.begin(start, lambda e: None if loader.index is None else loader.plan(e).num_batches,

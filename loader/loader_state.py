@@ -60,7 +60,9 @@ def plugin_details(loader) -> str:
 
 
 # fields a state saved before they existed lacks; such a state is not refused for them
-ADDED_LATER = ("plugin_details", "jpeg_draft")
+ADDED_LATER = ("plugin_details",)
+# fields a state saved before they existed lacks, with the value every loader then had
+BEFORE_ADDED = {"jpeg_draft": True}
 
 
 def fingerprint(loader) -> dict:
@@ -78,6 +80,7 @@ def fingerprint(loader) -> dict:
 
 def check_fingerprint(saved: dict, current: dict) -> None:
     shown = {"read_workers": "num_workers"}        # the constructor's name for it
+    saved = {**BEFORE_ADDED, **saved}
     diffs = [f"{shown.get(k, k)}: saved {saved.get(k)!r}, this loader {current.get(k)!r}"
              for k in sorted(set(saved) | set(current))
              if saved.get(k) != current.get(k) and not (k in ADDED_LATER and k not in saved)]

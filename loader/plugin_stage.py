@@ -42,21 +42,26 @@ def plugin_seeds(stages: dict, seed: int, num_classes: int | None) -> dict[str, 
     return seeds
 
 
-_BALANCER_OWNERS: dict[int, weakref.ref] = {}      # id(balancer) -> the live loader it is bound to
+_BALANCER_OWNERS: dict[int, weakref.ref] = {}      # id(balancer) -> the loader built with it last
 
 
 def claim_balancer(balancer, loader) -> None:
-    """A balancer holds one loader's reservoirs, slots and counts; a second live loader given the
-    same object would take them over, and the first failed at its next batch with a count of slots
-    that named no cause (red team s33). Refused when the second loader is built."""
+    """``loader`` was built with ``balancer``: it binds the balancer's reservoirs, slots and counts
+    to itself (see :func:`check_balancer_owner`)."""
     key = id(balancer)
-    ref = _BALANCER_OWNERS.get(key)
-    other = ref() if ref is not None else None
-    if other is not None and other is not loader and getattr(other, "balance", None) is balancer:
-        raise ValueError(f"balance={balancer!r} is already another live StreamLoader's: a balancer holds its "
-                         "loader's reservoirs and slots. Give each loader its own (build another, or "
-                         "copy.deepcopy(balancer) before either loader is built)")
     _BALANCER_OWNERS[key] = weakref.ref(loader, lambda r, k=key: _BALANCER_OWNERS.get(k) is r and _BALANCER_OWNERS.pop(k))
+
+
+def check_balancer_owner(loader) -> None:
+    """A balancer given to a second loader is that loader's from then on; the first, still used,
+    failed at its next batch with a count of slots that named no cause (red team s33). A loader
+    built again under the same name, or one per fold, is fine: only the older one's use raises."""
+    ref = _BALANCER_OWNERS.get(id(loader.balance))
+    other = ref() if ref is not None else None
+    if other is not None and other is not loader and getattr(other, "balance", None) is loader.balance:
+        raise RuntimeError(f"balance={loader.balance!r} was given to another StreamLoader built after this one, "
+                           "and is bound to that one now: a balancer holds its loader's reservoirs and slots. Give "
+                           "each loader its own (build another, or copy.deepcopy(balancer) before building)")
 
 
 def _what_to_pass(name: str, stage) -> str:
@@ -97,6 +102,8 @@ def seed_plugins(loader, epoch: int, batch_id: int, names=("balance", "augment",
 def apply_plugins(loader, batch: BatchInFlight, plan: EpochPlan | None, epoch: int) -> Batch:
     """``loader``: the :class:`~streamaug.loader.StreamLoader` whose stages, seeds, stats
     and output format apply."""
+    if loader.balance is not None:
+        check_balancer_owner(loader)
     if not batch.stages_done:
         seed_plugins(loader, epoch, batch.batch_id)
     if loader.balance is not None and not batch.stages_done:

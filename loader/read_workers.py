@@ -33,12 +33,12 @@ import weakref
 from collections.abc import Iterator
 from multiprocessing.reduction import ForkingPickler
 
-import torch
 from torch.utils.data import DataLoader
 from torch.utils.data._utils.signal_handling import _remove_worker_pids
 
 from streamaug.core.flight import BatchInFlight
 from streamaug.core.process_exit import exit_now
+from streamaug.core.seeding import torch_generator
 from streamaug.core.threads import OpenCVPoolStopped, limit_worker_threads
 
 from .errors import WorkerCounts, WorkerFailure, add_counts
@@ -243,7 +243,7 @@ def _worker_items(loader, serial: int):
         # otherwise, and a user's torch.manual_seed stream then depended on num_workers
         loader._dataloader = DataLoader(loader._stream, batch_size=None, num_workers=loader.read_workers,
                                         pin_memory=loader._pin, prefetch_factor=loader._prefetch,
-                                        persistent_workers=True, generator=torch.Generator().manual_seed(loader.seed),
+                                        persistent_workers=True, generator=torch_generator(loader.seed, "reading workers"),
                                         **loader.read_options.dataloader_arguments())
         # freed without close(): stop them as close() does. torch's own shutdown joins each worker
         # for 5 s, and after a pass that failed (StreamError) the workers took all of it: 10 s for 2

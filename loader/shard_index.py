@@ -226,7 +226,7 @@ class ShardIndex:
         before it is parsed or anything is allocated for it."""
         from .index_file import load_index
 
-        return load_index(path, max_bytes=max_bytes, max_classes=max_classes, timeout=timeout)
+        return load_index(path, max_bytes=max_bytes, max_classes=max_classes, timeout=timeout, cls=cls)
 
     @classmethod
     def from_json(cls, doc: dict, source: str = "<memory>", *, max_classes: int = MAX_NUM_CLASSES) -> "ShardIndex":
@@ -235,7 +235,7 @@ class ShardIndex:
         built in the caller's own code (``source="<memory>"``) may name any URL, as ``urls=`` may."""
         from .index_file import index_from_json
 
-        return index_from_json(doc, source, max_classes=max_classes)
+        return index_from_json(doc, source, max_classes=max_classes, cls=cls)
 
 
 class MissingIndex(ShardIndexError):

@@ -184,7 +184,8 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
                 tar.members = []                      # stream mode keeps every TarInfo otherwise
             name = info.name
             if not info.isreg():
-                if (info.islnk() or info.issym()) and not ignored_name(name):
+                if (info.islnk() or info.issym()) and not ignored_name(name) and \
+                        base_plus_ext(name)[1].lower() in HELD_FIELDS:       # (a link no one reads loses nothing)
                     kind = "hard link" if info.islnk() else "symbolic link"
                     handle(StreamError("link_member", f"tar member is a {kind} to {info.linkname!r}, not a file: "
                                        "streamaug reads a sample's files from the shard itself (write the shard "

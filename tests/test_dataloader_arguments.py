@@ -98,6 +98,8 @@ def test_numpy_ints_for_seed_rank_and_world_size_give_a_json_state(npy_shards):
     next(iter(loader))
     state = json.loads(json.dumps(loader.state_dict()))
     assert (state["rank"], state["fingerprint"]["world_size"], state["fingerprint"]["seed"]) == (1, 2, 3)
+    big = StreamLoader(index.urls, batch_size=10, seed=2 ** 64 + 5, num_workers=1)     # (review s33: its workers
+    assert len(list(big)) == len(big)                                                 # failed to start)
 
 
 def test_an_unknown_argument_is_still_a_type_error(npy_shards):

@@ -85,5 +85,10 @@ def test_jpeg_draft_false_gives_the_full_decode_and_resize_exactly(photos, tmp_p
     state = made[False].state_dict()
     with pytest.raises(ValueError, match="jpeg_draft: saved False, this loader True"):
         made[True].load_state_dict(state)
+    older = made[True].state_dict()
+    del older["fingerprint"]["jpeg_draft"]          # (a state saved before the switch: every loader drafted)
+    made[True].load_state_dict(older)
+    with pytest.raises(ValueError, match="jpeg_draft: saved True, this loader False"):
+        made[False].load_state_dict(older)
     with pytest.raises(ValueError, match="jpeg_draft must be True or False, got 'no'"):
         StreamLoader("photos-000000.tar", index=False, num_classes=2, jpeg_draft="no")

@@ -337,6 +337,21 @@ def test_a_linked_member_is_a_counted_loss_not_a_silent_one(tmp_path, fast):
             build_index(url, out=str(tmp_path / f"{url}.json"), progress=False)
 
 
+def test_a_link_no_one_reads_loses_nothing(tmp_path):
+    """Review s33: a hard-linked side field (``.meta``), which the loader never reads, spoiled its sample."""
+    with tarfile.open("a.tar", "w") as tar:
+        for name, data in good_members(3) + [("s_00001.meta", None)]:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.linkname = tarfile.LNKTYPE, "s_00000.cls"
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    loader = stream(["a.tar"])
+    assert keys_of(loader) == expected(3) and not loader.stats.skipped
+
+
 def test_fields_no_one_reads_are_named_but_not_held(tmp_path):
     """Red team s33: every field of a sample was held until the sample ended, so a 3.5 MB .tar.gz
     of many large unused fields took 1 GB. Their data is now dropped as each arrives."""
