@@ -193,8 +193,9 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
                                        shard=url, key=name, value=info.linkname))
                     yield name, None
                 continue                                  # (directories, devices, fifos: no sample's field)
-            if (info.size > limits.max_member_bytes or info.issparse()) and ignored_name(name):
-                yield name, None                      # not read, and not used: nothing is lost
+            if (info.size > limits.max_member_bytes or info.issparse()) and \
+                    (ignored_name(name) or base_plus_ext(name)[1].lower() not in HELD_FIELDS):
+                yield name, None if ignored_name(name) else b""    # not read, and not used: nothing is lost
                 continue
             if info.size > limits.max_member_bytes or info.issparse():
                 kind = "sparse member" if info.issparse() else "member"

@@ -367,6 +367,8 @@ def test_fields_no_one_reads_are_named_but_not_held(tmp_path):
     assert sample["mask.png"] is None and sample["caption.txt"] is None and sample["meta.json"] is None
     assert sample["cls"] == b"0" and sample["json"] == b"{}" and sample["npy"][:6] == b"\x93NUMPY"
     assert keys_of(stream(["a.tar"])) == expected(3)
+    small = stream(["a.tar"], max_member_bytes=50_000, on_error="skip")    # mask.png is over it, and unread:
+    assert keys_of(small) == expected(3) and not small.stats.skipped        # nothing lost, nothing counted
     with wds.TarWriter("b.tar") as sink:
         sink.write({"__key__": "s_00000", "mask.png": b"\0" * 100, "cls": 0})
     with pytest.raises(StreamError, match="no image field") as err:
