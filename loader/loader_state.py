@@ -60,9 +60,9 @@ def plugin_details(loader) -> str:
 
 
 # fields a state saved before they existed lacks; such a state is not refused for them
-ADDED_LATER = ("plugin_details",)
-# fields a state saved before they existed lacks, with the value every loader then had
-BEFORE_ADDED = {"jpeg_draft": True}
+# fingerprint fields a state saved before they existed lacks: the value every loader then had,
+# or None where there was no such value (that field is then not compared)
+ADDED_LATER = {"plugin_details": None, "jpeg_draft": True}
 
 
 def fingerprint(loader) -> dict:
@@ -80,7 +80,7 @@ def fingerprint(loader) -> dict:
 
 def check_fingerprint(saved: dict, current: dict) -> None:
     shown = {"read_workers": "num_workers"}        # the constructor's name for it
-    saved = {**BEFORE_ADDED, **saved}
+    saved = {**{k: v for k, v in ADDED_LATER.items() if v is not None}, **saved}
     diffs = [f"{shown.get(k, k)}: saved {saved.get(k)!r}, this loader {current.get(k)!r}"
              for k in sorted(set(saved) | set(current))
              if saved.get(k) != current.get(k) and not (k in ADDED_LATER and k not in saved)]

@@ -184,8 +184,7 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
                 tar.members = []                      # stream mode keeps every TarInfo otherwise
             name = info.name
             if not info.isreg():
-                if (info.islnk() or info.issym()) and not ignored_name(name) and \
-                        base_plus_ext(name)[1].lower() in HELD_FIELDS:       # (a link no one reads loses nothing)
+                if (info.islnk() or info.issym()) and read_field(name):      # (a link no one reads loses nothing)
                     kind = "hard link" if info.islnk() else "symbolic link"
                     handle(StreamError("link_member", f"tar member is a {kind} to {info.linkname!r}, not a file: "
                                        "streamaug reads a sample's files from the shard itself (write the shard "
@@ -193,8 +192,7 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
                                        shard=url, key=name, value=info.linkname))
                     yield name, None
                 continue                                  # (directories, devices, fifos: no sample's field)
-            if (info.size > limits.max_member_bytes or info.issparse()) and \
-                    (ignored_name(name) or base_plus_ext(name)[1].lower() not in HELD_FIELDS):
+            if (info.size > limits.max_member_bytes or info.issparse()) and not read_field(name):
                 yield name, None if ignored_name(name) else b""    # not read, and not used: nothing is lost
                 continue
             if info.size > limits.max_member_bytes or info.issparse():
@@ -275,6 +273,11 @@ def ignored_name(name: str) -> bool:
     last part starts with ``__`` or ``.``."""
     key, _ = base_plus_ext(name)
     return key is None or key.rsplit("/", 1)[-1].startswith(("__", "."))
+
+
+def read_field(name: str) -> bool:
+    """A member a sample is read for: an image or label field (not ignored, in :data:`HELD_FIELDS`)."""
+    return not ignored_name(name) and base_plus_ext(name)[1].lower() in HELD_FIELDS
 
 
 def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle: ErrorHandler,
