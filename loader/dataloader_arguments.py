@@ -116,10 +116,11 @@ def _init_then(user_init: Callable[[int], None], worker_id: int) -> None:
     user_init(worker_id)
 
 
-def read_worker_options(persistent_workers=None, multiprocessing_context=None, timeout=0,
+def read_worker_options(num_workers: int, persistent_workers=None, multiprocessing_context=None, timeout=0,
                         worker_init_fn=None, in_order=True, **refused) -> ReadWorkerOptions:
     """Check DataLoader's worker arguments. ``refused``: a name of ``REFUSED`` given anything but
-    its default, or a name DataLoader does not have either, is a ``TypeError``."""
+    its default, or a name DataLoader does not have either, is a ``TypeError``. As DataLoader,
+    ``persistent_workers=True`` and a ``multiprocessing_context`` need worker processes."""
     for name, value in refused.items():
         if name not in REFUSED:
             raise TypeError(f"StreamLoader got an unexpected keyword argument {name!r}")
@@ -127,6 +128,11 @@ def read_worker_options(persistent_workers=None, multiprocessing_context=None, t
             raise TypeError(f"StreamLoader does not take DataLoader's {name}= (got {value!r}): {REFUSED[name]}")
     if persistent_workers is not None and not isinstance(persistent_workers, bool):
         raise ValueError(f"persistent_workers must be True or False, got {persistent_workers!r}")
+    if persistent_workers and num_workers == 0:       # (DataLoader's own check and message)
+        raise ValueError("persistent_workers option needs num_workers > 0")
+    if multiprocessing_context is not None and num_workers == 0:
+        raise ValueError(f"multiprocessing_context can only be used with multi-process loading (num_workers > 0), "
+                         f"but got num_workers={num_workers}")
     if isinstance(multiprocessing_context, str):
         methods = multiprocessing.get_all_start_methods()
         if multiprocessing_context not in methods:

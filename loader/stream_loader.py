@@ -143,7 +143,7 @@ class StreamLoader:
                  jpeg_draft: bool = True, **dataloader_only):
         batch_size, num_workers = check_batch_size(batch_size), check_num_workers(num_workers)
         num_classes, label_key = check_num_classes(num_classes), check_label_key(label_key)
-        self.read_options = read_worker_options(persistent_workers, multiprocessing_context, timeout,
+        self.read_options = read_worker_options(num_workers, persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
         limits = DecodeLimits(max_member_bytes, max_image_pixels, read_timeout)     # (checks them)
         if isinstance(urls, ShardIndex):      # what write_shards returns: its shards, and it as the index

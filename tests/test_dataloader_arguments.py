@@ -87,6 +87,20 @@ def test_bad_worker_arguments_are_named(npy_shards, kw, message):
         StreamLoader(index.urls, batch_size=10, num_workers=2, **kw)
 
 
+@pytest.mark.parametrize("kw, message", [
+    ({"persistent_workers": True}, "persistent_workers option needs num_workers > 0"),
+    ({"multiprocessing_context": "spawn"}, "multiprocessing_context can only be used with multi-process loading"),
+])
+def test_worker_arguments_without_workers_are_refused_as_dataloader_refuses_them(npy_shards, kw, message):
+    """DataLoader refuses these with num_workers=0; StreamLoader took them and ignored them."""
+    index, _, _ = npy_shards
+    with pytest.raises(ValueError, match=message):
+        torch.utils.data.DataLoader(list(range(4)), num_workers=0, **kw)
+    with pytest.raises(ValueError, match=message):
+        StreamLoader(index.urls, batch_size=10, num_workers=0, **kw)
+    assert len(keys(StreamLoader(index.urls, batch_size=10, persistent_workers=False))) == 100
+
+
 def test_numpy_ints_for_seed_rank_and_world_size_give_a_json_state(npy_shards):
     """Red team s33: numpy ints for world_size/rank went into state_dict() as they were, and
     json.dumps (and torch.load(weights_only=True)) failed on the state."""
