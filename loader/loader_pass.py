@@ -67,6 +67,7 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
     ended = False                     # the epoch's last batch was handed on
     try:
         for out, last in made:
+            position.warn_if_deferred()
             position.batches_done += 1
             if marker is not None:
                 marker.at_batch(last)
@@ -79,6 +80,8 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
             position.end_epoch(serial)
             ended = True
     finally:
+        if not ended:
+            position.leave(serial)
         if marker is not None:
             marker.close()
         current = position.is_current(serial)      # (left part-way, it stays open: see new_iter)

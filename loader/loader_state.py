@@ -59,7 +59,6 @@ def plugin_details(loader) -> str:
     return f"#{_digest(details)}"
 
 
-# fields a state saved before they existed lacks; such a state is not refused for them
 # fingerprint fields a state saved before they existed lacks: the value every loader then had,
 # or None where there was no such value (that field is then not compared)
 ADDED_LATER = {"plugin_details": None, "jpeg_draft": True}
@@ -102,6 +101,9 @@ def check_format(sd: dict) -> None:
     for name in ("explicit_epoch", "epoch_ended"):
         if not isinstance(sd.get(name, False), bool):
             raise ValueError(f"loader state field {name!r} must be true or false, got {sd.get(name)!r}")
+    value = sd.get("next_epoch")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"loader state field 'next_epoch' must be an int >= 0 or null, got {value!r}")
     for name in ("fingerprint", "stats"):
         if not isinstance(sd.get(name), dict):
             raise ValueError(f"loader state field {name!r} must be a dict, got {type(sd.get(name)).__name__}")
@@ -110,7 +112,8 @@ def check_format(sd: dict) -> None:
 def save_state(loader) -> dict:
     pos = loader.position
     sd = {"format": FORMAT, "epoch": pos.epoch, "batches_done": pos.batches_done,
-          "explicit_epoch": pos.explicit_epoch, "epoch_ended": pos.ended, "rank": loader.rank,
+          "explicit_epoch": pos.explicit_epoch, "epoch_ended": pos.ended, "next_epoch": pos.next_epoch,
+          "rank": loader.rank,
           "fingerprint": fingerprint(loader),
           "stats": loader.stats.as_dict()}
     if loader.balance is not None:
@@ -140,7 +143,8 @@ def restore_state(loader, sd: dict) -> None:
     loader._epoch_start = copy.deepcopy((sd.get("balance", {}), sd["stats"])) if replays else None   # noqa: SLF001
     if loader.balance is not None:
         loader.balance.load_state_dict(sd.get("balance", {}))
-    loader.position.restore(sd["epoch"], sd["batches_done"], sd["explicit_epoch"], sd.get("epoch_ended", False))
+    loader.position.restore(sd["epoch"], sd["batches_done"], sd["explicit_epoch"], sd.get("epoch_ended", False),
+                            sd.get("next_epoch"))
     loader.stats.__init__()                   # in place: a bound balancer counts into this object
     restored = sd["rank"] == loader.rank
     if restored:

@@ -8,6 +8,10 @@ DataLoader semantics, as ``StreamLoader`` keeps them:
   resumes at the next epoch. After ``set_epoch`` the epoch no longer advances by itself
   (as with ``DistributedSampler``): its caller chooses the next one, and a state taken
   after the last batch says that epoch is over.
+* ``set_epoch(e)`` while a pass of another epoch runs (Lightning, which takes an index-free
+  loader's first batch before it sets the epoch) leaves that pass its epoch, and ``e`` begins
+  where it ends: the pass goes on reading the epoch it began, so a state taken part-way names
+  that epoch (and ``e`` as the next), and a warning says so at its next batch.
 * A pass left part-way (its iterator dropped or still open) stays *open*: the next
   ``iter()`` advances the epoch (each ``iter()`` of a shuffled DataLoader is a new
   shuffle), while ``batches_done`` keeps where it was left, so a state taken in between
@@ -20,6 +24,7 @@ DataLoader semantics, as ``StreamLoader`` keeps them:
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 
@@ -36,17 +41,62 @@ class PassPosition:
         self.ended_pass: int | None = None    # the pass that handed on its epoch's last batch
         self.forked_pass: int | None = None   # in a forked child: the parent's pass then (its workers are the parent's)
         self.moved_pass: int | None = None    # the pass open when load_state_dict moved the position
+        self.left_pass: int | None = None     # the pass whose iterator was closed (or dropped) part-way
+        self.next_epoch: int | None = None    # set_epoch while another epoch's pass ran: the epoch after it
+        self.warned_epoch: int | None = None  # the next_epoch warn_if_deferred told of
 
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:       # (an open pass goes on: Lightning, without an index, takes a pass's
-            self.batches_done, self.resume_pending, self.ended = 0, False, False    # first batch, then sets it)
-        self.epoch, self.explicit_epoch = int(epoch), True
+    def set_epoch(self, epoch: int) -> bool:
+        """Choose the epoch; ``False`` when a pass of another epoch is running, which keeps its
+        epoch (its batches and a state taken part-way are that epoch's): ``epoch`` then begins
+        where it ends, or at the next ``iter()`` if it is left (see :meth:`warn_if_deferred`)."""
+        epoch = int(epoch)
+        self.explicit_epoch = True
+        if epoch != self.epoch and self.running():
+            self.next_epoch = epoch
+            return False
+        self.next_epoch = None
+        if epoch != self.epoch:
+            self.batches_done, self.resume_pending, self.ended = 0, False, False
+        self.epoch = epoch
+        return True
 
-    def restore(self, epoch: int, batches_done: int, explicit_epoch: bool, ended: bool = False) -> None:
+    def running(self) -> bool:
+        """A pass has begun, is the newest, and has neither ended nor been left, closed or moved."""
+        return self.open_pass is not None and self.open_pass == self.serial and self.left_pass != self.serial \
+            and self.closed_pass != self.serial and self.moved_pass != self.serial
+
+    def leave(self, serial: int) -> None:
+        """Pass ``serial``'s iterator was closed (or dropped) before the epoch's end."""
+        self.left_pass = serial
+
+    def warn_if_deferred(self) -> None:
+        """A running pass hands on a batch after ``set_epoch`` chose another epoch: say so, once
+        per ``set_epoch`` (a pass left, as with Lightning's ``limit_train_batches``, hands on none)."""
+        if self.next_epoch is not None and self.warned_epoch != self.next_epoch:
+            self.warned_epoch = self.next_epoch
+            warnings.warn(
+                f"set_epoch({self.next_epoch}) was called while a pass of epoch {self.epoch} ran, and the pass goes "
+                f"on: its batches stay epoch {self.epoch}'s (a state taken now names it), and epoch "
+                f"{self.next_epoch} begins where it ends. Call set_epoch before iter(loader). Lightning takes "
+                f"a batch before it sets the epoch (at fit()'s first epoch, and a resumed one) when the loader "
+                f"has no len(): give it an index (`streamaug index <shards>`), and Lightning sets the epoch "
+                f"first", UserWarning, stacklevel=4)
+
+    def _start_next_epoch(self) -> bool:
+        """The epoch ``set_epoch`` chose while a pass ran, now that the pass is over."""
+        if self.next_epoch is None:
+            return False
+        self.epoch, self.next_epoch = self.next_epoch, None
+        self.batches_done, self.ended = 0, False
+        return True
+
+    def restore(self, epoch: int, batches_done: int, explicit_epoch: bool, ended: bool = False,
+                next_epoch: int | None = None) -> None:
         """A saved position; the next pass resumes there."""
         self._leave_open_pass()
         self.epoch, self.batches_done, self.explicit_epoch = epoch, batches_done, explicit_epoch
-        self.ended = ended
+        self.ended, self.next_epoch = ended, next_epoch
+        self.warned_epoch = next_epoch      # (the job that saved it was told)
         self.resume_pending = True
 
     def _leave_open_pass(self) -> None:
@@ -58,7 +108,7 @@ class PassPosition:
 
     def new_iter(self) -> None:
         """An ``iter()``: a pass left part-way before it makes this one the next epoch's."""
-        if self.open_pass is not None and not self.resume_pending:
+        if self.open_pass is not None and not self.resume_pending and not self._start_next_epoch():
             self.advance()
         self.open_pass = None             # that pass is accounted for
 
@@ -128,6 +178,8 @@ class PassPosition:
         if self.open_pass == serial:
             self.open_pass = None
         self.ended_pass = serial
+        if self._start_next_epoch():
+            return
         if self.explicit_epoch:
             self.ended = True
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -394,6 +395,50 @@ def test_a_checkpoint_at_the_last_batch_of_a_set_epoch_loop_does_not_replay_that
         resumed.load_state_dict(state)
         tail, _ = run(resumed, stop[0])
         assert head + tail == reference, stop
+
+
+def test_set_epoch_while_a_pass_of_another_epoch_runs_takes_effect_where_it_ends(shards):
+    """The running pass keeps reading the epoch it began, so its batches and a state taken
+    part-way name that epoch (the state named the new one, and its resume read other samples);
+    the chosen epoch begins where the pass ends, and a resumed job does the same."""
+    index = shards[0]
+    twin = stream(index)
+    twin.set_epoch(0)
+    epoch0 = [b.keys for b in twin]
+    twin.set_epoch(5)
+    epoch5 = [b.keys for b in twin]
+    loader, keys, state = stream(index), [], None
+    with pytest.warns(UserWarning, match=r"set_epoch\(5\) was called while a pass of epoch 0 ran") as caught:
+        for j, batch in enumerate(loader):
+            keys.append(batch.keys)
+            if j == 1:
+                loader.set_epoch(5)
+                state = loader.state_dict()
+    assert len([w for w in caught if "set_epoch(5)" in str(w.message)]) == 1, "once"
+    assert keys == epoch0 and loader.epoch == 5
+    assert (state["epoch"], state["batches_done"], state["next_epoch"]) == (0, 2, 5)
+    assert [b.keys for b in loader] == epoch5
+    resumed = stream(index)
+    resumed.load_state_dict(state)
+    assert [b.keys for b in resumed] == epoch0[2:]
+    assert resumed.epoch == 5 and [b.keys for b in resumed] == epoch5
+
+
+def test_set_epoch_after_a_look_at_the_first_batch_sets_the_loops_epoch(shards):
+    """``next(iter(loader))`` ends its pass (its iterator is dropped), so set_epoch applies at
+    once, with no warning, and a state taken before the loop names the chosen epoch."""
+    index = shards[0]
+    twin = stream(index)
+    twin.set_epoch(3)
+    epoch3 = [b.keys for b in twin]
+    loader = stream(index)
+    next(iter(loader))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader.set_epoch(3)
+    state = loader.state_dict()
+    assert (state["epoch"], state["batches_done"], state["next_epoch"]) == (3, 0, None)
+    assert [b.keys for b in loader] == epoch3
 
 
 def test_reading_loader_dataset_does_not_move_the_epoch(shards):
