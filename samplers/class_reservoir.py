@@ -2,8 +2,11 @@
 
 Each class keeps at most ``capacity`` samples, chosen by reservoir sampling
 (Algorithm R) from everything seen so far, so memory is O(capacity × classes)
-whatever the dataset size. Entries remember their ``(shard, key)`` so that the
-state can be saved as keys, not pixels.
+whatever the dataset size. A class's buffers (its samples, their float copy, their
+distances) grow with what it holds, doubling up to ``capacity``, so a class of 5
+samples costs 5 rows, not ``capacity`` (it cost ``capacity``: 3 GiB of buffers for 6 MiB
+of pixels with 99 classes of 5 at 64×64). Entries remember their ``(shard, key)`` so
+that the state can be saved as keys, not pixels.
 
 Every write gives the class a new ``version`` (unique across reservoirs), so what is
 derived from a class's members (distances, embeddings, neighbour tables) can tell
@@ -95,14 +98,33 @@ class ClassReservoir:
             self._write(c, list(range(len(rows))), rows)
 
     def _write(self, c: int, slots: list[int], values: torch.Tensor) -> None:
-        if c not in self.storage:
-            self.storage[c] = torch.empty((self.capacity, *values.shape[1:]), dtype=values.dtype, device=values.device)
+        self._reserve(c, max(slots) + 1, values)
         index = to_device(torch.tensor(slots, dtype=torch.int64), values.device)
         self.storage[c][index] = values
         self.version[c] = next(_VERSIONS)
         if c in self._float:
             self._float[c][index] = values.flatten(1).float()
         self._dirty.setdefault(c, set()).update(slots)
+
+    def _reserve(self, c: int, rows: int, like: torch.Tensor) -> None:
+        """Room for ``rows`` rows in class ``c``'s buffers: at least double what they had, at most
+        ``capacity`` (a fill from an index asks for its rows at once, and gets just those)."""
+        held = self.storage.get(c)
+        if held is not None and len(held) >= rows:
+            return
+        size = min(self.capacity, max(rows, 2 * len(held))) if held is not None else rows
+        storage = torch.empty((size, *like.shape[1:]), dtype=like.dtype, device=like.device)
+        if held is not None:
+            storage[:len(held)] = held
+        self.storage[c] = storage
+        if c in self._float:
+            flat = torch.zeros((size, self._float[c].shape[1]), device=self._float[c].device)
+            flat[:len(self._float[c])] = self._float[c]
+            self._float[c] = flat
+        if c in self._dist:
+            dist, old = torch.zeros((size, size), device=self._dist[c].device), self._dist[c]
+            dist[:len(old), :len(old)] = old
+            self._dist[c] = dist
 
     def flat_members(self, c: int) -> torch.Tensor:
         """Class ``c``'s members as float rows (n, D). A float copy is kept once asked for,
@@ -112,7 +134,7 @@ class ClassReservoir:
         if c not in self._float and self.capacity * row * 4 > FLOAT_COPY_BYTES:
             return self.members(c).flatten(1).float()
         if c not in self._float:
-            self._float[c] = torch.zeros((self.capacity, self.storage[c][0].numel()), device=self.storage[c].device)
+            self._float[c] = torch.zeros((len(self.storage[c]), row), device=self.storage[c].device)
             self._float[c][:n] = self.members(c).flatten(1).float()
         return self._float[c][:n]
 
@@ -126,7 +148,8 @@ class ClassReservoir:
         n = int(self.size[c])
         dist = self._dist.get(c)
         if dist is None:
-            dist = self._dist[c] = torch.zeros((self.capacity, self.capacity), device=self.storage[c].device)
+            size = len(self.storage[c])
+            dist = self._dist[c] = torch.zeros((size, size), device=self.storage[c].device)
             self._dirty[c] = set(range(n))
         dirty = sorted(s for s in self._dirty.pop(c, set()) if s < n)
         if dirty:          # the float rows are only needed (and, when large, only made) for an update

@@ -152,8 +152,9 @@ class EmbeddingCache:
         if changed:
             new = self.space.embed(members[torch.tensor(changed, device=members.device)])
             table = self._rows.get(c)
-            if table is None or table.shape[0] < reservoir.capacity or table.shape[1] != new.shape[1]:
-                table = torch.zeros((reservoir.capacity, new.shape[1]), device=new.device, dtype=new.dtype)
+            if table is None or table.shape[0] < n or table.shape[1] != new.shape[1]:     # (grows as the class)
+                rows = min(reservoir.capacity, max(n, 2 * (0 if table is None else table.shape[0])))
+                table = torch.zeros((rows, new.shape[1]), device=new.device, dtype=new.dtype)
                 if c in self._rows and self._rows[c].shape[1] == new.shape[1]:
                     table[:len(self._rows[c])] = self._rows[c]
                 self._rows[c] = table

@@ -498,6 +498,26 @@ def test_pool_rows_are_the_pools_rows_without_building_it():
     assert torch.equal(rows[torch.from_numpy(where)].float(), pool[torch.from_numpy(indices)])
 
 
+def test_a_small_class_costs_its_rows_and_a_growing_one_keeps_exact_distances():
+    """Red team s34: every class's buffers were ``capacity`` rows (and a capacity² distance
+    table) however few samples it held: 3 GiB for 6 MiB of pixels with 99 classes of 5."""
+    from streamaug.samplers import ClassReservoir
+
+    rng = np.random.default_rng(0)
+    res = ClassReservoir(2, capacity=512)
+    res.fill(0, torch.from_numpy(rng.integers(0, 256, (5, 3, 8, 8), dtype=np.uint8)), [("u", f"a{i}") for i in range(5)])
+    res.distances(0)
+    row = 3 * 8 * 8
+    assert res.memory_bytes() == 5 * row + 5 * row * 4 + 5 * 5 * 4, "5 rows, their float copy, 5x5 distances"
+    for step in range(9):                 # a streamed class: grows past its buffers, distances kept up to date
+        x = torch.from_numpy(rng.integers(0, 256, (90, 3, 8, 8), dtype=np.uint8))
+        res.add(x, torch.ones(90, dtype=torch.int64), [f"b{step}_{i}" for i in range(90)], ["u"] * 90, rng)
+        members = res.members(1).flatten(1).float()
+        assert torch.allclose(res.distances(1), torch.cdist(members, members), atol=1e-3), step
+        assert torch.equal(res.flat_members(1), members)
+    assert int(res.size[1]) == 512 and len(res.storage[1]) == 512, "full at capacity, and no more"
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_sample_the_reservoir_cannot_read_is_counted_once_across_a_resume(tmp_path, workers):
     """The reservoir fill skips an unreadable minority sample (``reservoir_unreadable``); a resumed
