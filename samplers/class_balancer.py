@@ -168,6 +168,11 @@ class ClassBalancer:
                              f"whole dataset, but without an index each of the {world_size} ranks balances only "
                              "the stream it reads; write an index (streamaug index) or use a ratio strategy "
                              "such as 'auto'")
+        if self.stratified:          # (it was ignored: the batches were byte for byte stratified=False's)
+            raise ValueError("stratified=True plans each batch's synthetic slots against the epoch's class counts, "
+                             "which need an index; without one the balancer adds, batch by batch, what the counts "
+                             "seen so far call for. Write an index (streamaug index <shards>) or leave "
+                             "stratified=False")
         # validates the strategy's form on dummy counts (skewed for a ratio, which imbalanced-learn
         # refuses where the counts already meet it, as [1, 1] does)
         ratio = isinstance(self.sampling_strategy, numbers.Real) and not isinstance(self.sampling_strategy, bool)
@@ -287,7 +292,8 @@ class ClassBalancer:
             self._stats.count_skip(reason, n, example)
 
     def _stratified_slots(self, labels: torch.Tensor, count: int) -> None:
-        chosen = stratified_choice(self.final_counts(), self._budget, self.reservoir_.size,
+        planned = np.bincount(rank_slots(self.targets_, self.world_size_, self.rank_), minlength=len(self._budget))
+        chosen = stratified_choice(self.final_counts(), self._budget, planned, self.reservoir_.size,
                                    labels.numpy(), count)
         self._slots[self._cursor:self._cursor + count] = chosen
 

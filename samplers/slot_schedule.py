@@ -62,20 +62,26 @@ def take_available(slots: np.ndarray, start: int, count: int, available) -> tupl
     return swaps, unfilled
 
 
-def stratified_choice(final_counts, budget: np.ndarray, available: np.ndarray, real_labels: np.ndarray,
-                      count: int) -> list[int]:
+def stratified_choice(final_counts, budget: np.ndarray, planned: np.ndarray, available: np.ndarray,
+                      real_labels: np.ndarray, count: int) -> list[int]:
     """Give ``count`` slots, one at a time, to the class furthest below its target share
     of the batch (real rows counted), among classes with budget left and samples in the
-    reservoir. ``budget`` is decremented in place."""
+    reservoir; of classes equally far below, to the one with the largest share of its
+    epoch's budget (``planned``) left, so equal classes spend theirs at one pace. (Ties went
+    to the lowest class id, whose budget ran out first: the epoch's last batches lacked it,
+    e.g. [4, 1, 0, 11] rows for a target of 4 each.) ``budget`` is decremented in place."""
     final = np.asarray(final_counts, dtype=np.float64)
     want = final / final.sum() * (len(real_labels) + count)
     have = np.bincount(real_labels, minlength=len(final)).astype(np.float64)
+    planned = np.maximum(np.asarray(planned, dtype=np.float64), 1.0)
     chosen = []
     for _ in range(count):
         ok = (budget > 0) & (available > 0)
         if not ok.any():
             ok = budget > 0                       # nothing usable: the caller's shortfall path fills it
-        c = int(np.argmax(np.where(ok, want - have, -np.inf)))
+        below = np.where(ok, want - have, -np.inf)
+        tied = below >= below.max() - 1e-9
+        c = int(np.argmax(np.where(tied, budget / planned, -np.inf)))
         chosen.append(c)
         have[c] += 1
         budget[c] -= 1

@@ -468,7 +468,7 @@ def test_stratified_batches_reach_the_best_mix_the_real_rows_allow(data, workers
         counts, batches = epoch_counts(loader)
         assert counts == imblearn_counts(labels, "auto"), "per-epoch totals stay exact"
         got, best = [], []
-        for b in batches[:-3]:                             # budgets run out in the last batches
+        for b in batches:                                  # (the last 3 went short: red team s34)
             want = 0.25 * len(b.hard_labels)
             final = np.bincount(b.hard_labels.numpy(), minlength=4)
             real = np.bincount(b.hard_labels[~b.is_synthetic].numpy(), minlength=4)
@@ -478,10 +478,27 @@ def test_stratified_batches_reach_the_best_mix_the_real_rows_allow(data, workers
 
     plain, _, _ = shortfalls(False)
     got, best, loader = shortfalls(True)
-    assert np.abs(got - best).max() <= 0.5, (got, best)
+    assert np.abs(got - best)[:-1].max() <= 0.5, (got, best)    # (the last batch takes the budgets left)
     assert got.mean() < plain.mean() / 1.5, (got.mean(), plain.mean())
     state = loader.state_dict()
     assert "budget" in state["balance"] and sum(state["balance"]["budget"]) == 0
+
+
+@pytest.mark.parametrize("order", ["majority first", "majority last"])
+def test_stratified_classes_spend_their_budgets_at_one_pace(tmp_path, order):
+    """Red team s34: ties went to the lowest class id, whose budget ran out first, so the epoch's
+    last batches lacked it ([4, 1, 0, 11] rows for 4 classes of 300, 60, 20 and 8, auto); with
+    the ids reversed, the other way round ([0, 0, 12, 4])."""
+    labels = np.array([0] * 300 + [1] * 60 + [2] * 20 + [3] * 8)
+    np.random.default_rng(4).shuffle(labels)
+    if order == "majority last":
+        labels = 3 - labels
+    images = np.random.default_rng(0).integers(0, 256, (len(labels), 4, 4, 3), dtype=np.uint8)
+    index = write_shards((images, labels), str(tmp_path) + "/", maxcount=100, progress=False)
+    loader = StreamLoader(index.urls, batch_size=32, balance=ClassBalancer("auto", stratified=True), device="cpu")
+    for j, b in enumerate(loader):
+        rows = np.bincount(b.hard_labels.numpy(), minlength=4)
+        assert rows.min() >= len(b.hard_labels) / 4 / 2, (j, rows.tolist())
 
 
 def test_pool_rows_are_the_pools_rows_without_building_it():

@@ -160,6 +160,13 @@ def test_absolute_strategies_without_an_index_on_several_ranks_are_refused_when_
                      balance=ClassBalancer(strategy))
 
 
+def test_stratified_without_an_index_is_refused_when_built(shards):
+    """Red team s34: it was ignored, the batches byte for byte those of stratified=False."""
+    urls, _ = shards
+    with pytest.raises(ValueError, match="stratified=True .* need an index"):
+        StreamLoader(urls, batch_size=64, index=False, num_classes=3, balance=ClassBalancer(stratified=True))
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_minority_without_an_index_balances_the_epochs_minority_only(tmp_path, workers):
     """Two classes nearly as small: part-way through the epoch either can look the smaller."""
