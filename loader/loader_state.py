@@ -61,7 +61,17 @@ def plugin_details(loader) -> str:
 
 # fingerprint fields a state saved before they existed lacks: the value every loader then had,
 # or None where there was no such value (that field is then not compared)
-ADDED_LATER = {"plugin_details": None, "jpeg_draft": True}
+ADDED_LATER = {"plugin_details": None, "jpeg_draft": True, "balance_targets": None}
+
+
+def balance_targets(balancer) -> list[list[int]] | None:
+    """The synthetic samples per class a fitted balancer plans for an epoch (all ranks), with an
+    index: what its ``sampling_strategy`` resolved to. A callable strategy's digest covers its
+    code, not what it reads (a global changed between save and resume was accepted, and the
+    resumed epoch matched neither plan)."""
+    if balancer is None or getattr(balancer, "online_", True):
+        return None
+    return [[int(c), int(n)] for c, n in sorted(balancer.targets_.items())]
 
 
 def fingerprint(loader) -> dict:
@@ -74,7 +84,8 @@ def fingerprint(loader) -> dict:
             "batch_size": loader.batch_size, "read_workers": loader.read_workers, "shuffle": loader.shuffle,
             "drop_last": loader.drop_last, "world_size": loader.world_size,
             "resize": list(loader.decoder.resize) if loader.decoder.resize else None,
-            "jpeg_draft": loader.decoder.jpeg_draft, "decode": loader.decode, **plug}
+            "jpeg_draft": loader.decoder.jpeg_draft, "decode": loader.decode,
+            "balance_targets": balance_targets(loader.balance), **plug}
 
 
 def check_fingerprint(saved: dict, current: dict) -> None:

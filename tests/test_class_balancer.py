@@ -137,6 +137,33 @@ def test_the_state_fingerprint_reads_the_same_in_another_process_and_holds_every
     same.load_state_dict(state)
 
 
+WANTED = {"minority": 40}
+
+
+def wanted_for_the_minority(y):
+    counts = collections.Counter(y.tolist())
+    return {min(counts, key=counts.get): WANTED["minority"]}
+
+
+def test_a_state_is_refused_when_a_strategy_resolves_to_other_targets(data, monkeypatch):
+    """Red team s34: a callable strategy's digest covers its code, not what it reads: a global
+    changed between save and resume was accepted, and the resumed epoch matched neither plan."""
+    index, _, _ = data
+
+    def make():
+        return StreamLoader(index.urls, batch_size=16, seed=0, balance=ClassBalancer(wanted_for_the_minority))
+    saved = make()
+    next(iter(saved))
+    state = saved.state_dict()
+    make().load_state_dict(state)
+    monkeypatch.setitem(WANTED, "minority", 60)
+    with pytest.raises(ValueError, match=r"configured differently.*balance_targets: saved \[\[3, 11\]\], "
+                                         r"this loader \[\[3, 31\]\]"):      # (29 real + 11, then + 31)
+        make().load_state_dict(state)
+    del state["fingerprint"]["balance_targets"]      # a state saved before the field: not compared
+    make().load_state_dict(state)
+
+
 def test_synthetic_targets_need_two_classes():
     with pytest.raises(ValueError, match="at least two classes"):
         synthetic_targets("auto", [10, 0])
