@@ -106,6 +106,14 @@ class ReadWorkerOptions:
     timeout: float = 0.0
     worker_init_fn: Callable[[int], None] | None = None
 
+    @property
+    def start_method(self) -> str:
+        """How the workers start: the context's method, else the platform's default (the first of
+        ``get_all_start_methods``: fork on Linux before Python 3.14, spawn on macOS)."""
+        if self.context is not None:
+            return self.context.get_start_method()
+        return multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+
     def dataloader_arguments(self) -> dict:
         init = init_worker if self.worker_init_fn is None else functools.partial(_init_then, self.worker_init_fn)
         return {"multiprocessing_context": self.context, "timeout": self.timeout, "worker_init_fn": init}

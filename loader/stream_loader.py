@@ -195,7 +195,8 @@ class StreamLoader:
         self.plugin_details = plugin_details(self)    # (for the state's fingerprint, as built)
         stages_in_workers = stages_in_workers_argument(stages_in_workers, augment_in_workers)
         self.stages_in_workers = worker_side(stages_in_workers, self.device, num_workers, decode,
-                                             balance, augment, mixup, indexed=self.index is not None)
+                                             balance, augment, mixup, indexed=self.index is not None,
+                                             start_method=self.read_options.start_method)
         self._settings = StreamSettings(self.shuffle, self.seed, self.on_error, self.decoder)
         self._topology = None
         self._dataloader = None

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import pickle
 import sys
 import warnings
 from collections.abc import Iterator
@@ -55,6 +56,21 @@ STAGES = ("balance", "augment", "mixup")        # the order they run in, here an
 WORKER_BALANCER = ("worker_blocker", "prepare", "count_into")   # what a balancer needs to run in the workers
 
 
+def unpicklable(start_method: str, **stages) -> list[str]:
+    """Why stages cannot be sent to workers started by ``start_method``: one line per stage
+    that does not pickle."""
+    reasons = []
+    for name, stage in stages.items():
+        if stage is None:
+            continue
+        try:
+            pickle.dumps(stage)
+        except Exception as e:            # (PicklingError, AttributeError, TypeError: what pickle raises varies)
+            reasons.append(f"{name}= cannot be pickled for {start_method}-started workers ({type(e).__name__}: "
+                           f"{e}); define its functions at module level, not as lambdas or local functions")
+    return reasons
+
+
 def stages_in_workers_argument(stages_in_workers: bool | None, augment_in_workers: bool | None) -> bool | None:
     """``stages_in_workers=``, or its deprecated name ``augment_in_workers=`` (with a warning)."""
     if augment_in_workers is None:
@@ -71,9 +87,12 @@ def stages_in_workers_argument(stages_in_workers: bool | None, augment_in_worker
 
 
 def worker_side(requested: bool | None, device: torch.device, read_workers: int, decode: str,
-                balance, augment, mixup, indexed: bool) -> bool:
+                balance, augment, mixup, indexed: bool, start_method: str = "fork") -> bool:
     """Whether the plug-in stages run in the workers. ``requested``: ``None`` (wherever it
-    applies), ``False`` (never) or ``True`` (required: an error names what prevents it)."""
+    applies), ``False`` (never) or ``True`` (required: an error names what prevents it).
+    Workers started by ``spawn`` or ``forkserver`` get the stages pickled: a stage that
+    cannot be (a lambda ``sampling_strategy``) keeps them in the main process (it failed
+    with a ``PicklingError`` at the first batch)."""
     if requested not in (None, True, False):
         raise ValueError(f"stages_in_workers must be None, True or False, got {requested!r}")
     reasons = []
@@ -93,6 +112,8 @@ def worker_side(requested: bool | None, device: torch.device, read_workers: int,
             reasons.append(reason)
     if getattr(augment, "backend", None) == "dali":
         reasons.append("a DALI Compose is not built in forked workers")
+    if not reasons and start_method != "fork":
+        reasons += unpicklable(start_method, balance=balance, augment=augment, mixup=mixup)
     if requested and reasons:
         raise ValueError("stages_in_workers=True, but " + "; ".join(reasons))
     return requested is not False and not reasons

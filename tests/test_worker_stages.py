@@ -253,3 +253,26 @@ def test_where_the_stages_run(npy_shards):
     with pytest.raises(ValueError, match="stages_in_workers must be None, True or False, got 'yes'"):
         make(index, where="yes")
     assert make(index, where=True).stages_in_workers
+
+
+@pytest.mark.slow
+def test_a_stage_that_does_not_pickle_stays_in_the_main_process_under_spawn(npy_shards):
+    """Red team s34: a lambda sampling_strategy went to spawn-started workers by default, and
+    the first batch failed with a PicklingError (spawn is macOS's default)."""
+    index, _, _ = npy_shards
+    kw = dict(batch_size=9, num_workers=2, device="cpu", index=index, seed=3)
+
+    def strategy(y):                      # a local function: pickle cannot name it
+        return {1: 60}
+    assert StreamLoader(index.urls, balance=ClassBalancer(strategy), **kw).stages_in_workers, "fork: inherited"
+    spawned = StreamLoader(index.urls, balance=ClassBalancer(strategy), multiprocessing_context="spawn", **kw)
+    assert not spawned.stages_in_workers
+    with spawned:
+        counts = np.bincount(np.concatenate([b.hard_labels[~b.is_padding].numpy() for b in spawned]))
+    assert counts[1] == 60
+    with pytest.raises(ValueError, match="stages_in_workers=True, but balance= cannot be pickled for spawn-started "
+                                         "workers .*define its functions at module level"):
+        StreamLoader(index.urls, balance=ClassBalancer(strategy), multiprocessing_context="spawn",
+                     stages_in_workers=True, **kw)
+    assert StreamLoader(index.urls, balance=ClassBalancer("auto"), multiprocessing_context="spawn",
+                        **kw).stages_in_workers, "a balancer that pickles goes to spawned workers"
