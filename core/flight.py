@@ -138,10 +138,12 @@ class BatchInFlight:
                    targets=targets)
 
     def permute(self, perm: np.ndarray) -> None:
-        """Reorder every row field by ``perm``."""
+        """Reorder every row field by ``perm`` (or keep only its rows, in its order)."""
         host = torch.from_numpy(np.asarray(perm, dtype=np.int64))
         self.images = self.images[to_device(host, self.images.device)]
         self.labels, self.is_padding, self.is_synthetic = self.labels[host], self.is_padding[host], self.is_synthetic[host]
+        if self.targets is not None:
+            self.targets = self.targets[to_device(host, self.targets.device)]
         order = host.tolist()
         self.keys = [self.keys[i] for i in order]
         self.urls = [self.urls[i] for i in order]

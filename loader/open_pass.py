@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import numpy as np
+
 from streamaug.core.flight import BatchInFlight
 
 from .batch import Batch
@@ -50,18 +52,22 @@ def mark_last(batches: Iterator[BatchInFlight]) -> Iterator[BatchInFlight]:
 
 def rebatched(parts: Iterator[BatchInFlight], batch_size: int, drop_last: bool) -> Iterator[BatchInFlight]:
     """The rows of ``parts``, in order, cut into batches of exactly ``batch_size`` numbered
-    0, 1, ...; the last is shorter, or dropped with ``drop_last``; so is what is held when reading
-    the next part fails, before the error. A batch cut from a part of
-    more than twice ``batch_size`` rows (the epoch's end) is a copy, so it does not keep the
-    whole part alive."""
+    0, 1, ...; the last is shorter, or, with ``drop_last``, its rows are given up in proportion
+    to the epoch's classes (:func:`proportional_cut`); so is what is held when reading the next
+    part fails, before the error. A batch cut from a part of more than twice ``batch_size``
+    rows (the epoch's end) is a copy, so it does not keep the whole part alive."""
     pending: list[BatchInFlight] = []
     held, made = 0, 0
+    last_full: BatchInFlight | None = None    # drop_last: the newest full batch, handed on when the next is cut
+    totals = np.zeros(0, dtype=np.int64)     # the pass's rows per class
     parts = iter(parts)
     while True:
         try:
             part = next(parts, None)
         except Exception:               # (on_error="raise") the rows before the error come first, as a
-            if pending and not drop_last:   # DataLoader hands on every batch before the one that failed
+            if last_full is not None:   # DataLoader hands on every batch before the one that failed
+                yield last_full
+            elif pending and not drop_last:
                 yield BatchInFlight.joined(pending, made)
             raise
         if part is None:
@@ -70,6 +76,7 @@ def rebatched(parts: Iterator[BatchInFlight], batch_size: int, drop_last: bool) 
             continue
         pending.append(part)
         held += len(part)
+        totals = add_class_counts(totals, part.labels)
         if held < batch_size:
             continue
         whole = BatchInFlight.joined(pending, made)
@@ -78,11 +85,50 @@ def rebatched(parts: Iterator[BatchInFlight], batch_size: int, drop_last: bool) 
             piece = whole.rows(i * batch_size, (i + 1) * batch_size, copy=large)
             piece.batch_id = made
             made += 1
-            yield piece
+            if not drop_last:
+                yield piece
+                continue
+            if last_full is not None:
+                yield last_full
+            last_full = piece
         rest = whole.rows(full * batch_size, held, copy=True) if held % batch_size else None
         pending, held = ([rest] if rest is not None else []), held % batch_size
-    if pending and not drop_last:
-        yield BatchInFlight.joined(pending, made)
+    if not drop_last:
+        if pending:
+            yield BatchInFlight.joined(pending, made)
+    elif last_full is not None:
+        yield proportional_cut(BatchInFlight.joined([last_full, *pending], last_full.batch_id), batch_size, totals) \
+            if pending else last_full
+
+
+def add_class_counts(totals: np.ndarray, labels) -> np.ndarray:
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(totals))
+    counts[:len(totals)] += totals
+    return counts
+
+
+def proportional_cut(window: BatchInFlight, batch_size: int, totals: np.ndarray) -> BatchInFlight:
+    """``drop_last``'s last batch: the ``batch_size`` rows of ``window`` (the last full batch and
+    the short rest) kept when the rows given up are the epoch's classes in proportion to
+    ``totals`` (largest remainder, as far as ``window`` holds each class; its last rows of
+    the class go). The balancer's epoch-end rows are what is due to the minority classes, so
+    dropping the short rest as it was gave them up (400 rows a batch: [496, 355, 349] rows
+    of a [500, 500, 500] epoch; the cut keeps [400, 400, 400]). A class the window does not
+    hold (the majority, when the epoch-end rows fill it) gives up nothing."""
+    labels = window.labels.numpy()
+    present = np.bincount(labels, minlength=len(totals))
+    drop_rows, share = len(window) - batch_size, totals / max(totals.sum(), 1)
+    drop = np.minimum(np.floor(share * drop_rows).astype(np.int64), present)
+    while drop.sum() < drop_rows:         # the remainder: largest shortfall first, where the window has room
+        room = present - drop
+        c = int(np.argmax(np.where(room > 0, share * drop_rows - drop, -np.inf)))
+        drop[c] += 1
+    keep = np.ones(len(window), dtype=bool)
+    for c in np.flatnonzero(drop):
+        rows = np.flatnonzero(labels == c)
+        keep[rows[len(rows) - drop[c]:]] = False
+    window.permute(np.flatnonzero(keep))
+    return window
 
 
 def balanced_parts(loader, batches: Iterator[BatchInFlight], epoch: int,
