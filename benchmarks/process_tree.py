@@ -53,7 +53,8 @@ def tree_cpu_seconds() -> float:
 
 
 def tree_peak_rss_mib() -> float:
-    """The largest peak resident set of this process, a reaped child or a live descendant (MiB)."""
+    """The largest peak resident set of this process, a reaped child or a live descendant (MiB):
+    a maximum, not a sum (summed, pages shared copy-on-write would count once per process)."""
     peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     for pid in live_descendants():
