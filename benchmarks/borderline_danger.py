@@ -34,8 +34,10 @@ def danger_sets(majority: int, folder: str | None = None) -> tuple[set[int], set
     from streamaug.loader import StreamLoader, write_shards
     from streamaug.samplers import BorderlineSMOTE, ClassBalancer
 
+    if folder is None:                    # (a folder of its own, removed after: each run left one in /tmp)
+        with tempfile.TemporaryDirectory(prefix="borderline-") as own:
+            return danger_sets(majority, own)
     images, labels = dataset(majority)
-    folder = folder or tempfile.mkdtemp(prefix="borderline-")
     write_shards((images, labels), folder, maxcount=500, progress=False)
     loader = StreamLoader(folder, batch_size=64, shuffle=False, device="cpu",
                           balance=ClassBalancer("auto", BorderlineSMOTE(k_neighbors=5, m_neighbors=10)))

@@ -1,0 +1,101 @@
+"""The numbers behind the headline ratios: which pipelines a ratio compares, the feed ratio,
+the busy processes of the contention figure, and the demo table's marks, each against
+hand-made inputs (the honesty audit of s34 changed each and no test noticed)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shard_factory import make_shards
+from streamaug.benchmarks import bench_report, demo_table, run
+from streamaug.benchmarks.busy_workers import busy_workers
+from streamaug.benchmarks.process_tree import _stat
+
+
+def row(data, pipeline, rate, **kw):
+    return {"section": "pipelines", "status": "ok", "data": data, "pipeline": pipeline, "samples_per_s": rate, **kw}
+
+
+def test_headline_compares_the_fastest_streamaug_with_the_fastest_peer():
+    results = [row("npy32", "streamaug-kornia", 900.0, feed_ratio=0.7), row("npy32", "streamaug-opencv", 1200.0,
+                                                                            feed_ratio=0.6),
+               row("npy32", "streamaug-opencv+smote", 1500.0),          # a balanced twin is not "best"
+               row("npy32", "dataloader-albumentations", 400.0), row("npy32", "dali-only", 600.0),
+               row("npy32", "webdataset-kornia-unfused", 300.0),
+               row("npy32", "streamaug-kornia+smote", 450.0),
+               {**row("npy32", "streamaug-dali", 5000.0), "status": "skipped: time budget"}]
+    entry = bench_report.headline(results)["npy32"]
+    assert (entry["best_streamaug"], entry["best_peer"]) == ("streamaug-opencv", "dali-only")
+    assert entry["best_vs_best_peer"] == pytest.approx(2.0) and entry["best_vs_dali_only"] == pytest.approx(2.0)
+    assert entry["feed_ratio_best_streamaug"] == 0.6
+    # the SMOTE cost is read on the fastest configuration with a balanced twin: opencv, 1 - 1500/1200
+    assert entry["smote_pipeline"] == "streamaug-opencv+smote"
+    assert entry["smote_throughput_cost"] == pytest.approx(-0.25)
+    assert "jpg224" not in bench_report.headline(results), "no cells, no ratio"
+
+
+def test_a_cell_reports_fed_over_resident_and_times_its_busy_passes_under_the_asked_load(monkeypatch, tmp_path):
+    """run_cell's feed ratio is the training rate fed by the loader over the rate on batches
+    already in memory; its busy passes run inside busy_workers(N) with the cell's N."""
+    make_shards(str(tmp_path), n=100)
+    asked = []
+
+    class Spy:
+        def __init__(self, n):
+            asked.append(n)
+
+        def __enter__(self):
+            return []
+
+        def __exit__(self, *exc):
+            return False
+    rates = iter([50.0, 100.0] * 4)
+    monkeypatch.setattr(run, "busy_workers", Spy)
+    monkeypatch.setattr(run, "train_rate", lambda model, batches, device: next(rates))
+    cell = {"device": "cpu", "index": str(tmp_path / "index.json"), "pipeline": "streamaug-opencv",
+            "batch": 16, "workers": 0, "repeats": 2, "busy_workers": 3, "feed": True}
+    out = run.run_cell(cell)
+    assert asked == [3, 3], "one busy pass per repeat, under the cell's 3 processes"
+    assert out["busy"]["workers"] == 3 and out["busy_vs_idle"] == out["busy"]["samples_per_s"] / out["samples_per_s"]
+    # train_rate is asked for the warm-up, then fed and resident in turn: fed 100, resident 50 ... (the
+    # warm-up takes the first 50), so fed = 100 and resident = 50 each round
+    assert (out["fed_samples_per_s"], out["resident_samples_per_s"], out["feed_ratio"]) == (100.0, 50.0, 2.0)
+    assert out["samples_per_pass"] == 100
+
+
+def test_busy_workers_spin_while_the_block_runs_and_are_gone_after():
+    with busy_workers(2) as pids:
+        assert len(pids) == 2
+        first = [int(_stat(p)[11]) for p in pids]          # utime ticks
+        time.sleep(0.6)
+        assert all(int(_stat(p)[11]) > t for p, t in zip(pids, first)), "each spends CPU time"
+    time.sleep(0.1)
+    assert all(_stat(p) is None or _stat(p)[0] == "Z" for p in pids)
+    with busy_workers(0) as none:
+        assert none == []
+    with pytest.raises(ValueError, match="busy workers must be an int >= 0, got -1"):
+        with busy_workers(-1):
+            pass
+
+
+def arm(mean, std):
+    return {"mean": mean, "std": std}
+
+
+def summary_of(**balanced):
+    other = {m: arm(0.5, 0.0) for m in demo_table.METRICS}
+    return {a: {**other, "balanced_accuracy": arm(*v)} for a, v in balanced.items()}
+
+
+def test_the_demo_table_marks_best_near_best_and_differences_within_the_seeds_spread():
+    summary = summary_of(plain=(0.70, 0.04), ros=(0.90, 0.01), smote=(0.89, 0.02), augment=(0.60, 0.01))
+    lines = demo_table.table(summary, {a: a for a in summary}).splitlines()
+    cells = {line.split(":")[0].strip("| "): line.split("|")[2:4] for line in lines[2:6]}
+    assert "**best**" in cells["ros"][0] and "≈ best" in cells["smote"][0], "0.01 apart, spread 0.02"
+    assert "best" not in cells["plain"][0] and "best" not in cells["augment"][0]
+    assert cells["ros"][1].strip() == "+20.0" and cells["augment"][1].strip() == "-10.0", "not within 0.04"
+    near = summary_of(plain=(0.70, 0.04), ros=(0.73, 0.01))
+    assert demo_table.table(near, {"plain": "", "ros": ""}).splitlines()[3].split("|")[3].strip() == "+3.0 ~"
+    assert demo_table.within_noise(arm(0.70, 0.04), arm(0.73, 0.01))
+    assert not demo_table.within_noise(arm(0.70, 0.01), arm(0.73, 0.02))
