@@ -99,3 +99,17 @@ def test_the_demo_table_marks_best_near_best_and_differences_within_the_seeds_sp
     assert demo_table.table(near, {"plain": "", "ros": ""}).splitlines()[3].split("|")[3].strip() == "+3.0 ~"
     assert demo_table.within_noise(arm(0.70, 0.04), arm(0.73, 0.01))
     assert not demo_table.within_noise(arm(0.70, 0.01), arm(0.73, 0.02))
+
+
+def test_a_dry_gpu_check_that_skips_a_cell_fails(tmp_path, capsys):
+    """Honesty audit s34: on 2 loaded cores the dry run's 570 s budget skipped five of six 32²
+    cells and the check still passed, so those pipelines could break unseen by CI."""
+    import json
+
+    from streamaug.benchmarks import gpu_check
+
+    rc = gpu_check.main(["--device", "cpu", "--dry", "--skip-tests", "--budget", "1", "--out", str(tmp_path / "out"),
+                         "--data", str(tmp_path / "data")])
+    cells = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["cells"]
+    assert rc == 1 and cells and all(c["status"] == "skipped" for c in cells)
+    assert "targets (dry run: tiny sizes, so these are not measurements):" in capsys.readouterr().out
