@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from streamaug.benchmarks.demo_arms import ARMS, parse_arms, stages
 from streamaug.benchmarks.demo_data import DemoData, prepare
 from streamaug.benchmarks.demo_table import plot_curves, summarize, table
+from streamaug.benchmarks.busy_workers import load_average
 from streamaug.benchmarks.machine_info import machine_info
 from streamaug.benchmarks.preview import collect, draw
 from streamaug.benchmarks.small_cnn import SmallCNN
@@ -187,7 +188,7 @@ def run(args) -> int:
               "seeds": args.seeds, "batch_size": args.batch_size, "strategy": args.strategy,
               "mixup_alpha": args.mixup_alpha, "torch_threads": torch.get_num_threads(), "summary": summary,
               "table": printed, "preview_size": list(size) if size else None, "runs": runs,
-              "seconds": time.perf_counter() - t0, "machine": machine_info()}
+              "seconds": time.perf_counter() - t0, "machine": machine_info(), "loadavg_at_end": load_average()}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {args.out}/results.json" + ("" if args.no_pictures else ", preview.png, curves.png")

@@ -19,6 +19,8 @@ import time
 import numpy as np
 import torch
 
+from streamaug.benchmarks.busy_workers import load_average
+from streamaug.benchmarks.machine_info import machine_info
 from streamaug.core import BatchInFlight
 from streamaug.samplers import SMOTE, ClassBalancer
 
@@ -73,8 +75,8 @@ def main(argv=None) -> int:
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": best, "cpu_count": os.cpu_count(),
-                       "note": "machine shared with other agents while measured"}, f, indent=1)
+            json.dump({"args": vars(args), "results": best, "machine": machine_info(),
+                       "loadavg_at_end": load_average()}, f, indent=1)
     return 0
 
 

@@ -131,7 +131,8 @@ def measure(method: str, n: int, mem_limit_gib: float, timeout: float, busy: int
             proc.kill()
             proc.wait()
             return {"status": "out of memory", "peak_rss_mib": peak,
-                    "note": f"killed at {peak / 1024:.1f} GiB RSS (limit {mem_limit_gib} GiB on this 24 GiB machine)"}
+                    "note": f"killed at {peak / 1024:.1f} GiB RSS (limit {mem_limit_gib} GiB on a machine of "
+                            f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB)"}
         if time.time() - start > timeout:
             proc.kill()
             proc.wait()
