@@ -237,18 +237,24 @@ def test_16_bit_bilevel_and_gray_alpha_pngs_decode_as_dali_does(tmp_path, mode):
     assert (d.int() - x.int()).abs().max() <= (1 if mode in ("RGB;16", "LA;16") else 0)  # DALI rounds, PIL truncates
 
 
-def test_an_npy_image_the_loader_refuses_is_refused_by_the_index(tmp_path):
-    """Newcomer: float32 .npy images indexed fine and the loader then refused every one."""
-    images = [np.zeros((6, 5, 3), np.float32)] * len(LABELS)
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((6, 5, 3), np.float32), "npy image must be uint8, got dtype float32"),   # newcomer: indexed, then refused
+    (np.full((6, 5, 2), 7, np.uint8), r"npy image must have 1 \(gray\), 3 \(RGB\) or 4 \(RGBA\) channels, got shape "
+                                      r"\(6, 5, 2\)"),                                # read as gray + alpha, half lost
+])
+def test_an_npy_image_the_loader_refuses_is_refused_by_the_index(tmp_path, array, message):
+    images = [array] * len(LABELS)
     os.makedirs(tmp_path / "f")
     with wds.TarWriter(str(tmp_path / "f" / "c.tar")) as sink:
         for i, (img, y) in enumerate(zip(images, LABELS)):
             buf = io.BytesIO()
             np.save(buf, img)
             sink.write({"__key__": f"s{i:03d}", "npy": buf.getvalue(), "cls": str(y).encode()})
-    with pytest.raises(StreamError, match="npy image must be uint8, got dtype float32") as info:
+    with pytest.raises(StreamError, match=message) as info:
         build_index(str(tmp_path / "f" / "c.tar"), progress=False)
     assert info.value.key == "s000" and info.value.shard.endswith("c.tar")
+    loader = StreamLoader(str(tmp_path / "f" / "c.tar"), batch_size=4, index=False, num_classes=4, on_error="skip")
+    assert list(loader) == [] and loader.stats.skipped["undecodable_image"] == len(LABELS)
 
 
 def test_a_first_sample_that_lost_its_label_does_not_set_the_field_for_the_rest(tmp_path):
