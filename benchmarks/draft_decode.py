@@ -53,21 +53,16 @@ def measure(size: tuple[int, int], repeats: int, rounds: int) -> dict:
     return {"size": list(size), "full_ms": round(f, 3), "draft_ms": round(d, 3), "speedup": round(f / d, 2)}
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv=None) -> None:
     import torch
+
+    from streamaug.benchmarks.run import at_least_one
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", default=["100x150", "224x224", "214x320"],
                    help="targets HxW (427x640 photos)")
-    p.add_argument("--repeats", type=positive, default=5)
-    p.add_argument("--rounds", type=positive, default=20, help="decodes of each photo per timed round")
+    p.add_argument("--repeats", type=at_least_one, default=5)
+    p.add_argument("--rounds", type=at_least_one, default=20, help="decodes of each photo per timed round")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     try:

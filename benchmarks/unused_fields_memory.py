@@ -61,10 +61,11 @@ def peak_mb(fields: int, mib: int, folder: str) -> dict:
 
 def main(argv=None) -> None:
     from streamaug.benchmarks.machine_info import machine_info
+    from streamaug.benchmarks.run import at_least_one
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fields", type=int, default=48)
-    p.add_argument("--mib", type=int, default=16)
+    p.add_argument("--fields", type=at_least_one, default=48)
+    p.add_argument("--mib", type=at_least_one, default=16)
     p.add_argument("--json", help="write the rows and machine info here")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="unused-fields-") as folder:

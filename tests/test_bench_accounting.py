@@ -126,6 +126,24 @@ def test_decode_overlap_bench_runs_both_ways(tmp_path, capsys):
     assert "| wait |" in capsys.readouterr().out
 
 
+def test_draft_decode_bench_times_both_ways_to_the_same_size(tmp_path, capsys):
+    """The README's reduced-size JPEG figure has this command behind it (honesty audit s34: it
+    had none); each way decodes the sample photos and resizes them to the target."""
+    import json
+
+    from streamaug.benchmarks import draft_decode
+    from streamaug.loader.image_codec import decode_image, decode_image_at_least, resize_image
+
+    draft_decode.main(["--sizes", "100x150", "--repeats", "1", "--rounds", "1", "--json", str(tmp_path / "d.json")])
+    (row,) = json.load(open(tmp_path / "d.json"))["results"]
+    assert row["size"] == [100, 150] and row["full_ms"] > 0 and row["draft_ms"] > 0
+    assert row["speedup"] == pytest.approx(row["full_ms"] / row["draft_ms"], rel=0.02)
+    assert "| 100×150 |" in capsys.readouterr().out
+    raw = draft_decode.photos()[0]
+    assert resize_image(decode_image(raw, "jpg"), (100, 150)).shape == \
+        resize_image(decode_image_at_least(raw, "jpg", (100, 150)), (100, 150)).shape == (100, 150, 3)
+
+
 @pytest.mark.parametrize("argv, message", [(["--device", "gpu"], "invalid choice: 'gpu'"),
                                            (["--repeats", "0"], "--repeats"), (["--batch", "-3"], "--batch")])
 def test_decode_overlap_bench_names_a_bad_argument(argv, message, capsys):
