@@ -124,6 +124,13 @@ def _init_then(user_init: Callable[[int], None], worker_id: int) -> None:
     user_init(worker_id)
 
 
+# arguments of datasets and other loaders that users carry over: what to pass instead
+_TRANSFORM = (" (a dataset's per-image transform: StreamLoader augments whole batches with "
+              "augment=streamaug.ops.Compose([...]), and dtype=/normalize= convert them)")
+MISTAKEN = {"transform": _TRANSFORM, "transforms": _TRANSFORM, "target_transform": _TRANSFORM,
+            "weights": " (class weights: balance=streamaug.samplers.ClassBalancer(...) balances the classes)"}
+
+
 def read_worker_options(num_workers: int, persistent_workers=None, multiprocessing_context=None, timeout=0,
                         worker_init_fn=None, in_order=True, **refused) -> ReadWorkerOptions:
     """Check DataLoader's worker arguments. ``refused``: a name of ``REFUSED`` given anything but
@@ -131,7 +138,7 @@ def read_worker_options(num_workers: int, persistent_workers=None, multiprocessi
     ``persistent_workers=True`` and a ``multiprocessing_context`` need worker processes."""
     for name, value in refused.items():
         if name not in REFUSED:
-            raise TypeError(f"StreamLoader got an unexpected keyword argument {name!r}")
+            raise TypeError(f"StreamLoader got an unexpected keyword argument {name!r}{MISTAKEN.get(name, '')}")
         if value is not None and value != "":     # DataLoader's default is accepted: it asks for nothing
             raise TypeError(f"StreamLoader does not take DataLoader's {name}= (got {value!r}): {REFUSED[name]}")
     if persistent_workers is not None and not isinstance(persistent_workers, bool):

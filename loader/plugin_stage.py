@@ -74,6 +74,10 @@ def _what_to_pass(name: str, stage) -> str:
     if name == "augment" and callable(stage):
         return (": a per-image transform (torchvision, albumentations) does not run on batches; build the "
                 "augmentation from streamaug.ops (Flip, Rotate, RandomResizedCrop, BrightnessContrast, ...) in a Compose")
+    if name == "balance":
+        synthesizer = type(stage).__name__ if hasattr(stage, "synthesize") else "SMOTE"
+        return (f": pass a streamaug.samplers.ClassBalancer, e.g. balance=ClassBalancer(\"auto\", "
+                f"synthesizer={synthesizer}()) (a synthesizer alone, a name or True is not a balancer)")
     return ""
 
 

@@ -96,7 +96,10 @@ class SampleDecoder:
                               key=key, value=bytes(raw[label_key.split(":")[0]][:40])) from None
         if not 0 <= label < self.num_classes:
             what = "label is negative: classes are 0, 1, 2, ..." if self.num_classes == ANY_CLASS else \
-                f"label is outside the classes [0, {self.num_classes}) of the index (or of num_classes=)"
+                f"label is outside the classes [0, {self.num_classes}) of the index (or of num_classes=)" + \
+                (f"; classes are numbered from 0: labels 1..{self.num_classes} need num_classes="
+                 f"{self.num_classes + 1} (class 0 then has no sample) or relabelling to start at 0"
+                 if label == self.num_classes else "")
             raise StreamError("label_out_of_range", what, shard=url, key=key, value=label)
         return label
 

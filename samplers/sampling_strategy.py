@@ -34,8 +34,10 @@ def check_strategy_form(sampling_strategy) -> None:
         if not (math.isfinite(s) and 0 < s <= 1):
             raise ValueError(f"a float sampling_strategy is the minority/majority ratio, in (0, 1], got {s!r}")
     elif not callable(s):
+        hint = (f"; {type(s).__name__} is a synthesizer: ClassBalancer(\"auto\", synthesizer={type(s).__name__}(...))"
+                if hasattr(s, "synthesize") else "")
         raise ValueError(f"sampling_strategy must be one of {PRESETS}, a float in (0, 1], a dict "
-                         f"{{class: count}} or a callable, got {s!r}")
+                         f"{{class: count}} or a callable, got {s!r}{hint}")
 
 
 def synthetic_targets(sampling_strategy, class_counts: Sequence[int]) -> dict[int, int]:

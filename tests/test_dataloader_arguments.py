@@ -118,8 +118,11 @@ def test_numpy_ints_for_seed_rank_and_world_size_give_a_json_state(npy_shards):
 
 def test_an_unknown_argument_is_still_a_type_error(npy_shards):
     index, _, _ = npy_shards
-    with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batchsize'$"):
         StreamLoader(index.urls, batch_size=10, batchsize=10)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'transform' \(a dataset's per-image "
+                                        r"transform: StreamLoader augments whole batches with augment="):
+        StreamLoader(index.urls, batch_size=10, transform=lambda x: x)      # newcomer s34: no hint
 
 
 def staged(index, **kw) -> StreamLoader:

@@ -195,6 +195,16 @@ def test_a_negative_label_without_an_index_or_num_classes_is_said_plainly(tmp_pa
     with pytest.raises(StreamError, match=r"key 'bad': label is negative: classes are 0, 1, 2, \.\.\. \(value: -1\)"):
         list(StreamLoader(index.urls, batch_size=4, index=False, shuffle=0))
 
+
+def test_a_label_equal_to_num_classes_says_classes_start_at_0(tmp_path):
+    """Newcomer s34: digits labelled 1..10 with num_classes=10 got 'outside the classes [0, 10)'."""
+    index = one_shard(tmp_path, members_with([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8))),
+                                              ("bad.cls", b"2")]), [4, 3])
+    with pytest.raises(StreamError, match=r"outside the classes \[0, 2\) .*numbered from 0: labels 1\.\.2 need "
+                                          r"num_classes=3 .*\(value: 2\)"):
+        list(StreamLoader(index.urls, batch_size=4, index=False, num_classes=2, shuffle=0))
+
+
 @pytest.mark.parametrize("urls", [[], "", [""]])
 def test_empty_url_list(urls):
     with pytest.raises(ValueError, match="no shard URLs"):
