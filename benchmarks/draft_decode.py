@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     from streamaug.benchmarks.run import at_least_one
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", nargs="+", default=["100x150", "224x224", "214x320"],
+    p.add_argument("--sizes", nargs="+", default=["100x150", "200x300", "224x224"],
                    help="targets HxW (427x640 photos)")
     p.add_argument("--repeats", type=at_least_one, default=5)
     p.add_argument("--rounds", type=at_least_one, default=20, help="decodes of each photo per timed round")
