@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from streamaug.benchmarks.run import at_least_one
+from streamaug.benchmarks.cli_arguments import at_least_one
 from streamaug.core.flight import BatchInFlight
 from streamaug.core.threads import IntraOpThreads
 from streamaug.samplers import ADASYN, SMOTE, BorderlineSMOTE, ClassBalancer

@@ -19,7 +19,7 @@ import pstats
 import tempfile
 import time
 
-from streamaug.benchmarks.run import at_least_one
+from streamaug.benchmarks.cli_arguments import at_least_one
 
 
 def profile_batches(kind: str, n: int, backend: str, batches: int, data: str, top: int) -> dict:

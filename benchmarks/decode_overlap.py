@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from streamaug.benchmarks.run import at_least_one
+from streamaug.benchmarks.cli_arguments import at_least_one
 
 
 def encoded_batches(index, batch: int) -> list[tuple[list[bytes], list[str], list[str], list[int]]]:

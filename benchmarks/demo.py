@@ -21,10 +21,11 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from tqdm.auto import tqdm
 
+from streamaug.benchmarks.busy_workers import load_average
+from streamaug.benchmarks.cli_arguments import strategy_argument
 from streamaug.benchmarks.demo_arms import ARMS, parse_arms, stages
 from streamaug.benchmarks.demo_data import DemoData, prepare
 from streamaug.benchmarks.demo_table import plot_curves, summarize, table
-from streamaug.benchmarks.busy_workers import load_average
 from streamaug.benchmarks.machine_info import machine_info
 from streamaug.benchmarks.preview import collect, draw
 from streamaug.benchmarks.small_cnn import SmallCNN
@@ -106,7 +107,9 @@ def parse(argv):
     p.add_argument("--seeds", type=int, default=3, help="runs per arm, each with its own seed")
     p.add_argument("--backend", default=None, choices=["kornia", "dali"], help="default: dali on a GPU, else kornia")
     p.add_argument("--out", default="demo-out", help="folder for shards, results JSON and pictures")
-    p.add_argument("--strategy", default="auto", help="sampling_strategy (imbalanced-learn's); e.g. auto, all")
+    p.add_argument("--strategy", type=strategy_argument, default="auto",
+                   help="sampling_strategy (imbalanced-learn's): auto, minority, not minority, not majority, all, "
+                        "or a minority/majority ratio such as 0.5 (two classes)")
     p.add_argument("--mixup-alpha", type=float, default=0.2, help="MixUp's Beta(alpha, alpha)")
     p.add_argument("--minority-classes", type=int, default=None,
                    help="classes of the training split cut to --minority-fraction of the largest (default: 4 of "

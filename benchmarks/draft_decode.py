@@ -56,7 +56,7 @@ def measure(size: tuple[int, int], repeats: int, rounds: int) -> dict:
 def main(argv=None) -> None:
     import torch
 
-    from streamaug.benchmarks.run import at_least_one
+    from streamaug.benchmarks.cli_arguments import at_least_one
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", default=["100x150", "200x300", "224x224"],

@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from streamaug.benchmarks.run import at_least_one
+from streamaug.benchmarks.cli_arguments import at_least_one
 
 
 def stages():

@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 import torch
 
+from streamaug.benchmarks.cli_arguments import strategy_argument
 from streamaug.benchmarks.demo_data import RESIZE
 from streamaug.loader import ShardIndex, StreamLoader, write_shards
 from streamaug.loader.shard_index import INDEX_NAME
@@ -106,11 +107,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="streamaug preview", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="folder with shards and index.json, the index.json itself, or an "
                    "image folder (one subfolder per class; written to temporary shards first)")
-    p.add_argument("--out", default="preview.png")
-    p.add_argument("--strategy", default="auto")
+    p.add_argument("--out", default="preview.png", help="the picture to write (PNG)")
+    p.add_argument("--strategy", type=strategy_argument, default="auto",
+                   help="sampling_strategy (imbalanced-learn's): auto, minority, not minority, not majority, all, "
+                        "or a minority/majority ratio such as 0.5 (two classes)")
     p.add_argument("--backend", default="kornia", choices=["kornia", "dali"])
     p.add_argument("--flip", action="store_true", help="include horizontal flips in the augmentation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the balancer and the augmentation")
     p.add_argument("--resize", type=_size, default=None, help="resize every image to H,W (or one side, a square); "
                    f"default: {RESIZE[0]}x{RESIZE[1]} where image sizes vary (as the demo), else none")
     args = p.parse_args(argv)
@@ -135,6 +138,9 @@ def main(argv=None) -> int:
 def _index_of(data: str, scratch: str) -> ShardIndex:
     """The index of ``--data``: an index file, a shard folder's, or that of an image folder
     written to shards in ``scratch``."""
+    if not os.path.exists(data) and "://" not in data:
+        raise ValueError(f"--data {data!r} does not exist (a folder of shards with {INDEX_NAME}, an index "
+                         f"file, or an image folder)")
     if data.endswith(".json") or not os.path.isdir(data) or os.path.exists(os.path.join(data, INDEX_NAME)):
         return ShardIndex.load(data if data.endswith(".json") else os.path.join(data, INDEX_NAME))
     if any(f.endswith(SHARD_SUFFIXES) for f in os.listdir(data)):

@@ -37,6 +37,7 @@ import torch
 from streamaug.benchmarks.bench_data import make_bench_shards
 from streamaug.benchmarks.bench_pipelines import MAIN_SIDE, PIPELINES, build
 from streamaug.benchmarks.busy_workers import busy_workers, load_average
+from streamaug.benchmarks.cli_arguments import at_least_one
 from streamaug.benchmarks.machine_info import source_commit
 from streamaug.benchmarks.process_tree import tree_cpu_seconds, tree_peak_rss_mib
 from streamaug.loader import ShardIndex
@@ -165,16 +166,6 @@ def _kept_cells(out: str, sections: list[str], kinds: list[str]) -> list[dict]:
         cells = json.load(f)["cells"]
     return [c for c in cells if c["section"] not in sections
             or (c["section"] == "pipelines" and c["data"] not in kinds)]
-
-
-def at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
-    return value
 
 
 def main(argv=None) -> int:

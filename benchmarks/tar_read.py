@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 
-from streamaug.benchmarks.run import at_least_one
+from streamaug.benchmarks.cli_arguments import at_least_one
 
 
 def webdataset_copy(index, out: str) -> list[str]:

@@ -61,7 +61,7 @@ def peak_mb(fields: int, mib: int, folder: str) -> dict:
 
 def main(argv=None) -> None:
     from streamaug.benchmarks.machine_info import machine_info
-    from streamaug.benchmarks.run import at_least_one
+    from streamaug.benchmarks.cli_arguments import at_least_one
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fields", type=at_least_one, default=48)

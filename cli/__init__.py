@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="npy", choices=["npy", "png", "jpg", "webp"],
                    help="how images are stored: npy (raw, fastest to read; default), or encoded png, jpg, webp "
                         "(a file already in that format is stored as it is)")
-    p.add_argument("--maxcount", type=int, default=1000)
-    p.add_argument("--maxsize", type=float, default=3e8)
+    p.add_argument("--maxcount", type=int, default=1000, help="samples per shard, at most")
+    p.add_argument("--maxsize", type=float, default=3e8, help="bytes per shard, at most (a shard closes at either)")
     p.add_argument("--seed", type=int, default=0, help="write order shuffle seed")
     p.add_argument("--class-names", default=None,
                    help="an image folder's classes in label order: names separated by commas, or an index.json "

@@ -36,7 +36,8 @@ def folder_items(root: str, class_names: list[str] | None) -> tuple[list[tuple[s
     Classes are the subfolders, sorted, or ``class_names`` when given: a subfolder is then
     labelled by its name's place in that list (a validation folder missing a class keeps the
     training ids), and a subfolder not in it is refused. Hidden folders and files (``.*``:
-    ``.ipynb_checkpoints``, macOS ``._x.jpg``) are passed over and reported, not made a class.
+    ``.ipynb_checkpoints``, macOS ``._x.jpg`` and ``.DS_Store``) and files beside the class
+    folders are passed over and reported, not made a class.
     A class folder with no image is refused unless ``class_names`` names it (an empty class
     shifts every later label, as ``ImageFolder`` refuses it). Other files than images
     (``FOLDER_EXTS``) are passed over and reported too."""
@@ -45,6 +46,8 @@ def folder_items(root: str, class_names: list[str] | None) -> tuple[list[tuple[s
     for e in sorted(os.scandir(root), key=lambda e: e.name):
         if e.is_dir():
             (passed_over if e.name.startswith(".") else folders).append(e.name)
+        else:                             # a file beside the class folders (README.txt, .DS_Store)
+            passed_over.append(e.name)
     if class_names is None:
         classes = folders
     else:
@@ -62,11 +65,7 @@ def folder_items(root: str, class_names: list[str] | None) -> tuple[list[tuple[s
             passed_over += [os.path.relpath(os.path.join(dirpath, d), root) for d in dirnames if d.startswith(".")]
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(files):
-                if not f.lower().endswith(FOLDER_EXTS):
-                    if not f.startswith("."):
-                        passed_over.append(os.path.relpath(os.path.join(dirpath, f), root))
-                    continue
-                if f.startswith("."):
+                if f.startswith(".") or not f.lower().endswith(FOLDER_EXTS):   # (.DS_Store went unreported)
                     passed_over.append(os.path.relpath(os.path.join(dirpath, f), root))
                     continue
                 items.append((os.path.join(dirpath, f), classes.index(name)))

@@ -169,7 +169,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         if passed_over:
             warnings.warn(f"image folder {str(source)!r}: passed over {len(passed_over)} entries, hidden (.*) or "
                           f"not {'/'.join(FOLDER_EXTS)} images "
-                          f"({', '.join(passed_over[:3])}{', ...' if len(passed_over) > 3 else ''})",
+                          f"({', '.join(passed_over[:8])}{', ...' if len(passed_over) > 8 else ''})",
                           RuntimeWarning, stacklevel=2)
         labels = np.array([c for _, c in folder], np.int64)
         images = None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -142,7 +143,28 @@ def test_preview_of_a_folder_without_an_index_says_so_in_one_line(tmp_path, caps
     assert err.startswith("streamaug preview: --data folder ") and "holds shards but no index.json: write one with " \
         "`streamaug index " in err and "Traceback" not in err
     assert cli(["preview", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "p.png")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert f"--data '{tmp_path / 'nothing'}' does not exist (a folder of shards" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["preview", "demo"])
+@pytest.mark.parametrize("given, message", [("majority", "'majority' is not one of"),
+                                            ("1.5", "the minority/majority ratio, in \\(0, 1\\], got 1.5")])
+def test_a_bad_strategy_is_refused_by_the_command_line_naming_why(command, given, message, capsys):
+    """Newcomer s34: --strategy went to the balancer as a string, so 0.5 and majority ended in a traceback."""
+    with pytest.raises(SystemExit) as exit_:
+        cli([command, "--data", "x", "--strategy", given])
+    assert exit_.value.code == 2
+    assert re.search(f"argument --strategy: .*{message}", capsys.readouterr().err)
+
+
+def test_preview_takes_a_float_ratio_strategy(tmp_path, capsys):
+    from streamaug.loader import write_shards
+
+    rng = np.random.default_rng(0)
+    write_shards((rng.integers(0, 256, (40, 8, 8, 3), np.uint8), np.r_[np.zeros(34, int), np.ones(6, int)]),
+                 str(tmp_path / "bin"), progress=False)
+    assert cli(["preview", "--data", str(tmp_path / "bin"), "--strategy", "0.5", "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p.png").exists()
 
 
 def test_preview_of_images_of_mixed_sizes_and_of_an_image_folder(tmp_path, monkeypatch, capsys):

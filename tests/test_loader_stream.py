@@ -291,13 +291,16 @@ def test_image_folder_labels_by_class_names_and_refuses_what_would_shift_them(tm
     (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
     (tmp_path / "train" / "cat" / "._0.png").write_bytes(b"AppleDouble")
     (tmp_path / "train" / "dog" / "notes.txt").write_text("x")
-    with pytest.warns(RuntimeWarning, match=r"passed over 3 entries.*ipynb_checkpoints"):
+    (tmp_path / "train" / "dog" / ".DS_Store").write_bytes(b"Bud1")     # newcomer s34: these two went unnamed
+    (tmp_path / "train" / "README.txt").write_text("x")
+    with pytest.warns(RuntimeWarning, match=r"passed over 5 entries.*ipynb_checkpoints") as caught:
         again = write_shards(str(tmp_path / "train"), str(tmp_path / "again"), progress=False)
+    assert "dog/.DS_Store" in str(caught[0].message) and "README.txt" in str(caught[0].message)
     assert again.class_names == names and again.class_counts == [2, 3, 4]
     (tmp_path / "train" / "emu").mkdir()
     with pytest.raises(ValueError, match="class folder 'emu' holds no images"):
         write_shards(str(tmp_path / "train"), str(tmp_path / "again2"), progress=False)
-    with pytest.warns(RuntimeWarning, match="passed over 3 entries"):
+    with pytest.warns(RuntimeWarning, match="passed over 5 entries"):
         kept = write_shards(str(tmp_path / "train"), str(tmp_path / "again3"), class_names=[*names, "emu"],
                             progress=False)
     assert kept.class_counts == [2, 3, 4, 0]

@@ -1,0 +1,31 @@
+"""argparse types shared by the benchmark and demo commands: a bad value is refused by
+argparse, naming the option and the reason, not a traceback from deep inside."""
+from __future__ import annotations
+
+import argparse
+
+
+def at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+def strategy_argument(text: str):
+    """A ``sampling_strategy``: a float ratio (``0.5``) or a preset name (it went to the
+    balancer as a string, and ``0.5`` or ``majority`` ended in a traceback)."""
+    from streamaug.samplers.sampling_strategy import check_strategy_form
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = text
+    try:
+        check_strategy_form(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
