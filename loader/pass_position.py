@@ -86,7 +86,7 @@ class PassPosition:
         """The epoch ``set_epoch`` chose while a pass ran, now that the pass is over."""
         if self.next_epoch is None:
             return False
-        self.epoch, self.next_epoch = self.next_epoch, None
+        self.epoch, self.next_epoch, self.warned_epoch = self.next_epoch, None, None
         self.batches_done, self.ended = 0, False
         return True
 
