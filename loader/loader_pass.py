@@ -66,8 +66,8 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
     marker = loader._marker = pass_marker(-1 if plan is None or loader.balance is not None else plan.gathered_real)
     ended = False                     # the epoch's last batch was handed on
     try:
-        for out, last in made:
-            position.warn_if_deferred()
+        for done, (out, last) in enumerate(made, start):
+            position.keep_pass_epoch(serial, epoch, done)     # (set_epoch while it ran: see pass_position)
             position.batches_done += 1
             if marker is not None:
                 marker.at_batch(last)
@@ -80,8 +80,6 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
             position.end_epoch(serial)
             ended = True
     finally:
-        if not ended:
-            position.leave(serial)
         if marker is not None:
             marker.close()
         current = position.is_current(serial)      # (left part-way, it stays open: see new_iter)

@@ -8,10 +8,12 @@ DataLoader semantics, as ``StreamLoader`` keeps them:
   resumes at the next epoch. After ``set_epoch`` the epoch no longer advances by itself
   (as with ``DistributedSampler``): its caller chooses the next one, and a state taken
   after the last batch says that epoch is over.
-* ``set_epoch(e)`` while a pass of another epoch runs (Lightning, which takes an index-free
-  loader's first batch before it sets the epoch) leaves that pass its epoch, and ``e`` begins
-  where it ends: the pass goes on reading the epoch it began, so a state taken part-way names
-  that epoch (and ``e`` as the next), and a warning says so at its next batch.
+* ``set_epoch(e)`` takes effect at once: the next pass, a state taken now and ``loader.dataset``
+  are epoch ``e``'s. If a pass of another epoch then hands on another batch (Lightning takes an
+  index-free loader's first batch before it sets the epoch), that pass keeps its epoch: its
+  batches and a state taken part-way are that epoch's (the state names ``e`` as the next),
+  ``e`` begins where it ends, and a warning says so. A pass that hands on nothing more (left,
+  or kept alive and not read: Lightning's ``limit_train_batches``) leaves ``e`` as it was set.
 * A pass left part-way (its iterator dropped or still open) stays *open*: the next
   ``iter()`` advances the epoch (each ``iter()`` of a shuffled DataLoader is a new
   shuffle), while ``batches_done`` keeps where it was left, so a state taken in between
@@ -41,52 +43,36 @@ class PassPosition:
         self.ended_pass: int | None = None    # the pass that handed on its epoch's last batch
         self.forked_pass: int | None = None   # in a forked child: the parent's pass then (its workers are the parent's)
         self.moved_pass: int | None = None    # the pass open when load_state_dict moved the position
-        self.left_pass: int | None = None     # the pass whose iterator was closed (or dropped) part-way
-        self.next_epoch: int | None = None    # set_epoch while another epoch's pass ran: the epoch after it
-        self.warned_epoch: int | None = None  # the next_epoch warn_if_deferred told of
+        self.next_epoch: int | None = None    # set_epoch while another epoch's pass ran on: the epoch after it
 
-    def set_epoch(self, epoch: int) -> bool:
-        """Choose the epoch; ``False`` when a pass of another epoch is running, which keeps its
-        epoch (its batches and a state taken part-way are that epoch's): ``epoch`` then begins
-        where it ends, or at the next ``iter()`` if it is left (see :meth:`warn_if_deferred`)."""
+    def set_epoch(self, epoch: int) -> None:
         epoch = int(epoch)
-        self.explicit_epoch = True
-        if epoch != self.epoch and self.running():
-            self.next_epoch = epoch
-            return False
         self.next_epoch = None
         if epoch != self.epoch:
             self.batches_done, self.resume_pending, self.ended = 0, False, False
-        self.epoch = epoch
-        return True
+        self.epoch, self.explicit_epoch = epoch, True
 
-    def running(self) -> bool:
-        """A pass has begun, is the newest, and has neither ended nor been left, closed or moved."""
-        return self.open_pass is not None and self.open_pass == self.serial and self.left_pass != self.serial \
-            and self.closed_pass != self.serial and self.moved_pass != self.serial
-
-    def leave(self, serial: int) -> None:
-        """Pass ``serial``'s iterator was closed (or dropped) before the epoch's end."""
-        self.left_pass = serial
-
-    def warn_if_deferred(self) -> None:
-        """A running pass hands on a batch after ``set_epoch`` chose another epoch: say so, once
-        per ``set_epoch`` (a pass left, as with Lightning's ``limit_train_batches``, hands on none)."""
-        if self.next_epoch is not None and self.warned_epoch != self.next_epoch:
-            self.warned_epoch = self.next_epoch
-            warnings.warn(
-                f"set_epoch({self.next_epoch}) was called while a pass of epoch {self.epoch} ran, and the pass goes "
-                f"on: its batches stay epoch {self.epoch}'s (a state taken now names it), and epoch "
-                f"{self.next_epoch} begins where it ends. Call set_epoch before iter(loader). Lightning takes "
-                f"a batch before it sets the epoch (at fit()'s first epoch, and a resumed one) when the loader "
-                f"has no len(): give it an index (`streamaug index <shards>`), and Lightning sets the epoch "
-                f"first", UserWarning, stacklevel=4)
+    def keep_pass_epoch(self, serial: int, epoch: int, done: int) -> None:
+        """Pass ``serial``, of ``epoch``, with ``done`` batches of it handed on, hands on another.
+        If ``set_epoch`` chose another epoch while it ran, the pass keeps its own and the chosen
+        one begins where it ends (see the module's docstring): the position is the pass's again."""
+        if self.epoch == epoch or serial != self.serial or serial != self.open_pass:
+            return
+        chosen = self.epoch
+        self.epoch, self.batches_done, self.next_epoch, self.ended = epoch, done, chosen, False
+        warnings.warn(
+            f"set_epoch({chosen}) was called while a pass of epoch {epoch} ran, and the pass goes on: its "
+            f"batches stay epoch {epoch}'s (a state taken now names it), and epoch {chosen} begins where it "
+            f"ends. Call set_epoch before iter(loader). Lightning takes a batch before it sets the epoch (at "
+            f"fit()'s first epoch, and a resumed one) when the loader has no len(): give it an index "
+            f"(`streamaug index <shards>`), and Lightning sets the epoch first", UserWarning,
+            stacklevel=caller_stacklevel())
 
     def _start_next_epoch(self) -> bool:
         """The epoch ``set_epoch`` chose while a pass ran, now that the pass is over."""
         if self.next_epoch is None:
             return False
-        self.epoch, self.next_epoch, self.warned_epoch = self.next_epoch, None, None
+        self.epoch, self.next_epoch = self.next_epoch, None
         self.batches_done, self.ended = 0, False
         return True
 
@@ -96,7 +82,6 @@ class PassPosition:
         self._leave_open_pass()
         self.epoch, self.batches_done, self.explicit_epoch = epoch, batches_done, explicit_epoch
         self.ended, self.next_epoch = ended, next_epoch
-        self.warned_epoch = next_epoch      # (the job that saved it was told)
         self.resume_pending = True
 
     def _leave_open_pass(self) -> None:
@@ -189,3 +174,14 @@ class PassPosition:
         self.batches_done, self.ended = 0, False
         if not self.explicit_epoch:
             self.epoch += 1
+
+
+def caller_stacklevel() -> int:
+    """``stacklevel`` for a warning from inside a pass: the first frame outside streamaug (the
+    user's loop, or the framework's), however many of the loader's generators lie between."""
+    import sys
+
+    frame, level = sys._getframe(1), 1        # noqa: SLF001 - (the function that warns)
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("streamaug."):
+        frame, level = frame.f_back, level + 1
+    return level

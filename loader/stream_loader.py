@@ -291,8 +291,8 @@ class StreamLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (shard order, buffer and plug-in seeds). Once called,
-        epochs no longer advance by themselves, as with ``DistributedSampler``. Called while a
-        pass of another epoch runs, it takes effect where that pass ends (see ``pass_position``)."""
+        epochs no longer advance by themselves, as with ``DistributedSampler``. A pass of another
+        epoch that goes on after it keeps its own epoch until it ends (see ``pass_position``)."""
         self.position.set_epoch(epoch)
 
     @property

@@ -397,10 +397,11 @@ def test_a_checkpoint_at_the_last_batch_of_a_set_epoch_loop_does_not_replay_that
         assert head + tail == reference, stop
 
 
-def test_set_epoch_while_a_pass_of_another_epoch_runs_takes_effect_where_it_ends(shards):
-    """The running pass keeps reading the epoch it began, so its batches and a state taken
-    part-way name that epoch (the state named the new one, and its resume read other samples);
-    the chosen epoch begins where the pass ends, and a resumed job does the same."""
+def test_a_pass_that_goes_on_after_set_epoch_keeps_its_epoch_until_it_ends(shards):
+    """A pass that hands on batches after set_epoch chose another epoch is still its own epoch's:
+    a state taken then names it (it named the new one, and its resume read other samples), and
+    the chosen epoch begins where the pass ends, in a resumed job too. The warning points at the
+    loop, not into the loader."""
     index = shards[0]
     twin = stream(index)
     twin.set_epoch(0)
@@ -413,15 +414,42 @@ def test_set_epoch_while_a_pass_of_another_epoch_runs_takes_effect_where_it_ends
             keys.append(batch.keys)
             if j == 1:
                 loader.set_epoch(5)
+            if j == 2:
                 state = loader.state_dict()
-    assert len([w for w in caught if "set_epoch(5)" in str(w.message)]) == 1, "once"
+    assert [w.filename for w in caught if "set_epoch(5)" in str(w.message)] == [__file__], "once, at the loop"
     assert keys == epoch0 and loader.epoch == 5
-    assert (state["epoch"], state["batches_done"], state["next_epoch"]) == (0, 2, 5)
+    assert (state["epoch"], state["batches_done"], state["next_epoch"]) == (0, 3, 5)
     assert [b.keys for b in loader] == epoch5
     resumed = stream(index)
     resumed.load_state_dict(state)
-    assert [b.keys for b in resumed] == epoch0[2:]
+    assert [b.keys for b in resumed] == epoch0[3:]
     assert resumed.epoch == 5 and [b.keys for b in resumed] == epoch5
+
+
+def test_set_epoch_after_a_pass_kept_alive_and_not_read_applies_at_once(shards):
+    """Review s34: a loop that keeps its iterator (steps per epoch, Lightning's
+    limit_train_batches) and then sets the next epoch: the state, the next pass and
+    loader.dataset are that epoch's at once (deferring it to the unread pass's end resumed
+    the old epoch and gave the view its batches)."""
+    index = shards[0]
+    twin = stream(index)
+    twin.set_epoch(1)
+    epoch1 = [b.keys for b in twin]
+    loader = stream(index)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader.set_epoch(1)
+        state = loader.state_dict()
+        assert (state["epoch"], state["batches_done"], state["next_epoch"]) == (1, 0, None)
+        assert loader.dataset[2].keys == epoch1[2] and loader.epoch == 1
+        resumed = stream(index)
+        resumed.load_state_dict(state)
+        assert [b.keys for b in resumed] == epoch1
+        assert [b.keys for b in loader] == epoch1
+    del it
 
 
 def test_set_epoch_after_a_look_at_the_first_batch_sets_the_loops_epoch(shards):
