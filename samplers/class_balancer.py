@@ -268,6 +268,7 @@ class ClassBalancer:
         self._slots = rank_slots(self.targets_, self.world_size_, self.rank_)
         self._cursor = 0
         self._budget = np.bincount(self._slots, minlength=len(self.class_counts_))
+        self._planned = self._budget.copy()      # (the epoch's budget, for stratified ties; the slots change)
         self._seen_epoch = np.zeros(len(self.class_counts_), dtype=np.int64)
         self._made_epoch = np.zeros(len(self.class_counts_), dtype=np.int64)
         self._held_back = np.zeros(0, dtype=np.int64)
@@ -292,8 +293,7 @@ class ClassBalancer:
             self._stats.count_skip(reason, n, example)
 
     def _stratified_slots(self, labels: torch.Tensor, count: int) -> None:
-        planned = np.bincount(rank_slots(self.targets_, self.world_size_, self.rank_), minlength=len(self._budget))
-        chosen = stratified_choice(self.final_counts(), self._budget, planned, self.reservoir_.size,
+        chosen = stratified_choice(self.final_counts(), self._budget, self._planned, self.reservoir_.size,
                                    labels.numpy(), count)
         self._slots[self._cursor:self._cursor + count] = chosen
 
