@@ -29,3 +29,15 @@ def strategy_argument(text: str):
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return value
+
+
+def strategy_error(strategy, class_counts) -> str | None:
+    """Why ``strategy`` does not fit the data's ``class_counts`` (a float ratio needs two
+    classes), in one line for the command to print, or ``None``."""
+    from streamaug.samplers import synthetic_targets
+
+    try:
+        synthetic_targets(strategy, list(class_counts))
+    except ValueError as e:
+        return f"--strategy {strategy!r} does not fit the data's {len(class_counts)} classes: {e}"
+    return None

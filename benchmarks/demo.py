@@ -22,7 +22,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 from tqdm.auto import tqdm
 
 from streamaug.benchmarks.busy_workers import load_average
-from streamaug.benchmarks.cli_arguments import strategy_argument
+from streamaug.benchmarks.cli_arguments import strategy_argument, strategy_error
 from streamaug.benchmarks.demo_arms import ARMS, parse_arms, stages
 from streamaug.benchmarks.demo_data import DemoData, prepare
 from streamaug.benchmarks.demo_table import plot_curves, summarize, table
@@ -165,6 +165,10 @@ def run(args) -> int:
         print(f"streamaug demo: {e}", file=sys.stderr)
         return 2
     counts = data.index.class_counts
+    problem = strategy_error(args.strategy, counts)
+    if problem:
+        print(f"streamaug demo: {problem}", file=sys.stderr)
+        return 2
     print(f"data: {data.source}; training counts per class {counts} (minority classes {data.minority}); "
           f"balanced test split: {len(data.test_labels)} samples; device {device}, backend {args.backend}")
     if data.resize_note:

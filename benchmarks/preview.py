@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 import torch
 
-from streamaug.benchmarks.cli_arguments import strategy_argument
+from streamaug.benchmarks.cli_arguments import strategy_argument, strategy_error
 from streamaug.benchmarks.demo_data import RESIZE
 from streamaug.loader import ShardIndex, StreamLoader, write_shards
 from streamaug.loader.shard_index import INDEX_NAME
@@ -124,6 +124,10 @@ def main(argv=None) -> int:
             index = _index_of(args.data, scratch)
         except ValueError as e:              # (ShardIndexError, StreamError): one line, as the other commands print
             print(f"streamaug preview: {e}", file=sys.stderr)
+            return 2
+        problem = strategy_error(args.strategy, index.class_counts)
+        if problem:
+            print(f"streamaug preview: {problem}", file=sys.stderr)
             return 2
         resize = args.resize or (None if index.image_shape else RESIZE)
         if resize and not args.resize:

@@ -64,14 +64,18 @@ def plugin_details(loader) -> str:
 ADDED_LATER = {"plugin_details": None, "jpeg_draft": True, "balance_targets": None}
 
 
-def balance_targets(balancer) -> list[list[int]] | None:
+def balance_targets(balancer) -> list[list[int]] | str | None:
     """The synthetic samples per class a fitted balancer plans for an epoch (all ranks), with an
     index: what its ``sampling_strategy`` resolved to. A callable strategy's digest covers its
     code, not what it reads (a global changed between save and resume was accepted, and the
-    resumed epoch matched neither plan)."""
+    resumed epoch matched neither plan). ``[[class, n], ...]`` for up to 16 classes, else their
+    number, total and digest, so a state stays small however many classes there are."""
     if balancer is None or getattr(balancer, "online_", True):
         return None
-    return [[int(c), int(n)] for c, n in sorted(balancer.targets_.items())]
+    pairs = [[int(c), int(n)] for c, n in sorted(balancer.targets_.items())]
+    if len(pairs) <= 16:
+        return pairs
+    return f"{len(pairs)} classes, {sum(n for _, n in pairs)} synthetic samples #{_digest(pairs)}"
 
 
 def fingerprint(loader) -> dict:

@@ -75,7 +75,8 @@ def _what_to_pass(name: str, stage) -> str:
         return (": a per-image transform (torchvision, albumentations) does not run on batches; build the "
                 "augmentation from streamaug.ops (Flip, Rotate, RandomResizedCrop, BrightnessContrast, ...) in a Compose")
     if name == "balance":
-        synthesizer = type(stage).__name__ if hasattr(stage, "synthesize") else "SMOTE"
+        named = stage if isinstance(stage, type) else type(stage)        # (the class itself: balance=SMOTE)
+        synthesizer = named.__name__ if hasattr(named, "synthesize") else "SMOTE"
         return (f": pass a streamaug.samplers.ClassBalancer, e.g. balance=ClassBalancer(\"auto\", "
                 f"synthesizer={synthesizer}()) (a synthesizer alone, a name or True is not a balancer)")
     return ""

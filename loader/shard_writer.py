@@ -167,8 +167,8 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         names = None if class_names is None else list(class_names)
         folder, class_names, passed_over = folder_items(str(source), names)
         if passed_over:
-            warnings.warn(f"image folder {str(source)!r}: passed over {len(passed_over)} entries, hidden (.*) or "
-                          f"not {'/'.join(FOLDER_EXTS)} images "
+            warnings.warn(f"image folder {str(source)!r}: passed over {len(passed_over)} entries, hidden (.*), "
+                          f"not {'/'.join(FOLDER_EXTS)} images, or files beside the class folders "
                           f"({', '.join(passed_over[:8])}{', ...' if len(passed_over) > 8 else ''})",
                           RuntimeWarning, stacklevel=2)
         labels = np.array([c for _, c in folder], np.int64)

@@ -33,9 +33,10 @@ def check_strategy_form(sampling_strategy) -> None:
     elif isinstance(s, numbers.Real) and not isinstance(s, bool):
         if not (math.isfinite(s) and 0 < s <= 1):
             raise ValueError(f"a float sampling_strategy is the minority/majority ratio, in (0, 1], got {s!r}")
-    elif not callable(s):
-        hint = (f"; {type(s).__name__} is a synthesizer: ClassBalancer(\"auto\", synthesizer={type(s).__name__}(...))"
-                if hasattr(s, "synthesize") else "")
+    elif isinstance(s, type) or not callable(s):      # (a class is callable: ClassBalancer(SMOTE) failed later)
+        named = s if isinstance(s, type) else type(s)
+        hint = (f"; {named.__name__} is a synthesizer: ClassBalancer(\"auto\", synthesizer={named.__name__}(...))"
+                if hasattr(named, "synthesize") else "")
         raise ValueError(f"sampling_strategy must be one of {PRESETS}, a float in (0, 1], a dict "
                          f"{{class: count}} or a callable, got {s!r}{hint}")
 

@@ -162,6 +162,13 @@ def test_a_state_is_refused_when_a_strategy_resolves_to_other_targets(data, monk
         make().load_state_dict(state)
     del state["fingerprint"]["balance_targets"]      # a state saved before the field: not compared
     make().load_state_dict(state)
+    from types import SimpleNamespace
+
+    from streamaug.loader.loader_state import balance_targets
+    many = SimpleNamespace(online_=False, targets_={c: 10 * c for c in range(1, 1000)})
+    short = balance_targets(many)                    # (review s34: the full list was 12.9 KB at 1,000 classes)
+    assert short.startswith("999 classes, 4995000 synthetic samples #") and len(short) < 80
+    assert balance_targets(SimpleNamespace(online_=False, targets_={**many.targets_, 5: 51})) != short
 
 
 def test_synthetic_targets_need_two_classes():

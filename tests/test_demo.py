@@ -165,6 +165,13 @@ def test_preview_takes_a_float_ratio_strategy(tmp_path, capsys):
                  str(tmp_path / "bin"), progress=False)
     assert cli(["preview", "--data", str(tmp_path / "bin"), "--strategy", "0.5", "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p.png").exists()
+    capsys.readouterr()
+    write_shards((rng.integers(0, 256, (40, 8, 8, 3), np.uint8), np.arange(40) % 4), str(tmp_path / "four"),
+                 progress=False)                  # review s34: a ratio on 4 classes was imbalanced-learn's traceback
+    assert cli(["preview", "--data", str(tmp_path / "four"), "--strategy", "0.5", "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamaug preview: --strategy 0.5 does not fit the data's 4 classes: ") and \
+        "Traceback" not in err and not (tmp_path / "q.png").exists()
 
 
 def test_preview_of_images_of_mixed_sizes_and_of_an_image_folder(tmp_path, monkeypatch, capsys):

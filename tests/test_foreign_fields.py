@@ -240,7 +240,8 @@ def test_16_bit_bilevel_and_gray_alpha_pngs_decode_as_dali_does(tmp_path, mode):
 @pytest.mark.parametrize("array, message", [
     (np.zeros((6, 5, 3), np.float32), "npy image must be uint8, got dtype float32"),   # newcomer: indexed, then refused
     (np.full((6, 5, 2), 7, np.uint8), r"npy image must have 1 \(gray\), 3 \(RGB\) or 4 \(RGBA\) channels, got shape "
-                                      r"\(6, 5, 2\)"),                                # read as gray + alpha, half lost
+                                      r"\(6, 5, 2\); for gray \+ alpha"),             # read as gray + alpha, half lost
+    (np.full((6, 5, 5), 7, np.uint8), r"channels, got shape \(6, 5, 5\) \(value"),     # no gray + alpha hint
 ])
 def test_an_npy_image_the_loader_refuses_is_refused_by_the_index(tmp_path, array, message):
     images = [array] * len(LABELS)

@@ -109,12 +109,13 @@ def test_a_wrong_plugin_is_refused_when_the_loader_is_built(shards):
             StreamLoader(index.urls, batch_size=8, augment=given)
     # newcomer s34: a synthesizer, a name or True as balance= named the protocol alone
     from streamaug.samplers import ADASYN, SMOTE, ClassBalancer
-    for given, shown in ((ADASYN(), "ADASYN"), ("smote", "SMOTE"), (True, "SMOTE")):
+    for given, shown in ((ADASYN(), "ADASYN"), (ADASYN, "ADASYN"), ("smote", "SMOTE"), (True, "SMOTE")):
         with pytest.raises(TypeError, match=r"balance= must meet .*pass a streamaug.samplers.ClassBalancer, e.g. "
                                             rf'balance=ClassBalancer\("auto", synthesizer={shown}\(\)\)'):
             StreamLoader(index.urls, batch_size=8, balance=given)
-    with pytest.raises(ValueError, match=r'SMOTE is a synthesizer: ClassBalancer\("auto", synthesizer=SMOTE'):
-        ClassBalancer(SMOTE())
+    for given in (SMOTE(), SMOTE):                # (the class was taken as a callable strategy, failing later)
+        with pytest.raises(ValueError, match=r'SMOTE is a synthesizer: ClassBalancer\("auto", synthesizer=SMOTE'):
+            ClassBalancer(given)
 
 
 def test_a_balancer_given_to_a_second_loader_stops_the_first_by_name(shards):
