@@ -223,7 +223,8 @@ def main(argv=None) -> int:
         print(f"  {t['target']}: {shown} (goal {t['goal']}) {verdict}")
     print(f"done in {time.time() - start:.0f} s", flush=True)
     not_ok = {"failed"} | ({"skipped"} if args.dry else set())
-    failed = tests["status"] == "failed" or any(r["status"] in not_ok for r in results) or "error" in made
+    failed = tests["status"] in ("failed", "timed out") or any(r["status"] in not_ok for r in results) \
+        or "error" in made          # (a test run that timed out passed the check)
     return 1 if failed else 0
 
 
