@@ -59,7 +59,7 @@ def rebatched(parts: Iterator[BatchInFlight], batch_size: int, drop_last: bool) 
     pending: list[BatchInFlight] = []
     held, made = 0, 0
     last_full: BatchInFlight | None = None    # drop_last: the newest full batch, handed on when the next is cut
-    totals = np.zeros(0, dtype=np.int64)     # the pass's rows per class
+    totals = np.zeros(0, dtype=np.int64)     # drop_last: the pass's rows per class
     parts = iter(parts)
     while True:
         try:
@@ -76,7 +76,8 @@ def rebatched(parts: Iterator[BatchInFlight], batch_size: int, drop_last: bool) 
             continue
         pending.append(part)
         held += len(part)
-        totals = add_class_counts(totals, part.labels)
+        if drop_last:                   # (only drop_last's last cut reads them)
+            totals = add_class_counts(totals, part.labels)
         if held < batch_size:
             continue
         whole = BatchInFlight.joined(pending, made)

@@ -2,6 +2,7 @@
 commit a result measured."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -142,6 +143,21 @@ def test_draft_decode_bench_times_both_ways_to_the_same_size(tmp_path, capsys):
     raw = draft_decode.photos()[0]
     assert resize_image(decode_image(raw, "jpg"), (100, 150)).shape == \
         resize_image(decode_image_at_least(raw, "jpg", (100, 150)), (100, 150)).shape == (100, 150, 3)
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("draft_decode", ["--sizes", "10x"], "--sizes takes HxW targets such as 100x150, got \\['10x'\\]"),
+    ("draft_decode", ["--sizes", "0x5"], "--sizes takes HxW targets"),
+    ("draft_decode", ["--repeats", "0"], "argument --repeats: must be an int >= 1, got '0'"),
+    ("unused_fields_memory", ["--fields", "0"], "argument --fields: must be an int >= 1, got '0'"),
+    ("unused_fields_memory", ["--mib", "x"], "argument --mib: must be an int >= 1, got 'x'"),
+])
+def test_memory_and_decode_benches_name_a_bad_argument(module, argv, message, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"streamaug.benchmarks.{module}").main(argv)
+    assert re.search(message, capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("argv, message", [(["--device", "gpu"], "invalid choice: 'gpu'"),

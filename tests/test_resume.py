@@ -68,6 +68,8 @@ def test_state_from_a_different_setup_is_refused(npy_shards):
     ("batches_done", 2.5, "'batches_done' must be an int >= 0, got 2.5"),     # ran out of step with it
     ("epoch", "1", "'epoch' must be an int >= 0, got '1'"),
     ("explicit_epoch", "no", "'explicit_epoch' must be true or false, got 'no'"),
+    ("next_epoch", "1", r"'next_epoch' must be an int >= 0 or null, got '1'"),
+    ("next_epoch", -1, r"'next_epoch' must be an int >= 0 or null, got -1"),
     ("stats", None, "'stats' must be a dict, got NoneType"),
 ])
 def test_a_malformed_state_is_refused_naming_the_field(npy_shards, field, value, message):
