@@ -1,5 +1,5 @@
-"""README.md as tests: every fenced ```python and ```bash block runs from a fresh temporary
-working directory (python in a subprocess, bash with ``python``/``streamaug`` from this
+"""README.md and docs/*.md as tests: every fenced ```python and ```bash block runs from a
+fresh temporary working directory (python in a subprocess, bash with ``python``/``streamaug`` from this
 interpreter's environment).
 
 Markers, on the line just before a fence:
@@ -10,11 +10,12 @@ Markers, on the line just before a fence:
   every ``--option`` the block uses must be one that program lists, so it cannot rot.
 
 The set-up blocks (``pip install ...``) are not run either: CI runs them itself. They
-are checked to be exactly the commands ``.ci/run`` runs.
+are checked to be exactly the commands ``.ci/run`` runs, and to be the README's alone.
 """
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import re
 import shlex
@@ -27,6 +28,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
+PAGES = [README] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 BIN = os.path.dirname(sys.executable)
 MARKER = re.compile(r"<!--\s*(gpu|long)\b[^>]*-->")
 
@@ -34,6 +36,7 @@ MARKER = re.compile(r"<!--\s*(gpu|long)\b[^>]*-->")
 @dataclass(frozen=True)
 class Block:
     lang: str
+    page: str          # the file, relative to the repository
     line: int          # 1-based line of the opening fence
     code: str
     marker: str | None
@@ -43,10 +46,10 @@ class Block:
         return self.lang == "bash" and "pip install" in self.code
 
     def __str__(self) -> str:
-        return f"README.md:{self.line} ({self.lang}{', ' + self.marker if self.marker else ''})"
+        return f"{self.page}:{self.line} ({self.lang}{', ' + self.marker if self.marker else ''})"
 
 
-def readme_blocks(text: str) -> list[Block]:
+def readme_blocks(text: str, page: str = "README.md") -> list[Block]:
     """Fenced blocks, including ones indented inside list items (the indent is removed)."""
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
@@ -61,16 +64,16 @@ def readme_blocks(text: str) -> list[Block]:
             body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i].lstrip())
             i += 1
         if i == len(lines):
-            raise ValueError(f"README.md:{start + 1}: fence never closed")
+            raise ValueError(f"{page}:{start + 1}: fence never closed")
         prev = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
         marker = MARKER.search(prev)
         if lang in ("python", "bash"):
-            blocks.append(Block(lang, start + 1, "\n".join(body) + "\n", marker and marker.group(1)))
+            blocks.append(Block(lang, page, start + 1, "\n".join(body) + "\n", marker and marker.group(1)))
         i += 1
     return blocks
 
 
-BLOCKS = readme_blocks(open(README).read())
+BLOCKS = [b for p in PAGES for b in readme_blocks(open(p).read(), os.path.relpath(p, ROOT))]
 
 
 def env() -> dict:
@@ -125,6 +128,55 @@ def missing_options(options: list[str], shown: str) -> list[str]:
 def test_readme_has_runnable_examples():
     run = [b for b in BLOCKS if not b.is_setup and b.marker is None]
     assert sum(b.lang == "python" for b in run) >= 3 and sum(b.lang == "bash" for b in run) >= 1, BLOCKS
+    assert sum(b.lang == "python" and b.page == "README.md" for b in run) >= 2, BLOCKS
+    pages = {os.path.relpath(p, ROOT) for p in PAGES}
+    assert len(pages) >= 6 and pages == {b.page for b in BLOCKS}, pages      # every page is read
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors for a page's headings (fenced code left out): lower case, characters
+    other than letters, digits, ``-``, ``_`` and spaces dropped, spaces made ``-``."""
+    anchors, fence = set(), False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fence = not fence
+        m = re.match(r"^#+ (.*)", line)
+        if m and not fence:
+            anchors.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def broken_links(page: str, text: str, anchors_of) -> list[str]:
+    """Relative links ``[x](path#anchor)``, ``[x](#anchor)`` of ``page`` whose file or heading
+    does not exist (http(s) links are not followed). ``anchors_of(file)``: its anchors, None
+    where there is no such file."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"^[a-z]+://", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+        if anchors_of(file) is None:
+            broken.append(f"{target} (no file {file})")
+        elif anchor and anchor not in anchors_of(file):
+            broken.append(f"{target} (no heading in {file})")
+    return broken
+
+
+def test_links_between_pages_resolve():
+    def anchors_of(file: str) -> set[str] | None:
+        path = os.path.join(ROOT, file)
+        return heading_anchors(open(path).read()) if os.path.isfile(path) else None
+
+    broken = {os.path.relpath(p, ROOT): broken_links(os.path.relpath(p, ROOT), open(p).read(), anchors_of)
+              for p in PAGES}
+    assert not any(broken.values()), broken
+    assert heading_anchors("# The GPU check: `streamaug bench --gpu-check`\n```\n# not\n```\n## Use / more") == \
+        {"the-gpu-check-streamaug-bench---gpu-check", "use--more"}
+    anchors = {"docs/a.md": {"x"}, "README.md": {"top"}}.get
+    assert broken_links("docs/a.md", "[1](#x) [2](../README.md#top) [3](#y) [4](../nope.md) "
+                        "[5](https://h/#z) [6](../README.md#x)", anchors) == \
+        ["#y (no heading in docs/a.md)", "../nope.md (no file nope.md)", "../README.md#x (no heading in README.md)"]
 
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if not b.is_setup], ids=str)
@@ -158,7 +210,7 @@ def test_setup_blocks_are_what_ci_runs():
     ci_install = [normalized_install(c) for c in ci if "install" in c and "pip" in " ".join(c[:3])]
     ci_cmds = [shlex.join(c) for c in ci]
     setup = [b for b in BLOCKS if b.is_setup]
-    assert len(setup) == 2, [str(b) for b in setup]
+    assert len(setup) == 2 and all(b.page == "README.md" for b in setup), [str(b) for b in setup]
     for block in setup:
         install, *rest = commands(block.code)
         assert [normalized_install(install)] == ci_install, f"{block}: {install} is not CI's {ci_install}"
