@@ -81,7 +81,7 @@ class ClassBalancer:
             final per-class counts, or a callable ``y -> dict``.
         synthesizer: random oversampling (default, also ``None``), ``SMOTE()``,
             ``BorderlineSMOTE`` or ``ADASYN``. Random oversampling is the default because
-            the demo's evidence found SMOTE no better with augmentation on (README, "Which
+            the demo's evidence found SMOTE no better with augmentation on (docs/demo.md, "Which
             setting when"); ``SMOTE(neighbour_space="thumbnail")`` is the SMOTE to pick.
         random_state: seed; ``None`` takes the loader's derived seed.
         reservoir_size: samples kept per class (memory is O(this × classes)).

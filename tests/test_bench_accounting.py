@@ -128,7 +128,7 @@ def test_decode_overlap_bench_runs_both_ways(tmp_path, capsys):
 
 
 def test_draft_decode_bench_times_both_ways_to_the_same_size(tmp_path, capsys):
-    """The README's reduced-size JPEG figure has this command behind it (honesty audit s34: it
+    """The reduced-size JPEG figure (docs/benchmarks.md) has this command behind it (honesty audit s34: it
     had none); each way decodes the sample photos and resizes them to the target."""
     import json
 

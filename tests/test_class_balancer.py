@@ -203,7 +203,7 @@ def test_real_samples_pass_through_byte_for_byte(data):
 
 
 def test_default_synthesizer_is_random_oversampling(data):
-    """The default follows the demo's evidence (README, "Which setting when"): a synthetic row
+    """The default follows the demo's evidence (docs/demo.md, "Which setting when"): a synthetic row
     is an exact copy of a real sample of its class, named in its provenance."""
     index, images, _ = data
     _, batches = epoch_counts(StreamLoader(index.urls, batch_size=32, balance=ClassBalancer()))
@@ -619,7 +619,7 @@ def test_a_member_of_a_subsampled_class_counts_for_the_samples_it_stands_for():
 
 def test_borderline_danger_stays_near_imblearns_when_the_majority_is_subsampled(tmp_path):
     """A majority of 3,000 kept at 512: counting members alone found 30 danger samples
-    against imbalanced-learn's 71, 17 of them in common (red team, s32). The README's table
+    against imbalanced-learn's 71, 17 of them in common (red team, s32). The table in docs/balancing.md
     is ``python -m streamaug.benchmarks.borderline_danger``."""
     from streamaug.benchmarks.borderline_danger import danger_sets
     ours, theirs, kept = danger_sets(3000, str(tmp_path))
