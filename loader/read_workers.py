@@ -43,6 +43,7 @@ from streamaug.core.threads import OpenCVPoolStopped, limit_worker_threads
 
 from .errors import WorkerCounts, WorkerFailure, add_counts
 from .shard_stream import kill_live_commands
+from .worker_stages import check_stages_still_picklable
 
 
 def init_worker(worker_id: int) -> None:
@@ -233,6 +234,9 @@ def _worker_items(loader, serial: int):
     if loader._dataloader is not None and not _all_alive(loader._dataloader):
         loader.stop_reading_workers()    # one died (the OOM killer, a SIGKILL): this pass starts new ones
     if loader._dataloader is None:       # workers persist across epochs (see WorkerStream)
+        if loader.stages_in_workers:
+            check_stages_still_picklable(loader.read_options.start_method, balance=loader.balance,
+                                         augment=loader.augment, mixup=loader.mixup)
         if loader.stages_in_workers and loader.balance is not None:
             with loader._stage_threads:  # the thread count the main process would build them with
                 loader.balance.prepare()  # the workers share its reservoirs (see worker_stages)

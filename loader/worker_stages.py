@@ -71,6 +71,20 @@ def unpicklable(start_method: str, **stages) -> list[str]:
     return reasons
 
 
+def check_stages_still_picklable(start_method: str, **stages) -> None:
+    """The stages were placed in the workers when the loader was built; raise if the workers
+    now start by ``start_method`` (``set_start_method`` called since) and a stage does not
+    pickle, rather than fail inside DataLoader with a bare ``PicklingError``."""
+    if start_method == "fork":
+        return
+    reasons = unpicklable(start_method, **stages)
+    if reasons:
+        raise RuntimeError(f"the reading workers now start by {start_method}, which pickles the stages placed in "
+                           "them when the StreamLoader was built, but " + "; ".join(reasons) + ". Set the start "
+                           "method before building the loader (it then keeps such stages in the main process), "
+                           f"or pass multiprocessing_context={start_method!r} or stages_in_workers=False to it")
+
+
 def stages_in_workers_argument(stages_in_workers: bool | None, augment_in_workers: bool | None) -> bool | None:
     """``stages_in_workers=``, or its deprecated name ``augment_in_workers=`` (with a warning)."""
     if augment_in_workers is None:

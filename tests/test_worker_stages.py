@@ -276,3 +276,28 @@ def test_a_stage_that_does_not_pickle_stays_in_the_main_process_under_spawn(npy_
                      stages_in_workers=True, **kw)
     assert StreamLoader(index.urls, balance=ClassBalancer("auto"), multiprocessing_context="spawn",
                         **kw).stages_in_workers, "a balancer that pickles goes to spawned workers"
+
+
+def test_a_start_method_set_to_spawn_after_the_build_names_the_stage_and_the_fix(npy_shards):
+    """Left open in s34: built under fork, a loader placed a stage that does not pickle in its
+    workers; ``set_start_method("spawn")`` before the first pass then failed inside DataLoader
+    with a bare PicklingError. Now the pass raises naming the stage and the ways out, and a
+    loader given the context keeps the stage in the main process."""
+    import multiprocessing
+    index, _, _ = npy_shards
+    kw = dict(batch_size=9, num_workers=2, device="cpu", index=index, seed=3)
+
+    def strategy(y):                      # a local function: pickle cannot name it
+        return {1: 60}
+    loader = StreamLoader(index.urls, balance=ClassBalancer(strategy), **kw)
+    assert loader.stages_in_workers
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        with pytest.raises(RuntimeError, match=r"now start by spawn.*balance= cannot be pickled.*"
+                                               r"multiprocessing_context='spawn' or stages_in_workers=False"):
+            next(iter(loader))
+        assert not StreamLoader(index.urls, balance=ClassBalancer(strategy), **kw).stages_in_workers
+    finally:
+        multiprocessing.set_start_method(before, force=True)
+        loader.close()
