@@ -400,14 +400,20 @@ class ClassBalancer:
                      [p["seed"][0] if p else "" for p in prov], prov, [not q for q in padding], padding)
 
     def _padding_row(self, batch: BatchInFlight, wanted: int) -> tuple[torch.Tensor, int]:
-        """A real sample to repeat in a slot of class ``wanted``, which has none: the first
-        member of a filled reservoir, else the batch's first real row."""
+        """A real sample to repeat in a slot of class ``wanted``, which has none: a member of a
+        filled reservoir (a class, then a member, drawn uniformly), else one of the batch's real
+        rows, drawn uniformly. (It was the first member of the first filled class, else the
+        batch's first real row: a class with no readable sample had one image repeated in
+        every one of its slots in a batch.)"""
         filled = np.flatnonzero(self.reservoir_.size)
         if len(filled):
-            return self.reservoir_.members(int(filled[0]))[:1].float(), int(filled[0])
+            c = int(filled[self.rng.integers(len(filled))])
+            i = int(self.rng.integers(self.reservoir_.size[c]))
+            return self.reservoir_.members(c)[i:i + 1].float(), c
         real = batch.real.nonzero().flatten().tolist()
         if real:
-            return batch.images[real[0]:real[0] + 1].float(), int(batch.labels[real[0]])
+            r = real[int(self.rng.integers(len(real)))]
+            return batch.images[r:r + 1].float(), int(batch.labels[r])
         raise ValueError(f"class {wanted} has no readable sample (see loader.stats.skipped) and batch "
                          f"{batch.batch_id} has no real row to repeat in its place")
 

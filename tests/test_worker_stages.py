@@ -210,6 +210,17 @@ def test_balancer_shortfall_is_counted_the_same_in_workers(tmp_path):
     assert stats_a == stats_b
     assert stats_a["skipped"]["balance_shortfall"] == 36          # class 1's 40 - 4 slots
     assert stats_a["skipped"]["reservoir_unreadable"] == 4
+    # the repeats are drawn from the batch's real rows (class 0's reservoir is not filled: only
+    # class 1 is synthesized); each batch's repeats were all of its first real row
+    loader = StreamLoader(index.urls, batch_size=8, seed=2, device="cpu", index=index, on_error="skip",
+                          balance=ClassBalancer("auto"))
+    repeats = [int(b.images[i, 0, 0, 0]) for b in loader for i, k in enumerate(b.keys) if k == "padding"]
+    assert len(repeats) == 36 and len(set(repeats)) >= 15, repeats
+    # ADASYN fills every class's reservoir: the repeats come from class 0's (its first member, before)
+    loader = StreamLoader(index.urls, batch_size=8, seed=2, device="cpu", index=index, on_error="skip",
+                          balance=ClassBalancer("auto", ADASYN(k_neighbors=3)))
+    repeats = [int(b.images[i, 0, 0, 0]) for b in loader for i, k in enumerate(b.keys) if k == "padding"]
+    assert len(repeats) == 36 and len(set(repeats)) >= 15, repeats
 
 
 class NoWorkerContract:
