@@ -54,7 +54,7 @@ from streamaug.core.shard_names import shard_file_name
 from streamaug.core.transfer import to_device
 
 from .class_reservoir import ClassReservoir
-from .online_counts import online_due
+from .online_counts import check_dict_targets, online_due
 from .sampling_strategy import check_strategy_form, synthetic_targets
 from .stable_name import stable_name
 from .slot_schedule import max_rank_slots, rank_slots, stratified_choice
@@ -277,6 +277,7 @@ class ClassBalancer:
         """Without an index: see ``online_counts.online_due``."""
         self._seen_epoch += np.bincount(real_labels.numpy(), minlength=len(self._seen_epoch))
         np.maximum(self.reservoir_.represents, self._seen_epoch, out=self.reservoir_.represents)
+        check_dict_targets(self.sampling_strategy, self._seen_epoch, self._class)
         classes, overshoot = online_due(self.sampling_strategy, self._seen_epoch, self._made_epoch, last)
         for c, n in overshoot.items():
             self._count_skip("online_overshoot", n, f"{self._class(c)}: {n} more made mid-epoch than its target")

@@ -6,7 +6,8 @@ counts do), less ``ONLINE_NOISE_SIGMAS`` times the counts' sampling noise, so a 
 only looks short part-way (nearly as large as the majority) is not given rows the epoch's end
 would not; ``"minority"`` acts once its class is settled beyond that noise
 (:func:`clear_minority`). Dict and callable strategies are absolute, so they wait for the
-epoch's last batch, which takes whatever is still due. The epoch's totals then
+epoch's last batch, which takes whatever is still due (a dict asking for fewer samples of a
+class than the stream has already held raises at once: :func:`check_dict_targets`). The epoch's totals then
 equal imbalanced-learn's ``fit_resample`` on the epoch's labels, unless a mid-epoch
 estimate overshot: that excess cannot be taken back and is reported.
 """
@@ -42,6 +43,20 @@ def clear_minority(seen: np.ndarray) -> bool:
     present = np.sort(seen[seen > 0])
     a, b = int(present[0]), int(present[1])
     return b - a > ONLINE_NOISE_SIGMAS * np.sqrt(a + b)
+
+
+def check_dict_targets(strategy, seen: np.ndarray, name=lambda c: f"class {c}") -> None:
+    """A dict strategy asks for final counts; a class the stream already holds more of this
+    epoch cannot meet its count (over-sampling adds, never removes). Raise at once, naming it,
+    rather than at the epoch's end, as imbalanced-learn's check on the epoch's counts did."""
+    if not isinstance(strategy, dict):
+        return
+    for c, n in strategy.items():
+        if isinstance(c, numbers.Integral) and 0 <= c < len(seen) and seen[c] > n:
+            raise ValueError(f"sampling_strategy asks for {n} samples of {name(int(c))} in all, but this epoch's "
+                             f"stream has already held {int(seen[c])}; over-sampling adds samples and cannot remove "
+                             "them, so ask for at least the class's count (an index, streamaug index, checks this "
+                             "when the loader is built)")
 
 
 def online_due(strategy, seen: np.ndarray, made: np.ndarray, last: bool) -> tuple[list[int], dict[int, int]]:

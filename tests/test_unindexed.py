@@ -169,6 +169,21 @@ def test_absolute_strategies_without_an_index_on_several_ranks_are_refused_when_
                      balance=ClassBalancer(strategy))
 
 
+def test_a_dict_asking_for_fewer_than_the_stream_held_raises_when_it_is_passed(shards):
+    """Left open in s34: a dict strategy that asks for fewer samples of a class than the epoch
+    holds raised only at the epoch's end (imbalanced-learn's message, no class named), after
+    every batch had been trained on. Class 1 has about 240 samples; the error now comes at the
+    batch that takes the stream past 100, naming the class and both counts."""
+    urls, labels = shards
+    loader = StreamLoader(urls, batch_size=64, index=False, num_classes=3, seed=2, balance=ClassBalancer({1: 100}))
+    done, held = 0, 0
+    with pytest.raises(ValueError, match=r"asks for 100 samples of class 1 in all, but this epoch's stream has "
+                                         r"already held 1\d\d; over-sampling adds samples and cannot remove"):
+        for b in loader:
+            done, held = done + 1, held + int((b.hard_labels[~b.is_synthetic] == 1).sum())
+    assert held <= 100 and done < len(labels) // 64 / 2, (done, held)    # raised part-way, not at the end
+
+
 def test_stratified_without_an_index_is_refused_when_built(shards):
     """Red team s34: it was ignored, the batches byte for byte those of stratified=False."""
     urls, _ = shards
