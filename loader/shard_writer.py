@@ -109,6 +109,11 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, was_tensor: bool = Fal
         raise ValueError(f"images must be (N, H, W, C) with C 1, 3 or 4, got shape {images.shape}"
                          + (": that is (N, C, H, W), as torch holds images; pass images."
                             + ("permute" if was_tensor else "transpose") + "(0, 2, 3, 1)" if nchw else ""))
+    n, h, w, c = images.shape
+    if h in (1, 3, 4) and w == c != h:    # (N, 3, 4, 4): 3×4 RGBA images, or (N, C, H, W) 4×4 RGB ones?
+        warnings.warn(f"images of shape {images.shape} are read as (N, H, W, C): {h}×{w} pixels of {c} channels; "
+                      f"if they are (N, C, H, W), {h}-channel {w}×{c} images as torch holds them, pass images."
+                      + ("permute" if was_tensor else "transpose") + "(0, 2, 3, 1)", UserWarning, stacklevel=3)
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
         raise ValueError(f"labels must be 1-D with len(images)={len(images)} entries, got shape {labels.shape}")

@@ -6,6 +6,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -314,7 +315,7 @@ def test_cuda_device_without_cuda_is_refused_at_construction(npy_shards):
         StreamLoader(index.urls, batch_size=4, device="cuda:0")
 
 
-def test_writer_rejects_bad_sources(tmp_path):
+def test_writer_rejects_bad_sources(tmp_path, tmp_path_factory):
 
     with pytest.raises(ValueError, match="uint8 array of shape"):
         write_shards((np.zeros((2, 4, 4, 3), np.float32), np.zeros(2, int)), str(tmp_path))
@@ -326,6 +327,14 @@ def test_writer_rejects_bad_sources(tmp_path):
                      str(tmp_path))                                                         # 4-argument transpose)
     with pytest.raises(ValueError, match="labels must be 1-D with len"):
         write_shards((np.zeros((2, 4, 4, 3), np.uint8), np.zeros(3, int)), str(tmp_path))
+    # (N, 3, 4, 4) fits both layouts: read as 3×4 RGBA, with a warning (it was written silently)
+    with pytest.warns(UserWarning, match=r"shape \(2, 3, 4, 4\) are read as \(N, H, W, C\): 3×4 pixels of 4 "
+                      r"channels; if they are \(N, C, H, W\), 3-channel 4×4 images .*\.transpose\(0, 2, 3, 1\)"):
+        assert write_shards((np.zeros((2, 3, 4, 4), np.uint8), np.arange(2)), str(tmp_path_factory.mktemp("layout")),
+                            progress=False).image_shape == (3, 4, 4)
+    with warnings.catch_warnings():       # 4×4 RGB is not (N, C, H, W) of square images: no warning
+        warnings.simplefilter("error")
+        write_shards((np.zeros((2, 4, 4, 3), np.uint8), np.arange(2)), str(tmp_path_factory.mktemp("layout")), progress=False)
     with pytest.raises(ValueError, match=r"got dtype <U3 \(e.g. 'cat'\): labels written as class names .* "
                        r"np.unique\(labels, return_inverse=True\)"):                  # (newcomer s33)
         write_shards((np.zeros((2, 4, 4, 3), np.uint8), np.array(["cat", "dog"])), str(tmp_path))
