@@ -11,6 +11,8 @@ reading workers when the pass ends.
 from __future__ import annotations
 
 import itertools
+import os
+import warnings
 from collections.abc import Iterator
 
 from streamaug.core.flight import BatchInFlight
@@ -20,6 +22,7 @@ from .batch import Batch
 from .device_decode import decode_ahead
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan
+from .pass_position import caller_stacklevel
 from .open_pass import balanced_open_pass, drop_batches, mark_last
 from .plugin_stage import apply_plugins, check_balancer_owner
 from .read_workers import worker_batches
@@ -30,6 +33,8 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
     if loader.balance is not None:
         check_balancer_owner(loader)
     loader._ensure_topology()
+    loader._loaded.pass_starts(loader)        # (a state held until the process group came up is checked now)
+    warn_launched_without_group(loader)
     position = loader.position
     begun = position.begin(start, lambda e: None if loader.index is None else loader.plan(e).num_batches,
                            open_until_end=left_ends_epoch)
@@ -98,3 +103,18 @@ def finished_batches(loader, batches: Iterator[BatchInFlight], plan: EpochPlan |
         with loader._stage_threads:
             out = apply_plugins(loader, batch, plan, epoch)
         yield out, bool(batch.last) if plan is None else loader.position.batches_done + 1 == plan.num_batches
+
+
+def warn_launched_without_group(loader) -> None:
+    """A pass in one of several launched processes (``WORLD_SIZE`` > 1, as torchrun sets it)
+    with no process group and no ``world_size=``: every process reads every sample. Once per
+    loader (red team s35: it was silent)."""
+    launched = os.environ.get("WORLD_SIZE", "1")
+    if loader._world_override is not None or loader.world_size > 1 or not launched.isdigit() \
+            or int(launched) <= 1 or getattr(loader, "_warned_no_group", False):
+        return
+    loader._warned_no_group = True
+    warnings.warn(f"WORLD_SIZE={launched} (a launcher such as torchrun started {launched} processes), but no "
+                  "torch.distributed process group is initialized, so this StreamLoader reads every sample "
+                  "in every process; call init_process_group before the first pass, or pass "
+                  "world_size= and rank=", RuntimeWarning, stacklevel=caller_stacklevel())

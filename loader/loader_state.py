@@ -21,6 +21,7 @@ start* (``replays_epoch``), and the resumed pass replays the epoch from there.
 from __future__ import annotations
 
 import copy
+import os
 import hashlib
 import json
 import warnings
@@ -167,3 +168,56 @@ def restore_state(loader, sd: dict) -> None:
         loader.stats.real, loader.stats.synthetic = sd["stats"]["real"], sd["stats"]["synthetic"]
     if hasattr(loader.balance, "restore_fill_counts"):
         loader.balance.restore_fill_counts(restored and sd.get("balance_filled", False), loader.stats)
+
+
+class LoadedState:
+    """The state ``load_state_dict`` took, kept until a pass starts from it.
+
+    If world size and rank change before then (the process group comes up after the load,
+    as in a ``torchrun`` script that restores before ``init_process_group``), the state is
+    checked again and restored into the re-planned loader: before, it was checked against
+    the single-process world it was loaded in, so a state of another world size was taken
+    and a correct one refused. A state whose world size is the launcher's ``WORLD_SIZE``,
+    loaded while no process group exists yet, is held unchecked until the pass starts."""
+
+    def __init__(self):
+        self.sd: dict | None = None
+        self.held = False                 # not yet checked (see awaits_process_group)
+
+    @staticmethod
+    def awaits_process_group(loader, sd: dict) -> bool:
+        import torch.distributed as dist
+        launched = os.environ.get("WORLD_SIZE", "1")
+        if loader._world_override is not None or (dist.is_available() and dist.is_initialized()):   # noqa: SLF001
+            return False
+        saved = sd.get("fingerprint", {}).get("world_size") if isinstance(sd, dict) else None
+        return launched.isdigit() and int(launched) > 1 and saved == int(launched) != loader.world_size
+
+    def load(self, loader, sd: dict) -> None:
+        self.sd, self.held = None, False
+        if self.awaits_process_group(loader, sd):
+            check_format(sd)
+            self.sd, self.held = copy.deepcopy(sd), True
+            return
+        restore_state(loader, sd)
+        self.sd = copy.deepcopy(sd)
+
+    def topology_changed(self, loader) -> None:
+        """World size or rank changed: a state not yet started from is checked and restored again."""
+        if self.sd is not None and (self.held or loader.position.resume_pending):
+            self._restore(loader)
+
+    def pass_starts(self, loader) -> None:
+        """A held state is checked now, against the world the pass runs in; then it is used up."""
+        if self.held:
+            self._restore(loader)
+        self.sd = None
+
+    def saved(self) -> dict | None:
+        """A held state, as ``state_dict()`` hands it back until it is checked."""
+        return copy.deepcopy(self.sd) if self.held else None
+
+    def _restore(self, loader) -> None:
+        sd, self.sd, self.held = self.sd, None, False
+        restore_state(loader, sd)
+        self.sd = sd

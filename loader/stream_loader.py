@@ -46,7 +46,7 @@ from .device_feed import delivery_device
 from .errors import LoaderStats, check_policy
 from .image_codec import check_label_key
 from .loader_pass import run_pass
-from .loader_state import plugin_details, restore_state, save_state
+from .loader_state import LoadedState, plugin_details, save_state
 from .output_format import OutputFormat
 from .pass_position import PassPosition
 from .plugin_stage import claim_balancer, plugin_seeds
@@ -58,7 +58,6 @@ from .shard_index import ShardIndex, check_num_classes
 from .shard_urls import expand_urls, named_twice, refuse_missing_local
 from .worker_stages import WorkerStages, stages_in_workers_argument, worker_side
 from .worker_stream import StreamSettings, WorkerStream
-
 
 
 def _distributed() -> tuple[int, int]:
@@ -204,6 +203,7 @@ class StreamLoader:
         self.position = PassPosition()    # epoch, batches done, the current pass (see pass_position)
         self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
         self._epoch_start = None          # no index, with a balancer: (balancer state, stats) as the pass began
+        self._loaded = LoadedState()      # the state load_state_dict took, until a pass starts from it
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
         self.output.check_channels(channels)
 
@@ -274,6 +274,7 @@ class StreamLoader:
         if self.device_decoder is not None:
             self.device_decoder.donors = self._stream.donors      # pads a batch none of whose images decodes
         self._topology = (ws, rk)
+        self._loaded.topology_changed(self)          # (a state loaded before the process group came up)
 
     # ------------------------------------------------------------ planning
     def plan(self, epoch: int | None = None) -> EpochPlan | None:
@@ -379,7 +380,8 @@ class StreamLoader:
         """The position ``(epoch, batches done)`` plus a fingerprint of what it depends on:
         small, JSON-safe, and rank-portable with an index (see :mod:`~streamaug.loader.loader_state`)."""
         self._ensure_topology()
-        return save_state(self)
+        held = self._loaded.saved()
+        return held if held is not None else save_state(self)
 
     def load_state_dict(self, sd: dict) -> None:
         """Resume from ``sd`` at the next ``iter()``. ``{}`` does nothing (torchdata's convention).
@@ -388,5 +390,5 @@ class StreamLoader:
         if sd == {}:
             return
         self._ensure_topology()
-        restore_state(self, sd)
+        self._loaded.load(self, sd)
 

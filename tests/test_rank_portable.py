@@ -5,6 +5,7 @@ what cannot be portable (no index, ``stratified=True``) refuses another rank's s
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -149,3 +150,62 @@ def test_stream_error_from_a_worker_arrives_as_stream_error(tmp_path):
     with pytest.raises(StreamError) as err:      # not DataLoader's RuntimeError: attributes intact
         list(ld)
     assert err.value.reason == "bad_label" and err.value.key == "s_00002"
+
+
+def test_a_state_loaded_before_the_process_group_is_checked_against_the_group(tmp_path, monkeypatch):
+    """Red team s35: a loader built and restored before ``init_process_group`` (a torchrun
+    script that restores first) checked the state against world size 1. Rank 0's state of a
+    2-rank run was refused ("world_size: saved 2, this loader 1"), and a 1-process state was
+    taken and then applied to the 2-rank plan. The process group is stood in for by the
+    loader's ``_distributed`` and the launcher's ``WORLD_SIZE``."""
+    import streamaug.loader.stream_loader as stream_loader
+    index = imbalanced(tmp_path)
+    saver = loader(index, rank=0)
+    it = iter(saver)
+    [next(it) for _ in range(2)]
+    two_rank = saver.state_dict()
+    single = loader(index, rank=0, world=1)
+    it = iter(single)
+    [next(it) for _ in range(2)]
+    one_process = single.state_dict()
+    expected = flat(list(loader(index, rank=1)))[2:]
+
+    def late_loader():             # built before the group: world size and rank from torch.distributed
+        return StreamLoader(index.urls, batch_size=8, seed=3, shuffle=16,
+                            balance=ClassBalancer(synthesizer=SMOTE(k_neighbors=3)),
+                            augment=Compose([Flip(p=0.5), Rotate(15, p=0.5), GaussianNoise(0.05, p=0.5)]),
+                            mixup=MixUp(alpha=0.4))
+    with pytest.raises(ValueError, match="world_size: saved 2, this loader 1"):
+        late_loader().load_state_dict(two_rank)          # no launcher: refused at once, as before
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    held, wrong = late_loader(), late_loader()
+    held.load_state_dict(two_rank)                       # held until the group is up
+    assert held.state_dict() == two_rank
+    wrong.load_state_dict(one_process)                   # matches the world of now (1)
+    monkeypatch.setattr(stream_loader, "_distributed", lambda: (2, 1))
+    assert same(flat(list(held)), expected), "resumed as rank 1 of 2, at batch 2"
+    with pytest.raises(ValueError, match="world_size: saved 1, this loader 2"):
+        next(iter(wrong))
+    monkeypatch.setattr(stream_loader, "_distributed", lambda: (1, 0))
+    never = late_loader()                                # the launcher's group never came up
+    never.load_state_dict(two_rank)
+    with pytest.raises(ValueError, match="world_size: saved 2, this loader 1"):
+        next(iter(never))
+
+
+def test_a_launched_process_without_a_process_group_is_warned_once(tmp_path, monkeypatch):
+    """Red team s35: under torchrun (WORLD_SIZE=2) with no init_process_group, every process
+    read every sample without a word."""
+    index = imbalanced(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    plain = StreamLoader(index.urls, batch_size=8, seed=3)
+    with pytest.warns(RuntimeWarning, match=r"WORLD_SIZE=2 .* no torch.distributed process group is initialized, "
+                                            r"so this StreamLoader reads every sample in every process") as seen:
+        assert len(list(plain)) == len(plain) == 15
+    assert seen[0].filename == __file__, "named at the caller's line"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(plain)                                           # once per loader
+        list(StreamLoader(index.urls, batch_size=8, seed=3, world_size=2, rank=1))   # told the world: no warning
+        monkeypatch.setenv("WORLD_SIZE", "1")
+        list(StreamLoader(index.urls, batch_size=8, seed=3))
