@@ -9,7 +9,11 @@ communicated, and a resume only needs ``(epoch, batches already yielded)``.
 How an epoch is laid out
 ------------------------
 1. Shard order is shuffled with a seed derived from ``(seed, epoch)``; the
-   concatenated shards form one global sample order.
+   concatenated shards form one global sample order. Shuffled, on several ranks, that
+   order starts at a position drawn from ``(seed, epoch)`` and wraps round
+   (:func:`rank_rotation`), so the ranks' slices move every epoch: with one shard, or a
+   few large ones, a rank read the same samples every epoch (as ``DistributedSampler``
+   does not).
 2. Each rank yields ``ceil(N / W)`` samples (``floor`` with ``drop_last``) and
    reads a contiguous slice of the global order. A rank whose slice is short of
    that, or whose share of synthetic samples is one short of the largest, is
@@ -122,6 +126,25 @@ def rank_slice(total: int, world_size: int, rank: int, batch_size: int, drop_las
     return rank * head + min(rank * last, tail), head + min(last, max(0, tail - rank * last)), tail
 
 
+def rank_rotation(total: int, seed: int, epoch: int, world_size: int, shuffle: bool) -> int:
+    """Where the epoch's global order starts: 0 on one rank or unshuffled (dataset order, and
+    the padding placed for ``gather_for_metrics``), else a position drawn from ``(seed, epoch)``."""
+    if world_size == 1 or not shuffle:
+        return 0
+    return int(numpy_generator(seed, "rank rotation", epoch).integers(total))
+
+
+def _rotated(ranges: list[tuple[int, int, bool]], rotation: int, total: int) -> list[tuple[int, int, bool]]:
+    """Global ranges moved by ``rotation`` round the order, split where they wrap."""
+    out = []
+    for lo, hi, padding in ranges:
+        lo, hi = lo + rotation, hi + rotation
+        if lo >= total:
+            lo, hi = lo - total, hi - total
+        out += [(lo, min(hi, total), padding)] + ([(0, hi - total, padding)] if hi > total else [])
+    return out
+
+
 def shard_permutation(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
     """The epoch's shard order (identity without ``shuffle``); the same with and without an index."""
     order = np.arange(n)
@@ -206,6 +229,7 @@ def plan_epoch(index: ShardIndex, *, seed: int, epoch: int, batch_size: int, wor
     k = max(1, num_workers)
     order = shard_order(index, seed, epoch, shuffle)
     total = index.total
+    rotation = rank_rotation(total, seed, epoch, world_size, shuffle)
     share = rank_share(total, world_size, drop_last)
     rank_start, rank_real, tail = rank_slice(total, world_size, rank, batch_size, drop_last, synthetic_max > 0)
     total_out = share + synthetic_max
@@ -236,7 +260,7 @@ def plan_epoch(index: ShardIndex, *, seed: int, epoch: int, batch_size: int, wor
         ranges, padded = [], 0
         for p0, p1 in _merged(pieces):
             more, extra = _rank_ranges(total, rank_start, rank_real, p0, p1)
-            ranges += more
+            ranges += _rotated(more, rotation, total)
             padded += extra
         workers.append(WorkerPlan(w, ids, sizes, tuple(_segments(index, order, ranges)), padded))
         cursor += n

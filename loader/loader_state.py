@@ -21,9 +21,9 @@ start* (``replays_epoch``), and the resumed pass replays the epoch from there.
 from __future__ import annotations
 
 import copy
-import os
 import hashlib
 import json
+import os
 import warnings
 
 from streamaug.core.shard_names import shard_file_name
@@ -62,7 +62,7 @@ def plugin_details(loader) -> str:
 
 # fingerprint fields a state saved before they existed lacks: the value every loader then had,
 # or None where there was no such value (that field is then not compared)
-ADDED_LATER = {"plugin_details": None, "jpeg_draft": True, "balance_targets": None}
+ADDED_LATER = {"plugin_details": None, "jpeg_draft": True, "balance_targets": None, "rank_slices": "fixed"}
 
 
 def balance_targets(balancer) -> list[list[int]] | str | None:
@@ -90,7 +90,8 @@ def fingerprint(loader) -> dict:
             "drop_last": loader.drop_last, "world_size": loader.world_size,
             "resize": list(loader.decoder.resize) if loader.decoder.resize else None,
             "jpeg_draft": loader.decoder.jpeg_draft, "decode": loader.decode,
-            "balance_targets": balance_targets(loader.balance), **plug}
+            "balance_targets": balance_targets(loader.balance),
+            "rank_slices": "rotated" if loader.world_size > 1 and loader.shuffle else "fixed", **plug}
 
 
 def check_fingerprint(saved: dict, current: dict) -> None:

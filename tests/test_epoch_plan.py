@@ -215,3 +215,46 @@ def test_gathered_real_is_unknown_where_padding_may_sit_elsewhere(npy_shards):
     assert plan_epoch(index, shuffle=False, world_size=3, synthetic_per_rank=5, **kw).gathered_real == -1
     assert plan_epoch(index, shuffle=True, world_size=4, **kw).gathered_real == 0
     assert plan_epoch(index, shuffle=False, world_size=3, drop_last=True, **kw).gathered_real == 0
+
+
+def test_a_ranks_slice_moves_every_shuffled_epoch(tmp_path):
+    """Red team s35: the ranks' slices were contiguous runs of the shuffled shard order, so with
+    one shard (or a few large ones) rank 0 read the same 20 of 40 samples every epoch. The
+    global order now starts at a position drawn from (seed, epoch): each epoch the ranks still
+    read every sample once between them, and rank 0's set moves. Unshuffled (an evaluation
+    loader), the slices stay in dataset order."""
+    index = write_custom(str(tmp_path), {"a.tar": good_members(40)}, {"a.tar": [20, 20]})
+    sets = []
+    for epoch in range(4):
+        keys = []
+        for rank in range(2):
+            loader = StreamLoader(index.urls, batch_size=6, world_size=2, rank=rank, seed=5, shuffle=8, num_workers=1)
+            loader.set_epoch(epoch)
+            keys.append({k for b in loader for k, p in zip(b.keys, b.is_padding.tolist()) if not p})
+        assert len(keys[0]) == len(keys[1]) == 20 and not keys[0] & keys[1], epoch
+        sets.append(frozenset(keys[0]))
+    assert len(set(sets)) == 4, "rank 0 reads another half each epoch"
+    for epoch in range(2):
+        plain = StreamLoader(index.urls, batch_size=6, world_size=2, rank=0, shuffle=False)
+        plain.set_epoch(epoch)
+        assert [k for b in plain for k in b.keys] == [f"s_{i:05d}" for i in range(20)]
+
+
+def test_a_state_from_before_the_moving_slices_is_refused_where_they_move(tmp_path):
+    """A shuffled multi-rank state saved before the slices moved (no ``rank_slices`` in its
+    fingerprint) meant other batches: refused by name. One rank, or unshuffled, it still resumes."""
+    index = write_custom(str(tmp_path), {"a.tar": good_members(40)}, {"a.tar": [20, 20]})
+    for kw, refused in ((dict(world_size=2, rank=1), True), (dict(world_size=2, rank=1, shuffle=False), False),
+                        (dict(), False)):
+        saver = StreamLoader(index.urls, batch_size=6, seed=5, **kw)
+        it = iter(saver)
+        next(it)
+        older = saver.state_dict()
+        assert older["fingerprint"].pop("rank_slices") == ("rotated" if refused else "fixed")
+        resumed = StreamLoader(index.urls, batch_size=6, seed=5, **kw)
+        if refused:
+            with pytest.raises(ValueError, match="rank_slices: saved 'fixed', this loader 'rotated'"):
+                resumed.load_state_dict(older)
+        else:
+            resumed.load_state_dict(older)
+            assert [b.keys for b in resumed] == [b.keys for b in it]
