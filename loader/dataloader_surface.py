@@ -13,7 +13,9 @@ over a dataset of batches*:
   of samples in the shards, as ``len(DataLoader.dataset)`` is the dataset's size:
   training scripts divide sums of losses and counts of correct answers by it.
 * ``sampler``: :class:`EpochSampler`, the batch indices of one epoch in order;
-  ``set_epoch`` is the loader's.
+  ``set_epoch`` is the loader's. Unshuffled, it is a :class:`SequentialEpochSampler`, a
+  ``SequentialSampler``, which is how Lightning tells a loader that does not shuffle
+  (``Trainer(overfit_batches=N)`` took it for a shuffling one and failed rebuilding it).
 * ``batch_sampler``: :class:`BatchIndexSampler`, ``[j]`` per batch.
 * ``collate_fn``: :func:`first_item` (a batch of one batch is that batch).
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, SequentialSampler
 
 if TYPE_CHECKING:
     from .stream_loader import StreamLoader
@@ -84,6 +86,14 @@ class EpochSampler(Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.loader.set_epoch(epoch)
+
+
+class SequentialEpochSampler(EpochSampler, SequentialSampler):
+    """An unshuffled loader's :class:`EpochSampler` (see the module docstring)."""
+
+
+def epoch_sampler(loader: "StreamLoader") -> EpochSampler:
+    return EpochSampler(loader) if loader.shuffle else SequentialEpochSampler(loader)
 
 
 class BatchIndexSampler(Sampler):

@@ -27,6 +27,7 @@ import os
 import warnings
 
 from streamaug.core.shard_names import shard_file_name
+from streamaug.samplers.stable_name import plain_repr
 
 FORMAT = "streamaug.StreamLoader/2"
 
@@ -83,7 +84,8 @@ def fingerprint(loader) -> dict:
     """Everything a position depends on (not the rank: a state resumes any rank). The plug-in
     details are those the loader was built with (a plug-in's ``manual_seed`` may set its
     ``seed`` to each batch's)."""
-    plug = {name: repr(getattr(loader, name)) for name in ("balance", "augment", "mixup")}
+    # (addresses left out: a plug-in without a __repr__ of its own was refused in every new process)
+    plug = {name: plain_repr(getattr(loader, name)) for name in ("balance", "augment", "mixup")}
     details = getattr(loader, "plugin_details", None) or plugin_details(loader)
     return {"plugin_details": details, "shards": data_fingerprint(loader.index, loader.urls), "seed": loader.seed,
             "batch_size": loader.batch_size, "read_workers": loader.read_workers, "shuffle": loader.shuffle,

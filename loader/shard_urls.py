@@ -41,13 +41,12 @@ def expand_urls(urls: str | Sequence[str]) -> list[str]:
     shards in it, each sorted by name."""
     if isinstance(urls, (str, os.PathLike)):
         urls = [urls]
-    elif isinstance(urls, Iterable) and not isinstance(urls, (Dataset, Mapping)):
+    elif isinstance(urls, Iterable) and not isinstance(urls, (Dataset, Mapping, bytes, bytearray)):
         urls = list(urls)                  # a generator, Path.glob(), map(), a numpy array of names
-    wrong = next((u for u in (urls if isinstance(urls, list) else [urls])
-                  if not isinstance(u, (str, os.PathLike))), None)
-    if wrong is not None:                  # (a Dataset passed as DataLoader takes one, say)
+    wrong = [u for u in (urls if isinstance(urls, list) else [urls]) if not isinstance(u, (str, os.PathLike))]
+    if wrong:                              # (a Dataset passed as DataLoader takes one, say; None; bytes)
         raise TypeError(f"urls must be WebDataset tar shards: a path, URL, brace or glob pattern or folder, or a "
-                        f"list of them; got {type(wrong).__name__}. A Dataset or arrays are written to shards "
+                        f"list of them; got {type(wrong[0]).__name__}. A Dataset or arrays are written to shards "
                         f"first: streamaug.loader.write_shards((images, labels), 'shards/') or streamaug shards")
     out = [u for pattern in urls for part in os.fspath(pattern).split("::") for u in braceexpand.braceexpand(part)]
     if not out or not all(out):

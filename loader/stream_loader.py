@@ -27,6 +27,7 @@ accelerate scripts do) still shards by rank.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -41,7 +42,7 @@ from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, Dec
 from .epoch_plan import EpochPlan, PlanSpec
 from .dataloader_arguments import (SHUFFLE_BUFFER, check_batch_size, check_num_workers, check_prefetch, check_seed,
                                    check_shuffle, check_topology, read_worker_options)
-from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, first_item
+from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, epoch_sampler, first_item
 from .device_feed import delivery_device
 from .errors import LoaderStats, check_policy
 from .image_codec import check_label_key
@@ -214,11 +215,11 @@ class StreamLoader:
 
     @property
     def sampler(self) -> EpochSampler:
-        return EpochSampler(self)
+        return epoch_sampler(self)
 
     @property
     def batch_sampler(self) -> BatchIndexSampler:
-        return BatchIndexSampler(EpochSampler(self))
+        return BatchIndexSampler(epoch_sampler(self))
 
     collate_fn = staticmethod(first_item)
     num_workers = 0                 # see the class docs: the caller's loop starts no workers
@@ -362,6 +363,12 @@ class StreamLoader:
         state = dict(self.__dict__)
         state["_dataloader"], state["_marker"], state["_stop_workers"] = None, None, None
         return state
+
+    def __copy__(self) -> "StreamLoader":
+        """A copy is a deep copy: a shallow one shared the original's stream and position, and
+        swapped out the tensor its running workers read each epoch from, so the original's
+        later epochs silently repeated its first (red team s35)."""
+        return copy.deepcopy(self)
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

@@ -29,8 +29,12 @@ def stable_name(value) -> str:
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
-def _plain(obj) -> str:
+def plain_repr(obj) -> str:
+    """``repr(obj)`` with memory addresses left out (an object without a ``__repr__`` of its own)."""
     return _ADDRESS.sub("", repr(obj))
+
+
+_plain = plain_repr
 
 
 def _code_text(code) -> str:

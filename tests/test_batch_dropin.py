@@ -555,11 +555,13 @@ def test_len_dataset_is_the_sample_count_scripts_divide_by(shards):
 
 def test_a_loader_whose_workers_run_pickles_and_deep_copies(shards):
     """Lightning's ddp_spawn pickles the loader it was given, after the sanity check or a
-    peek has started the reading workers; the copy starts its own and reads the same epoch."""
+    peek has started the reading workers; the copy starts its own and reads the same epoch.
+    ``copy.copy`` too (red team s35: it shared the original's stream, whose later epochs then
+    repeated its first)."""
     loader = stream(shards[0], num_workers=2)
     next(iter(loader))                              # the workers are running now
     assert loader._dataloader is not None           # noqa: SLF001
-    for copied in (pickle.loads(pickle.dumps(loader)), copy.deepcopy(loader)):
+    for copied in (pickle.loads(pickle.dumps(loader)), copy.deepcopy(loader), copy.copy(loader)):
         for epoch in (3, 4):                            # its workers must see each new epoch
             copied.set_epoch(epoch)
             loader.set_epoch(epoch)

@@ -70,6 +70,21 @@ def test_limit_val_batches_sees_the_same_batches_every_round(digits, tmp_path, m
     assert all(batches == rounds[0][1] for _, batches in rounds), [b for _, b in rounds]
 
 
+def test_overfit_batches_trains_on_the_same_first_batches_of_an_unshuffled_loader(digits, tmp_path, monkeypatch):
+    """Red team s35: ``Trainer(overfit_batches=2)`` failed ("needs to subclass DataLoader")
+    even with ``shuffle=False``: Lightning keeps a loader as it is only when its sampler is a
+    ``SequentialSampler``. A shuffling loader still cannot be rebuilt unshuffled."""
+    monkeypatch.chdir(tmp_path)
+    _, val = make_loaders(*digits, full=False)          # unshuffled
+    model = TinyDigits()
+    trainer_for(1, 2, overfit_batches=2, num_sanity_val_steps=0).fit(model, val)
+    epochs = [[r["keys"] for r in model.seen if r["stage"] == "train" and r["epoch"] == e] for e in range(2)]
+    assert len(epochs[0]) == 2 and epochs[0] == epochs[1] == [list(b.keys) for b in val][:2]
+    shuffled, _ = make_loaders(*digits, full=False)
+    with pytest.raises(ValueError, match=r"needs to subclass .torch\.utils\.data\.DataLoader."):
+        trainer_for(1, 1, overfit_batches=2, num_sanity_val_steps=0).fit(TinyDigits(), shuffled)
+
+
 def test_training_epochs_are_full_passes(digits, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train, val = make_loaders(*digits)

@@ -1,6 +1,8 @@
 """augment= and mixup= in the loader: seeded from the loader, resumable, soft targets out."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -145,3 +147,46 @@ def test_a_plugin_that_stores_each_batchs_seed_still_resumes(npy_shards):
     StreamLoader(index.urls, batch_size=9, augment=SeedKeepingAugment()).load_state_dict(first.state_dict())
     with pytest.raises(ValueError, match="plugin_details"):
         StreamLoader(index.urls, batch_size=9, augment=SeedKeepingAugment(seed=5)).load_state_dict(first.state_dict())
+
+
+class Brighten:
+    """A user's augment= with no ``__repr__`` of its own: its repr holds a memory address."""
+
+    def __init__(self, amount=10):
+        self.amount, self.seed = amount, None
+
+    def manual_seed(self, seed):
+        self.seed = seed
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def __call__(self, images):
+        return images.clamp(max=255 - self.amount) + self.amount
+
+
+def test_a_plugin_without_a_repr_resumes_in_a_new_process(npy_shards, tmp_path):
+    """Red team s35: the fingerprint held ``repr(augment)``, with the object's address, so a
+    state saved in one process was refused in every other ("augment: saved '<Brighten object
+    at 0x7fc4...>'"). The process that resumes is a new one here, as after a restart."""
+    import json
+    import subprocess
+    import sys
+    index, _, _ = npy_shards
+    first = StreamLoader(index.urls, batch_size=9, augment=Brighten())
+    it = iter(first)
+    next(it), next(it)
+    (tmp_path / "state.json").write_text(json.dumps(first.state_dict()))
+    expected = [list(b.keys) for b in it]
+    script = (f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+              "from test_loader_plugins import Brighten\n"
+              "from streamaug.loader import StreamLoader\n"
+              f"loader = StreamLoader({index.urls!r}, batch_size=9, augment=Brighten())\n"
+              f"loader.load_state_dict(json.load(open({str(tmp_path / 'state.json')!r})))\n"
+              "print(json.dumps([list(b.keys) for b in loader]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == expected

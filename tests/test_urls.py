@@ -108,7 +108,8 @@ def test_a_path_object_is_a_url_and_a_dataset_is_refused_with_what_to_do(corpus)
         StreamLoader(Path("shards").glob("train-*.tar"), batch_size=8)        # (a generator, named in the hint)
     for wrong, name in [(torch.utils.data.TensorDataset(torch.zeros(3)), "TensorDataset"),
                         (wds.WebDataset("shards/train-000000.tar", shardshuffle=False), "WebDataset"),
-                        (["shards", 3], "int")]:
+                        (["shards", 3], "int"), (None, "NoneType"), (b"shards", "bytes")]:   # (the last two: a
+                                                            # bare TypeError, and 'got int', red team s35)
         with pytest.raises(TypeError, match=rf"urls must be WebDataset tar shards: .* got {name}\. A Dataset or "
                            r"arrays are written to shards first: streamaug.loader.write_shards"):
             StreamLoader(wrong, batch_size=8)
