@@ -29,6 +29,7 @@ from streamaug.benchmarks.demo_table import plot_curves, summarize, table
 from streamaug.benchmarks.machine_info import machine_info
 from streamaug.benchmarks.preview import collect, draw
 from streamaug.benchmarks.small_cnn import SmallCNN
+from streamaug.core.threads import available_cores
 from streamaug.loader import StreamLoader
 from streamaug.ops.recipes import default_augment
 
@@ -121,8 +122,8 @@ def parse(argv):
     p.add_argument("--workers", type=int, default=0, help="the loader's num_workers")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for the training step (default: torch's, one per core, the "
-                        "fastest on an idle machine); 1 where other CPU-bound jobs share the cores, on which "
-                        "torch's threads stall waiting for each other")
+                        "fastest on an idle machine, or 1 when the load average is already at the core count: "
+                        "where other CPU-bound jobs share the cores, torch's threads stall waiting for each other)")
     p.add_argument("--width", type=int, default=24, help="channels of the small CNN's first layer")
     p.add_argument("--lr", type=float, default=4e-3, help="AdamW's peak learning rate (one-cycle schedule)")
     p.add_argument("--eval-every", type=int, default=25, help="steps between test evaluations (the curves)")
@@ -144,9 +145,23 @@ def parse(argv):
     return args
 
 
+def busy_machine_threads(load: float, cores: int) -> int | None:
+    """The demo's thread count when ``--threads`` is not given: 1 where other jobs already keep
+    the cores busy (a 1-minute load average of at least the core count), else None (torch's
+    default). On a loaded 2-core machine torch's default threads stalled: a newcomer's demo
+    showed about 37 minutes to go, and took 8 with one thread."""
+    return 1 if cores > 1 and load >= cores else None
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     caller_threads = torch.get_num_threads()
+    if args.threads is None and not torch.cuda.is_available():
+        load, cores = os.getloadavg()[0], available_cores()
+        args.threads = busy_machine_threads(load, cores)
+        if args.threads is not None:
+            print(f"this machine is busy (load average {load:.1f} on {cores} cores): training on 1 thread, "
+                  "which other jobs stall less (--threads N to choose)", flush=True)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:

@@ -232,3 +232,23 @@ def test_demo_and_preview_say_plainly_when_matplotlib_is_missing(monkeypatch, ca
     for command in ("demo", "preview"):
         assert cli([command, "--help"]) == 2
         assert f"streamaug {command} needs matplotlib" in capsys.readouterr().err
+
+
+def test_the_demo_trains_on_one_thread_on_a_busy_machine(tmp_path, capsys, monkeypatch):
+    """Newcomer s35: with torch's default threads on a loaded 2-core machine the demo showed
+    about 37 minutes to go (8 with --threads 1), and said nothing. Without --threads it now
+    takes one thread where the load average is at the core count, and says so."""
+    from streamaug.benchmarks import demo
+    assert demo.busy_machine_threads(2.0, 2) == 1 and demo.busy_machine_threads(1.9, 2) is None
+    assert demo.busy_machine_threads(5.0, 1) is None, "one core: one thread already"
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (7.5, 7.0, 6.0))
+    monkeypatch.setattr(demo, "available_cores", lambda: 2)
+    assert cli(["demo", "--arms", "plain", "--steps", "2", "--seeds", "1", "--eval-every", "2", "--no-pictures",
+                "--out", str(tmp_path)]) == 0
+    assert "this machine is busy (load average 7.5 on 2 cores): training on 1 thread" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["torch_threads"] == 1
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert cli(["demo", "--arms", "plain", "--steps", "2", "--seeds", "1", "--eval-every", "2", "--no-pictures",
+                "--out", str(tmp_path)]) == 0
+    assert "busy" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["torch_threads"] == torch.get_num_threads()

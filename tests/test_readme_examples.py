@@ -237,3 +237,30 @@ def test_markers_and_fences_are_read(tmp_path):
                              "      --seeds 2\n  ```\n")
     assert [(b.lang, b.line, b.marker) for b in indented] == [("bash", 4, "long")]
     assert program_and_options(commands(indented[0].code)[0])[1] == ["--seeds"]
+
+
+def test_the_api_page_lists_every_argument_field_and_class():
+    """docs/api.md (newcomer s35: no page listed the arguments or the Batch fields): every
+    StreamLoader argument, Batch field, op and sampler class appears there in backticks."""
+    import dataclasses
+    import inspect
+
+    import streamaug.ops as ops
+    import streamaug.samplers as samplers
+    from streamaug.loader import StreamLoader
+    from streamaug.loader.batch import Batch
+    text = open(os.path.join(ROOT, "docs", "api.md")).read()
+    names = [p for p in inspect.signature(StreamLoader).parameters if p != "dataloader_only"]
+    names += [f.name for f in dataclasses.fields(Batch)]
+    names += [n for n in ("Flip", "Rotate", "Shear", "Translate", "RandomResizedCrop", "GaussianNoise",
+                          "BrightnessContrast", "RandomErasing", "MixUp", "CutMix", "Compose", "default_augment")]
+    names += [n for n in ("ClassBalancer", "RandomOversampler", "SMOTE", "BorderlineSMOTE", "ADASYN")]
+    public_ops = {n for n, v in vars(ops).items() if inspect.isclass(v) and v.__module__.startswith("streamaug.ops")
+                  and not n.endswith("Op") and n != "Op"}
+    public_samplers = {n for n, v in vars(samplers).items() if inspect.isclass(v) and hasattr(v, "synthesize")
+                       and n != "Synthesizer"}
+    assert public_ops <= set(names) and public_samplers <= set(names), (public_ops - set(names),
+                                                                        public_samplers - set(names))
+    missing = [n for n in names if f"`{n}`" not in text and f"`{n}," not in text and f", {n}`" not in text
+               and f"`{n}(" not in text]
+    assert not missing, missing
