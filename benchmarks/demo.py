@@ -156,7 +156,7 @@ def busy_machine_threads(load: float, cores: int) -> int | None:
 def main(argv=None) -> int:
     args = parse(argv)
     caller_threads = torch.get_num_threads()
-    if args.threads is None and not torch.cuda.is_available():
+    if args.threads is None and not torch.cuda.is_available() and hasattr(os, "getloadavg"):
         load, cores = os.getloadavg()[0], available_cores()
         args.threads = busy_machine_threads(load, cores)
         if args.threads is not None:

@@ -33,8 +33,8 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
     if loader.balance is not None:
         check_balancer_owner(loader)
     loader._ensure_topology()
+    warn_launched_without_group(loader)       # (first: it explains the refusal a held state may meet next)
     loader._loaded.pass_starts(loader)        # (a state held until the process group came up is checked now)
-    warn_launched_without_group(loader)
     position = loader.position
     begun = position.begin(start, lambda e: None if loader.index is None else loader.plan(e).num_batches,
                            open_until_end=left_ends_epoch)

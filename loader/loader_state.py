@@ -93,15 +93,16 @@ def fingerprint(loader) -> dict:
             "resize": list(loader.decoder.resize) if loader.decoder.resize else None,
             "jpeg_draft": loader.decoder.jpeg_draft, "decode": loader.decode,
             "balance_targets": balance_targets(loader.balance),
-            "rank_slices": "rotated" if loader.world_size > 1 and loader.shuffle else "fixed", **plug}
+            "rank_slices": "rotated" if loader.index is not None and loader.world_size > 1 and loader.shuffle
+            else "fixed", **plug}
 
 
-def check_fingerprint(saved: dict, current: dict) -> None:
+def check_fingerprint(saved: dict, current: dict, ignore=()) -> None:
     shown = {"read_workers": "num_workers"}        # the constructor's name for it
     saved = {**{k: v for k, v in ADDED_LATER.items() if v is not None}, **saved}
     diffs = [f"{shown.get(k, k)}: saved {saved.get(k)!r}, this loader {current.get(k)!r}"
              for k in sorted(set(saved) | set(current))
-             if saved.get(k) != current.get(k) and not (k in ADDED_LATER and k not in saved)]
+             if saved.get(k) != current.get(k) and not (k in ADDED_LATER and k not in saved) and k not in ignore]
     if diffs:
         raise ValueError("this state was saved by a loader configured differently, and its position would not "
                          "mean the same batches here: " + "; ".join(diffs))
@@ -147,11 +148,19 @@ def save_state(loader) -> dict:
     return sd
 
 
-def restore_state(loader, sd: dict) -> None:
-    """Check ``sd`` against ``loader`` and set its position; the next pass resumes there.
-    Counts in ``stats`` are restored only on the rank that saved them."""
+def restore_position(loader, sd: dict) -> None:
+    loader.position.restore(sd["epoch"], sd["batches_done"], sd["explicit_epoch"], sd.get("epoch_ended", False),
+                            sd.get("next_epoch"))
+
+
+def restore_state(loader, sd: dict, position: bool = True) -> None:
+    """Check ``sd`` against ``loader`` and set its position (unless ``position=False``: set
+    already); the next pass resumes there. Counts in ``stats`` are restored only on the rank
+    that saved them."""
     check_format(sd)
-    check_fingerprint(sd["fingerprint"], fingerprint(loader))
+    at_boundary = sd["batches_done"] == 0 or sd.get("epoch_ended", False)
+    # (the ranks' slices moved in a later version: a state at an epoch's start means the same either way)
+    check_fingerprint(sd["fingerprint"], fingerprint(loader), ignore=("rank_slices",) if at_boundary else ())
     replays = bool(sd.get("replays_epoch", False))
     if loader._rebatches and sd["batches_done"] > 0 and "replays_epoch" not in sd:     # noqa: SLF001
         warnings.warn("this state was saved by an earlier streamaug, which cut balanced batches without an "
@@ -162,8 +171,8 @@ def restore_state(loader, sd: dict) -> None:
     loader._epoch_start = copy.deepcopy((sd.get("balance", {}), sd["stats"])) if replays else None   # noqa: SLF001
     if loader.balance is not None:
         loader.balance.load_state_dict(sd.get("balance", {}))
-    loader.position.restore(sd["epoch"], sd["batches_done"], sd["explicit_epoch"], sd.get("epoch_ended", False),
-                            sd.get("next_epoch"))
+    if position:
+        restore_position(loader, sd)
     loader.stats.__init__()                   # in place: a bound balancer counts into this object
     restored = sd["rank"] == loader.rank
     if restored:
@@ -178,14 +187,17 @@ class LoadedState:
 
     If world size and rank change before then (the process group comes up after the load,
     as in a ``torchrun`` script that restores before ``init_process_group``), the state is
-    checked again and restored into the re-planned loader: before, it was checked against
-    the single-process world it was loaded in, so a state of another world size was taken
-    and a correct one refused. A state whose world size is the launcher's ``WORLD_SIZE``,
-    loaded while no process group exists yet, is held unchecked until the pass starts."""
+    checked again against them, and the balancer's part and the counts restored into the
+    re-planned loader: before, it was checked against the single-process world it was loaded
+    in, so a state of another world size was taken and a correct one refused. A state whose
+    world size is the launcher's ``WORLD_SIZE``, loaded while no process group exists yet, is
+    *held*: its position is set at once (it means the same in any world, and a later
+    ``set_epoch`` acts on it as on any resume point), the rest when the pass starts. A state
+    that fails the check stays, and fails it again, until another is loaded."""
 
     def __init__(self):
         self.sd: dict | None = None
-        self.held = False                 # not yet checked (see awaits_process_group)
+        self.held = False                 # checked against no world yet (see awaits_process_group)
 
     @staticmethod
     def awaits_process_group(loader, sd: dict) -> bool:
@@ -196,31 +208,40 @@ class LoadedState:
         saved = sd.get("fingerprint", {}).get("world_size") if isinstance(sd, dict) else None
         return launched.isdigit() and int(launched) > 1 and saved == int(launched) != loader.world_size
 
-    def load(self, loader, sd: dict) -> None:
+    def clear(self) -> None:
         self.sd, self.held = None, False
+
+    def load(self, loader, sd: dict) -> None:
+        self.clear()
         if self.awaits_process_group(loader, sd):
             check_format(sd)
+            restore_position(loader, sd)
             self.sd, self.held = copy.deepcopy(sd), True
             return
         restore_state(loader, sd)
         self.sd = copy.deepcopy(sd)
 
     def topology_changed(self, loader) -> None:
-        """World size or rank changed: a state not yet started from is checked and restored again."""
+        """World size or rank changed: a state not yet started from is checked again (it raises
+        here, and at every later check, if it does not belong to the new world)."""
         if self.sd is not None and (self.held or loader.position.resume_pending):
-            self._restore(loader)
+            self._recheck(loader)
 
     def pass_starts(self, loader) -> None:
         """A held state is checked now, against the world the pass runs in; then it is used up."""
         if self.held:
-            self._restore(loader)
-        self.sd = None
+            self._recheck(loader)
+        self.clear()
 
-    def saved(self) -> dict | None:
-        """A held state, as ``state_dict()`` hands it back until it is checked."""
-        return copy.deepcopy(self.sd) if self.held else None
+    def saved(self, loader) -> dict | None:
+        """What ``state_dict()`` hands back while a state is held: that state, at the position
+        the loader has now (``set_epoch`` may have moved it)."""
+        if not self.held:
+            return None
+        pos = loader.position
+        return {**copy.deepcopy(self.sd), "epoch": pos.epoch, "batches_done": pos.batches_done,
+                "explicit_epoch": pos.explicit_epoch, "epoch_ended": pos.ended, "next_epoch": pos.next_epoch}
 
-    def _restore(self, loader) -> None:
-        sd, self.sd, self.held = self.sd, None, False
-        restore_state(loader, sd)
-        self.sd = sd
+    def _recheck(self, loader) -> None:
+        restore_state(loader, self.sd, position=False)     # raises, keeping the state, if it does not fit
+        self.held = False

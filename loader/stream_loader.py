@@ -274,8 +274,8 @@ class StreamLoader:
             self._stream = WorkerStream(self._settings, spec=spec, batch_size=self.batch_size, stages=stages)
         if self.device_decoder is not None:
             self.device_decoder.donors = self._stream.donors      # pads a batch none of whose images decodes
-        self._topology = (ws, rk)
         self._loaded.topology_changed(self)          # (a state loaded before the process group came up)
+        self._topology = (ws, rk)                    # (after: a state that failed the check is checked again)
 
     # ------------------------------------------------------------ planning
     def plan(self, epoch: int | None = None) -> EpochPlan | None:
@@ -387,7 +387,7 @@ class StreamLoader:
         """The position ``(epoch, batches done)`` plus a fingerprint of what it depends on:
         small, JSON-safe, and rank-portable with an index (see :mod:`~streamaug.loader.loader_state`)."""
         self._ensure_topology()
-        held = self._loaded.saved()
+        held = self._loaded.saved(self)
         return held if held is not None else save_state(self)
 
     def load_state_dict(self, sd: dict) -> None:
@@ -396,6 +396,7 @@ class StreamLoader:
         from a loader over other data or with another configuration is refused."""
         if sd == {}:
             return
+        self._loaded.clear()              # (an earlier state is not checked again: this one replaces it)
         self._ensure_topology()
         self._loaded.load(self, sd)
 

@@ -245,7 +245,7 @@ def test_a_state_from_before_the_moving_slices_is_refused_where_they_move(tmp_pa
     fingerprint) meant other batches: refused by name. One rank, or unshuffled, it still resumes."""
     index = write_custom(str(tmp_path), {"a.tar": good_members(40)}, {"a.tar": [20, 20]})
     for kw, refused in ((dict(world_size=2, rank=1), True), (dict(world_size=2, rank=1, shuffle=False), False),
-                        (dict(), False)):
+                        (dict(), False), (dict(world_size=2, rank=0, index=False), False)):
         saver = StreamLoader(index.urls, batch_size=6, seed=5, **kw)
         it = iter(saver)
         next(it)
@@ -255,6 +255,9 @@ def test_a_state_from_before_the_moving_slices_is_refused_where_they_move(tmp_pa
         if refused:
             with pytest.raises(ValueError, match="rank_slices: saved 'fixed', this loader 'rotated'"):
                 resumed.load_state_dict(older)
-        else:
+        else:                             # (without an index, shards are dealt to ranks: nothing moved)
             resumed.load_state_dict(older)
             assert [b.keys for b in resumed] == [b.keys for b in it]
+    at_start = StreamLoader(index.urls, batch_size=6, seed=5, world_size=2, rank=1).state_dict()
+    at_start["fingerprint"].pop("rank_slices")          # an epoch's start means the same batches either way
+    StreamLoader(index.urls, batch_size=6, seed=5, world_size=2, rank=1).load_state_dict(at_start)
