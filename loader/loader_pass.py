@@ -22,8 +22,8 @@ from .batch import Batch
 from .device_decode import decode_ahead
 from .device_feed import device_feed
 from .epoch_plan import EpochPlan
-from .pass_position import caller_stacklevel
 from .open_pass import balanced_open_pass, drop_batches, mark_last
+from .pass_position import caller_stacklevel
 from .plugin_stage import apply_plugins, check_balancer_owner
 from .read_workers import worker_batches
 
