@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +56,9 @@ def load_any(data: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str, 
     if any(f.endswith(SHARD_SUFFIXES) for f in os.listdir(data)):
         raise ValueError(f"--data folder {data!r} holds shards but no {INDEX_NAME}: write one with "
                          f"`streamaug index {data}` (the demo needs each class's count)")
-    with tempfile.TemporaryDirectory(prefix="streamaug-demo-") as shards:     # read into memory, then gone
-        return _read_shards(write_shards(data, shards, progress=False), data)
+    with tempfile.TemporaryDirectory(prefix="streamaug-demo-") as shards, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "the .* images written to .* a batch holds one size")   # (resized here)
+        return _read_shards(write_shards(data, shards, progress=False), data)      # read into memory, then gone
 
 
 def _read_shards(index: ShardIndex, source: str) -> tuple[np.ndarray, np.ndarray, list[str], str, str]:

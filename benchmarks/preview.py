@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -151,4 +152,6 @@ def _index_of(data: str, scratch: str) -> ShardIndex:
         raise ValueError(f"--data folder {data!r} holds shards but no {INDEX_NAME}: write one with "
                          f"`streamaug index {data}` (the preview balances by each class's count)")
     print(f"{data!r} has no shards: reading it as an image folder (one subfolder per class)")
-    return write_shards(data, scratch, progress=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "the .* images written to .* a batch holds one size")   # (resized here)
+        return write_shards(data, scratch, progress=False)

@@ -16,6 +16,10 @@ import warnings
 _ENTRY = {"demo": ("streamaug.benchmarks.demo", ("matplotlib",)),
           "preview": ("streamaug.benchmarks.preview", ("matplotlib",)),
           "bench": ("streamaug.benchmarks.run", ("matplotlib",))}
+_SAYS = {"demo": "train a small CNN on imbalanced digits, or your --data, with and without balancing and "
+                 "augmentation, and compare: about 4 minutes on 2 CPU cores",
+         "preview": "draw a grid of what a loader over your shards yields: real, augmented, synthetic, mixed rows",
+         "bench": "throughput side by side with the peers; --quick checks it runs, --gpu-check runs the GPU check"}
 
 
 def _missing(packages: tuple[str, ...]) -> list[str]:
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamaug", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _ENTRY:
-        sub.add_parser(name, help=f"see `streamaug {name} --help`", add_help=False)
+        sub.add_parser(name, help=f"{_SAYS[name]}; see `streamaug {name} --help`", add_help=False)
     p = sub.add_parser("shards", help="write WebDataset shards + index.json")
     p.add_argument("source", help="image folder (one subfolder per class), an .npz with arrays 'images' "
                    "(N, H, W[, C] uint8) and 'labels', or 'digits'")

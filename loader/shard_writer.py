@@ -232,6 +232,12 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
                       f"({', '.join(undecodable[:3])}{', ...' if len(undecodable) > 3 else ''})"
                       + (f"; class(es) {emptied} have no image left" if emptied else ""),
                       RuntimeWarning, stacklevel=2)
+    sizes = sorted({s[:2] for s in shapes})
+    if len(sizes) > 1:                   # (the loader refused them only when it read them: newcomer s35)
+        shown = ", ".join(f"{h}×{w}" for h, w in sizes[:3]) + (", ..." if len(sizes) > 3 else "")
+        warnings.warn(f"the {sum(map(sum, counts.values()))} images written to {out_dir!r} have {len(sizes)} "
+                      f"sizes ({shown}); a batch holds one size, so read them with StreamLoader(..., "
+                      "resize=(H, W)), or one int for squares", RuntimeWarning, stacklevel=2)
     index = ShardIndex([ShardInfo(url, sum(cc), tuple(cc)) for url, cc in counts.items()], nc, class_names,
                        image_format, recorded_shape(shapes),
                        os.path.join(out_dir, INDEX_NAME), "cls")

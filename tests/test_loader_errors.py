@@ -83,6 +83,26 @@ def test_mixed_sizes_without_index_shape_name_the_sample(tmp_path):
 
 
 
+def test_writing_images_of_several_sizes_warns_of_resize(tmp_path):
+    """Newcomer s35: a folder of photos of several sizes was written without a word; the loader
+    refused it only when it read it. Gray and colour images of one size need no resize."""
+    from PIL import Image
+    for cls, sizes in (("a", [(20, 30), (20, 30), (40, 20)]), ("b", [(20, 30), (24, 24)])):
+        os.makedirs(tmp_path / "photos" / cls)
+        for i, (h, w) in enumerate(sizes):
+            Image.new("RGB", (w, h)).save(tmp_path / "photos" / cls / f"{i}.png")
+    with pytest.warns(RuntimeWarning, match=r"the 5 images written to .* have 3 sizes \(20×30, 24×24, 40×20\); a "
+                                            r"batch holds one size, so read them with StreamLoader\(\.\.\., resize="):
+        write_shards(str(tmp_path / "photos"), str(tmp_path / "shards"), progress=False)
+    os.makedirs(tmp_path / "same" / "a")
+    os.makedirs(tmp_path / "same" / "b")
+    Image.new("RGB", (8, 8)).save(tmp_path / "same" / "a" / "0.png")
+    Image.new("L", (8, 8)).save(tmp_path / "same" / "b" / "0.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_shards(str(tmp_path / "same"), str(tmp_path / "same_shards"), progress=False)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("use_index", [True, False])
 def test_images_of_many_sizes_without_resize_are_refused_not_skipped_one_by_one(tmp_path, workers, use_index):
