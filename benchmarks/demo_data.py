@@ -13,6 +13,7 @@ from PIL import Image
 from streamaug.loader import ShardIndex, StreamLoader, write_shards
 from streamaug.loader.shard_index import INDEX_NAME
 from streamaug.loader.shard_urls import SHARD_SUFFIXES
+from streamaug.loader.shard_writer import MixedImageSizes
 
 
 def load_digits_32(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +58,7 @@ def load_any(data: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str, 
         raise ValueError(f"--data folder {data!r} holds shards but no {INDEX_NAME}: write one with "
                          f"`streamaug index {data}` (the demo needs each class's count)")
     with tempfile.TemporaryDirectory(prefix="streamaug-demo-") as shards, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "the .* images written to .* a batch holds one size")   # (resized here)
+        warnings.simplefilter("ignore", MixedImageSizes)     # (resized here)
         return _read_shards(write_shards(data, shards, progress=False), data)      # read into memory, then gone
 
 

@@ -19,6 +19,7 @@ from streamaug.benchmarks.demo_data import RESIZE
 from streamaug.loader import ShardIndex, StreamLoader, write_shards
 from streamaug.loader.shard_index import INDEX_NAME
 from streamaug.loader.shard_urls import SHARD_SUFFIXES
+from streamaug.loader.shard_writer import MixedImageSizes
 from streamaug.ops import Compose, MixUp
 from streamaug.ops.recipes import default_augment
 from streamaug.samplers import SMOTE, ClassBalancer
@@ -153,5 +154,5 @@ def _index_of(data: str, scratch: str) -> ShardIndex:
                          f"`streamaug index {data}` (the preview balances by each class's count)")
     print(f"{data!r} has no shards: reading it as an image folder (one subfolder per class)")
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "the .* images written to .* a batch holds one size")   # (resized here)
+        warnings.simplefilter("ignore", MixedImageSizes)     # (resized here)
         return write_shards(data, scratch, progress=False)

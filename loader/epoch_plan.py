@@ -126,10 +126,16 @@ def rank_slice(total: int, world_size: int, rank: int, batch_size: int, drop_las
     return rank * head + min(rank * last, tail), head + min(last, max(0, tail - rank * last)), tail
 
 
+def slices_rotate(world_size: int, shuffle: bool) -> bool:
+    """Whether the ranks' slices move every epoch: shuffled, on several ranks (unshuffled, the
+    order is the dataset's, and the padding is placed for ``gather_for_metrics``)."""
+    return world_size > 1 and bool(shuffle)
+
+
 def rank_rotation(total: int, seed: int, epoch: int, world_size: int, shuffle: bool) -> int:
-    """Where the epoch's global order starts: 0 on one rank or unshuffled (dataset order, and
-    the padding placed for ``gather_for_metrics``), else a position drawn from ``(seed, epoch)``."""
-    if world_size == 1 or not shuffle:
+    """Where the epoch's global order starts: a position drawn from ``(seed, epoch)`` where
+    :func:`slices_rotate`, else 0."""
+    if not slices_rotate(world_size, shuffle):
         return 0
     return int(numpy_generator(seed, "rank rotation", epoch).integers(total))
 

@@ -29,6 +29,8 @@ import warnings
 from streamaug.core.shard_names import shard_file_name
 from streamaug.samplers.stable_name import plain_repr
 
+from .epoch_plan import slices_rotate
+
 FORMAT = "streamaug.StreamLoader/2"
 
 
@@ -93,7 +95,7 @@ def fingerprint(loader) -> dict:
             "resize": list(loader.decoder.resize) if loader.decoder.resize else None,
             "jpeg_draft": loader.decoder.jpeg_draft, "decode": loader.decode,
             "balance_targets": balance_targets(loader.balance),
-            "rank_slices": "rotated" if loader.index is not None and loader.world_size > 1 and loader.shuffle
+            "rank_slices": "rotated" if loader.index is not None and slices_rotate(loader.world_size, loader.shuffle)
             else "fixed", **plug}
 
 
@@ -129,10 +131,15 @@ def check_format(sd: dict) -> None:
             raise ValueError(f"loader state field {name!r} must be a dict, got {type(sd.get(name)).__name__}")
 
 
+def position_fields(pos) -> dict:
+    """The position part of a state (``restore_position`` reads it back)."""
+    return {"epoch": pos.epoch, "batches_done": pos.batches_done, "explicit_epoch": pos.explicit_epoch,
+            "epoch_ended": pos.ended, "next_epoch": pos.next_epoch}
+
+
 def save_state(loader) -> dict:
     pos = loader.position
-    sd = {"format": FORMAT, "epoch": pos.epoch, "batches_done": pos.batches_done,
-          "explicit_epoch": pos.explicit_epoch, "epoch_ended": pos.ended, "next_epoch": pos.next_epoch,
+    sd = {"format": FORMAT, **position_fields(pos),
           "rank": loader.rank,
           "fingerprint": fingerprint(loader),
           "stats": loader.stats.as_dict()}
@@ -238,9 +245,7 @@ class LoadedState:
         the loader has now (``set_epoch`` may have moved it)."""
         if not self.held:
             return None
-        pos = loader.position
-        return {**copy.deepcopy(self.sd), "epoch": pos.epoch, "batches_done": pos.batches_done,
-                "explicit_epoch": pos.explicit_epoch, "epoch_ended": pos.ended, "next_epoch": pos.next_epoch}
+        return {**copy.deepcopy(self.sd), **position_fields(loader.position)}
 
     def _recheck(self, loader) -> None:
         restore_state(loader, self.sd, position=False)     # raises, keeping the state, if it does not fit

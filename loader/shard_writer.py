@@ -99,6 +99,10 @@ class UstarShardWriter(wds.ShardWriter):
         self.close()
 
 
+class MixedImageSizes(RuntimeWarning):
+    """``write_shards`` wrote images of several sizes: a loader over them needs ``resize=``."""
+
+
 def _check_arrays(images: np.ndarray, labels: np.ndarray, was_tensor: bool = False) -> None:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError("images must be a uint8 array of shape (N, H, W, C), got "
@@ -237,7 +241,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         shown = ", ".join(f"{h}×{w}" for h, w in sizes[:3]) + (", ..." if len(sizes) > 3 else "")
         warnings.warn(f"the {sum(map(sum, counts.values()))} images written to {out_dir!r} have {len(sizes)} "
                       f"sizes ({shown}); a batch holds one size, so read them with StreamLoader(..., "
-                      "resize=(H, W)), or one int for squares", RuntimeWarning, stacklevel=2)
+                      "resize=(H, W)), or one int for squares", MixedImageSizes, stacklevel=2)
     index = ShardIndex([ShardInfo(url, sum(cc), tuple(cc)) for url, cc in counts.items()], nc, class_names,
                        image_format, recorded_shape(shapes),
                        os.path.join(out_dir, INDEX_NAME), "cls")
