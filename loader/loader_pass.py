@@ -15,6 +15,8 @@ import os
 import warnings
 from collections.abc import Iterator
 
+import torch
+
 from streamaug.core.flight import BatchInFlight
 
 from .accelerate_pass import pass_marker
@@ -69,6 +71,7 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
     # accelerate's gradient accumulation and gather_for_metrics: where the pass ends, what is padding
     # (-1 with a balancer: it shuffles each batch's rows, padding among them, whatever it adds)
     marker = loader._marker = pass_marker(-1 if plan is None or loader.balance is not None else plan.gathered_real)
+    pin_host = host_pinning(loader)
     ended = False                     # the epoch's last batch was handed on
     try:
         for done, (out, last) in enumerate(made, start):
@@ -80,7 +83,7 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
                 position.end_epoch(serial)
                 ended = True
                 loader._epoch_start = None    # over: a state now holds the balancer as it is
-            yield out
+            yield out.pin_memory() if pin_host and not out.images.is_pinned() else out
         if not ended:                 # no batch at all
             position.end_epoch(serial)
             ended = True
@@ -103,6 +106,21 @@ def finished_batches(loader, batches: Iterator[BatchInFlight], plan: EpochPlan |
         with loader._stage_threads:
             out = apply_plugins(loader, batch, plan, epoch)
         yield out, bool(batch.last) if plan is None else loader.position.batches_done + 1 == plan.num_batches
+
+
+def host_pinning(loader) -> bool:
+    """Whether batches delivered to the CPU are pinned as they are handed out: ``pin_memory=True``
+    with an accelerator, as DataLoader pins (for the caller's own ``non_blocking`` copy; the
+    stages make new tensors after a worker's pinning). With no accelerator, the warning DataLoader
+    gives, where no DataLoader (``num_workers=0``) gives it."""
+    if not loader._pin or loader.device.type == "cuda":
+        return False
+    if torch.cuda.is_available():
+        return True
+    if loader.read_workers == 0:
+        warnings.warn("pin_memory=True, but no accelerator is found, so the batches are not pinned",
+                      UserWarning, stacklevel=caller_stacklevel())
+    return False
 
 
 def warn_launched_without_group(loader) -> None:

@@ -257,3 +257,30 @@ def test_timeout_limits_the_wait_for_a_batch(npy_shards):
                       worker_init_fn=slow_start) as loader:
         with pytest.raises(RuntimeError, match=r"timed out after 1(\.0)? seconds"):
             next(iter(loader))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for a machine with no accelerator")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_pin_memory_without_an_accelerator_warns_as_dataloader_does(npy_shards, workers):
+    index, _, _ = npy_shards
+    loader = StreamLoader(index.urls, batch_size=10, num_workers=workers, pin_memory=True, device="cpu")
+    with pytest.warns(UserWarning, match="pin_memory.*no accelerator") as caught:
+        assert len(keys(loader)) == 100
+    assert sum("pin_memory" in str(w.message) for w in caught) == 1, "once a pass, from torch or from us"
+    assert all(w.filename == __file__ for w in caught if "pin_memory" in str(w.message) and workers == 0)
+
+
+def test_pin_memory_pins_the_batches_handed_out_on_the_cpu_where_there_is_an_accelerator(npy_shards, monkeypatch):
+    # (a CPU machine has no page-locked memory to give: the pinning itself is recorded, not done)
+    from streamaug.loader.batch import Batch
+
+    index, _, _ = npy_shards
+    pinned = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: False)
+    monkeypatch.setattr(Batch, "pin_memory", lambda self: pinned.append(self) or self)
+    aug = Compose([Flip(p=1.0)], backend="kornia")      # a main-process stage makes new tensors after any pinning
+    for pin in (True, False, None):
+        pinned.clear()
+        out = list(StreamLoader(index.urls, batch_size=10, pin_memory=pin, device="cpu", augment=aug))
+        assert len(pinned) == (len(out) if pin else 0) and pinned == out[:len(pinned)]
