@@ -47,13 +47,14 @@ def stopped_partials(folder: str, of: Callable[[str], bool]) -> list[tuple[str, 
     out = []
     for entry in os.scandir(folder):
         m = PARTIAL_NAME.fullmatch(entry.name)
-        if m and of(m["name"]) and not _running(int(m["pid"])):
+        if m and of(m["name"]) and not process_running(int(m["pid"])):
             with contextlib.suppress(OSError):            # (renamed or removed meanwhile)
                 out.append((entry.name, entry.stat().st_size))
     return sorted(out)
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (another user's counts)."""
     if pid == os.getpid():
         return True
     try:

@@ -25,8 +25,9 @@ from .atomic_file import open_partial, put_in_place, stopped_partials
 from .errors import check_policy
 from .image_codec import IMAGE_EXTS, encode_image
 from .image_folder import FOLDER_EXTS, folder_image, folder_items, path_part
-from .shard_index import (INDEX_NAME, ShardIndex, ShardInfo, check_class_names, check_num_classes, recorded_shape,
-                          other_shards_listed)
+from .shard_index import (INDEX_NAME, MAX_NUM_CLASSES, ShardIndex, ShardInfo, check_class_names, check_num_classes,
+                          other_shards_listed, recorded_shape)
+from .write_marker import write_marked
 
 ArraySource = tuple[np.ndarray, np.ndarray]
 Source = Union[str, ArraySource]
@@ -196,6 +197,13 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
     if n == 0:
         raise ValueError("source has no samples")
     nc = num_classes or (len(class_names) if class_names else int(labels.max()) + 1)
+    if nc > MAX_NUM_CLASSES:                   # (before a count per class is made: red team s36, 24 GB at 1e9)
+        at = int(np.argmax(labels))
+        raise ValueError(f"label {int(labels[at])} (sample {at}) would make {nc:,} classes, over the "
+                         f"{MAX_NUM_CLASSES:,} an index may hold (MAX_NUM_CLASSES): a label that is no class id "
+                         f"(a hash, an image id)? Pass num_classes=N to refuse labels >= N"
+                         if num_classes is None and not class_names else
+                         f"{nc:,} classes, over the {MAX_NUM_CLASSES:,} an index may hold (MAX_NUM_CLASSES)")
     if labels.max() >= nc:
         raise ValueError(f"label {int(labels.max())} is out of range for num_classes={nc}")
     class_names = list(class_names) if class_names else [str(i) for i in range(nc)]
@@ -204,48 +212,49 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
     os.makedirs(out_dir, exist_ok=True)
     pattern = os.path.join(os.path.abspath(out_dir), f"{prefix}-%06d.tar")
     earlier = set(_shards_in(out_dir, prefix))
-    counts: dict[str, list[int]] = {}
-    shapes: set[tuple[int, ...]] = set()
-    undecodable: list[str] = []
-    with UstarShardWriter(pattern, maxcount=maxcount, maxsize=maxsize, verbose=0) as sink:
-        for i in tqdm(order, desc=f"writing {prefix} shards", unit="img", disable=not progress):
-            label, key = int(labels[i]), f"{prefix}_{int(i):08d}"
-            if folder is not None:
-                try:
-                    data, shape = folder_image(folder[i][0], image_format, jpeg_quality)
-                except (ValueError, OSError) as e:      # (OSError: unreadable, a dangling link)
-                    if not skip:
-                        raise ValueError(f"{e}; on_error='skip' (streamaug shards --on-error skip) passes over "
-                                         f"images that do not decode") from None
-                    undecodable.append(os.path.relpath(folder[i][0], str(source)))
-                    continue
-                room = 98 - len(key.encode()) - len(image_format)   # a USTAR name holds 100 bytes
-                key += "_" + path_part(folder[i][0], str(source))[-room:] if room > 0 else ""
-            else:
-                data, shape = encode_image(images[i], image_format, jpeg_quality), images[i].shape
-            shapes.add(tuple(shape))
-            sink.write({"__key__": key, image_format: data, "cls": str(label).encode()})
-            counts.setdefault(sink.fname, [0] * nc)[label] += 1
-        if not counts:                         # (inside: the empty shard is discarded, none replaced)
-            raise ValueError(f"image folder {str(source)!r}: no image decodes ({len(undecodable)} passed over)")
-    if undecodable:
-        undecodable.sort()
-        emptied = [class_names[c] for c in sorted(set(labels.tolist()))
-                   if not any(cc[c] for cc in counts.values())]
-        warnings.warn(f"image folder {str(source)!r}: passed over {len(undecodable)} image(s) that do not decode "
-                      f"({', '.join(undecodable[:3])}{', ...' if len(undecodable) > 3 else ''})"
-                      + (f"; class(es) {emptied} have no image left" if emptied else ""),
-                      RuntimeWarning, stacklevel=2)
-    sizes = sorted({s[:2] for s in shapes})
-    if len(sizes) > 1:                   # (the loader refused them only when it read them: newcomer s35)
-        shown = ", ".join(f"{h}×{w}" for h, w in sizes[:3]) + (", ..." if len(sizes) > 3 else "")
-        warnings.warn(f"the {sum(map(sum, counts.values()))} images written to {out_dir!r} have {len(sizes)} "
-                      f"sizes ({shown}); a batch holds one size, so read them with StreamLoader(..., "
-                      "resize=(H, W)), or one int for squares", MixedImageSizes, stacklevel=2)
-    index = ShardIndex([ShardInfo(url, sum(cc), tuple(cc)) for url, cc in counts.items()], nc, class_names,
-                       image_format, recorded_shape(shapes),
-                       os.path.join(out_dir, INDEX_NAME), "cls")
-    index.save(os.path.join(out_dir, INDEX_NAME))
+    with write_marked(out_dir, prefix, n):      # until index.json is in place (see write_marker)
+        counts: dict[str, list[int]] = {}
+        shapes: set[tuple[int, ...]] = set()
+        undecodable: list[str] = []
+        with UstarShardWriter(pattern, maxcount=maxcount, maxsize=maxsize, verbose=0) as sink:
+            for i in tqdm(order, desc=f"writing {prefix} shards", unit="img", disable=not progress):
+                label, key = int(labels[i]), f"{prefix}_{int(i):08d}"
+                if folder is not None:
+                    try:
+                        data, shape = folder_image(folder[i][0], image_format, jpeg_quality)
+                    except (ValueError, OSError) as e:      # (OSError: unreadable, a dangling link)
+                        if not skip:
+                            raise ValueError(f"{e}; on_error='skip' (streamaug shards --on-error skip) passes over "
+                                             f"images that do not decode") from None
+                        undecodable.append(os.path.relpath(folder[i][0], str(source)))
+                        continue
+                    room = 98 - len(key.encode()) - len(image_format)   # a USTAR name holds 100 bytes
+                    key += "_" + path_part(folder[i][0], str(source))[-room:] if room > 0 else ""
+                else:
+                    data, shape = encode_image(images[i], image_format, jpeg_quality), images[i].shape
+                shapes.add(tuple(shape))
+                sink.write({"__key__": key, image_format: data, "cls": str(label).encode()})
+                counts.setdefault(sink.fname, [0] * nc)[label] += 1
+            if not counts:                         # (inside: the empty shard is discarded, none replaced)
+                raise ValueError(f"image folder {str(source)!r}: no image decodes ({len(undecodable)} passed over)")
+        if undecodable:
+            undecodable.sort()
+            emptied = [class_names[c] for c in sorted(set(labels.tolist()))
+                       if not any(cc[c] for cc in counts.values())]
+            warnings.warn(f"image folder {str(source)!r}: passed over {len(undecodable)} image(s) that do not decode "
+                          f"({', '.join(undecodable[:3])}{', ...' if len(undecodable) > 3 else ''})"
+                          + (f"; class(es) {emptied} have no image left" if emptied else ""),
+                          RuntimeWarning, stacklevel=2)
+        sizes = sorted({s[:2] for s in shapes})
+        if len(sizes) > 1:                   # (the loader refused them only when it read them: newcomer s35)
+            shown = ", ".join(f"{h}×{w}" for h, w in sizes[:3]) + (", ..." if len(sizes) > 3 else "")
+            warnings.warn(f"the {sum(map(sum, counts.values()))} images written to {out_dir!r} have {len(sizes)} "
+                          f"sizes ({shown}); a batch holds one size, so read them with StreamLoader(..., "
+                          "resize=(H, W)), or one int for squares", MixedImageSizes, stacklevel=2)
+        index = ShardIndex([ShardInfo(url, sum(cc), tuple(cc)) for url, cc in counts.items()], nc, class_names,
+                           image_format, recorded_shape(shapes),
+                           os.path.join(out_dir, INDEX_NAME), "cls")
+        index.save(os.path.join(out_dir, INDEX_NAME))
     stale = sorted(earlier - {os.path.basename(u) for u in counts})
     if stale:
         warnings.warn(f"{out_dir!r} still holds {len(stale)} {prefix}-*.tar shard(s) from an earlier write that "

@@ -59,6 +59,7 @@ from .shard_index import ShardIndex, check_num_classes
 from .shard_urls import expand_urls, named_twice, refuse_missing_local
 from .worker_stages import WorkerStages, stages_in_workers_argument, worker_side
 from .worker_stream import StreamSettings, WorkerStream
+from .write_marker import refuse_unfinished_write
 
 
 def _distributed() -> tuple[int, int]:
@@ -158,6 +159,7 @@ class StreamLoader:
                           f"classes, use balance=", UserWarning, stacklevel=2)
         if check_policy(on_error) == "raise":
             refuse_missing_local(self.urls)   # now, not at the first batch after an index warning
+        refuse_unfinished_write(self.urls)    # a write stopped part-way left them (red team s36)
         self.index = find_index(self.urls, index, urls, (balance is not None or mixup is not None) and not num_classes,
                                 label_key, num_classes)
         if self.index is None and (balance is not None or mixup is not None) and not num_classes:
