@@ -24,8 +24,10 @@ shards, ops and batch size, each cell in its own process (so peak RSS is its own
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -119,13 +121,27 @@ def run_cell(cell: dict) -> dict:
     return out
 
 
+CELL_COMMAND = [sys.executable, "-m", "streamaug.benchmarks.run", "--cell"]     # + the cell, as JSON
+
+
 def spawn(cell: dict, timeout: float) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "streamaug.benchmarks.run", "--cell", json.dumps(cell)],
-                          capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    """Run ``cell`` in a process of its own; past ``timeout`` it and the processes it started
+    (reading workers, busy workers) are killed and the cell is recorded as failed, and the run
+    goes on (red team s36: the timeout ended the whole run, with no report)."""
+    proc = subprocess.Popen([*CELL_COMMAND, json.dumps(cell)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        return {**cell, "status": "failed", "error": f"timed out after {timeout:.0f} s (--timeout; the largest "
+                f"scaling cell gets 3x); its last output: {(stderr or stdout)[-500:]}"}
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
-        return {**cell, "status": "failed", "error": (proc.stderr or proc.stdout)[-800:]}
+        return {**cell, "status": "failed", "error": (stderr or stdout)[-800:]}
     return {**cell, "status": "ok", **json.loads(line[7:])}
 
 
@@ -156,16 +172,24 @@ def resampled_index(index: ShardIndex, n: int, folder: str) -> ShardIndex:
 SECTIONS = ("pipelines", "scaling", "workers", "batch")
 
 
-def _kept_cells(out: str, sections: list[str], kinds: list[str]) -> list[dict]:
+def _kept_cells(out: str, sections: list[str], kinds: list[str], quick: bool) -> list[dict]:
     """Cells not being rerun (other sections, and the pipelines of other ``kinds``), from an
-    earlier ``bench.json`` in ``out``; each keeps the ``commit`` it measured."""
+    earlier ``bench.json`` in ``out``; each keeps the ``commit`` it measured. Only cells of the
+    same kind of run: a ``--quick`` cell in a full report would read as a measurement (red team
+    s36), and a full one in a quick report would be labelled as not one."""
     path = os.path.join(out, "bench.json")
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        cells = json.load(f)["cells"]
-    return [c for c in cells if c["section"] not in sections
-            or (c["section"] == "pipelines" and c["data"] not in kinds)]
+        doc = json.load(f)
+    others = [c for c in doc["cells"] if c["section"] not in sections
+              or (c["section"] == "pipelines" and c["data"] not in kinds)]
+    kept = [c for c in others if c.get("quick", doc.get("quick", False)) == quick]
+    if len(kept) < len(others):
+        print(f"{path}: left out {len(others) - len(kept)} cell(s) of an earlier "
+              f"{'full' if quick else '--quick'} run, which a {'--quick' if quick else 'full'} report does not mix in",
+              flush=True)
+    return kept
 
 
 def main(argv=None) -> int:
@@ -215,7 +239,7 @@ def main(argv=None) -> int:
     indexes = {kind: make_bench_shards(data, kind, plan[kind]) for kind in ("npy32", "jpg224")}
     repeats = args.repeats if args.repeats is not None else plan["repeats"]
     base = {"device": args.device, "repeats": repeats, "batch": args.batch, "workers": workers,
-            "commit": source_commit()}       # per cell: cells kept from an earlier run keep theirs
+            "commit": source_commit(), "quick": args.quick}       # per cell: cells kept from an earlier run keep theirs
     cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=indexes[kind].source,
                   feed=kind in args.feed_kinds, busy_workers=args.busy)
              for kind in dict.fromkeys(args.kinds) for name in args.pipelines]     # in the order given
@@ -231,7 +255,7 @@ def main(argv=None) -> int:
         cells.append(dict(base, section="batch", data="npy32", pipeline="streamaug-kornia", batch=b,
                           index=indexes["npy32"].source))
     cells = [c for c in cells if c["section"] in args.sections]
-    results = _kept_cells(args.out, args.sections, args.kinds)
+    results = _kept_cells(args.out, args.sections, args.kinds, args.quick)
     for i, cell in enumerate(tqdm(cells, desc="bench cells", unit="cell")):
         r = spawn(cell, args.timeout * (3 if cell.get("n") == biggest else 1))
         results.append(r)

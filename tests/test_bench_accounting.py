@@ -225,3 +225,55 @@ def test_the_peer_pipelines_refuse_shards_they_cannot_read(tmp_path):
     index = write_shards((images, labels), str(tmp_path / "png"), image_format="png", progress=False)
     with pytest.raises(ValueError, match=r"read \.npy or \.jpg shards of one image type, not 'png'"):
         peer_ext(index)
+
+
+STUCK_CELL = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+open(sys.argv[1], "w").write(str(child.pid))
+print("working on it", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_cell_past_its_timeout_is_recorded_as_failed_with_its_processes_killed(tmp_path, monkeypatch):
+    """Red team s36: TimeoutExpired ended the whole run, traceback and no report, and the cells
+    after it never ran."""
+    from streamaug.benchmarks import run
+
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setattr(run, "CELL_COMMAND", [sys.executable, "-c", STUCK_CELL, str(pid_file)])
+    start = time.monotonic()
+    r = run.spawn({"section": "batch", "pipeline": "p", "data": "npy32"}, timeout=3)
+    assert time.monotonic() - start < 60
+    assert r["status"] == "failed" and r["section"] == "batch"
+    assert r["error"].startswith("timed out after 3 s (--timeout") and "working on it" in r["error"]
+    child = int(pid_file.read_text())
+    for _ in range(100):                  # (the kill is sent; the zombie is reaped by init)
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().split(") ")[1][0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the cell's own child process outlived the timeout")
+
+
+def test_a_full_run_does_not_keep_the_cells_of_an_earlier_quick_run(tmp_path, capsys):
+    """Red team s36: `bench --quick --sections batch`, then a full `--sections workers` into the
+    same --out, gave a full report whose batch rows were the quick run's, unmarked."""
+    import json
+
+    from streamaug.benchmarks.run import _kept_cells
+
+    cells = [{"section": "batch", "data": "npy32", "pipeline": "streamaug-kornia", "quick": True},
+             {"section": "batch", "data": "npy32", "pipeline": "streamaug-kornia", "quick": False},
+             {"section": "scaling", "data": "npy32", "pipeline": "streamaug-kornia+smote"}]   # older: the file's flag
+    (tmp_path / "bench.json").write_text(json.dumps({"quick": True, "cells": cells}))
+    assert _kept_cells(str(tmp_path), ["workers"], ["npy32"], quick=False) == [cells[1]]
+    assert "left out 2 cell(s) of an earlier --quick run, which a full report does not mix in" in \
+        capsys.readouterr().out
+    assert _kept_cells(str(tmp_path), ["workers"], ["npy32"], quick=True) == [cells[0], cells[2]]
+    assert _kept_cells(str(tmp_path), ["batch", "scaling"], ["npy32"], quick=False) == []
