@@ -98,7 +98,7 @@ def draw(rows: list[list], path: str, title: str = "") -> tuple[int, int]:
     return size
 
 
-def _size(text: str) -> tuple[int, int]:
+def image_size(text: str) -> tuple[int, int]:   # (argparse names it in its message)
     sides = [int(v) for v in text.replace("x", ",").split(",")]
     if len(sides) not in (1, 2) or min(sides) < 1:
         raise argparse.ArgumentTypeError(f"one side (a square) or H,W in positive ints, got {text!r}")
@@ -116,11 +116,17 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="kornia", choices=["kornia", "dali"])
     p.add_argument("--flip", action="store_true", help="include horizontal flips in the augmentation")
     p.add_argument("--seed", type=int, default=0, help="seed of the balancer and the augmentation")
-    p.add_argument("--resize", type=_size, default=None, help="resize every image to H,W (or one side, a square); "
+    p.add_argument("--resize", type=image_size, default=None, help="resize every image to H,W (or one side, a square); "
                    f"default: {RESIZE[0]}x{RESIZE[1]} where image sizes vary (as the demo), else none")
     args = p.parse_args(argv)
     if not os.path.splitext(args.out)[1]:
         args.out += ".png"                  # what matplotlib writes for a name without an extension
+    try:                                    # (now, not after the loaders ran: red team s36)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    except OSError as e:
+        why = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        print(f"streamaug preview: --out {args.out!r} cannot be written: {why} ({e.filename!r})", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="streamaug-preview-") as scratch:
         try:
             index = _index_of(args.data, scratch)
@@ -147,6 +153,9 @@ def _index_of(data: str, scratch: str) -> ShardIndex:
     if not os.path.exists(data) and "://" not in data:
         raise ValueError(f"--data {data!r} does not exist (a folder of shards with {INDEX_NAME}, an index "
                          f"file, or an image folder)")
+    if os.path.isfile(data) and not data.endswith(".json"):
+        raise ValueError(f"--data {data!r} is a file, not a folder of shards or an {INDEX_NAME}: pass the folder "
+                         f"{os.path.dirname(data) or '.'!r}, or the {INDEX_NAME} that lists its shards")
     if data.endswith(".json") or not os.path.isdir(data) or os.path.exists(os.path.join(data, INDEX_NAME)):
         return ShardIndex.load(data if data.endswith(".json") else os.path.join(data, INDEX_NAME))
     if any(f.endswith(SHARD_SUFFIXES) for f in os.listdir(data)):

@@ -6,6 +6,7 @@ benchmarks; nothing imports it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -38,29 +39,43 @@ def _class_names(given: str | None) -> list[str] | None:
         return None
     if given.endswith(".json") or os.path.isdir(given):   # (a folder's missing index.json is named)
         from streamaug.loader import ShardIndex
+        from streamaug.loader.shard_index import MissingIndex
 
-        return list(ShardIndex.load(os.path.join(given, "index.json") if os.path.isdir(given) else given).class_names)
+        path = os.path.join(given, "index.json") if os.path.isdir(given) else given
+        try:
+            return list(ShardIndex.load(path).class_names)
+        except MissingIndex:
+            raise ValueError(f"--class-names {given!r}: {path!r} does not exist (give the index.json of the shards "
+                             f"whose class ids to keep, its folder, or the names separated by commas)") from None
     return [n.strip() for n in given.split(",")]          # (write_shards refuses empty and repeated names)
+
+
+def _source(given: str):
+    """``streamaug shards SOURCE``: scikit-learn's digits for ``sklearn:digits``, and for ``digits``
+    where no such file or folder exists; the arrays of an ``.npz``; else a path (an image folder)."""
+    if given == "sklearn:digits" or (given == "digits" and not os.path.exists(given)):
+        from streamaug.benchmarks.demo_data import load_digits_32
+
+        return load_digits_32()
+    if given == "digits":           # (red team s36: a folder of that name was replaced by scikit-learn's)
+        print("streamaug shards: 'digits' is a folder here, so it is written as one (scikit-learn's digits: "
+              "sklearn:digits)", file=sys.stderr)
+    if given.endswith(".npz"):
+        import numpy as np
+
+        with np.load(given, allow_pickle=False) as z:
+            if not {"images", "labels"} <= set(z.files):
+                raise ValueError(f"{given!r} must hold arrays named 'images' (N, H, W[, C] uint8) and "
+                                 f"'labels' (N ints); it holds {sorted(z.files)}")
+            return (z["images"], z["labels"])
+    return given
 
 
 def _shards(args: argparse.Namespace) -> int:
     from streamaug.loader import write_shards
 
-    source = args.source
     try:
-        if source == "digits":
-            from streamaug.benchmarks.demo_data import load_digits_32
-
-            source = load_digits_32()
-        elif source.endswith(".npz"):
-            import numpy as np
-
-            with np.load(source, allow_pickle=False) as z:
-                if not {"images", "labels"} <= set(z.files):
-                    raise ValueError(f"{source!r} must hold arrays named 'images' (N, H, W[, C] uint8) and "
-                                     f"'labels' (N ints); it holds {sorted(z.files)}")
-                source = (z["images"], z["labels"])
-        index = write_shards(source, args.out, prefix=args.prefix, image_format=args.format,
+        index = write_shards(_source(args.source), args.out, prefix=args.prefix, image_format=args.format,
                              maxcount=args.maxcount, maxsize=args.maxsize, shuffle_seed=args.seed,
                              class_names=_class_names(args.class_names), on_error=args.on_error)
     except (ValueError, OSError) as e:           # (ShardIndexError is a ValueError)
@@ -87,7 +102,7 @@ def _index(args: argparse.Namespace) -> int:
                             class_names=_class_names(args.class_names), label_names=args.label_names,
                             workers=args.workers, progress=not args.quiet, on_error=args.on_error, stats=stats,
                             limits=DecodeLimits(**given))
-    except (StreamError, ShardIndexError, ValueError) as e:
+    except (StreamError, ShardIndexError, ValueError, OSError) as e:
         hint = "; --on-error skip indexes past images the loader refuses" \
             if isinstance(e, StreamError) and e.reason in SKIPPABLE_IMAGE_ERRORS else ""
         print(f"streamaug index: {e}{hint}", file=sys.stderr)
@@ -107,14 +122,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"streamaug {argv[0]} needs {', '.join(missing)}, which is not installed: "
                   f"pip install 'streamaug[bench]'", file=sys.stderr)
             return 2
-        return importlib.import_module(module).main(argv[1:]) or 0
+        with _tidy_warnings(argv[0]):
+            return importlib.import_module(module).main(argv[1:]) or 0
     parser = argparse.ArgumentParser(prog="streamaug", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _ENTRY:
         sub.add_parser(name, help=f"{_SAYS[name]}; see `streamaug {name} --help`", add_help=False)
     p = sub.add_parser("shards", help="write WebDataset shards + index.json")
     p.add_argument("source", help="image folder (one subfolder per class), an .npz with arrays 'images' "
-                   "(N, H, W[, C] uint8) and 'labels', or 'digits'")
+                   "(N, H, W[, C] uint8) and 'labels', or sklearn:digits (scikit-learn's digits; 'digits' too, where no "
+                   "such folder exists)")
     p.add_argument("out", help="output folder")
     p.add_argument("--prefix", default="train",
                    help="shard names PREFIX-000000.tar ...; give each split its own folder, and its own "
@@ -157,9 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_index)
     args = parser.parse_args(argv)
-    shown = warnings.formatwarning                       # a user's terminal gets the message, not our source line
-    warnings.formatwarning = lambda message, *rest, **kw: f"streamaug {args.command}: warning: {message}\n"
-    try:
+    with _tidy_warnings(args.command):
         return args.run(args)
+
+
+@contextlib.contextmanager
+def _tidy_warnings(command: str):
+    """A user's terminal gets a warning's message, not our source line; Ctrl-C, one line and
+    exit status 130, not a traceback."""
+    shown = warnings.formatwarning
+    warnings.formatwarning = lambda message, *rest, **kw: f"streamaug {command}: warning: {message}\n"
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"streamaug {command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         warnings.formatwarning = shown

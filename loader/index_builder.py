@@ -161,6 +161,10 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
         raise ValueError(f"workers must be an int >= 1 (shards read at once), got {workers!r}")
     num_classes, class_names = check_num_classes(num_classes), check_class_names(class_names)
     shard_urls = expand_urls(urls)
+    listed = next((u for u in shard_urls if u.endswith(".json")), None)
+    if listed is not None:                    # (red team s36: "would drop 4 other shards")
+        raise ValueError(f"{listed!r} is an index file, not a shard: pass the shards, e.g. their folder "
+                         f"({os.path.dirname(listed) or '.'!r}) or a pattern")
     twice = named_twice(shard_urls)
     if twice:
         raise ValueError(f"{twice}: an index lists each shard once")
@@ -170,6 +174,8 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
         raise ValueError(f"give out= (a local path for index.json): shards {shard_urls[0]!r} have no local folder")
     if os.path.isdir(out):
         out = os.path.join(out, INDEX_NAME)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):     # (before the pass, not after it)
+        raise ValueError(f"out={out!r}: its folder {os.path.dirname(os.path.abspath(out))!r} does not exist")
     for url in shard_urls:                              # before the pass, not after it
         try:
             index_entry_url(url, os.path.dirname(os.path.abspath(out)))

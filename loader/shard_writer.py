@@ -158,6 +158,8 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
     skip = check_policy(on_error) == "skip"
     class_names, num_classes = check_class_names(class_names), check_num_classes(num_classes)
     out_dir = os.path.expanduser(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir {out_dir!r} is a file, not a folder")
     kept = other_shards_listed(os.path.join(out_dir, INDEX_NAME),
                                lambda u: _written_name(prefix, os.path.basename(u)))
     if kept:
@@ -165,7 +167,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
                          f"there ({', '.join(os.path.basename(u) for u in kept[:3])}), which this write would drop "
                          f"from it: write each split into a folder of its own")
     folder: list[tuple[str, int]] | None = None
-    if isinstance(source, str) and source == "digits":
+    if isinstance(source, str) and source == "digits" and not os.path.exists(source):   # (a folder of that name wins)
         warnings.warn("write_shards('digits') is deprecated: pass the arrays, "
                       "streamaug.benchmarks.demo_data.load_digits_32()", DeprecationWarning, stacklevel=2)
         from streamaug.benchmarks.demo_data import load_digits_32
@@ -212,11 +214,11 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
     os.makedirs(out_dir, exist_ok=True)
     pattern = os.path.join(os.path.abspath(out_dir), f"{prefix}-%06d.tar")
     earlier = set(_shards_in(out_dir, prefix))
-    with write_marked(out_dir, prefix, n):      # until index.json is in place (see write_marker)
+    with write_marked(out_dir, prefix, n) as mark:      # until index.json is in place (see write_marker)
         counts: dict[str, list[int]] = {}
         shapes: set[tuple[int, ...]] = set()
         undecodable: list[str] = []
-        with UstarShardWriter(pattern, maxcount=maxcount, maxsize=maxsize, verbose=0) as sink:
+        with UstarShardWriter(pattern, maxcount=maxcount, maxsize=maxsize, verbose=0, post=mark.shard_placed) as sink:
             for i in tqdm(order, desc=f"writing {prefix} shards", unit="img", disable=not progress):
                 label, key = int(labels[i]), f"{prefix}_{int(i):08d}"
                 if folder is not None:

@@ -28,6 +28,7 @@ accelerate scripts do) still shards by rank.
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -73,7 +74,8 @@ class StreamLoader:
 
     Args:
         urls: shard URLs: paths, brace patterns, ``pipe:`` commands or http(s), or the
-            ``ShardIndex`` ``write_shards`` returns (its shards, with it as ``index``).
+            ``ShardIndex`` ``write_shards`` returns, or an ``index.json`` path (its shards, with it
+            as ``index``).
         batch_size: samples per batch (real + synthetic); 1 by default, as DataLoader's.
         shuffle: shuffle-buffer size in samples (0/1 disables; shard order is
             shuffled per epoch whenever ``shuffle`` is truthy). DataLoader's ``True``
@@ -148,6 +150,11 @@ class StreamLoader:
         self.read_options = read_worker_options(num_workers, persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
         limits = DecodeLimits(max_member_bytes, max_image_pixels, read_timeout)     # (checks them)
+        if isinstance(urls, (str, os.PathLike)) and os.fspath(urls).endswith(".json"):  # (red team s36)
+            if index is not None:
+                raise ValueError(f"urls={os.fspath(urls)!r} is an index file, and index= is given too: pass the "
+                                 f"shards as urls= and their index as index=, or the index file alone")
+            urls = ShardIndex.load(os.fspath(urls))
         if isinstance(urls, ShardIndex):      # what write_shards returns: its shards, and it as the index
             urls, index = urls.urls, urls if index is None else index
         if isinstance(urls, Iterator):        # (a generator, Path.glob(): read once, named again in messages)

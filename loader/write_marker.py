@@ -8,7 +8,7 @@ that together they are part of one source, or a mix of two.
 
 So each write puts a hidden file, ``.{prefix}.{pid}.writing``, in the folder before its first
 shard and removes it once ``index.json`` is in place; a write that raises (``KeyboardInterrupt``
-included) marks it stopped. The loader and ``streamaug index`` refuse local shards named
+included) after it put a shard in place marks it stopped. The loader and ``streamaug index`` refuse local shards named
 ``{prefix}-NNNNNN.tar`` beside a mark that is stopped, or whose writer no longer runs on this
 machine (a kill), naming it and the way out: run the write again (which removes it), or remove
 the mark to read the shards as they are. A write still running is not refused: several ranks
@@ -43,23 +43,39 @@ def begin_write(out_dir: str, prefix: str, samples: int) -> str:
     return path
 
 
+class WriteMark:
+    """The mark of one write; ``shard_placed`` (a ``ShardWriter`` ``post=`` hook) counts the shards
+    it has put in place."""
+
+    def __init__(self, path: str):
+        self.path, self.placed = path, 0
+
+    def shard_placed(self, fname: str) -> None:
+        self.placed += 1
+
+
 @contextlib.contextmanager
 def write_marked(out_dir: str, prefix: str, samples: int):
-    """The write of ``prefix`` shards in the body: marked before, stopped on an error, ended after."""
-    mark = begin_write(out_dir, prefix, samples)
+    """The write of ``prefix`` shards in the body: marked before; on an error, marked stopped if it
+    put a shard in place (else the folder is as it was, and the mark goes); removed after."""
+    mark = WriteMark(begin_write(out_dir, prefix, samples))
     try:
-        yield
+        yield mark
     except BaseException:
-        stop_write(mark)
+        if mark.placed:
+            stop_write(mark.path)
+        else:
+            _remove(mark.path)
         raise
-    end_write(mark, out_dir, prefix)
+    end_write(mark.path, out_dir, prefix)
 
 
 def stop_write(path: str) -> None:
     """The write that made ``path`` raised: its shards are part of its source."""
-    body = _read(path)
-    if body is not None:
-        _put(path, {**body, "stopped": True})
+    with contextlib.suppress(FileNotFoundError):
+        body = _read(path)
+        if body is not None:
+            _put(path, {**body, "stopped": True})
 
 
 def end_write(path: str, out_dir: str, prefix: str) -> None:
@@ -81,7 +97,10 @@ def stopped_writes(folder: str, prefix: str) -> list[tuple[str, str]]:
         if not m or m["prefix"] != prefix:
             continue
         path = os.path.join(folder, name)
-        body = _read(path)
+        try:
+            body = _read(path)
+        except FileNotFoundError:             # (its write finished since the listing)
+            continue
         if body is None:
             out.append((path, "its record unreadable"))
         elif body.get("stopped") or (body.get("host") == socket.gethostname() and not process_running(int(m["pid"]))):
@@ -117,10 +136,13 @@ def _put(path: str, body: dict) -> None:
 
 
 def _read(path: str) -> dict | None:
+    """The mark's record, or None if it cannot be read as one; FileNotFoundError if it is gone."""
     try:
         with open(path, "rb") as f:
             body = json.loads(f.read(4096))
         return body if isinstance(body, dict) else None
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError):
         return None
 
