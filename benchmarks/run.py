@@ -134,15 +134,23 @@ def spawn(cell: dict, timeout: float) -> dict:
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _kill_group(proc)
         stdout, stderr = proc.communicate()
         return {**cell, "status": "failed", "error": f"timed out after {timeout:.0f} s (--timeout; the largest "
                 f"scaling cell gets 3x); its last output: {(stderr or stdout)[-500:]}"}
+    except BaseException:             # Ctrl-C: its own session gets no SIGINT from the terminal
+        _kill_group(proc)
+        proc.wait()
+        raise
     line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         return {**cell, "status": "failed", "error": (stderr or stdout)[-800:]}
     return {**cell, "status": "ok", **json.loads(line[7:])}
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def resampled_index(index: ShardIndex, n: int, folder: str) -> ShardIndex:

@@ -115,12 +115,18 @@ def host_pinning(loader) -> bool:
     gives, where no DataLoader (``num_workers=0``) gives it."""
     if not loader._pin or loader.device.type == "cuda":
         return False
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or _other_accelerator():
         return True
     if loader.read_workers == 0:
         warnings.warn("pin_memory=True, but no accelerator is found, so the batches are not pinned",
                       UserWarning, stacklevel=caller_stacklevel())
     return False
+
+
+def _other_accelerator() -> bool:
+    """An accelerator other than CUDA (MPS, XPU) that torch pins memory for, as DataLoader asks it."""
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator is not None and accelerator.is_available()
 
 
 def warn_launched_without_group(loader) -> None:

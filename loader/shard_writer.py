@@ -25,9 +25,9 @@ from .atomic_file import open_partial, put_in_place, stopped_partials
 from .errors import check_policy
 from .image_codec import IMAGE_EXTS, encode_image
 from .image_folder import FOLDER_EXTS, folder_image, folder_items, path_part
-from .shard_index import (INDEX_NAME, MAX_NUM_CLASSES, ShardIndex, ShardInfo, check_class_names, check_num_classes,
-                          other_shards_listed, recorded_shape)
-from .write_marker import write_marked
+from .shard_index import (INDEX_NAME, MAX_INDEX_BYTES, MAX_NUM_CLASSES, ShardIndex, ShardInfo, check_class_names,
+                          check_num_classes, other_shards_listed, recorded_shape)
+from .write_marker import shard_prefix, write_marked
 
 ArraySource = tuple[np.ndarray, np.ndarray]
 Source = Union[str, ArraySource]
@@ -46,10 +46,11 @@ class UstarShardWriter(wds.ShardWriter):
     a half-written one; after an error the shard being written is removed, not left cut short.
     """
 
-    def __init__(self, pattern: str, **kw):
+    def __init__(self, pattern: str, before_place=None, **kw):
         if "opener" in kw:
             raise TypeError("UstarShardWriter opens each shard's partial file itself; it takes no opener=")
         self._partial: tuple | None = None            # (file, partial path) of the shard being written
+        self.before_place = before_place              # called with a shard's name before it is put in place
         super().__init__(pattern, opener=self._open_partial, **kw)
 
     def _open_partial(self, fname: str):
@@ -68,6 +69,8 @@ class UstarShardWriter(wds.ShardWriter):
             f, partial = self._partial
             f.close()
             self.tarstream = self._partial = None
+            if self.before_place is not None:
+                self.before_place(self.fname)
             put_in_place(partial, self.fname)         # (removes it, if that fails)
             if callable(self.post):                   # ShardWriter's post= hook, as it calls it
                 self.post(self.fname)
@@ -206,6 +209,12 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
                          f"(a hash, an image id)? Pass num_classes=N to refuse labels >= N"
                          if num_classes is None and not class_names else
                          f"{nc:,} classes, over the {MAX_NUM_CLASSES:,} an index may hold (MAX_NUM_CLASSES)")
+    least = 6 * nc * -(-n // maxcount)        # bytes: a count per class per shard, one per line in index.json
+    if least > MAX_INDEX_BYTES:               # (after every shard was written, it was refused when read)
+        raise ValueError(f"{nc:,} classes in {-(-n // maxcount):,} or more shards of maxcount={maxcount} make an "
+                         f"index.json of at least {least / 2**20:.0f} MiB (a count per class per shard), over the "
+                         f"{MAX_INDEX_BYTES / 2**20:.0f} MiB the loader reads (MAX_INDEX_BYTES): write fewer, larger "
+                         f"shards (maxcount=, streamaug shards --maxcount)")
     if labels.max() >= nc:
         raise ValueError(f"label {int(labels.max())} is out of range for num_classes={nc}")
     class_names = list(class_names) if class_names else [str(i) for i in range(nc)]
@@ -218,7 +227,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         counts: dict[str, list[int]] = {}
         shapes: set[tuple[int, ...]] = set()
         undecodable: list[str] = []
-        with UstarShardWriter(pattern, maxcount=maxcount, maxsize=maxsize, verbose=0, post=mark.shard_placed) as sink:
+        with UstarShardWriter(pattern, mark.before_place, maxcount=maxcount, maxsize=maxsize, verbose=0) as sink:
             for i in tqdm(order, desc=f"writing {prefix} shards", unit="img", disable=not progress):
                 label, key = int(labels[i]), f"{prefix}_{int(i):08d}"
                 if folder is not None:
@@ -284,5 +293,5 @@ def _shards_in(out_dir: str, prefix: str) -> list[str]:
 
 def _written_name(prefix: str, name: str) -> bool:
     """Whether ``name`` is a shard file name ``write_shards`` gives with ``prefix``."""
-    return re.fullmatch(re.escape(prefix) + r"-\d{6}\.tar", name) is not None
+    return shard_prefix(name) == prefix
 

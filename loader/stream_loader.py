@@ -63,6 +63,15 @@ from .worker_stream import StreamSettings, WorkerStream
 from .write_marker import refuse_unfinished_write
 
 
+def index_file_given(urls) -> str | None:
+    """The path of an ``index.json`` given as ``urls=`` (alone, or as a list of one)."""
+    if isinstance(urls, (list, tuple)) and len(urls) == 1:
+        urls = urls[0]
+    if isinstance(urls, (str, os.PathLike)) and os.fspath(urls).endswith(".json"):
+        return os.fspath(urls)
+    return None
+
+
 def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
@@ -77,9 +86,9 @@ class StreamLoader:
             ``ShardIndex`` ``write_shards`` returns, or an ``index.json`` path (its shards, with it
             as ``index``).
         batch_size: samples per batch (real + synthetic); 1 by default, as DataLoader's.
-        shuffle: shuffle-buffer size in samples (0/1 disables; shard order is
-            shuffled per epoch whenever ``shuffle`` is truthy). DataLoader's ``True``
-            means a buffer of 1000, ``False`` none.
+        shuffle: shuffle-buffer size in samples (0 or ``False``: none, dataset order; 1 keeps
+            the samples' order within shards, and shard order is shuffled per epoch whenever
+            ``shuffle`` is truthy, 1 included). DataLoader's ``True`` means a buffer of 1000.
         num_workers: DataLoader worker processes for reading and decoding.
         seed: the one seed everything derives from (see ``seeding.derive_seed``).
         drop_last: drop each rank's last partial batch.
@@ -150,11 +159,13 @@ class StreamLoader:
         self.read_options = read_worker_options(num_workers, persistent_workers, multiprocessing_context, timeout,
                                                 worker_init_fn, in_order, **dataloader_only)
         limits = DecodeLimits(max_member_bytes, max_image_pixels, read_timeout)     # (checks them)
-        if isinstance(urls, (str, os.PathLike)) and os.fspath(urls).endswith(".json"):  # (red team s36)
-            if index is not None:
-                raise ValueError(f"urls={os.fspath(urls)!r} is an index file, and index= is given too: pass the "
+        listed = index_file_given(urls)
+        if listed is not None:                # an index.json: its shards, and it as the index (red team s36)
+            if index not in (None, False):
+                raise ValueError(f"urls={listed!r} is an index file, and index= is given too: pass the "
                                  f"shards as urls= and their index as index=, or the index file alone")
-            urls = ShardIndex.load(os.fspath(urls))
+            urls = ShardIndex.load(listed)
+            urls = urls.urls if index is False else urls
         if isinstance(urls, ShardIndex):      # what write_shards returns: its shards, and it as the index
             urls, index = urls.urls, urls if index is None else index
         if isinstance(urls, Iterator):        # (a generator, Path.glob(): read once, named again in messages)

@@ -236,6 +236,19 @@ time.sleep(120)
 """
 
 
+def ended(pid: int) -> bool:
+    """Whether ``pid`` ends within 5 s (killed: gone, or a zombie until init reaps it)."""
+    for _ in range(100):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1][0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_a_cell_past_its_timeout_is_recorded_as_failed_with_its_processes_killed(tmp_path, monkeypatch):
     """Red team s36: TimeoutExpired ended the whole run, traceback and no report, and the cells
     after it never ran."""
@@ -248,17 +261,7 @@ def test_a_cell_past_its_timeout_is_recorded_as_failed_with_its_processes_killed
     assert time.monotonic() - start < 60
     assert r["status"] == "failed" and r["section"] == "batch"
     assert r["error"].startswith("timed out after 3 s (--timeout") and "working on it" in r["error"]
-    child = int(pid_file.read_text())
-    for _ in range(100):                  # (the kill is sent; the zombie is reaped by init)
-        try:
-            with open(f"/proc/{child}/stat") as f:
-                if f.read().split(") ")[1][0] == "Z":
-                    break
-        except FileNotFoundError:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the cell's own child process outlived the timeout")
+    assert ended(int(pid_file.read_text())), "the cell's own child process outlived the timeout"
 
 
 def test_a_full_run_does_not_keep_the_cells_of_an_earlier_quick_run(tmp_path, capsys):
@@ -277,3 +280,24 @@ def test_a_full_run_does_not_keep_the_cells_of_an_earlier_quick_run(tmp_path, ca
         capsys.readouterr().out
     assert _kept_cells(str(tmp_path), ["workers"], ["npy32"], quick=True) == [cells[0], cells[2]]
     assert _kept_cells(str(tmp_path), ["batch", "scaling"], ["npy32"], quick=False) == []
+
+
+CTRL_C_IN_BENCH = """
+import os, signal, sys, threading
+from streamaug.benchmarks import run
+run.CELL_COMMAND = [sys.executable, "-c", sys.argv[1], sys.argv[2]]
+threading.Timer(3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+try:
+    run.spawn({"section": "batch"}, timeout=100)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_in_bench_stops_the_cell_and_its_processes(tmp_path):
+    """Review s36: in a session of its own, the cell got no SIGINT from the terminal and ran on."""
+    pid_file = tmp_path / "child.pid"
+    done = subprocess.run([sys.executable, "-c", CTRL_C_IN_BENCH, STUCK_CELL, str(pid_file)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout == "interrupted\n", done.stderr[-2000:]
+    assert ended(int(pid_file.read_text())), "the cell's child process outlived Ctrl-C"

@@ -34,7 +34,10 @@ def test_an_index_file_passed_as_shards(shards, capsys):
     rc, err = run(["index", "s1/index.json"], capsys)
     assert rc == 1 and "streamaug index: 's1/index.json' is an index file, not a shard: pass the shards, " \
         "e.g. their folder ('s1') or a pattern" in err
-    assert sum(len(b.keys) for b in StreamLoader("s1/index.json", batch_size=10)) == 40, "the loader reads its shards"
+    for urls, index in (("s1/index.json", None), (["s1/index.json"], None), ("s1/index.json", False)):
+        loader = StreamLoader(urls, batch_size=10, index=index)
+        assert sum(len(b.keys) for b in loader) == 40, "the loader reads its shards"
+        assert (loader.index is None) == (index is False)
     with pytest.raises(ValueError, match=r"urls='s1/index.json' is an index file, and index= is given too"):
         StreamLoader("s1/index.json", batch_size=10, index="s1/index.json")
 
