@@ -94,7 +94,7 @@ class StreamLoader:
         drop_last: drop each rank's last partial batch.
         device: where batches are delivered (default: CUDA if available, else CPU).
         pin_memory: pin host batches before the copy (default: when device is CUDA); with
-            ``device="cpu"``, pin the batches handed out, as DataLoader does (where there is CUDA).
+            ``device="cpu"``, pin the batches handed out, as DataLoader does (where there is an accelerator).
         index: path/URL of ``index.json`` or a ``ShardIndex``; default ``index.json``
             beside the first shard, and without one, stream unindexed after one warning
             naming the ``streamaug index`` command that writes it; ``False``: no index.
