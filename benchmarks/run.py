@@ -148,6 +148,21 @@ def spawn(cell: dict, timeout: float) -> dict:
     return {**cell, "status": "ok", **json.loads(line[7:])}
 
 
+@contextlib.contextmanager
+def termination_raises():
+    """SIGTERM and SIGHUP (``kill``, ``timeout``, a closed terminal) raise ``SystemExit`` while the
+    cells run, so ``spawn`` kills the running cell's process group, as on Ctrl-C (a cell in its own
+    session gets no signal from the terminal)."""
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+    earlier = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in earlier.items():
+            signal.signal(sig, handler)
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -265,7 +280,8 @@ def main(argv=None) -> int:
     cells = [c for c in cells if c["section"] in args.sections]
     results = _kept_cells(args.out, args.sections, args.kinds, args.quick)
     for i, cell in enumerate(tqdm(cells, desc="bench cells", unit="cell")):
-        r = spawn(cell, args.timeout * (3 if cell.get("n") == biggest else 1))
+        with termination_raises():
+            r = spawn(cell, args.timeout * (3 if cell.get("n") == biggest else 1))
         results.append(r)
         if r["status"] != "ok":
             tqdm.write(f"FAILED {cell['section']} {cell['pipeline']} {cell['data']}: {r['error'][-300:]}")

@@ -227,7 +227,8 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
         counts: dict[str, list[int]] = {}
         shapes: set[tuple[int, ...]] = set()
         undecodable: list[str] = []
-        with UstarShardWriter(pattern, mark.before_place, maxcount=maxcount, maxsize=maxsize, verbose=0) as sink:
+        with UstarShardWriter(pattern, mark.before_place, maxcount=maxcount, maxsize=maxsize, verbose=0,
+                              post=mark.shard_placed) as sink:
             for i in tqdm(order, desc=f"writing {prefix} shards", unit="img", disable=not progress):
                 label, key = int(labels[i]), f"{prefix}_{int(i):08d}"
                 if folder is not None:

@@ -8,14 +8,17 @@ that together they are part of one source, or a mix of two.
 
 So, just before a write puts its first shard in place, it makes a mark, a file of its own in the
 hidden folder ``.{prefix}.writing`` beside the shards, and holds a lock on it (``flock``) until
-it ends. A write that raises (``KeyboardInterrupt`` included) marks it stopped; a finished write
-removes it, and the marks of the earlier writes it replaced. The loader and ``streamaug index``
-refuse local shards named ``{prefix}-NNNNNN.tar`` beside a mark that is stopped or no longer
-locked (its process is gone: the kernel drops the lock, whatever the pid or host), naming it and
-the ways out. A mark still locked is a write running now, not refused: several ranks may write
-the same shards at once and read them as each finishes (``atomic_file``). Where the file system
-has no locks, a mark counts as gone when its pid no longer runs on its host (another host's
-cannot be seen). Reading costs one ``stat`` per folder and prefix while no write is marked.
+it ends. A write that raises (``KeyboardInterrupt`` included) marks it stopped, or removes it if
+no shard was put in place; a finished write removes it, and the marks of earlier writes it
+replaced. The loader and ``streamaug index`` refuse local shards named ``{prefix}-NNNNNN.tar``
+beside a mark that is stopped, or that this machine made and no longer holds locked (the kernel
+drops the lock when the process dies, whatever its pid; where the file system has no locks, its
+pid no longer runs), naming it and the ways out. A mark still locked is a write running now, not
+refused: several ranks may write the same shards at once and read them as each finishes
+(``atomic_file``). Another machine's mark is refused only when stopped: locks may hold within one
+machine only (node-local NFS and Lustre mounts), so its free lock does not show its write gone.
+A child forked during a write closes the lock it inherits. Reading costs one ``stat`` per folder
+and prefix while no write is marked.
 """
 from __future__ import annotations
 
@@ -32,6 +35,19 @@ from .atomic_file import process_running
 from .shard_urls import absolute_path, is_local
 
 SHARD_NAME = re.compile(r"(?P<prefix>[\w-]+)-\d{6}\.tar")
+MARK_NAME = re.compile(r"\d+\.[0-9a-f]{8}")           # a mark's file name: pid.token
+_HELD: set[int] = set()                                # this process's marks' descriptors (see _close_in_child)
+
+
+def _close_in_child() -> None:
+    """A child forked during a write must not hold the write's lock after the writer is gone."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class UnfinishedWrite(ValueError):
@@ -56,16 +72,25 @@ class WriteMark:
         self.path: str | None = None
         self._fd: int | None = None
         self._body: dict = {}
+        self.placed = 0
 
     def before_place(self, fname: str) -> None:
         """Called before each shard is renamed into place: the first call makes the mark."""
         if self.path is None:
             self._make()
 
+    def shard_placed(self, fname: str) -> None:
+        """Called after each shard is in place (the shard writer's ``post=``)."""
+        self.placed += 1
+
     def _make(self) -> None:
         name = f"{os.getpid()}.{secrets.token_hex(4)}"
         for _ in range(5):                        # (a finishing write may remove the empty folder meanwhile)
-            os.makedirs(self.folder, exist_ok=True)
+            if not os.path.isdir(self.folder):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(self.folder)
+                    with contextlib.suppress(OSError):  # (as the dataset's folder: other users may write there)
+                        os.chmod(self.folder, os.stat(os.path.dirname(self.folder)).st_mode & 0o7777)
             hidden = os.path.join(self.folder, "." + name)
             try:
                 fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -78,22 +103,35 @@ class WriteMark:
                 locked = False
             self._body = {"samples": self.samples, "pid": os.getpid(), "host": socket.gethostname(),
                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "locked": locked, "stopped": 0}
-            os.write(fd, json.dumps(self._body).encode())
             try:
+                os.write(fd, json.dumps(self._body).encode())
                 os.rename(hidden, os.path.join(self.folder, name))
             except FileNotFoundError:
                 os.close(fd)
                 continue
+            except BaseException:
+                os.close(fd)
+                _remove(hidden)
+                raise
             self.path, self._fd = os.path.join(self.folder, name), fd
+            _HELD.add(fd)
             return
         raise OSError(f"could not make a write mark in {self.folder!r}")
 
     def stop(self) -> None:
-        """The write raised after its first shard was put in place: its shards are part of its source."""
+        """The write raised: if it had put a shard in place, its shards are part of its source;
+        if not (the first rename failed), the folder is as it was, and the mark goes."""
         if self._fd is None:
             return
-        with contextlib.suppress(OSError):        # (the same length: one byte changes in place)
-            os.pwrite(self._fd, json.dumps({**self._body, "stopped": 1}).encode(), 0)
+        if not self.placed:
+            _remove(self.path)
+        else:
+            with contextlib.suppress(OSError):    # (the same length: one byte changes in place)
+                os.pwrite(self._fd, json.dumps({**self._body, "stopped": 1}).encode(), 0)
+        self._release()
+
+    def _release(self) -> None:
+        _HELD.discard(self._fd)
         os.close(self._fd)
         self._fd = None
 
@@ -102,8 +140,7 @@ class WriteMark:
         if self.path is None:
             return
         _remove(self.path)
-        os.close(self._fd)
-        self._fd = None
+        self._release()
         for name in _mark_names(self.folder):
             other = os.path.join(self.folder, name)
             if _unfinished(other) is not None:
@@ -150,8 +187,9 @@ def refuse_unfinished_write(urls: list[str]) -> None:
 
 
 def _mark_names(folder: str) -> list[str]:
+    """The marks in ``folder`` (pid.token; not ``.``-hidden ones being made, nor anything else)."""
     try:
-        return sorted(n for n in os.listdir(folder) if not n.startswith("."))   # (".*": one being made)
+        return sorted(n for n in os.listdir(folder) if MARK_NAME.fullmatch(n))
     except OSError:
         return []
 
@@ -169,10 +207,14 @@ def _unfinished(mark: str) -> str | None:
             body = body if isinstance(body, dict) else {}
         except ValueError:
             body = {}
+        except OSError:                            # (a folder of that name, say: no mark)
+            return None
         began = (f"{body.get('samples')} samples, began {body.get('started')} by pid {body.get('pid')} on "
                  f"{body.get('host')}") if body else "its record unreadable"
         if body.get("stopped"):
             return f"{began}, stopped by an error or Ctrl-C"
+        if body.get("host") != socket.gethostname():
+            return None        # (locks may hold only within a machine: node-local NFS and Lustre mounts)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             free = True
@@ -181,12 +223,22 @@ def _unfinished(mark: str) -> str | None:
         except OSError:                            # (no locks here)
             free = False
         if free and body.get("locked", True):
+            if not _same_file(mark, fd):           # (its write ended, removing it, between open and lock)
+                return None
             return f"{began}, its process is gone"
-        if body.get("host") == socket.gethostname() and not process_running(int(body.get("pid", 0))):
+        if not process_running(int(body.get("pid", 0))):     # (no locks: its pid, on this host)
             return f"{began}, its process is gone"
         return None
     finally:
         os.close(fd)
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        a, b = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _remove(path: str) -> None:

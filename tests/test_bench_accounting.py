@@ -282,22 +282,25 @@ def test_a_full_run_does_not_keep_the_cells_of_an_earlier_quick_run(tmp_path, ca
     assert _kept_cells(str(tmp_path), ["batch", "scaling"], ["npy32"], quick=False) == []
 
 
-CTRL_C_IN_BENCH = """
+SIGNAL_IN_BENCH = """
 import os, signal, sys, threading
 from streamaug.benchmarks import run
 run.CELL_COMMAND = [sys.executable, "-c", sys.argv[1], sys.argv[2]]
-threading.Timer(3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+threading.Timer(3, lambda: os.kill(os.getpid(), getattr(signal, sys.argv[3]))).start()
 try:
-    run.spawn({"section": "batch"}, timeout=100)
-except KeyboardInterrupt:
-    print("interrupted", flush=True)
+    with run.termination_raises():
+        run.spawn({"section": "batch"}, timeout=100)
+except (KeyboardInterrupt, SystemExit) as e:
+    print("stopped", type(e).__name__, flush=True)
 """
 
 
-def test_ctrl_c_in_bench_stops_the_cell_and_its_processes(tmp_path):
-    """Review s36: in a session of its own, the cell got no SIGINT from the terminal and ran on."""
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_ctrl_c_or_a_kill_of_bench_stops_the_cell_and_its_processes(tmp_path, sig):
+    """Review s36: in a session of its own, the cell got no SIGINT from the terminal and ran on
+    (and a second review: nor SIGTERM or SIGHUP)."""
     pid_file = tmp_path / "child.pid"
-    done = subprocess.run([sys.executable, "-c", CTRL_C_IN_BENCH, STUCK_CELL, str(pid_file)], capture_output=True,
-                          text=True, timeout=120)
-    assert done.stdout == "interrupted\n", done.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-c", SIGNAL_IN_BENCH, STUCK_CELL, str(pid_file), sig],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("stopped "), done.stderr[-2000:]
     assert ended(int(pid_file.read_text())), "the cell's child process outlived Ctrl-C"

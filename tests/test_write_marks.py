@@ -166,24 +166,110 @@ def test_a_rewrite_stopped_by_sigterm_before_its_first_shard_leaves_the_dataset_
     assert read_all(str(out)) == N
 
 
-@pytest.mark.parametrize("host, locked, refused", [
-    ("elsewhere", True, True),          # its lock is free: gone, whichever host it ran on
-    ("elsewhere", False, False),        # a file system without locks, another host: cannot be seen
-    (socket.gethostname(), False, True),  # no locks, this host: its pid no longer runs
+@pytest.mark.parametrize("host, locked, stopped, refused", [
+    (socket.gethostname(), True, 0, "its process is gone"),     # this machine's, its lock free
+    (socket.gethostname(), False, 0, "its process is gone"),    # no locks here: its pid no longer runs
+    ("elsewhere", True, 0, None),       # locks may hold within one machine only: a free one shows nothing
+    ("elsewhere", False, 0, None),
+    ("elsewhere", True, 1, "stopped by an error or Ctrl-C"),
 ])
-def test_a_mark_is_judged_by_its_lock_else_by_its_pid_on_its_host(tmp_path, host, locked, refused):
+def test_a_mark_is_judged_by_its_lock_or_pid_on_its_own_host_and_elsewhere_only_when_stopped(
+        tmp_path, host, locked, stopped, refused):
+    """Second review s36: on a mount whose locks hold within one node (NFS local_lock, Lustre
+    localflock), another node's running write found its lock free and was refused."""
     out = tmp_path / "shards"
     write_shards(arrays(), str(out), maxcount=10, progress=False)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     (out / ".train.writing").mkdir()
     (out / ".train.writing" / f"{gone.pid}.0123abcd").write_text(json.dumps(
-        {"samples": N, "pid": gone.pid, "host": host, "started": "then", "locked": locked, "stopped": 0}))
+        {"samples": N, "pid": gone.pid, "host": host, "started": "then", "locked": locked, "stopped": stopped}))
+    (out / ".train.writing" / "notes.txt").write_text("not a mark")            # (stray entries are passed over)
+    (out / ".train.writing" / "12.0123abce").mkdir()
     if refused:
-        with pytest.raises(UnfinishedWrite, match=rf"by pid {gone.pid} on {re.escape(host)}, its process is gone"):
+        with pytest.raises(UnfinishedWrite, match=rf"by pid {gone.pid} on {re.escape(host)}, {refused}"):
             StreamLoader(str(out), batch_size=10)
     else:
         assert read_all(str(out)) == N
+
+
+def test_a_write_that_ends_while_a_reader_looks_at_its_mark_is_not_taken_for_a_dead_one(tmp_path, monkeypatch):
+    """Second review s36: a reader that opened a mark just before its write removed it and
+    closed its lock found the lock free, and refused a complete dataset (497 of 210,467 checks)."""
+    from streamaug.loader import write_marker
+
+    out = tmp_path / "shards"
+    write_shards(arrays(), str(out), maxcount=10, progress=False)
+    mark = write_marker.WriteMark(str(out), "train", N)
+    mark.before_place("train-000000.tar")
+    flock = write_marker.fcntl.flock
+
+    def write_ends_first(fd, op):         # the write ends between the reader's open and its lock
+        if op & write_marker.fcntl.LOCK_SH and mark.path is not None and mark._fd is not None:
+            mark.shard_placed("train-000000.tar")
+            mark.end()
+        return flock(fd, op)
+    monkeypatch.setattr(write_marker.fcntl, "flock", write_ends_first)
+    assert read_all(str(out)) == N
+    assert not (out / ".train.writing").exists()
+
+
+def test_a_write_whose_first_rename_fails_leaves_no_mark(tmp_path, monkeypatch):
+    """Second review s36: the mark is made before the rename; when that fails (another user's
+    shard in a sticky folder), the folder is as it was, and the mark must go too."""
+    import streamaug.loader.shard_writer as sw
+
+    out = tmp_path / "shards"
+    write_shards(arrays(), str(out), maxcount=10, progress=False)
+
+    def refused(partial, path):
+        os.unlink(partial)
+        raise PermissionError(1, "Operation not permitted", path)
+    monkeypatch.setattr(sw, "put_in_place", refused)
+    with pytest.raises(PermissionError):
+        write_shards(arrays(), str(out), maxcount=10, shuffle_seed=3, progress=False)
+    monkeypatch.undo()
+    assert marks(out) == [] and read_all(str(out)) == N
+
+
+def test_the_marks_folder_takes_the_dataset_folders_permissions(tmp_path, monkeypatch):
+    """Second review s36: with the writer's umask, another user of a shared folder could neither
+    remove a stopped mark nor make one of their own."""
+    out = tmp_path / "shards"
+    out.mkdir()
+    os.chmod(out, 0o1777)
+    stopped_write(out, monkeypatch, 35)
+    assert (out / ".train.writing").stat().st_mode & 0o7777 == 0o1777
+
+
+HOLD_MARK_AND_FORK = """
+import os, sys, time
+from streamaug.loader.write_marker import WriteMark
+mark = WriteMark(sys.argv[1], "train", 4000)
+mark.before_place("train-000000.tar")
+if os.fork() == 0:                    # a child forked during the write (a DataLoader worker, say)
+    print(os.getpid(), flush=True)
+    time.sleep(120)
+    os._exit(0)
+time.sleep(120)
+"""
+
+
+def test_a_child_forked_during_a_write_does_not_keep_a_dead_writes_lock(tmp_path):
+    out = tmp_path / "shards"
+    write_shards(arrays(), str(out), maxcount=10, progress=False)
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_MARK_AND_FORK, str(out)], stdout=subprocess.PIPE, text=True)
+    child = int(writer.stdout.readline())
+    try:
+        assert read_all(str(out)) == N, "its write runs"
+        writer.kill()
+        writer.wait()
+        with pytest.raises(UnfinishedWrite, match="its process is gone"):
+            StreamLoader(str(out), batch_size=10)
+    finally:
+        writer.kill()
+        writer.wait()
+        os.kill(child, signal.SIGKILL)
 
 
 def test_a_write_through_symlinked_shards_is_judged_where_the_links_are(tmp_path, monkeypatch):
