@@ -125,6 +125,8 @@ class WriteMark:
             return
         if not self.placed:
             _remove(self.path)
+            with contextlib.suppress(OSError):    # (not empty: another write is running)
+                os.rmdir(self.folder)
         else:
             with contextlib.suppress(OSError):    # (the same length: one byte changes in place)
                 os.pwrite(self._fd, json.dumps({**self._body, "stopped": 1}).encode(), 0)
