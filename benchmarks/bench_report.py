@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import operator
 import os
 
+from streamaug.benchmarks.bench_rounds import paired
 from streamaug.benchmarks.timing import write_result
 
 PEERS = ("dataloader-albumentations", "dali-only", "webdataset-kornia-unfused")
@@ -15,7 +17,8 @@ def _rows(results, section):
 
 
 def headline(results) -> dict:
-    """The ratios the targets are stated in, per dataset."""
+    """The ratios the targets are stated in, per dataset: each the median of its values paired
+    by round (``bench_rounds``), which ``*_rounds`` lists."""
     out = {}
     for data in ("npy32", "jpg224"):
         rows = {r["pipeline"]: r for r in _rows(results, "pipelines") if r["data"] == data}
@@ -25,15 +28,17 @@ def headline(results) -> dict:
             continue
         best, peer = max(ours, key=lambda r: r["samples_per_s"]), max(peers, key=lambda r: r["samples_per_s"])
         entry = {"best_streamaug": best["pipeline"], "best_peer": peer["pipeline"],
-                 "best_vs_best_peer": best["samples_per_s"] / peer["samples_per_s"],
                  "feed_ratio_best_streamaug": best.get("feed_ratio")}
+        entry["best_vs_best_peer"], entry["best_vs_best_peer_rounds"] = paired(best, peer, operator.truediv)
         if "dali-only" in rows:
-            entry["best_vs_dali_only"] = best["samples_per_s"] / rows["dali-only"]["samples_per_s"]
-        costs = {p: 1 - r["samples_per_s"] / rows[p.replace("+smote", "")]["samples_per_s"]
-                 for p, r in rows.items() if p.endswith("+smote") and p.replace("+smote", "") in rows}
-        if costs:      # the cost on the fastest configuration that has a balanced twin
-            base = max(costs, key=lambda p: rows[p.replace("+smote", "")]["samples_per_s"])
-            entry["smote_pipeline"], entry["smote_throughput_cost"] = base, costs[base]
+            entry["best_vs_dali_only"], entry["best_vs_dali_only_rounds"] = paired(best, rows["dali-only"],
+                                                                                   operator.truediv)
+        twins = [p for p in rows if p.endswith("+smote") and p.replace("+smote", "") in rows]
+        if twins:      # the cost on the fastest configuration that has a balanced twin
+            base = max(twins, key=lambda p: rows[p.replace("+smote", "")]["samples_per_s"])
+            entry["smote_pipeline"] = base
+            entry["smote_throughput_cost"], entry["smote_throughput_cost_rounds"] = paired(
+                rows[base], rows[base.replace("+smote", "")], lambda smote, plain: 1 - smote / plain)
         out[data] = entry
     return out
 
@@ -41,9 +46,11 @@ def headline(results) -> dict:
 def markdown(results) -> str:
     gpu = any("peak_gpu_mib" in r for r in _rows(results, "pipelines"))
     busy = next((r["busy"]["workers"] for r in _rows(results, "pipelines") if "busy" in r), 0)
-    lines = ["| data | pipeline | samples/s |" + (f" with {busy} busy | busy/idle | load |" if busy else "")
+    rounds = max((len(r.get("rounds", ())) for r in _rows(results, "pipelines")), default=1)
+    lines = ["| data | pipeline | samples/s |" + (" by round |" if rounds > 1 else "") + (f" with {busy} busy | busy/idle | load |" if busy else "")
              + " CPU ms/sample | peak RSS MiB |" + (" peak GPU MiB |" if gpu else "") + " feed ratio |",
-             "| --- | --- | ---: |" + (" ---: | ---: | ---: |" if busy else "") + " ---: | ---: |"
+             "| --- | --- | ---: |" + (" ---: |" if rounds > 1 else "") + (" ---: | ---: | ---: |" if busy else "")
+             + " ---: | ---: |"
              + (" ---: |" if gpu else "") + " ---: |"]
     for r in _rows(results, "pipelines"):
         feed = f"{r['feed_ratio']:.2f}" if r.get("feed_ratio") is not None else "-"
@@ -52,7 +59,9 @@ def markdown(results) -> str:
         if busy:
             loaded = (f" {r['busy']['samples_per_s']:,.0f} | {r['busy_vs_idle']:.2f} | {r['loadavg'][0]:.1f} |"
                       if "busy" in r else " - | - | - |")
-        lines.append(f"| {r['data']} | {r['pipeline']} | {r['samples_per_s']:,.0f} |{loaded} "
+        by_round = (" " + ", ".join(f"{x['samples_per_s']:,.0f}" if x["status"] == "ok" else "failed"
+                                    for x in r.get("rounds", ())) + " |") if rounds > 1 else ""
+        lines.append(f"| {r['data']} | {r['pipeline']} | {r['samples_per_s']:,.0f} |{by_round}{loaded} "
                      f"{r['cpu_s_per_sample'] * 1e3:.2f} | {r['peak_rss_mib']:,.0f} |{mem} {feed} |")
     if _rows(results, "scaling"):        # sections a run did not have (the GPU check's) are left out
         lines += ["", "| scaling: N | samples/s | CPU ms/sample | peak RSS MiB |", "| ---: | ---: | ---: | ---: |"]
@@ -63,17 +72,23 @@ def markdown(results) -> str:
         if _rows(results, section):
             lines += ["", f"| {section} | samples/s |", "| ---: | ---: |"]
             lines += [f"| {r[key]} | {r['samples_per_s']:,.0f} |" for r in _rows(results, section)]
-    lines += ["", "| data | target ratio | measured |", "| --- | --- | ---: |"]
+    lines += ["", "| data | target ratio | measured |" + (" by round |" if rounds > 1 else ""),
+              "| --- | --- | ---: |" + (" --- |" if rounds > 1 else "")]
+
+    def line(data, what, h, key, fmt):
+        by_round = ", ".join(fmt(v) for v in h[f"{key}_rounds"]) if rounds > 1 else None
+        lines.append(f"| {data} | {what} | {fmt(h[key])} |" + (f" {by_round} |" if by_round is not None else ""))
     for data, h in headline(results).items():
-        lines.append(f"| {data} | best streamaug ({h['best_streamaug']}) / best peer ({h['best_peer']}) "
-                     f"| {h['best_vs_best_peer']:.2f}× |")
+        line(data, f"best streamaug ({h['best_streamaug']}) / best peer ({h['best_peer']})", h, "best_vs_best_peer",
+             lambda v: f"{v:.2f}×")
         if h.get("feed_ratio_best_streamaug") is not None:
-            lines.append(f"| {data} | feed ratio of {h['best_streamaug']} | {h['feed_ratio_best_streamaug']:.2f} |")
+            lines.append(f"| {data} | feed ratio of {h['best_streamaug']} | {h['feed_ratio_best_streamaug']:.2f} |"
+                         + (" (first round) |" if rounds > 1 else ""))
         if "smote_throughput_cost" in h:
-            lines.append(f"| {data} | throughput cost of balancing + SMOTE ({h['smote_pipeline']}) "
-                         f"| {h['smote_throughput_cost'] * 100:.0f}% |")
+            line(data, f"throughput cost of balancing + SMOTE ({h['smote_pipeline']})", h, "smote_throughput_cost",
+                 lambda v: f"{v * 100:.0f}%")
         if "best_vs_dali_only" in h:
-            lines.append(f"| {data} | best streamaug / DALI-only | {h['best_vs_dali_only']:.2f}× |")
+            line(data, "best streamaug / DALI-only", h, "best_vs_dali_only", lambda v: f"{v:.2f}×")
     return "\n".join(lines) + "\n"
 
 

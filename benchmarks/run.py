@@ -10,7 +10,9 @@ shards, ops and batch size, each cell in its own process (so peak RSS is its own
 
 * samples/s (median of repeats after a warm-up pass) and CPU seconds per sample of the
   whole process tree (the main process and its DataLoader workers, live or reaped:
-  ``process_tree.py``);
+  ``process_tree.py``). The pipelines run in ``--rounds`` (default 3), interleaved, each
+  pipeline once per round in a process of its own, and each ratio is the median of its values
+  paired by round (``bench_rounds.py``);
 * peak RSS, and peak GPU memory on a GPU;
 * the training *feed ratio*: one small CNN trained from the pipeline, divided by the same
   model trained on the same batches already resident on the device (1.0 = the loader is free);
@@ -38,6 +40,7 @@ import torch
 
 from streamaug.benchmarks.bench_data import make_bench_shards
 from streamaug.benchmarks.bench_pipelines import MAIN_SIDE, PIPELINES, build
+from streamaug.benchmarks.bench_rounds import interleaved, merge_rounds
 from streamaug.benchmarks.busy_workers import busy_workers, load_average
 from streamaug.benchmarks.cli_arguments import at_least_one
 from streamaug.benchmarks.machine_info import source_commit
@@ -45,9 +48,9 @@ from streamaug.benchmarks.process_tree import tree_cpu_seconds, tree_peak_rss_mi
 from streamaug.loader import ShardIndex
 from streamaug.loader.shard_index import INDEX_NAME, ShardInfo
 
-SIZES = {"full": {"npy32": 20000, "jpg224": 2000, "repeats": 3,
+SIZES = {"full": {"npy32": 20000, "jpg224": 2000, "repeats": 3, "rounds": 3, "round_repeats": 1,
                   "scaling": [10_000, 100_000, 1_000_000], "workers": [0, 1, 2], "batches": [64, 256]},
-         "quick": {"npy32": 512, "jpg224": 64, "repeats": 1,
+         "quick": {"npy32": 512, "jpg224": 64, "repeats": 1, "rounds": 1, "round_repeats": 1,
                    "scaling": [1000, 4000], "workers": [0, 2], "batches": [32, 64]}}
 
 
@@ -248,7 +251,11 @@ def main(argv=None) -> int:
                    help="the data whose pipeline cells also measure the feed ratio (default: both). On a "
                         "2-core CPU the small CNN trains at ~35 samples/s at 224², so there it times the "
                         "model, not the loader, and takes most of the run")
-    p.add_argument("--repeats", type=at_least_one, default=None, help="timed passes per cell (default: 3, quick: 1)")
+    p.add_argument("--repeats", type=at_least_one, default=None,
+                   help="timed passes per cell and round (default: 3, and 1 per round of the pipelines; quick: 1)")
+    p.add_argument("--rounds", type=at_least_one, default=None,
+                   help="runs of each pipelines cell, interleaved, each ratio paired by round (default: 3, quick: 1; "
+                        "see bench_rounds.py)")
     args = p.parse_args(argv)
     if args.pipelines is None:
         args.pipelines = [n for n in PIPELINES if args.device == "cpu" or "opencv" not in n]
@@ -261,11 +268,13 @@ def main(argv=None) -> int:
     data = args.data
     indexes = {kind: make_bench_shards(data, kind, plan[kind]) for kind in ("npy32", "jpg224")}
     repeats = args.repeats if args.repeats is not None else plan["repeats"]
+    rounds = args.rounds if args.rounds is not None else plan["rounds"]
     base = {"device": args.device, "repeats": repeats, "batch": args.batch, "workers": workers,
             "commit": source_commit(), "quick": args.quick}       # per cell: cells kept from an earlier run keep theirs
-    cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=indexes[kind].source,
-                  feed=kind in args.feed_kinds, busy_workers=args.busy)
-             for kind in dict.fromkeys(args.kinds) for name in args.pipelines]     # in the order given
+    cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=indexes[kind].source, round=r,
+                  repeats=args.repeats if args.repeats is not None else plan["round_repeats"],
+                  feed=kind in args.feed_kinds and r == 0, busy_workers=args.busy)
+             for kind in dict.fromkeys(args.kinds) for r, name in interleaved(args.pipelines, rounds)]
     biggest = max(plan["scaling"])
     for n in plan["scaling"]:
         scaled = resampled_index(indexes["npy32"], n, os.path.join(data, f"scaled-{n}"))
@@ -278,17 +287,23 @@ def main(argv=None) -> int:
         cells.append(dict(base, section="batch", data="npy32", pipeline="streamaug-kornia", batch=b,
                           index=indexes["npy32"].source))
     cells = [c for c in cells if c["section"] in args.sections]
-    results = _kept_cells(args.out, args.sections, args.kinds, args.quick)
+    kept, results, runs = _kept_cells(args.out, args.sections, args.kinds, args.quick), [], {}
     for i, cell in enumerate(tqdm(cells, desc="bench cells", unit="cell")):
         with termination_raises():
             r = spawn(cell, args.timeout * (3 if cell.get("n") == biggest else 1))
-        results.append(r)
+        if "round" in cell:
+            runs.setdefault((cell["data"], cell["pipeline"]), []).append(r)
+        else:
+            results.append(r)
         if r["status"] != "ok":
             tqdm.write(f"FAILED {cell['section']} {cell['pipeline']} {cell['data']}: {r['error'][-300:]}")
         if i + 1 < len(cells):       # a stopped run keeps the cells it finished (marked incomplete)
-            write_report(results, args.out, quick=args.quick, complete=False)
+            write_report(kept + [merge_rounds(v) for v in runs.values()] + results, args.out, quick=args.quick,
+                         complete=False)
+    results = kept + [merge_rounds(v) for v in runs.values()] + results
     write_report(results, args.out, quick=args.quick)
-    failed = [r for r in results if r["status"] != "ok" and r["section"] in args.sections]
+    failed = [r for r in results if r["section"] in args.sections
+              and (r["status"] != "ok" or any(x["status"] != "ok" for x in r.get("rounds", ())))]
     return 1 if failed else 0
 
 

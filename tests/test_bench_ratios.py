@@ -113,3 +113,64 @@ def test_a_dry_gpu_check_that_skips_a_cell_fails(tmp_path, capsys):
     cells = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["cells"]
     assert rc == 1 and cells and all(c["status"] == "skipped" for c in cells)
     assert "targets (dry run: tiny sizes, so these are not measurements):" in capsys.readouterr().out
+
+
+RATES = {"streamaug-opencv": [1000.0, 600.0, 900.0], "streamaug-opencv+smote": [950.0, 660.0, 810.0],
+         "dataloader-albumentations": [500.0, 400.0, None]}           # None: that round's cell failed
+
+
+def test_pipelines_run_in_interleaved_rounds_and_each_ratio_is_paired_by_round(tmp_path, monkeypatch):
+    """Cells run one after another, so two cells' ratio was also the ratio of two moments of a
+    shared machine: one 224² run read a 26% SMOTE cost where six paired re-runs read -52% to +5%
+    (s36). The pipelines now run in rounds, the order reversed every other round, and each ratio
+    is the median of its per-round values, not the ratio of two medians."""
+    import json
+
+    from streamaug.benchmarks import run
+
+    calls = []
+
+    def fake_spawn(cell, timeout):
+        calls.append((cell["pipeline"], cell["round"], cell["feed"], cell["repeats"]))
+        rate = RATES[cell["pipeline"]][cell["round"]]
+        if rate is None:
+            return {**cell, "status": "failed", "error": "crashed"}
+        out = {**cell, "status": "ok", "samples_per_s": rate, "cpu_s_per_sample": 1 / rate, "samples_per_pass": 512,
+               "loadavg": [0.5, 0.5, 0.5], "peak_rss_mib": rate / 10, "busy": {"workers": 1, "samples_per_s": rate / 2},
+               "busy_vs_idle": 0.5}
+        if cell["feed"]:
+            out.update(fed_samples_per_s=30.0, resident_samples_per_s=40.0, feed_ratio=0.75)
+        return out
+    monkeypatch.setattr(run, "spawn", fake_spawn)
+    out = tmp_path / "out"
+    rc = run.main(["--quick", "--sections", "pipelines", "--kinds", "npy32", "--feed-kinds", "npy32", "--rounds", "3",
+                   "--pipelines", *RATES, "--out", str(out), "--data", str(tmp_path / "data")])
+    assert rc == 1, "a round that failed fails the run, though its pipeline has a median"
+    a, s, d = RATES
+    assert [c[:2] for c in calls] == [(a, 0), (s, 0), (d, 0), (d, 1), (s, 1), (a, 1), (a, 2), (s, 2), (d, 2)]
+    assert [c[2] for c in calls] == [True] * 3 + [False] * 6, "the feed ratio is measured in the first round"
+    assert {c[3] for c in calls} == {1}
+    doc = json.loads((out / "bench.json").read_text())
+    cells = {c["pipeline"]: c for c in doc["cells"]}
+    assert cells[a]["samples_per_s"] == 900.0 and cells[d]["samples_per_s"] == 450.0, "medians of the rounds that ran"
+    assert [r["status"] for r in cells[d]["rounds"]] == ["ok", "ok", "failed"] and cells[d]["status"] == "ok"
+    assert cells[a]["peak_rss_mib"] == 100.0 and cells[a]["busy"]["samples_per_s"] == 450.0
+    assert cells[a]["feed_ratio"] == 0.75 and "round" not in cells[a]
+    head = doc["headline"]["npy32"]
+    # paired: 1000/500 and 600/400 (the third round's peer failed); the ratio of medians would read 2.0
+    assert head["best_vs_best_peer_rounds"] == [2.0, 1.5] and head["best_vs_best_peer"] == 1.75
+    assert head["smote_throughput_cost_rounds"] == pytest.approx([0.05, -0.10, 0.10])
+    assert head["smote_throughput_cost"] == pytest.approx(0.05)
+    table = (out / "bench.md").read_text()
+    assert "| npy32 | dataloader-albumentations | 450 | 500, 400, failed |" in table
+    assert "| 1.75× | 2.00×, 1.50× |" in table and "| 5% | 5%, -10%, 10% |" in table
+
+
+def test_a_pipelines_cell_whose_every_round_failed_is_failed():
+    from streamaug.benchmarks.bench_rounds import merge_rounds
+
+    runs = [{"section": "pipelines", "pipeline": "p", "round": r, "status": "failed", "error": f"boom {r}"}
+            for r in (1, 0)]
+    cell = merge_rounds(runs)
+    assert cell["status"] == "failed" and cell["error"] == "boom 1" and "samples_per_s" not in cell
+    assert [r["round"] for r in cell["rounds"]] == [0, 1]
