@@ -11,6 +11,7 @@ import shlex
 import urllib.error
 import urllib.request
 
+from .shard_digest import DIGEST_TEXT
 from .shard_index import (FORMAT, MAX_INDEX_BYTES, MAX_NUM_CLASSES, VERSION, MissingIndex, ShardIndex,
                           ShardIndexError, ShardInfo)
 from .shard_urls import UnsafeIndexEntry, local_path, resolve_index_entry, url_scheme
@@ -135,6 +136,9 @@ def index_from_json(doc: dict, source: str = "<memory>", *, max_classes: int = M
             raise bad(f"shards[{i}].class_counts must be {nc} ints >= 0 (shard {url!r})", cc)
         if sum(cc) != count:
             raise bad(f"shards[{i}].class_counts sum to {sum(cc)} but count is {count} (shard {url!r})", cc)
+        digest = s.get("digest")
+        if digest is not None and (not isinstance(digest, str) or not DIGEST_TEXT.fullmatch(digest)):
+            raise bad(f"shards[{i}].digest must be 32 lowercase hex digits, or absent (shard {url!r})", digest)
         if from_file:
             try:
                 url = resolve_index_entry(url, source)
@@ -143,6 +147,6 @@ def index_from_json(doc: dict, source: str = "<memory>", *, max_classes: int = M
         if url in seen:
             raise bad(f"shards[{i}] repeats a URL", url)
         seen.add(url)
-        shards.append(ShardInfo(url, count, tuple(cc)))
+        shards.append(ShardInfo(url, count, tuple(cc), digest))
     return cls(shards, nc, [str(n) for n in names], ext, tuple(shape) if shape else None, source, label_key,
                label_names)

@@ -9,14 +9,16 @@ Layout (``index.json``)::
      "num_classes": 10, "class_names": ["0", ...],
      "image_ext": "npy", "image_shape": [32, 32, 3],      # null when sizes vary
      "shards": [{"url": "train-000000.tar", "count": 500,
-                 "class_counts": [50, 48, ...]}, ...]}
+                 "class_counts": [50, 48, ...],
+                 "digest": "9c1f..."}, ...]}                # optional
 
 Shard URLs in an index *file* are relative paths under the index's folder or
 http(s) URLs, nothing else (see :mod:`.shard_urls`): an index never names a
 command. ``label_key`` (optional) records which field holds the label (``streamaug
 index`` and ``write_shards`` always write it; absent, the loader reads ``.cls`` unless its
 own ``label_key=`` says otherwise); ``label_names: true`` (optional) that labels are written as class
-names, read as their place in ``class_names``. Files are read with limits checked before anything is allocated:
+names, read as their place in ``class_names``; a shard's ``digest`` (optional; ``write_shards`` writes
+it) the blake2b of its bytes as written (:mod:`.shard_digest`). Files are read with limits checked before anything is allocated:
 ``MAX_INDEX_BYTES`` and ``MAX_NUM_CLASSES`` (raise them with ``ShardIndex.load``'s
 ``max_bytes=``/``max_classes=``).
 """
@@ -26,7 +28,7 @@ import json
 import numbers
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from streamaug.core.shard_names import shard_file_name
 
@@ -80,6 +82,7 @@ class ShardInfo:
     url: str
     count: int
     class_counts: tuple[int, ...]
+    digest: str | None = None       # blake2b (16 bytes, hex) of the shard as written; None: not recorded
 
 
 @dataclass
@@ -186,7 +189,7 @@ class ShardIndex:
         names = list(self.class_names)
         if names:
             names = (names + [str(c) for c in range(len(names), num_classes)])[:num_classes]
-        return ShardIndex([ShardInfo(s.url, s.count, fit(s.class_counts)) for s in self.shards], num_classes, names,
+        return ShardIndex([replace(s, class_counts=fit(s.class_counts)) for s in self.shards], num_classes, names,
                           self.image_ext, self.image_shape, self.source, self.label_key, self.label_names)
 
     # ------------------------------------------------------------------ io
@@ -204,8 +207,8 @@ class ShardIndex:
         doc = {"format": FORMAT, "version": VERSION, "num_classes": self.num_classes,
                "class_names": list(self.class_names), "image_ext": self.image_ext,
                "image_shape": list(self.image_shape) if self.image_shape else None,
-               "shards": [{"url": entry(s.url), "count": s.count, "class_counts": list(s.class_counts)}
-                          for s in self.shards]}
+               "shards": [{"url": entry(s.url), "count": s.count, "class_counts": list(s.class_counts),
+                           **({"digest": s.digest} if s.digest is not None else {})} for s in self.shards]}
         if self.label_key is not None:
             doc["label_key"] = self.label_key
         if self.label_names:
