@@ -46,15 +46,15 @@ class UstarShardWriter(wds.ShardWriter):
     Each shard is written to a partial file of its own and renamed into place when it is
     complete (:mod:`.atomic_file`), so ranks that write the same shards at once never read
     a half-written one; after an error the shard being written is removed, not left cut short.
-    Its bytes are hashed as they are written: ``digests`` maps each shard placed to its digest
-    (:mod:`.shard_digest`).
+    Its bytes are hashed as they are written: ``before_place(name, digest)`` is called before
+    the rename, and ``digests`` maps each shard placed to its digest (:mod:`.shard_digest`).
     """
 
     def __init__(self, pattern: str, before_place=None, **kw):
         if "opener" in kw:
             raise TypeError("UstarShardWriter opens each shard's partial file itself; it takes no opener=")
         self._partial: tuple | None = None            # (file, partial path) of the shard being written
-        self.before_place = before_place              # called with a shard's name before it is put in place
+        self.before_place = before_place              # called with a shard's name and digest before it is put in place
         self.digests: dict[str, str] = {}             # shard name -> digest, of the shards put in place
         super().__init__(pattern, opener=self._open_partial, mtime=SHARD_MTIME, **kw)
 
@@ -76,7 +76,7 @@ class UstarShardWriter(wds.ShardWriter):
             f.close()
             self.tarstream = self._partial = None
             if self.before_place is not None:
-                self.before_place(self.fname)
+                self.before_place(self.fname, f.hexdigest())
             put_in_place(partial, self.fname)         # (removes it, if that fails)
             self.digests[self.fname] = f.hexdigest()
             if callable(self.post):                   # ShardWriter's post= hook, as it calls it

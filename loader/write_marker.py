@@ -8,17 +8,24 @@ that together they are part of one source, or a mix of two.
 
 So, just before a write puts its first shard in place, it makes a mark, a file of its own in the
 hidden folder ``.{prefix}.writing`` beside the shards, and holds a lock on it (``flock``) until
-it ends. A write that raises (``KeyboardInterrupt`` included) marks it stopped, or removes it if
-no shard was put in place; a finished write removes it, and the marks of earlier writes it
-replaced. The loader and ``streamaug index`` refuse local shards named ``{prefix}-NNNNNN.tar``
-beside a mark that is stopped, or that this machine made and no longer holds locked (the kernel
-drops the lock when the process dies, whatever its pid; where the file system has no locks, its
-pid no longer runs), naming it and the ways out. A mark still locked is a write running now, not
-refused: several ranks may write the same shards at once and read them as each finishes
-(``atomic_file``). Another machine's mark is refused only when stopped: locks may hold within one
-machine only (node-local NFS and Lustre mounts), so its free lock does not show its write gone.
-A child forked during a write closes the lock it inherits. Reading costs one ``stat`` per folder
-and prefix while no write is marked.
+it ends. The mark is a line of JSON (who wrote it, and ``stopped``), then a line per shard,
+``{name} {digest}``, added before the shard is renamed into place (:mod:`.shard_digest`). A
+write that raises (``KeyboardInterrupt`` included) marks it stopped, or removes it if no shard
+was put in place; a finished write removes it, and the marks of writes that had ended before its
+first shard went in place (it replaced their shards) or that placed only shards its index.json
+lists with the same digests. The loader and ``streamaug index`` refuse local shards named
+``{prefix}-NNNNNN.tar`` beside a mark that is stopped, or that this machine made and no longer
+holds locked (the kernel drops the lock when the process dies, whatever its pid; where the file
+system has no locks, its pid no longer runs), naming it and the ways out, unless each shard the
+mark names has the digest the folder's ``index.json`` lists for it: the write placed only shards
+identical to those the index describes (a rank killed at torchrun's teardown after another rank
+finished writing the same shards). A mark without digests or over ``MAX_MARK_BYTES``, a shard
+the index does not list, or lists with another digest or none (``streamaug index`` records
+none), or no readable index: refused. A mark still locked is a write running now, not refused: several ranks may write the same shards
+at once and read them as each finishes (``atomic_file``). Another machine's mark is refused only
+when stopped: locks may hold within one machine only (node-local NFS and Lustre mounts), so its
+free lock does not show its write gone. A child forked during a write closes the lock it
+inherits. Reading costs one ``stat`` per folder and prefix while no write is marked.
 """
 from __future__ import annotations
 
@@ -30,12 +37,17 @@ import re
 import secrets
 import socket
 import time
+from typing import NamedTuple
 
 from .atomic_file import process_running
+from .shard_digest import placed_unlike_index
 from .shard_urls import absolute_path, is_local
 
 SHARD_NAME = re.compile(r"(?P<prefix>[\w-]+)-\d{6}\.tar")
 MARK_NAME = re.compile(r"\d+\.[0-9a-f]{8}")           # a mark's file name: pid.token
+SHARD_LINE = re.compile(r"(?P<name>[\w-]+-\d{6}\.tar) (?P<digest>[0-9a-f]{32}|-)")   # a mark's line per shard
+DIGESTS = "blake2b-16"                                 # what a mark's digests are (marks without it name none)
+MAX_MARK_BYTES = 256 << 20                             # over 2 million shards' lines
 _HELD: set[int] = set()                                # this process's marks' descriptors (see _close_in_child)
 
 
@@ -68,16 +80,21 @@ class WriteMark:
     """One write's mark (see the module's docstring). ``before_place`` is the shard writer's hook."""
 
     def __init__(self, out_dir: str, prefix: str, samples: int):
-        self.folder, self.samples = marks_folder(out_dir, prefix), samples
+        self.out_dir, self.folder, self.samples = out_dir, marks_folder(out_dir, prefix), samples
         self.path: str | None = None
         self._fd: int | None = None
-        self._body: dict = {}
+        self._header = b""
+        self._ended_before: set[str] = set()     # marks of writes that had ended before its first shard was placed
         self.placed = 0
 
-    def before_place(self, fname: str) -> None:
-        """Called before each shard is renamed into place: the first call makes the mark."""
+    def before_place(self, fname: str, digest: str | None = None) -> None:
+        """Called before each shard is renamed into place, with the digest of its bytes: the
+        first call makes the mark; each records the shard's name and digest in it."""
         if self.path is None:
+            self._ended_before = {n for n in _mark_names(self.folder)
+                                  if _unfinished(os.path.join(self.folder, n)) is not None}
             self._make()
+        os.write(self._fd, f"{os.path.basename(fname)} {digest or '-'}\n".encode())
 
     def shard_placed(self, fname: str) -> None:
         """Called after each shard is in place (the shard writer's ``post=``)."""
@@ -101,10 +118,11 @@ class WriteMark:
                 locked = True
             except OSError:                                    # (a file system without locks)
                 locked = False
-            self._body = {"samples": self.samples, "pid": os.getpid(), "host": socket.gethostname(),
-                          "started": time.strftime("%Y-%m-%d %H:%M:%S"), "locked": locked, "stopped": 0}
+            self._header = json.dumps({"samples": self.samples, "pid": os.getpid(), "host": socket.gethostname(),
+                                       "started": time.strftime("%Y-%m-%d %H:%M:%S"), "locked": locked,
+                                       "stopped": 0, "digests": DIGESTS}).encode()
             try:
-                os.write(fd, json.dumps(self._body).encode())
+                os.write(fd, self._header + b"\n")
                 os.rename(hidden, os.path.join(self.folder, name))
             except FileNotFoundError:
                 os.close(fd)
@@ -129,7 +147,7 @@ class WriteMark:
                 os.rmdir(self.folder)
         else:
             with contextlib.suppress(OSError):    # (the same length: one byte changes in place)
-                os.pwrite(self._fd, json.dumps({**self._body, "stopped": 1}).encode(), 0)
+                os.pwrite(self._fd, self._header.replace(b'"stopped": 0', b'"stopped": 1'), 0)
         self._release()
 
     def _release(self) -> None:
@@ -138,14 +156,16 @@ class WriteMark:
         self._fd = None
 
     def end(self) -> None:
-        """The write finished: remove its mark, and the marks of earlier writes it replaced."""
+        """The write finished, its index.json in place: remove its mark, and the marks of writes
+        whose shards it replaced or which placed only shards identical to those it lists."""
         if self.path is None:
             return
         _remove(self.path)
         self._release()
         for name in _mark_names(self.folder):
             other = os.path.join(self.folder, name)
-            if _unfinished(other) is not None:
+            found = _unfinished(other)
+            if found is not None and (name in self._ended_before or found.unlike_index(self.out_dir) is None):
                 _remove(other)
         with contextlib.suppress(OSError):        # (not empty: another write is running)
             os.rmdir(self.folder)
@@ -164,8 +184,9 @@ def write_marked(out_dir: str, prefix: str, samples: int):
 
 
 def refuse_unfinished_write(urls: list[str]) -> None:
-    """Refuse local shards beside the mark of a write that did not finish (one ``stat`` per
-    folder, as the URL names it, and prefix)."""
+    """Refuse local shards beside the mark of a write that did not finish, unless it placed only
+    shards that the folder's index.json lists with the same digest (one ``stat`` per folder, as
+    the URL names it, and prefix)."""
     groups: dict[str, tuple[str, list[str]]] = {}
     for url in urls:
         if is_local(url):
@@ -176,16 +197,35 @@ def refuse_unfinished_write(urls: list[str]) -> None:
     for folder, (prefix, shards) in groups.items():
         if not os.path.isdir(folder):
             continue
+        out_dir = os.path.dirname(folder)
         for name in _mark_names(folder):
             mark = os.path.join(folder, name)
-            why = _unfinished(mark)
-            if why is not None:
+            found = _unfinished(mark)
+            if found is None:
+                continue
+            unlike = found.unlike_index(out_dir)
+            if unlike is not None:
                 raise UnfinishedWrite(
-                    f"{os.path.dirname(folder)!r}: a write of {prefix}-*.tar shards into this folder did not finish "
-                    f"({why}), so the {len(shards)} shard(s) read here ({shards[0]!r}"
+                    f"{out_dir!r}: a write of {prefix}-*.tar shards into this folder did not finish "
+                    f"({found.why}), so the {len(shards)} shard(s) read here ({shards[0]!r}"
                     f"{', ...' if len(shards) > 1 else ''}) may be part of its source, or a mix with an earlier "
-                    f"write's, and index.json, if any, an earlier write's. Run the write again (streamaug shards / "
-                    f"write_shards: it replaces them), or remove {mark!r} to read them as they are")
+                    f"write's, and index.json, if any, an earlier write's; {unlike}. Run the write again "
+                    f"(streamaug shards / write_shards: it replaces them), or remove {mark!r} to read them as "
+                    f"they are")
+
+
+class DeadWrite(NamedTuple):
+    """A write that did not finish: why, and the shards it placed, or was about to (name → the
+    digest it recorded; None where its mark cannot say)."""
+    why: str
+    placed: dict[str, str | None] | None
+    unreadable: str = ""
+
+    def unlike_index(self, out_dir: str) -> str | None:
+        """Why its shards may differ from those out_dir's index.json lists; None if they cannot."""
+        if self.placed is None:
+            return self.unreadable
+        return placed_unlike_index(out_dir, self.placed)
 
 
 def _mark_names(folder: str) -> list[str]:
@@ -196,25 +236,27 @@ def _mark_names(folder: str) -> list[str]:
         return []
 
 
-def _unfinished(mark: str) -> str | None:
-    """Why the write that made ``mark`` did not finish; None while it runs (or if the mark is gone
-    or cannot be opened: nothing to go by)."""
+def _unfinished(mark: str) -> DeadWrite | None:
+    """The write that made ``mark``, if it did not finish; None while it runs (or if the mark is
+    gone or cannot be opened: nothing to go by)."""
     try:
         fd = os.open(mark, os.O_RDONLY)
     except OSError:
         return None
     try:
         try:
-            body = json.loads(os.read(fd, 4096))
+            first = os.pread(fd, 4096, 0)
+        except OSError:                            # (a folder of that name, say: no mark)
+            return None
+        try:
+            body = json.loads(first.split(b"\n", 1)[0])
             body = body if isinstance(body, dict) else {}
         except ValueError:
             body = {}
-        except OSError:                            # (a folder of that name, say: no mark)
-            return None
         began = (f"{body.get('samples')} samples, began {body.get('started')} by pid {body.get('pid')} on "
                  f"{body.get('host')}") if body else "its record unreadable"
         if body.get("stopped"):
-            return f"{began}, stopped by an error or Ctrl-C"
+            return _dead(f"{began}, stopped by an error or Ctrl-C", fd, body)
         if body.get("host") != socket.gethostname():
             return None        # (locks may hold only within a machine: node-local NFS and Lustre mounts)
         try:
@@ -227,12 +269,32 @@ def _unfinished(mark: str) -> str | None:
         if free and body.get("locked", True):
             if not _same_file(mark, fd):           # (its write ended, removing it, between open and lock)
                 return None
-            return f"{began}, its process is gone"
+            return _dead(f"{began}, its process is gone", fd, body)
         if not process_running(int(body.get("pid", 0))):     # (no locks: its pid, on this host)
-            return f"{began}, its process is gone"
+            return _dead(f"{began}, its process is gone", fd, body)
         return None
     finally:
         os.close(fd)
+
+
+def _dead(why: str, fd: int, body: dict) -> DeadWrite:
+    """``why``, with the shards the mark open at ``fd`` names (read whole, up to MAX_MARK_BYTES)."""
+    if body.get("digests") != DIGESTS:
+        return DeadWrite(why, None, "its mark records no shard digests")
+    size = os.fstat(fd).st_size
+    if size > MAX_MARK_BYTES:
+        return DeadWrite(why, None, f"its mark is {size:,} bytes, over the {MAX_MARK_BYTES:,} read (MAX_MARK_BYTES)")
+    chunks, read, placed = [], 0, {}
+    while read < size and (chunk := os.pread(fd, size - read, read)):
+        chunks.append(chunk)
+        read += len(chunk)
+    for n, line in enumerate(b"".join(chunks).decode(errors="replace").split("\n")[1:], 2):
+        m = SHARD_LINE.fullmatch(line)
+        if m is None and line:
+            return DeadWrite(why, None, f"its mark's line {n} is no shard and digest: {line[:80]!r}")
+        if m is not None:
+            placed[m["name"]] = None if m["digest"] == "-" else m["digest"]
+    return DeadWrite(why, placed)
 
 
 def _same_file(path: str, fd: int) -> bool:
