@@ -37,7 +37,7 @@ from .shard_index import (INDEX_NAME, MAX_NUM_CLASSES, ShardIndex, ShardIndexErr
 from .shard_urls import (UnsafeIndexEntry, command_shard_name, expand_urls, index_entry_url, is_local, named_twice,
                          shard_key)
 from .tar_reader import read_segment, whole_shard
-from .write_marker import refuse_unfinished_write
+from .write_marker import refuse_unfinished_write, remove_passed_marks
 
 
 @dataclass
@@ -168,7 +168,7 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
     twice = named_twice(shard_urls)
     if twice:
         raise ValueError(f"{twice}: an index lists each shard once")
-    refuse_unfinished_write(shard_urls)
+    passed = refuse_unfinished_write(shard_urls)
     out = os.path.expanduser(out) if out else default_index_path(shard_urls, writing=True)
     if out is None or out.startswith(("http://", "https://")):
         raise ValueError(f"give out= (a local path for index.json): shards {shard_urls[0]!r} have no local folder")
@@ -210,7 +210,9 @@ def build_index(urls: str | Sequence[str], out: str | None = None, *, label_key:
         bar.close()
     ordered = [scans[u] for u in shard_urls]
     _count_bad_images(ordered, stats)
-    return _write(out, ordered, num_classes, class_names, label_names)
+    index = _write(out, ordered, num_classes, class_names, label_names)
+    remove_passed_marks(passed, out)
+    return index
 
 
 def _count_bad_images(scans: list[ShardScan], stats: LoaderStats | None) -> None:

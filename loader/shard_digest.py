@@ -32,6 +32,7 @@ from .shard_urls import is_local, local_path
 SHARD_MTIME = 946684800                 # every shard member's mtime: 2000-01-01 00:00:00 UTC, not the clock
 DIGEST_SIZE = 16                        # bytes of blake2b; 32 hex digits
 DIGEST_TEXT = re.compile(r"[0-9a-f]{32}")
+PLACED_LINE = re.compile(r"(?P<name>[\w-]+-\d{6}\.tar) (?P<digest>[0-9a-f]{32}|-)")   # a write mark's line per shard
 
 
 class DigestingFile:
@@ -50,6 +51,24 @@ class DigestingFile:
 
     def __getattr__(self, name):         # (flush, tell, ...: as the file's)
         return getattr(self.file, name)
+
+
+def placed_line(fname: str, digest: str | None) -> bytes:
+    """A write mark's line for a shard about to be placed: ``{name} {digest}`` (``-``: none)."""
+    return f"{os.path.basename(fname)} {digest or '-'}\n".encode()
+
+
+def placed_shards(lines: list[str]) -> dict[str, str | None]:
+    """Name → digest (None: ``-``) of a write mark's lines after its first; ValueError naming a
+    line that is neither a shard line nor empty."""
+    placed = {}
+    for n, line in enumerate(lines, 2):
+        m = PLACED_LINE.fullmatch(line)
+        if m is None and line:
+            raise ValueError(f"its mark's line {n} is no shard and digest: {line[:80]!r}")
+        if m is not None:
+            placed[m["name"]] = None if m["digest"] == "-" else m["digest"]
+    return placed
 
 
 def placed_unlike_index(out_dir: str, placed: dict[str, str | None]) -> str | None:

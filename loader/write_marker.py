@@ -37,15 +37,14 @@ import re
 import secrets
 import socket
 import time
-from typing import NamedTuple
 
 from .atomic_file import process_running
-from .shard_digest import placed_unlike_index
+from .shard_digest import placed_line, placed_shards, placed_unlike_index
+from .shard_index import INDEX_NAME
 from .shard_urls import absolute_path, is_local
 
 SHARD_NAME = re.compile(r"(?P<prefix>[\w-]+)-\d{6}\.tar")
 MARK_NAME = re.compile(r"\d+\.[0-9a-f]{8}")           # a mark's file name: pid.token
-SHARD_LINE = re.compile(r"(?P<name>[\w-]+-\d{6}\.tar) (?P<digest>[0-9a-f]{32}|-)")   # a mark's line per shard
 DIGESTS = "blake2b-16"                                 # what a mark's digests are (marks without it name none)
 MAX_MARK_BYTES = 256 << 20                             # over 2 million shards' lines
 _HELD: set[int] = set()                                # this process's marks' descriptors (see _close_in_child)
@@ -80,7 +79,7 @@ class WriteMark:
     """One write's mark (see the module's docstring). ``before_place`` is the shard writer's hook."""
 
     def __init__(self, out_dir: str, prefix: str, samples: int):
-        self.out_dir, self.folder, self.samples = out_dir, marks_folder(out_dir, prefix), samples
+        self.folder, self.samples = marks_folder(out_dir, prefix), samples
         self.path: str | None = None
         self._fd: int | None = None
         self._header = b""
@@ -94,7 +93,7 @@ class WriteMark:
             self._ended_before = {n for n in _mark_names(self.folder)
                                   if _unfinished(os.path.join(self.folder, n)) is not None}
             self._make()
-        os.write(self._fd, f"{os.path.basename(fname)} {digest or '-'}\n".encode())
+        os.write(self._fd, placed_line(fname, digest))
 
     def shard_placed(self, fname: str) -> None:
         """Called after each shard is in place (the shard writer's ``post=``)."""
@@ -165,7 +164,7 @@ class WriteMark:
         for name in _mark_names(self.folder):
             other = os.path.join(self.folder, name)
             found = _unfinished(other)
-            if found is not None and (name in self._ended_before or found.unlike_index(self.out_dir) is None):
+            if found is not None and (name in self._ended_before or found[1] is None):
                 _remove(other)
         with contextlib.suppress(OSError):        # (not empty: another write is running)
             os.rmdir(self.folder)
@@ -183,10 +182,11 @@ def write_marked(out_dir: str, prefix: str, samples: int):
     mark.end()
 
 
-def refuse_unfinished_write(urls: list[str]) -> None:
+def refuse_unfinished_write(urls: list[str]) -> list[str]:
     """Refuse local shards beside the mark of a write that did not finish, unless it placed only
-    shards that the folder's index.json lists with the same digest (one ``stat`` per folder, as
-    the URL names it, and prefix)."""
+    shards that the folder's index.json lists with the same digest; those marks are returned (one
+    ``stat`` per folder, as the URL names it, and prefix, while no write is marked)."""
+    passed: list[str] = []
     groups: dict[str, tuple[str, list[str]]] = {}
     for url in urls:
         if is_local(url):
@@ -201,31 +201,29 @@ def refuse_unfinished_write(urls: list[str]) -> None:
         for name in _mark_names(folder):
             mark = os.path.join(folder, name)
             found = _unfinished(mark)
-            if found is None:
-                continue
-            unlike = found.unlike_index(out_dir)
-            if unlike is not None:
+            if found is not None and found[1] is None:
+                passed.append(mark)
+            elif found is not None:
                 raise UnfinishedWrite(
                     f"{out_dir!r}: a write of {prefix}-*.tar shards into this folder did not finish "
-                    f"({found.why}), so the {len(shards)} shard(s) read here ({shards[0]!r}"
+                    f"({found[0]}), so the {len(shards)} shard(s) read here ({shards[0]!r}"
                     f"{', ...' if len(shards) > 1 else ''}) may be part of its source, or a mix with an earlier "
-                    f"write's, and index.json, if any, an earlier write's; {unlike}. Run the write again "
+                    f"write's, and index.json, if any, an earlier write's; {found[1]}. Run the write again "
                     f"(streamaug shards / write_shards: it replaces them), or remove {mark!r} to read them as "
                     f"they are")
+    return passed
 
 
-class DeadWrite(NamedTuple):
-    """A write that did not finish: why, and the shards it placed, or was about to (name → the
-    digest it recorded; None where its mark cannot say)."""
-    why: str
-    placed: dict[str, str | None] | None
-    unreadable: str = ""
-
-    def unlike_index(self, out_dir: str) -> str | None:
-        """Why its shards may differ from those out_dir's index.json lists; None if they cannot."""
-        if self.placed is None:
-            return self.unreadable
-        return placed_unlike_index(out_dir, self.placed)
+def remove_passed_marks(marks: list[str], index_path: str) -> None:
+    """Remove the ``marks`` that ``refuse_unfinished_write`` passed beside ``index_path`` once an
+    index built from the shards as they are (with no digests, beside which they would be
+    refused) is in place there."""
+    for mark in marks:
+        folder = os.path.dirname(mark)
+        if os.path.realpath(os.path.join(os.path.dirname(folder), INDEX_NAME)) == os.path.realpath(index_path):
+            with contextlib.suppress(OSError):      # (another user's, in a sticky folder: it stays, refused)
+                os.remove(mark)
+                os.rmdir(folder)
 
 
 def _mark_names(folder: str) -> list[str]:
@@ -236,9 +234,10 @@ def _mark_names(folder: str) -> list[str]:
         return []
 
 
-def _unfinished(mark: str) -> DeadWrite | None:
-    """The write that made ``mark``, if it did not finish; None while it runs (or if the mark is
-    gone or cannot be opened: nothing to go by)."""
+def _unfinished(mark: str) -> tuple[str, str | None] | None:
+    """Why the write that made ``mark`` did not finish, and why the shards it placed may differ
+    from those its folder's index.json lists (None: they cannot); None while it runs (or if the
+    mark is gone or cannot be opened: nothing to go by)."""
     try:
         fd = os.open(mark, os.O_RDONLY)
     except OSError:
@@ -256,7 +255,7 @@ def _unfinished(mark: str) -> DeadWrite | None:
         began = (f"{body.get('samples')} samples, began {body.get('started')} by pid {body.get('pid')} on "
                  f"{body.get('host')}") if body else "its record unreadable"
         if body.get("stopped"):
-            return _dead(f"{began}, stopped by an error or Ctrl-C", fd, body)
+            return _dead(f"{began}, stopped by an error or Ctrl-C", mark, fd, body)
         if body.get("host") != socket.gethostname():
             return None        # (locks may hold only within a machine: node-local NFS and Lustre mounts)
         try:
@@ -269,32 +268,31 @@ def _unfinished(mark: str) -> DeadWrite | None:
         if free and body.get("locked", True):
             if not _same_file(mark, fd):           # (its write ended, removing it, between open and lock)
                 return None
-            return _dead(f"{began}, its process is gone", fd, body)
+            return _dead(f"{began}, its process is gone", mark, fd, body)
         if not process_running(int(body.get("pid", 0))):     # (no locks: its pid, on this host)
-            return _dead(f"{began}, its process is gone", fd, body)
+            return _dead(f"{began}, its process is gone", mark, fd, body)
         return None
     finally:
         os.close(fd)
 
 
-def _dead(why: str, fd: int, body: dict) -> DeadWrite:
-    """``why``, with the shards the mark open at ``fd`` names (read whole, up to MAX_MARK_BYTES)."""
+def _dead(why: str, mark: str, fd: int, body: dict) -> tuple[str, str | None]:
+    """``why``, and whether the shards the mark open at ``fd`` names (read whole, up to
+    MAX_MARK_BYTES) may differ from those index.json lists beside them."""
     if body.get("digests") != DIGESTS:
-        return DeadWrite(why, None, "its mark records no shard digests")
+        return why, "its mark records no shard digests"
     size = os.fstat(fd).st_size
     if size > MAX_MARK_BYTES:
-        return DeadWrite(why, None, f"its mark is {size:,} bytes, over the {MAX_MARK_BYTES:,} read (MAX_MARK_BYTES)")
-    chunks, read, placed = [], 0, {}
+        return why, f"its mark is {size:,} bytes, over the {MAX_MARK_BYTES:,} read (MAX_MARK_BYTES)"
+    chunks, read = [], 0
     while read < size and (chunk := os.pread(fd, size - read, read)):
         chunks.append(chunk)
         read += len(chunk)
-    for n, line in enumerate(b"".join(chunks).decode(errors="replace").split("\n")[1:], 2):
-        m = SHARD_LINE.fullmatch(line)
-        if m is None and line:
-            return DeadWrite(why, None, f"its mark's line {n} is no shard and digest: {line[:80]!r}")
-        if m is not None:
-            placed[m["name"]] = None if m["digest"] == "-" else m["digest"]
-    return DeadWrite(why, placed)
+    try:
+        placed = placed_shards(b"".join(chunks).decode(errors="replace").split("\n")[1:])
+    except ValueError as e:
+        return why, str(e)
+    return why, placed_unlike_index(os.path.dirname(os.path.dirname(mark)), placed)
 
 
 def _same_file(path: str, fd: int) -> bool:

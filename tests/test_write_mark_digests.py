@@ -309,3 +309,32 @@ def test_an_index_digest_that_is_no_digest_is_refused_by_name(tmp_path, digest):
     with pytest.raises(ShardIndexError, match=rf"shards\[1\]\.digest must be 32 lowercase hex digits, or absent "
                                               rf"\(shard 'train-000001\.tar'\) \(value: {re.escape(repr(digest))}\)"):
         ShardIndex.load(str(out / "index.json"))
+
+
+def test_streamaug_index_over_a_passed_mark_removes_it(tmp_path):
+    """An index built from the shards records no digests, beside which the mark would be refused;
+    it describes the shards as they are, so the mark that was passed goes."""
+    from streamaug.loader import build_index
+
+    out = tmp_path / "shards"
+    write_shards(arrays(), str(out), maxcount=10, progress=False)
+    dead_mark(out, [f"{name} {digest}" for name, digest in index_digests(out)[:4]])
+    elsewhere = build_index(str(out), str(tmp_path / "elsewhere.json"), progress=False)
+    assert len(marks(out)) == 1, "index.json beside the shards is unchanged: the mark stays"
+    build_index(str(out), progress=False)
+    assert "digest" not in json.loads((out / "index.json").read_text())["shards"][0]
+    assert marks(out) == [] and len(keys_read(str(out))) == elsewhere.total == N
+
+
+def test_no_mark_costs_one_stat_per_folder(tmp_path, monkeypatch):
+    from streamaug.loader import write_marker
+
+    write_shards(arrays(), str(tmp_path / "a"), maxcount=10, progress=False)
+    write_shards(arrays(), str(tmp_path / "b"), maxcount=100, progress=False)
+    urls = [str(p) for p in sorted(tmp_path.glob("*/*.tar"))]
+    calls: list[str] = []
+    for name in ("stat", "lstat", "listdir", "scandir", "open"):
+        monkeypatch.setattr(os, name, lambda *a, _f=getattr(os, name), _n=name, **k: (calls.append(_n), _f(*a, **k))[1])
+    assert write_marker.refuse_unfinished_write(urls) == []
+    monkeypatch.undo()
+    assert len(urls) == 27 and calls == ["stat", "stat"]
