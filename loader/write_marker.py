@@ -21,11 +21,13 @@ mark names has the digest the folder's ``index.json`` lists for it: the write pl
 identical to those the index describes (a rank killed at torchrun's teardown after another rank
 finished writing the same shards). A mark without digests or over ``MAX_MARK_BYTES``, a shard
 the index does not list, or lists with another digest or none (``streamaug index`` records
-none), or no readable index: refused. A mark still locked is a write running now, not refused: several ranks may write the same shards
-at once and read them as each finishes (``atomic_file``). Another machine's mark is refused only
-when stopped: locks may hold within one machine only (node-local NFS and Lustre mounts), so its
-free lock does not show its write gone. A child forked during a write closes the lock it
-inherits. Reading costs one ``stat`` per folder and prefix while no write is marked.
+none), or no readable index: refused. ``streamaug index``, writing the index.json beside a mark
+it passed, removes the mark. A mark still locked is a write running now, not refused: several
+ranks may write the same shards at once and read them as each finishes (``atomic_file``).
+Another machine's mark is refused only when stopped: locks may hold within one machine only
+(node-local NFS and Lustre mounts), so its free lock does not show its write gone. A child forked
+during a write closes the lock it inherits. Reading costs one ``stat`` per folder and prefix
+while no write is marked.
 """
 from __future__ import annotations
 
