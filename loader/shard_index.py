@@ -17,9 +17,9 @@ http(s) URLs, nothing else (see :mod:`.shard_urls`): an index never names a
 command. ``label_key`` (optional) records which field holds the label (``streamaug
 index`` and ``write_shards`` always write it; absent, the loader reads ``.cls`` unless its
 own ``label_key=`` says otherwise); ``label_names: true`` (optional) that labels are written as class
-names, read as their place in ``class_names``; a shard's ``digest`` (optional; ``write_shards`` writes
-it) the blake2b of its bytes as written (:mod:`.shard_digest`). Files are read with limits checked before anything is allocated:
-``MAX_INDEX_BYTES`` and ``MAX_NUM_CLASSES`` (raise them with ``ShardIndex.load``'s
+names, read as their place in ``class_names``; a shard's ``digest`` (optional; ``write_shards``
+writes it) the blake2b of its bytes as written (:mod:`.shard_digest`). Files are read with limits
+checked before anything is allocated: ``MAX_INDEX_BYTES`` and ``MAX_NUM_CLASSES`` (raise them with ``ShardIndex.load``'s
 ``max_bytes=``/``max_classes=``).
 """
 from __future__ import annotations

@@ -54,7 +54,7 @@ class UstarShardWriter(wds.ShardWriter):
         if "opener" in kw:
             raise TypeError("UstarShardWriter opens each shard's partial file itself; it takes no opener=")
         self._partial: tuple | None = None            # (file, partial path) of the shard being written
-        self.before_place = before_place              # called with a shard's name and digest before it is put in place
+        self.before_place = before_place              # called with a shard's name and digest before its rename
         self.digests: dict[str, str] = {}             # shard name -> digest, of the shards put in place
         super().__init__(pattern, opener=self._open_partial, mtime=SHARD_MTIME, **kw)
 
@@ -271,8 +271,7 @@ def write_shards(source: Source, out_dir: str, *, prefix: str = "train", image_f
                           f"sizes ({shown}); a batch holds one size, so read them with StreamLoader(..., "
                           "resize=(H, W)), or one int for squares", MixedImageSizes, stacklevel=2)
         index = ShardIndex([ShardInfo(url, sum(cc), tuple(cc), sink.digests[url]) for url, cc in counts.items()],
-                           nc, class_names,
-                           image_format, recorded_shape(shapes),
+                           nc, class_names, image_format, recorded_shape(shapes),
                            os.path.join(out_dir, INDEX_NAME), "cls")
         index.save(os.path.join(out_dir, INDEX_NAME))
     stale = sorted(earlier - {os.path.basename(u) for u in counts})

@@ -41,13 +41,13 @@ import socket
 import time
 
 from .atomic_file import process_running
-from .shard_digest import placed_line, placed_shards, placed_unlike_index
+from .shard_digest import DIGEST_SIZE, placed_line, placed_shards, placed_unlike_index
 from .shard_index import INDEX_NAME
 from .shard_urls import absolute_path, is_local
 
 SHARD_NAME = re.compile(r"(?P<prefix>[\w-]+)-\d{6}\.tar")
 MARK_NAME = re.compile(r"\d+\.[0-9a-f]{8}")           # a mark's file name: pid.token
-DIGESTS = "blake2b-16"                                 # what a mark's digests are (marks without it name none)
+DIGESTS = f"blake2b-{DIGEST_SIZE}"                     # what a mark's digests are (marks without it name none)
 MAX_MARK_BYTES = 256 << 20                             # over 2 million shards' lines
 _HELD: set[int] = set()                                # this process's marks' descriptors (see _close_in_child)
 
