@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import subprocess
 import sys
@@ -81,7 +82,9 @@ def workdir(tmp_path, monkeypatch):
 def run_script(source: str, name: str) -> str:
     with open(name, "w") as f:
         f.write(source)
-    proc = subprocess.run([sys.executable, name], capture_output=True, text=True, timeout=120)
+    # One intra-op thread: on a shared 2-core machine two threads spin against the load (30 s, not 4).
+    proc = subprocess.run([sys.executable, name], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
