@@ -573,7 +573,7 @@ def test_a_small_class_costs_its_rows_and_a_growing_one_keeps_exact_distances():
 def test_a_sample_the_reservoir_cannot_read_is_counted_once_across_a_resume(tmp_path, workers):
     """The reservoir fill skips an unreadable minority sample (``reservoir_unreadable``); a resumed
     loader fills again, and its restored stats already count it (it was counted twice)."""
-    from loader_states import state_after
+    from loader_states import states_after_each
     from shard_factory import good_members, write_custom
 
     members = good_members(24)
@@ -589,9 +589,10 @@ def test_a_sample_the_reservoir_cannot_read_is_counted_once_across_a_resume(tmp_
         n = sum(1 for _ in full)
         counts = dict(full.stats.skipped)
     assert counts == {"reservoir_unreadable": 1, "format_mismatch": 1}
+    states = states_after_each(make, n - 1)
     for taken in range(1, n):
         with make() as resumed:
-            resumed.load_state_dict(state_after(make, taken))
+            resumed.load_state_dict(states[taken])
             list(resumed)
             assert dict(resumed.stats.skipped) == counts, taken
     with make() as rewound:                 # a filled loader given a state from before its fill

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from loader_states import state_after
+from loader_states import states_after_each
 from shard_factory import make_shards, write_custom, write_tar
 from streamaug.loader import StreamError, StreamLoader
 from streamaug.loader.image_codec import encode_image
@@ -152,8 +152,7 @@ def resume_after_each_batch(make):
         whole = [(b.keys, b[0].clone()) for b in full]
         counts = dict(full.stats.skipped)
     runs = []
-    for taken in range(len(whole)):
-        state = state_after(make, taken)
+    for state in states_after_each(make, len(whole) - 1):
         with make() as resumed:
             resumed.load_state_dict(state)
             runs.append(([(b.keys, b[0].clone()) for b in resumed], dict(resumed.stats.skipped)))

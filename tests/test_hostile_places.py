@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loader_states import state_after
+from loader_states import state_after, states_after_each
 from shard_factory import good_members, write_custom
 from streamaug.loader import StreamError, StreamLoader
 
@@ -153,9 +153,10 @@ def test_without_an_index_shape_every_worker_and_resume_checks_the_same_size(tmp
         whole = [(b.keys, b[0].clone()) for b in loader]
         skipped = dict(loader.stats.skipped)
     assert skipped == {"image_size": 12} and {tuple(x.shape) for _, x in whole} == {(4, 3, 8, 8)}
+    states = states_after_each(make, len(whole) - 1)
     for taken in range(len(whole)):
         with make() as resumed:
-            resumed.load_state_dict(state_after(make, taken))
+            resumed.load_state_dict(states[taken])
             rest = [(b.keys, b[0].clone()) for b in resumed]
             assert dict(resumed.stats.skipped) == skipped, taken
         assert [k for k, _ in rest] == [k for k, _ in whole[taken:]], taken

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from loader_states import state_after
+from loader_states import states_after_each
 from streamaug.loader import StreamLoader
 
 
@@ -105,9 +105,10 @@ def test_reader_errors_before_the_resume_point_are_not_counted_again(tmp_path):
     with make() as full:
         n = sum(1 for _ in full)
         assert full.stats.skipped == {"duplicate_key": 1}
+    states = states_after_each(make, n - 1)
     for taken in range(n):
         with make() as resumed:
-            resumed.load_state_dict(state_after(make, taken))
+            resumed.load_state_dict(states[taken])
             assert sum(1 for _ in resumed) == n - taken
             assert resumed.stats.skipped == {"duplicate_key": 1}, taken
 
@@ -144,9 +145,10 @@ def test_resume_after_lost_samples_is_exact(tmp_path, workers, shuffle):
         skipped = dict(full.stats.skipped)
     assert skipped == {"format_mismatch": 1, "bad_label": 1, "image_size": 1, "index_mismatch": 4}
     assert sum(int(p.sum()) for p in padding) == 7
+    states = states_after_each(make, len(reference) - 1)
     for taken in range(len(reference)):
         with make() as resumed:
-            resumed.load_state_dict(state_after(make, taken))
+            resumed.load_state_dict(states[taken])
             rest = list(resumed)
             assert same(flat(rest), reference[taken:]), taken
             assert [b.is_padding.tolist() for b in rest] == [p.tolist() for p in padding[taken:]], taken
