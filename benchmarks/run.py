@@ -271,10 +271,11 @@ def main(argv=None) -> int:
     rounds = args.rounds if args.rounds is not None else plan["rounds"]
     base = {"device": args.device, "repeats": repeats, "batch": args.batch, "workers": workers,
             "commit": source_commit(), "quick": args.quick}       # per cell: cells kept from an earlier run keep theirs
+    pipelines = list(dict.fromkeys(args.pipelines))          # (one cell a pipeline, named twice or not)
     cells = [dict(base, section="pipelines", data=kind, pipeline=name, index=indexes[kind].source, round=r,
                   repeats=args.repeats if args.repeats is not None else plan["round_repeats"],
                   feed=kind in args.feed_kinds and r == 0, busy_workers=args.busy)
-             for kind in dict.fromkeys(args.kinds) for r, name in interleaved(args.pipelines, rounds)]
+             for kind in dict.fromkeys(args.kinds) for r, name in interleaved(pipelines, rounds)]
     biggest = max(plan["scaling"])
     for n in plan["scaling"]:
         scaled = resampled_index(indexes["npy32"], n, os.path.join(data, f"scaled-{n}"))

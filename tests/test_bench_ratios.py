@@ -144,9 +144,10 @@ def test_pipelines_run_in_interleaved_rounds_and_each_ratio_is_paired_by_round(t
     monkeypatch.setattr(run, "spawn", fake_spawn)
     out = tmp_path / "out"
     rc = run.main(["--quick", "--sections", "pipelines", "--kinds", "npy32", "--feed-kinds", "npy32", "--rounds", "3",
-                   "--pipelines", *RATES, "--out", str(out), "--data", str(tmp_path / "data")])
+                   "--pipelines", *RATES, "streamaug-opencv", "--out", str(out), "--data", str(tmp_path / "data")])
     assert rc == 1, "a round that failed fails the run, though its pipeline has a median"
     a, s, d = RATES
+    # (a pipeline named twice runs once a round)
     assert [c[:2] for c in calls] == [(a, 0), (s, 0), (d, 0), (d, 1), (s, 1), (a, 1), (a, 2), (s, 2), (d, 2)]
     assert [c[2] for c in calls] == [True] * 3 + [False] * 6, "the feed ratio is measured in the first round"
     assert {c[3] for c in calls} == {1}
