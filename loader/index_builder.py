@@ -37,7 +37,7 @@ from .shard_index import (INDEX_NAME, MAX_NUM_CLASSES, ShardIndex, ShardIndexErr
 from .shard_urls import (UnsafeIndexEntry, command_shard_name, expand_urls, index_entry_url, is_local, named_twice,
                          shard_key)
 from .tar_reader import read_segment, whole_shard
-from .write_marker import refuse_unfinished_write, remove_passed_marks
+from .unfinished_write import refuse_unfinished_write, remove_passed_marks
 
 
 @dataclass

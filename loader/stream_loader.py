@@ -60,7 +60,7 @@ from .shard_index import ShardIndex, check_num_classes
 from .shard_urls import expand_urls, named_twice, refuse_missing_local
 from .worker_stages import WorkerStages, stages_in_workers_argument, worker_side
 from .worker_stream import StreamSettings, WorkerStream
-from .write_marker import refuse_unfinished_write
+from .unfinished_write import refuse_unfinished_write
 
 
 def index_file_given(urls) -> str | None:
