@@ -76,7 +76,8 @@ def markdown(results) -> str:
               "| --- | --- | ---: |" + (" --- |" if rounds > 1 else "")]
 
     def line(data, what, h, key, fmt):
-        by_round = ", ".join(fmt(v) for v in h[f"{key}_rounds"]) if rounds > 1 else None
+        by_round = (", ".join(fmt(v) for v in h[f"{key}_rounds"]) or "not paired: a ratio of medians"
+                    if rounds > 1 else None)
         lines.append(f"| {data} | {what} | {fmt(h[key])} |" + (f" {by_round} |" if by_round is not None else ""))
     for data, h in headline(results).items():
         line(data, f"best streamaug ({h['best_streamaug']}) / best peer ({h['best_peer']})", h, "best_vs_best_peer",

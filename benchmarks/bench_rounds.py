@@ -4,8 +4,9 @@ interleaved, and states its ratios paired by round.
 Cells run one after another, so a ratio of two cells is also a ratio of two moments of a
 shared machine: on the 2-core CI kind, two runs of one cell minutes apart read 727 and 944
 samples/s, enough to move a 15% target either way. So the pipelines run in rounds, every
-pipeline once per round, the order reversed in every other round (A B C, C B A, A B C) so a
-drift over the run falls on each pipeline alike; each pipeline's rate is the median over its
+pipeline once per round, the order reversed in every other round (A B C, C B A, A B C), so a
+steady drift over an even number of rounds falls on each pipeline alike (over an odd number,
+the first order runs once more); each pipeline's rate is the median over its
 rounds, and each ratio (best streamaug / best peer, the balance + SMOTE cost) is taken within
 each round, where the two cells ran minutes apart at most, and stated as the median of those
 paired ratios, with every round's value beside it.
@@ -47,7 +48,7 @@ def merge_rounds(runs: list[dict]) -> dict:
     busy = [r for r in ok if "busy" in r]
     if busy:
         out["busy"] = {**busy[-1]["busy"], "samples_per_s": median(r["busy"]["samples_per_s"] for r in busy)}
-        out["busy_vs_idle"] = median(r["busy_vs_idle"] for r in busy)
+        out["busy_vs_idle"] = median(r["busy_vs_idle"] for r in busy)     # (paired by round, as the ratios)
     fed = next((r for r in ok if "feed_ratio" in r), None)
     if fed is not None:
         out.update({k: fed[k] for k in ("fed_samples_per_s", "resident_samples_per_s", "feed_ratio")})
@@ -55,11 +56,10 @@ def merge_rounds(runs: list[dict]) -> dict:
 
 
 def paired(a: dict, b: dict, value) -> tuple[float, list[float]]:
-    """``value(a_rate, b_rate)`` in each round both cells finished, and the median of those;
-    cells without rounds (a GPU check's, or kept from an older report) give the one value of
-    their medians."""
+    """The median of ``value(a_rate, b_rate)`` over the rounds both cells finished, and those
+    values; cells with no round in common (a GPU check's, or kept from an older report) give the
+    value of their medians, and no values (not paired)."""
     ra = {r["round"]: r["samples_per_s"] for r in a.get("rounds", ()) if r["status"] == "ok"}
     rb = {r["round"]: r["samples_per_s"] for r in b.get("rounds", ()) if r["status"] == "ok"}
-    both = sorted(ra.keys() & rb.keys())
-    values = [value(ra[i], rb[i]) for i in both] if both else [value(a["samples_per_s"], b["samples_per_s"])]
-    return median(values), values
+    values = [value(ra[i], rb[i]) for i in sorted(ra.keys() & rb.keys())]
+    return (median(values), values) if values else (value(a["samples_per_s"], b["samples_per_s"]), [])

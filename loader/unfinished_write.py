@@ -88,8 +88,8 @@ def refuse_unfinished_write(urls: list[str]) -> list[str]:
                 f"({found[0]}), so the {len(shards)} shard(s) read here ({shards[0]!r}"
                 f"{', ...' if len(shards) > 1 else ''}) may be part of its source, or a mix with an earlier "
                 f"write's, and index.json, if any, an earlier write's; {why}. Run the write again "
-                f"(streamaug shards / write_shards: it replaces them), or remove {mark!r} to read them as "
-                f"they are")
+                f"(streamaug shards / write_shards: it replaces them), or remove {mark!r} and its list "
+                f"{mark + SHARD_LIST!r} to read them as they are")
     return passed
 
 

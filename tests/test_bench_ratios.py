@@ -142,6 +142,7 @@ def test_pipelines_run_in_interleaved_rounds_and_each_ratio_is_paired_by_round(t
             out.update(fed_samples_per_s=30.0, resident_samples_per_s=40.0, feed_ratio=0.75)
         return out
     monkeypatch.setattr(run, "spawn", fake_spawn)
+    monkeypatch.setitem(run.SIZES, "quick", {**run.SIZES["quick"], "repeats": 3})    # (other sections' passes)
     out = tmp_path / "out"
     rc = run.main(["--quick", "--sections", "pipelines", "--kinds", "npy32", "--feed-kinds", "npy32", "--rounds", "3",
                    "--pipelines", *RATES, "streamaug-opencv", "--out", str(out), "--data", str(tmp_path / "data")])
@@ -150,7 +151,7 @@ def test_pipelines_run_in_interleaved_rounds_and_each_ratio_is_paired_by_round(t
     # (a pipeline named twice runs once a round)
     assert [c[:2] for c in calls] == [(a, 0), (s, 0), (d, 0), (d, 1), (s, 1), (a, 1), (a, 2), (s, 2), (d, 2)]
     assert [c[2] for c in calls] == [True] * 3 + [False] * 6, "the feed ratio is measured in the first round"
-    assert {c[3] for c in calls} == {1}
+    assert {c[3] for c in calls} == {1}, "one timed pass a round"
     doc = json.loads((out / "bench.json").read_text())
     cells = {c["pipeline"]: c for c in doc["cells"]}
     assert cells[a]["samples_per_s"] == 900.0 and cells[d]["samples_per_s"] == 450.0, "medians of the rounds that ran"
@@ -175,3 +176,25 @@ def test_a_pipelines_cell_whose_every_round_failed_is_failed():
     cell = merge_rounds(runs)
     assert cell["status"] == "failed" and cell["error"] == "boom 1" and "samples_per_s" not in cell
     assert [r["round"] for r in cell["rounds"]] == [0, 1]
+
+
+def test_a_failed_cell_kept_from_an_earlier_run_does_not_fail_this_one(tmp_path, monkeypatch):
+    """Review s37: a kept 32² cell with a failed round made every later 224² run exit 1, unexplained."""
+    import json
+
+    from streamaug.benchmarks import run
+
+    out = tmp_path / "out"
+    out.mkdir()
+    kept = {"section": "pipelines", "data": "npy32", "pipeline": "streamaug-kornia", "status": "ok", "quick": True,
+            "samples_per_s": 10.0, "cpu_s_per_sample": 0.1, "peak_rss_mib": 1.0, "loadavg": [0.1] * 3,
+            "rounds": [{"round": 0, "status": "ok", "samples_per_s": 10.0},
+                       {"round": 1, "status": "failed", "error": "boom"}]}
+    (out / "bench.json").write_text(json.dumps({"quick": True, "cells": [kept]}))
+    monkeypatch.setattr(run, "spawn", lambda cell, timeout: {
+        **cell, "status": "ok", "samples_per_s": 5.0, "cpu_s_per_sample": 0.2, "samples_per_pass": 64,
+        "loadavg": [0.1] * 3, "peak_rss_mib": 1.0})
+    argv = ["--quick", "--sections", "pipelines", "--kinds", "jpg224", "--feed-kinds", "--busy", "0",
+            "--pipelines", "streamaug-opencv", "--out", str(out), "--data", str(tmp_path / "data")]
+    assert run.main(argv) == 0
+    assert [c["data"] for c in json.loads((out / "bench.json").read_text())["cells"]] == ["npy32", "jpg224"]

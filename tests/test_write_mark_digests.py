@@ -417,6 +417,13 @@ def test_a_write_killed_between_its_list_and_the_rename_changed_nothing(tmp_path
     dead_mark(out, [f"train-000002.tar {other}"] + [f"{name} {digest}" for name, digest in listed[3:4]])
     with pytest.raises(UnfinishedWrite, match=r"the train-000002\.tar it wrote differs"):
         StreamLoader(str(out), batch_size=10)      # (not the last: it was renamed, whatever the file says now)
+    shutil.rmtree(out / ".train.writing")          # the last, renamed: the file there is not the index's
+    write_shards(arrays(seed=9), str(tmp_path / "other"), maxcount=10, progress=False)
+    os.replace(tmp_path / "other" / "train-000002.tar", out / "train-000002.tar")
+    renamed = index_digests(tmp_path / "other")[2][1]
+    dead_mark(out, [f"{name} {digest}" for name, digest in listed[:2]] + [f"train-000002.tar {renamed}"])
+    with pytest.raises(UnfinishedWrite, match=r"the train-000002\.tar it wrote differs"):
+        StreamLoader(str(out), batch_size=10)
 
 
 def test_a_passed_mark_does_not_pass_shards_its_index_does_not_list(tmp_path):

@@ -63,7 +63,8 @@ def test_shards_of_a_write_stopped_part_way_are_refused_until_it_is_run_again(tm
     assert mark.startswith(f"{os.getpid()}.")
     refusal = rf"{re.escape(repr(str(out)))}: a write of train-\*\.tar shards into this folder did not finish " \
               rf"\({N} samples, began .* by pid {os.getpid()} on .*, stopped by an error or Ctrl-C\), so the .* " \
-              rf"Run the write again .*or remove {re.escape(repr(str(out / '.train.writing' / mark)))} to read them"
+              rf"Run the write again .*or remove {re.escape(repr(str(out / '.train.writing' / mark)))} and its list " \
+              rf"{re.escape(repr(str(out / '.train.writing' / mark) + '.shards'))} to read them"
     for read in (lambda: StreamLoader(str(out), batch_size=10),
                  lambda: StreamLoader(str(out / "train-{000000..000003}.tar"), batch_size=10, index=False),
                  lambda: StreamLoader(ShardIndex.load(str(out / "index.json")), batch_size=10),
