@@ -3,6 +3,7 @@ commit a result measured."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -283,10 +284,9 @@ def test_a_full_run_does_not_keep_the_cells_of_an_earlier_quick_run(tmp_path, ca
 
 
 SIGNAL_IN_BENCH = """
-import os, signal, sys, threading
+import sys
 from streamaug.benchmarks import run
 run.CELL_COMMAND = [sys.executable, "-c", sys.argv[1], sys.argv[2]]
-threading.Timer(3, lambda: os.kill(os.getpid(), getattr(signal, sys.argv[3]))).start()
 try:
     with run.termination_raises():
         run.spawn({"section": "batch"}, timeout=100)
@@ -300,7 +300,13 @@ def test_ctrl_c_or_a_kill_of_bench_stops_the_cell_and_its_processes(tmp_path, si
     """Review s36: in a session of its own, the cell got no SIGINT from the terminal and ran on
     (and a second review: nor SIGTERM or SIGHUP)."""
     pid_file = tmp_path / "child.pid"
-    done = subprocess.run([sys.executable, "-c", SIGNAL_IN_BENCH, STUCK_CELL, str(pid_file), sig],
-                          capture_output=True, text=True, timeout=120)
-    assert done.stdout.startswith("stopped "), done.stderr[-2000:]
+    bench = subprocess.Popen([sys.executable, "-c", SIGNAL_IN_BENCH, STUCK_CELL, str(pid_file)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(1200):            # the cell runs (its child is started): the signal comes from outside,
+        if pid_file.exists() and pid_file.read_text():      # as a terminal's Ctrl-C or a kill does (a
+            break                    # thread of its own sending it could have it land on that thread)
+        time.sleep(0.05)
+    bench.send_signal(getattr(signal, sig))
+    stdout, stderr = bench.communicate(timeout=120)
+    assert stdout.startswith("stopped "), stderr[-2000:]
     assert ended(int(pid_file.read_text())), "the cell's child process outlived Ctrl-C"
