@@ -284,8 +284,9 @@ def test_a_full_run_does_not_keep_the_cells_of_an_earlier_quick_run(tmp_path, ca
 
 
 SIGNAL_IN_BENCH = """
-import sys
+import signal, sys
 from streamaug.benchmarks import run
+signal.signal(signal.SIGINT, signal.default_int_handler)   # (as at a terminal: a background job inherits it ignored)
 run.CELL_COMMAND = [sys.executable, "-c", sys.argv[1], sys.argv[2]]
 try:
     with run.termination_raises():
