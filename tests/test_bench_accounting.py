@@ -71,10 +71,11 @@ def test_bench_refuses_a_repeat_count_below_one(capsys):
 
     from streamaug.benchmarks.run import main
 
-    for bad in ("0", "-2", "three"):
-        with pytest.raises(SystemExit):
-            main(["--repeats", bad])
-        assert f"--repeats: must be an int >= 1, got '{bad}'" in capsys.readouterr().err
+    for flag in ("--repeats", "--rounds"):
+        for bad in ("0", "-2", "three"):
+            with pytest.raises(SystemExit):
+                main([flag, bad])
+            assert f"{flag}: must be an int >= 1, got '{bad}'" in capsys.readouterr().err
 
 
 def test_batch_profile_names_the_functions_that_cost_most(tmp_path, capsys):
