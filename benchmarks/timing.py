@@ -68,3 +68,45 @@ def _median_of(runs: list[dict], repeats: int) -> dict:
     cpu = sorted(r["cpu_s_per_item"] for r in runs)
     return {"items_per_s": rates[len(rates) // 2], "min": rates[0], "max": rates[-1],
             "cpu_s_per_item": cpu[len(cpu) // 2], "repeats": repeats}
+
+
+def paired_rates(fns: dict[str, Callable[[], int]], busy: int, repeats: int = 9, warmup: int = 1) -> dict:
+    """Each of ``fns`` (name → callable returning items processed) timed once per repeat, all
+    of them back to back, the order reversed every other repeat, idle and then "with ``busy``
+    busy workers": side by side, so the machine's drift hits them alike. Per name, the
+    ``median_rate``-style dict of the idle repeats, with ``busy`` and ``busy_vs_idle`` as in
+    :func:`idle_and_busy_rate` and the per-repeat rates kept (``per_repeat``), which
+    :func:`paired_ratio` divides repeat by repeat."""
+    from streamaug.benchmarks.busy_workers import busy_workers, load_average
+
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    idle: dict[str, list] = {n: [] for n in names}
+    loaded: dict[str, list] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            idle[name].append(median_rate(fns[name], repeats=1, warmup=0))
+        if busy:
+            with busy_workers(busy):
+                for name in order:
+                    loaded[name].append(median_rate(fns[name], repeats=1, warmup=0))
+    out = {}
+    for name in names:
+        out[name] = {**_median_of(idle[name], repeats), "per_repeat": [x["items_per_s"] for x in idle[name]],
+                     "loadavg": load_average()}
+        if busy:
+            out[name]["busy"] = {"workers": busy, **_median_of(loaded[name], repeats),
+                                 "per_repeat": [x["items_per_s"] for x in loaded[name]]}
+            out[name]["busy_vs_idle"] = out[name]["busy"]["items_per_s"] / out[name]["items_per_s"]
+    return out
+
+
+def paired_ratio(results: dict, a: str, b: str, busy: bool = False) -> float:
+    """The median over repeats of ``a``'s rate / ``b``'s, each repeat's pair timed side by side."""
+    pa = (results[a]["busy"] if busy else results[a])["per_repeat"]
+    pb = (results[b]["busy"] if busy else results[b])["per_repeat"]
+    ratios = sorted(x / y for x, y in zip(pa, pb))
+    return ratios[len(ratios) // 2]
