@@ -158,7 +158,7 @@ def test_mix_ops_reject_bad_labels():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_noise_added_chunk_by_chunk_is_the_whole_field(threads):
     """The CPU path draws and adds the field a chunk at a time; the numbers must be the field's."""
-    from streamaug.ops.intensity.gaussian_noise import add_gaussian_field_, gaussian_field
+    from streamaug.ops.intensity.noise_field import add_gaussian_field_, gaussian_field
 
     shape = torch.Size((100, 3, 128, 128))                  # 3 chunks of whole rows
     x = torch.rand(shape)
@@ -193,7 +193,7 @@ def test_mixup_uint8_cpu_path_matches_the_float_formula(n):
 # ---------------------------------------------------------------- the OpenCV uint8 kernels against the float route
 def float_route_noise(x: torch.Tensor, sigma: torch.Tensor, seed: int) -> torch.Tensor:
     """uint8 → [0, 1] float32, the field added chunk by chunk, then back with rounding: the float route."""
-    from streamaug.ops.intensity.gaussian_noise import add_gaussian_field_
+    from streamaug.ops.intensity.noise_field import add_gaussian_field_
 
     y = add_gaussian_field_(x.float() / 255.0, sigma, seed)
     return (y * 255.0).round().clamp(0, 255).to(torch.uint8)
@@ -300,7 +300,7 @@ def test_backends_agree_on_chains_because_each_intensity_op_clips(dtype, chain):
     clipped_first = x.float() / (255.0 if dtype == torch.uint8 else 1.0)
     if chain == "noise-then-contrast":            # by hand: clip after the noise, then the contrast
         p = ref.last_params[0]
-        from streamaug.ops.intensity.gaussian_noise import gaussian_field
+        from streamaug.ops.intensity.noise_field import gaussian_field
         noisy = (clipped_first + gaussian_field(x.shape, int(p["noise_seed"]), x.device)
                  * p["std"].view(-1, 1, 1, 1)).clamp(0, 1)
         by_hand = (noisy - 0.5) * 0.5 + 0.5

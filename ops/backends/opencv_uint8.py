@@ -3,9 +3,10 @@
 
 The float route for a uint8 batch costs two full-batch conversions (uint8 → float32 and
 back) around the arithmetic; at 224² they were 83 of a worker's 573 ms per batch
-(``benchmarks/results/batch_profile_cpu.json``). These kernels read the uint8 rows and
-write uint8 rows in one SIMD pass each (``cv2.addWeighted``: the weighted sum in float,
-then rounded half to even and saturated), so no float copy of the batch is made.
+(``benchmarks/results/batch_profile_cpu.json`` at ea5745c). The noise kernel here reads
+the uint8 rows and writes uint8 rows: each row's noise is looked up in float32 from the
+field's bytes (``cv2.LUT``, see ``noise_field``) and added with one saturating ``cv2.add``
+(rounded half to even), so no float copy of the batch is made.
 
 They compute the same formula as the float route and round once, as it does; the
 results agree with it up to one level where the exact value is a tie or within float
@@ -19,7 +20,7 @@ import torch
 
 from streamaug.core.batch_memory import empty_batch
 
-from ..intensity.gaussian_noise import draw_chunk, row_chunks, run_chunks
+from ..intensity.noise_field import HALF_LEVELS, chunk_bytes, row_chunks, run_chunks
 
 
 def _rows(t: torch.Tensor) -> np.ndarray:
@@ -32,8 +33,9 @@ def add_noise_uint8(x: torch.Tensor, sigma: torch.Tensor, seed: int, in_place: b
     (``core.batch_memory.empty_batch``), or ``x`` itself, overwritten, with ``in_place``.
 
     The float route gives ``round(255·(x/255 + sigma·field))``, the same up to float
-    error. The field is ``gaussian_field``'s, drawn chunk by chunk (its chunks, its
-    generators), and each chunk is added row by row while it is in cache. ``x``:
+    error. The field is ``gaussian_field``'s, from the same bytes (its chunks, its
+    generators): each row's values are looked up with ``cv2.LUT`` in the half-levels
+    scaled by that row's σ, summed, and added while the chunk is in cache. ``x``:
     contiguous uint8 NCHW on the CPU; ``sigma``: (N,) on the [0, 1] scale.
     """
     if x.dtype != torch.uint8 or x.device.type != "cpu" or not x.is_contiguous():
@@ -44,16 +46,19 @@ def add_noise_uint8(x: torch.Tensor, sigma: torch.Tensor, seed: int, in_place: b
     src, dst = _rows(x), _rows(out)
     scale = (sigma.double() * 255.0).tolist()
     chunks = row_chunks(x.shape)
+    per_row = src.shape[1]
 
     def fill(i: int) -> None:
         rows = chunks[i]
-        field = _rows(draw_chunk(torch.empty(x[rows].shape, dtype=torch.float32), seed, i))
+        picks = chunk_bytes(seed, i, rows.stop - rows.start, per_row, x.device).numpy()
         for k, r in enumerate(range(rows.start, rows.stop)):
             if scale[r] == 0.0:
                 if not in_place:
                     dst[r] = src[r]
-            else:
-                cv2.addWeighted(src[r], 1.0, field[k], scale[r], 0.0, dst=dst[r], dtype=cv2.CV_8U)
+                continue
+            table = HALF_LEVELS * np.float32(scale[r])     # the row's noise, A and B, by byte
+            noise = cv2.LUT(picks[0, k], table)
+            cv2.add(noise, cv2.LUT(picks[1, k], table), dst=noise)
+            cv2.add(src[r], noise.reshape(-1), dst=dst[r], dtype=cv2.CV_8U)
     run_chunks(fill, len(chunks), x.device)
     return out
-
