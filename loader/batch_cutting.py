@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from streamaug.core.flight import BatchInFlight
+from streamaug.core.planar_copy import hwc_into_chw
 
 from .errors import LOST, ErrorHandler, LoaderStats, StreamError, add_counts
 from .image_size import ImageSizeRule
@@ -71,7 +72,7 @@ def collate_rows(rows: list[dict], batch_id: int, stats: dict, shape: tuple[int,
             if r["image"].shape != (h, w, c):   # the size rule keeps this from happening; copy_ would broadcast
                 raise ValueError(f"{r['__url__']}: key {r['__key__']!r} decoded to {r['image'].shape}, "
                                  f"the batch's first row to {(h, w, c)}")
-            out[i] = r["image"].transpose(2, 0, 1)
+            hwc_into_chw(r["image"], out[i])
     else:
         images = torch.empty(empty, dtype=torch.uint8)
     return BatchInFlight(images=images, labels=torch.tensor([r["label"] for r in rows], dtype=torch.int64),

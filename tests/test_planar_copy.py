@@ -1,0 +1,33 @@
+"""``hwc_into_chw`` gives NumPy's transposed copy, byte for byte, with OpenCV and without."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from streamaug.core.planar_copy import hwc_into_chw
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+@pytest.mark.parametrize("channels", [1, 3, 4, 5])
+def test_planes_are_numpys_transpose(monkeypatch, opencv, channels):
+    if opencv:
+        pytest.importorskip("cv2")
+    else:
+        monkeypatch.setitem(sys.modules, "cv2", None)         # as if OpenCV were never imported
+    rng = np.random.default_rng(channels)
+    src = rng.integers(0, 256, (13, 17, channels), dtype=np.uint8)
+    for view in (src, src[:, ::-1], src[::2]):              # strided sources too
+        dst = np.zeros((channels, *view.shape[:2]), dtype=np.uint8)
+        hwc_into_chw(view, dst)
+        assert np.array_equal(dst, view.transpose(2, 0, 1))
+
+
+def test_a_batch_row_is_written_in_place():
+    pytest.importorskip("cv2")
+    src = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    batch = np.zeros((3, 3, 8, 8), dtype=np.uint8)
+    for i in range(3):
+        hwc_into_chw(src[i], batch[i])
+    assert np.array_equal(batch, src.transpose(0, 3, 1, 2))
