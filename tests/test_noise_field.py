@@ -71,3 +71,21 @@ def test_chunk_bytes_are_uniform_and_both_draws_differ():
     assert chi2 < 400, f"bytes are uniform (chi² {chi2:.0f} on 255 degrees of freedom)"
     assert float((picks[0] == picks[1]).double().mean()) == pytest.approx(1 / 256, rel=0.2), "A and B independent"
     assert not torch.equal(picks, chunk_bytes(3, 1, 4, 65536, torch.device("cpu"))), "chunks draw their own bytes"
+
+
+def test_the_device_path_runs_here_as_a_gpu_runs_it(monkeypatch):
+    """Off the CPU the bytes come from a torch generator on the device; that path, run on the
+    CPU, gives a field with the same properties, replayed from its seed."""
+    from streamaug.ops.intensity import noise_field
+
+    cpu = torch.device("cpu")
+    picks = noise_field.device_bytes(7, 0, 3, 4096, cpu)
+    assert picks.shape == (2, 3, 4096) and picks.dtype == torch.uint8 and int(picks.max()) > 250
+    assert torch.equal(picks, noise_field.device_bytes(7, 0, 3, 4096, cpu))
+    monkeypatch.setattr(noise_field, "chunk_bytes", noise_field.device_bytes)
+    field = noise_field.gaussian_field(torch.Size((32, 3, 64, 64)), 9, cpu)
+    assert abs(float(field.mean())) < 0.01 and abs(float(field.std()) - 1) < 0.01
+    values = set(np.unique(field.numpy()).tolist())
+    sums = set((HALF_LEVELS[:, None] + HALF_LEVELS[None, :]).ravel().tolist())
+    assert values <= sums, "every value is a sum of two half-levels"
+    assert torch.equal(field, noise_field.gaussian_field(field.shape, 9, cpu))

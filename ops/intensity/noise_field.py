@@ -64,10 +64,16 @@ def row_chunks(shape: torch.Size) -> list[slice]:
 def chunk_bytes(seed: int, i: int, rows: int, per_row: int, device: torch.device) -> torch.Tensor:
     """Chunk ``i``'s random bytes, uint8 ``(2, rows, per_row)``: ``[0]`` picks each value's
     ``A``, ``[1]`` its ``B``."""
+    if device.type != "cpu":
+        return device_bytes(seed, i, rows, per_row, device)
     n = 2 * rows * per_row
-    if device.type == "cpu":
-        raw = np.random.SFC64(derive_seed(seed, i)).random_raw(-(-n // 8))
-        return torch.from_numpy(raw.view(np.uint8)[:n].reshape(2, rows, per_row))
+    raw = np.random.SFC64(derive_seed(seed, i)).random_raw(-(-n // 8))
+    return torch.from_numpy(raw.view(np.uint8)[:n].reshape(2, rows, per_row))
+
+
+def device_bytes(seed: int, i: int, rows: int, per_row: int, device: torch.device) -> torch.Tensor:
+    """:func:`chunk_bytes` off the CPU: a torch generator on ``device`` (any device, the CPU
+    included, which is how the tests run this path without a GPU)."""
     gen = torch.Generator(device=device)
     gen.manual_seed(derive_seed(seed, i))
     return torch.randint(0, 256, (2, rows, per_row), dtype=torch.uint8, device=device, generator=gen)
