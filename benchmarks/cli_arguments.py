@@ -41,3 +41,16 @@ def strategy_error(strategy, class_counts) -> str | None:
     except ValueError as e:
         return f"--strategy {strategy!r} does not fit the data's {len(class_counts)} classes: {e}"
     return None
+
+
+def kernel_bench_arguments(doc: str, argv=None, repeats: int = 9) -> argparse.Namespace:
+    """The options of the one-kernel benchmarks (``noise_field_speed``, ``planar_copy``,
+    ``warp_layout``): a batch of ``--rows`` images of ``--size``², ``--repeats`` paired
+    repeats, ``--busy`` CPU-bound processes for the "with N busy" figure, ``--json``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--rows", type=at_least_one, default=256)
+    p.add_argument("--size", type=at_least_one, default=224)
+    p.add_argument("--repeats", type=at_least_one, default=repeats)
+    p.add_argument("--busy", type=int, default=1, help="CPU-bound processes for the 'with N busy' figure (0: none)")
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)

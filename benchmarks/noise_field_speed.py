@@ -20,11 +20,10 @@ rows/s and the ratios (medians of the paired repeats) are printed and written.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 
+from streamaug.benchmarks.cli_arguments import kernel_bench_arguments
 from streamaug.benchmarks.timing import paired_rates, paired_ratio, write_result
 
 
@@ -77,13 +76,7 @@ def routes(rows: int, size: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=256)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--busy", type=int, default=1, help="CPU-bound processes for the 'with N busy' figure (0: none)")
-    p.add_argument("--json", default=None)
-    a = p.parse_args(argv)
+    a = kernel_bench_arguments(__doc__, argv, repeats=7)
     import cv2
 
     torch.set_num_threads(1)

@@ -8,10 +8,9 @@ the ratio is the median of the paired repeats.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
+from streamaug.benchmarks.cli_arguments import kernel_bench_arguments
 from streamaug.benchmarks.timing import paired_rates, paired_ratio, write_result
 
 
@@ -20,13 +19,7 @@ def main(argv=None) -> int:
 
     from streamaug.core.planar_copy import hwc_into_chw
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=256)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--busy", type=int, default=1)
-    p.add_argument("--json", default=None)
-    a = p.parse_args(argv)
+    a = kernel_bench_arguments(__doc__, argv)
     cv2.setNumThreads(1)
     rows = list(np.random.default_rng(0).integers(0, 256, (a.rows, a.size, a.size, 3), dtype=np.uint8))
     out = np.empty((a.rows, 3, a.size, a.size), dtype=np.uint8)

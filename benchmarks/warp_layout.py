@@ -11,11 +11,10 @@ Both give the same bytes (``tests/test_ops_geometry.py``).
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 
+from streamaug.benchmarks.cli_arguments import kernel_bench_arguments
 from streamaug.benchmarks.timing import paired_rates, paired_ratio, write_result
 
 
@@ -24,13 +23,7 @@ def main(argv=None) -> int:
 
     from streamaug.ops.backends.opencv_backend import warp_rows
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=256)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--busy", type=int, default=1)
-    p.add_argument("--json", default=None)
-    a = p.parse_args(argv)
+    a = kernel_bench_arguments(__doc__, argv)
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     n, s = a.rows, a.size
