@@ -224,6 +224,22 @@ def test_uint8_noise_kernel_is_the_float_route_rounded_once(threads):
     assert add_noise_uint8(y, sigma, 123, in_place=True) is y and torch.equal(y, got), "in place: the same numbers"
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 1, 2, 2), (4, 3, 1, 1), (2, 1, 1, 4), (2, 4, 5, 3)])
+def test_uint8_noise_kernel_on_rows_of_a_few_values(shape):
+    """OpenCV reads a 1-D array of 4 or fewer values as a scalar (and then ignores ``dst``):
+    rows that small must still get their noise, in a new batch and in place."""
+    from streamaug.ops.backends.opencv_uint8 import add_noise_uint8
+
+    x = torch.full(shape, 100, dtype=torch.uint8)
+    sigma = torch.full((shape[0],), 0.2)
+    got = add_noise_uint8(x, sigma, 3)
+    assert int((got.int() - float_route_noise(x, sigma, 3).int()).abs().max()) <= 1
+    assert torch.equal(got, add_noise_uint8(x, sigma, 3)), "replays"
+    y = x.clone()
+    add_noise_uint8(y, sigma, 3, in_place=True)
+    assert torch.equal(y, got) and not torch.equal(y, x)
+
+
 def test_uint8_noise_kernel_refuses_what_it_cannot_take():
     from streamaug.ops.backends.opencv_uint8 import add_noise_uint8
 

@@ -57,8 +57,10 @@ def add_noise_uint8(x: torch.Tensor, sigma: torch.Tensor, seed: int, in_place: b
                     dst[r] = src[r]
                 continue
             table = HALF_LEVELS * np.float32(scale[r])     # the row's noise, A and B, by byte
-            noise = cv2.LUT(picks[0, k], table)
-            cv2.add(noise, cv2.LUT(picks[1, k], table), dst=noise)
-            cv2.add(src[r], noise.reshape(-1), dst=dst[r], dtype=cv2.CV_8U)
+            # rows as (1, n) arrays: OpenCV reads a 1-D array of 4 or fewer values as a scalar,
+            # and then returns a new array instead of writing ``dst``
+            noise = cv2.LUT(picks[0, k].reshape(1, -1), table)
+            cv2.add(noise, cv2.LUT(picks[1, k].reshape(1, -1), table), dst=noise)
+            cv2.add(src[r].reshape(1, -1), noise, dst=dst[r].reshape(1, -1), dtype=cv2.CV_8U)
     run_chunks(fill, len(chunks), x.device)
     return out
