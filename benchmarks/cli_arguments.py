@@ -15,6 +15,16 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def at_least_zero(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}")
+    return value
+
+
 def strategy_argument(text: str):
     """A ``sampling_strategy``: a float ratio (``0.5``) or a preset name (it went to the
     balancer as a string, and ``0.5`` or ``majority`` ended in a traceback)."""
@@ -51,6 +61,7 @@ def kernel_bench_arguments(doc: str, argv=None, repeats: int = 9) -> argparse.Na
     p.add_argument("--rows", type=at_least_one, default=256)
     p.add_argument("--size", type=at_least_one, default=224)
     p.add_argument("--repeats", type=at_least_one, default=repeats)
-    p.add_argument("--busy", type=int, default=1, help="CPU-bound processes for the 'with N busy' figure (0: none)")
+    p.add_argument("--busy", type=at_least_zero, default=1,
+                   help="CPU-bound processes for the 'with N busy' figure (0: none)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)

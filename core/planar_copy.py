@@ -18,8 +18,9 @@ import numpy as np
 def hwc_into_chw(src: np.ndarray, dst: np.ndarray) -> None:
     """Write uint8 ``src`` (H, W, C) into ``dst`` (C, H, W), whose planes are C-contiguous."""
     cv2 = sys.modules.get("cv2")
-    c = src.shape[2]
-    if cv2 is not None and 1 < c <= 4 and src.dtype == np.uint8 and dst.flags.c_contiguous:
+    h, w, c = src.shape
+    if (cv2 is not None and 1 < c <= 4 and h and w and src.dtype == np.uint8 and dst.dtype == np.uint8
+            and dst.shape == (c, h, w) and dst.flags.c_contiguous):
         cv2.split(np.ascontiguousarray(src), [dst[i] for i in range(c)])
     else:
         dst[...] = src.transpose(2, 0, 1)

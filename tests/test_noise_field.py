@@ -70,6 +70,11 @@ def test_chunk_bytes_are_uniform_and_both_draws_differ():
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < 400, f"bytes are uniform (chi² {chi2:.0f} on 255 degrees of freedom)"
     assert float((picks[0] == picks[1]).double().mean()) == pytest.approx(1 / 256, rel=0.2), "A and B independent"
+    a, b = (picks[0] >> 4).flatten().long(), (picks[1] >> 4).flatten().long()   # the pairs' high nibbles
+    joint = torch.bincount(a * 16 + b, minlength=256).double()
+    expected = a.numel() / 256
+    chi2 = float(((joint - expected) ** 2 / expected).sum())
+    assert chi2 < 400, f"A's and B's bytes are drawn independently (chi² {chi2:.0f} on 255 degrees of freedom)"
     assert not torch.equal(picks, chunk_bytes(3, 1, 4, 65536, torch.device("cpu"))), "chunks draw their own bytes"
 
 

@@ -223,22 +223,23 @@ def test_the_crop_moves_in_by_under_half_a_pixel_and_only_at_the_edge():
     assert np.allclose(src_edge[:2], [3.5 + 0.375, 27.5 - 0.375])   # (1 − 8/32)/2 in from each edge
 
 
-@pytest.mark.parametrize("channels", [1, 2, 3, 4])
-def test_opencv_uint8_warp_is_a_planar_warp_byte_for_byte(channels):
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("h, w", [(31, 23), (2, 3), (7, 300), (224, 224)])
+def test_opencv_uint8_warp_is_a_planar_warp_byte_for_byte(channels, h, w):
     """3 and 4 channels are warped interleaved (merge, one warp, split); the bytes must be those of
-    one warp per plane, as 1 and 2 channels are warped."""
+    one warp per plane."""
     cv2 = pytest.importorskip("cv2")
     from streamaug.ops.backends.opencv_backend import warp_rows
 
-    x = torch.randint(0, 256, (5, channels, 31, 23), dtype=torch.uint8, generator=torch.Generator().manual_seed(channels))
+    x = torch.randint(0, 256, (5, channels, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(channels))
     m = np.zeros((5, 3, 3))
     m[:, 2, 2] = 1.0
-    for i, angle in enumerate((10.0, -25.0, 33.0, 5.0, 70.0)):   # about the centre, with a shear:
-        m[i, :2] = cv2.getRotationMatrix2D((11.0, 15.0), angle, 1.0)  # no row is a flip or the identity
-        m[i, 0, 1] += 0.2
+    for i, (angle, scale) in enumerate(((10.0, 1.0), (-25.0, 0.5), (33.0, 2.5), (5.0, 1.3), (70.0, 0.8))):
+        m[i, :2] = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)   # with a shear:
+        m[i, 0, 1] += 0.2                                                             # no row is a flip
     got = warp_rows(x, m).numpy()
     for i in range(5):
         for c in range(channels):
-            plane = cv2.warpAffine(x[i, c].numpy(), m[i, :2], (23, 31), flags=cv2.INTER_LINEAR,
+            plane = cv2.warpAffine(x[i, c].numpy(), m[i, :2], (w, h), flags=cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
             assert np.array_equal(got[i, c], plane), (i, c)

@@ -12,8 +12,11 @@ from streamaug.core.planar_copy import hwc_into_chw
 @pytest.mark.parametrize("opencv", [True, False])
 @pytest.mark.parametrize("channels", [1, 3, 4, 5])
 def test_planes_are_numpys_transpose(monkeypatch, opencv, channels):
+    splits = []
     if opencv:
-        pytest.importorskip("cv2")
+        cv2 = pytest.importorskip("cv2")
+        split = cv2.split
+        monkeypatch.setattr(cv2, "split", lambda *a: splits.append(1) or split(*a))
     else:
         monkeypatch.setitem(sys.modules, "cv2", None)         # as if OpenCV were never imported
     rng = np.random.default_rng(channels)
@@ -22,6 +25,17 @@ def test_planes_are_numpys_transpose(monkeypatch, opencv, channels):
         dst = np.zeros((channels, *view.shape[:2]), dtype=np.uint8)
         hwc_into_chw(view, dst)
         assert np.array_equal(dst, view.transpose(2, 0, 1))
+    assert len(splits) == (3 if opencv and channels in (3, 4) else 0), "cv2.split takes 2-4 channels, when imported"
+
+
+def test_a_destination_opencv_cannot_fill_takes_numpys_copy():
+    pytest.importorskip("cv2")
+    src = np.random.default_rng(1).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    wide = np.zeros((3, 4, 5), dtype=np.float32)
+    hwc_into_chw(src, wide)                                  # numpy converts; cv2.split would leave it
+    assert np.array_equal(wide, src.transpose(2, 0, 1).astype(np.float32))
+    with pytest.raises(ValueError):
+        hwc_into_chw(src, np.zeros((3, 5, 4), dtype=np.uint8))   # a wrong shape is an error, not left unwritten
 
 
 def test_a_batch_row_is_written_in_place():

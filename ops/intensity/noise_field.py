@@ -7,9 +7,9 @@ uint8 batch (the OpenCV backend's kernel, ``opencv_uint8``) that took 0.66 CPU m
 row against 1.31 ms with a torch ``normal_`` field (1.96× the rows/s, median of paired
 repeats, one thread); in float32, 1.13× (``benchmarks/noise_field_speed.py``,
 ``benchmarks/results/noise_field_speed_cpu.json``). The sum has variance 1, a fourth
-moment of 2.98 (a Gaussian's is 3), 65,536 values up to ±4.2 and a largest CDF gap from
-N(0, 1) of 1/512 (tested in ``tests/test_noise_field.py``): for augmentation noise, a
-Gaussian in all but the far tails.
+moment of 2.98 (a Gaussian's is 3), 32,769 distinct values (from 65,536 equally likely
+pairs) up to ±4.2 and a largest CDF gap from N(0, 1) of 1/512 (tested in
+``tests/test_noise_field.py``): for augmentation noise, a Gaussian in all but the far tails.
 
 The field is drawn in chunks of about ``CHUNK_ELEMENTS`` (whole rows). Chunk ``i`` takes
 its bytes from its own generator, seeded with ``derive_seed(seed, i)``: on the CPU
@@ -85,7 +85,7 @@ def draw_chunk(out: torch.Tensor, seed: int, i: int) -> torch.Tensor:
     per_row = out.numel() // max(rows, 1)
     picks = chunk_bytes(seed, i, rows, per_row, out.device)
     table = levels(out.device)
-    flat = out.view(-1) if out.is_contiguous() else torch.empty(out.numel(), device=out.device)
+    flat = out.view(-1) if out.is_contiguous() else torch.empty(out.numel(), device=out.device, dtype=torch.float32)
     torch.index_select(table, 0, picks[0].reshape(-1).int(), out=flat)
     flat += table.index_select(0, picks[1].reshape(-1).int())
     return out if flat.data_ptr() == out.data_ptr() else out.copy_(flat.view(out.shape))
