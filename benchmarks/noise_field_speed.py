@@ -10,7 +10,7 @@ uint8 3×size×size images gets σ = 0.05 noise (the ``streamaug bench`` setting
 - ``uint8 normal_``: a torch ``normal_`` field per chunk, added with ``cv2.addWeighted``
   (the kernel before the lookup field, kept here as the reference);
 - ``float lookup`` / ``float normal_``: the same on a float32 [0, 1] batch
-  (``noise_field.add_gaussian_field_`` against ``normal_`` + ``addcmul_``: the Kornia
+  (``noise_field.add_gaussian_field_`` against ``normal_`` + ``add_``: the Kornia
   backend on the CPU);
 - ``albumentations``: ``A.GaussNoise(std_range=(0.05, 0.05))`` image by image, as the bench's
   DataLoader + albumentations pipeline runs it.
