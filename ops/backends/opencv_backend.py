@@ -73,10 +73,11 @@ def warp_rows(x: torch.Tensor, m: np.ndarray) -> torch.Tensor:
 def _warp_interleaved(src: np.ndarray, dst: np.ndarray, forward: np.ndarray, rows: list[int]) -> None:
     """uint8 rows of 3 or 4 channels: each gathered into one interleaved image (``cv2.merge``),
     warped in one call and split back into ``dst``'s planes. The same bytes as a warp per
-    plane (bilinear weights do not depend on the channel, tested). For 256 rows at 224²,
-    1.12× and 1.14× the rows/s of three planar warps in two idle runs, 0.93× and 1.04× with
-    one busy process, within this machine's noise (``benchmarks/warp_layout.py``,
-    ``benchmarks/results/warp_layout_cpu.json``)."""
+    plane (bilinear weights do not depend on the channel, tested). For 256 rows at 224², a
+    small gain: 1.04× the rows/s of three planar warps idle and 1.06× with one busy process
+    (median of 15 paired repeats, ``benchmarks/results/warp_layout_cpu.json``); a run of 9
+    read 1.12× and 0.93× (``python -m streamaug.benchmarks.warp_layout``). A worker's batch
+    profile did not show it."""
     c, h, w = src.shape[1:]
     hwc_in, hwc_out = np.empty((h, w, c), np.uint8), np.empty((h, w, c), np.uint8)
     for i in rows:
