@@ -43,24 +43,10 @@ def write_result(path: str, payload: dict) -> None:
 
 def idle_and_busy_rate(fn: Callable[[], int], busy: int, repeats: int = 5, warmup: int = 1) -> dict:
     """``median_rate`` on its own and "with ``busy`` busy workers" (``busy_workers.py``), the two
-    timed alternately (so drift in the machine's load hits both alike). Adds ``busy`` (its own
-    rate dict), ``busy_vs_idle`` and the load average at the end of each."""
-    from streamaug.benchmarks.busy_workers import busy_workers, load_average
-
-    for _ in range(warmup):
-        fn()
-    idle, loaded = [], []
-    for _ in range(repeats):
-        idle.append(median_rate(fn, repeats=1, warmup=0))
-        if busy:
-            with busy_workers(busy):
-                loaded.append(median_rate(fn, repeats=1, warmup=0))
-    out = _median_of(idle, repeats)
-    out["loadavg"] = load_average()
-    if busy:
-        out["busy"] = {"workers": busy, **_median_of(loaded, repeats), "loadavg": load_average()}
-        out["busy_vs_idle"] = out["busy"]["items_per_s"] / out["items_per_s"]
-    return out
+    timed alternately (so drift in the machine's load hits both alike): :func:`paired_rates`
+    of the one way. Adds ``busy`` (its own rate dict), ``busy_vs_idle`` and the load average
+    at the end of each."""
+    return paired_rates({"fn": fn}, busy, repeats, warmup)["fn"]
 
 
 def _median_of(runs: list[dict], repeats: int) -> dict:
@@ -99,7 +85,7 @@ def paired_rates(fns: dict[str, Callable[[], int]], busy: int, repeats: int = 9,
                      "loadavg": load_average()}
         if busy:
             out[name]["busy"] = {"workers": busy, **_median_of(loaded[name], repeats),
-                                 "per_repeat": [x["items_per_s"] for x in loaded[name]]}
+                                 "per_repeat": [x["items_per_s"] for x in loaded[name]], "loadavg": load_average()}
             out[name]["busy_vs_idle"] = out[name]["busy"]["items_per_s"] / out[name]["items_per_s"]
     return out
 

@@ -28,15 +28,19 @@ def test_kernel_bench_writes_its_ratios(module, ratios, tmp_path, capsys):
     assert doc["machine"]["cpu_count"] >= 1
     for result in doc["results"].values():
         assert len(result["per_repeat"]) == 2 and result["items_per_s"] > 0
-    assert "x" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{found[ratios[0]]:.2f}x" in printed, "the ratio printed is the one written"
 
 
-def test_kernel_bench_refuses_a_bad_size(capsys):
+@pytest.mark.parametrize("argv, message", [(["--size", "0"], "--size: must be an int >= 1, got '0'"),
+                                           (["--rows", "x"], "--rows: must be an int >= 1, got 'x'"),
+                                           (["--busy", "-1"], "--busy: must be an int >= 0, got '-1'")])
+def test_kernel_bench_refuses_a_bad_argument(argv, message, capsys):
     from streamaug.benchmarks import planar_copy
 
     with pytest.raises(SystemExit):
-        planar_copy.main(["--size", "0"])
-    assert "--size: must be an int >= 1, got '0'" in capsys.readouterr().err
+        planar_copy.main(argv)
+    assert message in capsys.readouterr().err
 
 
 def test_paired_ratio_is_the_median_of_per_repeat_quotients():
