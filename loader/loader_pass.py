@@ -27,6 +27,7 @@ from .epoch_plan import EpochPlan
 from .open_pass import balanced_open_pass, drop_batches, mark_last
 from .pass_position import caller_stacklevel
 from .plugin_stage import apply_plugins, check_balancer_owner
+from .rank_agreement import check_ranks_agree
 from .read_workers import worker_batches
 
 
@@ -36,6 +37,7 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
         check_balancer_owner(loader)
     loader._ensure_topology()
     warn_launched_without_group(loader)       # (first: it explains the refusal a held state may meet next)
+    check_ranks_agree(loader)                 # (before a held state's check: a seed + rank refusal says why)
     loader._loaded.pass_starts(loader)        # (a state held until the process group came up is checked now)
     position = loader.position
     begun = position.begin(start, lambda e: None if loader.index is None else loader.plan(e).num_batches,

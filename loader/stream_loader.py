@@ -52,6 +52,7 @@ from .loader_state import LoadedState, plugin_details, save_state
 from .output_format import OutputFormat
 from .pass_position import PassPosition
 from .plugin_stage import claim_balancer, plugin_seeds
+from .rank_agreement import agreement_key
 from .read_workers import stop_workers
 from .sample_decoder import decoders_for
 from .sample_lookup import ShardRowSource
@@ -226,6 +227,8 @@ class StreamLoader:
         self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
         self._epoch_start = None          # no index, with a balancer: (balancer state, stats) as the pass began
         self._loaded = LoadedState()      # the state load_state_dict took, until a pass starts from it
+        self._agreement_key = agreement_key(self)     # names it on every rank (rank_agreement)
+        self._agreed_topology = None      # the topology the ranks' plans were last found to agree in
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
         self.output.check_channels(channels)
 
