@@ -1,24 +1,27 @@
 """The check, at a loader's first pass on several ranks, that every rank plans the same epoch.
 
-Each rank reads its own slice of one epoch plan, and the plan depends on the seed (with
-shuffling), the batch size, the number of reading workers, ``shuffle``, ``drop_last``, the
-world size, the shards and a balancer's targets. A rank that differs in any of them (a
-script that passes ``seed=args.seed + rank``, as timm seeds each rank) reads a slice of
-another plan: ranks overlap, samples are missed, and epochs can differ in length, which
-hangs a DDP job at the epoch's end. Nothing else shows it.
+Each rank reads its own slice of one epoch plan. Which slice, and how many batches a rank
+yields, depend on the shards, the world size, ``batch_size``, ``drop_last``, whether the loader
+shuffles, a balancer's targets, the seed (when shuffling), and, without an index, the number
+of reading workers. A rank that differs in any of them (a script that passes
+``seed=args.seed + rank``, as timm seeds each rank) reads a slice of another plan: ranks
+overlap, samples are missed, or epochs differ in length, which hangs a DDP job at the epoch's
+end. Nothing else shows it.
 
 A collective would hang a job that iterates a loader on one rank only (a validation loop on
 rank 0), so the check waits for no one. It uses the process group's key-value store: the
-first rank to arrive stores its fingerprint (``loader_state.fingerprint``, the one a saved
-state carries) with ``compare_set``, and every rank compares its own with the one stored.
-A rank whose plan differs raises, naming each field, its value there and on the rank that
-arrived first; torchrun then ends the job. Fields that change only the pixels or the
-synthetic samples (augment and mixup settings, resize, decode; the seed without shuffling)
-are warned about once: the job runs, but a state saved on one rank will not resume the other.
+first rank to start a pass stores its fingerprint (``loader_state.fingerprint``, the one a
+saved state carries) with ``compare_set``, and every rank compares its own with the one
+stored. A rank whose plan differs raises, naming each field, its value there and on the rank
+that arrived first; torchrun then ends the job. Other differences (augment and mixup
+settings, the shuffle buffer's size, ``num_workers`` with an index, ``resize``, ``decode``;
+the seed without shuffling) are warned about once: the job runs, but a state saved on one
+rank will not resume the other.
 
-Loaders are matched across ranks by their shards, whether they shuffle, and the order in which
-each process built such loaders. Without ``torch.distributed``, on one rank, or where the store cannot
-``compare_set``, nothing is checked.
+Loaders are matched across ranks by their shards and the order in which each process began
+their first passes on several ranks (see :func:`agreement_key`). Nothing is checked without
+``torch.distributed``, on one rank, where ``world_size=``/``rank=`` name a subgroup rather
+than the process group, where the store cannot ``compare_set``, or with ``check_ranks=False``.
 """
 from __future__ import annotations
 
@@ -34,21 +37,20 @@ import torch.distributed as dist
 from .loader_state import data_fingerprint, fingerprint
 from .pass_position import caller_stacklevel
 
-# what each rank's slice of the epoch plan depends on (``seed`` only with shuffling)
-PLAN_FIELDS = ("shards", "batch_size", "read_workers", "shuffle", "drop_last", "world_size", "balance_targets",
-               "rank_slices")
+# what each rank's slice of the epoch plan, and its number of batches, depend on: always these; the
+# seed when shuffling; the reading workers without an index (each worker's last batch may be short)
+PLAN_FIELDS = ("shards", "shuffled", "batch_size", "drop_last", "world_size", "balance_targets", "rank_slices")
 SHOWN = {"read_workers": "num_workers"}      # the constructor's names
-_built = collections.defaultdict(itertools.count)     # loaders this process built, per shards
+_counts = collections.defaultdict(itertools.count)     # per shards: loaders whose first pass this process began
 
 
 def agreement_key(loader) -> str:
-    """The store key that names this loader on every rank: its shards, whether it shuffles (a
-    training loader and an evaluation loader over the same shards are not compared), and its
-    place among such loaders this process built (a loader over other shards, built on rank 0
-    only, leaves the count alone)."""
+    """The store key that names this loader on every rank: its shards and its place among the
+    loaders over them whose first pass on several ranks this process began. A loader takes its
+    key at that pass, in the process that reads it (a copy sent to a spawned process takes its
+    own), so one built but not read, or read on one rank with ``world_size=1``, counts nowhere."""
     data = hashlib.blake2b(data_fingerprint(loader.index, loader.urls).encode(), digest_size=8).hexdigest()
-    kind = f"{data}/{'shuffled' if loader.shuffle else 'in-order'}"
-    return f"streamaug/plan/{kind}/{next(_built[kind])}"
+    return f"streamaug/plan/{data}/{next(_counts[data])}"
 
 
 def default_store():
@@ -69,11 +71,19 @@ def job_key(key: str) -> str:
     return f"{key}/world{dist.get_world_size()}/attempt{restart}"
 
 
+def compared(fp: dict) -> dict:
+    """A fingerprint with what the check compares added: ``shuffled`` (the buffer's size changes
+    the batches, not the slices)."""
+    return {**fp, "shuffled": bool(fp.get("shuffle"))}
+
+
 def disagreements(first: dict, mine: dict) -> tuple[list[str], list[str]]:
-    """``(fields that change the plan, other fields)`` where two fingerprints differ."""
-    plan = PLAN_FIELDS + (("seed",) if mine.get("shuffle") or first.get("shuffle") else ())
+    """``(fields that change the ranks' slices or batch counts, other fields)`` where two differ."""
+    first, mine = compared(first), compared(mine)
+    plan = PLAN_FIELDS + (("seed",) if mine["shuffled"] or first["shuffled"] else ()) \
+        + (("read_workers",) if "no index" in str(mine.get("shards")) else ())
     differ = sorted(k for k in set(first) | set(mine) if first.get(k) != mine.get(k))
-    return [k for k in differ if k in plan], [k for k in differ if k not in plan]
+    return [k for k in differ if k in plan], [k for k in differ if k not in plan and k != "shuffled"]
 
 
 def compare_with_first(store, key: str, rank: int, mine: dict) -> None:
@@ -88,27 +98,34 @@ def compare_with_first(store, key: str, rank: int, mine: dict) -> None:
     plan, other = disagreements(first["fingerprint"], mine)
     if not plan and not other:
         return
-    other_rank, theirs = first["rank"], first["fingerprint"]
+    other_rank, theirs, mine = first["rank"], compared(first["fingerprint"]), compared(mine)
     shown = "; ".join(f"{SHOWN.get(k, k)}: rank {other_rank} {theirs.get(k)!r}, rank {rank} {mine.get(k)!r}"
                       for k in plan + other)
+    where = f"StreamLoader on rank {rank} differs from the same loader on rank {other_rank} (the first rank to " \
+            f"start a pass over it)"
     if plan:
         raise RuntimeError(
-            f"StreamLoader on rank {rank} plans another epoch than rank {other_rank}: {shown}. Every rank reads "
-            f"its slice of one plan, so ranks would overlap and miss samples (and epochs can differ in "
-            f"length); pass the same values on every rank (seed= too: seed each rank's own RNGs "
-            f"apart, not the loader's)")
-    warnings.warn(f"StreamLoader on rank {rank} is configured differently from rank {other_rank}: {shown}. "
-                  f"The ranks read one plan, but their batches differ in these ways, and a state saved on "
-                  f"one of them will not resume the other", RuntimeWarning, stacklevel=caller_stacklevel())
+            f"{where}, so the ranks would read slices of different epoch plans: {shown}. Ranks would overlap "
+            f"and miss samples, or yield different numbers of batches; check these settings on every rank "
+            f"(seed= too: seed each rank's own RNGs apart, not the loader's). If the ranks are meant to "
+            f"read different epochs, pass check_ranks=False")
+    warnings.warn(f"{where}: {shown}. The ranks read one plan, but their batches differ in these ways, and "
+                  f"a state saved on one of them will not resume the other", RuntimeWarning,
+                  stacklevel=caller_stacklevel())
 
 
 def check_ranks_agree(loader) -> None:
-    """At a pass, once per topology: refuse a plan that differs from the first rank's (see the module)."""
-    topology = loader._topology
-    if getattr(loader, "_agreed_topology", None) == topology or loader.world_size <= 1:
+    """At a pass, once per process and topology: refuse a plan that differs from the first
+    rank's (see the module). Only where the loader's ranks are the process group's (not a
+    data-parallel subgroup given as ``world_size=``/``rank=``)."""
+    here = (os.getpid(), loader._topology)
+    if not loader.check_ranks or loader.world_size <= 1 or loader._agreement[:2] == here:
         return
     store = default_store()
-    if store is not None:
-        mine = json.loads(json.dumps(fingerprint(loader), default=str))   # (as stored: tuples become lists)
-        compare_with_first(store, job_key(loader._agreement_key), dist.get_rank(), mine)
-    loader._agreed_topology = topology
+    if store is None or (loader.world_size, loader.rank) != (dist.get_world_size(), dist.get_rank()):
+        return
+    key = loader._agreement[2] if loader._agreement[0] == here[0] else agreement_key(loader)
+    loader._agreement = (here[0], None, key)         # (a refused pass is checked again, under the same key)
+    mine = json.loads(json.dumps(fingerprint(loader), default=str))   # (as stored: tuples become lists)
+    compare_with_first(store, job_key(key), dist.get_rank(), mine)
+    loader._agreement = (*here, key)

@@ -52,7 +52,6 @@ from .loader_state import LoadedState, plugin_details, save_state
 from .output_format import OutputFormat
 from .pass_position import PassPosition
 from .plugin_stage import claim_balancer, plugin_seeds
-from .rank_agreement import agreement_key
 from .read_workers import stop_workers
 from .sample_decoder import decoders_for
 from .sample_lookup import ShardRowSource
@@ -125,6 +124,9 @@ class StreamLoader:
             ``None`` (default) where it applies (CPU device, workers, a balancer that can;
             see ``worker_stages``), ``False`` never, ``True`` required. The batches are the
             same either way. ``augment_in_workers=`` is its deprecated former name.
+        check_ranks: at the first pass on several ranks, refuse ranks whose epoch plans differ
+            (``seed=args.seed + rank``, say) and warn of other differences, through the process
+            group's store, waiting for no rank (see :mod:`~streamaug.loader.rank_agreement`).
         persistent_workers, multiprocessing_context, timeout, worker_init_fn, in_order:
             DataLoader's, for the reading workers (workers persist unless
             ``persistent_workers=False``). DataLoader's ``sampler``, ``batch_sampler``,
@@ -154,7 +156,7 @@ class StreamLoader:
                  read_timeout: float = READ_TIMEOUT, stages_in_workers: bool | None = None,
                  augment_in_workers: bool | None = None, persistent_workers: bool | None = None,
                  multiprocessing_context=None, timeout: float = 0, worker_init_fn=None, in_order: bool = True,
-                 jpeg_draft: bool = True, **dataloader_only):
+                 jpeg_draft: bool = True, check_ranks: bool = True, **dataloader_only):
         batch_size, num_workers = check_batch_size(batch_size), check_num_workers(num_workers)
         num_classes, label_key = check_num_classes(num_classes), check_label_key(label_key)
         self.read_options = read_worker_options(num_workers, persistent_workers, multiprocessing_context, timeout,
@@ -227,8 +229,10 @@ class StreamLoader:
         self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
         self._epoch_start = None          # no index, with a balancer: (balancer state, stats) as the pass began
         self._loaded = LoadedState()      # the state load_state_dict took, until a pass starts from it
-        self._agreement_key = agreement_key(self)     # names it on every rank (rank_agreement)
-        self._agreed_topology = None      # the topology the ranks' plans were last found to agree in
+        if check_ranks not in (True, False):
+            raise ValueError(f"check_ranks must be True or False, got {check_ranks!r}")
+        self.check_ranks = bool(check_ranks)
+        self._agreement = (None, None, None)     # (pid, topology the ranks agreed in, store key): rank_agreement
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
         self.output.check_channels(channels)
 

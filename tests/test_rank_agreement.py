@@ -1,10 +1,11 @@
 """Ranks that plan different epochs are refused at the first pass, without a collective.
 
 In process: two ranks' loaders (``world_size=2, rank=r``) compared through a real
-``torch.distributed.HashStore``, the way each rank compares with the first to arrive. Under
-torchrun (gloo): a job that seeds each rank's loader apart fails on the rank that arrives
-second, naming the seed; the same job with one seed reads disjoint, complete slices; a loader
-read on rank 0 alone waits for no other rank.
+``torch.distributed.HashStore``, the way each rank compares with the first to arrive; how a
+loader takes its key. Under torchrun (gloo, ``framework_scripts/rank_seed_job.py``): per-rank
+seeds or shuffling fail the job, naming what differs, after rank 0 alone read loaders of its
+own; with the check off the same job overlaps and misses samples; loaders built per epoch read
+disjoint, complete slices beside rank-0-only loaders, which wait for no one.
 """
 from __future__ import annotations
 
@@ -55,15 +56,26 @@ def test_the_same_settings_on_every_rank_pass(folder):
 @pytest.mark.parametrize("field, first, second, shown", [
     ("seed", {"seed": 3}, {"seed": 4}, "seed: rank 0 3, rank 1 4"),
     ("batch_size", {}, {"batch_size": 9}, "batch_size: rank 0 8, rank 1 9"),
-    ("num_workers", {}, {"num_workers": 1}, "num_workers: rank 0 0, rank 1 1"),
     ("drop_last", {}, {"drop_last": True}, "drop_last: rank 0 False, rank 1 True"),
-    ("shuffle", {}, {"shuffle": 10}, "shuffle: rank 0 1000, rank 1 10"),
+    ("shuffled", {}, {"shuffle": False}, "shuffled: rank 0 True, rank 1 False"),
     ("world_size", {}, {"world_size": 3}, "world_size: rank 0 2, rank 1 3"),
+    ("num_workers, no index", {"index": False}, {"index": False, "num_workers": 1},
+     "num_workers: rank 0 0, rank 1 1"),
 ])
 def test_a_plan_that_differs_is_refused_naming_the_field_and_both_values(folder, field, first, second, shown):
-    with pytest.raises(RuntimeError, match="plans another epoch than rank 0") as err:
+    with pytest.raises(RuntimeError, match="differs from the same loader on rank 0") as err:
         both_ranks(folder, first, second)
-    assert shown in str(err.value)
+    assert shown in str(err.value) and "check_ranks=False" in str(err.value)
+
+
+@pytest.mark.parametrize("second, shown", [
+    ({"num_workers": 1}, "num_workers: rank 0 0, rank 1 1"),      # with an index, workers split a rank's slice
+    ({"shuffle": 10}, "shuffle: rank 0 1000, rank 1 10"),         # the buffer mixes a worker's run, not slices
+])
+def test_what_changes_the_batches_but_not_the_slices_only_warns(folder, second, shown):
+    with pytest.warns(RuntimeWarning, match="read one plan") as caught:
+        both_ranks(folder, {}, second)
+    assert any(shown in str(w.message) for w in caught)
 
 
 def test_a_refusal_names_every_field_that_differs(folder):
@@ -81,34 +93,66 @@ def test_the_seed_without_shuffling_only_warns(folder):
 def test_per_rank_augment_seeds_only_warn(folder):
     with pytest.warns(RuntimeWarning, match="plugin_details") as caught:
         both_ranks(folder, {"augment": Compose([Flip()], seed=0)}, {"augment": Compose([Flip()], seed=1)})
-    assert not any("plans another epoch" in str(w.message) for w in caught)
+    assert all("read one plan" in str(w.message) for w in caught if "rank 1" in str(w.message))
 
 
 def test_the_first_rank_to_arrive_is_the_reference_whichever_it_is(folder):
     store = dist.HashStore()
     compare_with_first(store, "k", 1, rank_print(folder, 1, seed=5))      # rank 1 first
-    with pytest.raises(RuntimeError, match="StreamLoader on rank 0 plans another epoch than rank 1: seed: rank 1 5"):
+    with pytest.raises(RuntimeError, match="StreamLoader on rank 0 differs from the same loader on rank 1 .*"
+                                           "seed: rank 1 5, rank 0 3"):
         compare_with_first(store, "k", 0, rank_print(folder, 0))
 
 
 def test_plan_fields_and_other_fields_are_told_apart():
     plan, other = disagreements({"seed": 1, "shuffle": 0, "resize": None}, {"seed": 2, "shuffle": 0, "resize": [8, 8]})
     assert (plan, other) == ([], ["resize", "seed"])
-    plan, other = disagreements({"seed": 1, "shuffle": 5}, {"seed": 2, "shuffle": 5})
-    assert (plan, other) == (["seed"], [])
+    plan, other = disagreements({"seed": 1, "shuffle": 5}, {"seed": 2, "shuffle": 6})
+    assert (plan, other) == (["seed"], ["shuffle"])
+    indexed = {"shards": "3 shards, 60 samples, names and counts #ab", "read_workers": 0}
+    assert disagreements(indexed, {**indexed, "read_workers": 2}) == ([], ["read_workers"])
+    unindexed = {"shards": "3 shards, no index, names #ab", "read_workers": 0}
+    assert disagreements(unindexed, {**unindexed, "read_workers": 2}) == (["read_workers"], [])
 
 
-def test_loaders_are_matched_by_shards_and_build_order(folder, tmp_path):
+def test_loaders_are_counted_per_shards_as_their_first_passes_begin(folder, tmp_path):
     make_shards(str(tmp_path / "other"), n=20, maxcount=16)
-    first = StreamLoader(folder, batch_size=8)._agreement_key
-    other = StreamLoader(str(tmp_path / "other"), batch_size=8)._agreement_key   # (built on rank 0 only, say)
-    second = StreamLoader(folder, batch_size=8)._agreement_key
+    loader, other = StreamLoader(folder, batch_size=8), StreamLoader(str(tmp_path / "other"), batch_size=8)
+    first = agreement_key(loader)
+    agreement_key(other)                              # (another dataset's loader leaves this count alone)
     prefix, n = first.rsplit("/", 1)
-    assert second == f"{prefix}/{int(n) + 1}"     # (the other dataset's loader left the count alone)
-    assert other.rsplit("/", 1)[0] != prefix
-    assert agreement_key(StreamLoader(folder, batch_size=8)) == f"{prefix}/{int(n) + 3}"   # (each call counts)
-    in_order = StreamLoader(folder, batch_size=8, shuffle=False)._agreement_key      # (an evaluation loader)
-    assert in_order.rsplit("/", 2)[0] == prefix.rsplit("/", 1)[0] and in_order.rsplit("/", 1)[0] != prefix
+    assert agreement_key(loader) == f"{prefix}/{int(n) + 1}"
+    assert agreement_key(other).rsplit("/", 1)[0] != prefix
+
+
+def test_a_loader_takes_its_key_at_its_first_pass_in_the_process_that_reads_it(folder, monkeypatch):
+    """Built, copied or read with ``world_size=1``, it takes no key; a copy that reached another
+    process with a key takes a new one there."""
+    import streamaug.loader.rank_agreement as agreement
+
+    taken = []
+    monkeypatch.setattr(agreement, "default_store", lambda: dist.HashStore())
+    monkeypatch.setattr(agreement.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(agreement.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(agreement, "compare_with_first", lambda store, key, rank, mine: taken.append(key))
+    alone = StreamLoader(folder, batch_size=8, world_size=1, rank=0)
+    next(iter(alone))
+    assert taken == [] and alone._agreement == (None, None, None)
+    loader = StreamLoader(folder, batch_size=8, world_size=2, rank=0)
+    next(iter(loader))
+    next(iter(loader))                                # (checked once per process and topology)
+    assert len(taken) == 1 and loader._agreement[0] == os.getpid()
+    loader._agreement = (-1, *loader._agreement[1:])  # as a copy that took its key in another process
+    next(iter(loader))
+    assert len(taken) == 2 and taken[1] != taken[0]
+    off = StreamLoader(folder, batch_size=8, world_size=2, rank=0, check_ranks=False)
+    next(iter(off))
+    assert len(taken) == 2
+    subgroup = StreamLoader(folder, batch_size=8, world_size=2, rank=1)     # not the group's rank 0
+    next(iter(subgroup))
+    assert len(taken) == 2
+    with pytest.raises(ValueError, match="check_ranks must be True or False, got 'no'"):
+        StreamLoader(folder, batch_size=8, check_ranks="no")
 
 
 def job(folder, out, *flags, check=False):
@@ -116,21 +160,43 @@ def job(folder, out, *flags, check=False):
     return run_torchrun([SCRIPT, folder, out, *flags], nproc=2, timeout=180, check=check)
 
 
+def ranks_read(out) -> list[dict]:
+    return [json.load(open(os.path.join(out, f"rank{r}.json"))) for r in range(2)]
+
+
 @pytest.mark.slow
-def test_torchrun_ranks_seeded_apart_fail_naming_the_seed(folder, tmp_path):
-    proc = job(folder, str(tmp_path / "out"), "--seed-per-rank")
+@pytest.mark.parametrize("flags", [["--seed-per-rank"], ["--shuffle-rank0-only"]], ids=["seed+rank", "shuffle-rank0"])
+def test_torchrun_ranks_that_plan_apart_fail_naming_what_differs(folder, tmp_path, flags):
+    # (rank 0 first reads a loader of its own over the same shards, with world_size=1, and a
+    # shuffled one over other shards: the count that matches loaders across ranks stays aligned)
+    other = str(tmp_path / "other")
+    make_shards(other, n=20, maxcount=16)
+    proc = job(folder, str(tmp_path / "out"), *flags, "--rank0-loaders", other)
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
-    assert "plans another epoch than rank" in text and "seed: rank " in text, text[-3000:]
+    named = "seed: rank " if flags == ["--seed-per-rank"] else "shuffled: rank "
+    assert "differs from the same loader on rank" in text and named in text, text[-3000:]
 
 
 @pytest.mark.slow
-def test_torchrun_one_seed_reads_disjoint_complete_slices_even_with_a_rank0_only_loader(folder, tmp_path):
+def test_torchrun_seed_plus_rank_with_the_check_off_overlaps_and_misses_samples(folder, tmp_path):
     out = str(tmp_path / "out")
-    job(folder, out, "--rank0-loader", check=True)     # (rank 0's own loader first: no one waits for it)
-    ranks = [json.load(open(os.path.join(out, f"rank{r}.json"))) for r in range(2)]
-    keys = [set(r["keys"]) for r in ranks]
-    assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == 60
+    job(folder, out, "--seed-per-rank", "--no-check", check=True)
+    keys = [set(r["keys"][0]) for r in ranks_read(out)]
+    assert len(keys[0]) == len(keys[1]) == 30 and keys[0] & keys[1] and len(keys[0] | keys[1]) < 60
+
+
+@pytest.mark.slow
+def test_torchrun_loaders_built_per_epoch_read_disjoint_complete_slices_beside_rank0_only_loaders(folder, tmp_path):
+    # a loader per epoch (seed 7 + epoch on every rank), after rank 0 read loaders of its own that
+    # no other rank reads: nothing waits for them, and each epoch's loaders are matched
+    other, out = str(tmp_path / "other"), str(tmp_path / "out")
+    make_shards(other, n=20, maxcount=16)
+    job(folder, out, "--rank0-loaders", other, "--epochs", "2", check=True)
+    ranks = ranks_read(out)
+    for epoch in range(2):
+        keys = [set(r["keys"][epoch]) for r in ranks]
+        assert not keys[0] & keys[1] and len(keys[0] | keys[1]) == 60
     assert not any("StreamLoader on rank" in w for r in ranks for w in r["warnings"])
 
 
@@ -138,7 +204,7 @@ def test_torchrun_one_seed_reads_disjoint_complete_slices_even_with_a_rank0_only
 def test_torchrun_seed_apart_without_shuffling_runs_and_warns(folder, tmp_path):
     out = str(tmp_path / "out")
     job(folder, out, "--seed-per-rank", "--shuffle", "0", check=True)
-    ranks = [json.load(open(os.path.join(out, f"rank{r}.json"))) for r in range(2)]
-    assert len(set(ranks[0]["keys"]) | set(ranks[1]["keys"])) == 60
-    told = [w for r in ranks for w in r["warnings"] if "configured differently" in w]
+    ranks = ranks_read(out)
+    assert len(set(ranks[0]["keys"][0]) | set(ranks[1]["keys"][0])) == 60
+    told = [w for r in ranks for w in r["warnings"] if "read one plan" in w]
     assert len(told) == 1 and "seed: rank " in told[0]
