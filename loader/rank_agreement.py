@@ -19,9 +19,11 @@ the seed without shuffling) are warned about once: the job runs, but a state sav
 rank will not resume the other.
 
 Loaders are matched across ranks by their shards and the order in which each process began
-their first passes on several ranks (see :func:`agreement_key`). Nothing is checked without
-``torch.distributed``, on one rank, where ``world_size=``/``rank=`` name a subgroup rather
-than the process group, where the store cannot ``compare_set``, or with ``check_ranks=False``.
+their first passes on several ranks (see :func:`agreement_key`). Two processes given the same
+``rank=`` with the process group's world size (``rank=LOCAL_RANK`` on every node) are refused
+too: they read one slice, and another is never read. Nothing is checked without
+``torch.distributed``, on one rank, where ``world_size=`` names a subgroup's size rather than
+the process group's, where the store cannot ``compare_set``, or with ``check_ranks=False``.
 """
 from __future__ import annotations
 
@@ -107,25 +109,44 @@ def compare_with_first(store, key: str, rank: int, mine: dict) -> None:
         raise RuntimeError(
             f"{where}, so the ranks would read slices of different epoch plans: {shown}. Ranks would overlap "
             f"and miss samples, or yield different numbers of batches; check these settings on every rank "
-            f"(seed= too: seed each rank's own RNGs apart, not the loader's). If the ranks are meant to "
-            f"read different epochs, pass check_ranks=False")
+            f"(seed= too: seed each rank's own RNGs apart, not the loader's). A loader over these shards "
+            f"that some ranks read and others do not (rank 0 alone, say) is matched with the next one the "
+            f"others read: give it world_size=1, rank=0. If the ranks are meant to read different epochs, "
+            f"pass check_ranks=False (a state saved on one rank then resumes no other: Lightning and "
+            f"accelerate save rank 0's)")
     warnings.warn(f"{where}: {shown}. The ranks read one plan, but their batches differ in these ways, and "
                   f"a state saved on one of them will not resume the other", RuntimeWarning,
                   stacklevel=caller_stacklevel())
 
 
+def claim_rank(store, key: str, loader_rank: int, rank: int) -> None:
+    """Refuse a second process that reads the same rank's slice (``rank=LOCAL_RANK`` on every node)."""
+    try:
+        holder = int(store.compare_set(f"{key}/slice{loader_rank}", "", str(rank)))
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return
+    if holder != rank:
+        raise RuntimeError(
+            f"StreamLoader on process rank {rank} was given rank={loader_rank}, which process rank {holder} "
+            f"reads too: with world_size= the process group's ({dist.get_world_size()}), every process must "
+            f"read its own rank's slice, or the others' samples are never read. Leave rank= out (the process "
+            f"group's is used), or pass each process its global rank")
+
+
 def check_ranks_agree(loader) -> None:
     """At a pass, once per process and topology: refuse a plan that differs from the first
-    rank's (see the module). Only where the loader's ranks are the process group's (not a
-    data-parallel subgroup given as ``world_size=``/``rank=``)."""
+    rank's, or a rank's slice that two processes read (see the module). Only where the
+    loader's world size is the process group's (not a data-parallel subgroup given as
+    ``world_size=``/``rank=``)."""
     here = (os.getpid(), loader._topology)
     if not loader.check_ranks or loader.world_size <= 1 or loader._agreement[:2] == here:
         return
     store = default_store()
-    if store is None or (loader.world_size, loader.rank) != (dist.get_world_size(), dist.get_rank()):
+    if store is None or loader.world_size != dist.get_world_size():
         return
     key = loader._agreement[2] if loader._agreement[0] == here[0] else agreement_key(loader)
     loader._agreement = (here[0], None, key)         # (a refused pass is checked again, under the same key)
     mine = json.loads(json.dumps(fingerprint(loader), default=str))   # (as stored: tuples become lists)
     compare_with_first(store, job_key(key), dist.get_rank(), mine)
+    claim_rank(store, job_key(key), loader.rank, dist.get_rank())
     loader._agreement = (*here, key)

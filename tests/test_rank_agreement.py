@@ -19,7 +19,7 @@ import torch.distributed as dist
 from shard_factory import make_shards
 from streamaug.loader import StreamLoader
 from streamaug.loader.loader_state import fingerprint
-from streamaug.loader.rank_agreement import agreement_key, compare_with_first, disagreements
+from streamaug.loader.rank_agreement import agreement_key, claim_rank, compare_with_first, disagreements
 from streamaug.ops import Compose, Flip
 from torchrun_job import run_torchrun
 
@@ -104,6 +104,18 @@ def test_the_first_rank_to_arrive_is_the_reference_whichever_it_is(folder):
         compare_with_first(store, "k", 0, rank_print(folder, 0))
 
 
+def test_a_second_process_reading_the_same_ranks_slice_is_refused(monkeypatch):
+    import streamaug.loader.rank_agreement as agreement
+
+    monkeypatch.setattr(agreement.dist, "get_world_size", lambda: 2)
+    store = dist.HashStore()
+    claim_rank(store, "k", 0, 0)
+    claim_rank(store, "k", 0, 0)           # (the same process again: a later pass)
+    claim_rank(store, "k", 1, 1)
+    with pytest.raises(RuntimeError, match=r"process rank 1 was given rank=0, which process rank 0 reads too"):
+        claim_rank(store, "k", 0, 1)
+
+
 def test_plan_fields_and_other_fields_are_told_apart():
     plan, other = disagreements({"seed": 1, "shuffle": 0, "resize": None}, {"seed": 2, "shuffle": 0, "resize": [8, 8]})
     assert (plan, other) == ([], ["resize", "seed"])
@@ -148,7 +160,8 @@ def test_a_loader_takes_its_key_at_its_first_pass_in_the_process_that_reads_it(f
     off = StreamLoader(folder, batch_size=8, world_size=2, rank=0, check_ranks=False)
     next(iter(off))
     assert len(taken) == 2
-    subgroup = StreamLoader(folder, batch_size=8, world_size=2, rank=1)     # not the group's rank 0
+    monkeypatch.setattr(agreement.dist, "get_world_size", lambda: 4)
+    subgroup = StreamLoader(folder, batch_size=8, world_size=2, rank=0)     # a subgroup of 2 in a group of 4
     next(iter(subgroup))
     assert len(taken) == 2
     with pytest.raises(ValueError, match="check_ranks must be True or False, got 'no'"):
@@ -165,8 +178,11 @@ def ranks_read(out) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags", [["--seed-per-rank"], ["--shuffle-rank0-only"]], ids=["seed+rank", "shuffle-rank0"])
-def test_torchrun_ranks_that_plan_apart_fail_naming_what_differs(folder, tmp_path, flags):
+@pytest.mark.parametrize("flags, named", [(["--seed-per-rank"], "seed: rank "),
+                                          (["--shuffle-rank0-only"], "shuffled: rank "),
+                                          (["--rank-zero-everywhere"], "was given rank=0, which process rank ")],
+                         ids=["seed+rank", "shuffle-rank0", "rank0-twice"])
+def test_torchrun_ranks_that_plan_apart_fail_naming_what_differs(folder, tmp_path, flags, named):
     # (rank 0 first reads a loader of its own over the same shards, with world_size=1, and a
     # shuffled one over other shards: the count that matches loaders across ranks stays aligned)
     other = str(tmp_path / "other")
@@ -174,8 +190,7 @@ def test_torchrun_ranks_that_plan_apart_fail_naming_what_differs(folder, tmp_pat
     proc = job(folder, str(tmp_path / "out"), *flags, "--rank0-loaders", other)
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
-    named = "seed: rank " if flags == ["--seed-per-rank"] else "shuffled: rank "
-    assert "differs from the same loader on rank" in text and named in text, text[-3000:]
+    assert named in text, text[-3000:]
 
 
 @pytest.mark.slow

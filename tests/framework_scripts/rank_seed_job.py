@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node=2 rank_seed_job.py SHARDS OUT [--seed-per-rank] [--shuffle N]
              [--shuffle-rank0-only] [--rank0-loaders OTHER] [--epochs N] [--no-check]
+             [--rank-zero-everywhere]
 
 Each rank builds ``StreamLoader(SHARDS, seed=7 [+ rank], ...)`` and reads it, writing the keys it
 read and the warnings it saw to ``OUT/rank{r}.json``. With ``--epochs N`` the loader is built
@@ -38,6 +39,7 @@ def main() -> None:
     p.add_argument("--rank0-loaders", default=None)
     p.add_argument("--epochs", type=int, default=0)
     p.add_argument("--no-check", action="store_true")
+    p.add_argument("--rank-zero-everywhere", action="store_true")      # rank=0 with the group's world size
     args = p.parse_args()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -47,14 +49,15 @@ def main() -> None:
         read(StreamLoader(args.rank0_loaders, batch_size=8, shuffle=False))
     shuffle = 0 if args.shuffle_rank0_only and rank > 0 else args.shuffle
     seed = 7 + (rank if args.seed_per_rank else 0)
+    ranks = dict(world_size=dist.get_world_size(), rank=0) if args.rank_zero_everywhere else {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if args.epochs:
             keys = [read(StreamLoader(args.shards, batch_size=8, shuffle=shuffle, seed=seed + e,
-                                      check_ranks=not args.no_check)) for e in range(args.epochs)]
+                                      check_ranks=not args.no_check, **ranks)) for e in range(args.epochs)]
         else:
             keys = [read(StreamLoader(args.shards, batch_size=8, shuffle=shuffle, seed=seed,
-                                      check_ranks=not args.no_check))]
+                                      check_ranks=not args.no_check, **ranks))]
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
         json.dump({"keys": keys, "warnings": [str(w.message) for w in caught]}, f)
     dist.barrier()
