@@ -33,14 +33,12 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.distributed as dist
 
-from streamaug.core.plugin import BindContext
 from streamaug.core.threads import IntraOpThreads, main_process_threads
 
 from .batch import Batch
 from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, DecodeLimits
-from .epoch_plan import EpochPlan, PlanSpec
+from .epoch_plan import EpochPlan
 from .dataloader_arguments import (SHUFFLE_BUFFER, check_batch_size, check_num_workers, check_prefetch, check_seed,
                                    check_shuffle, check_topology, read_worker_options)
 from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, epoch_sampler, first_item
@@ -52,14 +50,15 @@ from .loader_state import LoadedState, plugin_details, save_state
 from .output_format import OutputFormat
 from .pass_position import PassPosition
 from .plugin_stage import claim_balancer, plugin_seeds
+from .rank_binding import bind_topology
 from .read_workers import stop_workers
 from .sample_decoder import decoders_for
 from .sample_lookup import ShardRowSource
 from .index_lookup import find_index
 from .shard_index import ShardIndex, check_num_classes
 from .shard_urls import expand_urls, named_twice, refuse_missing_local
-from .worker_stages import WorkerStages, stages_in_workers_argument, worker_side
-from .worker_stream import StreamSettings, WorkerStream
+from .worker_stages import stages_in_workers_argument, worker_side
+from .worker_stream import StreamSettings
 from .unfinished_write import refuse_unfinished_write
 
 
@@ -70,12 +69,6 @@ def index_file_given(urls) -> str | None:
     if isinstance(urls, (str, os.PathLike)) and os.fspath(urls).endswith(".json"):
         return os.fspath(urls)
     return None
-
-
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
 
 
 class StreamLoader:
@@ -267,43 +260,8 @@ class StreamLoader:
         return self.stages_in_workers
 
     def _ensure_topology(self) -> None:
-        """Read world size and rank (overrides win); on a change, re-plan and rebind."""
-        ws, rk = _distributed()
-        ws = ws if self._world_override is None else self._world_override
-        rk = rk if self._rank_override is None else self._rank_override
-        if (ws, rk) == self._topology:
-            return
-        if not 0 <= rk < ws:
-            raise ValueError(f"rank must be in [0, world_size={ws}), got {rk}")
-        if ws > 1 and self.index is None:
-            warnings.warn(f"StreamLoader without an index on {ws} ranks: each rank streams its own shards and "
-                          "the ranks' epochs can differ in length, which stalls or fails a DDP job at the "
-                          "epoch's end; write an index (streamaug index) for equal-length epochs",
-                          RuntimeWarning, stacklevel=3)
-        self.close()                      # persistent workers hold the old plan
-        self.world_size, self.rank = ws, rk
-        if self.balance is not None:
-            self.balance.bind(BindContext(
-                class_counts=self.index.class_counts if self.index is not None else None,
-                num_classes=self.num_classes, world_size=ws, rank=rk, device=self.device,
-                rows=self._rows, stats=self.stats, augmented=self.augment is not None,
-                seed=self._plugin_seeds["balance"],
-                class_names=self.index.class_names if self.index is not None else None))
-        stages = WorkerStages(self.balance, self.augment, self.mixup, self._plugin_seeds, rk, self.num_classes) \
-            if self.stages_in_workers else None
-        if self.index is None:
-            self._stream = WorkerStream(self._settings, urls=self.urls, batch_size=self.batch_size,
-                                        world_size=ws, rank=rk, stages=stages,
-                                        drop_last=self.drop_last and not self._rebatches)   # (else the re-cut drops)
-        else:
-            synthetic, most = self.balance.synthetic_counts() if self.balance is not None else (0, 0)
-            spec = PlanSpec(self.index, self.seed, self.batch_size, ws, rk, self.read_workers, self.drop_last,
-                            bool(self.shuffle), synthetic, most)
-            self._stream = WorkerStream(self._settings, spec=spec, batch_size=self.batch_size, stages=stages)
-        if self.device_decoder is not None:
-            self.device_decoder.donors = self._stream.donors      # pads a batch none of whose images decodes
-        self._loaded.topology_changed(self)          # (a state loaded before the process group came up)
-        self._topology = (ws, rk)                    # (after: a state that failed the check is checked again)
+        """Read world size and rank (overrides win); on a change, re-plan and rebind (``rank_binding``)."""
+        bind_topology(self)
 
     # ------------------------------------------------------------ planning
     def plan(self, epoch: int | None = None) -> EpochPlan | None:

@@ -157,8 +157,8 @@ def test_a_state_loaded_before_the_process_group_is_checked_against_the_group(tm
     script that restores first) checked the state against world size 1. Rank 0's state of a
     2-rank run was refused ("world_size: saved 2, this loader 1"), and a 1-process state was
     taken and then applied to the 2-rank plan. The process group is stood in for by the
-    loader's ``_distributed`` and the launcher's ``WORLD_SIZE``."""
-    import streamaug.loader.stream_loader as stream_loader
+    ``rank_binding.distributed`` and the launcher's ``WORLD_SIZE``."""
+    import streamaug.loader.rank_binding as rank_binding
     index = imbalanced(tmp_path)
     saver = loader(index, rank=0)
     it = iter(saver)
@@ -182,13 +182,13 @@ def test_a_state_loaded_before_the_process_group_is_checked_against_the_group(tm
     held.load_state_dict(two_rank)                       # held until the group is up
     assert held.state_dict() == two_rank
     wrong.load_state_dict(one_process)                   # matches the world of now (1)
-    monkeypatch.setattr(stream_loader, "_distributed", lambda: (2, 1))
+    monkeypatch.setattr(rank_binding, "distributed", lambda: (2, 1))
     assert same(flat(list(held)), expected), "resumed as rank 1 of 2, at batch 2"
     with pytest.raises(ValueError, match="world_size: saved 1, this loader 2"):
         next(iter(wrong))
     with pytest.raises(ValueError, match="world_size: saved 1, this loader 2"):
         next(iter(wrong))                                # (review s35: the second check let it through)
-    monkeypatch.setattr(stream_loader, "_distributed", lambda: (1, 0))
+    monkeypatch.setattr(rank_binding, "distributed", lambda: (1, 0))
     never = late_loader()                                # the launcher's group never came up
     never.load_state_dict(two_rank)
     for _ in range(2):                                   # (review s35: a retry ran epoch 0 from its start)
@@ -196,12 +196,12 @@ def test_a_state_loaded_before_the_process_group_is_checked_against_the_group(tm
             next(iter(never))
     # a held state's position is set at once: set_epoch after it acts as after any load
     # (review s35: the held state, restored at the first pass, undid it and skipped epoch 1)
-    monkeypatch.setattr(stream_loader, "_distributed", lambda: (1, 0))
+    monkeypatch.setattr(rank_binding, "distributed", lambda: (1, 0))
     moved = late_loader()
     moved.load_state_dict(two_rank)
     moved.set_epoch(1)
     assert moved.state_dict()["epoch"] == 1
-    monkeypatch.setattr(stream_loader, "_distributed", lambda: (2, 1))
+    monkeypatch.setattr(rank_binding, "distributed", lambda: (2, 1))
     twin = loader(index, rank=1)
     twin.load_state_dict(two_rank)
     twin.set_epoch(1)
