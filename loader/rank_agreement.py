@@ -36,7 +36,7 @@ import warnings
 
 import torch.distributed as dist
 
-from .loader_state import data_fingerprint, fingerprint
+from .loader_state import fingerprint
 from .pass_position import caller_stacklevel
 
 # what each rank's slice of the epoch plan, and its number of batches, depend on: always these; the
@@ -46,12 +46,13 @@ SHOWN = {"read_workers": "num_workers"}      # the constructor's names
 _counts = collections.defaultdict(itertools.count)     # per shards: loaders whose first pass this process began
 
 
-def agreement_key(loader) -> str:
-    """The store key that names this loader on every rank: its shards and its place among the
-    loaders over them whose first pass on several ranks this process began. A loader takes its
-    key at that pass, in the process that reads it (a copy sent to a spawned process takes its
-    own), so one built but not read, or read on one rank with ``world_size=1``, counts nowhere."""
-    data = hashlib.blake2b(data_fingerprint(loader.index, loader.urls).encode(), digest_size=8).hexdigest()
+def agreement_key(shards: str) -> str:
+    """The store key that names a loader on every rank: its shards (``data_fingerprint``) and its
+    place among the loaders over them whose first pass on several ranks this process began. A
+    loader takes its key at that pass, in the process that reads it (a copy sent to a spawned
+    process takes its own), so one built but not read, or read on one rank with
+    ``world_size=1``, counts nowhere."""
+    data = hashlib.blake2b(shards.encode(), digest_size=8).hexdigest()
     return f"streamaug/plan/{data}/{next(_counts[data])}"
 
 
@@ -63,6 +64,20 @@ def default_store():
     try:
         return None if get is None else get()
     except (RuntimeError, ValueError):
+        return None
+
+
+def compare_set(store, key: str, value: str) -> bytes | None:
+    """``store.compare_set(key, "", value)``: what the key holds after it (``value`` if it was
+    unset); ``None`` where the store has no ``compare_set`` (a user's ``dist.Store`` subclass).
+    A failing store (a lost connection, a timeout) raises, as it would in any collective."""
+    try:
+        return store.compare_set(key, "", value)
+    except NotImplementedError:
+        return None
+    except RuntimeError as e:      # (torch's base Store: "... Not implemented.")
+        if isinstance(e, dist.DistError) or "not implemented" not in str(e).lower():
+            raise
         return None
 
 
@@ -90,9 +105,8 @@ def disagreements(first: dict, mine: dict) -> tuple[list[str], list[str]]:
 
 def compare_with_first(store, key: str, rank: int, mine: dict) -> None:
     """Store ``mine`` under ``key`` unless a rank did first; compare with what is stored."""
-    try:
-        stored = store.compare_set(key, "", json.dumps({"rank": rank, "fingerprint": mine}, sort_keys=True))
-    except (RuntimeError, NotImplementedError, AttributeError):     # a store without compare_set
+    stored = compare_set(store, key, json.dumps({"rank": rank, "fingerprint": mine}, sort_keys=True))
+    if stored is None:
         return
     first = json.loads(stored)
     if first["rank"] == rank:
@@ -121,13 +135,10 @@ def compare_with_first(store, key: str, rank: int, mine: dict) -> None:
 
 def claim_rank(store, key: str, loader_rank: int, rank: int) -> None:
     """Refuse a second process that reads the same rank's slice (``rank=LOCAL_RANK`` on every node)."""
-    try:
-        holder = int(store.compare_set(f"{key}/slice{loader_rank}", "", str(rank)))
-    except (RuntimeError, NotImplementedError, AttributeError):
-        return
-    if holder != rank:
+    holder = compare_set(store, f"{key}/slice{loader_rank}", str(rank))
+    if holder is not None and int(holder) != rank:
         raise RuntimeError(
-            f"StreamLoader on process rank {rank} was given rank={loader_rank}, which process rank {holder} "
+            f"StreamLoader on process rank {rank} was given rank={loader_rank}, which process rank {int(holder)} "
             f"reads too: with world_size= the process group's ({dist.get_world_size()}), every process must "
             f"read its own rank's slice, or the others' samples are never read. Leave rank= out (the process "
             f"group's is used), or pass each process its global rank")
@@ -144,9 +155,9 @@ def check_ranks_agree(loader) -> None:
     store = default_store()
     if store is None or loader.world_size != dist.get_world_size():
         return
-    key = loader._agreement[2] if loader._agreement[0] == here[0] else agreement_key(loader)
-    loader._agreement = (here[0], None, key)         # (a refused pass is checked again, under the same key)
     mine = json.loads(json.dumps(fingerprint(loader), default=str))   # (as stored: tuples become lists)
+    key = loader._agreement[2] if loader._agreement[0] == here[0] else agreement_key(mine["shards"])
+    loader._agreement = (here[0], None, key)         # (a refused pass is checked again, under the same key)
     compare_with_first(store, job_key(key), dist.get_rank(), mine)
     claim_rank(store, job_key(key), loader.rank, dist.get_rank())
     loader._agreement = (*here, key)

@@ -18,8 +18,8 @@ import torch.distributed as dist
 
 from shard_factory import make_shards
 from streamaug.loader import StreamLoader
-from streamaug.loader.loader_state import fingerprint
-from streamaug.loader.rank_agreement import agreement_key, claim_rank, compare_with_first, disagreements
+from streamaug.loader.loader_state import data_fingerprint, fingerprint
+from streamaug.loader.rank_agreement import agreement_key, claim_rank, compare_set, compare_with_first, disagreements
 from streamaug.ops import Compose, Flip
 from torchrun_job import run_torchrun
 
@@ -116,6 +116,21 @@ def test_a_second_process_reading_the_same_ranks_slice_is_refused(monkeypatch):
         claim_rank(store, "k", 0, 1)
 
 
+def test_a_store_without_compare_set_skips_the_check_and_a_failing_store_raises():
+    class NoCompareSet(dist.Store):                  # torch's base Store: "Not implemented."
+        pass
+
+    class Lost(dist.Store):
+        def compare_set(self, key, expected, desired):
+            raise dist.DistStoreError("Socket Timeout")
+
+    assert compare_set(NoCompareSet(), "k", "v") is None
+    compare_with_first(NoCompareSet(), "k", 1, {"seed": 1})          # (nothing to compare with: no error)
+    with pytest.raises(dist.DistStoreError, match="Socket Timeout"):
+        compare_set(Lost(), "k", "v")
+    assert compare_set(dist.HashStore(), "k", "v") == b"v"
+
+
 def test_plan_fields_and_other_fields_are_told_apart():
     plan, other = disagreements({"seed": 1, "shuffle": 0, "resize": None}, {"seed": 2, "shuffle": 0, "resize": [8, 8]})
     assert (plan, other) == ([], ["resize", "seed"])
@@ -130,11 +145,12 @@ def test_plan_fields_and_other_fields_are_told_apart():
 def test_loaders_are_counted_per_shards_as_their_first_passes_begin(folder, tmp_path):
     make_shards(str(tmp_path / "other"), n=20, maxcount=16)
     loader, other = StreamLoader(folder, batch_size=8), StreamLoader(str(tmp_path / "other"), batch_size=8)
-    first = agreement_key(loader)
-    agreement_key(other)                              # (another dataset's loader leaves this count alone)
+    shards, others = data_fingerprint(loader.index, loader.urls), data_fingerprint(other.index, other.urls)
+    first = agreement_key(shards)
+    agreement_key(others)                             # (another dataset's loader leaves this count alone)
     prefix, n = first.rsplit("/", 1)
-    assert agreement_key(loader) == f"{prefix}/{int(n) + 1}"
-    assert agreement_key(other).rsplit("/", 1)[0] != prefix
+    assert agreement_key(shards) == f"{prefix}/{int(n) + 1}"
+    assert agreement_key(others).rsplit("/", 1)[0] != prefix
 
 
 def test_a_loader_takes_its_key_at_its_first_pass_in_the_process_that_reads_it(folder, monkeypatch):
