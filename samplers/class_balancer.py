@@ -50,16 +50,17 @@ import torch
 from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import BindContext
 from streamaug.core.seeding import derive_seed
-from streamaug.core.shard_names import shard_file_name
 from streamaug.core.transfer import to_device
 
 from .class_reservoir import ClassReservoir
+from .reservoir_fill import fill_reservoirs, needed_classes
 from .online_counts import check_dict_targets, online_due
 from .sampling_strategy import check_strategy_form, synthetic_targets
 from .stable_name import stable_name
 from .slot_schedule import max_rank_slots, rank_slots, stratified_choice
 from .random_oversampler import RandomOversampler
-from .synthesizer import Synthesizer, as_dtype, class_label
+from .synthesizer import Synthesizer, class_label
+from .synthetic_rows import append_synthetic_rows
 
 _UNSET = object()
 
@@ -203,55 +204,19 @@ class ClassBalancer:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _fill(self) -> None:
-        """Fill the reservoirs once, identically on every rank, before the first batch.
-
-        A label-only pass over the shards (no image is decoded) lists each needed
-        class's samples; a class with at most ``reservoir_size`` keeps all of them,
-        a larger one the ``reservoir_size`` with the smallest hash of
-        ``(seed, shard file name, key)`` (a seeded uniform subset); then only those are read and
-        decoded. The reservoir is a pure function of the data and the seed, so the
-        balancer's state is its position alone (see :meth:`state_dict`). Needed
-        classes: those synthesized, or every class for synthesizers that look at
-        other classes (Borderline-SMOTE, ADASYN)."""
+        """Fill the reservoirs once, identically on every rank, before the first batch (see
+        :mod:`.reservoir_fill`): a pure function of the data and the seed, so the balancer's
+        state is its position alone (see :meth:`state_dict`)."""
         self._filled = True
         if self._rows is None:
             return
-        counts = self.class_counts_
-        if getattr(self.synthesizer, "uses_all_classes", False):
-            needed = {c for c, n in enumerate(counts) if n}
-        else:
-            needed = {c for c, n in self.targets_.items() if n and counts[c]}
-        listed: dict[int, list[tuple[str, str]]] = {c: [] for c in needed}
-        names: dict[str, str] = {}         # shard url -> its file name, numbered where two share one
-        for url, key, label in self._rows.labels(lambda c: c in needed):
-            listed[label].append((url, key))
-            if url not in names:
-                base = shard_file_name(url)
-                same = sum(n.split("#")[0] == base for n in names.values())
-                names[url] = base if not same else f"{base}#{same}"
-        chosen = {}
-        for c, pairs in listed.items():
-            if len(pairs) > self.reservoir_size:
-                # (the shard's file name, not its path: a dataset that moved, or is mounted elsewhere
-                # on another node, keeps its reservoirs, as the state's fingerprint assumes; two
-                # shards of one name in two folders are told apart by their order)
-                rank = sorted(range(len(pairs)), key=lambda i: derive_seed(self._fill_seed, "reservoir",
-                                                                           names[pairs[i][0]], pairs[i][1]))
-                pairs = [pairs[i] for i in sorted(rank[:self.reservoir_size])]
-            chosen[c] = pairs
-        rows = self._rows.fetch([p for pairs in chosen.values() for p in pairs], self.feature_fn,
-                                missing="skip") if chosen else {}
-        for c, pairs in chosen.items():
-            have = [p for p in pairs if p in rows]
-            if len(have) < len(pairs):
-                skip = ("reservoir_unreadable", len(pairs) - len(have),
-                        f"{self._class(c)}: {len(pairs) - len(have)} listed samples could not be read")
-                self._fill_skips.append(skip)
-                if not self._fill_counted:
-                    self._count_skip(*skip)
-            if have:              # (a subset stands for the whole class: see other_class_share)
-                self.reservoir_.fill(c, torch.stack([rows[p] for p in have]), have, represents=len(listed[c]))
-        self.reservoir_.fixed = True      # nothing is added later: neighbour tables are built once
+        needed = needed_classes(self.class_counts_, self.targets_,
+                                getattr(self.synthesizer, "uses_all_classes", False))
+        self._fill_skips = fill_reservoirs(self._rows, self.reservoir_, needed, self.reservoir_size,
+                                           self._fill_seed, self.feature_fn, self._class)
+        if not self._fill_counted:
+            for skip in self._fill_skips:
+                self._count_skip(*skip)
 
     def restore_fill_counts(self, counted: bool, stats) -> None:
         """The loader restored its ``stats``; ``counted``: they count what filling the reservoirs
@@ -359,8 +324,7 @@ class ClassBalancer:
         """Append a synthetic row of each class in ``classes`` (``permute``: then shuffle the
         batch's rows with ``shuffle_within_batch``)."""
         if len(classes):
-            unfilled = [i for i, c in enumerate(classes.tolist()) if not self.reservoir_.size[c]]
-            self._synthesize(batch, classes, unfilled)
+            self._synthesize(batch, classes)
         if permute and self.shuffle_within_batch and len(batch) > 1:
             batch.permute(self.rng.permutation(len(batch)))
 
@@ -368,55 +332,15 @@ class ClassBalancer:
         if self.stratified:     # classes are chosen per batch from its real rows
             self._stratified_slots(batch.labels[~batch.is_padding], count)
         classes = self._slots[self._cursor:self._cursor + count].copy()
-        unfilled = [i for i, c in enumerate(classes.tolist()) if not self.reservoir_.size[c]]
         self._cursor += count
-        self._synthesize(batch, classes, unfilled)
+        self._synthesize(batch, classes)
 
-    def _synthesize(self, batch: BatchInFlight, classes: np.ndarray, unfilled: list[int]) -> None:
-        """Append one synthetic row per entry of ``classes``; positions in ``unfilled``
-        (no sample of that class anywhere yet) become flagged repeats."""
-        like = batch.images
-        dtype = torch.uint8 if like.dtype == torch.uint8 else torch.float32
-        new_rows, new_labels, prov, padding = [], [], [], []
-        for c in sorted(set(classes.tolist())):
-            positions = [i for i, v in enumerate(classes.tolist()) if v == c and i not in unfilled]
-            if not positions:
-                continue
-            syn = self.synthesizer.synthesize(self.reservoir_, c, len(positions), self.rng, dtype=dtype)
-            new_rows.append(as_dtype(syn.values, dtype))        # a no-op unless a subclass returned floats
-            new_labels += [c] * len(positions)
-            prov += [{"seed": s, "neighbour": p, "u": float(u)}
-                     for s, p, u in zip(syn.seed_entries, syn.partner_entries, syn.u)]
-            padding += [False] * len(positions)
-        for p in unfilled:                   # no class left with samples: repeat a real one, flagged
-            row, c = self._padding_row(batch, int(classes[p]))
-            new_rows.append(as_dtype(row, dtype))
-            new_labels.append(c)
-            prov.append(None)
-            padding.append(True)
-            self._count_skip("balance_shortfall", 1, f"class {int(classes[p])} has no samples "
+    def _synthesize(self, batch: BatchInFlight, classes: np.ndarray) -> None:
+        """Append one synthetic row per entry of ``classes`` (:mod:`.synthetic_rows`), counting
+        each slot filled with a flagged repeat, its class having no sample anywhere yet."""
+        for c in append_synthetic_rows(batch, classes, self.synthesizer, self.reservoir_, self.rng):
+            self._count_skip("balance_shortfall", 1, f"class {c} has no samples "
                              f"on rank {self.rank_}; a real sample was repeated instead")
-        values = torch.cat(new_rows).to(like.dtype)
-        batch.extend(values.to(like.device), new_labels, [f"synthetic:{p['seed'][1]}" if p else "padding" for p in prov],
-                     [p["seed"][0] if p else "" for p in prov], prov, [not q for q in padding], padding)
-
-    def _padding_row(self, batch: BatchInFlight, wanted: int) -> tuple[torch.Tensor, int]:
-        """A real sample to repeat in a slot of class ``wanted``, which has none: a member of a
-        filled reservoir (a class, then a member, drawn uniformly), else one of the batch's real
-        rows, drawn uniformly. (It was the first member of the first filled class, else the
-        batch's first real row: a class with no readable sample had one image repeated in
-        every one of its slots in a batch.)"""
-        filled = np.flatnonzero(self.reservoir_.size)
-        if len(filled):
-            c = int(filled[self.rng.integers(len(filled))])
-            i = int(self.rng.integers(self.reservoir_.size[c]))
-            return self.reservoir_.members(c)[i:i + 1].float(), c
-        real = batch.real.nonzero().flatten().tolist()
-        if real:
-            r = real[int(self.rng.integers(len(real)))]
-            return batch.images[r:r + 1].float(), int(batch.labels[r])
-        raise ValueError(f"class {wanted} has no readable sample (see loader.stats.skipped) and batch "
-                         f"{batch.batch_id} has no real row to repeat in its place")
 
     # ------------------------------------------------------------------ in the reading workers
     def worker_blocker(self, indexed: bool) -> str | None:

@@ -462,6 +462,17 @@ def test_a_moved_dataset_keeps_its_reservoirs(tmp_path):
         keys.append({c: sorted(k for _, k in balancer.reservoir_.entries[c]) for c in range(4)})
     assert keys[0] == keys[1] and sum(len(k) for k in keys[0].values()) == 48
 
+def test_shards_of_one_file_name_are_numbered_in_the_order_the_label_pass_meets_them():
+    """The reservoir subset hashes each shard's file name; two shards of one name in two folders
+    are told apart by the order they are met in, not by their folders."""
+    from streamaug.samplers.reservoir_fill import needed_classes, shard_names
+
+    assert shard_names(["/d/b/x.tar", "/d/a/x.tar", "/d/a/y.tar", "/d/c/x.tar"]) == {
+        "/d/b/x.tar": "x.tar", "/d/a/x.tar": "x.tar#1", "/d/a/y.tar": "y.tar", "/d/c/x.tar": "x.tar#2"}
+    assert needed_classes([5, 0, 3, 9], {1: 4, 2: 6, 3: 0}, uses_all_classes=False) == {2}
+    assert needed_classes([5, 0, 3, 9], {1: 4, 2: 6, 3: 0}, uses_all_classes=True) == {0, 2, 3}
+
+
 def test_loader_with_balancer_and_workers_is_freed_promptly(data):
     """Regression: a loader↔balancer reference cycle left persistent workers to the cyclic GC,
     whose shutdown then waited out torch's 5 s join timeout per worker."""
