@@ -54,6 +54,19 @@ def check_range(name: str, value, *, low: float | None = None, symmetric: bool =
     return lo, hi
 
 
+def checked_params(op, params: Params, n: int) -> Params:
+    """Given parameters (a replay): every per-row entry has ``n`` rows, and ``apply`` is bool;
+    numpy arrays and lists (a JSON round trip) become tensors (Python floats as float64)."""
+    for name, value in params.items():
+        rows = np.shape(value)
+        if rows and rows[0] != n:
+            raise ValueError(f"{type(op).__name__} params[{name!r}] has {rows[0]} rows, the batch {n}")
+    if "apply" not in params:
+        raise ValueError(f"{type(op).__name__} params need 'apply' (a bool per row)")
+    tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v)) for k, v in params.items()}
+    return {**tensors, "apply": torch.as_tensor(np.asarray(params["apply"], dtype=bool))}
+
+
 def check_images(images) -> None:
     """NCHW, uint8 or float in [0, 1]; anything else is refused with the value named."""
     if not isinstance(images, torch.Tensor):

@@ -26,23 +26,10 @@ import torch
 from streamaug.core.seeding import derive_seed
 from streamaug.core.transfer import to_device
 
-from .base import GeometricOp, IntensityOp, Op, Params, check_images
+from .base import GeometricOp, IntensityOp, Op, Params, check_images, checked_params
 from .geometric.affine_matrix import fuse_affine
 
 BACKENDS = ("kornia", "dali", "opencv")
-
-
-def checked_params(op, params: Params, n: int) -> Params:
-    """Given parameters (a replay): every per-row entry has ``n`` rows, and ``apply`` is bool;
-    numpy arrays and lists (a JSON round trip) become tensors (Python floats as float64)."""
-    for name, value in params.items():
-        rows = np.shape(value)
-        if rows and rows[0] != n:
-            raise ValueError(f"{type(op).__name__} params[{name!r}] has {rows[0]} rows, the batch {n}")
-    if "apply" not in params:
-        raise ValueError(f"{type(op).__name__} params need 'apply' (a bool per row)")
-    tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v)) for k, v in params.items()}
-    return {**tensors, "apply": torch.as_tensor(np.asarray(params["apply"], dtype=bool))}
 
 
 class Compose:

@@ -154,6 +154,56 @@ def test_mix_ops_reject_bad_labels():
         op(images(n=8), torch.arange(4), num_classes=10)
 
 
+@pytest.mark.parametrize("op", [MixUp(0.4, seed=2), CutMix(1.0, seed=3), MixUp(0.4, seed=2, partners="balanced")],
+                         ids=["mixup", "cutmix", "mixup-balanced"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_mix_ops_replay_params_through_json_and_numpy(op, dtype):
+    """A mix op's params, as saved to JSON or numpy, replay the call exactly, as Compose's do."""
+    import json
+
+    x, labels = images(n=12, dtype=dtype), torch.arange(12) % 4
+    mixed, targets = op(x, labels, num_classes=4)
+    as_json = json.loads(json.dumps({k: v.tolist() for k, v in op.last_params.items()}))
+    as_numpy = {k: v.numpy() for k, v in op.last_params.items()}
+    for given in (as_json, as_numpy):
+        again, again_targets = op(x, labels, num_classes=4, params=given)
+        assert torch.equal(again, mixed) and torch.equal(again_targets, targets)
+        assert again_targets.dtype == torch.float32
+
+
+def test_mix_ops_refuse_params_that_do_not_fit_the_batch():
+    """Replayed params that do not fit are refused naming the op, the entry and the value, not
+    met deep inside with an IndexError, or (CutMix, a box for larger images) taken silently with
+    label weights outside [0, 1]."""
+    x, labels = images(n=8, h=16, w=16, dtype=torch.uint8), torch.arange(8) % 2
+    mixup, cutmix = MixUp(0.4, seed=0), CutMix(1.0, seed=3)
+    mixup(images(n=16), torch.arange(16) % 2, num_classes=2)
+    with pytest.raises(ValueError, match=r"MixUp params\['apply'\] has 16 rows, the batch 8"):
+        mixup(x, labels, num_classes=2, params=mixup.last_params)
+    mixup(x, labels, num_classes=2)
+    good = mixup.last_params
+    with pytest.raises(ValueError, match=r"MixUp params need 'perm' \(as in its last_params\)"):
+        mixup(x, labels, num_classes=2, params={k: v for k, v in good.items() if k != "perm"})
+    with pytest.raises(ValueError, match=r"MixUp params need 'apply'"):
+        mixup(x, labels, num_classes=2, params={k: v for k, v in good.items() if k != "apply"})
+    with pytest.raises(ValueError, match=r"params\['perm'\] must be 8 row indices in \[0, 8\), got torch.int64 "
+                                         r"\(8,\): \[0, 1, 2, 3, 4, 5, 6, 8\]"):
+        mixup(x, labels, num_classes=2, params={**good, "perm": torch.tensor([0, 1, 2, 3, 4, 5, 6, 8])})
+    with pytest.raises(ValueError, match=r"params\['lam'\] must be 8 floats in \[0, 1\]"):
+        mixup(x, labels, num_classes=2, params={**good, "lam": torch.full((8,), 1.5)})
+    with pytest.raises(ValueError, match=r"params\['lam'\] must be 8 floats in \[0, 1\]"):
+        mixup(x, labels, num_classes=2, params={**good, "lam": torch.full((8,), float("nan"))})
+    cutmix(images(n=8, h=32, w=32, dtype=torch.uint8), labels, num_classes=2)
+    drawn_big = cutmix.last_params
+    assert int(drawn_big["box"][:, [1, 3]].max()) > 16, "some box reaches past 16 pixels (else the case is moot)"
+    with pytest.raises(ValueError, match=r"CutMix params\['box'\]\[\d+\] = \[.*\] is not a box .* inside "
+                                         r"these 16x16 images: were the params drawn for images of another size\?"):
+        cutmix(x, labels, num_classes=2, params=drawn_big)
+    cutmix(x, labels, num_classes=2)
+    _, targets = cutmix(x, labels, num_classes=2, params=cutmix.last_params)
+    assert float(targets.min()) >= 0 and float(targets.max()) <= 1
+
+
 # ---------------------------------------------------------------- the CPU fast paths against the plain formulas
 @pytest.mark.parametrize("threads", [1, 2])
 def test_noise_added_chunk_by_chunk_is_the_whole_field(threads):

@@ -34,6 +34,25 @@ class CutMix(MixOp):
         params["box"] = torch.from_numpy(np.stack([y0, y1, x0, x1], -1))
         return params
 
+    param_names = (*MixOp.param_names, "box")
+
+    def checked_replay(self, params: Params, n: int, height: int, width: int) -> Params:
+        """As :meth:`MixOp.checked_replay`, and ``box`` rows ``(y0, y1, x0, x1)`` inside this
+        batch's ``height × width`` (a box drawn for a larger image would paste a clipped area
+        but weigh the label by the unclipped one)."""
+        params = super().checked_replay(params, n, height, width)
+        box = params["box"]
+        if box.shape != (n, 4) or box.is_floating_point() or box.dtype == torch.bool:
+            raise ValueError(f"CutMix params['box'] must be {n} integer rows (y0, y1, x0, x1), got {box.dtype} "
+                             f"{tuple(box.shape)}")
+        y0, y1, x0, x1 = box.long().unbind(1)
+        outside = ~((0 <= y0) & (y0 <= y1) & (y1 <= height) & (0 <= x0) & (x0 <= x1) & (x1 <= width))
+        if bool(outside.any()):
+            row = int(outside.nonzero()[0])
+            raise ValueError(f"CutMix params['box'][{row}] = {box[row].tolist()} is not a box (y0, y1, x0, x1) inside "
+                             f"these {height}x{width} images: were the params drawn for images of another size?")
+        return {**params, "box": box.long()}
+
     def mix_images(self, images: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         n, _, h, w = images.shape
         box = params["box"] * params["apply"].view(-1, 1)             # rows not mixed paste nothing

@@ -13,7 +13,7 @@ import torch
 
 from streamaug.core.transfer import to_device
 
-from ..base import Op, Params, check_images
+from ..base import Op, Params, check_images, checked_params
 from .mix_balance import balanced_partners, check_balance_options, remix_label_weight
 
 
@@ -28,6 +28,12 @@ def one_hot(labels: torch.Tensor, num_classes: int | None) -> torch.Tensor:
         raise ValueError(f"labels must be in [0, {num_classes}), got range "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     return torch.nn.functional.one_hot(labels.long(), num_classes).float()
+
+
+def _sample(values: torch.Tensor) -> str:
+    """A refused parameter's values, shortened for a message."""
+    flat = values.flatten().tolist()
+    return f"{flat[:8]}{' ...' if len(flat) > 8 else ''}"
 
 
 class MixOp(Op):
@@ -108,11 +114,35 @@ class MixOp(Op):
         n, _, h, w = images.shape
         if params is None:
             params = self.generate_parameters(n, h, w, labels if self.partners == "balanced" else None)
+        else:
+            params = self.checked_replay(params, n, h, w)
         self.last_params = params
         mixed, lam = self.mix_images(images, params)
         lam_y = to_device(self.label_weight(lam, labels, params), images.device).view(-1, 1)
         perm = to_device(params["perm"], images.device)
         return mixed, lam_y * targets + (1 - lam_y) * targets[perm]
+
+    param_names = ("apply", "lam", "perm")
+
+    def checked_replay(self, params: Params, n: int, height: int, width: int) -> Params:
+        """Given parameters (a replay, perhaps through JSON or numpy): each of ``param_names``
+        present, with one entry per row, ``lam`` in [0, 1] (as float32, as drawn) and ``perm``
+        rows of this batch; anything else is refused naming the op, the entry and the value."""
+        params = checked_params(self, params, n)
+        name = type(self).__name__
+        missing = [k for k in self.param_names if k not in params]
+        if missing:
+            raise ValueError(f"{name} params need {', '.join(map(repr, missing))} (as in its last_params), "
+                             f"got {sorted(params)}")
+        lam, perm = params["lam"], params["perm"]
+        if lam.shape != (n,) or not (lam.is_floating_point() and bool(((lam >= 0) & (lam <= 1)).all())):
+            raise ValueError(f"{name} params['lam'] must be {n} floats in [0, 1], got {lam.dtype} "
+                             f"{tuple(lam.shape)}: {_sample(lam)}")
+        if perm.shape != (n,) or perm.is_floating_point() or perm.dtype == torch.bool or \
+                (n and not 0 <= int(perm.min()) <= int(perm.max()) < n):
+            raise ValueError(f"{name} params['perm'] must be {n} row indices in [0, {n}), got {perm.dtype} "
+                             f"{tuple(perm.shape)}: {_sample(perm)}")
+        return {**params, "lam": lam.float(), "perm": perm.long()}
 
     def mix_images(self, images: torch.Tensor, params: Params) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
