@@ -99,16 +99,17 @@ def load_npy(data: bytes) -> np.ndarray:
     return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
-def decode_image(data: bytes, ext: str) -> np.ndarray:
+def decode_image(data: bytes, ext: str, alpha: bool = False) -> np.ndarray:
     """Bytes → ``(H, W, C)`` uint8. Raises ``ValueError``/``OSError`` on bad data, and
     ``KeyError`` for an extension that names no decoded format. Pillow tries only the
-    format ``ext`` names, so TIFF/BMP/EPS bytes never reach their decoders."""
+    format ``ext`` names, so TIFF/BMP/EPS bytes never reach their decoders. ``alpha``: an
+    image with an alpha channel or a transparent colour decodes to RGBA (see :func:`pil_pixels`)."""
     if ext == "npy":
         npy_image_shape(data)
         arr = load_npy(data)
         return arr[..., None] if arr.ndim == 2 else arr
     with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[ext]]) as img:
-        return pil_pixels(img)
+        return pil_pixels(img, alpha)
 
 
 def warn_if_pil_fills_cut_images(stacklevel: int = 3) -> None:
@@ -138,13 +139,25 @@ def stored_mode(img: Image.Image) -> str:
     return img.mode
 
 
-def pil_pixels(img: Image.Image) -> np.ndarray:
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """An alpha channel, or a transparent colour or palette entry (PNG's tRNS, GIF's)."""
+    return img.mode in ALPHA_MODES or "transparency" in img.info
+
+
+def pil_pixels(img: Image.Image, alpha: bool = False) -> np.ndarray:
     """``(H, W, C)`` uint8 of an open PIL image, with C as :func:`decoded_channels` says: alpha
     dropped, a palette expanded, and 16-bit gray reduced to 8 bits as ``round(v / 257)``,
     which is what DALI's decoder gives (converting ``I;16`` to ``L`` would clip every value
     over 255 to white). 16-bit colour and gray + alpha PNGs PIL itself reduces to their high byte,
-    within 1 of DALI."""
+    within 1 of DALI. ``alpha`` (the loader's ``channels=4``): an image with alpha or a
+    transparent colour gives RGBA, its alpha kept (gray repeated; it was dropped, and the
+    loader then added an opaque one)."""
     mode = stored_mode(img)
+    if alpha and has_alpha(img):
+        return np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
     if mode == "LA" and img.mode == "RGBA":             # 16-bit gray + alpha, opened as RGBA
         arr = np.asarray(img)[..., 0]
     elif mode.startswith("I"):
@@ -252,7 +265,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(pil.resize(size[::-1], Image.BILINEAR)).reshape(*size, image.shape[2])
 
 
-def decode_image_at_least(data: bytes, ext: str, size: tuple[int, int] | None) -> np.ndarray:
+def decode_image_at_least(data: bytes, ext: str, size: tuple[int, int] | None, alpha: bool = False) -> np.ndarray:
     """Like :func:`decode_image`, but a JPEG that will be resized to ``size`` = (H', W') is
     decoded at a reduced scale first (PIL ``draft``: libjpeg's DCT scaling by 1/2, 1/4 or 1/8,
     only as far as every side stays >= ``size``), which skips most of the decode work for
@@ -260,8 +273,8 @@ def decode_image_at_least(data: bytes, ext: str, size: tuple[int, int] | None) -
     full decode + resize by the DCT scaling's own filtering (tested in ``tests/test_draft_decode.py``).
     Everything else (no ``size``, PNG, ``.npy``) decodes as :func:`decode_image` does."""
     if size is None or ext not in ("jpg", "jpeg"):
-        return decode_image(data, ext)
+        return decode_image(data, ext, alpha)
     with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
         if img.format == "JPEG":
             img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (size[1], size[0]))
-        return pil_pixels(img)
+        return pil_pixels(img, alpha)

@@ -95,7 +95,9 @@ class SampleDecoder:
             raise StreamError("bad_label", f"label in {label_key!r} is not an integer class: {e}{hint}", shard=url,
                               key=key, value=bytes(raw[label_key.split(":")[0]][:40])) from None
         if not 0 <= label < self.num_classes:
-            what = "label is negative: classes are 0, 1, 2, ..." if self.num_classes == ANY_CLASS else \
+            what = ("label is negative: classes are 0, 1, 2, ..." if label < 0 else
+                    f"label is not a class id: classes are 0, 1, 2, ..., and this one would make {label + 1} "
+                    f"classes (an image id or a hash in the label field?)") if self.num_classes == ANY_CLASS else \
                 f"label is outside the classes [0, {self.num_classes}) of the index (or of num_classes=)" + \
                 (f"; classes are numbered from 0: labels 1..{self.num_classes} need num_classes="
                  f"{self.num_classes + 1} (class 0 then has no sample) or relabelling to start at 0"
@@ -130,7 +132,8 @@ class SampleDecoder:
                     "shape": (*(self.resize or stored[:2]), channels), "encoded": bytes(raw[ext]),
                     "is_padding": bool(raw.get("__padding__", False))}
         try:
-            image = decode_image_at_least(raw[ext], ext, self.resize if self.jpeg_draft else None)
+            image = decode_image_at_least(raw[ext], ext, self.resize if self.jpeg_draft else None,
+                                          alpha=self.channels == 4)
         except Exception as e:
             raise StreamError("undecodable_image", f".{ext} image does not decode: {type(e).__name__}: {e}",
                               shard=url, key=key, value=f"{len(raw[ext])} bytes") from None

@@ -142,8 +142,49 @@ def test_grayscale_and_rgba_convert_to_the_channels_asked_for(tmp_path, ext):
     x1, _ = next(iter(StreamLoader(url, batch_size=8, shuffle=0, channels=1)))
     expected = [np.asarray(Image.fromarray(a[..., :3]).convert("L")) for a in rgba]
     assert x1.shape == (8, 1, 6, 5) and np.array_equal(x1[4:, 0].numpy(), np.stack(expected)), "PIL's luma"
+    x4, _ = next(iter(StreamLoader(url, batch_size=8, shuffle=0, channels=4)))
+    x4 = x4.permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(x4[4:], np.stack(rgba)), "channels=4: each file's own alpha (red team s40: PNG's was 255)"
+    assert np.array_equal(x4[:4, ..., :3], np.repeat(np.stack(gray), 3, axis=3)) and (x4[:4, ..., 3] == 255).all()
     with pytest.raises(ValueError, match="channels must be 1, 3 or 4"):
         StreamLoader(url, batch_size=8, channels=2)
+
+
+@pytest.mark.parametrize("kind", ["webp RGBA", "png LA", "png P + tRNS", "png RGB + tRNS"])
+def test_channels_4_keeps_the_transparency_a_file_holds(tmp_path, kind):
+    """Alpha however a file stores it (an alpha channel, a transparent palette entry or colour)
+    comes out as PIL's RGBA with channels=4; the default, from the index, stays 1 or 3 channels,
+    alpha dropped, as torchvision's and DALI's RGB decoding give."""
+    rng = np.random.default_rng(5)
+    ext, mode = kind.split(" ", 1)
+    files = []
+    for _ in LABELS:
+        if mode == "RGBA":
+            img = Image.fromarray(rng.integers(0, 256, (6, 5, 4), np.uint8), "RGBA")
+        elif mode == "LA":
+            img = Image.fromarray(rng.integers(0, 256, (6, 5, 2), np.uint8), "LA")
+        elif mode == "P + tRNS":
+            img = Image.fromarray(rng.integers(0, 4, (6, 5), np.uint8), "P")
+            img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+            img.info["transparency"] = 1
+        else:
+            img = Image.fromarray(rng.integers(0, 2, (6, 5, 3), np.uint8) * 255, "RGB")
+            img.info["transparency"] = (255, 255, 255)
+        buf = io.BytesIO()
+        img.save(buf, format={"png": "PNG", "webp": "WEBP"}[ext], **({"lossless": True} if ext == "webp" else {}),
+                 **({"transparency": img.info["transparency"]} if "transparency" in img.info else {}))
+        files.append(buf.getvalue())
+    with wds.TarWriter(str(tmp_path / "c.tar")) as sink:
+        for i, (data, y) in enumerate(zip(files, LABELS)):
+            sink.write({"__key__": f"s{i:03d}", ext: data, "cls": str(y).encode()})
+    want = np.stack([np.asarray(Image.open(io.BytesIO(d)).convert("RGBA")) for d in files])
+    assert len(np.unique(want[..., 3])) > 1, "the files do hold transparency"
+    index = build_index(str(tmp_path / "c.tar"), progress=False)
+    assert index.image_shape[2] == (1 if mode == "LA" else 3)
+    x, _ = next(iter(StreamLoader(index.urls, batch_size=8, shuffle=0, channels=4)))
+    assert np.array_equal(x.permute(0, 2, 3, 1).numpy(), want)
+    plain, _ = next(iter(StreamLoader(index.urls, batch_size=8, shuffle=0)))
+    assert plain.shape[1] == index.image_shape[2]
 
 
 def test_convert_channels_keeps_the_values():

@@ -217,6 +217,17 @@ def test_a_negative_label_without_an_index_or_num_classes_is_said_plainly(tmp_pa
         list(StreamLoader(index.urls, batch_size=4, index=False, shuffle=0))
 
 
+@pytest.mark.parametrize("text", [b"2147483647", b"9223372036854775807", b"99999999999999999999999"])
+def test_a_huge_label_without_an_index_is_not_called_negative(tmp_path, text):
+    """Red team s40: a .cls holding an image id or a hash was 'label is negative'."""
+    index = one_shard(tmp_path, members_with([("big.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8))),
+                                              ("big.cls", text)]), [4, 3])
+    with pytest.raises(StreamError, match=rf"key 'big': label is not a class id: classes are 0, 1, 2, \.\.\., and "
+                                          rf"this one would make {int(text) + 1} classes \(an image id or a hash in "
+                                          rf"the label field\?\) \(value: {int(text)}\)"):
+        list(StreamLoader(index.urls, batch_size=4, index=False, shuffle=0))
+
+
 def test_a_label_equal_to_num_classes_says_classes_start_at_0(tmp_path):
     """Newcomer s34: digits labelled 1..10 with num_classes=10 got 'outside the classes [0, 10)'."""
     index = one_shard(tmp_path, members_with([("bad.npy", npy_bytes(np.zeros((8, 8, 3), np.uint8))),
