@@ -49,6 +49,14 @@ class PassPosition:
         epoch = int(epoch)
         self.next_epoch = None
         if epoch != self.epoch:
+            if self.resume_pending and self.batches_done and not self.ended:
+                warnings.warn(
+                    f"set_epoch({epoch}) replaces the position load_state_dict() restored, {self.batches_done} "
+                    f"batches into epoch {self.epoch}: the rest of epoch {self.epoch} is not read, and epoch {epoch} "
+                    f"starts at its first batch. The caller's epoch count differs from the one the state was saved "
+                    f"at (Lightning's does when resuming a run that max_steps stopped mid-epoch: see "
+                    f"docs/training.md); call set_epoch({self.epoch}) to resume where the state was saved",
+                    UserWarning, stacklevel=caller_stacklevel())
             self.batches_done, self.resume_pending, self.ended = 0, False, False
         self.epoch, self.explicit_epoch = epoch, True
 

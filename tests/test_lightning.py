@@ -155,6 +155,40 @@ def test_an_index_free_balanced_loader_checkpoints_each_epoch_and_resumes(digits
     assert {r["epoch"] for r in resumed.seen} == {1}
 
 
+def test_resuming_a_run_max_steps_stopped_mid_epoch_says_what_lightning_skips(digits, tmp_path, monkeypatch):
+    """Red team s40: ``fit(max_steps=k)`` stopping mid-epoch saves Lightning's epoch as the next
+    one, so on ``fit(ckpt_path=...)`` it calls ``set_epoch(e + 1)`` and the restored position's
+    other batches are never read: that was silent. It is Lightning's count, so the loader warns,
+    naming both epochs; a mid-epoch checkpoint within a run resumes without the warning."""
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    steps = len(make_loaders(*digits, full=False)[0]) + 3          # 3 batches into epoch 1
+
+    def fit(max_steps: int, resume: str | None = None, callbacks=()) -> L.Trainer:
+        train, _ = make_loaders(*digits, full=False)
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=-1, max_steps=max_steps, callbacks=list(callbacks),
+                            enable_checkpointing=bool(callbacks), logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, deterministic=True, num_sanity_val_steps=0,
+                            limit_val_batches=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(TinyDigits(), train, ckpt_path=resume)
+        trainer.caught = [str(w.message) for w in caught if "replaces the position" in str(w.message)]
+        return trainer
+
+    stopped = fit(steps)
+    stopped.save_checkpoint("stopped.ckpt")
+    resumed = fit(steps + 4, "stopped.ckpt")
+    assert len(resumed.caught) == 1 and resumed.caught[0].startswith(
+        "set_epoch(2) replaces the position load_state_dict() restored, 3 batches into epoch 1: the rest of "
+        "epoch 1 is not read"), resumed.caught
+    saver = L.pytorch.callbacks.ModelCheckpoint(dirpath="mid", every_n_train_steps=steps, save_top_k=-1)
+    fit(steps + 2, callbacks=[saver])
+    within = fit(steps + 4, os.path.join("mid", os.listdir("mid")[0]))
+    assert within.caught == [], within.caught
+
+
 # ------------------------------------------------------------------ (b) DDP, 2 processes
 def run_job(digits, out, tag, *extra):
     cmd = [sys.executable, os.path.join(SCRIPTS, "lightning_job.py"), "--train", digits[0], "--val", digits[1],

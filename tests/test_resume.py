@@ -167,3 +167,38 @@ def test_a_lost_sample_is_padded_in_its_own_batch(tmp_path):
     assert lost_batch.is_padding.tolist() == [False, True, False, False]
     assert lost_batch.keys[1] in ("s_00004", "s_00006", "s_00007")
     assert after.keys[0] == "s_00008"
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["self-advancing", "set_epoch"])
+def test_set_epoch_that_drops_a_restored_mid_epoch_position_warns(npy_shards, explicit):
+    """Red team s40: a restored mid-epoch position replaced by set_epoch of another epoch lost
+    the epoch's other batches without a word (Lightning resuming a max_steps run). Setting the
+    state's own epoch, or the next one after a state taken at an epoch's end, says nothing."""
+    import warnings
+
+    index, _, _ = npy_shards
+    source = make(index, 0)
+    if explicit:
+        source.set_epoch(1)
+    it = iter(source)
+    next(it), next(it)
+    mid = source.state_dict()
+    for _ in it:
+        pass
+    end = source.state_dict()
+    epoch = source.epoch if explicit else 0
+
+    def warned(state, chosen):
+        loader = make(index, 0)
+        loader.load_state_dict(state)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loader.set_epoch(chosen)
+        return [str(w.message) for w in caught if "replaces the position" in str(w.message)]
+
+    got = warned(mid, epoch + 1)
+    assert len(got) == 1 and got[0].startswith(
+        f"set_epoch({epoch + 1}) replaces the position load_state_dict() restored, 2 batches into epoch {epoch}: "
+        f"the rest of epoch {epoch} is not read, and epoch {epoch + 1} starts at its first batch"), got
+    assert warned(mid, epoch) == []
+    assert warned(end, epoch + 1) == [] and warned(end, epoch + 5) == [], "an epoch's end holds no position to lose"
