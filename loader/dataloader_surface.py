@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from torch.utils.data import Dataset, Sampler, SequentialSampler
+from torch.utils.data import Dataset, Sampler, SequentialSampler, get_worker_info
 
 if TYPE_CHECKING:
     from .stream_loader import StreamLoader
@@ -56,6 +56,13 @@ class BatchDataset(Dataset):
         return self.loader.index.total
 
     def __getitem__(self, j: int):
+        worker = get_worker_info()
+        if worker is not None:
+            raise RuntimeError(
+                f"StreamLoader.dataset was read in a DataLoader worker process ({worker.num_workers} of them): a "
+                "DataLoader rebuilt over it must have num_workers=0, as StreamLoader.num_workers reports. The "
+                "StreamLoader reads and decodes in reading workers of its own (StreamLoader(num_workers=...)); in a "
+                "worker's copy, its position and state_dict() would not reach the loader in this process")
         n = len(self.loader)
         if not isinstance(j, int) or not 0 <= j < n:
             raise IndexError(f"batch index {j!r} out of range for an epoch of {n} batches (StreamLoader.dataset "

@@ -271,6 +271,19 @@ def test_rebuilt_from_batch_sampler_gives_the_same_batches(make_loader):
     assert [fingerprint(b) for b in rebuilt] == reference
 
 
+@pytest.mark.parametrize("read_workers", [0, 2])
+def test_a_dataloader_rebuilt_with_workers_is_refused_saying_why(shards, read_workers):
+    """Red team s40: DataLoader(loader.dataset, ..., num_workers=2) failed with 'planned for 1
+    workers, DataLoader has 2' or 'daemonic processes are not allowed to have children'."""
+    loader = stream(shards[0], num_workers=read_workers)
+    rebuilt = DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn,
+                         num_workers=2)
+    with pytest.raises(RuntimeError, match=r"StreamLoader.dataset was read in a DataLoader worker process \(2 of "
+                                           r"them\): a DataLoader rebuilt over it must have num_workers=0"):
+        next(iter(rebuilt))
+    loader.close()
+
+
 def test_accelerate_skip_first_batches(make_loader):
     data_loader = pytest.importorskip("accelerate.data_loader")
     reference = [fingerprint(b) for b in make_loader()]
