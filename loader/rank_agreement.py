@@ -14,7 +14,7 @@ first rank to start a pass stores its fingerprint (``loader_state.fingerprint``,
 saved state carries) with ``compare_set``, and every rank compares its own with the one
 stored. A rank whose plan differs raises, naming each field, its value there and on the rank
 that arrived first; torchrun then ends the job. Other differences (augment and mixup
-settings, the shuffle buffer's size, ``num_workers`` with an index, ``resize``, ``decode``;
+settings, the shuffle buffer's size, ``num_workers`` with an index when shuffling, ``resize``, ``decode``;
 the seed without shuffling) are warned about once: the job runs, but a state saved on one
 rank will not resume the other.
 
@@ -36,7 +36,7 @@ import warnings
 
 import torch.distributed as dist
 
-from .loader_state import fingerprint
+from .loader_state import fingerprint, workers_free
 from .pass_position import caller_stacklevel
 
 # what each rank's slice of the epoch plan, and its number of batches, depend on: always these; the
@@ -99,8 +99,9 @@ def disagreements(first: dict, mine: dict) -> tuple[list[str], list[str]]:
     first, mine = compared(first), compared(mine)
     plan = PLAN_FIELDS + (("seed",) if mine["shuffled"] or first["shuffled"] else ()) \
         + (("read_workers",) if "no index" in str(mine.get("shards")) else ())
+    quiet = {"shuffled"} | ({"read_workers"} if workers_free(first) and workers_free(mine) else set())
     differ = sorted(k for k in set(first) | set(mine) if first.get(k) != mine.get(k))
-    return [k for k in differ if k in plan], [k for k in differ if k not in plan and k != "shuffled"]
+    return [k for k in differ if k in plan], [k for k in differ if k not in plan and k not in quiet]
 
 
 def compare_with_first(store, key: str, rank: int, mine: dict) -> None:

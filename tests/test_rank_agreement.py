@@ -78,6 +78,16 @@ def test_what_changes_the_batches_but_not_the_slices_only_warns(folder, second, 
     assert any(shown in str(w.message) for w in caught)
 
 
+def test_num_workers_without_shuffling_is_not_a_difference(folder):
+    """With an index and no shuffling the batches are the same for any num_workers, and a state
+    resumes across them, so there is nothing to warn about."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        both_ranks(folder, {"shuffle": False}, {"shuffle": False, "num_workers": 1})
+
+
 def test_a_refusal_names_every_field_that_differs(folder):
     with pytest.raises(RuntimeError) as err:
         both_ranks(folder, {}, {"seed": 4, "batch_size": 9})

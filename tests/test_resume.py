@@ -202,3 +202,29 @@ def test_set_epoch_that_drops_a_restored_mid_epoch_position_warns(npy_shards, ex
         f"the rest of epoch {epoch} is not read, and epoch {epoch + 1} starts at its first batch"), got
     assert warned(mid, epoch) == []
     assert warned(end, epoch + 1) == [] and warned(end, epoch + 5) == [], "an epoch's end holds no position to lose"
+
+
+@pytest.mark.parametrize("saved_workers, loaded_workers", [(0, 2), (2, 0)])
+def test_an_unshuffled_state_resumes_across_a_change_of_workers(npy_shards, saved_workers, loaded_workers):
+    """Red team s40: with an index and no shuffling, batches are the same for any num_workers
+    (dataset order; every plug-in draws from (seed, epoch, rank, batch)), yet a state was refused
+    across a change of workers. Shuffled, the buffer mixes each worker's run: still refused."""
+    from streamaug.ops import Compose, Flip, GaussianNoise
+    from streamaug.samplers import ClassBalancer
+
+    def unshuffled(workers):
+        return StreamLoader(npy_shards[0].urls, batch_size=7, num_workers=workers, seed=11, shuffle=False,
+                            augment=Compose([Flip(p=0.5), GaussianNoise(0.05)]), balance=ClassBalancer())
+
+    whole = flat(unshuffled(loaded_workers))
+    first = unshuffled(saved_workers)
+    it = iter(first)
+    seen = flat(next(it) for _ in range(5))
+    state = first.state_dict()
+    del it
+    first.close()
+    resumed = unshuffled(loaded_workers)
+    resumed.load_state_dict(state)
+    assert same(seen + flat(resumed), whole)
+    with pytest.raises(ValueError, match=f"num_workers: saved {saved_workers}, this loader {loaded_workers}"):
+        make(npy_shards[0], loaded_workers).load_state_dict(make(npy_shards[0], saved_workers).state_dict())
