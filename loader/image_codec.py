@@ -196,14 +196,32 @@ def decode_label(data: bytes, class_ids: dict[str, int] | None = None) -> int:
     return int(text)
 
 
-def folder_tar_hint(key, fields: list[str]) -> str:
-    """For a sample with an image and no other field, under a folder (``./cat/0``): most likely
-    a plain tar of an image folder, which holds no labels at all."""
-    if fields and all(f in IMAGE_EXTS for f in fields) and "/" in str(key):
-        return (". It looks like a tar of an image folder (one subfolder per class, no label files): write "
-                "shards from the folder itself, `streamaug shards FOLDER OUT` (write_shards(folder, out)), "
-                "which labels each image by its subfolder")
-    return ""
+NAME_ORDER = ("the tar was not written in name order: a sample's files must be adjacent (tar --sort=name, or "
+              "webdataset's ShardWriter)")
+
+
+def missing_field_hint(key, fields: list[str], missing: str) -> str:
+    """Why a sample has no ``missing`` ("image" or "label") file, from its key and fields: file
+    names with a dot before the extension (webdataset splits a name at its first dot, so
+    ``img.000.jpg`` is field ``000.jpg`` of sample ``img``); an image alone under a folder (a
+    plain tar of an image folder, with no labels, or with them elsewhere in a tar not written
+    in name order); else a tar not written in name order."""
+    dotted = [f for f in fields if "." in f]
+    if dotted:
+        return (f". Its fields have dots in them ({', '.join(dotted[:3])}{', ...' if len(dotted) > 3 else ''}): "
+                f"a sample's key ends at the first dot of a file name, so files named like img.000.jpg become "
+                f"field '000.jpg' of sample 'img', and the image and label are read from fields named exactly "
+                f"{', '.join(IMAGE_EXTS)} and cls, label, txt or json. Rename the files without dots before the "
+                f"extension (img_000.jpg), or write shards with `streamaug shards FOLDER OUT`")
+    if missing == "label" and fields and all(f in IMAGE_EXTS for f in fields) and "/" in str(key):
+        return (". It looks like a tar of an image folder (one subfolder per class). If it holds no label files, "
+                "write shards from the folder itself, `streamaug shards FOLDER OUT` (write_shards(folder, out)), "
+                f"which labels each image by its subfolder; if it does, {NAME_ORDER}")
+    if missing == "label" and "json" in fields:
+        return ". It has a .json: if a field of it holds the class, choose that field with --label-key " \
+               "json:FIELD (label_key='json:FIELD')"
+    other = "label" if missing == "image" else "image"
+    return f". If its {missing} file is in the tar but not next to its {other}, {NAME_ORDER}"
 
 
 class LabelIsText(ValueError):

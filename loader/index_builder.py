@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .decode_limits import DecodeLimits, check_image
 from .errors import ErrorHandler, LoaderStats, StreamError, check_policy
-from .image_codec import (IMAGE_EXTS, LABEL_KEYS, LabelIsText, check_label_key, find_label_key, folder_tar_hint,
+from .image_codec import (IMAGE_EXTS, LABEL_KEYS, LabelIsText, check_label_key, find_label_key, missing_field_hint,
                           read_label, warn_if_pil_fills_cut_images)
 from .index_lookup import default_index_path
 from .shard_index import (INDEX_NAME, MAX_NUM_CLASSES, ShardIndex, ShardIndexError, ShardInfo, check_class_names,
@@ -75,20 +75,18 @@ def _scan_sample(scan: ShardScan, raw: dict, label_key: str | None, url: str, ke
     fields = sorted(k for k in raw if not k.startswith("__"))
     exts = [e for e in IMAGE_EXTS if e in raw]
     if not exts:
-        raise StreamError("no_image", f"sample has no image field (one of {IMAGE_EXTS}). If its image file is in "
-                          "the tar but not next to its label, the tar was not written in name order: a sample's "
-                          "files must be adjacent (tar --sort=name, or webdataset's ShardWriter)", shard=url, key=key,
-                          value=fields)
+        raise StreamError("no_image", f"sample has no image field (one of {IMAGE_EXTS})"
+                          f"{missing_field_hint(key, fields, 'image')}", shard=url, key=key, value=fields)
     if len(exts) > 1:                               # (samples of different image types are fine)
         raise StreamError("mixed_image_ext", f"sample has {len(exts)} image fields ({', '.join(exts)}): which "
                           "is the image is ambiguous", shard=url, key=key, value=fields)
-    chosen = label_key or find_label_key(raw)
+    # (a sample without the field the samples before it had is read with that field, as the loader
+    # reads it: a .json without "label" is then named as such, not taken for a tar out of order)
+    chosen = label_key or find_label_key(raw) or scan.label_key
     if chosen is None or chosen.split(":")[0] not in raw:
         wanted = repr(chosen) if chosen else f"any of {LABEL_KEYS}"
         raise StreamError("no_label", f"sample has no label field ({wanted}; choose it with --label-key or "
-                          "label_key=)" + (folder_tar_hint(key, fields) or ". If its label file is in the tar but "
-                          "not next to its image, the tar was not written in name order: a sample's files must be "
-                          "adjacent (tar --sort=name, or webdataset's ShardWriter)"), shard=url, key=key, value=fields)
+                          f"label_key=){missing_field_hint(key, fields, 'label')}", shard=url, key=key, value=fields)
     if scan.label_key is not None and chosen != scan.label_key:
         raise StreamError("mixed_label_key", f"label fields differ: sample {scan.first_key!r} has "
                           f"{scan.label_key!r}, this one {chosen!r}; choose one with --label-key or label_key=",

@@ -14,7 +14,7 @@ import numpy as np
 from .decode_limits import DecodeLimits, check_image
 from .errors import StreamError
 from .image_codec import IMAGE_EXTS, LABEL_KEYS, LabelIsText, check_label_key, decode_image_at_least, find_label_key, \
-    folder_tar_hint, read_label, resize_image, warn_if_pil_fills_cut_images
+    missing_field_hint, read_label, resize_image, warn_if_pil_fills_cut_images
 from .image_size import ImageSizeRule, check_resize
 
 
@@ -83,7 +83,7 @@ class SampleDecoder:
                                                   f"{' (json:FIELD for a field of .json)' if 'json' in there else ''}"
                                                   if there else "")
                     if label_key else f"no .cls label (nor any of {LABEL_KEYS[1:]}; choose the field with label_key=)")
-            raise StreamError("no_label", f"sample has {what}{folder_tar_hint(key, fields)}", shard=url, key=key,
+            raise StreamError("no_label", f"sample has {what}{missing_field_hint(key, fields, 'label')}", shard=url, key=key,
                               value=fields)
         try:
             label = read_label(raw, label_key, self.class_ids)
@@ -119,8 +119,8 @@ class SampleDecoder:
         if len(exts) != 1:               # (as streamaug index refuses both)
             fields = sorted(k for k in raw if not k.startswith("__"))
             if not exts:
-                raise StreamError("no_image", f"sample has no image field (one of {IMAGE_EXTS})", shard=url,
-                                  key=key, value=fields)
+                raise StreamError("no_image", f"sample has no image field (one of {IMAGE_EXTS})"
+                                  f"{missing_field_hint(key, fields, 'image')}", shard=url, key=key, value=fields)
             raise StreamError("mixed_image_ext", f"sample has {len(exts)} image fields ({', '.join(exts)}): which "
                               "is the image is ambiguous", shard=url, key=key, value=fields)
         ext = exts[0]

@@ -652,10 +652,13 @@ def test_a_plain_tar_of_an_image_folder_is_told_to_write_shards_from_the_folder(
             tar.add(path, arcname="./" + str(path.relative_to(tmp_path / "imgs")))
     for read in (lambda: build_index(str(tmp_path / "a.tar"), progress=False),
                  lambda: next(iter(StreamLoader(str(tmp_path / "a.tar"), index=False, shuffle=0)))):
-        with pytest.raises(StreamError, match="looks like a tar of an image folder .* `streamaug shards FOLDER OUT`") \
-                as info:
+        with pytest.raises(StreamError, match=r"looks like a tar of an image folder \(one subfolder per class\)\. If "
+                                              r"it holds no label files, write shards from the folder itself, "
+                                              r"`streamaug shards FOLDER OUT`.*; if it does, the tar was not written "
+                                              r"in name order") as info:
             read()
-        assert info.value.key == "./cat/0" and "name order" not in str(info.value)
+        # (red team s40: an unsorted tar whose label files sit in the subfolders was told it held none)
+        assert info.value.key == "./cat/0"
     shutil.rmtree(tmp_path / "imgs" / "dog")
     (tmp_path / "flat").mkdir()
     with tarfile.open(tmp_path / "b.tar", "w") as tar:           # no subfolder: no such guess
@@ -663,3 +666,35 @@ def test_a_plain_tar_of_an_image_folder_is_told_to_write_shards_from_the_folder(
     with pytest.raises(StreamError, match="name order") as info:
         build_index(str(tmp_path / "b.tar"), progress=False)
     assert "image folder" not in str(info.value)
+
+
+def test_file_names_with_dots_are_named_as_the_cause(tmp_path):
+    """Red team s40: a name-sorted tar of img.000.jpg, img.000.cls, ... is one sample 'img' with
+    fields '000.jpg', '000.cls', ...; the hint said the tar was not in name order."""
+    write_tar(str(tmp_path / "d.tar"), [m for i in range(3) for m in ((f"img.{i:03d}.cls", b"1"),
+                                                                          (f"img.{i:03d}.jpg", jpeg(i)))])
+    for read in (lambda: build_index(str(tmp_path / "d.tar"), progress=False),
+                 lambda: next(iter(StreamLoader(str(tmp_path / "d.tar"), index=False, shuffle=0)))):
+        with pytest.raises(StreamError, match=r"key 'img': sample has no image field .*\. Its fields have dots in "
+                                              r"them \(000\.cls, 000\.jpg, 001\.cls, \.\.\.\): .* Rename the files "
+                                              r"without dots before the extension \(img_000\.jpg\)") as info:
+            read()
+        assert "name order" not in str(info.value)
+
+
+def test_a_json_without_the_label_field_is_named_by_the_index_as_by_the_loader(tmp_path):
+    """Red team s40: a .json lacking "label" after samples that had one was, to `streamaug index`,
+    a sample with no label field from a tar out of name order; the loader named the field."""
+    members = [m for i in range(4) for m in ((f"k{i}.json", b'{"labl": 1}' if i == 2 else b'{"label": 0}'),
+                                             (f"k{i}.jpg", jpeg(i)))]
+    write_tar(str(tmp_path / "j.tar"), members)
+    for read in (lambda: build_index(str(tmp_path / "j.tar"), progress=False),
+                 lambda: list(StreamLoader(str(tmp_path / "j.tar"), index=False, shuffle=0, batch_size=4))):
+        with pytest.raises(StreamError, match=r"key 'k2': label in 'json:label' is not an integer class: \.json has "
+                                              r"no field 'label'; its fields there: labl") as info:
+            read()
+        assert "name order" not in str(info.value)
+    write_tar(str(tmp_path / "first.tar"), members[4:6] + members[:4])      # the sample without it comes first
+    with pytest.raises(StreamError, match=r"key 'k2': sample has no label field .*\. It has a \.json: if a field of "
+                                          r"it holds the class, choose that field with --label-key json:FIELD"):
+        build_index(str(tmp_path / "first.tar"), progress=False)
