@@ -102,9 +102,8 @@ def _local_files(url: str) -> list[str]:
                        if f.endswith(SHARD_SUFFIXES) and not f.startswith(".")
                        and not os.path.isdir(os.path.join(path, f)))
         if not found:
-            raise ValueError(f"folder {url!r} holds no shards (no {'/'.join(SHARD_SUFFIXES)} file in it); an image "
-                             f"folder (one subfolder per class) is written to shards first: streamaug shards "
-                             f"{url} OUT (write_shards)")
+            raise ValueError(f"folder {url!r} holds no shards (no {'/'.join(SHARD_SUFFIXES)} file in it)"
+                             + nested_shards_hint(url, path))
         return found
     if GLOB_CHARS & set(url):
         found = sorted(f for f in glob.glob(path) if not os.path.isdir(f))     # (glob passes hidden names over)
@@ -112,6 +111,24 @@ def _local_files(url: str) -> list[str]:
             raise ValueError(f"no file matches the pattern {url!r} (relative to {os.getcwd()!r})")
         return found
     return [path]
+
+
+def nested_shards_hint(url: str, path: str) -> str:
+    """Where a folder given as ``urls`` holds no shards: its subfolders' shards, if they hold some
+    (a folder is not searched below its own files), else how an image folder becomes shards."""
+    found = sorted(os.path.relpath(f, path) for suffix in SHARD_SUFFIXES
+                   for f in glob.glob(os.path.join(path, "**", "*" + suffix), recursive=True))
+    if not found:
+        return (f"; an image folder (one subfolder per class) is written to shards first: streamaug shards {url} "
+                f"OUT (write_shards)")
+    below = sorted({os.path.dirname(f) for f in found})
+    shown = ", ".join(below[:3]) + (", ..." if len(below) > 3 else "")
+    suffix = next(s for s in SHARD_SUFFIXES if found[0].endswith(s))
+    if all(os.sep not in b for b in below):
+        how = f"pass the pattern {os.path.join(url, '*', '*' + suffix)!r}"
+    else:
+        how = f"pass the list sorted(glob.glob({os.path.join(url, '**', '*' + suffix)!r}, recursive=True))"
+    return (f"; its subfolders hold {len(found)} ({shown}), and a folder's own files alone are read: {how}")
 
 
 def url_scheme(url: str) -> str:
