@@ -87,6 +87,8 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
                 loader._epoch_start = None    # over: a state now holds the balancer as it is
             yield out.pin_memory() if pin_host and not out.images.is_pinned() else out
         if not ended:                 # no batch at all
+            if plan is None and start == 0:
+                warnings.warn(empty_pass_message(loader), RuntimeWarning, stacklevel=caller_stacklevel())
             position.end_epoch(serial)
             ended = True
     finally:
@@ -95,6 +97,20 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
         current = position.is_current(serial)      # (left part-way, it stays open: see new_iter)
         if not loader.read_options.persistent and current:
             loader.stop_reading_workers()     # DataLoader(persistent_workers=False): the workers end with the pass
+
+
+def empty_pass_message(loader) -> str:
+    """A whole pass without an index gave no batch (an index says so when it is written: ``streamaug
+    index`` refuses shards that hold no sample)."""
+    urls = loader.urls
+    which = f"{len(urls)} shard{'s' if len(urls) != 1 else ''} ({urls[0]!r}{', ...' if len(urls) > 1 else ''})"
+    if loader.world_size > 1:
+        which = f"rank {loader.rank}'s share of {which}"
+    skipped = dict(loader.stats.skipped)
+    why = (f"every sample read was skipped ({', '.join(f'{k}: {n}' for k, n in sorted(skipped.items()))}; see "
+           f"loader.stats)" if skipped else f"{'they hold' if len(urls) > 1 else 'it holds'} no sample (an empty tar, or "
+           f"one of folders alone)")
+    return f"a pass over {which} gave no batch: {why}. Without an index nothing else says so"
 
 
 def finished_batches(loader, batches: Iterator[BatchInFlight], plan: EpochPlan | None, epoch: int,

@@ -502,3 +502,32 @@ def test_red_team_argument_edges_of_num_classes_class_names_and_home(tmp_path, m
     assert build_index("~/s/train-*.tar", out="~/s/other.json", progress=False).total == 12
     with StreamLoader("~/s", 4, False, index="~/s/other.json") as loader:
         assert len(loader) == 3
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_pass_without_an_index_that_gives_no_batch_says_why(tmp_path, workers):
+    """Red team s40: a shard of folder entries alone (or an empty tar, or one whose every sample
+    was skipped) gave an epoch of no batch, without a word; `streamaug index` refuses it."""
+    import tarfile
+
+    from shard_factory import write_tar
+
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    with tarfile.open(tmp_path / "dirs.tar", "w") as tar:
+        tar.add(tmp_path / "src", arcname=".")
+    write_tar(str(tmp_path / "bad.tar"), [m for i in range(3) for m in ((f"k{i}.cls", b"0"),
+                                                                        (f"k{i}.png", b"not a png at all"))])
+    cases = [("dirs.tar", {}, r"a pass over 1 shard \('.*dirs.tar'\) gave no batch: it holds no sample \(an empty "
+                              r"tar, or one of folders alone\)"),
+             ("bad.tar", {"on_error": "skip"}, r"gave no batch: every sample read was skipped \(format_mismatch: "
+                                               r"3; see loader.stats\)")]
+    for name, kw, message in cases:
+        loader = StreamLoader(str(tmp_path / name), batch_size=4, index=False, num_classes=2, num_workers=workers,
+                              **kw)
+        with pytest.warns(RuntimeWarning, match=message):
+            assert list(loader) == []
+    good = make_shards(str(tmp_path / "good"), n=8, maxcount=8)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader = StreamLoader(good.urls, batch_size=4, index=False, num_classes=4)
+        assert len(list(loader)) == 2
