@@ -107,15 +107,18 @@ def workers_free(print_: dict) -> bool:
     return not print_.get("shuffle") and "no index" not in str(print_.get("shards"))
 
 
-def check_fingerprint(saved: dict, current: dict, ignore=()) -> None:
+def check_fingerprint(saved: dict, current: dict, ignore=(), note: str = "") -> None:
+    """Refuse ``saved`` where it differs from ``current`` outside ``ignore``; ``note`` is added
+    where the world size differs."""
     shown = {"read_workers": "num_workers"}        # the constructor's name for it
     saved = {**{k: v for k, v in ADDED_LATER.items() if v is not None}, **saved}
     diffs = [f"{shown.get(k, k)}: saved {saved.get(k)!r}, this loader {current.get(k)!r}"
              for k in sorted(set(saved) | set(current))
              if saved.get(k) != current.get(k) and not (k in ADDED_LATER and k not in saved) and k not in ignore]
     if diffs:
+        world = saved.get("world_size") != current.get("world_size") and "world_size" not in ignore
         raise ValueError("this state was saved by a loader configured differently, and its position would not "
-                         "mean the same batches here: " + "; ".join(diffs))
+                         "mean the same batches here: " + "; ".join(diffs) + (note if world else ""))
 
 
 def check_format(sd: dict) -> None:
@@ -177,9 +180,19 @@ def restore_state(loader, sd: dict, position: bool = True) -> None:
     current = fingerprint(loader)
     # (the ranks' slices moved in a later version: a state at an epoch's start means the same either way)
     ignore = ("rank_slices",) if at_boundary else ()
+    if at_boundary and not sd.get("balance"):
+        # an epoch's start or end is the same place in any world (nothing of the epoch is read
+        # yet, or all of it), so another number of ranks resumes it; part-way, each rank's share
+        # of the epoch read so far depends on the world size. (A balancer keeping per-rank state
+        # here, stratified or without an index, holds what this rank's slice showed.)
+        ignore += ("world_size",)
     if workers_free(sd["fingerprint"]) and workers_free(current):
         ignore += ("read_workers",)
-    check_fingerprint(sd["fingerprint"], current, ignore=ignore)
+    note = (". A state saved at an epoch's start or end resumes on another number of ranks; one saved part-way "
+            "does not, as each rank's share of what was read depends on it") if not sd.get("balance") else (
+            ". This balancer's state (stratified=True, or without an index) is the saving rank's, so it resumes "
+            "only the same ranks")
+    check_fingerprint(sd["fingerprint"], current, ignore=ignore, note=note)
     replays = bool(sd.get("replays_epoch", False))
     if loader._rebatches and sd["batches_done"] > 0 and "replays_epoch" not in sd:     # noqa: SLF001
         warnings.warn("this state was saved by an earlier streamaug, which cut balanced batches without an "

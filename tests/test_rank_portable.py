@@ -224,3 +224,41 @@ def test_a_launched_process_without_a_process_group_is_warned_once(tmp_path, mon
         list(StreamLoader(index.urls, batch_size=8, seed=3, world_size=2, rank=1))   # told the world: no warning
         monkeypatch.setenv("WORLD_SIZE", "1")
         list(StreamLoader(index.urls, batch_size=8, seed=3))
+
+
+@pytest.mark.parametrize("explicit", [False, True], ids=["self-advancing", "set_epoch"])
+def test_a_state_saved_at_an_epoch_boundary_resumes_on_another_number_of_ranks(tmp_path, explicit):
+    """Red team s40: a state saved at an epoch's end by a 2-rank job was refused by 1 or 3 ranks,
+    so an epoch-end checkpoint could not move to another number of devices. At an epoch's
+    start or end nothing of the epoch is part-read, so any world resumes it; part-way, and with
+    a balancer whose state is the rank's own, it is still refused, saying why."""
+    index = imbalanced(tmp_path)
+    saver = loader(index, rank=0)
+    if explicit:
+        saver.set_epoch(0)
+    for _ in saver:
+        pass
+    at_end = saver.state_dict()
+    for world in (1, 3):
+        for rank in {0, world - 1}:
+            resumed, fresh = loader(index, rank=rank, world=world), loader(index, rank=rank, world=world)
+            resumed.load_state_dict(at_end)
+            fresh.set_epoch(1)
+            if explicit:
+                resumed.set_epoch(1)
+            assert same(flat(resumed), flat(fresh)), (world, rank)
+    start = loader(index, rank=0)
+    start.set_epoch(2)
+    loader(index, rank=0, world=3).load_state_dict(start.state_dict())         # an epoch's start
+    part = loader(index, rank=0)
+    it = iter(part)
+    next(it)
+    with pytest.raises(ValueError, match=r"world_size: saved 2, this loader 3\. A state saved at an epoch's start "
+                                         r"or end resumes on another number of ranks; one saved part-way does not"):
+        loader(index, rank=0, world=3).load_state_dict(part.state_dict())
+    own = loader(index, rank=0, stratified=True)
+    for _ in own:
+        pass
+    with pytest.raises(ValueError, match=r"world_size: saved 2, this loader 3\. This balancer's state "
+                                         r"\(stratified=True, or without an index\) is the saving rank's"):
+        loader(index, rank=0, world=3, stratified=True).load_state_dict(own.state_dict())
