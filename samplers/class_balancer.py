@@ -91,10 +91,11 @@ class ClassBalancer:
             on embeddings); the loader's ``augment=`` must then be ``None``.
         shuffle_within_batch: permute each batch so synthetic rows are interleaved.
         stratified: give each batch's synthetic slots to the classes furthest below their
-            target share of that batch (its real rows counted), so no class is
-            under-represented by more than rounding while budget lasts; per-epoch totals
+            target share of that batch (its real rows counted), one at a time, so the budgeted
+            classes' total shortfall is the least the batch's slots allow; per-epoch totals
             stay exact. Rows can only be added, so a class over-represented by real rows
-            stays so. Default: an evenly interleaved, precomputed sequence.
+            stays so, and the others may then be short by more than rounding. Default: an
+            evenly interleaved, precomputed sequence.
     """
 
     _parameter_constraints = {
