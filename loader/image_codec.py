@@ -157,6 +157,11 @@ def pil_pixels(img: Image.Image, alpha: bool = False) -> np.ndarray:
     loader then added an opaque one)."""
     mode = stored_mode(img)
     if alpha and has_alpha(img):
+        if mode.startswith("I"):          # 16-bit gray with a transparent value: reduced as below, not clipped
+            key = img.info["transparency"]
+            gray = pil_pixels(img)
+            opaque = np.where(np.asarray(img) == key, 0, 255).astype(np.uint8)[..., None]
+            return np.concatenate([np.repeat(gray, 3, axis=2), opaque], axis=2)
         return np.asarray(img if img.mode == "RGBA" else img.convert("RGBA"))
     if mode == "LA" and img.mode == "RGBA":             # 16-bit gray + alpha, opened as RGBA
         arr = np.asarray(img)[..., 0]
@@ -203,11 +208,13 @@ NAME_ORDER = ("the tar was not written in name order: a sample's files must be a
 def missing_field_hint(key, fields: list[str], missing: str) -> str:
     """Why a sample has no ``missing`` ("image" or "label") file, from its key and fields: file
     names with a dot before the extension (webdataset splits a name at its first dot, so
-    ``img.000.jpg`` is field ``000.jpg`` of sample ``img``); an image alone under a folder (a
+    ``img.000.jpg`` is field ``000.jpg`` of sample ``img``), where a field ends with the missing
+    file's extension; an image alone under a folder (a
     plain tar of an image folder, with no labels, or with them elsewhere in a tar not written
     in name order); else a tar not written in name order."""
+    wanted = IMAGE_EXTS if missing == "image" else ("cls", "label", "txt", "json")
     dotted = [f for f in fields if "." in f]
-    if dotted:
+    if any(f.rsplit(".", 1)[1] in wanted for f in dotted):     # (the missing file is there, under a dotted name)
         return (f". Its fields have dots in them ({', '.join(dotted[:3])}{', ...' if len(dotted) > 3 else ''}): "
                 f"a sample's key ends at the first dot of a file name, so files named like img.000.jpg become "
                 f"field '000.jpg' of sample 'img', and the image and label are read from fields named exactly "

@@ -101,15 +101,25 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
 
 def empty_pass_message(loader) -> str:
     """A whole pass without an index gave no batch (an index says so when it is written: ``streamaug
-    index`` refuses shards that hold no sample)."""
-    urls = loader.urls
+    index`` refuses shards that hold no sample): why, as far as the loader can tell."""
+    urls, rank, world = loader.urls, loader.rank, loader.world_size
     which = f"{len(urls)} shard{'s' if len(urls) != 1 else ''} ({urls[0]!r}{', ...' if len(urls) > 1 else ''})"
-    if loader.world_size > 1:
-        which = f"rank {loader.rank}'s share of {which}"
+    if world > 1 and not urls[rank::world]:
+        return (f"rank {rank} of {world} gave no batch: it is given no shard, as without an index the {which} are "
+                f"shared out whole between the ranks, and there are fewer than ranks. Write the data into at "
+                f"least {world} shards (maxcount=), or write an index (streamaug index), with which ranks share "
+                f"samples")
+    if world > 1:
+        which = f"rank {rank}'s share of {which}"
     skipped = dict(loader.stats.skipped)
-    why = (f"every sample read was skipped ({', '.join(f'{k}: {n}' for k, n in sorted(skipped.items()))}; see "
-           f"loader.stats)" if skipped else f"{'they hold' if len(urls) > 1 else 'it holds'} no sample (an empty tar, or "
-           f"one of folders alone)")
+    if skipped:
+        why = (f"every sample read was skipped ({', '.join(f'{k}: {n}' for k, n in sorted(skipped.items()))}; "
+               f"see loader.stats)")
+    else:
+        why = f"{'they hold' if len(urls) > 1 else 'it holds'} no sample (an empty tar, or one of folders alone)"
+        if loader.drop_last:
+            why += (f", or each reading worker read fewer than batch_size={loader.batch_size} samples, and "
+                    f"drop_last=True dropped its short batch")
     return f"a pass over {which} gave no batch: {why}. Without an index nothing else says so"
 
 

@@ -47,9 +47,10 @@ class PassPosition:
 
     def set_epoch(self, epoch: int) -> None:
         epoch = int(epoch)
-        self.next_epoch = None
+        named, self.next_epoch = self.next_epoch, None
         if epoch != self.epoch:
-            if self.resume_pending and self.batches_done and not self.ended:
+            # (a state whose pass went on after set_epoch names that epoch as the next: choosing it is no surprise)
+            if self.resume_pending and self.batches_done and not self.ended and epoch != named:
                 warnings.warn(
                     f"set_epoch({epoch}) replaces the position load_state_dict() restored, {self.batches_done} "
                     f"batches into epoch {self.epoch}: the rest of epoch {self.epoch} is not read, and epoch {epoch} "

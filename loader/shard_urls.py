@@ -115,20 +115,21 @@ def _local_files(url: str) -> list[str]:
 
 def nested_shards_hint(url: str, path: str) -> str:
     """Where a folder given as ``urls`` holds no shards: its subfolders' shards, if they hold some
-    (a folder is not searched below its own files), else how an image folder becomes shards."""
+    (a folder is not searched below its own files), else how an image folder becomes shards.
+    Shards in several subfolders (``train/``, ``val/``) are most likely splits: one is asked for."""
     found = sorted(os.path.relpath(f, path) for suffix in SHARD_SUFFIXES
                    for f in glob.glob(os.path.join(path, "**", "*" + suffix), recursive=True))
     if not found:
         return (f"; an image folder (one subfolder per class) is written to shards first: streamaug shards {url} "
                 f"OUT (write_shards)")
     below = sorted({os.path.dirname(f) for f in found})
-    shown = ", ".join(below[:3]) + (", ..." if len(below) > 3 else "")
-    suffix = next(s for s in SHARD_SUFFIXES if found[0].endswith(s))
-    if all(os.sep not in b for b in below):
-        how = f"pass the pattern {os.path.join(url, '*', '*' + suffix)!r}"
-    else:
-        how = f"pass the list sorted(glob.glob({os.path.join(url, '**', '*' + suffix)!r}, recursive=True))"
-    return (f"; its subfolders hold {len(found)} ({shown}), and a folder's own files alone are read: {how}")
+    if len(below) > 1:
+        shown = ", ".join(repr(os.path.join(url, b)) for b in below[:4]) + (", ..." if len(below) > 4 else "")
+        return (f"; its subfolders hold {len(found)} shards, in {len(below)} folders ({shown}), most likely "
+                f"splits such as train and val: pass the folder to read (a folder's own files alone are read), "
+                f"or a list of the shards to read together")
+    return (f"; its subfolder {below[0]!r} holds {len(found)} shard{'s' if len(found) > 1 else ''}: pass "
+            f"{os.path.join(url, below[0])!r} (a folder's own files alone are read)")
 
 
 def url_scheme(url: str) -> str:

@@ -187,6 +187,18 @@ def test_channels_4_keeps_the_transparency_a_file_holds(tmp_path, kind):
     assert plain.shape[1] == index.image_shape[2]
 
 
+def test_channels_4_of_a_16_bit_gray_png_with_a_transparent_value_is_reduced_not_clipped():
+    """Review s40: PIL's convert("RGBA") of a 16-bit gray PNG clips every value over 255 to white
+    (and left the transparent value opaque); it is reduced as without alpha, round(v / 257)."""
+    from streamaug.loader.image_codec import decode_image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.array([[0, 1000, 30000, 65535]], np.uint16)).save(buf, format="PNG", transparency=1000)
+    got = decode_image(buf.getvalue(), "png", alpha=True)
+    assert got.reshape(-1, 4).tolist() == [[0, 0, 0, 255], [4, 4, 4, 0], [117, 117, 117, 255], [255, 255, 255, 255]]
+    assert decode_image(buf.getvalue(), "png").reshape(-1).tolist() == [0, 4, 117, 255]
+
+
 def test_convert_channels_keeps_the_values():
     rgb = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
     assert np.array_equal(convert_channels(rgb, 4)[..., :3], rgb) and (convert_channels(rgb, 4)[..., 3] == 255).all()

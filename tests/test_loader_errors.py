@@ -527,6 +527,16 @@ def test_a_pass_without_an_index_that_gives_no_batch_says_why(tmp_path, workers)
         with pytest.warns(RuntimeWarning, match=message):
             assert list(loader) == []
     good = make_shards(str(tmp_path / "good"), n=8, maxcount=8)[0]
+    # (review s40: both of these were told the shard held no sample)
+    with pytest.warns(RuntimeWarning, match=r"it holds no sample \(an empty tar, or one of folders alone\), or each "
+                                            r"reading worker read fewer than batch_size=16 samples, and "
+                                            r"drop_last=True dropped its short batch"):
+        assert list(StreamLoader(good.urls, batch_size=16, index=False, num_classes=4, drop_last=True,
+                                 num_workers=workers)) == []
+    with pytest.warns(RuntimeWarning, match=r"rank 1 of 2 gave no batch: it is given no shard, as without an index "
+                                            r"the 1 shard \(.*\) are shared out whole between the ranks"):
+        assert list(StreamLoader(good.urls, batch_size=4, index=False, num_classes=4, world_size=2, rank=1,
+                                 num_workers=workers)) == []
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loader = StreamLoader(good.urls, batch_size=4, index=False, num_classes=4)

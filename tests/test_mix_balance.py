@@ -155,3 +155,12 @@ def test_balanced_partners_need_labels_and_remix_needs_a_count_per_label():
     op = MixUp(0.2, label_rule="remix", class_counts=[3, 4])
     with pytest.raises(ValueError, match="label 2 has no entry in class_counts"):
         op(rows(3), torch.tensor([0, 1, 2]), num_classes=3)
+
+
+@pytest.mark.parametrize("op", [MixUp(1.0, label_rule="remix", class_counts=[50, 5], seed=0),
+                                CutMix(1.0, label_rule="remix", class_counts=[50, 5], seed=0),
+                                MixUp(1.0, partners="balanced", seed=0)], ids=["mixup-remix", "cutmix-remix", "balanced"])
+def test_balance_aware_mix_ops_take_an_empty_batch(op):
+    """Review s40: Remix took the largest label of an empty batch (RuntimeError on torch.max)."""
+    images, targets = op(torch.zeros(0, 3, 8, 8, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), num_classes=2)
+    assert images.shape == (0, 3, 8, 8) and targets.shape == (0, 2)

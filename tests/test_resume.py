@@ -202,6 +202,15 @@ def test_set_epoch_that_drops_a_restored_mid_epoch_position_warns(npy_shards, ex
         f"the rest of epoch {epoch} is not read, and epoch {epoch + 1} starts at its first batch"), got
     assert warned(mid, epoch) == []
     assert warned(end, epoch + 1) == [] and warned(end, epoch + 5) == [], "an epoch's end holds no position to lose"
+    went_on = make(index, 0)                   # set_epoch(1) while epoch 0's pass ran: the state names 1 as next
+    it = iter(went_on)
+    next(it)
+    went_on.set_epoch(1)
+    with pytest.warns(UserWarning, match="while a pass of epoch 0 ran"):
+        next(it)
+    named = went_on.state_dict()
+    assert (named["epoch"], named["batches_done"], named["next_epoch"]) == (0, 2, 1)
+    assert warned(named, 1) == [], "choosing the epoch the state names as next (review s40)"
 
 
 @pytest.mark.parametrize("saved_workers, loaded_workers", [(0, 2), (2, 0)])

@@ -97,7 +97,7 @@ class MixOp(Op):
         if labels.ndim != 1:
             raise ValueError(f"label_rule='remix' needs int labels (N,), got shape {tuple(labels.shape)}")
         hard = labels.detach().cpu().long()
-        if int(hard.max()) >= len(self.class_counts):
+        if hard.numel() and int(hard.max()) >= len(self.class_counts):     # (an empty batch: review s40)
             raise ValueError(f"label {int(hard.max())} has no entry in class_counts "
                              f"(length {len(self.class_counts)})")
         return remix_label_weight(lam.cpu(), hard, hard[params["perm"]], self.class_counts, self.kappa, self.tau)
