@@ -146,8 +146,10 @@ def test_plan_fields_and_other_fields_are_told_apart():
     assert (plan, other) == ([], ["resize", "seed"])
     plan, other = disagreements({"seed": 1, "shuffle": 5}, {"seed": 2, "shuffle": 6})
     assert (plan, other) == (["seed"], ["shuffle"])
-    indexed = {"shards": "3 shards, 60 samples, names and counts #ab", "read_workers": 0}
+    indexed = {"shards": "3 shards, 60 samples, names and counts #ab", "read_workers": 0, "shuffle": 5}
     assert disagreements(indexed, {**indexed, "read_workers": 2}) == ([], ["read_workers"])
+    unshuffled = {**indexed, "shuffle": 0}          # the same batches for any workers: not a difference
+    assert disagreements(unshuffled, {**unshuffled, "read_workers": 2}) == ([], [])
     unindexed = {"shards": "3 shards, no index, names #ab", "read_workers": 0}
     assert disagreements(unindexed, {**unindexed, "read_workers": 2}) == (["read_workers"], [])
 
