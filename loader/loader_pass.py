@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import warnings
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -45,6 +46,7 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
     if begun is None:
         return
     start, serial = begun
+    release_pass(loader)              # the pass before is superseded now: let go of what it holds
     plan, epoch = loader.plan(), position.epoch
     if plan is not None and loader.decoder.sizes.shape is None:
         # no image shape in the index: the dataset's first samples set it, the same for every
@@ -54,20 +56,24 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
     offsets = None if plan is None or loader.balance is None else \
         [0, *itertools.accumulate(plan.synthetic)]
     rebatch = loader._rebatches
-    batches = worker_batches(loader, serial, hold_last=plan is None)
+    stages = [worker_batches(loader, serial, hold_last=plan is None)]      # (each kept: see release_pass)
     if plan is None and not rebatch:  # no index: resume replays the prefix (not sent to the device)
-        batches = drop_batches(batches, start)
-    batches = device_feed(batches, loader.device, loader._pin)
+        stages.append(drop_batches(stages[-1], start))
+    stages.append(device_feed(stages[-1], loader.device, loader._pin))
     if loader.device_decoder is not None:
-        batches = decode_ahead(batches, loader.device_decoder, loader.on_error)
+        stages.append(decode_ahead(stages[-1], loader.device_decoder, loader.on_error))
     if plan is None:                  # know which batch is last
-        batches = mark_last(batches)
+        stages.append(mark_last(stages[-1]))
     if rebatch:                       # what a resume replays from (see open_pass and loader_state)
         if start == 0:
             loader._epoch_start = (loader.balance.state_dict(), loader.stats.as_dict())
-        made = balanced_open_pass(loader, batches, epoch, start, lambda: position.check_current(serial))
+        stages.append(balanced_open_pass(loader, stages[-1], epoch, start, lambda: position.check_current(serial)))
     else:
-        made = finished_batches(loader, batches, plan, epoch, offsets, lambda: position.check_current(serial))
+        stages.append(finished_batches(loader, stages[-1], plan, epoch, offsets,
+                                       lambda: position.check_current(serial)))
+    made = stages[-1]
+    loader._pass_chain = (serial, [weakref.ref(g) for g in reversed(stages)])
+    del stages
     if loader._marker is not None:    # a pass superseded before it ended
         loader._marker.close()
     # accelerate's gradient accumulation and gather_for_metrics: where the pass ends, what is padding
@@ -76,17 +82,22 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
     pin_host = host_pinning(loader)
     ended = False                     # the epoch's last batch was handed on
     try:
-        for done, (out, last) in enumerate(made, start):
+        done = start
+        for out, last in made:
             position.keep_pass_epoch(serial, epoch, done)     # (set_epoch while it ran: see pass_position)
             position.batches_done += 1
+            done += 1
             if marker is not None:
                 marker.at_batch(last)
             if last:
                 position.end_epoch(serial)
                 ended = True
                 loader._epoch_start = None    # over: a state now holds the balancer as it is
-            yield out.pin_memory() if pin_host and not out.images.is_pinned() else out
-        if not ended:                 # no batch at all
+            handed = [out.pin_memory() if pin_host and not out.images.is_pinned() else out]
+            out = None                        # (this frame keeps no batch while it waits: see release_pass)
+            yield handed.pop()
+        if not ended:                 # no batch at all, or the chain was released (see release_pass)
+            position.check_current(serial)
             if plan is None and start == 0:
                 warnings.warn(empty_pass_message(loader), RuntimeWarning, stacklevel=caller_stacklevel())
             position.end_epoch(serial)
@@ -97,6 +108,26 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
         current = position.is_current(serial)      # (left part-way, it stays open: see new_iter)
         if not loader.read_options.persistent and current:
             loader.stop_reading_workers()     # DataLoader(persistent_workers=False): the workers end with the pass
+
+
+def release_pass(loader) -> None:
+    """Close the stages of the loader's latest pass while it waits between batches: a pass that a
+    newer one superseded, or that ``close()`` stopped, then lets go of what it holds (an open
+    shard, batches in shared memory, a DALI decode under way) though its iterator is still held,
+    and its next ``next()`` raises saying why, as before. (Soak s40: 50 superseded passes whose
+    iterators a list kept held 50 open shards or shared-memory batches and ~200 MB, after
+    ``close()`` too.) A pass running in another thread, or in a forked child's copy, is left alone."""
+    held, loader._pass_chain = loader._pass_chain, None
+    if held is None or held[0] == loader.position.forked_pass:
+        return
+    for ref in held[1]:               # the last stage first: each closed stage lets go of the batch it held
+        stage = ref()
+        if stage is None:
+            continue
+        try:
+            stage.close()
+        except ValueError:            # running now (another thread, a signal handler): it raises at its next batch
+            return
 
 
 def empty_pass_message(loader) -> str:

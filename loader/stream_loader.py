@@ -45,7 +45,7 @@ from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, e
 from .device_feed import delivery_device
 from .errors import LoaderStats, check_policy
 from .image_codec import check_label_key
-from .loader_pass import run_pass
+from .loader_pass import release_pass, run_pass
 from .loader_state import LoadedState, plugin_details, save_state
 from .output_format import OutputFormat
 from .pass_position import PassPosition
@@ -220,6 +220,7 @@ class StreamLoader:
         self._stop_workers = None         # stops the reading workers when the loader is freed (read_workers)
         self.position = PassPosition()    # epoch, batches done, the current pass (see pass_position)
         self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
+        self._pass_chain = None           # (serial, weakref) of the latest pass's stages (loader_pass.release_pass)
         self._epoch_start = None          # no index, with a balancer: (balancer state, stats) as the pass began
         self._loaded = LoadedState()      # the state load_state_dict took, until a pass starts from it
         if check_ranks not in (True, False):
@@ -332,6 +333,7 @@ class StreamLoader:
         """Stop the persistent DataLoader workers now (they also stop when the loader is freed).
         A pass still running raises at its next batch; the next ``iter()`` starts new workers."""
         self.position.close_current()
+        release_pass(self)                # (what a stopped pass holds goes now, not when its iterator does)
         self.stop_reading_workers()
 
     def stop_reading_workers(self) -> None:
@@ -348,6 +350,7 @@ class StreamLoader:
         workers and the current pass's registration: the copy starts its own when it iterates."""
         state = dict(self.__dict__)
         state["_dataloader"], state["_marker"], state["_stop_workers"] = None, None, None
+        state["_pass_chain"] = None
         return state
 
     def __copy__(self) -> "StreamLoader":
