@@ -84,6 +84,9 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
     try:
         done = start
         for out, last in made:
+            # (every stage checks before it reads; a piece cut from what a balancer held back had not:
+            # a superseded pass without an index handed one on, counted on the newer pass: review s40)
+            position.check_current(serial)
             position.keep_pass_epoch(serial, epoch, done)     # (set_epoch while it ran: see pass_position)
             position.batches_done += 1
             done += 1

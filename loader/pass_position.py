@@ -49,15 +49,16 @@ class PassPosition:
         epoch = int(epoch)
         named, self.next_epoch = self.next_epoch, None
         if epoch != self.epoch:
-            # (a state whose pass went on after set_epoch names that epoch as the next: choosing it is no surprise)
-            if self.resume_pending and self.batches_done and not self.ended and epoch != named:
+            if self.resume_pending and self.batches_done and not self.ended:
+                why = (f"The state was saved while a pass of epoch {self.epoch} went on after set_epoch({epoch})"
+                       if epoch == named else
+                       "The caller's epoch count differs from the one the state was saved at (Lightning's does "
+                       "when resuming a run that max_steps stopped mid-epoch: see docs/training.md)")
                 warnings.warn(
                     f"set_epoch({epoch}) replaces the position load_state_dict() restored, {self.batches_done} "
                     f"batches into epoch {self.epoch}: the rest of epoch {self.epoch} is not read, and epoch {epoch} "
-                    f"starts at its first batch. The caller's epoch count differs from the one the state was saved "
-                    f"at (Lightning's does when resuming a run that max_steps stopped mid-epoch: see "
-                    f"docs/training.md); call set_epoch({self.epoch}) to resume where the state was saved",
-                    UserWarning, stacklevel=caller_stacklevel())
+                    f"starts at its first batch. {why}; call set_epoch({self.epoch}) to resume where the state was "
+                    f"saved", UserWarning, stacklevel=caller_stacklevel())
             self.batches_done, self.resume_pending, self.ended = 0, False, False
         self.epoch, self.explicit_epoch = epoch, True
 

@@ -652,3 +652,26 @@ def test_superseded_and_closed_passes_let_go_of_what_they_hold(tmp_path, workers
     with pytest.raises(RuntimeError, match="this pass over the StreamLoader was stopped: loader.close"):
         next(held[-1])
     assert len(list(loader)) == len(loader), "the next pass starts afresh"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_superseded_balanced_pass_without_an_index_raises_even_unreleased(shards, workers, monkeypatch):
+    """Review s40: without an index, with a balancer in this process, a superseded pass handed on
+    one more batch (a piece cut from what the balancer held back), counted on the newer pass's
+    position. Releasing the pass stops it; a pass that could not be released (running in another
+    thread then) is stopped by the check before each batch is handed on."""
+    import streamaug.loader.loader_pass as loader_pass
+
+    from streamaug.samplers import ClassBalancer
+
+    monkeypatch.setattr(loader_pass, "release_pass", lambda loader: None)     # as if it ran in another thread
+    loader = StreamLoader(shards[0].urls, batch_size=BATCH, seed=5, shuffle=30, device="cpu", num_workers=workers,
+                          index=False, num_classes=CLASSES, balance=ClassBalancer())
+    old = iter(loader)
+    [next(old) for _ in range(3)]
+    new = iter(loader)
+    [next(new) for _ in range(2)]
+    with pytest.raises(RuntimeError, match="this pass over the StreamLoader was superseded"):
+        next(old)
+    assert loader.state_dict()["batches_done"] == 2, "the newer pass's position is its own"
+    loader.close()
