@@ -212,7 +212,7 @@ def missing_field_hint(key, fields: list[str], missing: str) -> str:
     file's extension; an image alone under a folder (a
     plain tar of an image folder, with no labels, or with them elsewhere in a tar not written
     in name order); else a tar not written in name order."""
-    wanted = IMAGE_EXTS if missing == "image" else ("cls", "label", "txt", "json")
+    wanted = IMAGE_EXTS if missing == "image" else (*TEXT_LABEL_FIELDS, "json")
     dotted = [f for f in fields if "." in f]
     if any(f.rsplit(".", 1)[1] in wanted for f in dotted):     # (the missing file is there, under a dotted name)
         return (f". Its fields have dots in them ({', '.join(dotted[:3])}{', ...' if len(dotted) > 3 else ''}): "

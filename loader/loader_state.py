@@ -99,12 +99,17 @@ def fingerprint(loader) -> dict:
             else "fixed", **plug}
 
 
+def indexed(print_: dict) -> bool:
+    """Whether a fingerprint is of a loader with an index (see ``data_fingerprint``)."""
+    return "no index" not in str(print_.get("shards"))
+
+
 def workers_free(print_: dict) -> bool:
     """Whether the batches of a loader with this fingerprint are the same for any ``num_workers``:
     with an index and no shuffling, batches come in dataset order, and every plug-in draws from
     (seed, epoch, rank, batch), so a state resumes across a change of workers (red team s40: it
     was refused, saying the position would not mean the same batches)."""
-    return not print_.get("shuffle") and "no index" not in str(print_.get("shards"))
+    return not print_.get("shuffle") and indexed(print_)
 
 
 def check_fingerprint(saved: dict, current: dict, ignore=(), note: str = "") -> None:

@@ -36,7 +36,7 @@ import warnings
 
 import torch.distributed as dist
 
-from .loader_state import fingerprint, workers_free
+from .loader_state import fingerprint, indexed, workers_free
 from .pass_position import caller_stacklevel
 
 # what each rank's slice of the epoch plan, and its number of batches, depend on: always these; the
@@ -98,7 +98,7 @@ def disagreements(first: dict, mine: dict) -> tuple[list[str], list[str]]:
     """``(fields that change the ranks' slices or batch counts, other fields)`` where two differ."""
     first, mine = compared(first), compared(mine)
     plan = PLAN_FIELDS + (("seed",) if mine["shuffled"] or first["shuffled"] else ()) \
-        + (("read_workers",) if "no index" in str(mine.get("shards")) else ())
+        + (("read_workers",) if not indexed(mine) else ())
     quiet = {"shuffled"} | ({"read_workers"} if workers_free(first) and workers_free(mine) else set())
     differ = sorted(k for k in set(first) | set(mine) if first.get(k) != mine.get(k))
     return [k for k in differ if k in plan], [k for k in differ if k not in plan and k not in quiet]

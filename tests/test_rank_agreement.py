@@ -134,7 +134,12 @@ def test_a_store_without_compare_set_skips_the_check_and_a_failing_store_raises(
         def compare_set(self, key, expected, desired):
             raise dist.DistStoreError("Socket Timeout")
 
+    class RaisesNotImplemented(dist.Store):          # a Python store that says so the Python way
+        def compare_set(self, key, expected, desired):
+            raise NotImplementedError
+
     assert compare_set(NoCompareSet(), "k", "v") is None
+    assert compare_set(RaisesNotImplemented(), "k", "v") is None
     compare_with_first(NoCompareSet(), "k", 1, {"seed": 1})          # (nothing to compare with: no error)
     with pytest.raises(dist.DistStoreError, match="Socket Timeout"):
         compare_set(Lost(), "k", "v")
