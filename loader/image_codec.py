@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile
 
+from .png_colour_key import is_keyed_rgb16, keyed_rgb16_rgba
+
 IMAGE_EXTS = ("npy", "png", "jpg", "jpeg", "webp")
 ENCODED_EXTS = ("png", "jpg", "jpeg", "webp")
 _PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -109,6 +111,8 @@ def decode_image(data: bytes, ext: str, alpha: bool = False) -> np.ndarray:
         arr = load_npy(data)
         return arr[..., None] if arr.ndim == 2 else arr
     with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[ext]]) as img:
+        if alpha and is_keyed_rgb16(img):       # PIL matches its 16-bit key against 8-bit pixels: none
+            return keyed_rgb16_rgba(img, data)
         return pil_pixels(img, alpha)
 
 

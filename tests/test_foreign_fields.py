@@ -199,6 +199,72 @@ def test_channels_4_of_a_16_bit_gray_png_with_a_transparent_value_is_reduced_not
     assert decode_image(buf.getvalue(), "png").reshape(-1).tolist() == [0, 4, 117, 255]
 
 
+def _with_trns(png: bytes, key: tuple[int, int, int]) -> bytes:
+    """``png`` with a 16-bit transparent colour chunk put after its header chunk."""
+    import struct
+    import zlib
+
+    body = struct.pack(">HHH", *key)
+    chunk = struct.pack(">I", 6) + b"tRNS" + body + struct.pack(">I", zlib.crc32(b"tRNS" + body) & 0xFFFFFFFF)
+    return png[:33] + chunk + png[33:]
+
+
+@pytest.mark.parametrize("row_filter", ["NONE", "SUB", "UP", "AVG", "PAETH", "ALL"])
+def test_channels_4_of_a_16_bit_rgb_png_with_a_transparent_colour_matches_libpng(tmp_path, row_filter):
+    """s41: PIL reduces 16-bit RGB to 8 bits, then compares the 16-bit tRNS colour with the
+    reduced pixels and made every pixel opaque. The key is matched on the 16-bit samples. libpng
+    (OpenCV's writer, each PNG row filter and its own mix of them) writes the file; OpenCV's
+    reader (libpng's tRNS to alpha) is the reference."""
+    cv2 = pytest.importorskip("cv2")
+    import zlib
+
+    from streamaug.loader.png_colour_key import png_chunks, rgb16_samples
+
+    h, w = 9, 13
+    rgb = np.random.default_rng(7).integers(0, 65536, (h, w, 3)).astype(np.uint16)
+    key = (1000, 2000, 3000)
+    rgb[2, 3] = rgb[8, 12] = rgb[0, 0] = key
+    rgb[4, 4] = (1000, 2000, 3001)                 # same high bytes as the key, not the key
+    flag = getattr(cv2, "IMWRITE_PNG_ALL_FILTERS" if row_filter == "ALL" else f"IMWRITE_PNG_FILTER_{row_filter}")
+    ok, enc = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_PNG_FILTER, flag])
+    assert ok
+    data = _with_trns(enc.tobytes(), key)
+    idat = zlib.decompress(b"".join(body for kind, body in png_chunks(data) if kind == b"IDAT"))
+    used = {idat[y * (w * 6 + 1)] for y in range(h)}
+    assert used == ({0, 1, 2, 3, 4} if row_filter == "ALL" else {["NONE", "SUB", "UP", "AVG", "PAETH"].index(row_filter)})
+    ref = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)     # BGRA, libpng's alpha
+    assert ref.shape == (h, w, 4) and np.array_equal(ref[..., 2::-1], rgb)
+    assert np.array_equal(ref[..., 3] == 0, (rgb == key).all(axis=2)) and (ref[..., 3] == 0).sum() == 3
+    assert np.array_equal(rgb16_samples(data), rgb), "the unfiltered samples are libpng's"
+    with wds.TarWriter(str(tmp_path / "k.tar")) as sink:
+        sink.write({"__key__": "s000", "png": data, "cls": b"1"})
+    x, _ = next(iter(StreamLoader(str(tmp_path / "k.tar"), batch_size=1, shuffle=0, channels=4, index=False)))
+    got = x[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(got[..., 3], (ref[..., 3] // 257).astype(np.uint8)), "libpng's alpha: 0 at the key"
+    assert np.array_equal(got[..., :3], np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    plain, _ = next(iter(StreamLoader(str(tmp_path / "k.tar"), batch_size=1, shuffle=0, index=False)))
+    assert plain.shape[1] == 3
+
+
+def test_an_interlaced_16_bit_rgb_png_with_a_transparent_colour_is_refused_by_name():
+    """Its alpha would need Adam7's passes undone, which is not written; it is refused, the
+    message says how to read it."""
+    import struct
+    import zlib
+
+    from streamaug.loader.image_codec import decode_image
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes(6) for _ in range(1))       # 1x1: one pass holds the one pixel
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 16, 2, 0, 0, 1))
+            + chunk(b"tRNS", struct.pack(">HHH", 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert decode_image(data, "png").shape == (1, 1, 3)
+    with pytest.raises(ValueError, match="interlaced 16-bit RGB PNG.*channels=3"):
+        decode_image(data, "png", alpha=True)
+
+
 def test_convert_channels_keeps_the_values():
     rgb = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
     assert np.array_equal(convert_channels(rgb, 4)[..., :3], rgb) and (convert_channels(rgb, 4)[..., 3] == 255).all()
