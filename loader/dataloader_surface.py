@@ -114,3 +114,36 @@ class BatchIndexSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+
+class DataLoaderSurface:
+    """The attributes a ``DataLoader`` has and frameworks read, as :class:`StreamLoader` has
+    them (see the module docstring); a mixin of ``StreamLoader``."""
+
+    @property
+    def dataset(self) -> BatchDataset:
+        return BatchDataset(self)
+
+    @property
+    def sampler(self) -> EpochSampler:
+        return epoch_sampler(self)
+
+    @property
+    def batch_sampler(self) -> BatchIndexSampler:
+        return BatchIndexSampler(epoch_sampler(self))
+
+    def __getitem__(self, j):
+        raise TypeError(f"a StreamLoader is a loader, not a dataset (asked for item {j!r}): iterate it, or rebuild "
+                        f"one as DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, "
+                        f"collate_fn=loader.collate_fn); loader.dataset's item j is batch j")
+
+    collate_fn = staticmethod(first_item)
+    num_workers = 0                 # see StreamLoader's docs: the caller's loop starts no workers
+    prefetch_factor = None
+    pin_memory = False
+    persistent_workers = False
+    timeout = 0
+    worker_init_fn = None
+    multiprocessing_context = None
+    generator = None
+    pin_memory_device = ""

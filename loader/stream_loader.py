@@ -41,7 +41,7 @@ from .decode_limits import MAX_IMAGE_PIXELS, MAX_MEMBER_BYTES, READ_TIMEOUT, Dec
 from .epoch_plan import EpochPlan
 from .dataloader_arguments import (SHUFFLE_BUFFER, check_batch_size, check_num_workers, check_prefetch, check_seed,
                                    check_shuffle, check_topology, read_worker_options)
-from .dataloader_surface import BatchDataset, BatchIndexSampler, EpochSampler, epoch_sampler, first_item
+from .dataloader_surface import DataLoaderSurface
 from .device_feed import delivery_device
 from .errors import LoaderStats, check_policy
 from .image_codec import check_label_key
@@ -71,7 +71,7 @@ def index_file_given(urls) -> str | None:
     return None
 
 
-class StreamLoader:
+class StreamLoader(DataLoaderSurface):
     """Stream ``(images, labels)`` batches from WebDataset shards. See the module docs.
 
     Args:
@@ -229,30 +229,6 @@ class StreamLoader:
         self._agreement = (None, None, None)     # (pid, topology the ranks agreed in, store key): rank_agreement
         self._ensure_topology()           # validates rank and the balancer's targets now, not at the first batch
         self.output.check_channels(channels)
-
-    # ------------------------------------------------------------ DataLoader surface
-    @property
-    def dataset(self) -> BatchDataset:
-        return BatchDataset(self)
-
-    @property
-    def sampler(self) -> EpochSampler:
-        return epoch_sampler(self)
-
-    @property
-    def batch_sampler(self) -> BatchIndexSampler:
-        return BatchIndexSampler(epoch_sampler(self))
-
-    collate_fn = staticmethod(first_item)
-    num_workers = 0                 # see the class docs: the caller's loop starts no workers
-    prefetch_factor = None
-    pin_memory = False
-    persistent_workers = False
-    timeout = 0
-    worker_init_fn = None
-    multiprocessing_context = None
-    generator = None
-    pin_memory_device = ""
 
     @property
     def augment_in_workers(self) -> bool:

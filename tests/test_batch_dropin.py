@@ -272,6 +272,17 @@ def test_rebuilt_from_batch_sampler_gives_the_same_batches(make_loader):
     assert [fingerprint(b) for b in rebuilt] == reference
 
 
+def test_a_dataloader_over_the_loader_itself_says_to_use_its_dataset(shards):
+    """s41: ``DataLoader(loader, batch_size=None)`` (the loader taken for a dataset) failed with
+    torch's bare "'StreamLoader' object is not subscriptable"."""
+    loader = stream(shards[0])
+    with pytest.raises(TypeError, match=r"not a dataset \(asked for item 0\).*batch_sampler=loader\.batch_sampler"):
+        next(iter(DataLoader(loader, batch_size=None)))
+    rebuilt = DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, collate_fn=loader.collate_fn)
+    twin = stream(shards[0])
+    assert [fingerprint(b) for b in rebuilt] == [fingerprint(b) for b in twin], "the hint's way works"
+
+
 @pytest.mark.parametrize("read_workers", [0, 2])
 def test_a_dataloader_rebuilt_with_workers_is_refused_saying_why(shards, read_workers):
     """Red team s40: DataLoader(loader.dataset, ..., num_workers=2) failed with 'planned for 1
