@@ -30,6 +30,8 @@ import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from torch.utils.data import DataLoader
+
 from .read_workers import init_worker
 
 SHUFFLE_BUFFER = 1000           # samples; StreamLoader's default, and what shuffle=True means
@@ -78,9 +80,12 @@ def check_topology(world_size, rank) -> tuple[int | None, int | None]:
 
 def check_prefetch(prefetch_factor, num_workers: int) -> int:
     """Batches each reading worker reads ahead: DataLoader's default 2, and its refusal without workers."""
-    if prefetch_factor is not None and num_workers == 0:     # (DataLoader's own check and message)
-        raise ValueError("prefetch_factor option could only be specified in multiprocessing. let num_workers > 0 "
-                         "to enable it.")
+    if prefetch_factor is not None and num_workers == 0:     # DataLoader's own check, its message as it words it
+        try:
+            DataLoader([], num_workers=0, prefetch_factor=prefetch_factor)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        raise ValueError("prefetch_factor is for reading workers; with num_workers=0 pass none")
     if prefetch_factor is None:
         return 2
     if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, numbers.Integral) or prefetch_factor < 1:

@@ -101,6 +101,16 @@ def test_worker_arguments_without_workers_are_refused_as_dataloader_refuses_them
     assert len(keys(StreamLoader(index.urls, batch_size=10, persistent_workers=False))) == 100
 
 
+def test_prefetch_factor_without_workers_is_refused_in_the_installed_dataloaders_words(npy_shards):
+    """Docs audit s41: the docs say DataLoader's message; ours was an older torch's wording."""
+    index, _, _ = npy_shards
+    with pytest.raises(ValueError) as theirs:
+        DataLoader(list(range(4)), num_workers=0, prefetch_factor=4)
+    with pytest.raises(ValueError) as ours:
+        StreamLoader(index.urls, batch_size=10, num_workers=0, prefetch_factor=4)
+    assert str(ours.value) == str(theirs.value)
+
+
 def test_numpy_ints_for_seed_rank_and_world_size_give_a_json_state(npy_shards):
     """Red team s33: numpy ints for world_size/rank went into state_dict() as they were, and
     json.dumps (and torch.load(weights_only=True)) failed on the state."""

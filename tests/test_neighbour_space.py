@@ -13,8 +13,8 @@ from imblearn.over_sampling import SMOTE as ImbSMOTE
 from sklearn.neighbors import NearestNeighbors
 
 from streamaug.loader import StreamLoader, write_shards
-from streamaug.samplers import SMOTE, ClassBalancer, ClassReservoir
-from streamaug.samplers.neighbour_space import Encoder, RandomProjection, Thumbnail, resolve_space
+from streamaug.samplers import SMOTE, ClassBalancer, ClassReservoir, Encoder, RandomProjection, Thumbnail   # (docs
+from streamaug.samplers.neighbour_space import resolve_space                   # audit s41: they were not exported)
 
 
 def planted(n_per_cluster=12, clusters=4, size=16, noise=60, seed=0):
