@@ -138,7 +138,14 @@ class Op:
 
 
 class GeometricOp(Op):
+    """An op that moves pixels: it draws its parameters in ``_draw`` and gives one forward 3×3
+    matrix per row in ``_matrices``; every backend fuses and warps with them."""
+
     kind = "geometric"
+
+    def missing_for(self, backend: str) -> str | None:
+        """The method a subclass must write, and has not, for ``backend``; ``None`` if none."""
+        return "_matrices" if type(self)._matrices is GeometricOp._matrices else None
 
     def matrix_array(self, params: Params, height: int, width: int) -> np.ndarray:
         """Forward 3×3 matrices, ``(N, 3, 3)`` float64 numpy (see ``affine_matrix``),
@@ -155,7 +162,18 @@ class GeometricOp(Op):
 
 
 class IntensityOp(Op):
+    """An op that changes values: ``apply_torch`` (the Kornia and OpenCV backends) and
+    ``dali_apply`` (the DALI graph) apply the parameters ``_draw`` drew."""
+
     kind = "intensity"
+    # dali_apply returns the pipeline's type (uint8 or float32) itself; else its result is cast
+    # back, saturating, as an arithmetic node (uint8 - int gives int32) would not be
+    dali_keeps_dtype = False
+
+    def missing_for(self, backend: str) -> str | None:
+        """The method a subclass must write, and has not, for ``backend``; ``None`` if none."""
+        name = "dali_apply" if backend == "dali" else "apply_torch"
+        return name if getattr(type(self), name) is getattr(IntensityOp, name) else None
 
     def apply_torch(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         """``x``: float NCHW in [0, 1] on any device → same."""

@@ -58,6 +58,11 @@ class Compose:
             if not isinstance(op, (GeometricOp, IntensityOp)):
                 raise TypeError(f"Compose takes geometric and intensity ops, got {op!r}"
                                 + (" (pass mix ops as the loader's mixup=)" if getattr(op, "kind", "") == "mix" else ""))
+        for op in ops:
+            missing = op.missing_for(backend)
+            if missing:
+                raise TypeError(f"{type(op).__name__} has no {missing}, which backend={backend!r} runs; write it"
+                                + (", or use another backend" if missing != "_matrices" else ""))
         self.ops, self.backend, self.seed = ops, backend, seed
         self.stages = self._stages(ops)
         self.last_params: list[Params] | None = None

@@ -61,6 +61,8 @@ class DaliRunner:
                                                        device="gpu" if gpu else "cpu")
                                  for f in op.dali_field_names})
                     x = op.dali_apply(fn, x, args, uint8)
+                    if not op.dali_keeps_dtype:
+                        x = fn.cast(x, dtype=types.UINT8 if uint8 else types.FLOAT)
                     if not uint8 and s != len(compose.stages) - 1:
                         x = dali_math.clamp(x, 0.0, 1.0)     # uint8 saturates; float is clipped alike
             return x

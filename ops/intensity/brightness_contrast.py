@@ -49,6 +49,8 @@ class BrightnessContrast(IntensityOp):
         b, c = self.factors(params)
         return {"brightness": [np.float32(v) for v in b.tolist()], "contrast": [np.float32(v) for v in c.tolist()]}
 
+    dali_keeps_dtype = True
+
     def dali_apply(self, fn, images, arguments: dict, uint8: bool):
         return fn.brightness_contrast(images, brightness=arguments["brightness"], contrast=arguments["contrast"],
                                       contrast_center=127.5 if uint8 else 0.5)

@@ -52,6 +52,8 @@ class GaussianNoise(IntensityOp):
         field.mul_(to_device(sigma, device).view(-1, 1, 1, 1))
         return {"noise": field.permute(0, 2, 3, 1).contiguous()}
 
+    dali_keeps_dtype = True
+
     def dali_apply(self, fn, images, arguments: dict, uint8: bool):
         from nvidia.dali import types
 

@@ -57,6 +57,8 @@ class RandomErasing(IntensityOp):
         box = self.boxes(params).numpy()
         return {"anchor": [b[:2].astype(np.float32) for b in box], "shape": [b[2:].astype(np.float32) for b in box]}
 
+    dali_keeps_dtype = True
+
     def dali_apply(self, fn, images, arguments: dict, uint8: bool):
         return fn.erase(images, anchor=arguments["anchor"], shape=arguments["shape"], axis_names="HW",
                         fill_value=float(np.floor(self.value * 255.0 + 0.5)) if uint8 else self.value)   # from_float's rounding
