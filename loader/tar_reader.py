@@ -133,6 +133,9 @@ def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits 
         if any(counted(s) for s in run[r:]):
             handle(err)
 
+    def unread() -> int:                            # samples an error loses: without an index, unknown,
+        return left(True) if known else 1           # counted as one, as a cut shard's tail is
+
     def lost_places() -> Iterator:
         if keep_places and known:
             yield from itertools.repeat(LOST, left(False))
@@ -140,12 +143,12 @@ def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits 
     try:
         stream = open_shard(url, limits.read_timeout)
     except FileNotFoundError:
-        report(StreamError("missing_shard", "shard does not exist", shard=url, value=url, lost=left(True)))
+        report(StreamError("missing_shard", "shard does not exist", shard=url, value=url, lost=unread()))
         yield from lost_places()
         return
     except Exception as e:
         report(StreamError("unreadable_shard", f"shard cannot be opened: {e}", shard=url, value=url,
-                           lost=left(True)))
+                           lost=unread()))
         yield from lost_places()
         return
     try:
@@ -181,14 +184,14 @@ def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits 
         if e.shard is None:
             e = e.at_shard(url)
         if known:                               # an index says how much is lost
-            e.lost = left(True)
+            e.lost = unread()
         report(e)
         yield from lost_places()
         return
     except Exception as e:
         report(StreamError("corrupt_shard", f"tar stream is corrupt or truncated after {pos} samples: "
                            f"{type(e).__name__}: {str(e).split(' @ ')[0]}", shard=url, key=key,
-                           value=pos, lost=left(True)))
+                           value=pos, lost=unread()))
         yield from lost_places()
         return
     finally:

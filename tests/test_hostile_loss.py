@@ -114,6 +114,23 @@ def test_truncated_shard_in_a_list_loses_only_its_tail(tmp_path):
     assert loader.stats.skipped == {"truncated_shard": 1}
 
 
+@pytest.mark.parametrize("gone", ["removed", "a folder now"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_shard_gone_before_an_unindexed_pass_is_counted_once(tmp_path, gone, workers):
+    """Fuzz s41: without an index a shard's size is unknown, and a shard removed (or made a
+    folder) after the loader was built was counted as 2**62 skipped samples."""
+    import os
+
+    wds_shard("a.tar")
+    wds_shard("b.tar")
+    loader = stream(["a.tar", "b.tar"], on_error="skip", num_workers=workers)
+    os.remove("b.tar")
+    if gone == "a folder now":
+        os.mkdir("b.tar")
+    assert sorted(keys_of(loader)) == sorted(expected(N))
+    assert loader.stats.skipped == {"missing_shard" if gone == "removed" else "unreadable_shard": 1}
+
+
 # --- item 5: the index's per-class counts ---
 
 @pytest.mark.parametrize("workers", [0, 2])
