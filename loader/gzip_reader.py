@@ -2,9 +2,16 @@
 so a member passed over unread costs its inflation and no more; read by :mod:`.tar_members`."""
 from __future__ import annotations
 
+import struct
 import zlib
 
 GZIP_MAGIC = b"\x1f\x8b"
+_FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 2, 4, 8, 16
+
+
+class GzipDataError(zlib.error):
+    """The gzip data itself is wrong: its header, its deflate stream, or the CRC-32 and length
+    each member ends with."""
 
 
 class GzipReader:
@@ -15,40 +22,108 @@ class GzipReader:
     What inflated before a corrupt or missing part is handed on, and the error is raised by
     the read after it, whatever sizes the reader asks for: so the ustar reader (64 KiB reads)
     and tarfile (10 KiB reads) get the same bytes, and bytes after the archive's end that
-    neither reads (trailing zeros after the gzip) are never an error."""
+    neither reads (trailing zeros after the gzip) are never an error.
+
+    Each member is inflated as raw deflate and its header and trailer are checked here, not by
+    zlib's gzip mode, which drops what the step that meets a bad checksum inflated: every byte
+    of a member whose CRC-32 fails is handed on, and the failure comes after them, whatever the
+    member's size. An error of the data itself (:class:`GzipDataError`, or the stream ending
+    inside a member) is marked ``in_gzip_data``; bytes after a member that start no other
+    (zeros) fail unmarked, so the reader past a tar's end can tell them apart."""
 
     STEP = 1 << 14
 
     def __init__(self, raw, first: bytes):
         self.raw, self.pending = raw, first
-        self.inflate = zlib.decompressobj(31)
+        self.inflate = None                            # the current member's, once its header is read
         self.out, self.failed = bytearray(), None
+        self.members, self.crc, self.size = 0, 0, 0
 
-    def _input(self) -> bytes:
-        if self.inflate.unconsumed_tail:
-            return self.inflate.unconsumed_tail
+    def _more(self) -> bytes:
         data, self.pending = self.pending or self.raw.read(1 << 16), b""
         return data
 
+    def _take(self, n: int, what: str) -> bytes:
+        """``n`` bytes of the raw stream (after what a member's inflation left unused)."""
+        buf = self.pending
+        while len(buf) < n:
+            more = self.raw.read(1 << 16)
+            if not more:
+                self.pending = buf
+                raise EOFError(f"gzip stream ends inside a member's {what}")
+            buf += more
+        self.pending = buf[n:]
+        return buf[:n]
+
+    def _until_zero(self, what: str) -> None:
+        while True:
+            buf = self.pending or self.raw.read(1 << 16)
+            if not buf:
+                raise EOFError(f"gzip stream ends inside a member's {what}")
+            at = buf.find(b"\0")
+            self.pending = buf[at + 1:] if at >= 0 else b""
+            if at >= 0:
+                return
+
+    def _header(self) -> bool:
+        """Read a member's header; False where the stream ends cleanly between members."""
+        if not self.pending:
+            self.pending = self.raw.read(1 << 16)
+        if not self.pending:
+            return False
+        head = self._take(10, "header")
+        if head[:2] != GZIP_MAGIC or head[2] != 8:
+            raise zlib.error(f"bytes after gzip member {self.members} start no gzip member "
+                             f"(incorrect header check: {head[:4].hex()})")
+        flags = head[3]
+        if flags & _FEXTRA:
+            self._take(struct.unpack("<H", self._take(2, "header"))[0], "header")
+        if flags & _FNAME:
+            self._until_zero("header")
+        if flags & _FCOMMENT:
+            self._until_zero("header")
+        if flags & _FHCRC:
+            self._take(2, "header")
+        self.inflate, self.crc, self.size = zlib.decompressobj(-zlib.MAX_WBITS), 0, 0
+        self.members += 1
+        return True
+
+    def _trailer(self) -> None:
+        self.pending, self.inflate = self.inflate.unused_data + self.pending, None
+        crc, size = struct.unpack("<II", self._take(8, "trailer"))
+        if crc != self.crc or size != self.size & 0xFFFFFFFF:
+            raise GzipDataError(f"gzip member {self.members} fails its check: CRC-32 {self.crc:08x} and length "
+                                f"{self.size} inflated, its trailer says {crc:08x} and {size}")
+
     def _step(self) -> bool:
         """Inflate up to STEP more bytes into ``out``; False at the clean end of the last member."""
-        if self.inflate.eof:
-            rest = self.inflate.unused_data or self.raw.read(1 << 16)
-            if not rest:
+        if self.inflate is None:
+            if not self._header():
                 return False
-            self.inflate, self.pending = zlib.decompressobj(31), rest
-        data = self._input()
+        elif self.inflate.eof:
+            self._trailer()
+            return True
+        data = self.inflate.unconsumed_tail or self._more()
         if not data:
             raise EOFError("gzip stream ends before its end marker")
-        self.out += self.inflate.decompress(data, self.STEP)
+        try:
+            more = self.inflate.decompress(data, self.STEP)
+        except zlib.error as e:
+            raise GzipDataError(f"gzip member {self.members}'s data does not inflate: {e}") from None
+        self.crc, self.size = zlib.crc32(more, self.crc), self.size + len(more)
+        self.out += more
         return True
 
     def read(self, n: int) -> bytes:
         while len(self.out) < n and self.failed is None:
+            inside = self.inflate is not None
             try:
                 if not self._step():
                     break
             except Exception as e:          # zlib.error, EOFError, or the raw stream's own error
+                if isinstance(e, GzipDataError) or (isinstance(e, EOFError) and (inside or self.members == 0)) \
+                        or (isinstance(e, zlib.error) and self.members == 0):
+                    e.in_gzip_data = True   # (not bytes after a member that start no other)
                 self.failed = e
         if not self.out and self.failed is not None:
             raise self.failed

@@ -234,6 +234,9 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
     stream.drain()                                    # a pipe's exit status is checked after its output
 
 
+GZIP_CHECK = "gzip_check_failed"     # the reason of a gzip stream failing past the tar's end (samples all read)
+
+
 def _check_after_marker(url: str, read, count: int, limit: int = 1 << 20) -> None:
     """What follows the end-of-archive marker is tar's zero padding. A second archive joined on
     (``cat a.tar b.tar``, ``pipe:cat dir/*.tar``) would go unread, as tarfile and webdataset leave
@@ -247,8 +250,14 @@ def _check_after_marker(url: str, read, count: int, limit: int = 1 << 20) -> Non
             chunk = read(min(1 << 16, limit - seen)) if seen < limit else b""
         except StreamError:               # (a command's exit status)
             raise
-        except Exception:                 # (zeros after a gzip stream are no gzip member): the archive
-            return                        # itself was whole, and nothing past it reads as a tar
+        except Exception as e:
+            if getattr(e, "in_gzip_data", False):
+                raise StreamError(GZIP_CHECK, f"the gzip stream fails past the archive's end marker, "
+                                  f"after {count} members were read whole ({type(e).__name__}: {e}): their bytes "
+                                  "are not known to be right (a shard corrupted or cut after it was written)",
+                                  shard=url, value=str(e), lost=0) from None
+            return                        # (zeros after a gzip stream are no gzip member): the archive
+                                          # itself was whole, and nothing past it reads as a tar
         ended = not chunk
         held, seen = held + chunk, seen + len(chunk)
         if held.count(0) == len(held):
@@ -337,7 +346,7 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
             current[ext] = data if ext in HELD_FIELDS else None      # (named in messages; never read)
     except StreamError as e:
         broke_in = base_plus_ext(e.key)[0] if isinstance(e.key, str) else None
-        complete = e.reason == "trailing_data" or (broke_in is not None and broke_in != current["__key__"]) \
+        complete = e.reason in ("trailing_data", GZIP_CHECK) or (broke_in is not None and broke_in != current["__key__"]) \
             if current is not None else False
         if current is not None and not spoiled and complete:
             yield current                  # the next sample's header was read whole, or the archive ended cleanly

@@ -17,7 +17,7 @@ from .decode_limits import DecodeLimits
 from .epoch_plan import Segment
 from .errors import LOST, ErrorHandler, StreamError
 from .shard_stream import open_shard
-from .tar_members import shard_samples
+from .tar_members import GZIP_CHECK, shard_samples
 
 
 UNKNOWN = -1        # shard_count of a shard streamed without an index: read to its end, check nothing
@@ -58,6 +58,10 @@ def _extras_error(samples: Iterator, url: str, count: int) -> StreamError | None
         for extra in samples:
             first, extras = first or _key_of(extra), extras + 1
     except Exception as e:
+        if not extras and isinstance(e, StreamError) and e.reason == GZIP_CHECK:
+            e = e if e.shard else e.at_shard(url)
+            e.kept = count                      # every sample was read, and is handed on
+            return e
         met = e.detail if isinstance(e, StreamError) else f"{type(e).__name__}: {str(e).split(' @ ')[0]}"
         return StreamError("index_mismatch", f"shard holds more samples than the index count {count} and is "
                            f"cut inside them ({met}); under on_error='skip' the extras are passed over{REINDEX}",
@@ -183,7 +187,9 @@ def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits 
     except StreamError as e:
         if e.shard is None:
             e = e.at_shard(url)
-        if known:                               # an index says how much is lost
+        if e.reason == GZIP_CHECK:              # past the archive's end: every sample was read
+            e.kept = pos
+        elif known:                             # an index says how much is lost
             e.lost = unread()
         report(e)
         yield from lost_places()

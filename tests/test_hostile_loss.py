@@ -103,6 +103,33 @@ def test_truncated_gzip_shard(tmp_path):
     assert sum(loader.stats.skipped.values()) == 1
 
 
+@pytest.mark.parametrize("indexed", [False, True])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_gzip_shard_failing_its_checksum_is_named_or_counted_as_kept(tmp_path, indexed, workers):
+    """Fuzz s41: a .tar.gz whose CRC-32 fails was read as good for most sizes. Its samples are
+    all read before the trailer is: "raise" names it; "skip" hands them on (nothing is lost, and
+    they cannot be taken back) and counts them in stats.kept, as an index's wrong class counts are."""
+    from streamaug.loader import build_index
+
+    wds_shard("a.tar")
+    good = gzip.compress(open("a.tar", "rb").read(), mtime=0)
+    open("a.tar.gz", "wb").write(good)
+    if indexed:
+        build_index("a.tar.gz", progress=False)
+    bad = bytearray(good)
+    bad[-8] ^= 1
+    open("a.tar.gz", "wb").write(bytes(bad))
+    kw = {"index": "index.json"} if indexed else {}
+    with pytest.raises(StreamError, match="gzip stream fails past the archive's end marker") as err:
+        keys_of(stream(["a.tar.gz"], num_workers=workers, **kw))
+    assert err.value.reason == "gzip_check_failed" and err.value.shard.endswith("a.tar.gz")
+    loader = stream(["a.tar.gz"], num_workers=workers, on_error="skip", **kw)
+    assert sorted(keys_of(loader)) == expected(N)
+    assert loader.stats.skipped == {} and loader.stats.kept == {"gzip_check_failed": N}
+    with pytest.raises(StreamError, match="gzip stream fails"):
+        build_index("a.tar.gz", out="again.json", progress=False, on_error="skip")    # an index never lists it
+
+
 def test_truncated_shard_in_a_list_loses_only_its_tail(tmp_path):
     wds_shard("a.tar")
     members = wds_shard("b.tar")

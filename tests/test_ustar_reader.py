@@ -281,6 +281,43 @@ def test_corrupt_and_cut_gzip_reads_the_same(tars):
         _same(gz[:mid] + bytes([gz[mid] ^ 0xFF]) + gz[mid + 1:])
 
 
+@pytest.mark.parametrize("damage", ["crc flipped", "length flipped", "trailer cut", "stored byte flipped"])
+@pytest.mark.parametrize("name", ["tarfile-ustar", "tarfile-gnu"])
+def test_a_gzip_failing_its_check_hands_on_every_member_then_fails(tars, name, damage):
+    """Fuzz s41: a CRC-32 that fails was swallowed past the end marker for most shard sizes
+    (every sample read as good), and for others it dropped the last 16 KiB inflated, as zlib's
+    gzip mode discards the step that meets it. Now every member comes, then gzip_check_failed."""
+    whole = _read(tars[name], True)[0]
+    gz = bytearray(gzip.compress(tars[name], compresslevel=0 if damage == "stored byte flipped" else 6, mtime=0))
+    if damage == "crc flipped":
+        gz[-8] ^= 1
+    elif damage == "length flipped":
+        gz[-1] ^= 1
+    elif damage == "trailer cut":
+        gz = gz[:-3]
+    else:                                           # inside the last member's data, as stored
+        with tarfile.open(fileobj=io.BytesIO(tars[name])) as tar:
+            at = [m for m in tar.getmembers() if m.isreg() and m.size][-1].offset_data
+        assert at < 65530, "in the first stored block: 10 header bytes, then 5 of the block's"
+        gz[10 + 5 + at] ^= 0x10
+    for fast in (True, False):
+        members, handled, ended = _read(bytes(gz), fast)
+        assert ended is not None and ended[0] == "gzip_check_failed", (fast, ended)
+        assert "fails past the archive's end marker" in ended[1] and "u.tar" in ended[1]
+        assert [m for m, _ in members] == [m for m, _ in whole] and not handled
+        assert (members == whole) == (damage != "stored byte flipped"), "the flipped byte is handed on, then named"
+    _same(bytes(gz))
+
+
+def test_concatenated_gzip_members_and_zeros_after_them_read_whole(tars):
+    data = tars["tarfile-ustar"]
+    joined = gzip.compress(data[:3000]) + gzip.compress(data[3000:], mtime=0)
+    for tail in (b"", bytes(100)):
+        members, handled, ended = _read(joined + tail, True)
+        assert ended is None and not handled and members == _read(data, True)[0]
+        _same(joined + tail)
+
+
 def test_failed_pipe_hands_on_every_member_then_fails(tmp_path):
     """A command that writes a whole tar and exits 1: both readers yield every member, then
     pipe_failed (the read that met the end used to drop what it had read, 64 KiB here)."""
