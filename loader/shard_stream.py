@@ -70,8 +70,13 @@ class CommandStream:
             ready, _, _ = select.select([self.fd], [], [], self.read_timeout)
             if not ready:
                 self.close()
-                raise StreamError("read_timeout", f"no data for {self.read_timeout:g} s (raise it with "
+                self.ended = True
+                err = StreamError("read_timeout", f"no data for {self.read_timeout:g} s (raise it with "
                                   "StreamLoader(read_timeout=...))", shard=self.url, value=self.read_timeout)
+                if not chunks:
+                    raise err
+                self.failed = err               # what came before the silence is handed on first
+                break
             chunk = os.read(self.fd, min(want, 1 << 20))
             if not chunk:
                 self.ended = True

@@ -230,11 +230,13 @@ def tar_members(url: str, stream, limits: DecodeLimits, handle: ErrorHandler,
                               shard=url, value=0)
         raise _truncated(url, f"{end_seen or 'the stream ended with no end-of-archive marker'}, with {count} "
                          "members read whole", name, count)
-    _check_after_marker(url, reader.read if reader is not None else tar.fileobj.read, count)
-    stream.drain()                                    # a pipe's exit status is checked after its output
-
-
-GZIP_CHECK = "gzip_check_failed"     # the reason of a gzip stream failing past the tar's end (samples all read)
+    try:
+        _check_after_marker(url, reader.read if reader is not None else tar.fileobj.read, count)
+        stream.drain()                                # a pipe's exit status is checked after its output
+    except StreamError as e:
+        e = e if e.shard else e.at_shard(url)
+        e.after_end = True                            # every member before the marker was read whole
+        raise e from None
 
 
 def _check_after_marker(url: str, read, count: int, limit: int = 1 << 20) -> None:
@@ -252,7 +254,7 @@ def _check_after_marker(url: str, read, count: int, limit: int = 1 << 20) -> Non
             raise
         except Exception as e:
             if getattr(e, "in_gzip_data", False):
-                raise StreamError(GZIP_CHECK, f"the gzip stream fails past the archive's end marker, "
+                raise StreamError("gzip_check_failed", f"the gzip stream fails past the archive's end marker, "
                                   f"after {count} members were read whole ({type(e).__name__}: {e}): their bytes "
                                   "are not known to be right (a shard corrupted or cut after it was written)",
                                   shard=url, value=str(e), lost=0) from None
@@ -346,7 +348,7 @@ def group_samples(url: str, members: Iterator[tuple[str, bytes | None]], handle:
             current[ext] = data if ext in HELD_FIELDS else None      # (named in messages; never read)
     except StreamError as e:
         broke_in = base_plus_ext(e.key)[0] if isinstance(e.key, str) else None
-        complete = e.reason in ("trailing_data", GZIP_CHECK) or (broke_in is not None and broke_in != current["__key__"]) \
+        complete = getattr(e, "after_end", False) or (broke_in is not None and broke_in != current["__key__"]) \
             if current is not None else False
         if current is not None and not spoiled and complete:
             yield current                  # the next sample's header was read whole, or the archive ended cleanly

@@ -17,7 +17,7 @@ from .decode_limits import DecodeLimits
 from .epoch_plan import Segment
 from .errors import LOST, ErrorHandler, StreamError
 from .shard_stream import open_shard
-from .tar_members import GZIP_CHECK, shard_samples
+from .tar_members import shard_samples
 
 
 UNKNOWN = -1        # shard_count of a shard streamed without an index: read to its end, check nothing
@@ -45,6 +45,16 @@ def _class_count_error(seg: Segment, found: Counter) -> StreamError | None:
     return err
 
 
+def handed_on(err: StreamError, read: int) -> StreamError:
+    """An error met past the archive's end marker (a failed gzip check, a command's exit status
+    or silence): the ``read`` samples were read whole and are handed on, so under "skip" they
+    are counted as kept, none as skipped. A second archive joined on (``trailing_data``) loses
+    its own samples, unknown, counted as one."""
+    if err.reason != "trailing_data":
+        err.lost, err.kept = 0, read
+    return err
+
+
 def _key_of(sample) -> str | None:
     return None if sample is LOST else sample["__key__"]
 
@@ -58,10 +68,8 @@ def _extras_error(samples: Iterator, url: str, count: int) -> StreamError | None
         for extra in samples:
             first, extras = first or _key_of(extra), extras + 1
     except Exception as e:
-        if not extras and isinstance(e, StreamError) and e.reason == GZIP_CHECK:
-            e = e if e.shard else e.at_shard(url)
-            e.kept = count                      # every sample was read, and is handed on
-            return e
+        if not extras and getattr(e, "after_end", False):
+            return handed_on(e, count)
         met = e.detail if isinstance(e, StreamError) else f"{type(e).__name__}: {str(e).split(' @ ')[0]}"
         return StreamError("index_mismatch", f"shard holds more samples than the index count {count} and is "
                            f"cut inside them ({met}); under on_error='skip' the extras are passed over{REINDEX}",
@@ -187,8 +195,8 @@ def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits 
     except StreamError as e:
         if e.shard is None:
             e = e.at_shard(url)
-        if e.reason == GZIP_CHECK:              # past the archive's end: every sample was read
-            e.kept = pos
+        if getattr(e, "after_end", False):
+            e = handed_on(e, pos)
         elif known:                             # an index says how much is lost
             e.lost = unread()
         report(e)

@@ -58,6 +58,24 @@ def test_non_zero_exit_after_part_of_a_tar_is_an_error_or_a_counted_loss():
     assert loader.stats.skipped == {"pipe_failed": 1}
 
 
+@pytest.mark.parametrize("after", ["exit 3", "sleep 60"])
+def test_a_whole_tar_then_a_failed_exit_or_silence_hands_every_sample_on_then_fails(after):
+    """Fuzz s41: a command that sent the whole shard and then stayed silent lost every sample
+    of the last read (8 of 8 there), counted as 1; after exit 3 the last sample was lost. Both are
+    met past the end marker: every sample comes first, then the error, or under skip a count of
+    samples kept."""
+    url = f"pipe:cat a.tar; {after}"
+    reason = "pipe_failed" if after == "exit 3" else "read_timeout"
+    seen = []
+    with pytest.raises(StreamError) as err:
+        for batch in stream([url], read_timeout=1):
+            seen += batch.keys
+    assert err.value.reason == reason and seen == EXPECTED[:4], "whole batches, as a DataLoader's fetcher hands on"
+    loader = stream([url, "a.tar"], read_timeout=1, on_error="skip")
+    assert keys_of(loader) == EXPECTED + EXPECTED
+    assert loader.stats.skipped == {} and loader.stats.kept == {reason: len(EXPECTED)}
+
+
 def test_pipe_cut_short_with_exit_zero_is_a_truncation():
     url = f"pipe:head -c {os.path.getsize('a.tar') // 2} a.tar"
     with pytest.raises(StreamError) as err:
@@ -79,7 +97,9 @@ def test_stalled_pipe_times_out_and_its_process_is_killed():
 def test_pipe_that_stalls_after_part_of_a_shard_times_out():
     url = "pipe:head -c 3000 a.tar; sleep 60"
     loader = stream([url, "a.tar"], read_timeout=0.5, on_error="skip")
-    assert keys_of(loader)[-6:] == EXPECTED and loader.stats.skipped == {"read_timeout": 1}
+    keys = keys_of(loader)
+    assert keys[-6:] == EXPECTED and loader.stats.skipped == {"read_timeout": 1}
+    assert len(keys) > 6 and keys[:-6] == EXPECTED[:len(keys) - 6], "the samples that came whole are read"
 
 
 def living_in_group(pgid: int) -> list[int]:
