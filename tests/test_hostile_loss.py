@@ -323,6 +323,14 @@ def test_a_second_tar_joined_on_with_cat_is_an_error_not_a_silent_loss(long_name
         assert len(keys) == 5 and loader.stats.skipped == {"trailing_data": 1}, url
     with pytest.raises(StreamError, match="tar --concatenate"):
         build_index("merged.tar", progress=False)
+    open("q0.tar", "wb").write(open("p0.tar", "rb").read())
+    index = build_index("q0.tar", out="q0.json", progress=False)      # indexed, then joined on (s41: it was
+    open("q0.tar", "ab").write(open("p1.tar", "rb").read())             # an index mismatch "cut inside extras")
+    with pytest.raises(StreamError) as info:
+        list(stream("q0.tar", index=index))
+    assert info.value.reason == "trailing_data"
+    loader = stream("q0.tar", index=index, on_error="skip")
+    assert len(keys_of(loader)) == 5 and loader.stats.skipped == {"trailing_data": 1}
     assert len([k for b in stream("p0.tar") for k in b.keys]) == 5       # zero padding after the marker is fine
     with open("junk.tar", "wb") as f:           # bytes that are no tar header: passed over, as tar passes them
         f.write(open("p0.tar", "rb").read() + b"not a header" + bytes(500) + b"x" * 3000)
