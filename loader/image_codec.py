@@ -80,6 +80,8 @@ def npy_image_shape(data: bytes) -> tuple[int, int, int]:
         raise ValueError(f"npy image must be uint8, got dtype {dtype}")
     if len(shape) not in (2, 3):
         raise ValueError(f"npy image must be (H, W) or (H, W, C), got shape {shape}")
+    if not shape[0] or not shape[1]:                    # (resize= would make it up into a black image)
+        raise ValueError(f"npy image has no pixels, shape {shape}")
     if len(shape) == 3 and shape[2] not in (1, 3, 4):   # (2 was read as gray + alpha: its second channel lost)
         raise ValueError(f"npy image must have 1 (gray), 3 (RGB) or 4 (RGBA) channels, got shape {shape}"
                          + ("; for gray + alpha, save the gray channel alone" if shape[2] == 2 else ""))

@@ -361,6 +361,8 @@ def test_16_bit_bilevel_and_gray_alpha_pngs_decode_as_dali_does(tmp_path, mode):
     (np.full((6, 5, 2), 7, np.uint8), r"npy image must have 1 \(gray\), 3 \(RGB\) or 4 \(RGBA\) channels, got shape "
                                       r"\(6, 5, 2\); for gray \+ alpha"),             # read as gray + alpha, half lost
     (np.full((6, 5, 5), 7, np.uint8), r"channels, got shape \(6, 5, 5\) \(value"),     # no gray + alpha hint
+    (np.zeros((0, 8, 3), np.uint8), r"npy image has no pixels, shape \(0, 8, 3\)"),    # (fuzz s41: with resize=
+    (np.zeros((8, 0), np.uint8), r"npy image has no pixels, shape \(8, 0\)"),          # it became a black image)
 ])
 def test_an_npy_image_the_loader_refuses_is_refused_by_the_index(tmp_path, array, message):
     images = [array] * len(LABELS)
@@ -373,8 +375,10 @@ def test_an_npy_image_the_loader_refuses_is_refused_by_the_index(tmp_path, array
     with pytest.raises(StreamError, match=message) as info:
         build_index(str(tmp_path / "f" / "c.tar"), progress=False)
     assert info.value.key == "s000" and info.value.shard.endswith("c.tar")
-    loader = StreamLoader(str(tmp_path / "f" / "c.tar"), batch_size=4, index=False, num_classes=4, on_error="skip")
-    assert list(loader) == [] and loader.stats.skipped["undecodable_image"] == len(LABELS)
+    for decode in ("cpu", "dali"):
+        loader = StreamLoader(str(tmp_path / "f" / "c.tar"), batch_size=4, index=False, num_classes=4, on_error="skip",
+                              resize=4, decode=decode)
+        assert list(loader) == [] and loader.stats.skipped["undecodable_image"] == len(LABELS)
 
 
 def test_a_first_sample_that_lost_its_label_does_not_set_the_field_for_the_rest(tmp_path):
