@@ -180,8 +180,13 @@ def batch_stage(samples: Iterator, sizes_planned: tuple[int, ...] | None, batch_
         if len(rows) < size:
             break
     if not open_ended:
-        for _ in samples:          # nothing planned is left; this reads shards listed as empty, to check them
-            pass
+        try:
+            for _ in samples:      # nothing planned is left; this reads shards listed as empty, to check them,
+                pass               # and meets what follows a shard's last sample (a failed gzip check)
+        except Exception:
+            if held is not None:   # the last batch's samples were all read whole: it comes first
+                yield held
+            raise
     if held is not None and open_ended and drop_last and len(held) < batch_size:
         stats.merge(held.stats)    # the caller ships them (WorkerCounts) without the batch
         return

@@ -6,7 +6,7 @@ import struct
 import zlib
 
 GZIP_MAGIC = b"\x1f\x8b"
-_FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 2, 4, 8, 16
+_FHCRC, _FEXTRA, _FNAME, _FCOMMENT, _RESERVED = 2, 4, 8, 16, 0xE0
 
 
 class GzipDataError(zlib.error):
@@ -38,6 +38,7 @@ class GzipReader:
         self.inflate = None                            # the current member's, once its header is read
         self.out, self.failed = bytearray(), None
         self.members, self.crc, self.size = 0, 0, 0
+        self.started = False                           # a member's magic was read: what follows is its data
 
     def _more(self) -> bytes:
         data, self.pending = self.pending or self.raw.read(1 << 16), b""
@@ -55,35 +56,51 @@ class GzipReader:
         self.pending = buf[n:]
         return buf[:n]
 
-    def _until_zero(self, what: str) -> None:
+    def _until_zero(self, what: str) -> bytes:
+        got = b""
         while True:
             buf = self.pending or self.raw.read(1 << 16)
             if not buf:
                 raise EOFError(f"gzip stream ends inside a member's {what}")
             at = buf.find(b"\0")
             self.pending = buf[at + 1:] if at >= 0 else b""
+            got += buf[:at + 1] if at >= 0 else buf
             if at >= 0:
-                return
+                return got
 
     def _header(self) -> bool:
-        """Read a member's header; False where the stream ends cleanly between members."""
+        """Read a member's header (RFC 1952 2.3); False where the stream ends cleanly between
+        members. Bytes that do not start with the gzip magic start no member: that error is
+        not marked (zeros after the last member are passed over); from the magic on, a
+        member has begun, and a header that is wrong or cut is its data's error."""
         if not self.pending:
             self.pending = self.raw.read(1 << 16)
         if not self.pending:
             return False
-        head = self._take(10, "header")
-        if head[:2] != GZIP_MAGIC or head[2] != 8:
+        try:
+            magic = self._take(2, "header")
+        except EOFError:
+            raise zlib.error(f"bytes after gzip member {self.members} start no gzip member (1 byte)") from None
+        if magic != GZIP_MAGIC:
             raise zlib.error(f"bytes after gzip member {self.members} start no gzip member "
-                             f"(incorrect header check: {head[:4].hex()})")
-        flags = head[3]
+                             f"(incorrect header check: {magic.hex()})")
+        self.started = True
+        head = magic + self._take(8, "header")
+        if head[2] != 8 or head[3] & _RESERVED:
+            raise GzipDataError(f"gzip member {self.members + 1}'s header is invalid (method {head[2]}, "
+                                f"flags {head[3]:#04x})")
+        flags, seen = head[3], [head]
         if flags & _FEXTRA:
-            self._take(struct.unpack("<H", self._take(2, "header"))[0], "header")
+            seen.append(self._take(2, "header"))
+            seen.append(self._take(struct.unpack("<H", seen[-1])[0], "header"))
         if flags & _FNAME:
-            self._until_zero("header")
+            seen.append(self._until_zero("header"))
         if flags & _FCOMMENT:
-            self._until_zero("header")
+            seen.append(self._until_zero("header"))
         if flags & _FHCRC:
-            self._take(2, "header")
+            want = struct.unpack("<H", self._take(2, "header"))[0]
+            if zlib.crc32(b"".join(seen)) & 0xFFFF != want:
+                raise GzipDataError(f"gzip member {self.members + 1}'s header fails its CRC-16")
         self.inflate, self.crc, self.size = zlib.decompressobj(-zlib.MAX_WBITS), 0, 0
         self.members += 1
         return True
@@ -94,6 +111,7 @@ class GzipReader:
         if crc != self.crc or size != self.size & 0xFFFFFFFF:
             raise GzipDataError(f"gzip member {self.members} fails its check: CRC-32 {self.crc:08x} and length "
                                 f"{self.size} inflated, its trailer says {crc:08x} and {size}")
+        self.started = False                           # the member is whole
 
     def _step(self) -> bool:
         """Inflate up to STEP more bytes into ``out``; False at the clean end of the last member."""
@@ -116,13 +134,11 @@ class GzipReader:
 
     def read(self, n: int) -> bytes:
         while len(self.out) < n and self.failed is None:
-            inside = self.inflate is not None
             try:
                 if not self._step():
                     break
             except Exception as e:          # zlib.error, EOFError, or the raw stream's own error
-                if isinstance(e, GzipDataError) or (isinstance(e, EOFError) and (inside or self.members == 0)) \
-                        or (isinstance(e, zlib.error) and self.members == 0):
+                if isinstance(e, (zlib.error, EOFError)) and (self.started or self.members == 0):
                     e.in_gzip_data = True   # (not bytes after a member that start no other)
                 self.failed = e
         if not self.out and self.failed is not None:

@@ -59,26 +59,28 @@ def _key_of(sample) -> str | None:
     return None if sample is LOST else sample["__key__"]
 
 
-def _extras_error(samples: Iterator, url: str, count: int) -> StreamError | None:
-    """The error for the samples a shard holds past its index's ``count`` (read to the end),
-    or None. A shard cut inside those extras is reported here too: the extras are not in
-    the plan, and the planned samples before them were read whole."""
-    first, extras = None, 0
+def _read_past_count(samples: Iterator, url: str, count: int) -> tuple[StreamError | None, StreamError | None]:
+    """Read a shard past its index's ``count`` to its end: the error for the samples it holds
+    beyond the count (or None), and the error met past the end marker (or None; see
+    :func:`handed_on`). A shard cut inside those extras is reported in the first: the extras
+    are not in the plan, and the planned samples before them were read whole."""
+    first, extras, after = None, 0, None
     try:
         for extra in samples:
             first, extras = first or _key_of(extra), extras + 1
     except Exception as e:
-        if not extras and getattr(e, "after_end", False):
-            return handed_on(e, count)
-        met = e.detail if isinstance(e, StreamError) else f"{type(e).__name__}: {str(e).split(' @ ')[0]}"
-        return StreamError("index_mismatch", f"shard holds more samples than the index count {count} and is "
-                           f"cut inside them ({met}); under on_error='skip' the extras are passed over{REINDEX}",
-                           shard=url, key=first or getattr(e, "key", None), value=count + extras + 1, lost=extras + 1)
+        if not getattr(e, "after_end", False):
+            met = e.detail if isinstance(e, StreamError) else f"{type(e).__name__}: {str(e).split(' @ ')[0]}"
+            return StreamError("index_mismatch", f"shard holds more samples than the index count {count} and is "
+                               f"cut inside them ({met}); under on_error='skip' the extras are passed over"
+                               f"{REINDEX}", shard=url, key=first or getattr(e, "key", None),
+                               value=count + extras + 1, lost=extras + 1), None
+        after = e
     if not extras:
-        return None
+        return None, after
     return StreamError("index_mismatch", f"shard holds {extras} more samples than the index count {count}; "
                        f"under on_error='skip' the extras are passed over{REINDEX}", shard=url, key=first,
-                       value=count + extras, lost=extras)
+                       value=count + extras, lost=extras), after
 
 
 def read_segment(seg: Segment, handle: ErrorHandler, limits: DecodeLimits | None = None,
@@ -124,6 +126,7 @@ def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits 
     limits = limits or DecodeLimits()
     url, count, final = run[0].url, run[0].shard_count, run[-1]
     pos, key, r = 0, None, 0                 # r: the segment that holds or follows ``pos``
+    good = 0                                 # samples read whole (``pos`` less the LOST places)
     known = count != UNKNOWN
     raising = handle.on_error == "raise"
     check_classes = label_of is not None and final.class_counts is not None and not final.padding \
@@ -176,18 +179,21 @@ def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits 
                 found[None if sample is LOST else label_of(sample)] += 1    # a lost one: counts unknown
             seg = run[r]
             in_range = pos >= seg.start
-            pos += 1
+            pos, good = pos + 1, good + (sample is not LOST)
             last = pos == final.stop
-            if last and final.stop == count and known and (err := _extras_error(samples, url, count)):
-                # Raised (or counted) before the last planned sample is handed on; the
-                # extras are not in the plan, so under "skip" they are counted and ignored.
-                report(err)
+            after = None
+            if last and final.stop == count and known:
+                extras, after = _read_past_count(samples, url, count)
+                if extras:          # raised (or counted) before the last planned sample is handed on; the
+                    report(extras)  # extras are not in the plan, so under "skip" they are counted and ignored
             if last and check_classes and None not in found and (err := _class_count_error(final, found)):
                 report(err)
             if in_range:
                 if seg.padding and sample is not LOST:
                     sample["__padding__"] = True
                 yield sample
+            if after is not None:   # met past the end marker: after every sample
+                report(handed_on(after, good))
             if last:
                 return
             if pos == seg.stop:
@@ -195,13 +201,13 @@ def read_run(run: Sequence[Segment], handle: ErrorHandler, limits: DecodeLimits 
     except StreamError as e:
         if e.shard is None:
             e = e.at_shard(url)
-        if getattr(e, "after_end", False):
-            e = handed_on(e, pos)
-        elif known:                             # an index says how much is lost
-            e.lost = unread()
-        report(e)
-        yield from lost_places()
-        return
+        if not getattr(e, "after_end", False):
+            if known:                           # an index says how much is lost
+                e.lost = unread()
+            report(e)
+            yield from lost_places()
+            return
+        report(handed_on(e, good))              # every sample was read; an index may say more (below)
     except Exception as e:
         report(StreamError("corrupt_shard", f"tar stream is corrupt or truncated after {pos} samples: "
                            f"{type(e).__name__}: {str(e).split(' @ ')[0]}", shard=url, key=key,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import tarfile
 
 import numpy as np
@@ -120,14 +121,58 @@ def test_a_gzip_shard_failing_its_checksum_is_named_or_counted_as_kept(tmp_path,
     bad[-8] ^= 1
     open("a.tar.gz", "wb").write(bytes(bad))
     kw = {"index": "index.json"} if indexed else {}
+    seen = []
     with pytest.raises(StreamError, match="gzip stream fails past the archive's end marker") as err:
-        keys_of(stream(["a.tar.gz"], num_workers=workers, **kw))
+        for batch in stream(["a.tar.gz"], num_workers=workers, **kw):
+            seen += batch.keys
     assert err.value.reason == "gzip_check_failed" and err.value.shard.endswith("a.tar.gz")
+    assert seen == expected(N), "every batch comes first (review s41: with an index the last was held back)"
     loader = stream(["a.tar.gz"], num_workers=workers, on_error="skip", **kw)
     assert sorted(keys_of(loader)) == expected(N)
     assert loader.stats.skipped == {} and loader.stats.kept == {"gzip_check_failed": N}
     with pytest.raises(StreamError, match="gzip stream fails"):
         build_index("a.tar.gz", out="again.json", progress=False, on_error="skip")    # an index never lists it
+
+
+def _gz_failing_check(name: str, members) -> None:
+    write_tar("plain.tar", members)
+    bad = bytearray(gzip.compress(open("plain.tar", "rb").read(), mtime=0))
+    bad[-8] ^= 1
+    open(name, "wb").write(bytes(bad))
+
+
+@pytest.mark.parametrize("held, indexed, skipped", [
+    (12, 16, {"index_mismatch": 4}),          # the index says more: those are lost, the rest kept
+    (16, 12, {"index_mismatch": 4}),          # the shard holds more: extras passed over, not "cut inside them"
+    (16, 16, {}),
+])
+def test_a_gzip_check_failing_after_an_index_mismatch_counts_both(tmp_path, held, indexed, skipped):
+    """Review s41: the kept count hid an index that said more (4 samples padded, counted nowhere),
+    and extras before the failed check were "cut inside them" and counted one too many."""
+    index = write_custom(str(tmp_path), {"a.tar.gz": good_members(indexed)}, {"a.tar.gz": [(indexed + 1) // 2,
+                                                                                          indexed // 2]})
+    _gz_failing_check("a.tar.gz", good_members(held))                # written over the indexed one
+    loader = stream(["a.tar.gz"], index=index, on_error="skip", batch_size=4)
+    keys = keys_of(loader)
+    assert set(keys) == set(expected(min(held, indexed))) and len(keys) == indexed
+    assert loader.stats.skipped == skipped and loader.stats.kept == {"gzip_check_failed": min(held, indexed)}
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_a_gzip_check_failing_after_a_refused_member_keeps_only_the_samples_handed_on(tmp_path, indexed):
+    """Review s41: with an index the kept count was the index's, the lost place included (16 + 1
+    for 16 samples)."""
+    from streamaug.loader import build_index
+
+    members = good_members(16)
+    write_tar("plain.tar", members)
+    open("a.tar.gz", "wb").write(gzip.compress(open("plain.tar", "rb").read(), mtime=0))
+    index = build_index("a.tar.gz", progress=False) if indexed else None
+    members[2 * 5] = ("s_00005.npy", bytes(4000))                 # over max_member_bytes below
+    _gz_failing_check("a.tar.gz", members)
+    loader = stream(["a.tar.gz"], on_error="skip", max_member_bytes=3000, **({"index": index} if index else {}))
+    assert set(keys_of(loader)) == set(expected(16)) - {"s_00005"}
+    assert loader.stats.skipped == {"member_too_large": 1} and loader.stats.kept == {"gzip_check_failed": 15}
 
 
 def test_truncated_shard_in_a_list_loses_only_its_tail(tmp_path):

@@ -13,7 +13,9 @@ import io
 import os
 import shutil
 import subprocess
+import struct
 import tarfile
+import zlib
 
 import numpy as np
 import pytest
@@ -316,6 +318,40 @@ def test_concatenated_gzip_members_and_zeros_after_them_read_whole(tars):
         members, handled, ended = _read(joined + tail, True)
         assert ended is None and not handled and members == _read(data, True)[0]
         _same(joined + tail)
+
+
+def test_a_second_gzip_member_cut_anywhere_after_its_magic_fails_its_check(tars):
+    """Review s41: a member cut inside its header passed as the end of the stream. A tar gzipped
+    as two members (the archive, then its padding, as some writers split it), cut at every offset
+    of the second: from its 2-byte magic on it is a member, and a cut fails the check."""
+    data = tars["tarfile-ustar"]
+    end = len(data) - 1024
+    second = gzip.compress(data[end:], mtime=0)
+    for cut in range(len(second) + 1):
+        members, handled, ended = _read(gzip.compress(data[:end], mtime=0) + second[:cut], True)
+        assert members == _read(data, True)[0] and not handled
+        if cut < 2 or cut == len(second):
+            assert ended is None, cut
+        else:
+            assert ended is not None and ended[0] == "gzip_check_failed", cut
+
+
+@pytest.mark.parametrize("header, message", [
+    (b"\x1f\x8b\x08\x02" + bytes(6) + b"\x00\x00", "header fails its CRC-16"),      # FHCRC, wrong
+    (b"\x1f\x8b\x08\x20" + bytes(6), r"header is invalid \(method 8, flags 0x20\)"),  # a reserved flag
+    (b"\x1f\x8b\x07\x00" + bytes(6), r"header is invalid \(method 7"),
+])
+def test_a_gzip_header_rfc_1952_refuses_is_refused(tars, header, message):
+    """Review s41: zlib's gzip mode refused these; the hand-read header took them."""
+    from streamaug.loader.gzip_reader import GzipReader
+
+    body = gzip.compress(tars["tarfile-ustar"], mtime=0)[10:]
+    raw = io.BytesIO(header + body)
+    with pytest.raises(zlib.error, match=message):
+        GzipReader(raw, raw.read(2)).read(1 << 20)
+    good = b"\x1f\x8b\x08\x02" + bytes(6) + struct.pack("<H", zlib.crc32(b"\x1f\x8b\x08\x02" + bytes(6)) & 0xFFFF)
+    raw = io.BytesIO(good + body)
+    assert GzipReader(raw, raw.read(2)).read(1 << 20) == tars["tarfile-ustar"][:1 << 20]
 
 
 def test_failed_pipe_hands_on_every_member_then_fails(tmp_path):
