@@ -5,8 +5,11 @@ PIL opens such a PNG as 8-bit ``RGB``, each channel reduced to its high byte, an
 reduced pixels with the 16-bit key, matches none, and makes every pixel opaque. The key can
 only be matched on the 16-bit samples, which PIL does not give, so this module reads them:
 the ``IDAT`` data inflated and unfiltered (PNG's five row filters) with numpy. Only this rare
-case comes here (``channels=4`` and such a PNG); an interlaced one is refused by name. Rows
-filtered by average or Paeth are undone byte by byte in Python: about 0.1 s for a 224² image."""
+case comes here (``channels=4`` and such a PNG). Where OpenCV is installed, libpng reads it
+(its transparent colour made alpha, as the PNG spec has it); without it, this module does, for
+non-interlaced images up to ``PYTHON_PIXELS`` (an interlaced one, or a larger one, is refused by
+name): rows filtered by average or Paeth are undone byte by byte in Python, about 0.13 s for a
+224² image and 2.3 s per megapixel."""
 from __future__ import annotations
 
 import struct
@@ -17,6 +20,7 @@ from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RGB16_BYTES = 6                                   # bytes per pixel: 3 channels × 2 bytes
+PYTHON_PIXELS = 1 << 22                           # the most read here, without OpenCV (~9 s of Paeth rows)
 
 
 def is_keyed_rgb16(img: Image.Image) -> bool:
@@ -71,11 +75,17 @@ def rgb16_samples(data: bytes) -> np.ndarray:
     if interlace:
         raise ValueError("an interlaced 16-bit RGB PNG with a transparent colour cannot be read with its "
                          "alpha (channels=4); re-save it without interlacing, or read it with channels=3")
-    try:
-        raw = np.frombuffer(zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT")), np.uint8)
+    stride = width * RGB16_BYTES
+    if width * height > PYTHON_PIXELS:
+        raise ValueError(f"a 16-bit RGB PNG with a transparent colour of {width} x {height} pixels is read with its "
+                         f"alpha (channels=4) by OpenCV, which is not installed (pip install 'streamaug[opencv]'); "
+                         f"without it, up to {PYTHON_PIXELS} pixels")
+    try:                                             # only the rows' bytes: never more (a small file can
+        raw = zlib.decompressobj().decompress(       # inflate to gigabytes)
+            b"".join(body for kind, body in chunks if kind == b"IDAT"), height * (stride + 1))
     except zlib.error as exc:
         raise ValueError(f"PNG image data cannot be inflated ({exc})") from None
-    stride = width * RGB16_BYTES
+    raw = np.frombuffer(raw, np.uint8)
     if raw.size < height * (stride + 1):
         raise ValueError(f"PNG image data is cut: {raw.size} bytes for {height} rows of {stride + 1}")
     rows = raw[:height * (stride + 1)].reshape(height, stride + 1)
@@ -86,10 +96,25 @@ def rgb16_samples(data: bytes) -> np.ndarray:
     return out.view(">u2").reshape(height, width, 3)
 
 
+def libpng_clear(data: bytes) -> np.ndarray | None:
+    """Where libpng (OpenCV's reader) makes the image transparent, ``(H, W)`` bool; ``None``
+    without OpenCV."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.ndim != 3 or decoded.shape[2] != 4:
+        raise ValueError("PNG image data does not decode (OpenCV)")
+    return decoded[..., 3] == 0
+
+
 def keyed_rgb16_rgba(img: Image.Image, data: bytes) -> np.ndarray:
     """``(H, W, 4)`` uint8: PIL's 8-bit RGB of ``img`` and an alpha of 0 where the 16-bit
-    samples in ``data`` equal the transparent colour, 255 elsewhere."""
-    key = np.asarray(img.info["transparency"], np.uint16)
-    clear = (rgb16_samples(data) == key).all(axis=2)
+    samples in ``data`` equal the transparent colour, 255 elsewhere (libpng's where OpenCV is
+    installed, else :func:`rgb16_samples`')."""
+    clear = libpng_clear(data)
+    if clear is None:
+        clear = (rgb16_samples(data) == np.asarray(img.info["transparency"], np.uint16)).all(axis=2)
     rgb = np.asarray(img.convert("RGB"))
     return np.concatenate([rgb, np.where(clear, 0, 255).astype(np.uint8)[..., None]], axis=2)

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -209,8 +210,10 @@ def _with_trns(png: bytes, key: tuple[int, int, int]) -> bytes:
     return png[:33] + chunk + png[33:]
 
 
+@pytest.mark.parametrize("opencv", [True, False], ids=["opencv", "no-opencv"])
 @pytest.mark.parametrize("row_filter", ["NONE", "SUB", "UP", "AVG", "PAETH", "ALL"])
-def test_channels_4_of_a_16_bit_rgb_png_with_a_transparent_colour_matches_libpng(tmp_path, row_filter):
+def test_channels_4_of_a_16_bit_rgb_png_with_a_transparent_colour_matches_libpng(tmp_path, row_filter, opencv,
+                                                                                  monkeypatch):
     """s41: PIL reduces 16-bit RGB to 8 bits, then compares the 16-bit tRNS colour with the
     reduced pixels and made every pixel opaque. The key is matched on the 16-bit samples. libpng
     (OpenCV's writer, each PNG row filter and its own mix of them) writes the file; OpenCV's
@@ -236,6 +239,8 @@ def test_channels_4_of_a_16_bit_rgb_png_with_a_transparent_colour_matches_libpng
     assert ref.shape == (h, w, 4) and np.array_equal(ref[..., 2::-1], rgb)
     assert np.array_equal(ref[..., 3] == 0, (rgb == key).all(axis=2)) and (ref[..., 3] == 0).sum() == 3
     assert np.array_equal(rgb16_samples(data), rgb), "the unfiltered samples are libpng's"
+    if not opencv:                                 # the loader reads it without OpenCV too (in this process)
+        monkeypatch.setitem(sys.modules, "cv2", None)
     with wds.TarWriter(str(tmp_path / "k.tar")) as sink:
         sink.write({"__key__": "s000", "png": data, "cls": b"1"})
     x, _ = next(iter(StreamLoader(str(tmp_path / "k.tar"), batch_size=1, shuffle=0, channels=4, index=False)))
@@ -246,21 +251,49 @@ def test_channels_4_of_a_16_bit_rgb_png_with_a_transparent_colour_matches_libpng
     assert plain.shape[1] == 3
 
 
-def test_an_interlaced_16_bit_rgb_png_with_a_transparent_colour_is_refused_by_name():
-    """Its alpha would need Adam7's passes undone, which is not written; it is refused, the
-    message says how to read it."""
+def _png(width: int, height: int, idat: bytes, interlace: int = 0) -> bytes:
     import struct
     import zlib
-
-    from streamaug.loader.image_codec import decode_image
 
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    rows = b"".join(b"\x00" + bytes(6) for _ in range(1))       # 1x1: one pass holds the one pixel
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 16, 2, 0, 0, 1))
-            + chunk(b"tRNS", struct.pack(">HHH", 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, interlace))
+            + chunk(b"tRNS", struct.pack(">HHH", 0, 0, 0)) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_a_keyed_16_bit_png_is_read_without_inflating_past_its_rows_or_too_many_pixels():
+    """Review s41: a 300 KB 1 x 1 PNG whose image data inflates to 300 MB grew memory by 600 MB
+    under channels=4 (PIL's own path stays flat); without OpenCV the Python reader takes at most
+    PYTHON_PIXELS (2.3 s a megapixel)."""
+    import tracemalloc
+    import zlib
+
+    from streamaug.loader.png_colour_key import PYTHON_PIXELS, rgb16_samples
+
+    bomb = _png(1, 1, zlib.compress(b"\x00" + bytes(6) + bytes(100 << 20), 9))
+    tracemalloc.start()
+    try:
+        assert rgb16_samples(bomb).tolist() == [[[0, 0, 0]]]
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()
+    with pytest.raises(ValueError, match=f"2049 x 2048 pixels .*not installed.*up to {PYTHON_PIXELS} pixels"):
+        rgb16_samples(_png(2049, 2048, zlib.compress(b"")))
+
+
+def test_an_interlaced_16_bit_rgb_png_with_a_transparent_colour_is_read_by_libpng_or_refused_by_name(monkeypatch):
+    """Without OpenCV its alpha would need Adam7's passes undone, which is not written here; it
+    is refused, the message says how to read it. OpenCV's libpng reads it."""
+    import zlib
+
+    from streamaug.loader.image_codec import decode_image
+
+    data = _png(1, 1, zlib.compress(b"\x00" + bytes(6)), interlace=1)     # 1x1: one pass holds the one pixel
     assert decode_image(data, "png").shape == (1, 1, 3)
+    pytest.importorskip("cv2")
+    assert decode_image(data, "png", alpha=True).tolist() == [[[0, 0, 0, 0]]], "the pixel is the transparent colour"
+    monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(ValueError, match="interlaced 16-bit RGB PNG.*channels=3"):
         decode_image(data, "png", alpha=True)
 
