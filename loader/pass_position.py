@@ -3,7 +3,8 @@
 DataLoader semantics, as ``StreamLoader`` keeps them:
 
 * Every ``iter()`` starts a pass. The first pass after ``load_state_dict`` resumes at the
-  saved position; any other starts at batch 0.
+  saved position; any other starts at batch 0, but after ``set_epoch`` a pass of the restored
+  epoch that follows one left part-way (a look at a batch) resumes there again.
 * The epoch advances as a pass hands on the epoch's last batch, so a state taken then
   resumes at the next epoch. After ``set_epoch`` the epoch no longer advances by itself
   (as with ``DistributedSampler``): its caller chooses the next one, and a state taken
@@ -44,6 +45,7 @@ class PassPosition:
         self.forked_pass: int | None = None   # in a forked child: the parent's pass then (its workers are the parent's)
         self.moved_pass: int | None = None    # the pass open when load_state_dict moved the position
         self.next_epoch: int | None = None    # set_epoch while another epoch's pass ran on: the epoch after it
+        self.resumed_at: tuple[int, int] | None = None   # (epoch, batch) load_state_dict restored, until it moves on
 
     def set_epoch(self, epoch: int) -> None:
         epoch = int(epoch)
@@ -59,7 +61,7 @@ class PassPosition:
                     f"batches into epoch {self.epoch}: the rest of epoch {self.epoch} is not read, and epoch {epoch} "
                     f"starts at its first batch. {why}; call set_epoch({self.epoch}) to resume where the state was "
                     f"saved", UserWarning, stacklevel=caller_stacklevel())
-            self.batches_done, self.resume_pending, self.ended = 0, False, False
+            self.batches_done, self.resume_pending, self.ended, self.resumed_at = 0, False, False, None
         self.epoch, self.explicit_epoch = epoch, True
 
     def keep_pass_epoch(self, serial: int, epoch: int, done: int) -> None:
@@ -93,6 +95,7 @@ class PassPosition:
         self.epoch, self.batches_done, self.explicit_epoch = epoch, batches_done, explicit_epoch
         self.ended, self.next_epoch = ended, next_epoch
         self.resume_pending = True
+        self.resumed_at = (epoch, batches_done)
 
     def _leave_open_pass(self) -> None:
         """A state was loaded under an open pass: were it still running, its next batch would
@@ -102,8 +105,24 @@ class PassPosition:
             self.moved_pass = self.open_pass
 
     def new_iter(self) -> None:
-        """An ``iter()``: a pass left part-way before it makes this one the next epoch's."""
+        """An ``iter()``: a pass left part-way before it makes this one the next epoch's, or,
+        after ``set_epoch``, reads the epoch again from its start: for the epoch a state was
+        restored in, from where it resumed (the batches before were read in the run that saved
+        it; a look at one batch, ``next(iter(loader))``, before the loop leaves them unread)."""
         if self.open_pass is not None and not self.resume_pending and not self._start_next_epoch():
+            resumed = self.resumed_at is not None and self.resumed_at[0] == self.epoch
+            if resumed and self.explicit_epoch:
+                self.batches_done, self.resume_pending, self.ended = self.resumed_at[1], True, False
+                self.open_pass = None
+                return
+            if resumed:
+                warnings.warn(
+                    f"iter(loader) starts epoch {self.epoch + 1}: the pass that resumed epoch {self.epoch} at batch "
+                    f"{self.resumed_at[1]} (load_state_dict) was left after {self.batches_done - self.resumed_at[1]} "
+                    f"batches, so the rest of epoch {self.epoch} is not read, as a DataLoader's next iter() is a "
+                    f"new epoch. If that pass was a look at a batch (next(iter(loader))), call set_epoch"
+                    f"({self.epoch}) before this iter() to read epoch {self.epoch} from batch {self.resumed_at[1]}, "
+                    f"or take the look before load_state_dict", UserWarning, stacklevel=caller_stacklevel())
             self.advance()
         self.open_pass = None             # that pass is accounted for
 
@@ -172,7 +191,7 @@ class PassPosition:
         epoch; after ``set_epoch`` (whose caller chooses the next epoch) it says this one is over."""
         if self.open_pass == serial:
             self.open_pass = None
-        self.ended_pass = serial
+        self.ended_pass, self.resumed_at = serial, None
         if self._start_next_epoch():
             return
         if self.explicit_epoch:
@@ -184,6 +203,7 @@ class PassPosition:
         self.batches_done, self.ended = 0, False
         if not self.explicit_epoch:
             self.epoch += 1
+            self.resumed_at = None
 
 
 def caller_stacklevel() -> int:

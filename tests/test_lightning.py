@@ -23,7 +23,7 @@ SCRIPTS = os.path.join(os.path.dirname(__file__), "framework_scripts")
 sys.path.insert(0, SCRIPTS)
 
 from digits_shards import TRAIN_PER_CLASS, VAL_PER_CLASS, make_loaders, write_digits_shards  # noqa: E402
-from lightning_job import TinyDigits, trainer_for  # noqa: E402
+from lightning_job import SaveAtStep, TinyDigits, trainer_for  # noqa: E402
 
 TIMEOUT = 240
 
@@ -187,6 +187,34 @@ def test_resuming_a_run_max_steps_stopped_mid_epoch_says_what_lightning_skips(di
     fit(steps + 2, callbacks=[saver])
     within = fit(steps + 4, os.path.join("mid", os.listdir("mid")[0]))
     assert within.caught == [], within.caught
+
+
+class PeekAtStart(L.Callback):
+    """Looks at one training batch as fit starts (image-logging callbacks do)."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.peeked = next(iter(trainer.train_dataloader)).keys
+
+
+def test_a_batch_looked_at_when_a_resumed_fit_starts_leaves_the_resume_exact(digits, tmp_path, monkeypatch):
+    """Port red team s41: a callback taking next(iter(train_dataloader)) in on_train_start took
+    the restored position; the fit's pass then read the epoch from its first batch again (144
+    samples twice, 140 never, no warning). Now the pass after the look resumes there again."""
+    monkeypatch.chdir(tmp_path)
+    steps = 5
+
+    def fit(callbacks=(), resume=None, **kw) -> TinyDigits:
+        train, _ = make_loaders(*digits, full=False)
+        model = TinyDigits()
+        trainer_for(1, 2, callbacks=callbacks, num_sanity_val_steps=0, limit_val_batches=0, **kw).fit(
+            model, train, ckpt_path=resume)
+        return model
+
+    whole = [r["keys"] for r in fit().seen if r["stage"] == "train"]
+    fit([SaveAtStep("mid.ckpt", steps)], max_steps=steps + 1)
+    peek = PeekAtStart()
+    resumed = [r["keys"] for r in fit([peek], "mid.ckpt").seen if r["stage"] == "train"]
+    assert peek.peeked == whole[steps] and resumed == whole[steps:]
 
 
 # ------------------------------------------------------------------ (b) DDP, 2 processes

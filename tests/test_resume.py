@@ -239,3 +239,37 @@ def test_an_unshuffled_state_resumes_across_a_change_of_workers(npy_shards, save
     assert same(seen + flat(resumed), whole)
     with pytest.raises(ValueError, match=f"num_workers: saved {saved_workers}, this loader {loaded_workers}"):
         make(npy_shards[0], loaded_workers).load_state_dict(make(npy_shards[0], saved_workers).state_dict())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("explicit", [True, False], ids=["set_epoch", "no-set_epoch"])
+def test_a_batch_looked_at_after_load_state_dict(npy_shards, workers, explicit):
+    """Port red team s41: ``next(iter(loader))`` after ``load_state_dict`` (a shape check, a logging
+    callback) took the restored position: with ``set_epoch`` the loop then read the epoch from batch
+    0 again, without it the loop began the next epoch; both silently. With ``set_epoch`` the loop
+    now resumes where the state says (the look is read again, as its batch); without, it is a new
+    epoch, as a DataLoader's next iter() is, and a warning says how to resume instead."""
+    index, _, _ = npy_shards
+    reference = make(index, workers)
+    if explicit:
+        reference.set_epoch(0)
+    epoch0 = [b.keys for b in reference]
+    first = make(index, workers)
+    if explicit:
+        first.set_epoch(0)
+    it = iter(first)
+    for _ in range(5):
+        next(it)
+    state = first.state_dict()
+    del it, first
+    resumed = make(index, workers)
+    resumed.load_state_dict(state)
+    assert next(iter(resumed)).keys == epoch0[5]
+    if explicit:
+        resumed.set_epoch(0)
+        assert [b.keys for b in resumed] == epoch0[5:]
+        return
+    with pytest.warns(UserWarning, match=r"iter\(loader\) starts epoch 1: the pass that resumed epoch 0 at batch 5 "
+                                         r"\(load_state_dict\) was left after 1 batches.*call set_epoch\(0\)"):
+        keys = [b.keys for b in resumed]
+    assert keys != epoch0[5:] and len(keys) == len(epoch0)
