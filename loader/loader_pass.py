@@ -33,7 +33,22 @@ from .read_workers import worker_batches
 
 
 def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch]:
-    """``loader``'s current epoch from batch ``start`` (see ``StreamLoader.iter_from``)."""
+    """``loader``'s current epoch from batch ``start`` (see ``StreamLoader.iter_from``).
+
+    A pass superseded by a look at a batch (``next(iter(loader))`` taken and dropped while it ran:
+    an image-logging callback) goes on where it was, with an index: its batches from there are
+    read again (the look took the reading workers), as if the look had not been taken; the
+    look's counts of bad samples are taken back out of ``loader.stats``. Without an index, or
+    while the look's iterator is still held, it raises as superseded (see ``pass_position``)."""
+    while True:
+        resumed: list[int] = []
+        yield from _one_pass(loader, start, left_ends_epoch, resumed)
+        if not resumed:
+            return
+        start = None                  # the position resume_pass set
+
+
+def _one_pass(loader, start: int | None, left_ends_epoch: bool, resumed: list[int]) -> Iterator[Batch]:
     if loader.balance is not None:
         check_balancer_owner(loader)
     loader._ensure_topology()
@@ -41,11 +56,16 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
     check_ranks_agree(loader)                 # (before a held state's check: a seed + rank refusal says why)
     loader._loaded.pass_starts(loader)        # (a state held until the process group came up is checked now)
     position = loader.position
+    superseded, moves = position.running, position.moves
     begun = position.begin(start, lambda e: None if loader.index is None else loader.plan(e).num_batches,
                            open_until_end=left_ends_epoch)
     if begun is None:
         return
     start, serial = begun
+    if superseded is not None:        # its counts as they were, should it go on after this pass (run_pass)
+        loader._counts_before[superseded] = loader.stats.as_dict()
+        while len(loader._counts_before) > 4:
+            loader._counts_before.pop(next(iter(loader._counts_before)))
     release_pass(loader)              # the pass before is superseded now: let go of what it holds
     plan, epoch = loader.plan(), position.epoch
     if plan is not None and loader.decoder.sizes.shape is None:
@@ -100,17 +120,35 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
             out = None                        # (this frame keeps no batch while it waits: see release_pass)
             yield handed.pop()
         if not ended:                 # no batch at all, or the chain was released (see release_pass)
+            if plan is not None and not rebatch and position.can_resume(serial, moves):
+                take_back_counts(loader, loader._counts_before.pop(serial, None))
+                position.resume_pass(serial, epoch, done)
+                resumed.append(done)
+                return
             position.check_current(serial)
             if plan is None and start == 0:
                 warnings.warn(empty_pass_message(loader), RuntimeWarning, stacklevel=caller_stacklevel())
             position.end_epoch(serial)
             ended = True
     finally:
+        position.finish(serial)
         if marker is not None:
             marker.close()
         current = position.is_current(serial)      # (left part-way, it stays open: see new_iter)
         if not loader.read_options.persistent and current:
             loader.stop_reading_workers()     # DataLoader(persistent_workers=False): the workers end with the pass
+
+
+def take_back_counts(loader, before: dict | None) -> None:
+    """The counts of what was wrong with the data (skipped, kept, padded) as they were before a
+    look at a batch, which the pass that goes on reads again: each sample is counted once. The
+    rows handed on (``real``, ``synthetic``) stay counted: the look's were handed on."""
+    if before is None:
+        return
+    real, synthetic = loader.stats.real, loader.stats.synthetic
+    loader.stats.__init__()                   # in place: a bound balancer counts into this object
+    loader.stats.merge(before)
+    loader.stats.real, loader.stats.synthetic = real, synthetic
 
 
 def release_pass(loader) -> None:

@@ -46,6 +46,8 @@ class PassPosition:
         self.moved_pass: int | None = None    # the pass open when load_state_dict moved the position
         self.next_epoch: int | None = None    # set_epoch while another epoch's pass ran on: the epoch after it
         self.resumed_at: tuple[int, int] | None = None   # (epoch, batch) load_state_dict restored, until it moves on
+        self.running: int | None = None       # the pass whose iterator is alive (begun, not yet finished or dropped)
+        self.moves = 0                        # load_state_dict, set_epoch to another epoch, close(): see can_resume
 
     def set_epoch(self, epoch: int) -> None:
         epoch = int(epoch)
@@ -62,6 +64,7 @@ class PassPosition:
                     f"starts at its first batch. {why}; call set_epoch({self.epoch}) to resume where the state was "
                     f"saved", UserWarning, stacklevel=caller_stacklevel())
             self.batches_done, self.resume_pending, self.ended, self.resumed_at = 0, False, False, None
+            self.moves += 1
         self.epoch, self.explicit_epoch = epoch, True
 
     def keep_pass_epoch(self, serial: int, epoch: int, done: int) -> None:
@@ -96,6 +99,7 @@ class PassPosition:
         self.ended, self.next_epoch = ended, next_epoch
         self.resume_pending = True
         self.resumed_at = (epoch, batches_done)
+        self.moves += 1
 
     def _leave_open_pass(self) -> None:
         """A state was loaded under an open pass: were it still running, its next batch would
@@ -148,9 +152,27 @@ class PassPosition:
             start = 0
         self.batches_done = start
         self.serial += 1
+        self.running = self.serial
         if open_until_end:
             self.open_pass = self.serial
         return start, self.serial
+
+    def finish(self, serial: int) -> None:
+        """Pass ``serial``'s iterator is over: ended, closed or dropped."""
+        if self.running == serial:
+            self.running = None
+
+    def can_resume(self, serial: int, moves: int) -> bool:
+        """Whether pass ``serial``, superseded, may go on where it was: the passes after it are
+        over (a look at a batch, ``next(iter(loader))``, taken and dropped while it ran), and
+        nothing else moved the position (``moves``: :attr:`moves` when it began)."""
+        return (serial != self.serial and self.running is None and moves == self.moves and self.next_epoch is None
+                and serial not in (self.closed_pass, self.moved_pass, self.forked_pass))
+
+    def resume_pass(self, serial: int, epoch: int, done: int) -> None:
+        """Pass ``serial`` goes on at batch ``done`` of ``epoch``: the position is its own again."""
+        self.epoch, self.batches_done, self.resume_pending, self.ended = epoch, done, True, False
+        self.open_pass = None
 
     def is_current(self, serial: int) -> bool:
         return serial == self.serial
@@ -160,6 +182,7 @@ class PassPosition:
         its epoch were over; ``batches_done`` keeps where it stopped, so a state resumes there."""
         if self.ended_pass != self.serial:        # (closed at its last batch, the pass is whole)
             self.closed_pass = self.serial
+        self.moves += 1
 
     def check_current(self, serial: int) -> None:
         if serial == self.forked_pass:

@@ -504,7 +504,9 @@ def test_reading_loader_dataset_does_not_move_the_epoch(shards):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_second_pass_started_mid_pass_stops_the_first_with_a_clear_error(shards, workers):
-    """Its workers serve the newest pass: the older pass raises rather than share or drop batches."""
+    """Its workers serve the newest pass: while the newer pass's iterator is held, the older pass
+    raises rather than share or drop batches. Once the newer pass is over (a whole pass, or a
+    look dropped), the older goes on where it was, as a DataLoader's iterator does (s41)."""
     index = shards[0]
     with stream(index, num_workers=workers) as loader:
         reference = [b.keys for b in loader]
@@ -513,10 +515,61 @@ def test_a_second_pass_started_mid_pass_stops_the_first_with_a_clear_error(shard
         next(first)
         second = [b.keys for b in loader]
         assert second == reference, "the newer pass is whole"
+        assert [b.keys for b in first] == reference[1:], "the first goes on where it was"
+        first = iter(loader)
+        next(first)
+        held = iter(loader)
+        next(held)
         with pytest.raises(RuntimeError, match="this pass over the StreamLoader was superseded"):
             next(first)
+        del held
         assert [b.keys for b in loader] == reference
-        assert loader.stats.real == 3 * N + BATCH, "the first pass counted its one batch, then nothing"
+        assert loader.stats.real == 4 * N + 2 * BATCH, "each row handed on counted once"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("explicit", [True, False], ids=["set_epoch", "no-set_epoch"])
+def test_a_batch_looked_at_mid_pass_leaves_the_pass_whole(tmp_path, workers, explicit):
+    """Port red team s41: ``next(iter(loader))`` inside the loop (an image-logging callback) ended
+    the loop's pass as superseded, where a DataLoader's goes on. Once the look's iterator is
+    dropped, the pass goes on where it was (its workers restarted there), every batch as without
+    the look; a bad sample the look read again is counted once."""
+    from shard_factory import good_members, write_custom
+
+    members = good_members(64)
+    members[2 * 9] = ("s_00009.npy", b"not an npy")
+    index = write_custom(str(tmp_path), {"a.tar": members[:64], "b.tar": members[64:]}, {"a.tar": [16, 16],
+                                                                                        "b.tar": [16, 16]})
+
+    def make():
+        loader = stream(index, num_workers=workers, on_error="skip")
+        if explicit:
+            loader.set_epoch(0)
+        return loader
+
+    reference = make()
+    keys = [b.keys for b in reference]
+    looking, seen, looks = make(), [], []
+    for i, batch in enumerate(looking):
+        seen.append(batch.keys)
+        if i in (1, 5):
+            looks.append(next(iter(looking)).keys)
+    assert seen == keys and len(looks) == 2
+    assert looking.stats.skipped == reference.stats.skipped == {"format_mismatch": 1}
+    mine, theirs = looking.state_dict(), reference.state_dict()
+    assert mine["stats"].pop("real") == theirs["stats"].pop("real") + 2 * BATCH, "the looks' rows were handed on"
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_look_mid_pass_without_an_index_still_stops_the_pass(shards, workers):
+    """Without an index a pass cannot start again part-way (no plan to fast-forward): it raises."""
+    loader = StreamLoader(shards[0].urls, batch_size=BATCH, num_workers=workers, index=False, num_classes=CLASSES)
+    it = iter(loader)
+    next(it)
+    next(iter(loader))
+    with pytest.raises(RuntimeError, match="this pass over the StreamLoader was superseded"):
+        next(it)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -217,6 +217,33 @@ def test_a_batch_looked_at_when_a_resumed_fit_starts_leaves_the_resume_exact(dig
     assert peek.peeked == whole[steps] and resumed == whole[steps:]
 
 
+class PeekAtValidationEnd(L.Callback):
+    """Looks at a training batch after each validation (image-logging callbacks do)."""
+
+    def __init__(self):
+        self.looks = 0
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        next(iter(trainer.train_dataloader))
+        self.looks += 1
+
+
+def test_a_batch_looked_at_mid_epoch_leaves_the_epoch_whole(digits, tmp_path, monkeypatch):
+    """Port red team s41: with val_check_interval=0.5, a callback taking a training batch after
+    each validation ended fit after 5 of 10 batches (the loop's pass was superseded)."""
+    monkeypatch.chdir(tmp_path)
+
+    def fit(callbacks=()) -> list:
+        train, val = make_loaders(*digits, full=False)
+        model = TinyDigits()
+        trainer_for(1, 2, callbacks=callbacks, num_sanity_val_steps=0, val_check_interval=0.5,
+                    limit_val_batches=2).fit(model, train, val)
+        return [r["keys"] for r in model.seen if r["stage"] == "train"]
+
+    peek = PeekAtValidationEnd()
+    assert fit([peek]) == fit() and peek.looks == 4
+
+
 # ------------------------------------------------------------------ (b) DDP, 2 processes
 def run_job(digits, out, tag, *extra):
     cmd = [sys.executable, os.path.join(SCRIPTS, "lightning_job.py"), "--train", digits[0], "--val", digits[1],
