@@ -37,9 +37,10 @@ def run_pass(loader, start: int | None, left_ends_epoch: bool) -> Iterator[Batch
 
     A pass superseded by a look at a batch (``next(iter(loader))`` taken and dropped while it ran:
     an image-logging callback) goes on where it was, with an index: its batches from there are
-    read again (the look took the reading workers), as if the look had not been taken; the
-    look's counts of bad samples are taken back out of ``loader.stats``. Without an index, or
-    while the look's iterator is still held, it raises as superseded (see ``pass_position``)."""
+    read again (the look took the reading workers), as if the look had not been taken. A look,
+    once dropped, puts the position back (a state taken then is the pass's) and its counts of
+    bad samples are taken back out of ``loader.stats``. Without an index, or while the look's
+    iterator is still held, the pass raises as superseded (see ``pass_position``)."""
     while True:
         resumed: list[int] = []
         yield from _one_pass(loader, start, left_ends_epoch, resumed)
@@ -56,16 +57,13 @@ def _one_pass(loader, start: int | None, left_ends_epoch: bool, resumed: list[in
     check_ranks_agree(loader)                 # (before a held state's check: a seed + rank refusal says why)
     loader._loaded.pass_starts(loader)        # (a state held until the process group came up is checked now)
     position = loader.position
-    superseded, moves = position.running, position.moves
+    moves = position.moves
     begun = position.begin(start, lambda e: None if loader.index is None else loader.plan(e).num_batches,
                            open_until_end=left_ends_epoch)
     if begun is None:
         return
     start, serial = begun
-    if superseded is not None:        # its counts as they were, should it go on after this pass (run_pass)
-        loader._counts_before[superseded] = loader.stats.as_dict()
-        while len(loader._counts_before) > 4:
-            loader._counts_before.pop(next(iter(loader._counts_before)))
+    counts_before = loader.stats.as_dict() if position.look and position.look[0] == serial else None
     release_pass(loader)              # the pass before is superseded now: let go of what it holds
     plan, epoch = loader.plan(), position.epoch
     if plan is not None and loader.decoder.sizes.shape is None:
@@ -121,7 +119,6 @@ def _one_pass(loader, start: int | None, left_ends_epoch: bool, resumed: list[in
             yield handed.pop()
         if not ended:                 # no batch at all, or the chain was released (see release_pass)
             if plan is not None and not rebatch and position.can_resume(serial, moves):
-                take_back_counts(loader, loader._counts_before.pop(serial, None))
                 position.resume_pass(serial, epoch, done)
                 resumed.append(done)
                 return
@@ -131,7 +128,8 @@ def _one_pass(loader, start: int | None, left_ends_epoch: bool, resumed: list[in
             position.end_epoch(serial)
             ended = True
     finally:
-        position.finish(serial)
+        if position.finish(serial, ended):    # a look, dropped: as if it had not been taken
+            take_back_counts(loader, counts_before)
         if marker is not None:
             marker.close()
         current = position.is_current(serial)      # (left part-way, it stays open: see new_iter)

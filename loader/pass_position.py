@@ -31,6 +31,11 @@ import warnings
 from collections.abc import Callable
 
 
+# what a look (see PassPosition.new_iter) puts back when it is over
+LOOK_FIELDS = ("epoch", "batches_done", "ended", "open_pass", "resume_pending", "explicit_epoch", "next_epoch",
+               "resumed_at", "running", "running_moves")
+
+
 class PassPosition:
     def __init__(self):
         self.epoch = 0
@@ -40,14 +45,17 @@ class PassPosition:
         self.serial = 0                   # the current pass's number (see check_current)
         self.open_pass: int | None = None  # an iter() pass begun and not at its end (left or running)
         self.ended = False                # set_epoch's epoch handed on its last batch (its length is now known)
-        self.closed_pass: int | None = None   # the pass close() stopped while it ran (see check_current)
+        self.closed_pass: tuple = ()          # the passes close() stopped while they ran (see check_current)
         self.ended_pass: int | None = None    # the pass that handed on its epoch's last batch
         self.forked_pass: int | None = None   # in a forked child: the parent's pass then (its workers are the parent's)
         self.moved_pass: int | None = None    # the pass open when load_state_dict moved the position
         self.next_epoch: int | None = None    # set_epoch while another epoch's pass ran on: the epoch after it
         self.resumed_at: tuple[int, int] | None = None   # (epoch, batch) load_state_dict restored, until it moves on
         self.running: int | None = None       # the pass whose iterator is alive (begun, not yet finished or dropped)
+        self.running_moves = 0                # moves when it began
         self.moves = 0                        # load_state_dict, set_epoch to another epoch, close(): see can_resume
+        self.look: tuple | None = None        # (serial, the position before it, moves): a look (see new_iter)
+        self._pending_look: tuple | None = None
 
     def set_epoch(self, epoch: int) -> None:
         epoch = int(epoch)
@@ -111,15 +119,24 @@ class PassPosition:
     def new_iter(self) -> None:
         """An ``iter()``: a pass left part-way before it makes this one the next epoch's, or,
         after ``set_epoch``, reads the epoch again from its start: for the epoch a state was
-        restored in, from where it resumed (the batches before were read in the run that saved
-        it; a look at one batch, ``next(iter(loader))``, before the loop leaves them unread)."""
+        restored in, from where it resumed (a look at one batch, ``next(iter(loader))``, before
+        the loop leaves the batches after it unread otherwise).
+
+        A pass begun while another runs (nothing moved the position since that one began), or,
+        after ``set_epoch``, once its epoch is over, may be a *look* (``next(iter(loader))`` in a
+        callback that logs images): if its iterator is dropped part-way, the position is put back
+        as it was before it (:meth:`finish`), so a state taken then, and the loop's next batch or
+        pass, are as if it had not been taken."""
+        watched = (self.running is not None and self.running_moves == self.moves) or (
+            self.explicit_epoch and self.open_pass is None and self.ended)
+        self._pending_look = ({f: getattr(self, f) for f in LOOK_FIELDS}, self.moves) if watched else None
         if self.open_pass is not None and not self.resume_pending and not self._start_next_epoch():
             resumed = self.resumed_at is not None and self.resumed_at[0] == self.epoch
-            if resumed and self.explicit_epoch:
+            if resumed and self.explicit_epoch and self.running is None:
                 self.batches_done, self.resume_pending, self.ended = self.resumed_at[1], True, False
                 self.open_pass = None
                 return
-            if resumed:
+            if resumed and not self.explicit_epoch:
                 warnings.warn(
                     f"iter(loader) starts epoch {self.epoch + 1}: the pass that resumed epoch {self.epoch} at batch "
                     f"{self.resumed_at[1]} (load_state_dict) was left after {self.batches_done - self.resumed_at[1]} "
@@ -137,6 +154,8 @@ class PassPosition:
         on to its end). Returns ``(start, serial)``, or ``None`` when nothing is left (``set_epoch``'s
         epoch was resumed after its end). ``open_until_end``: the pass counts as open (see
         :meth:`new_iter`) until it ends."""
+        look, self._pending_look = self._pending_look, None
+        pending = self.resume_pending
         if start is None:
             start = self.batches_done if self.resume_pending else 0
         self.resume_pending = False
@@ -145,29 +164,48 @@ class PassPosition:
             total = self.batches_done
         self.ended = False
         if total is not None and start >= total:       # a state taken after the epoch's last batch
-            if self.explicit_epoch:       # set_epoch's epoch is over: nothing is left of it
-                self.batches_done = start
+            if self.explicit_epoch:       # set_epoch's epoch is over: nothing is left of it, for this pass
+                self.batches_done, self.resume_pending = start, pending     # or the next (a look's, say)
+                if look is not None:
+                    self._put_back(look[0])
                 return None
             self.advance()
             start = 0
         self.batches_done = start
         self.serial += 1
-        self.running = self.serial
+        if look is not None:
+            self.look = (self.serial, *look)
+        self.running, self.running_moves = self.serial, self.moves
         if open_until_end:
             self.open_pass = self.serial
         return start, self.serial
 
-    def finish(self, serial: int) -> None:
-        """Pass ``serial``'s iterator is over: ended, closed or dropped."""
+    def finish(self, serial: int, at_end: bool) -> bool:
+        """Pass ``serial``'s iterator is over: ended (``at_end``), closed or dropped. A look
+        (see :meth:`new_iter`) dropped part-way, that nothing came after, puts the position back
+        as it was before it; True if so (its counts are to be taken back). A look read to its end
+        is a pass like any other."""
         if self.running == serial:
             self.running = None
+        if self.look is None or self.look[0] != serial:
+            return False
+        _, fields, moves = self.look
+        self.look = None
+        if serial != self.serial or moves != self.moves or at_end:
+            return False
+        self._put_back(fields)
+        return True
+
+    def _put_back(self, fields: dict) -> None:
+        for name, value in fields.items():
+            setattr(self, name, value)
 
     def can_resume(self, serial: int, moves: int) -> bool:
-        """Whether pass ``serial``, superseded, may go on where it was: the passes after it are
-        over (a look at a batch, ``next(iter(loader))``, taken and dropped while it ran), and
-        nothing else moved the position (``moves``: :attr:`moves` when it began)."""
-        return (serial != self.serial and self.running is None and moves == self.moves and self.next_epoch is None
-                and serial not in (self.closed_pass, self.moved_pass, self.forked_pass))
+        """Whether pass ``serial``, superseded, may go on where it was: a look taken while it ran
+        is over and put the position back (:meth:`finish`), and nothing else moved it (``moves``:
+        :attr:`moves` when it began)."""
+        return (serial != self.serial and self.running == serial and self.open_pass == serial and moves == self.moves
+                and self.next_epoch is None and serial not in (*self.closed_pass, self.moved_pass, self.forked_pass))
 
     def resume_pass(self, serial: int, epoch: int, done: int) -> None:
         """Pass ``serial`` goes on at batch ``done`` of ``epoch``: the position is its own again."""
@@ -180,8 +218,8 @@ class PassPosition:
     def close_current(self) -> None:
         """``close()``: the running pass (if any) raises at its next batch instead of ending as if
         its epoch were over; ``batches_done`` keeps where it stopped, so a state resumes there."""
-        if self.ended_pass != self.serial:        # (closed at its last batch, the pass is whole)
-            self.closed_pass = self.serial
+        if self.ended_pass != self.serial:        # (closed at its last batch, the pass is whole; the pass a
+            self.closed_pass = (self.serial, self.open_pass)    # look put back is open, and closed too)
         self.moves += 1
 
     def check_current(self, serial: int) -> None:
@@ -190,7 +228,7 @@ class PassPosition:
                 "this pass over the StreamLoader was started before os.fork() (or a fork-started "
                 "multiprocessing child), by the parent process, whose reading workers serve it there. In "
                 "this process, start a pass of its own with iter(loader); it starts workers of its own.")
-        if serial == self.closed_pass:
+        if serial in self.closed_pass:
             raise RuntimeError(
                 "this pass over the StreamLoader was stopped: loader.close() was called (or its with block "
                 "was left) while the pass ran, which stops its reading workers. Start a new pass with "

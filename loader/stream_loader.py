@@ -221,7 +221,6 @@ class StreamLoader(DataLoaderSurface):
         self.position = PassPosition()    # epoch, batches done, the current pass (see pass_position)
         self._marker = None               # the current pass's registration with accelerate (accelerate_pass)
         self._pass_chain = None           # (serial, weakref) of the latest pass's stages (loader_pass.release_pass)
-        self._counts_before: dict[int, dict] = {}   # a superseded pass -> loader.stats then (loader_pass.run_pass)
         self._epoch_start = None          # no index, with a balancer: (balancer state, stats) as the pass began
         self._loaded = LoadedState()      # the state load_state_dict took, until a pass starts from it
         if check_ranks not in (True, False):
@@ -328,7 +327,7 @@ class StreamLoader(DataLoaderSurface):
         workers and the current pass's registration: the copy starts its own when it iterates."""
         state = dict(self.__dict__)
         state["_dataloader"], state["_marker"], state["_stop_workers"] = None, None, None
-        state["_pass_chain"], state["_counts_before"] = None, {}
+        state["_pass_chain"] = None
         return state
 
     def __copy__(self) -> "StreamLoader":

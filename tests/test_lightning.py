@@ -228,20 +228,30 @@ class PeekAtValidationEnd(L.Callback):
         self.looks += 1
 
 
-def test_a_batch_looked_at_mid_epoch_leaves_the_epoch_whole(digits, tmp_path, monkeypatch):
+def test_a_batch_looked_at_mid_epoch_leaves_the_epoch_and_its_checkpoints_whole(digits, tmp_path, monkeypatch):
     """Port red team s41: with val_check_interval=0.5, a callback taking a training batch after
-    each validation ended fit after 5 of 10 batches (the loop's pass was superseded)."""
+    each validation ended fit after 5 of 10 batches (the loop's pass was superseded). Review s41:
+    a checkpoint saved after the look (ModelCheckpoint saves at validation's end) held the look's
+    position, mid-epoch and at the epoch's end: resumed, it trained batches twice and others never."""
     monkeypatch.chdir(tmp_path)
 
-    def fit(callbacks=()) -> list:
+    def fit(callbacks=(), resume=None) -> list:
         train, val = make_loaders(*digits, full=False)
         model = TinyDigits()
-        trainer_for(1, 2, callbacks=callbacks, num_sanity_val_steps=0, val_check_interval=0.5,
-                    limit_val_batches=2).fit(model, train, val)
+        L.Trainer(accelerator="cpu", devices=1, max_epochs=2, callbacks=list(callbacks), logger=False,
+                  enable_progress_bar=False, enable_model_summary=False, deterministic=True, num_sanity_val_steps=0,
+                  val_check_interval=0.5, limit_val_batches=2,
+                  enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
+                  ).fit(model, train, val, ckpt_path=resume)
         return [r["keys"] for r in model.seen if r["stage"] == "train"]
 
+    whole = fit()
     peek = PeekAtValidationEnd()
-    assert fit([peek]) == fit() and peek.looks == 4
+    saver = L.pytorch.callbacks.ModelCheckpoint(dirpath="ck", save_top_k=-1, filename="{step}")
+    assert fit([peek, saver]) == whole and peek.looks == 4
+    half = len(whole) // 4
+    for step in (half, 2 * half):                       # mid-epoch, and the epoch's end
+        assert fit([PeekAtValidationEnd()], f"ck/step={step}.ckpt") == whole[step:], step
 
 
 # ------------------------------------------------------------------ (b) DDP, 2 processes
