@@ -204,7 +204,7 @@ class PassPosition:
         """Whether pass ``serial``, superseded, may go on where it was: a look taken while it ran
         is over and put the position back (:meth:`finish`), and nothing else moved it (``moves``:
         :attr:`moves` when it began)."""
-        return (serial != self.serial and self.running == serial and self.open_pass == serial and moves == self.moves
+        return (serial != self.serial and self.running == serial and moves == self.moves
                 and self.next_epoch is None and serial not in (*self.closed_pass, self.moved_pass, self.forked_pass))
 
     def resume_pass(self, serial: int, epoch: int, done: int) -> None:
@@ -219,7 +219,7 @@ class PassPosition:
         """``close()``: the running pass (if any) raises at its next batch instead of ending as if
         its epoch were over; ``batches_done`` keeps where it stopped, so a state resumes there."""
         if self.ended_pass != self.serial:        # (closed at its last batch, the pass is whole; the pass a
-            self.closed_pass = (self.serial, self.open_pass)    # look put back is open, and closed too)
+            self.closed_pass = (self.serial, self.running)    # look put back runs, and is closed too)
         self.moves += 1
 
     def check_current(self, serial: int) -> None:

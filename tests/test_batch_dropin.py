@@ -567,6 +567,22 @@ def test_a_batch_looked_at_mid_pass_leaves_the_pass_whole(tmp_path, workers, exp
     assert mine == theirs
 
 
+def test_a_look_while_a_rebuilt_dataloader_reads_leaves_it_whole(shards):
+    """Review s41: accelerate's skip_first_batches reads through loader.dataset (a pass begun at
+    batch 3); a look taken while it read stopped it once looks put the position back."""
+    loader = stream(shards[0])
+    loader.set_epoch(0)
+    reference = [b.keys for b in loader]
+    rebuilt = DataLoader(loader.dataset, batch_sampler=[[j] for j in range(3, len(reference))],
+                         collate_fn=loader.collate_fn)
+    seen = []
+    for i, batch in enumerate(rebuilt):
+        seen.append(batch.keys)
+        if i == 2:
+            next(iter(loader))
+    assert seen == reference[3:]
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_look_mid_pass_without_an_index_still_stops_the_pass(shards, workers):
     """Without an index a pass cannot start again part-way (no plan to fast-forward): it raises."""
