@@ -63,7 +63,7 @@ def _one_pass(loader, start: int | None, left_ends_epoch: bool, resumed: list[in
     if begun is None:
         return
     start, serial = begun
-    counts_before = loader.stats.as_dict() if position.look and position.look[0] == serial else None
+    counts_before = loader.stats.as_dict() if position.looks and position.looks[-1][0] == serial else None
     release_pass(loader)              # the pass before is superseded now: let go of what it holds
     plan, epoch = loader.plan(), position.epoch
     if plan is not None and loader.decoder.sizes.shape is None:
@@ -128,7 +128,7 @@ def _one_pass(loader, start: int | None, left_ends_epoch: bool, resumed: list[in
             position.end_epoch(serial)
             ended = True
     finally:
-        if position.finish(serial, ended):    # a look, dropped: as if it had not been taken
+        if position.finish(serial, ended, done - start):    # a look, dropped: as if it had not been taken
             take_back_counts(loader, counts_before)
         if marker is not None:
             marker.close()

@@ -31,7 +31,8 @@ import warnings
 from collections.abc import Callable
 
 
-# what a look (see PassPosition.new_iter) puts back when it is over
+LOOK_BATCHES = 1         # the most a look (see PassPosition.new_iter) hands on: next(iter(loader)) takes one
+# what a look puts back when it is over
 LOOK_FIELDS = ("epoch", "batches_done", "ended", "open_pass", "resume_pending", "explicit_epoch", "next_epoch",
                "resumed_at", "running", "running_moves")
 
@@ -54,7 +55,7 @@ class PassPosition:
         self.running: int | None = None       # the pass whose iterator is alive (begun, not yet finished or dropped)
         self.running_moves = 0                # moves when it began
         self.moves = 0                        # load_state_dict, set_epoch to another epoch, close(): see can_resume
-        self.look: tuple | None = None        # (serial, the position before it, moves): a look (see new_iter)
+        self.looks: list[tuple] = []          # (serial, the position before it, moves) of each look (see new_iter)
         self._pending_look: tuple | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -132,7 +133,8 @@ class PassPosition:
         self._pending_look = ({f: getattr(self, f) for f in LOOK_FIELDS}, self.moves) if watched else None
         if self.open_pass is not None and not self.resume_pending and not self._start_next_epoch():
             resumed = self.resumed_at is not None and self.resumed_at[0] == self.epoch
-            if resumed and self.explicit_epoch and self.running is None:
+            if resumed and self.explicit_epoch and self.running is None \
+                    and self.batches_done - self.resumed_at[1] <= LOOK_BATCHES:     # (a look; a loop left goes on)
                 self.batches_done, self.resume_pending, self.ended = self.resumed_at[1], True, False
                 self.open_pass = None
                 return
@@ -174,27 +176,35 @@ class PassPosition:
         self.batches_done = start
         self.serial += 1
         if look is not None:
-            self.look = (self.serial, *look)
+            self.looks.append((self.serial, *look))
         self.running, self.running_moves = self.serial, self.moves
         if open_until_end:
             self.open_pass = self.serial
         return start, self.serial
 
-    def finish(self, serial: int, at_end: bool) -> bool:
-        """Pass ``serial``'s iterator is over: ended (``at_end``), closed or dropped. A look
-        (see :meth:`new_iter`) dropped part-way, that nothing came after, puts the position back
-        as it was before it; True if so (its counts are to be taken back). A look read to its end
-        is a pass like any other."""
-        if self.running == serial:
+    def finish(self, serial: int, at_end: bool, handed: int) -> bool:
+        """Pass ``serial``'s iterator is over: ended (``at_end``), closed or dropped, having handed
+        on ``handed`` batches. A look (see :meth:`new_iter`) dropped after at most
+        ``LOOK_BATCHES``, that nothing came after but looks already put back, puts the position
+        back as it was before it; True if so (its counts are to be taken back). A pass that read
+        more, or to its end, is a pass like any other (a loop broken part-way is not a look)."""
+        newest = self.running == serial
+        if newest:
             self.running = None
-        if self.look is None or self.look[0] != serial:
+        entry = next((e for e in self.looks if e[0] == serial), None)
+        if entry is None:
             return False
-        _, fields, moves = self.look
-        self.look = None
-        if serial != self.serial or moves != self.moves or at_end:
+        last = entry is self.looks[-1]
+        self.looks.remove(entry)
+        _, fields, moves = entry
+        if not (last and newest and moves == self.moves and not at_end and handed <= LOOK_BATCHES):
             return False
         self._put_back(fields)
         return True
+
+    def forget_passes(self) -> None:
+        """A copy of the loader (pickled, deep-copied) runs no pass of its own yet."""
+        self.running, self.looks, self._pending_look = None, [], None
 
     def _put_back(self, fields: dict) -> None:
         for name, value in fields.items():
@@ -240,7 +250,8 @@ class PassPosition:
                 "between passes, then start a new one with iter(loader).")
         if serial != self.serial:
             raise RuntimeError(
-                "this pass over the StreamLoader was superseded: iter(loader) was called again while it ran. "
+                "this pass over the StreamLoader was superseded: another pass began while it ran (iter(loader), "
+                "or loader.dataset[j] ahead of the position). "
                 "A StreamLoader runs one pass at a time (its reading workers serve the newest pass), so the "
                 "older pass stops here rather than share or lose batches. Finish or drop a pass before "
                 "starting another (for one batch to look at, take next(iter(loader)) before the loop: that "

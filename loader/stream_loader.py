@@ -338,6 +338,7 @@ class StreamLoader(DataLoaderSurface):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.position.forget_passes()
         # the workers read each pass's (epoch, resume point) from this shared tensor; a copy
         # arrives private, and the copy's own workers would never see a new epoch
         self._stream.control = self._stream.control.clone().share_memory_()

@@ -567,6 +567,39 @@ def test_a_batch_looked_at_mid_pass_leaves_the_pass_whole(tmp_path, workers, exp
     assert mine == theirs
 
 
+@pytest.mark.parametrize("case", ["break with a look held", "look in a look", "a copy's loop"])
+def test_what_is_a_look_and_what_is_not(shards, case):
+    """Review s41: a loop broken part-way while a look's iterator was held, and a copy's first
+    loop (it took the original's running pass for its own), were put back as looks: their
+    states named batches they never read; a look inside a look stopped the loop."""
+    loader = stream(shards[0])
+    loader.set_epoch(0)
+    reference = [b.keys for b in loader]
+    if case == "break with a look held":
+        held = iter(loader)
+        next(held)
+        for i, _ in enumerate(loader):
+            if i == 5:
+                break
+        assert loader.state_dict()["batches_done"] == 6, "the loop's break, not the look's"
+        return
+    seen = []
+    for i, batch in enumerate(loader):
+        seen.append(batch.keys)
+        if i == 3 and case == "look in a look":
+            outer = iter(loader)
+            next(outer)
+            next(iter(loader))
+            del outer
+        if i == 3 and case == "a copy's loop":
+            twin = copy.deepcopy(loader)
+            for j, _ in enumerate(twin):
+                if j == 5:
+                    break
+            assert twin.state_dict()["batches_done"] == 6
+    assert seen == reference
+
+
 def test_a_look_while_a_rebuilt_dataloader_reads_leaves_it_whole(shards):
     """Review s41: accelerate's skip_first_batches reads through loader.dataset (a pass begun at
     batch 3); a look taken while it read stopped it once looks put the position back."""

@@ -273,3 +273,25 @@ def test_a_batch_looked_at_after_load_state_dict(npy_shards, workers, explicit):
                                          r"\(load_state_dict\) was left after 1 batches.*call set_epoch\(0\)"):
         keys = [b.keys for b in resumed]
     assert keys != epoch0[5:] and len(keys) == len(epoch0)
+
+
+def test_a_resumed_loop_broken_part_way_is_not_a_look(npy_shards):
+    """Review s41: after a resumed loop broke part-way, the next pass of the epoch went back to the
+    restored batch (it re-read the batches the loop had read); only a look (one batch) does."""
+    index, _, _ = npy_shards
+    first = make(index, 0)
+    first.set_epoch(0)
+    it = iter(first)
+    for _ in range(5):
+        next(it)
+    state = first.state_dict()
+    del it, first
+    resumed = make(index, 0)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(0)
+    for i, _ in enumerate(resumed):
+        if i == 2:
+            break
+    fresh = make(index, 0)
+    fresh.set_epoch(0)
+    assert [b.keys for b in resumed] == [b.keys for b in fresh], "the epoch again from its start, as without a resume"
