@@ -125,9 +125,9 @@ class PassPosition:
 
         A pass begun while another runs (nothing moved the position since that one began), or,
         after ``set_epoch``, once its epoch is over, may be a *look* (``next(iter(loader))`` in a
-        callback that logs images): if its iterator is dropped part-way, the position is put back
-        as it was before it (:meth:`finish`), so a state taken then, and the loop's next batch or
-        pass, are as if it had not been taken."""
+        callback that logs images): if its iterator is dropped after at most ``LOOK_BATCHES``
+        batches, the position is put back as it was before it (:meth:`finish`), so a state taken
+        then, and the loop's next batch or pass, are as if it had not been taken."""
         watched = (self.running is not None and self.running_moves == self.moves) or (
             self.explicit_epoch and self.open_pass is None and self.ended)
         self._pending_look = ({f: getattr(self, f) for f in LOOK_FIELDS}, self.moves) if watched else None
