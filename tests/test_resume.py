@@ -241,6 +241,16 @@ def test_an_unshuffled_state_resumes_across_a_change_of_workers(npy_shards, save
         make(npy_shards[0], loaded_workers).load_state_dict(make(npy_shards[0], saved_workers).state_dict())
 
 
+def state_five_batches_in(index, workers: int, explicit: bool) -> dict:
+    first = make(index, workers)
+    if explicit:
+        first.set_epoch(0)
+    it = iter(first)
+    for _ in range(5):
+        next(it)
+    return first.state_dict()
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("explicit", [True, False], ids=["set_epoch", "no-set_epoch"])
 def test_a_batch_looked_at_after_load_state_dict(npy_shards, workers, explicit):
@@ -254,16 +264,8 @@ def test_a_batch_looked_at_after_load_state_dict(npy_shards, workers, explicit):
     if explicit:
         reference.set_epoch(0)
     epoch0 = [b.keys for b in reference]
-    first = make(index, workers)
-    if explicit:
-        first.set_epoch(0)
-    it = iter(first)
-    for _ in range(5):
-        next(it)
-    state = first.state_dict()
-    del it, first
     resumed = make(index, workers)
-    resumed.load_state_dict(state)
+    resumed.load_state_dict(state_five_batches_in(index, workers, explicit))
     assert next(iter(resumed)).keys == epoch0[5]
     if explicit:
         resumed.set_epoch(0)
@@ -279,15 +281,8 @@ def test_a_resumed_loop_broken_part_way_is_not_a_look(npy_shards):
     """Review s41: after a resumed loop broke part-way, the next pass of the epoch went back to the
     restored batch (it re-read the batches the loop had read); only a look (one batch) does."""
     index, _, _ = npy_shards
-    first = make(index, 0)
-    first.set_epoch(0)
-    it = iter(first)
-    for _ in range(5):
-        next(it)
-    state = first.state_dict()
-    del it, first
     resumed = make(index, 0)
-    resumed.load_state_dict(state)
+    resumed.load_state_dict(state_five_batches_in(index, 0, explicit=True))
     resumed.set_epoch(0)
     for i, _ in enumerate(resumed):
         if i == 2:
