@@ -101,6 +101,13 @@ def from_float(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.clamp(0.0, 1.0).to(like.dtype)
 
 
+def not_written(op, method: str) -> NotImplementedError:
+    """The error for a method an op of one's own has not written (``Compose`` refuses such an op
+    when it is built; this is what a direct call meets)."""
+    return NotImplementedError(f"{type(op).__name__} has no {method}: an op of one's own writes it "
+                               f"(docs/augmentation.md, 'Writing an op')")
+
+
 class Op:
     """Base of every op: owns a ``numpy.random.Generator``; ``seed=None`` takes the
     loader's (or ``Compose``'s) derived seed."""
@@ -158,7 +165,7 @@ class GeometricOp(Op):
         return torch.from_numpy(self.matrix_array(params, height, width))
 
     def _matrices(self, params: Params, height: int, width: int) -> np.ndarray:
-        raise NotImplementedError
+        raise not_written(self, "_matrices")
 
 
 class IntensityOp(Op):
@@ -177,7 +184,7 @@ class IntensityOp(Op):
 
     def apply_torch(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         """``x``: float NCHW in [0, 1] on any device → same."""
-        raise NotImplementedError
+        raise not_written(self, "apply_torch")
 
     dali_argument_names: tuple[str, ...] = ()      # per-sample scalars or small arrays, fed on the host
     dali_field_names: tuple[str, ...] = ()         # per-pixel NHWC float fields, fed on the images' device
@@ -196,4 +203,4 @@ class IntensityOp(Op):
         """Build this op's DALI graph node from ``images`` and the fed ``arguments`` (data nodes,
         keyed like ``dali_argument_names`` and ``dali_field_names``); ``uint8`` says the pipeline's
         images are uint8 (0..255) rather than float (0..1)."""
-        raise NotImplementedError
+        raise not_written(self, "dali_apply")

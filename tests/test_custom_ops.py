@@ -107,6 +107,10 @@ def test_an_op_missing_what_its_backend_runs_is_refused_when_composed(op, backen
     """s41: the DALI backend raised a bare NotImplementedError at the first batch."""
     with pytest.raises(TypeError, match=f"{type(op).__name__} has no {missing}, which backend='{backend}' runs"):
         Compose([op], backend=backend)
+    called = {"dali_apply": lambda: op.dali_apply(None, None, {}, True), "apply_torch": lambda: op.apply_torch(None, {}),
+              "_matrices": lambda: op.matrix_array({"apply": [True]}, 4, 4)}[missing]
+    with pytest.raises(NotImplementedError, match=f"{type(op).__name__} has no {missing}: an op of one's own"):
+        called()                                # (called directly, not through a Compose)
     other = {"dali": "kornia", "kornia": "dali", "opencv": "dali"}[backend]
     if missing != "_matrices":
         Compose([op], backend=other)            # what it has is enough there
