@@ -3,8 +3,8 @@
 DataLoader semantics, as ``StreamLoader`` keeps them:
 
 * Every ``iter()`` starts a pass. The first pass after ``load_state_dict`` resumes at the
-  saved position; any other starts at batch 0, but after ``set_epoch`` a pass of the restored
-  epoch that follows one left part-way (a look at a batch) resumes there again.
+  saved position; any other starts at batch 0. (After ``set_epoch``, a look at one batch taken
+  as that first pass puts the position back: see :meth:`PassPosition.new_iter`.)
 * The epoch advances as a pass hands on the epoch's last batch, so a state taken then
   resumes at the next epoch. After ``set_epoch`` the epoch no longer advances by itself
   (as with ``DistributedSampler``): its caller chooses the next one, and a state taken
@@ -119,25 +119,18 @@ class PassPosition:
 
     def new_iter(self) -> None:
         """An ``iter()``: a pass left part-way before it makes this one the next epoch's, or,
-        after ``set_epoch``, reads the epoch again from its start: for the epoch a state was
-        restored in, from where it resumed (a look at one batch, ``next(iter(loader))``, before
-        the loop leaves the batches after it unread otherwise).
+        after ``set_epoch``, reads the epoch again from its start.
 
         A pass begun while another runs (nothing moved the position since that one began), or,
-        after ``set_epoch``, once its epoch is over, may be a *look* (``next(iter(loader))`` in a
+        after ``set_epoch``, once its epoch is over or a state was restored, may be a *look* (``next(iter(loader))`` in a
         callback that logs images): if its iterator is dropped after at most ``LOOK_BATCHES``
         batches, the position is put back as it was before it (:meth:`finish`), so a state taken
         then, and the loop's next batch or pass, are as if it had not been taken."""
         watched = (self.running is not None and self.running_moves == self.moves) or (
-            self.explicit_epoch and self.open_pass is None and self.ended)
+            self.explicit_epoch and self.open_pass is None and (self.ended or self.resume_pending))
         self._pending_look = ({f: getattr(self, f) for f in LOOK_FIELDS}, self.moves) if watched else None
         if self.open_pass is not None and not self.resume_pending and not self._start_next_epoch():
             resumed = self.resumed_at is not None and self.resumed_at[0] == self.epoch
-            if resumed and self.explicit_epoch and self.running is None \
-                    and self.batches_done - self.resumed_at[1] <= LOOK_BATCHES:     # (a look; a loop left goes on)
-                self.batches_done, self.resume_pending, self.ended = self.resumed_at[1], True, False
-                self.open_pass = None
-                return
             if resumed and not self.explicit_epoch:
                 warnings.warn(
                     f"iter(loader) starts epoch {self.epoch + 1}: the pass that resumed epoch {self.epoch} at batch "
