@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -50,11 +49,10 @@ import torch
 from streamaug.core.flight import BatchInFlight
 from streamaug.core.plugin import BindContext
 from streamaug.core.seeding import derive_seed
-from streamaug.core.transfer import to_device
 
 from .class_reservoir import ClassReservoir
+from .online_balancing import OnlineBalancing
 from .reservoir_fill import fill_reservoirs, needed_classes
-from .online_counts import check_dict_targets, online_due
 from .sampling_strategy import check_strategy_form, synthetic_targets
 from .stable_name import stable_name
 from .slot_schedule import max_rank_slots, rank_slots, stratified_choice
@@ -73,7 +71,7 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-class ClassBalancer:
+class ClassBalancer(OnlineBalancing):
     """Stream stage that adds synthetic samples so each epoch meets ``sampling_strategy``.
 
     Args:
@@ -163,26 +161,6 @@ class ClassBalancer:
         self._start_epoch()
         return self
 
-    def fit_online(self, num_classes: int, world_size: int = 1, rank: int = 0) -> "ClassBalancer":
-        """No index: estimate class counts from the stream (see ``_online_classes``)."""
-        if world_size > 1 and (isinstance(self.sampling_strategy, dict) or callable(self.sampling_strategy)):
-            raise ValueError(f"sampling_strategy={stable_name(self.sampling_strategy)} sets counts for the "
-                             f"whole dataset, but without an index each of the {world_size} ranks balances only "
-                             "the stream it reads; write an index (streamaug index) or use a ratio strategy "
-                             "such as 'auto'")
-        if self.stratified:          # (it was ignored: the batches were byte for byte stratified=False's)
-            raise ValueError("stratified=True plans each batch's synthetic slots against the epoch's class counts, "
-                             "which need an index; without one the balancer adds, batch by batch, what the counts "
-                             "seen so far call for. Write an index (streamaug index <shards>) or leave "
-                             "stratified=False")
-        # validates the strategy's form on dummy counts (skewed for a ratio, which imbalanced-learn
-        # refuses where the counts already meet it, as [1, 1] does)
-        ratio = isinstance(self.sampling_strategy, numbers.Real) and not isinstance(self.sampling_strategy, bool)
-        self.fit([1 << 20 if ratio and c == 0 else 1 for c in range(num_classes)], world_size, rank)
-        self.online_, self.targets_ = True, {}
-        self.class_counts_ = [0] * num_classes
-        return self
-
     def final_counts(self) -> list[int]:
         """Per-class counts of one epoch (all ranks): real plus synthetic."""
         self._check_fitted()
@@ -239,22 +217,6 @@ class ClassBalancer:
         self._made_epoch = np.zeros(len(self.class_counts_), dtype=np.int64)
         self._held_back = np.zeros(0, dtype=np.int64)
 
-    def _online_classes(self, real_labels: torch.Tensor, last: bool) -> list[int]:
-        """Without an index: see ``online_counts.online_due``."""
-        self._seen_epoch += np.bincount(real_labels.numpy(), minlength=len(self._seen_epoch))
-        np.maximum(self.reservoir_.represents, self._seen_epoch, out=self.reservoir_.represents)
-        check_dict_targets(self.sampling_strategy, self._seen_epoch, self._class)
-        classes, overshoot = online_due(self.sampling_strategy, self._seen_epoch, self._made_epoch, last)
-        for c, n in overshoot.items():
-            self._count_skip("online_overshoot", n, f"{self._class(c)}: {n} more made mid-epoch than its target")
-        return classes
-
-    @property
-    def _stream_fed(self) -> bool:
-        """Reservoirs fed by the batches this balancer sees: without an index, or used on its
-        own (``fit`` + calls, no loader's row source to fill them from)."""
-        return self.online_ or self._rows is None
-
     def _count_skip(self, reason: str, n: int, example: str) -> None:
         if self._stats is not None:
             self._stats.count_skip(reason, n, example)
@@ -290,31 +252,12 @@ class ClassBalancer:
                                  "slots are left this epoch")
         return self._balance(batch, n_synthetic, max_rows)
 
-    def held_back_parts(self, like: BatchInFlight, max_rows: int) -> Iterator[BatchInFlight]:
-        """The synthetic rows a ``max_rows`` call held back, made ``max_rows`` at a time as
-        batches like ``like`` (its dtype and device), each shuffled within itself with
-        ``shuffle_within_batch``. Take them before the next batch is balanced."""
-        held, self._held_back = self._held_back, np.zeros(0, dtype=np.int64)
-        for start in range(0, len(held), max_rows):
-            part = like.rows(0, 0, copy=True)
-            self._synthesize_into(part, held[start:start + max_rows])
-            yield part
-
     def _balance(self, batch: BatchInFlight, n_synthetic: int | None, max_rows: int | None) -> BatchInFlight:
         rows = self.feature_fn(batch.images) if self.feature_fn is not None else batch.images
         keep = batch.real.nonzero().squeeze(1)                # host indices
         batch.images = rows
         if self._stream_fed:
-            self.reservoir_.add(rows[to_device(keep, rows.device)], batch.labels[keep],
-                                [batch.keys[i] for i in keep.tolist()], [batch.urls[i] for i in keep.tolist()],
-                                self.rng)
-            classes = np.asarray(self._online_classes(batch.labels[keep], bool(batch.last)), dtype=np.int64)
-            if max_rows is not None and len(batch) + len(classes) > max_rows:
-                if self.shuffle_within_batch:       # each held-back part mixes the classes due
-                    classes = self.rng.permutation(classes)
-                now = max(0, max_rows - len(batch))
-                classes, self._held_back = classes[:now], classes[now:]
-            self._synthesize_into(batch, classes, permute=False)
+            self._balance_stream_fed(batch, rows, keep, max_rows)
         elif n_synthetic:
             self._append_synthetic(batch, n_synthetic)
         if self.shuffle_within_batch and len(batch) > 1:
