@@ -22,6 +22,9 @@ from .dali_pipelines import PIPELINES, capacity_for, dali_device_id, dali_to_tor
 
 
 HALF = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]], dtype=np.float64)
+# The asynchronous, pipelined executor: the only one whose run() takes a CUDA stream. (The
+# legacy one, exec_async=False and exec_pipelined=False, returns host-synchronous outputs.)
+EXECUTOR = {"exec_async": True, "exec_pipelined": True}
 MINUS_HALF = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]], dtype=np.float64)
 
 
@@ -45,7 +48,7 @@ class DaliRunner:
         gpu = device_id is not None
 
         @pipeline_def(batch_size=capacity, num_threads=self.num_threads, device_id=device_id,
-                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False, seed=0)
+                      prefetch_queue_depth=1, seed=0, **EXECUTOR)
         def build():
             x = fn.external_source(name="images", layout="HWC", device="gpu" if gpu else "cpu",
                                    dtype=types.UINT8 if uint8 else types.FLOAT)
@@ -89,7 +92,9 @@ class DaliRunner:
                     pipe.feed_input(f"a{s}_{name}", [np.asarray(v, np.float32) for v in values])
                 for name, field in op.dali_fields(params[indices[0]], hwc.shape, images.device, uint8).items():
                     pipe.feed_input(f"a{s}_{name}", field if device_id is not None else field.numpy())
-            (out,) = pipe.run()
+            # on the images' stream: DALI's work is ordered after what was queued before it, and the
+            # host does not wait for either (without a stream, run() is host-synchronous)
+            (out,) = pipe.run(torch.cuda.current_stream(images.device) if device_id is not None else None)
         except Exception:
             PIPELINES.discard(key)           # DALI leaves a pipeline unusable after an error
             raise
