@@ -177,7 +177,10 @@ class DaliImageDecoder:
         ticket.pipe = None
         self._started = None
         try:
-            (out,) = pipe.share_outputs()
+            # bound to the stream the copy out is queued on: the host waits for DALI's CPU stage,
+            # not its GPU kernels (without a stream the outputs are host-synchronous)
+            stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+            (out,) = pipe.share_outputs(stream)
         except RuntimeError:
             PIPELINES.discard(ticket.key)
             return self._decode_one_by_one(batch, encoded, handle)
