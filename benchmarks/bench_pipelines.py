@@ -50,7 +50,8 @@ class MixedBatches:
     def __iter__(self):
         for images, labels in self.batches:
             images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
+            # labels stay on the host, as the loader passes them: MixUp checks their range (a
+            # read back from a CUDA tensor, one sync a batch) and moves the targets to the images'
             if self.transform is not None:
                 images = self.transform(images)
             yield self.mix(images, labels, num_classes=self.num_classes)

@@ -45,6 +45,10 @@ class MixOp(Op):
       ``"balanced"`` (a class drawn uniformly among those in the batch, then one of its rows).
     * ``label_rule``: ``"mix"`` (targets weighted by λ) or ``"remix"`` (Remix, with
       ``kappa``, ``tau`` and the training ``class_counts``).
+
+    Called as ``op(images, labels, num_classes)``, it returns the mixed images and soft targets
+    on the images' device. Labels are best given on the host, as the loader gives them: their
+    range is checked there, while CUDA labels are read back for it (one device sync a call).
     """
 
     kind = "mix"
