@@ -34,11 +34,12 @@ def peak_rss_mib() -> float:
     return max(own, kids) / 1024.0
 
 
-def write_result(path: str, payload: dict) -> None:
+def write_result(path: str, payload: dict, quiet: bool = False) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump({"machine": machine_info(), **payload}, f, indent=1)
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
 
 
 def idle_and_busy_rate(fn: Callable[[], int], busy: int, repeats: int = 5, warmup: int = 1) -> dict:

@@ -113,6 +113,7 @@ def test_tar_read_bench_reads_every_sample_both_ways(tmp_path, capsys):
     assert "| npy32 (webdataset ShardWriter, pax per member) | 512 |" in capsys.readouterr().out
 
 
+@pytest.mark.dali                       # (its nvJPEG arm decodes with DALI)
 def test_decode_overlap_bench_runs_both_ways(tmp_path, capsys):
     """The decode-ahead bench on the quick bench's 64 JPEGs: in place and ahead, both steps."""
     import json

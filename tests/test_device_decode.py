@@ -11,6 +11,7 @@ from streamaug.loader import StreamError, StreamLoader
 from streamaug.loader.image_codec import encode_image
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+pytestmark = pytest.mark.dali          # (every case decodes with DALI, or checks its arguments)
 
 
 def jpg_members(n, size=(12, 12), start=0, channels=3):

@@ -207,6 +207,7 @@ def test_float64_images_are_processed_in_float64(backend):
     assert torch.equal(mixed, x)
 
 
+@pytest.mark.dali                       # (compares DALI with the other backends)
 @pytest.mark.parametrize("value,level", [(0.5, 128), (0.999, 255), (0.2, 51)])
 def test_erasing_fills_the_same_level_on_every_backend(value, level):
     x = torch.full((2, 3, 16, 16), 7, dtype=torch.uint8)

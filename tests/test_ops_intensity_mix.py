@@ -33,6 +33,7 @@ def test_noise_empirical_std_and_row_independence(backend, device, std):
     assert abs(d.mean().item()) < std / 20
 
 
+@pytest.mark.dali                       # (compares DALI with the other backends)
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_noise_is_the_same_field_on_both_backends(device, dtype):
@@ -345,6 +346,7 @@ def test_uint8_blend_kernels_match_the_mixup_formula(impl):
     assert torch.equal(out[3], x[3])
 
 
+@pytest.mark.dali                       # (compares DALI with the other backends)
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 @pytest.mark.parametrize("chain", ["noise-then-contrast", "contrast-then-noise", "noise-then-rotate"])
 def test_backends_agree_on_chains_because_each_intensity_op_clips(dtype, chain):
