@@ -84,8 +84,15 @@ def merged_cells(path: str, device_name: str) -> list[dict]:
     said to be, since rates move between machines."""
     import json
 
-    with open(path) as f:
-        first = json.load(f)
+    try:
+        with open(path) as f:
+            first = json.load(f)
+    except OSError as e:
+        raise SystemExit(f"--merge {path}: cannot be read ({type(e).__name__}: {e})")
+    except ValueError as e:
+        raise SystemExit(f"--merge {path}: not a gpu_check.json (not JSON: {e})")
+    if not isinstance(first, dict) or not isinstance(first.get("cells", []), list):
+        raise SystemExit(f"--merge {path}: not a gpu_check.json (no object with a list of cells)")
     if first.get("device_name") != device_name:
         raise SystemExit(f"--merge {path}: measured on {first.get('device_name')!r}, not this {device_name!r}")
     if first.get("host") != host_id():

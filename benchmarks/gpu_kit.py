@@ -232,7 +232,10 @@ def assemble(parts_dir: str, site: str) -> int:
         return 0
     have = _have(parts_dir, manifest)
     if len(have) < len(manifest["parts"]):
-        print(f"dali: {len(have)}/{len(manifest['parts'])} parts, not unpacked")
+        bad = [p["file"] for p in manifest["parts"]
+               if p["file"] not in have and os.path.exists(os.path.join(parts_dir, p["file"]))]
+        print(f"dali: {len(have)}/{len(manifest['parts'])} parts, not unpacked"
+              + (f"; damaged (size or sha256 not the manifest's): {', '.join(bad)}" if bad else ""))
         return 3
     paths = [os.path.join(parts_dir, p["file"]) for p in manifest["parts"]]
     h, chain = hashlib.sha256(), _Chain(paths)

@@ -1,4 +1,3 @@
-import importlib
 import os
 import sys
 
@@ -39,11 +38,10 @@ def _on_dali(item) -> bool:
 
 
 def _dali_missing() -> str | None:
-    try:
-        importlib.import_module("nvidia.dali")
-    except Exception as e:      # (ImportError, or a broken install's OSError)
-        return f"nvidia.dali does not import ({type(e).__name__}: {e}); it is the [dali] extra"
-    return None
+    from streamaug.benchmarks.gpu_check import dali_missing     # (the GPU check's own test of it)
+
+    why = dali_missing()
+    return f"{why}; it is the [dali] extra" if why else None
 
 
 def pytest_collection_modifyitems(config, items):

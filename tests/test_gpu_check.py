@@ -95,10 +95,18 @@ def test_the_json_is_written_after_each_cell(tmp_path, fake_cells, monkeypatch):
     assert seen == list(range(len(seen))) and len(seen) > 2
 
 
-def test_a_merge_from_another_device_is_refused(tmp_path, fake_cells):
+def test_a_merge_from_another_device_or_of_no_check_is_refused_by_name(tmp_path, fake_cells):
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"device_name": "NVIDIA H100 80GB HBM3", "cells": []}))
     with pytest.raises(SystemExit, match="measured on 'NVIDIA H100 80GB HBM3'"):
+        check(tmp_path, "--merge", str(other))
+    with pytest.raises(SystemExit, match="--merge .*missing.json: cannot be read"):
+        check(tmp_path, "--merge", str(tmp_path / "missing.json"))
+    other.write_text("{not json")
+    with pytest.raises(SystemExit, match="--merge .*other.json: not a gpu_check.json"):
+        check(tmp_path, "--merge", str(other))
+    other.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="--merge .*other.json: not a gpu_check.json"):
         check(tmp_path, "--merge", str(other))
 
 
@@ -132,4 +140,4 @@ def test_without_dali_installed_its_cases_skip_by_name(tmp_path):
                           os.path.join("tests", "test_ops_contract.py"), "-k", "erasing_fills_the_same_level"],
                          capture_output=True, text=True, timeout=300, cwd=os.path.dirname(HERE), env=env)
     assert run.returncode == 0 and "3 skipped" in run.stdout, run.stdout[-2000:]
-    assert "nvidia.dali does not import (ImportError: hidden by the test)" in run.stdout
+    assert "nvidia.dali does not import: ImportError: hidden by the test; it is the [dali] extra" in run.stdout

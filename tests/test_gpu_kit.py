@@ -75,6 +75,7 @@ def test_parts_fit_one_call_each_and_unpack_only_once_all_are_there_and_intact(k
         f.seek(100)
         f.write(bytes([good[100] ^ 1]))
     assert gpu_kit.assemble(parts, site) == 3 and not os.path.exists(os.path.join(site, "fakedali"))
+    assert f"damaged (size or sha256 not the manifest's): {os.path.basename(first)}" in capsys.readouterr().out
     with open(first, "wb") as f:
         f.write(good)
 
