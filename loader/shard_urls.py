@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import os
 import posixpath
+import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import unquote, urlparse
@@ -231,6 +232,21 @@ def resolve_index_entry(entry: str, index_source: str) -> str:
 
 
 def pattern_text(urls: str | Sequence[str]) -> str:
-    """The caller's URLs as one shell-quoted argument for ``streamaug index``."""
-    text = urls if isinstance(urls, (str, os.PathLike)) else "::".join(os.fspath(u) for u in urls)
-    return shlex.quote(os.fspath(text))
+    """The caller's URLs as one shell-quoted argument for ``streamaug index``: a list of
+    numbered shards in order is written as the brace range it is (``train-{000000..000999}.tar``,
+    not a thousand names joined by ``::``)."""
+    if isinstance(urls, (str, os.PathLike)):
+        return shlex.quote(os.fspath(urls))
+    names = [os.fspath(u) for u in urls]
+    return shlex.quote(_brace_range(names) or "::".join(names))
+
+
+def _brace_range(names: list[str]) -> str | None:
+    """``names`` as one brace pattern that expands to exactly them, or None."""
+    parts = [re.fullmatch(r"(.*?)(\d+)(\D*)", n) for n in names]
+    if len(names) < 3 or not all(parts):
+        return None
+    first, last = parts[0], parts[-1]
+    pattern = f"{first[1]}{{{first[2]}..{last[2]}}}{first[3]}"
+    expanded = [u for part in pattern.split("::") for u in braceexpand.braceexpand(part)]   # (as expand_urls reads it)
+    return pattern if expanded == names else None

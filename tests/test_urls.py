@@ -104,8 +104,10 @@ def test_a_path_object_is_a_url_and_a_dataset_is_refused_with_what_to_do(corpus)
                   np.array(sorted(str(p) for p in Path("shards").glob("*.tar")))]:               # refused for a while)
         assert keys_of(StreamLoader(given, batch_size=8)) == ALL
     os.remove("shards/index.json")
-    with pytest.warns(UserWarning, match=r"streamaug index (shards/train-00000[0-3]\.tar(::)?){4}`"):
-        StreamLoader(Path("shards").glob("train-*.tar"), batch_size=8)        # (a generator, named in the hint)
+    with pytest.warns(UserWarning, match=r"streamaug index 'shards/train-\{000000\.\.000003\}\.tar'`"):
+        StreamLoader(sorted(Path("shards").glob("train-*.tar")), batch_size=8)   # (a list: named as its range)
+    with pytest.warns(UserWarning, match=r"streamaug index (shards/train-00000[0-3]\.tar(::)?){3}`"):
+        StreamLoader(Path(f"shards/train-00000{i}.tar") for i in (3, 0, 1))        # (a generator, out of order)
     for wrong, name in [(torch.utils.data.TensorDataset(torch.zeros(3)), "TensorDataset"),
                         (wds.WebDataset("shards/train-000000.tar", shardshuffle=False), "WebDataset"),
                         (["shards", 3], "int"), (None, "NoneType"), (b"shards", "bytes")]:   # (the last two: a
@@ -250,3 +252,20 @@ def test_build_index_over_http_and_a_hostile_http_index(http_root, corpus):
     with pytest.raises(ShardIndexError, match=r"shards\[0\]\.url is refused: a 'pipe' URL"):
         StreamLoader(pattern, batch_size=8)
     assert not (corpus / "marker").exists()
+
+
+def test_the_index_command_names_a_list_of_numbered_shards_by_its_range():
+    """Perf red team (s42): with 100 shards passed as a list, the no-index warning's command
+    listed all 100 joined by ``::``. A list that a brace range expands to exactly is named by
+    it; any other list is still named in full, so the command indexes exactly those shards."""
+    import shlex
+
+    from streamaug.loader.shard_urls import pattern_text
+
+    names = [f"shards/train-{i:06d}.tar" for i in range(100)]
+    assert pattern_text(names) == "'shards/train-{000000..000099}.tar'"
+    assert pattern_text(names[3:6]) == "'shards/train-{000003..000005}.tar'"
+    assert pattern_text(names[::-1]) == "'shards/train-{000099..000000}.tar'"     # (braceexpand counts down)
+    for other in (names[::2], names[:2], names[:50] + names[51:], ["a-1.tar", "b-2.tar", "a-3.tar"],
+                  ["d-{a,b}-1.tar", "d-{a,b}-2.tar", "d-{a,b}-3.tar"]):       # (names a brace range would expand)
+        assert shlex.split(pattern_text(other)) == ["::".join(other)], other
