@@ -1,7 +1,8 @@
 """Shards for benchmarks, generated here so nothing is downloaded.
 
 * ``photo_crops``: 224×224 RGB crops of scikit-learn's two bundled photos
-  (random position, scale and flip), stored as JPEG.
+  (random position, scale and flip), stored as JPEG (``jpg224``); ``jpg512`` is the same at
+  512×512 (crops up-scaled: the photos are 427×640), for the large-image regime.
 * ``tiny_images``: 32×32 RGB images (down-scaled crops), stored as ``.npy``.
 
 Labels are imbalanced: class ``c`` of ``num_classes`` has weight ``ratio**c``
@@ -16,6 +17,9 @@ from PIL import Image
 
 from streamaug.loader import ShardIndex, write_shards
 from streamaug.loader.shard_index import INDEX_NAME
+
+
+KINDS = ("npy32", "jpg224", "jpg512")
 
 
 def imbalanced_labels(n: int, num_classes: int = 10, ratio: float = 0.7, seed: int = 0) -> np.ndarray:
@@ -40,16 +44,13 @@ def photo_crops(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
 
 def make_bench_shards(out: str, kind: str, n: int, num_classes: int = 10, seed: int = 0,
                       maxcount: int = 500) -> ShardIndex:
-    """Write (or reuse) ``n`` samples of ``kind`` in ``{"jpg224", "npy32"}`` under ``out``."""
+    """Write (or reuse) ``n`` samples of ``kind`` in :data:`KINDS` under ``out``."""
     path = os.path.join(out, f"{kind}-{n}")
     if os.path.exists(os.path.join(path, INDEX_NAME)):
         return ShardIndex.load(os.path.join(path, INDEX_NAME))
     labels = imbalanced_labels(n, num_classes, seed=seed)
-    if kind == "jpg224":
-        images, fmt = photo_crops(n, 224, seed), "jpg"
-    elif kind == "npy32":
-        images, fmt = photo_crops(n, 32, seed), "npy"
-    else:
-        raise ValueError(f"kind must be 'jpg224' or 'npy32', got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    images, fmt = photo_crops(n, int(kind[3:]), seed), kind[:3]
     return write_shards((images, labels), path, image_format=fmt, maxcount=maxcount,
                         num_classes=num_classes, jpeg_quality=90, progress=False)

@@ -20,7 +20,7 @@ def headline(results) -> dict:
     """The ratios the targets are stated in, per dataset: each the median of its values paired
     by round (``bench_rounds``), which ``*_rounds`` lists."""
     out = {}
-    for data in ("npy32", "jpg224"):
+    for data in dict.fromkeys(r["data"] for r in _rows(results, "pipelines")):
         rows = {r["pipeline"]: r for r in _rows(results, "pipelines") if r["data"] == data}
         ours = [r for p, r in rows.items() if p.startswith("streamaug") and "+smote" not in p]
         peers = [rows[p] for p in PEERS if p in rows]
@@ -101,16 +101,17 @@ def plots(results, out: str) -> list[str]:
 
     paths = []
     pipe = _rows(results, "pipelines")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=100)
-    for ax, data in zip(axes[:2], ("npy32", "jpg224")):
+    kinds = list(dict.fromkeys(r["data"] for r in pipe)) or ["npy32"]
+    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(5 * len(kinds) + 5, 4), dpi=100)
+    for ax, data in zip(axes[:-1], kinds):
         rows = [r for r in pipe if r["data"] == data]
         ax.barh([r["pipeline"] for r in rows], [r["samples_per_s"] for r in rows],
                 color=["tab:green" if r["pipeline"].startswith("streamaug") else "tab:gray" for r in rows])
         ax.set_title(f"{data}: samples/s (higher is better)")
     rows = [r for r in pipe if r.get("feed_ratio") is not None]
-    axes[2].barh([f"{r['data']} {r['pipeline']}" for r in rows], [r["feed_ratio"] for r in rows])
-    axes[2].axvline(1.0, color="k", lw=0.8)
-    axes[2].set_title("feed ratio (1.0 = loader is free)")
+    axes[-1].barh([f"{r['data']} {r['pipeline']}" for r in rows], [r["feed_ratio"] for r in rows])
+    axes[-1].axvline(1.0, color="k", lw=0.8)
+    axes[-1].set_title("feed ratio (1.0 = loader is free)")
     fig.tight_layout()
     paths.append(os.path.join(out, "throughput.png"))
     fig.savefig(paths[-1])

@@ -38,7 +38,7 @@ import time
 
 import torch
 
-from streamaug.benchmarks.bench_data import make_bench_shards
+from streamaug.benchmarks.bench_data import KINDS, make_bench_shards
 from streamaug.benchmarks.bench_pipelines import MAIN_SIDE, PIPELINES, build
 from streamaug.benchmarks.bench_rounds import interleaved, merge_rounds
 from streamaug.benchmarks.busy_workers import busy_workers, load_average
@@ -48,9 +48,9 @@ from streamaug.benchmarks.process_tree import tree_cpu_seconds, tree_peak_rss_mi
 from streamaug.loader import ShardIndex
 from streamaug.loader.shard_index import INDEX_NAME, ShardInfo
 
-SIZES = {"full": {"npy32": 20000, "jpg224": 2000, "repeats": 3, "rounds": 3, "round_repeats": 1,
+SIZES = {"full": {"npy32": 20000, "jpg224": 2000, "jpg512": 400, "repeats": 3, "rounds": 3, "round_repeats": 1,
                   "scaling": [10_000, 100_000, 1_000_000], "workers": [0, 1, 2], "batches": [64, 256]},
-         "quick": {"npy32": 512, "jpg224": 64, "repeats": 1, "rounds": 1, "round_repeats": 1,
+         "quick": {"npy32": 512, "jpg224": 64, "jpg512": 16, "repeats": 1, "rounds": 1, "round_repeats": 1,
                    "scaling": [1000, 4000], "workers": [0, 2], "batches": [32, 64]}}
 
 
@@ -235,8 +235,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="benchmarks/results/bench")
     p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "streamaug-bench-data"),
                    help="where shards are generated (outside the repository)")
-    p.add_argument("--kinds", nargs="+", default=["npy32", "jpg224"], choices=["npy32", "jpg224"],
-                   help="the data of the pipelines section, run in this order (default: both)")
+    p.add_argument("--kinds", nargs="+", default=["npy32", "jpg224"], choices=KINDS,
+                   help="the data of the pipelines section, run in this order (default: npy32 jpg224; "
+                        "jpg512, on request, is the large-image regime)")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
                    help="run only these; the others are kept from an existing OUT/bench.json")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -247,7 +248,7 @@ def main(argv=None) -> int:
     p.add_argument("--busy", type=int, default=1,
                    help="busy workers for each pipeline's contention figure (0: skip it)")
     p.add_argument("--timeout", type=float, default=1800)
-    p.add_argument("--feed-kinds", nargs="*", default=["npy32", "jpg224"], choices=["npy32", "jpg224"],
+    p.add_argument("--feed-kinds", nargs="*", default=["npy32", "jpg224"], choices=KINDS,
                    help="the data whose pipeline cells also measure the feed ratio (default: both). On a "
                         "2-core CPU the small CNN trains at ~35 samples/s at 224², so there it times the "
                         "model, not the loader, and takes most of the run")
@@ -267,7 +268,7 @@ def main(argv=None) -> int:
     plan = SIZES["quick" if args.quick else "full"]
     workers = args.workers if args.workers is not None else len(os.sched_getaffinity(0))
     data = args.data
-    indexes = {kind: make_bench_shards(data, kind, plan[kind]) for kind in ("npy32", "jpg224")}
+    indexes = {kind: make_bench_shards(data, kind, plan[kind]) for kind in dict.fromkeys(["npy32", *args.kinds])}
     repeats = args.repeats if args.repeats is not None else plan["repeats"]
     rounds = args.rounds if args.rounds is not None else plan["rounds"]
     base = {"device": args.device, "repeats": repeats, "batch": args.batch, "workers": workers,

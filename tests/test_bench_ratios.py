@@ -3,6 +3,7 @@ the busy processes of the contention figure, and the demo table's marks, each ag
 hand-made inputs (the honesty audit of s34 changed each and no test noticed)."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -33,6 +34,19 @@ def test_headline_compares_the_fastest_streamaug_with_the_fastest_peer():
     assert entry["smote_pipeline"] == "streamaug-opencv+smote"
     assert entry["smote_throughput_cost"] == pytest.approx(-0.25)
     assert "jpg224" not in bench_report.headline(results), "no cells, no ratio"
+
+
+def test_headline_has_a_ratio_for_each_kind_of_data_run_in_its_order(tmp_path):
+    """The large-image kind (``--kinds jpg512``) gets its ratio and its plot like the others."""
+    from streamaug.benchmarks.bench_data import KINDS
+
+    results = [row("jpg512", "streamaug-kornia", 80.0), row("jpg512", "dataloader-albumentations", 100.0),
+               row("npy32", "streamaug-opencv", 900.0), row("npy32", "dali-only", 300.0)]
+    head = bench_report.headline(results)
+    assert list(head) == ["jpg512", "npy32"]
+    assert head["jpg512"]["best_vs_best_peer"] == pytest.approx(0.8) and head["npy32"]["best_vs_best_peer"] == 3.0
+    assert "jpg512" in KINDS
+    assert [os.path.basename(p) for p in bench_report.plots(results, str(tmp_path))] == ["throughput.png"]
 
 
 def test_a_cell_reports_fed_over_resident_and_times_its_busy_passes_under_the_asked_load(monkeypatch, tmp_path):
