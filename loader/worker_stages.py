@@ -145,7 +145,7 @@ class WorkerStages:
     counts: LoaderStats = field(default_factory=LoaderStats)   # the balancer's, shipped with each batch
 
     def __call__(self, batches: Iterator[BatchInFlight], epoch: int, plan: EpochPlan | None) -> Iterator[BatchInFlight]:
-        uses_opencv = getattr(self.augment, "backend", None) == "opencv" or self.mixup is not None \
+        uses_opencv = getattr(self.augment, "backend", None) in ("opencv", "auto") or self.mixup is not None \
             or self.balance is not None                  # the OpenCV backend; uint8 MixUp and SMOTE rows
         if uses_opencv and "cv2" not in sys.modules:     # imported before the thread scope, so the
             opencv_blend()                               # scope limits its pool (where OpenCV imports)

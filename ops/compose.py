@@ -26,21 +26,25 @@ import torch
 from streamaug.core.seeding import derive_seed
 from streamaug.core.transfer import to_device
 
+from .backends import opencv_installed
 from .base import GeometricOp, IntensityOp, Op, Params, check_images, checked_params
 from .geometric.affine_matrix import fuse_affine
 
-BACKENDS = ("kornia", "dali", "opencv")
+BACKENDS = ("auto", "kornia", "dali", "opencv")
 
 
 class Compose:
-    """Apply ``ops`` in order on ``backend`` ("kornia", "dali" or "opencv").
+    """Apply ``ops`` in order on ``backend`` ("auto", "kornia", "dali" or "opencv").
 
     Args:
         ops: geometric and intensity ops (mix ops go to the loader's ``mixup=``).
-        backend: ``"kornia"`` (torch tensors on any device), ``"dali"`` (a DALI
-            pipeline, on the GPU when the images are there, else on the CPU) or
-            ``"opencv"`` (CPU tensors: uint8 warps by ``cv2.warpAffine``, then the
-            intensity ops in torch).
+        backend: ``"auto"`` (the default: OpenCV for CPU tensors when OpenCV is installed,
+            Kornia otherwise, chosen on each call by where the images are), ``"kornia"``
+            (torch tensors on any device), ``"dali"`` (a DALI pipeline, on the GPU when the
+            images are there, else on the CPU) or ``"opencv"`` (CPU tensors: uint8 warps by
+            ``cv2.warpAffine``, then the intensity ops in torch). On a 2-core CPU, end to end,
+            OpenCV ran at 2.4× Kornia's rate at 224² and at 512², in less memory
+            (``docs/augmentation.md``, "Which backend"); the two agree within 1/255.
         seed: seeds every op that has no seed of its own; ``None`` lets the loader seed it. In
             a loader every op is reseeded per batch (:meth:`manual_seed`); an op's own seed is
             mixed into its stream there, so its draws depend on (its seed, epoch, rank, batch),
@@ -48,7 +52,7 @@ class Compose:
         dali_threads: CPU threads for the DALI pipeline.
     """
 
-    def __init__(self, ops: Sequence, backend: str = "kornia", seed: int | None = None, dali_threads: int = 2):
+    def __init__(self, ops: Sequence, backend: str = "auto", seed: int | None = None, dali_threads: int = 2):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if isinstance(dali_threads, bool) or not isinstance(dali_threads, numbers.Integral) or dali_threads < 1:
@@ -59,14 +63,14 @@ class Compose:
                 raise TypeError(f"Compose takes geometric and intensity ops, got {op!r}"
                                 + (" (pass mix ops as the loader's mixup=)" if getattr(op, "kind", "") == "mix" else ""))
         for op in ops:
-            missing = op.missing_for(backend)
+            missing = op.missing_for("kornia" if backend == "auto" else backend)   # (opencv needs what kornia does)
             if missing:
                 raise TypeError(f"{type(op).__name__} has no {missing}, which backend={backend!r} runs; write it"
                                 + (", or use another backend" if missing != "_matrices" else ""))
         self.ops, self.backend, self.seed = ops, backend, seed
         self.stages = self._stages(ops)
         self.last_params: list[Params] | None = None
-        self._runner = None
+        self._runners: dict = {}
         self.dali_threads = int(dali_threads)
         if seed is not None:
             self._seed_ops(seed, own_too=False)
@@ -136,27 +140,33 @@ class Compose:
         untouched = ~np.logical_or.reduce([np.asarray(p["apply"], dtype=bool) for p in params])
         if untouched.all():
             return images
-        out = self._backend_runner()(self, images, params)
+        out = self._backend_runner(self.backend_for(images))(self, images, params)
         if untouched.any():                 # rows no op applied to are returned as they came, bit for bit
             idx = to_device(torch.from_numpy(np.flatnonzero(untouched)), images.device)
             out[idx] = images[idx]
         return out
 
-    def _backend_runner(self):
-        if self._runner is None:
-            if self.backend == "kornia":
+    def backend_for(self, images: torch.Tensor) -> str:
+        """The backend a call on ``images`` runs: ``backend`` itself unless it is ``"auto"``."""
+        if self.backend != "auto":
+            return self.backend
+        return "opencv" if images.device.type == "cpu" and opencv_installed() else "kornia"
+
+    def _backend_runner(self, backend: str):
+        if backend not in self._runners:
+            if backend == "kornia":
                 from .backends.kornia_backend import run_kornia
-                self._runner = run_kornia
-            elif self.backend == "opencv":
+                self._runners[backend] = run_kornia
+            elif backend == "opencv":
                 try:
                     from .backends.opencv_backend import OpenCVRunner
                 except ImportError as e:
                     raise ImportError(f"backend='opencv' needs OpenCV ({e}): pip install 'streamaug[opencv]'") from e
-                self._runner = OpenCVRunner()
+                self._runners[backend] = OpenCVRunner()
             else:
                 from .backends.dali_backend import DaliRunner
-                self._runner = DaliRunner(num_threads=self.dali_threads)
-        return self._runner
+                self._runners[backend] = DaliRunner(num_threads=self.dali_threads)
+        return self._runners[backend]
 
     def state_dict(self) -> dict:
         return {"ops": [op.state_dict() for op in self.ops], "op_types": [type(op).__name__ for op in self.ops]}
@@ -175,7 +185,7 @@ class Compose:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_runner"] = None            # DALI pipelines are rebuilt where they are used
+        state["_runners"] = {}             # DALI pipelines are rebuilt where they are used
         return state
 
     def __repr__(self) -> str:

@@ -9,7 +9,7 @@ from .geometric.translate import Translate
 from .intensity.gaussian_noise import GaussianNoise
 
 
-def default_augment(backend: str = "kornia", flip: bool = False, seed: int | None = None) -> Compose:
+def default_augment(backend: str = "auto", flip: bool = False, seed: int | None = None) -> Compose:
     """Rotate ±15°, shear (10°, 5°), translate ±8%, Gaussian noise σ=0.03; ``flip`` adds a
     horizontal flip first (leave it out where a mirror image is another class, as with digits)."""
     ops = [Flip(p=0.5)] if flip else []

@@ -94,6 +94,31 @@ def test_opencv_backend_refuses_images_off_the_cpu():
         aug(torch.zeros(2, 3, 8, 8, dtype=torch.uint8, device="meta"))
 
 
+def test_the_default_backend_runs_cpu_batches_on_opencv_and_the_rest_on_kornia(monkeypatch):
+    """Perf red team (s42): the default was Kornia, 0.42x OpenCV's rate end to end at 224² and
+    512² on the CPU (benchmarks/results/cpu-rounds-amd, cpu-jpg512), so the README's example ran
+    slower than DataLoader + albumentations. ``"auto"`` takes OpenCV for CPU tensors where it
+    imports, Kornia elsewhere, each bit for bit what that backend gives."""
+    import pickle
+
+    import streamaug.ops.compose as compose_module
+
+    ops = lambda: [Flip(p=0.5), Rotate(30), Shear(x=15, y=15), GaussianNoise(0.05)]      # noqa: E731
+    x = images(n=8)
+    auto = Compose(ops(), seed=3)
+    assert auto.backend == "auto" and auto.backend_for(x) == "opencv"
+    assert auto.backend_for(torch.zeros(1, 3, 8, 8, device="meta")) == "kornia"
+    y = auto(x)
+    for backend in ("opencv", "kornia"):
+        assert Compose(ops(), backend=backend).backend_for(x) == backend
+    assert torch.equal(Compose(ops(), backend="opencv")(x, params=auto.last_params), y)
+    assert not torch.equal(Compose(ops(), backend="kornia")(x, params=auto.last_params), y)   # (so the above tells)
+    assert torch.equal(pickle.loads(pickle.dumps(auto))(x, params=auto.last_params), y)
+    monkeypatch.setattr(compose_module, "opencv_installed", lambda: False)     # no OpenCV: Kornia's numbers
+    assert auto.backend_for(x) == "kornia"
+    assert torch.equal(auto(x, params=auto.last_params), Compose(ops(), backend="kornia")(x, params=auto.last_params))
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda: GaussianNoise(-0.1), "std must be >= 0, got -0.1"),
     (lambda: GaussianNoise((0.2, 0.1)), "low <= high"),
