@@ -57,10 +57,10 @@ class SampleDecoder:
         return self.sizes.expected
 
     def decoding(self) -> "SampleDecoder":
-        """The same decoder, but one that always decodes and checks each image's size against
-        the same rule (for rows read outside the stream)."""
+        """The same decoder, but one that always decodes, sharing the size rule (for rows read
+        outside the stream, whose reader checks each image's size against it, in order)."""
         other = SampleDecoder(self.num_classes, self.resize, self.expect_shape, label_key=self.label_key,
-                              channels=self.channels, limits=self.limits, check_each=True, class_ids=self.class_ids,
+                              channels=self.channels, limits=self.limits, class_ids=self.class_ids,
                               jpeg_draft=self.jpeg_draft)
         other.sizes = self.sizes
         return other

@@ -7,7 +7,10 @@ bound balancer may read, and nothing more of the loader.
 """
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -19,6 +22,33 @@ from .errors import ErrorHandler, LoaderStats, StreamError
 from .sample_decoder import SampleDecoder
 from .shard_index import ShardIndex
 from .tar_reader import read_segment, whole_shard
+
+
+def decode_threads() -> int:
+    """Threads a row source decodes on: the cores this process may use, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def decoded_in_order(items: Iterator, decode: Callable, threads: int) -> Iterator[tuple]:
+    """``(item, decode(item))`` for each of ``items``, in their order, ``decode`` running on
+    ``threads`` threads, at most ``4 * threads`` items ahead of the one handed on."""
+    if threads <= 1:
+        yield from ((item, decode(item)) for item in items)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="streamaug row decode") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append((item, pool.submit(decode, item)))
+                if len(pending) >= 4 * threads:
+                    item, future = pending.popleft()
+                    yield item, future.result()
+            while pending:
+                item, future = pending.popleft()
+                yield item, future.result()
+        finally:                       # left early (an error, or the caller stopped): drop what is queued
+            for _, future in pending:
+                future.cancel()
 
 
 class ShardRowSource:
@@ -50,17 +80,29 @@ class ShardRowSource:
             if wanted(label):
                 yield url, raw["__key__"], label
 
+    def _decode(self, raw: dict) -> torch.Tensor | StreamError:
+        try:
+            image = self.decoder(raw)["image"]
+        except StreamError as e:
+            return e
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device)
+
     def _rows(self, urls: Iterable[str], keep: Callable[[str, str, int], bool],
               handle: ErrorHandler) -> Iterator[Row]:
-        for url, raw, label in self._labelled(urls, handle):
-            if not keep(url, raw["__key__"], label):
-                continue
+        """The kept samples, decoded on :func:`decode_threads` threads (PIL lets go of the GIL) while
+        this thread reads on, and handed on in order, each image's size checked here in that order:
+        the rows, and what is skipped, are those of a decode on one thread."""
+        kept = ((url, raw, label) for url, raw, label in self._labelled(urls, handle)
+                if keep(url, raw["__key__"], label))
+        for (url, raw, label), row in decoded_in_order(kept, lambda item: self._decode(item[1]), decode_threads()):
             try:
-                image = self.decoder(raw)["image"]
+                if isinstance(row, StreamError):
+                    raise row
+                self.decoder.sizes.check(row.shape[1:] + row.shape[:1], url, raw["__key__"])
             except StreamError as e:
                 handle(e)
                 continue
-            yield url, raw["__key__"], label, torch.from_numpy(np.array(image)).permute(2, 0, 1).to(self.device)
+            yield url, raw["__key__"], label, row
 
     def scan(self, wanted: Callable[[int], bool]) -> Iterator[Row]:
         """Samples in index order whose label satisfies ``wanted(label)``; bad samples are passed over."""

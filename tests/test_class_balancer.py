@@ -678,3 +678,56 @@ def test_two_shards_of_one_name_in_two_folders_are_subsampled_independently(tmp_
     from_a = sorted(k for u, k in kept if "/a/" in u)
     from_b = sorted(k for u, k in kept if "/b/" in u)
     assert len(kept) == 10 and from_a != from_b
+
+
+def test_the_reservoir_fill_decodes_on_threads_with_the_rows_and_skips_of_one_thread(tmp_path, monkeypatch):
+    """The fill decodes on several threads (perf red team s42: 7-9 s before the first batch at
+    1,000 classes, 224², decoded one by one). The rows, their order, and what is skipped (an
+    undecodable sample, an image of another size) are those of one thread."""
+    import streamaug.loader.sample_lookup as sample_lookup
+    from shard_factory import good_members, npy_bytes, write_custom
+
+    members = good_members(60)
+    for i in range(60):
+        members[2 * i + 1] = (f"s_{i:05d}.cls", b"1" if i % 3 == 1 else b"0")
+    members[2 * 4] = ("s_00004.npy", b"not an npy")                          # class 1
+    members[2 * 7] = ("s_00007.npy", npy_bytes(np.zeros((6, 6, 3), np.uint8)))   # class 1, another size
+    index = write_custom(str(tmp_path), {"a.tar": members}, {"a.tar": [40, 20]})
+    filled = []
+    for threads in (1, 3):
+        monkeypatch.setattr(sample_lookup, "decode_threads", lambda: threads)
+        balancer = ClassBalancer("auto", SMOTE(k_neighbors=2))
+        with StreamLoader(index.urls, batch_size=6, shuffle=0, on_error="skip", device="cpu", index=index,
+                          balance=balancer) as loader:
+            next(iter(loader))
+            filled.append((balancer.reservoir_.members(1).clone(), list(balancer.reservoir_.entries[1]),
+                           dict(loader.stats.skipped)))
+    assert torch.equal(filled[0][0], filled[1][0]) and filled[0][1:] == filled[1][1:]
+    assert len(filled[0][1]) == 18 and filled[0][2]["reservoir_unreadable"] == 2, filled[0][2]
+
+
+def test_rows_decoded_on_threads_come_in_their_order_and_a_bounded_way_ahead():
+    import threading
+    import time
+
+    from streamaug.loader.sample_lookup import decoded_in_order
+
+    started, lock = [], threading.Lock()
+
+    def decode(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.002 * (7 - i % 7))          # later items often finish first
+        return i * i
+
+    out = []
+    for item, value in decoded_in_order(iter(range(60)), decode, threads=3):
+        with lock:
+            assert max(started) < item + 4 * 3 + 1, (item, max(started))   # at most 12 ahead
+        out.append((item, value))
+    assert out == [(i, i * i) for i in range(60)]
+    started.clear()
+    it = decoded_in_order(iter(range(60)), decode, threads=3)
+    next(it)
+    it.close()                                    # left early: what is queued is dropped, no thread hangs
+    assert len(started) < 60
