@@ -56,7 +56,7 @@ def init_worker(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     parent = multiprocessing.parent_process()
     if parent is not None:
-        threading.Thread(target=_leave_when_orphaned, args=(parent.sentinel, os.getppid()),
+        threading.Thread(target=_leave_when_orphaned, args=(_exit_signals(parent), os.getppid()),
                          name="streamaug parent watch", daemon=True).start()
     if getattr(multiprocessing.current_process(), "_start_method", None) == "spawn":
         sys.exit = functools.partial(_exit_without_finalizing, sys.exit)
@@ -80,7 +80,20 @@ def _exit_without_finalizing(exit_, code=None) -> None:
     exit_now(1 if code is not None and not isinstance(code, int) else code or 0)
 
 
-def _leave_when_orphaned(parent_sentinel: int, parent_pid: int) -> None:
+def _exit_signals(parent) -> list[int]:
+    """What becomes readable when the process that started this worker is gone: a pidfd on it
+    (Linux 5.3+), and multiprocessing's sentinel pipe from it. The sentinel alone is not enough:
+    a fork-started child of that process (an ``os.fork()``, a ``multiprocessing`` helper)
+    inherits the pipe's write end and keeps it open after the parent dies."""
+    fds = [parent.sentinel]
+    try:
+        fds.append(os.pidfd_open(parent.pid))
+    except (AttributeError, OSError):                # (not Linux, an old kernel, or already gone)
+        pass
+    return fds
+
+
+def _leave_when_orphaned(exit_signals: list[int], parent_pid: int) -> None:
     """A worker's watch on the process that started it: when that process is gone (a SIGKILL,
     the OOM killer, a SIGTERM with no handler), the worker's commands are killed and it leaves
     at once. Nothing it holds is wanted any more.
@@ -94,10 +107,10 @@ def _leave_when_orphaned(parent_sentinel: int, parent_pid: int) -> None:
     256. And a worker started by a forkserver has the forkserver as its parent, which outlives
     the training process, so torch's watch never fired: those workers stayed whatever they held.
 
-    ``parent_sentinel`` (multiprocessing's pipe from the starting process, at end of file when it
-    is gone) ends the wait at once; ``parent_pid`` is checked every 5 s as well, for a fork-started
-    worker whose sentinel a sibling forked after it also holds."""
-    while not multiprocessing.connection.wait([parent_sentinel], timeout=5.0) and os.getppid() == parent_pid:
+    ``exit_signals`` (:func:`_exit_signals`) end the wait at once; the parent's pid is checked
+    every 5 s as well, where neither can tell (no pidfd, and a sibling forked after this worker
+    holds the sentinel too)."""
+    while not multiprocessing.connection.wait(exit_signals, timeout=5.0) and os.getppid() == parent_pid:
         pass
     kill_live_commands()
     exit_now(0)

@@ -420,8 +420,15 @@ while len(commands) < {commands} and time.monotonic() < deadline:    # (a worker
     commands = [int(c) for w in workers for t in os.listdir(f"/proc/{{w}}/task")      # each thread's children
                 for c in open(f"/proc/{{w}}/task/{{t}}/children").read().split()]
     time.sleep(0.1)
+side = []
+if {side_child}:                    # a fork-started helper (a checkpoint uploader, say) that lives on:
+    import multiprocessing          # it holds copies of the workers' sentinel pipes
+    helper = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+    helper.start()
+    side = [helper.pid]
 print(*workers, flush=True)
 print(*commands, flush=True)
+print(*side, flush=True)
 os.kill(os.getpid(), signal.{signal})
 """
 
@@ -435,17 +442,20 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
-@pytest.mark.parametrize("method, signal, stalled_pipe", [
-    ("fork", "SIGKILL", False), ("fork", "SIGTERM", False), ("spawn", "SIGKILL", False),
-    ("forkserver", "SIGKILL", False), ("fork", "SIGKILL", True)])
-def test_workers_of_a_killed_process_exit(method, signal, stalled_pipe):
+@pytest.mark.parametrize("method, signal, stalled_pipe, side_child", [
+    ("fork", "SIGKILL", False, False), ("fork", "SIGTERM", False, False), ("spawn", "SIGKILL", False, False),
+    ("forkserver", "SIGKILL", False, False), ("fork", "SIGKILL", True, False), ("forkserver", "SIGKILL", False, True),
+    ("fork", "SIGKILL", False, True)])
+def test_workers_of_a_killed_process_exit(method, signal, stalled_pipe, side_child):
     """Perf red team (s42): when the training process was killed, a reading worker often stayed
     alive for good (5 of 9 SIGKILLs at 1,000 classes), holding 411 MiB and the stdout pipe it
     inherited, so ``train.py | tee log`` never ended. Its exit joined the result queue's feeder
     thread, blocked writing a batch into the full pipe nobody reads; here each batch's keys alone
     (1,000 keys of 86 characters) exceed the 64 KiB pipe. Forkserver-started workers (torch's too)
     never noticed at all: their parent is the forkserver. The workers now leave, and kill the
-    ``pipe:`` commands they started (one that stalls, with ``stalled_pipe``)."""
+    ``pipe:`` commands they started (one that stalls, with ``stalled_pipe``). Red team s43: a
+    fork-started child of the training process (``side_child``) kept the sentinel pipes open, and
+    forkserver workers stayed; the workers now also watch a pidfd on it."""
     import signal as signals
     import subprocess
     import sys
@@ -460,10 +470,12 @@ def test_workers_of_a_killed_process_exit(method, signal, stalled_pipe):
     for name in "abcd":
         write_tar(f"{name}3.tar", members)
     urls = ["a3.tar", "pipe:cat b3.tar; exec sleep 120", "c3.tar"] if stalled_pipe else [f"{n}3.tar" for n in "abcd"]
-    script = ORPHANED.format(urls=urls, method=method, signal=signal, commands=int(stalled_pipe))
+    script = ORPHANED.format(urls=urls, method=method, signal=signal, commands=int(stalled_pipe),
+                             side_child=side_child)
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     pids = [int(p) for p in child.stdout.readline().split()]
     commands = [int(p) for p in child.stdout.readline().split()]
+    side = [int(p) for p in child.stdout.readline().split()]
     child.wait(60)
     assert len(pids) == 2 and len(commands) == stalled_pipe, (pids, commands)
     watched = pids + commands
@@ -471,6 +483,6 @@ def test_workers_of_a_killed_process_exit(method, signal, stalled_pipe):
     while any(map(_alive, watched)) and time.monotonic() < deadline:
         time.sleep(0.2)
     left = [p for p in watched if _alive(p)]
-    for p in left:
+    for p in left + [p for p in side if _alive(p)]:
         os.kill(p, signals.SIGKILL)
     assert not left, f"workers or commands {left} of {watched} outlived their killed parent by 20 s"
