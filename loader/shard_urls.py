@@ -248,5 +248,8 @@ def _brace_range(names: list[str]) -> str | None:
         return None
     first, last = parts[0], parts[-1]
     pattern = f"{first[1]}{{{first[2]}..{last[2]}}}{first[3]}"
-    expanded = [u for part in pattern.split("::") for u in braceexpand.braceexpand(part)]   # (as expand_urls reads it)
+    try:
+        expanded = [u for part in pattern.split("::") for u in braceexpand.braceexpand(part)]   # (as expand_urls reads it)
+    except braceexpand.UnbalancedBracesError:           # (red team s43: a backslash before the number)
+        return None
     return pattern if expanded == names else None

@@ -88,6 +88,50 @@ def test_bad_images_named(backend):
         aug(np.zeros((1, 3, 8, 8), np.uint8))
 
 
+def test_the_opencv_backend_is_safe_to_call_from_several_threads_and_warps_half_floats():
+    """Red team s43, once OpenCV became the default on the CPU: two threads calling one Compose
+    shared its float32 workspace and got wrong pixels (17 of 200 calls, no error), and a custom
+    op returning float16 or bfloat16 before a warp made OpenCV raise (Kornia warped them)."""
+    import threading
+
+    from streamaug.ops import IntensityOp
+
+    aug = Compose([BrightnessContrast(p=1.0), Rotate(20)], backend="opencv", seed=0)
+    xs = [images(n=32, h=64, w=64, seed=s) for s in range(2)]
+    params = []
+    for x in xs:
+        aug(x)
+        params.append(aug.last_params)
+    want = [aug(x, params=p) for x, p in zip(xs, params)]
+    wrong = [0, 0]
+
+    def work(i):
+        for _ in range(100):
+            wrong[i] += not torch.equal(aug(xs[i], params=params[i]), want[i])
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == [0, 0]
+
+    class Lower(IntensityOp):
+        def __init__(self, dtype, back: bool):
+            super().__init__(p=1.0)
+            self.dtype, self.back = dtype, back
+
+        def _draw(self, n, height, width):
+            return {}
+
+        def apply_torch(self, x, params):
+            return x.to(self.dtype).to(torch.float32) if self.back else x.to(self.dtype)
+
+    for dtype in (torch.float16, torch.bfloat16):       # warped as the float32 of those values
+        lowered, by_hand = (Compose([Lower(dtype, back), Rotate(20)], backend="opencv", seed=0)(xs[0])
+                            for back in (False, True))
+        assert lowered.dtype == torch.uint8 and torch.equal(lowered, by_hand), dtype
+
+
 def test_opencv_backend_refuses_images_off_the_cpu():
     aug = Compose([Rotate(10)], backend="opencv", seed=0)
     with pytest.raises(ValueError, match="backend='opencv' runs on CPU tensors, got images on meta"):
@@ -114,6 +158,10 @@ def test_the_default_backend_runs_cpu_batches_on_opencv_and_the_rest_on_kornia(m
     assert torch.equal(Compose(ops(), backend="opencv")(x, params=auto.last_params), y)
     assert not torch.equal(Compose(ops(), backend="kornia")(x, params=auto.last_params), y)   # (so the above tells)
     assert torch.equal(pickle.loads(pickle.dumps(auto))(x, params=auto.last_params), y)
+    old = Compose.__new__(Compose)                 # unpickling a Compose pickled before "auto" (red team s43)
+    old.__setstate__({k: v for k, v in Compose(ops(), backend="opencv").__dict__.items() if k != "_runners"}
+                     | {"_runner": None})
+    assert torch.equal(old(x, params=auto.last_params), y)
     monkeypatch.setattr(compose_module, "opencv_installed", lambda: False)     # no OpenCV: Kornia's numbers
     assert auto.backend_for(x) == "kornia"
     assert torch.equal(auto(x, params=auto.last_params), Compose(ops(), backend="kornia")(x, params=auto.last_params))

@@ -267,5 +267,6 @@ def test_the_index_command_names_a_list_of_numbered_shards_by_its_range():
     assert pattern_text(names[3:6]) == "'shards/train-{000003..000005}.tar'"
     assert pattern_text(names[::-1]) == "'shards/train-{000099..000000}.tar'"     # (braceexpand counts down)
     for other in (names[::2], names[:2], names[:50] + names[51:], ["a-1.tar", "b-2.tar", "a-3.tar"],
-                  ["d-{a,b}-1.tar", "d-{a,b}-2.tar", "d-{a,b}-3.tar"]):       # (names a brace range would expand)
+                  ["d-{a,b}-1.tar", "d-{a,b}-2.tar", "d-{a,b}-3.tar"],        # (names a brace range would expand)
+                  ["s\\000000.tar", "s\\000001.tar", "s\\000002.tar"]):   # (a range escaped: it raised)
         assert shlex.split(pattern_text(other)) == ["::".join(other)], other

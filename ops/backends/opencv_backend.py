@@ -21,6 +21,7 @@ warps are resampled in float32, as OpenCV's float64 warp quantizes coordinates).
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import cv2
 import numpy as np
@@ -93,12 +94,14 @@ def _planes(t: torch.Tensor):
 
 
 class OpenCVRunner:
-    """Runs a ``Compose`` on CPU tensors; keeps one float32 workspace between calls,
-    so converting a uint8 batch for the intensity ops does not page in fresh memory
-    every batch. Not for concurrent calls from several threads."""
+    """Runs a ``Compose`` on CPU tensors; keeps a float32 workspace between calls, one per
+    thread, so converting a uint8 batch for the intensity ops does not page in fresh memory
+    every batch, and calls from several threads do not share one (red team s43: two threads
+    calling one ``Compose`` got each other's pixels, 17 of 200 calls, once this backend became
+    the default on the CPU)."""
 
     def __init__(self):
-        self._workspace: torch.Tensor | None = None
+        self._local = threading.local()
 
     @staticmethod
     def uint8_noise(op) -> bool:
@@ -106,9 +109,10 @@ class OpenCVRunner:
         return type(op) is GaussianNoise
 
     def workspace(self, shape: torch.Size) -> torch.Tensor:
-        if self._workspace is None or self._workspace.shape != shape:
-            self._workspace = torch.empty(shape, dtype=torch.float32)
-        return self._workspace
+        buf = getattr(self._local, "workspace", None)
+        if buf is None or buf.shape != shape:
+            buf = self._local.workspace = torch.empty(shape, dtype=torch.float32)
+        return buf
 
     def __call__(self, compose, images: torch.Tensor, params) -> torch.Tensor:
         if images.device.type != "cpu":
@@ -121,6 +125,8 @@ class OpenCVRunner:
         last = len(compose.stages) - 1
         for pos, (kind, indices) in enumerate(compose.stages):
             if kind == "warp":
+                if x.dtype not in (torch.uint8, torch.float32, torch.float64):   # (a custom op's float16 or
+                    x, owned = x.to(torch.float32), True                            # bfloat16: OpenCV warps neither)
                 # the batch this call returns may be allocated shared (core.batch_memory): the last
                 # stage's, or this warp's when uint8 noise comes last and is added into it in place
                 returned = pos == last or (pos == last - 1 and x.dtype == torch.uint8
