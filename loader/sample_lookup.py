@@ -25,7 +25,10 @@ from .tar_reader import read_segment, whole_shard
 
 
 def decode_threads() -> int:
-    """Threads a row source decodes on: the cores this process may use, at most 8."""
+    """Threads a row source decodes on: the cores this process may use, at most 8; one in a
+    DataLoader worker (the workers are the parallelism)."""
+    if torch.utils.data.get_worker_info() is not None:
+        return 1
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 

@@ -1,8 +1,9 @@
 """Augmentation ops that run on whole batches where the batch lives.
 
 One spec, three backends (``Compose(..., backend="kornia" | "dali" | "opencv")``, and the
-default ``"auto"``: OpenCV for CPU batches, Kornia on a GPU); geometric ops fuse into one warp. Mix ops (``MixUp``, ``CutMix``) run in torch after the
-backend and are passed to the loader as ``mixup=``.
+default ``"auto"``: OpenCV for CPU batches, Kornia on a GPU); geometric ops fuse into one
+warp. Mix ops (``MixUp``, ``CutMix``) run in torch after the backend and are passed to the
+loader as ``mixup=``.
 """
 from .base import GeometricOp, IntensityOp, Op, check_images
 from .compose import Compose
