@@ -7,7 +7,6 @@ bound balancer may read, and nothing more of the loader.
 """
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from streamaug.core.plugin import Row
+from streamaug.core.threads import available_cores
 
 from .epoch_plan import Segment
 from .errors import ErrorHandler, LoaderStats, StreamError
@@ -29,7 +29,7 @@ def decode_threads() -> int:
     DataLoader worker (the workers are the parallelism)."""
     if torch.utils.data.get_worker_info() is not None:
         return 1
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return min(8, available_cores())
 
 
 def decoded_in_order(items: Iterator, decode: Callable, threads: int) -> Iterator[tuple]:

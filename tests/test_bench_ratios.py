@@ -46,6 +46,10 @@ def test_headline_has_a_ratio_for_each_kind_of_data_run_in_its_order(tmp_path):
     assert list(head) == ["jpg512", "npy32"]
     assert head["jpg512"]["best_vs_best_peer"] == pytest.approx(0.8) and head["npy32"]["best_vs_best_peer"] == 3.0
     assert "jpg512" in KINDS
+    from streamaug.benchmarks.bench_data import make_bench_shards
+    with pytest.raises(ValueError, match=r"kind must be one of \('npy32', 'jpg224', 'jpg512'\), got 'jpg1024'"):
+        make_bench_shards(str(tmp_path / "data"), "jpg1024", 4)
+    assert not os.path.exists(tmp_path / "data"), "nothing written for a kind it refuses"
     assert [os.path.basename(p) for p in bench_report.plots(results, str(tmp_path))] == ["throughput.png"]
 
 
